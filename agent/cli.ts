@@ -1,0 +1,55 @@
+// barman-agent: the commands that run on the PostgreSQL host. Thin: parse, call a command
+// module, print. Command modules are imported lazily so `push` (run once per WAL segment) loads
+// only what it uses.
+
+import { Command } from 'commander';
+import { configureProgram, parseArgv, runAction } from '../shared/cli';
+import { ExitCode } from '../shared/errors';
+
+const program = configureProgram(new Command('barman-agent'))
+  .description('barman-ts agent: archives WAL and takes backups of the local PostgreSQL for barman-receiver')
+  .version('0.1.0');
+
+program.option('-c, --config <file>', 'agent configuration file (also accepted after the command)');
+const loadConfig = async (opts: { config?: string }) => (await import('../shared/config/agent')).loadAgentConfig(opts.config ?? program.opts<{ config?: string }>().config);
+
+program
+  .command('push')
+  .description("archive one WAL file (archive_command = 'barman-agent push %p')")
+  .argument('<path>', 'the file PostgreSQL hands over (%p)')
+  .option('-c, --config <file>', 'agent configuration file')
+  .action((path: string, opts: { config?: string }) =>
+    runAction(async () => {
+      const { pushWal } = await import('./commands/push');
+      await pushWal(await loadConfig(opts), path);
+    }),
+  );
+
+program
+  .command('get-wal')
+  .description("fetch one WAL file from the receiver (restore_command = 'barman-agent get-wal %f %p')")
+  .argument('<name>', 'file name (%f)')
+  .argument('<dest>', 'where to write it (%p)')
+  .option('-c, --config <file>', 'agent configuration file')
+  .action((name: string, dest: string, opts: { config?: string }) =>
+    runAction(async () => {
+      const { getWal } = await import('./commands/get-wal');
+      return (await getWal(await loadConfig(opts), name, dest)) ? ExitCode.OK : ExitCode.FAILED;
+    }),
+  );
+
+program
+  .command('check')
+  .description('check the configuration, the receiver and the PostgreSQL settings')
+  .option('-c, --config <file>', 'agent configuration file')
+  .action((opts: { config?: string }) =>
+    runAction(async () => {
+      const [{ checkAgent }, { formatChecks }] = await Promise.all([import('./commands/check'), import('../shared/check')]);
+      const config = await loadConfig(opts);
+      const results = await checkAgent(config);
+      process.stdout.write(formatChecks(`Agent for server ${config.server}:`, results));
+      return results.every((r) => r.ok) ? ExitCode.OK : ExitCode.FAILED;
+    }),
+  );
+
+void parseArgv(program, process.argv);

@@ -1,0 +1,20 @@
+// `barman-agent get-wal <name> <dest>`: the restore_command. A file the receiver does not have
+// exits 1 without a word (PostgreSQL asks for files that do not exist as a matter of course).
+
+import { basename } from 'node:path';
+import type { AgentConfig } from '../../shared/config/agent';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import { parseWalFileName } from '../../shared/wal/names';
+import { AgentConnection } from '../transport/client';
+
+export async function getWal(config: AgentConfig, name: string, dest: string): Promise<boolean> {
+  if (!parseWalFileName(name) || basename(name) !== name) {
+    throw new BarmanError(ErrorCode.INVALID_NAME, `"${name}" is not a WAL file name`, "Set restore_command = 'barman-agent get-wal %f %p'.");
+  }
+  const conn = await AgentConnection.open(config, 'get');
+  try {
+    return await conn.getFile(name, dest);
+  } finally {
+    conn.close();
+  }
+}

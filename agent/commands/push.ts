@@ -1,0 +1,25 @@
+// `barman-agent push <path>`: the archive_command. Exit 0 only once the receiver holds the file
+// durably with a matching checksum; any failure exits non-zero so PostgreSQL keeps the file and
+// retries.
+
+import { basename, resolve } from 'node:path';
+import type { AgentConfig } from '../../shared/config/agent';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import { parseWalFileName } from '../../shared/wal/names';
+import { AgentConnection } from '../transport/client';
+
+export async function pushWal(config: AgentConfig, path: string): Promise<'stored' | 'duplicate'> {
+  const name = basename(path);
+  const parsed = parseWalFileName(name);
+  if (!parsed || parsed.kind === 'partial') {
+    throw new BarmanError(ErrorCode.INVALID_NAME, `"${name}" is not a WAL segment, .history or .backup file name`, 'Set archive_command = \'barman-agent push %p\'; PostgreSQL then passes the right path.', { exitCode: 1 });
+  }
+  const conn = await AgentConnection.open(config, 'push');
+  try {
+    const ack = await conn.putFile({ kind: 'wal', name }, resolve(path));
+    if (ack.status === 'sent') throw new BarmanError(ErrorCode.PROTOCOL, 'receiver answered a push with "sent"', 'Install the same barman-ts version on agent and receiver.');
+    return ack.status;
+  } finally {
+    conn.close();
+  }
+}

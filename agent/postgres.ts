@@ -1,0 +1,41 @@
+// Connecting to the local PostgreSQL from the agent's conninfo (libpq keyword = value form or a
+// postgresql:// URL), as a normal or a replication session.
+
+import type { ClientConfig } from 'pg';
+import { BarmanError, ErrorCode } from '../shared/errors';
+
+const KEYWORDS: Record<string, keyof ClientConfig> = {
+  host: 'host', hostaddr: 'host', port: 'port', user: 'user', dbname: 'database', password: 'password',
+  application_name: 'application_name', connect_timeout: 'connectionTimeoutMillis',
+};
+
+/** Parses libpq's `key=value key='quoted value'` form into pg's client options. */
+export function parseConninfo(conninfo: string): ClientConfig {
+  const text = conninfo.trim();
+  if (/^postgres(ql)?:\/\//.test(text)) return { connectionString: text };
+  const out: Record<string, unknown> = {};
+  const re = /\s*(\w+)\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(\S+))/gy;
+  let m: RegExpExecArray | null;
+  let last = 0;
+  while ((m = re.exec(text))) {
+    const key = m[1]!;
+    const value = m[2] !== undefined ? m[2].replace(/\\(.)/g, '$1') : m[3]!;
+    const option = KEYWORDS[key];
+    if (!option) throw new BarmanError(ErrorCode.CONFIG_INVALID, `conninfo: keyword "${key}" is not supported`, `Use ${Object.keys(KEYWORDS).join(', ')}.`);
+    out[option] = option === 'port' ? Number(value) : option === 'connectionTimeoutMillis' ? Number(value) * 1000 : value;
+    last = re.lastIndex;
+  }
+  if (text.slice(last).trim() !== '') throw new BarmanError(ErrorCode.CONFIG_INVALID, `conninfo: cannot parse "${text.slice(last).trim().slice(0, 40)}"`, "Write conninfo as key=value pairs, e.g. host=/var/run/postgresql user=postgres dbname=postgres.");
+  return out as ClientConfig;
+}
+
+export async function connectPostgres(conninfo: string, extra: Partial<ClientConfig> & { replication?: 'database' | boolean } = {}) {
+  const pg = (await import('pg')).default;
+  const client = new pg.Client({ ...parseConninfo(conninfo), ...extra } as ClientConfig);
+  try {
+    await client.connect();
+  } catch (err) {
+    throw new BarmanError(ErrorCode.POSTGRES, `cannot connect to PostgreSQL (${(err as Error).message})`, 'Check conninfo = in the agent configuration and that PostgreSQL is running.', { cause: err });
+  }
+  return client;
+}

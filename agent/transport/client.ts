@@ -1,0 +1,239 @@
+// The agent's side of the WebSocket: connect, prove the token (and check the receiver's proof),
+// then run requests by id. Files go out as put → chunk* → end and come back as file → chunk* → end,
+// hashed on both sides; nothing here buffers more than a chunk or two.
+
+import { promises as fs, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import WebSocket from 'ws';
+import type { AgentConfig } from '../../shared/config/agent';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import { newHash } from '../../shared/checksum';
+import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
+import { fileSource, sendChunks } from '../../shared/protocol/chunks';
+import { FrameConnection, errorFromFrame } from '../../shared/protocol/connection';
+import { type AckFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role } from '../../shared/protocol/frames';
+
+export const AGENT_VERSION = 'barman-ts/0.1.0';
+
+type Waiter = (frame: Frame) => void;
+
+/** Client-to-server frames must be masked, but the mask guards HTTP proxies, not us: a zero mask
+ *  lets ws skip the XOR pass over every byte (documented ws option `generateMask`). */
+const zeroMask = (mask: Buffer): void => {
+  mask.fill(0);
+};
+
+export class AgentConnection {
+  private nextId = 1;
+  private readonly waiters = new Map<number, Waiter>();
+  private failure: BarmanError | undefined;
+
+  private constructor(private readonly conn: FrameConnection, readonly config: AgentConfig, readonly sessionId: string) {
+    conn.onFrame((frame) => this.route(frame));
+    conn.onClose((err) => this.failAll(err ?? new BarmanError(ErrorCode.CONNECTION_LOST, 'the receiver closed the connection', 'Retry; check the receiver log if it keeps happening.')));
+  }
+
+  static async open(config: AgentConfig, role: Role): Promise<AgentConnection> {
+    const url = config.receiver.href;
+    const ws = new WebSocket(url, {
+      perMessageDeflate: false,
+      maxPayload: MAX_FRAME_BYTES,
+      handshakeTimeout: config.timeoutSeconds * 1000,
+      generateMask: zeroMask,
+      ca: config.caFile ? readCa(config) : undefined,
+    });
+    const conn = new FrameConnection(ws);
+    const clientNonce = newNonce();
+    const handshake = new Promise<AgentConnection>((resolve, reject) => {
+      let serverNonce: Uint8Array | undefined;
+      const timer = setTimeout(() => {
+        reject(new BarmanError(ErrorCode.TIMEOUT, `no answer from the receiver at ${url} within ${config.timeoutSeconds} s`, 'Check that barman-receiver serve runs there and the network path is open.'));
+        ws.terminate();
+      }, config.timeoutSeconds * 1000);
+      ws.once('error', (err: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(connectError(url, err));
+      });
+      conn.onClose((err) => {
+        clearTimeout(timer);
+        reject(err ?? new BarmanError(ErrorCode.CONNECTION_LOST, `the receiver at ${url} closed the connection during authentication`, 'Check the receiver log.'));
+      });
+      conn.onFrame(async (frame) => {
+        if (frame.type === 'error') {
+          clearTimeout(timer);
+          reject(errorFromFrame(frame));
+        } else if (frame.type === 'challenge' && !serverNonce) {
+          serverNonce = frame.serverNonce;
+          await conn.send({ type: 'auth', proof: computeProof(config.token, 'agent', config.server, clientNonce, frame.serverNonce) });
+        } else if (frame.type === 'welcome' && serverNonce) {
+          clearTimeout(timer);
+          const expected = computeProof(config.token, 'receiver', config.server, clientNonce, serverNonce);
+          if (!proofMatches(expected, frame.proof)) {
+            conn.close(4001, 'receiver proof');
+            reject(new BarmanError(ErrorCode.AUTH_FAILED, `the receiver at ${url} could not prove it holds the token of "${config.server}"`, 'Something other than your barman-receiver answers on that address, or its token differs; check both token files.'));
+            return;
+          }
+          resolve(new AgentConnection(conn, config, frame.sessionId));
+        } else {
+          clearTimeout(timer);
+          reject(new BarmanError(ErrorCode.PROTOCOL, `unexpected ${frame.type} frame during authentication`, 'Install the same barman-ts version on agent and receiver.'));
+          conn.close(4002, 'protocol');
+        }
+      });
+    });
+    ws.once('open', () => {
+      void conn.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION, server: config.server, role, clientNonce, agentVersion: AGENT_VERSION });
+    });
+    return handshake;
+  }
+
+  close(): void {
+    this.conn.close();
+  }
+
+  /** Sends a local file; resolves with the receiver's ack once it is durable there. */
+  async putFile(target: PutTarget, path: string): Promise<AckFrame> {
+    const id = this.nextId++;
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(path, 'r');
+    } catch (err) {
+      throw localFileError(path, err);
+    }
+    const answer = this.expect<AckFrame>(id, (frame, settle) => {
+      if (frame.type === 'ack') settle.resolve(frame);
+      else if (frame.type === 'error') settle.reject(errorFromFrame(frame));
+      else settle.reject(new BarmanError(ErrorCode.PROTOCOL, `unexpected ${frame.type} frame for put`, 'Install the same barman-ts version on agent and receiver.'));
+    });
+    try {
+      const { size } = await fh.stat();
+      await this.conn.send({ type: 'put', id, target, size });
+      const sent = await sendChunks(this.conn, id, fileSource(fh), () => answer.settled || this.failure !== undefined);
+      if (!answer.settled && !this.failure) {
+        if (sent.size !== size) throw new BarmanError(ErrorCode.LOCAL_FILE, `${path} changed size while being read (${size} → ${sent.size} bytes)`, "Something else writes the file; archive_command must be given PostgreSQL's %p.");
+        await this.conn.send({ type: 'end', id, sha256: sent.sha256 });
+      }
+    } catch (err) {
+      if (!answer.settled) throw err;
+    } finally {
+      await fh.close();
+    }
+    return answer.promise;
+  }
+
+  /**
+   * Fetches a file from the catalog into `dest` (written as dest.partial-download, fsynced, renamed).
+   * Resolves false when the receiver does not have it.
+   */
+  async getFile(name: string, dest: string): Promise<boolean> {
+    const id = this.nextId++;
+    const tmp = join(dirname(dest), `.${name}.${process.pid}.download`);
+    let fh: fs.FileHandle | undefined;
+    let expected = 0;
+    let received = 0;
+    const hash = newHash();
+    let writes: Promise<unknown> = Promise.resolve();
+    const answer = this.expect<boolean>(id, (frame, settle) => {
+      switch (frame.type) {
+        case 'file':
+          expected = frame.size;
+          writes = fs.open(tmp, 'w', 0o600).then((h) => (fh = h));
+          return;
+        case 'chunk':
+          hash.update(frame.data);
+          received += frame.data.length;
+          writes = writes.then(() => fh!.write(frame.data));
+          return writes.then(() => undefined);
+        case 'end':
+          settle.resolve(
+            writes.then(async () => {
+              const sha = hash.digest('hex');
+              if (received !== expected || sha !== frame.sha256) {
+                throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: received ${received} of ${expected} bytes, checksum ${sha === frame.sha256 ? 'matches' : 'differs'}`, 'Retry; if it persists, run verify on the receiver host.');
+              }
+              await fh!.sync();
+              await fh!.close();
+              fh = undefined;
+              await fs.rename(tmp, dest);
+              return true;
+            }),
+          );
+          return;
+        case 'error':
+          if (frame.code === ErrorCode.WAL_NOT_FOUND) settle.resolve(false);
+          else settle.reject(errorFromFrame(frame));
+          return;
+        default:
+          settle.reject(new BarmanError(ErrorCode.PROTOCOL, `unexpected ${frame.type} frame for get`, 'Install the same barman-ts version on agent and receiver.'));
+      }
+    });
+    await this.conn.send({ type: 'get', id, name });
+    try {
+      return await answer.promise;
+    } finally {
+      if (fh) await fh.close().catch(() => undefined);
+      await fs.rm(tmp, { force: true });
+    }
+  }
+
+  private expect<T>(id: number, onFrame: (frame: Frame, settle: { resolve: (v: T | Promise<T>) => void; reject: (e: unknown) => void }) => void | Promise<void>) {
+    const state = { settled: false, promise: undefined as unknown as Promise<T> };
+    state.promise = new Promise<T>((resolve, reject) => {
+      const settle = {
+        resolve: (v: T | Promise<T>) => {
+          state.settled = true;
+          this.waiters.delete(id);
+          resolve(v);
+        },
+        reject: (e: unknown) => {
+          state.settled = true;
+          this.waiters.delete(id);
+          reject(e);
+        },
+      };
+      if (this.failure) return settle.reject(this.failure);
+      this.waiters.set(id, (frame) => onFrame(frame, settle));
+    });
+    // an answer may arrive (a refusal, say) while the request is still being sent; it is awaited later
+    state.promise.catch(() => undefined);
+    return state;
+  }
+
+  private async route(frame: Frame): Promise<void> {
+    const id = 'id' in frame ? frame.id : undefined;
+    if (id === undefined) {
+      if (frame.type === 'error') this.failAll(errorFromFrame(frame));
+      return;
+    }
+    await this.waiters.get(id)?.(frame);
+  }
+
+  private failAll(err: BarmanError): void {
+    this.failure ??= err;
+    for (const w of [...this.waiters.values()]) w({ type: 'error', code: err.code, message: err.message, hint: err.hint });
+  }
+}
+
+function readCa(config: AgentConfig): Buffer {
+  try {
+    return readFileSync(config.caFile!);
+  } catch (err) {
+    throw new BarmanError(ErrorCode.CONFIG_INVALID, `${config.file} [agent] ca_file: cannot read ${config.caFile} (${(err as NodeJS.ErrnoException).code})`, 'Point ca_file at the PEM certificate that signed the receiver\'s tls_cert.', { cause: err });
+  }
+}
+
+function connectError(url: string, err: NodeJS.ErrnoException): BarmanError {
+  const hint = 'Start it with `barman-receiver serve` on the backup host, or fix receiver = in the agent configuration; PostgreSQL retries archive_command by itself.';
+  if (err.code === 'ECONNREFUSED' || err.code === 'ENOTFOUND' || err.code === 'EHOSTUNREACH' || err.code === 'ECONNRESET') {
+    return new BarmanError(ErrorCode.RECEIVER_UNREACHABLE, `cannot reach the receiver at ${url} (${err.code})`, hint, { cause: err });
+  }
+  if (/certificate|self[- ]signed|SSL|TLS/i.test(err.message) || err.code?.startsWith('ERR_TLS') || err.code?.includes('CERT')) {
+    return new BarmanError(ErrorCode.RECEIVER_UNREACHABLE, `TLS with the receiver at ${url} failed: ${err.message}`, 'Set ca_file = in the agent configuration to the certificate (or CA) of the receiver\'s tls_cert.', { cause: err });
+  }
+  return new BarmanError(ErrorCode.RECEIVER_UNREACHABLE, `cannot connect to the receiver at ${url}: ${err.message}`, hint, { cause: err });
+}
+
+export function localFileError(path: string, err: unknown): BarmanError {
+  const code = (err as NodeJS.ErrnoException).code;
+  return new BarmanError(ErrorCode.LOCAL_FILE, `cannot read ${path} (${code ?? String(err)})`, code === 'ENOENT' ? 'The file does not exist; archive_command must pass %p, relative to the data directory.' : 'Check that this user (postgres) may read the file.', { cause: err });
+}

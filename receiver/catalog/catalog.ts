@@ -1,0 +1,147 @@
+// The catalog of one PostgreSQL server under <barman_home>/<server>/ (SPEC §5). This is the only
+// code that builds catalog paths:
+//   wals/<first 16 hex>/<segment>[.gz]   archived segments, wals/<tli>.history, wals/<seg>.<off>.backup
+//   streaming/                           the current partial segment (streaming)
+//   base/<backup id>/                    backups
+//   incoming/                            files not yet complete (temporary names only)
+//   errors/                              rejected or conflicting files, kept, never dropped
+//   identity.json                        system identifier, segment size and WAL magic of the cluster
+
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import type { Compression } from '../../shared/config/receiver';
+import { parseWalFileName, walDirectoryOf } from '../../shared/wal/names';
+import { ensureDir, exists, fsyncDir } from '../storage/posix';
+
+export interface ClusterIdentity {
+  systemIdentifier: string;
+  segmentSize: number;
+  walMagic: number;
+  pgVersion: number | undefined;
+  firstSeenAt: string;
+}
+
+const COMPRESSED_EXT: Record<Exclude<Compression, 'none'>, string> = { gzip: '.gz', lz4: '.lz4', zstd: '.zst' };
+
+export interface StoredWal {
+  path: string;
+  compression: Compression;
+}
+
+export class ServerCatalog {
+  readonly root: string;
+  readonly walsDir: string;
+  readonly incomingDir: string;
+  readonly errorsDir: string;
+  readonly streamingDir: string;
+  readonly baseDir: string;
+  private identityCache: ClusterIdentity | undefined;
+
+  constructor(barmanHome: string, readonly server: string) {
+    this.root = join(barmanHome, server);
+    this.walsDir = join(this.root, 'wals');
+    this.incomingDir = join(this.root, 'incoming');
+    this.errorsDir = join(this.root, 'errors');
+    this.streamingDir = join(this.root, 'streaming');
+    this.baseDir = join(this.root, 'base');
+  }
+
+  async ensureLayout(): Promise<void> {
+    for (const dir of [this.walsDir, this.incomingDir, this.errorsDir, this.streamingDir, this.baseDir]) await ensureDir(dir);
+  }
+
+  /** Where a WAL file lives once archived. Segments go below their 16-hex directory; others in wals/. */
+  walPath(name: string, compression: Compression = 'none'): string {
+    const parsed = parseWalFileName(name);
+    if (!parsed || parsed.kind === 'partial') throw new RangeError(`not an archivable WAL file name: ${name}`);
+    if (parsed.kind !== 'segment') return join(this.walsDir, name);
+    return join(this.walsDir, walDirectoryOf(name), name + (compression === 'none' ? '' : COMPRESSED_EXT[compression]));
+  }
+
+  /** The stored copy of an archived WAL file, whatever compression it was written with. */
+  async findWal(name: string): Promise<StoredWal | undefined> {
+    const parsed = parseWalFileName(name);
+    if (!parsed || parsed.kind === 'partial') return undefined;
+    const options: Compression[] = parsed.kind === 'segment' ? ['none', 'gzip', 'lz4', 'zstd'] : ['none'];
+    for (const compression of options) {
+      const path = this.walPath(name, compression);
+      if (await exists(path)) return { path, compression };
+    }
+    return undefined;
+  }
+
+  errorPath(name: string, reason: string): string {
+    const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '');
+    return join(this.errorsDir, `${name}.${stamp}.${reason}`);
+  }
+
+  private get identityPath(): string {
+    return join(this.root, 'identity.json');
+  }
+
+  async identity(): Promise<ClusterIdentity | undefined> {
+    if (this.identityCache) return this.identityCache;
+    try {
+      this.identityCache = JSON.parse(await fs.readFile(this.identityPath, 'utf8')) as ClusterIdentity;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    return this.identityCache;
+  }
+
+  async saveIdentity(identity: ClusterIdentity): Promise<void> {
+    await writeFileDurably(this.identityPath, JSON.stringify(identity, null, 2) + '\n');
+    this.identityCache = identity;
+  }
+
+  /** Every archived segment name, sorted (timeline, log, segment order = text order). */
+  async listSegments(): Promise<string[]> {
+    const out: string[] = [];
+    let dirs: string[];
+    try {
+      dirs = await fs.readdir(this.walsDir);
+    } catch {
+      return out;
+    }
+    for (const d of dirs.filter((x) => /^[0-9A-F]{16}$/.test(x)).sort()) {
+      for (const f of await fs.readdir(join(this.walsDir, d))) {
+        const base = f.replace(/\.(gz|lz4|zst)$/, '');
+        if (parseWalFileName(base)?.kind === 'segment') out.push(base);
+      }
+    }
+    return out.sort();
+  }
+
+  /** The newest archived segment and when it arrived. */
+  async lastSegment(): Promise<{ name: string; receivedAt: Date } | undefined> {
+    let dirs: string[];
+    try {
+      dirs = (await fs.readdir(this.walsDir)).filter((x) => /^[0-9A-F]{16}$/.test(x)).sort();
+    } catch {
+      return undefined;
+    }
+    for (let i = dirs.length - 1; i >= 0; i--) {
+      const files = (await fs.readdir(join(this.walsDir, dirs[i]!))).sort();
+      const last = files[files.length - 1];
+      if (last) {
+        const st = await fs.stat(join(this.walsDir, dirs[i]!, last));
+        return { name: last.replace(/\.(gz|lz4|zst)$/, ''), receivedAt: st.mtime };
+      }
+    }
+    return undefined;
+  }
+}
+
+/** Small files (JSON state, labels): temp + fsync + rename + directory fsync. */
+export async function writeFileDurably(path: string, content: string | Uint8Array): Promise<void> {
+  const tmp = `${path}.${process.pid}.tmp`;
+  const fh = await fs.open(tmp, 'w', 0o640);
+  try {
+    await fh.writeFile(content);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, path);
+  await fsyncDir(join(path, '..'));
+}

@@ -1,0 +1,75 @@
+// The receiver's network service: an HTTP(S) server that upgrades to WebSocket, one Session per
+// connection. Frames are capped at MAX_FRAME_BYTES by ws itself, per-message deflate is off (we
+// choose compression per file), and SIGTERM drains: no new sessions, open ones finish or close.
+
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer } from 'ws';
+import type { Logger } from 'pino';
+import type { ReceiverConfig } from '../../shared/config/receiver';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import { CloseCode, FrameConnection } from '../../shared/protocol/connection';
+import { MAX_FRAME_BYTES } from '../../shared/protocol/frames';
+import { createServerContext, type ServerContext } from './context';
+import { Session } from './session';
+
+export class ReceiverService {
+  private readonly servers = new Map<string, ServerContext>();
+  private http: Server | undefined;
+  private wss: WebSocketServer | undefined;
+  private readonly connections = new Set<FrameConnection>();
+
+  constructor(readonly config: ReceiverConfig, private readonly log: Logger) {
+    for (const server of config.servers.values()) this.servers.set(server.name, createServerContext(config.barmanHome, server, config.compression));
+  }
+
+  async start(): Promise<AddressInfo> {
+    for (const ctx of this.servers.values()) await ctx.catalog.ensureLayout();
+    const tls = this.config.tls;
+    let http: Server;
+    try {
+      http = tls ? createHttpsServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }) : createHttpServer();
+    } catch (err) {
+      throw new BarmanError(ErrorCode.CONFIG_INVALID, `${this.config.file}: cannot load tls_cert/tls_key (${(err as Error).message})`, 'Point tls_cert and tls_key at a readable PEM certificate and its key.', { cause: err });
+    }
+    http.on('request', (_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' }).end('barman-receiver speaks WebSocket only\n');
+    });
+    const wss = new WebSocketServer({ server: http, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false, clientTracking: false });
+    wss.on('connection', (ws, req) => {
+      const conn = new FrameConnection(ws);
+      this.connections.add(conn);
+      conn.onClose(() => this.connections.delete(conn));
+      new Session(conn, (name) => this.servers.get(name), this.log, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
+    });
+    this.http = http;
+    this.wss = wss;
+    const { host, port } = this.config.listen;
+    await new Promise<void>((resolve, reject) => {
+      http.once('error', (err: NodeJS.ErrnoException) =>
+        reject(new BarmanError(ErrorCode.CONFIG_INVALID, `cannot listen on ${host}:${port} (${err.code ?? err.message})`, err.code === 'EADDRINUSE' ? 'Another process uses that port: stop it or change listen = in [barman].' : 'Check listen = in [barman].', { cause: err })),
+      );
+      http.listen(port, host, resolve);
+    });
+    const address = http.address() as AddressInfo;
+    this.log.info({ address: address.address, port: address.port, tls: Boolean(tls), servers: [...this.servers.keys()] }, 'receiver listening');
+    return address;
+  }
+
+  /** Stops accepting, lets open sessions finish for up to `graceMs`, then closes what is left. */
+  async stop(graceMs = 10_000): Promise<void> {
+    const http = this.http;
+    if (!http) return;
+    this.http = undefined;
+    const closed = new Promise<void>((resolve) => http.close(() => resolve()));
+    const deadline = Date.now() + graceMs;
+    while (this.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const conn of this.connections) conn.close(CloseCode.SHUTDOWN, 'receiver shutting down');
+    this.wss?.close();
+    http.closeAllConnections?.();
+    await closed;
+    this.log.info('receiver stopped');
+  }
+}

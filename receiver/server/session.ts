@@ -1,0 +1,160 @@
+// One agent connection on the receiver. A session starts unauthenticated: hello → challenge →
+// auth → welcome. Only then does it serve requests, and only for the one server it proved it
+// belongs to; no request names a server, so a session cannot reach another server's catalog.
+
+import { randomUUID } from 'node:crypto';
+import { stat } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
+import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
+import { CloseCode, errorFrame, type FrameConnection } from '../../shared/protocol/connection';
+import { type Frame, type HelloFrame, PROTOCOL_VERSION } from '../../shared/protocol/frames';
+import type { ServerConfig } from '../../shared/config/receiver';
+import { openStoredWal, type WalUpload } from '../catalog/wal-archive';
+import type { ServerContext } from './context';
+import { sendChunks, streamSource } from '../../shared/protocol/chunks';
+
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** concurrent uploads one session may have open */
+const MAX_OPEN_UPLOADS = 16;
+
+type State =
+  | { phase: 'hello' }
+  | { phase: 'auth'; hello: HelloFrame; server: ServerConfig; serverNonce: Buffer }
+  | { phase: 'ready'; server: ServerContext };
+
+export class Session {
+  readonly id = randomUUID();
+  private state: State = { phase: 'hello' };
+  private readonly uploads = new Map<number, WalUpload>();
+  /** uploads answered with an error: their remaining chunks are dropped by id, never written */
+  private readonly failedUploads = new Set<number>();
+  private log: Logger;
+  private readonly handshakeTimer: NodeJS.Timeout;
+
+  constructor(private readonly conn: FrameConnection, private readonly lookup: (name: string) => ServerContext | undefined, baseLog: Logger, remote: string) {
+    this.log = baseLog.child({ session: this.id, remote });
+    this.handshakeTimer = setTimeout(() => {
+      void this.conn.fail(new BarmanError(ErrorCode.AUTH_FAILED, 'no authentication within 10 s', 'Check that the agent runs a compatible barman-ts version.'), CloseCode.AUTH);
+    }, HANDSHAKE_TIMEOUT_MS);
+    conn.onFrame((frame) => this.onFrame(frame));
+    conn.onClose((err) => {
+      clearTimeout(this.handshakeTimer);
+      if (err && err.code !== ErrorCode.CONNECTION_LOST) this.log.warn({ code: err.code }, err.message);
+      else this.log.debug('session closed');
+      for (const upload of this.uploads.values()) void upload.abort();
+      this.uploads.clear();
+    });
+  }
+
+  private async onFrame(frame: Frame): Promise<void> {
+    switch (this.state.phase) {
+      case 'hello':
+        return this.onHello(frame);
+      case 'auth':
+        return this.onAuth(frame, this.state);
+      case 'ready':
+        return this.onRequest(frame, this.state.server);
+    }
+  }
+
+  private async onHello(frame: Frame): Promise<void> {
+    if (frame.type !== 'hello') throw protocolError(`expected hello, got ${frame.type}`);
+    if (frame.protocolVersion !== PROTOCOL_VERSION) {
+      throw new BarmanError(ErrorCode.PROTOCOL, `agent speaks protocol version ${frame.protocolVersion}, this receiver speaks ${PROTOCOL_VERSION}`, 'Install the same barman-ts version on the agent and the receiver.');
+    }
+    const server = this.lookup(frame.server);
+    if (!server) {
+      this.log.warn({ server: frame.server, code: ErrorCode.UNKNOWN_SERVER }, 'refused agent for unknown server');
+      await this.conn.fail(new BarmanError(ErrorCode.UNKNOWN_SERVER, `the receiver has no server named "${frame.server}"`, 'Check server = ... in the agent configuration against the sections of the receiver configuration (barman-receiver list-servers).'), CloseCode.AUTH);
+      return;
+    }
+    const serverNonce = newNonce();
+    this.state = { phase: 'auth', hello: frame, server: server.config, serverNonce };
+    await this.conn.send({ type: 'challenge', protocolVersion: PROTOCOL_VERSION, serverNonce });
+  }
+
+  private async onAuth(frame: Frame, state: Extract<State, { phase: 'auth' }>): Promise<void> {
+    if (frame.type !== 'auth') throw protocolError(`expected auth, got ${frame.type}`);
+    const { hello, server, serverNonce } = state;
+    const expected = computeProof(server.token, 'agent', server.name, hello.clientNonce, serverNonce);
+    if (!proofMatches(expected, frame.proof)) {
+      this.log.warn({ server: server.name, code: ErrorCode.AUTH_FAILED }, 'refused agent: wrong token');
+      await this.conn.fail(new BarmanError(ErrorCode.AUTH_FAILED, `authentication failed for server "${server.name}": the agent's token does not match`, `Make the agent's token_file hold the same secret as token_file in the receiver's [${server.name}] section.`), CloseCode.AUTH);
+      return;
+    }
+    clearTimeout(this.handshakeTimer);
+    const context = this.lookup(server.name)!;
+    this.log = this.log.child({ server: server.name, role: hello.role });
+    this.state = { phase: 'ready', server: context };
+    await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', server.name, hello.clientNonce, serverNonce) });
+    this.log.debug('agent authenticated');
+  }
+
+  private async onRequest(frame: Frame, server: ServerContext): Promise<void> {
+    switch (frame.type) {
+      case 'put':
+        return this.answer(frame.id, async () => {
+          if (this.uploads.has(frame.id)) throw protocolError(`put ${frame.id} is already open`);
+          if (this.uploads.size >= MAX_OPEN_UPLOADS) throw protocolError(`more than ${MAX_OPEN_UPLOADS} uploads open at once`);
+          this.uploads.set(frame.id, await server.walArchive.begin(frame.target.name, frame.size));
+        });
+      case 'chunk': {
+        const upload = this.uploads.get(frame.id);
+        if (!upload && this.failedUploads.has(frame.id)) return;
+        if (!upload) throw protocolError(`chunk for ${frame.id}, which is not open`);
+        return this.answer(frame.id, () => upload.write(frame.data));
+      }
+      case 'end': {
+        const upload = this.uploads.get(frame.id);
+        if (!upload && this.failedUploads.delete(frame.id)) return;
+        if (!upload) throw protocolError(`end for ${frame.id}, which is not open`);
+        this.uploads.delete(frame.id);
+        return this.answer(frame.id, async () => {
+          const status = await upload.finish(frame.sha256);
+          this.log.info({ wal: upload.file.name, status }, status === 'stored' ? 'WAL archived' : 'WAL already archived with identical content');
+          await this.conn.send({ type: 'ack', id: frame.id, status, sha256: frame.sha256 });
+        }, upload);
+      }
+      case 'get':
+        return this.answer(frame.id, () => this.sendWal(frame.id, frame.name, server));
+      default:
+        throw protocolError(`unexpected ${frame.type} frame`);
+    }
+  }
+
+  /** Runs one step of a request; a failure answers that request with an error frame. */
+  private async answer(id: number, step: () => Promise<void>, upload?: WalUpload): Promise<void> {
+    try {
+      await step();
+    } catch (err) {
+      const e = asBarmanError(err);
+      if (e.code === ErrorCode.PROTOCOL) throw e;
+      const open = upload ?? this.uploads.get(id);
+      if (open) {
+        this.uploads.delete(id);
+        await open.abort().catch(() => undefined);
+      }
+      if (e.code !== ErrorCode.WAL_NOT_FOUND) this.log.warn({ code: e.code, err: e.cause ?? undefined }, e.message);
+      await this.conn.send(errorFrame(e, id));
+      // the rest of a failed upload's chunks are ignored by id, never written anywhere
+      if (open) this.failedUploads.add(id);
+    }
+  }
+
+  private async sendWal(id: number, name: string, server: ServerContext): Promise<void> {
+    const stored = await server.catalog.findWal(name);
+    if (!stored) {
+      throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `${name.slice(0, 80)} is not in the catalog of ${server.config.name}`, 'The segment was never archived, or retention removed it.');
+    }
+    const identity = await server.catalog.identity();
+    const size = stored.compression === 'none' ? (await stat(stored.path)).size : identity!.segmentSize;
+    await this.conn.send({ type: 'file', id, name, size });
+    const sent = await sendChunks(this.conn, id, streamSource(openStoredWal(stored)));
+    await this.conn.send({ type: 'end', id, sha256: sent.sha256 });
+  }
+}
+
+function protocolError(message: string): BarmanError {
+  return new BarmanError(ErrorCode.PROTOCOL, message, 'Agent and receiver must run compatible versions of barman-ts.');
+}

@@ -1,0 +1,128 @@
+// The durable write path on a POSIX filesystem: every file is written under a temporary name in
+// the same filesystem, fsynced, renamed to its final name, and the directory fsynced. A crash at
+// any moment leaves either no file or the whole file under its final name, never a half.
+
+import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { constants, promises as fs } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { createGzip, type Gzip } from 'node:zlib';
+import type { Compression } from '../../shared/config/receiver';
+import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
+
+export async function fsyncDir(path: string): Promise<void> {
+  const fh = await fs.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** mkdir -p that fsyncs the parent of every directory it creates, so the new entries survive a crash. */
+export async function ensureDir(path: string): Promise<void> {
+  try {
+    await fs.access(path);
+    return;
+  } catch {
+    // fall through and create
+  }
+  await ensureDir(dirname(path));
+  try {
+    await fs.mkdir(path, { mode: 0o750 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  await fsyncDir(dirname(path));
+}
+
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await fs.access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A file being received. Bytes are hashed as they arrive (the checksum is always of the plain
+ * bytes) and written, compressed or not, to a temporary file in `incomingDir`.
+ */
+export class IncomingFile {
+  readonly hash: Hash = createHash('sha256');
+  size = 0;
+  private gzip: Gzip | undefined;
+  private gzipDone: Promise<void> | undefined;
+  private writeChain: Promise<void> = Promise.resolve();
+
+  private constructor(readonly tmpPath: string, private readonly fh: fs.FileHandle, compression: Compression) {
+    if (compression === 'gzip') {
+      const gz = createGzip({ level: 1 });
+      this.gzip = gz;
+      // gzip output is written in order through the same chain as plain writes
+      gz.on('data', (out: Buffer) => {
+        this.writeChain = this.writeChain.then(() => this.writeAll(out));
+      });
+      this.gzipDone = new Promise((resolve, reject) => {
+        gz.on('end', resolve);
+        gz.on('error', reject);
+      });
+    }
+  }
+
+  static async create(incomingDir: string, label: string, compression: Compression): Promise<IncomingFile> {
+    const tmpPath = join(incomingDir, `${label}.${randomBytes(6).toString('hex')}.tmp`);
+    const fh = await fs.open(tmpPath, 'wx', 0o640);
+    return new IncomingFile(tmpPath, fh, compression);
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    this.hash.update(chunk);
+    this.size += chunk.length;
+    if (this.gzip) {
+      const gz = this.gzip;
+      if (!gz.write(chunk)) await new Promise<void>((resolve) => gz.once('drain', resolve));
+      await this.writeChain;
+    } else {
+      await this.writeAll(chunk);
+    }
+  }
+
+  /** Flushes and fsyncs the temporary file; returns the hex SHA-256 of the plain bytes. */
+  async finish(): Promise<string> {
+    if (this.gzip) {
+      this.gzip.end();
+      await this.gzipDone;
+      await this.writeChain;
+    }
+    await this.fh.sync();
+    await this.fh.close();
+    return this.hash.digest('hex');
+  }
+
+  /** Renames the finished file to `finalPath` and fsyncs the directory. */
+  async commit(finalPath: string): Promise<void> {
+    await ensureDir(dirname(finalPath));
+    await fs.rename(this.tmpPath, finalPath);
+    await fsyncDir(dirname(finalPath));
+  }
+
+  async discard(): Promise<void> {
+    await this.fh.close().catch(() => undefined);
+    await fs.rm(this.tmpPath, { force: true });
+  }
+
+  private async writeAll(buf: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < buf.length) {
+      const { bytesWritten } = await this.fh.write(buf, off, buf.length - off);
+      off += bytesWritten;
+    }
+  }
+}
+
+export function storageError(err: unknown, what: string): BarmanError {
+  const e = asBarmanError(err);
+  if (e.code !== ErrorCode.INTERNAL) return e;
+  return new BarmanError(ErrorCode.STORAGE, `${what}: ${e.message}`, 'Check the receiver host: free space, permissions on barman_home, filesystem health.', { cause: err });
+}

@@ -1,0 +1,23 @@
+// Bundles each program into one CommonJS file under dist/: fast to start (one file to read and
+// compile, no module resolution) and easy to copy where the postgres user can run it.
+import { build } from 'esbuild';
+import { chmod } from 'node:fs/promises';
+
+const common = {
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'cjs',
+  sourcemap: 'linked',
+  legalComments: 'none',
+  // native speed-ups that ws and msgpackr load when present, and pino's worker-thread transports
+  // that we never use
+  external: ['bufferutil', 'utf-8-validate', 'msgpackr-extract', 'pg-native'],
+  banner: { js: '#!/usr/bin/env node' },
+  logLevel: 'warning',
+};
+
+for (const [entry, out] of [['agent/cli.ts', 'dist/barman-agent.cjs'], ['receiver/cli.ts', 'dist/barman-receiver.cjs']]) {
+  await build({ ...common, entryPoints: [entry], outfile: out });
+  await chmod(out, 0o755);
+}

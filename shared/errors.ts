@@ -1,0 +1,69 @@
+// The one error family of barman-ts. Every failure a user can see is a BarmanError with a stable
+// `code` (scripts switch on it), an exit code (SPEC §6: 1 operation failed, 2 usage/config) and a
+// hint that says what to do next. Stack traces belong in the debug log, never on the user's screen.
+
+export const ExitCode = { OK: 0, FAILED: 1, USAGE: 2 } as const;
+export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
+
+/** Stable codes; never renumber or reuse one. */
+export const ErrorCode = {
+  CONFIG_INVALID: 'CONFIG_INVALID',
+  USAGE: 'USAGE',
+  AUTH_FAILED: 'AUTH_FAILED',
+  UNKNOWN_SERVER: 'UNKNOWN_SERVER',
+  PROTOCOL: 'PROTOCOL',
+  FRAME_TOO_LARGE: 'FRAME_TOO_LARGE',
+  RECEIVER_UNREACHABLE: 'RECEIVER_UNREACHABLE',
+  CONNECTION_LOST: 'CONNECTION_LOST',
+  TIMEOUT: 'TIMEOUT',
+  INVALID_NAME: 'INVALID_NAME',
+  WAL_INVALID: 'WAL_INVALID',
+  WAL_FOREIGN: 'WAL_FOREIGN',
+  WAL_CONFLICT: 'WAL_CONFLICT',
+  WAL_NOT_FOUND: 'WAL_NOT_FOUND',
+  CHECKSUM_MISMATCH: 'CHECKSUM_MISMATCH',
+  STORAGE: 'STORAGE',
+  LOCAL_FILE: 'LOCAL_FILE',
+  BACKUP_NOT_FOUND: 'BACKUP_NOT_FOUND',
+  BACKUP_FAILED: 'BACKUP_FAILED',
+  BACKUP_IN_PROGRESS: 'BACKUP_IN_PROGRESS',
+  AGENT_NOT_CONNECTED: 'AGENT_NOT_CONNECTED',
+  RECOVERY_TARGET: 'RECOVERY_TARGET',
+  DESTINATION: 'DESTINATION',
+  RETENTION: 'RETENTION',
+  POSTGRES: 'POSTGRES',
+  INTERNAL: 'INTERNAL',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+const USAGE_CODES: ReadonlySet<ErrorCode> = new Set([ErrorCode.CONFIG_INVALID, ErrorCode.USAGE]);
+
+export class BarmanError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string;
+  readonly exitCode: ExitCode;
+
+  constructor(code: ErrorCode, message: string, hint: string, options?: { cause?: unknown; exitCode?: ExitCode }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'BarmanError';
+    this.code = code;
+    this.hint = hint;
+    this.exitCode = options?.exitCode ?? (USAGE_CODES.has(code) ? ExitCode.USAGE : ExitCode.FAILED);
+  }
+
+  /** What a user sees: one line of what failed, one HINT line of what to do. */
+  toUserText(prefix = 'ERROR'): string {
+    return `${prefix}: ${this.message}\nHINT: ${this.hint}`;
+  }
+}
+
+/** Wraps anything thrown into a BarmanError, keeping an existing one as it is. */
+export function asBarmanError(err: unknown, fallbackHint = 'Run again with log_level = debug to see the full trace.'): BarmanError {
+  if (err instanceof BarmanError) return err;
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e === 'object' && e.code === 'ENOSPC') {
+    return new BarmanError(ErrorCode.STORAGE, `no space left on device${e.path ? ` writing ${e.path}` : ''}`, 'Free disk space on that filesystem (or run `barman-receiver cron` to apply retention), then retry.', { cause: err });
+  }
+  const message = e instanceof Error ? e.message : String(err);
+  return new BarmanError(ErrorCode.INTERNAL, message, fallbackHint, { cause: err });
+}

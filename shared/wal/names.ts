@@ -1,0 +1,87 @@
+// WAL file names: the only code that parses or builds them. A segment name is 24 hex digits,
+// TTTTTTTT (timeline) XXXXXXXX (log) YYYYYYYY (segment within the log); it is compared as text or
+// as its parts, never as one JS number.
+
+import { type Lsn } from './lsn';
+
+export const DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024;
+
+export type WalFileKind = 'segment' | 'partial' | 'history' | 'backup';
+
+export interface WalFileName {
+  kind: WalFileKind;
+  name: string;
+  timeline: number;
+  /** present for segment, partial and backup files */
+  segment?: string;
+}
+
+const SEGMENT = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$/;
+const PARTIAL = /^([0-9A-F]{24})\.partial$/;
+const HISTORY = /^([0-9A-F]{8})\.history$/;
+const BACKUP = /^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$/;
+
+/** Parses a file name PostgreSQL archives; undefined for anything else (including any path). */
+export function parseWalFileName(name: string): WalFileName | undefined {
+  if (SEGMENT.test(name)) return { kind: 'segment', name, timeline: parseInt(name.slice(0, 8), 16), segment: name };
+  let m = PARTIAL.exec(name);
+  if (m) return { kind: 'partial', name, timeline: parseInt(name.slice(0, 8), 16), segment: m[1]! };
+  m = HISTORY.exec(name);
+  if (m) return { kind: 'history', name, timeline: parseInt(m[1]!, 16) };
+  m = BACKUP.exec(name);
+  if (m) return { kind: 'backup', name, timeline: parseInt(name.slice(0, 8), 16), segment: m[1]! };
+  return undefined;
+}
+
+export function isSegmentName(name: string): boolean {
+  return SEGMENT.test(name);
+}
+
+export function segmentsPerXLogId(segmentSize: number): bigint {
+  return 0x100000000n / BigInt(segmentSize);
+}
+
+/** The segment number (XLogSegNo) named by a segment file name. */
+export function segmentNumber(name: string, segmentSize: number): bigint {
+  const m = SEGMENT.exec(name);
+  if (!m) throw new RangeError(`"${name}" is not a WAL segment name`);
+  return BigInt(`0x${m[2]}`) * segmentsPerXLogId(segmentSize) + BigInt(`0x${m[3]}`);
+}
+
+export function segmentTimeline(name: string): number {
+  return parseInt(name.slice(0, 8), 16);
+}
+
+export function segmentName(timeline: number, segNo: bigint, segmentSize: number): string {
+  const per = segmentsPerXLogId(segmentSize);
+  const hex = (v: bigint | number, w = 8) => v.toString(16).toUpperCase().padStart(w, '0');
+  return hex(timeline) + hex(segNo / per) + hex(segNo % per);
+}
+
+/** The LSN where a segment starts. */
+export function segmentStartLsn(name: string, segmentSize: number): Lsn {
+  return segmentNumber(name, segmentSize) * BigInt(segmentSize);
+}
+
+/** The segment that holds `lsn` on `timeline`. */
+export function segmentForLsn(timeline: number, lsn: Lsn, segmentSize: number): string {
+  return segmentName(timeline, lsn / BigInt(segmentSize), segmentSize);
+}
+
+export function nextSegment(name: string, segmentSize: number): string {
+  return segmentName(segmentTimeline(name), segmentNumber(name, segmentSize) + 1n, segmentSize);
+}
+
+/** The catalog's directory for a segment: its first 16 hex characters (timeline + log). */
+export function walDirectoryOf(name: string): string {
+  return name.slice(0, 16);
+}
+
+export function historyFileName(timeline: number): string {
+  return `${timeline.toString(16).toUpperCase().padStart(8, '0')}.history`;
+}
+
+export function isValidSegmentSize(size: number): boolean {
+  // PostgreSQL allows powers of two from 1 MB to 1 GB.
+  return Number.isInteger(size) && size >= 1 << 20 && size <= 1 << 30 && (size & (size - 1)) === 0;
+}
