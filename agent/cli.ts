@@ -52,4 +52,37 @@ program
     }),
   );
 
+program
+  .command('backup')
+  .description('take a base backup of the local cluster now and stream it to the receiver')
+  .option('-c, --config <file>', 'agent configuration file')
+  .action((opts: { config?: string }) =>
+    runAction(async () => {
+      const { backupNow } = await import('./commands/backup');
+      const result = await backupNow(await loadConfig(opts), (p) => {
+        if (p.phase === 'started') process.stderr.write(`backup ${p.backupId} started\n`);
+        else if (p.phase === 'files') process.stderr.write(`\r${p.done}/${p.total} files, ${(p.bytes / 1048576).toFixed(0)} MiB`);
+        else process.stderr.write(`\nbackup stopped at ${p.stopLsn}\n`);
+      });
+      process.stdout.write(`${result.backupId}\n`);
+      process.stderr.write(`backup ${result.backupId}: ${result.status} (${result.files} files, ${(result.bytes / 1048576).toFixed(1)} MiB)\n`);
+      return result.status === 'FAILED' ? ExitCode.FAILED : ExitCode.OK;
+    }),
+  );
+
+program
+  .command('daemon')
+  .description('stay connected to the receiver and take backups when it asks')
+  .option('-c, --config <file>', 'agent configuration file')
+  .action((opts: { config?: string }) =>
+    runAction(async () => {
+      const { runDaemon } = await import('./commands/daemon');
+      const config = await loadConfig(opts);
+      const stop = new AbortController();
+      process.once('SIGTERM', () => stop.abort());
+      process.once('SIGINT', () => stop.abort());
+      await runDaemon(config, stop.signal);
+    }),
+  );
+
 void parseArgv(program, process.argv);

@@ -73,6 +73,145 @@ command('get-wal', "write a WAL file's plain bytes to stdout (or --output-dir)")
     }),
   );
 
+command('list-backups', 'one line per backup, newest first')
+  .argument('<server>')
+  .option('--json', 'one JSON document on stdout')
+  .action((server: string, opts: Opts) =>
+    runAction(async () => {
+      const { listBackups, formatBackupLine } = await import('./commands/backups');
+      const backups = await listBackups(await loadConfig(opts), server);
+      if (opts.json) printJson(backups);
+      else for (const b of backups) process.stdout.write(formatBackupLine(server, b) + '\n');
+    }),
+  );
+
+command('show-backup', 'everything the catalog knows about one backup')
+  .argument('<server>')
+  .argument('<id>', 'backup ID, latest or oldest')
+  .option('--json', 'one JSON document on stdout')
+  .action((server: string, id: string, opts: Opts) =>
+    runAction(async () => {
+      const { showBackup, formatBackupDetails } = await import('./commands/backups');
+      const info = await showBackup(await loadConfig(opts), server, id);
+      if (opts.json) printJson(info);
+      else process.stdout.write(formatBackupDetails(server, info));
+    }),
+  );
+
+command('backup', "ask the server's agent daemon to take a base backup; prints its ID")
+  .argument('<server>')
+  .option('--wait', 'return only when the backup is DONE (exit 0) or FAILED (exit 1)')
+  .action((server: string, opts: Opts & { wait?: boolean }) =>
+    runAction(async () => {
+      const { requestBackup } = await import('./commands/backups');
+      let printed = false;
+      const result = await requestBackup(await loadConfig(opts), server, Boolean(opts.wait), (s) => {
+        if (!printed) {
+          process.stdout.write(`${s.backupId}\n`);
+          printed = true;
+        }
+        process.stderr.write(`backup ${s.backupId}: ${s.status}${s.reason ? ` (${s.reason})` : ''}\n`);
+      });
+      if (result.status === 'FAILED') {
+        process.stderr.write(`ERROR: backup ${result.backupId} FAILED${result.reason ? `: ${result.reason}` : ''}\nHINT: See the agent's log on the PostgreSQL host and barman-receiver show-backup ${server} ${result.backupId}.\n`);
+        return ExitCode.FAILED;
+      }
+    }),
+  );
+
+command('delete', 'remove one backup (respects minimum_redundancy and keep)')
+  .argument('<server>')
+  .argument('<id>', 'backup ID, latest or oldest')
+  .action((server: string, id: string, opts: Opts) =>
+    runAction(async () => {
+      const { deleteBackup } = await import('./commands/backups');
+      const info = await deleteBackup(await loadConfig(opts), server, id);
+      process.stdout.write(`Deleted backup ${info.backupId} of ${server}\n`);
+    }),
+  );
+
+command('keep', 'exempt a backup from retention (--release to undo)')
+  .argument('<server>')
+  .argument('<id>', 'backup ID, latest or oldest')
+  .option('--release', 'make the backup subject to retention again')
+  .action((server: string, id: string, opts: Opts & { release?: boolean }) =>
+    runAction(async () => {
+      const { keepBackup } = await import('./commands/backups');
+      const info = await keepBackup(await loadConfig(opts), server, id, Boolean(opts.release));
+      process.stdout.write(`Backup ${info.backupId} of ${server}: keep ${info.keep ? 'on' : 'released'}\n`);
+    }),
+  );
+
+command('verify-backup', 'read every file of a backup back and check it against its manifest')
+  .alias('verify')
+  .argument('<server>')
+  .argument('<id>', 'backup ID, latest or oldest')
+  .option('--json', 'one JSON document on stdout')
+  .action((server: string, id: string, opts: Opts) =>
+    runAction(async () => {
+      const { verifyBackup } = await import('./commands/backups');
+      const result = await verifyBackup(await loadConfig(opts), server, id);
+      if (opts.json) printJson(result);
+      else {
+        for (const p of result.problems) process.stdout.write(`FAILED: ${p}\n`);
+        process.stdout.write(`backup ${result.backupId}: ${result.checked} files checked, ${result.ok ? 'all match the manifest' : `${result.problems.length} problem(s)`}\n`);
+      }
+      if (!result.ok) {
+        process.stderr.write(`ERROR: backup ${result.backupId} does not match its manifest\nHINT: Do not recover from it; take a new backup and check the backup host's storage.\n`);
+        return ExitCode.FAILED;
+      }
+    }),
+  );
+
+command('recover', 'write a startable PostgreSQL data directory from a backup and its WAL')
+  .argument('<server>')
+  .argument('<id>', 'backup ID, latest or oldest')
+  .argument('<dest>', 'destination directory (new or empty)')
+  .option('--target-time <time>', 'ISO 8601, with an offset or in this host\'s time zone')
+  .option('--target-xid <xid>', 'transaction ID')
+  .option('--target-lsn <lsn>', 'WAL location, e.g. 0/3000060')
+  .option('--target-name <name>', 'restore point made with pg_create_restore_point()')
+  .option('--target-immediate', 'stop as soon as the backup is consistent')
+  .option('--target-tli <tli>', 'current, latest or a timeline number', 'latest')
+  .option('--target-action <action>', 'pause, promote or shutdown (default promote when a target is given)')
+  .option('--exclusive', 'stop just before the target instead of just after it')
+  .option('--tablespace <name:location...>', 'relocate a tablespace (repeatable)')
+  .option('--owner <user>', 'owner of the recovered files (default: the destination parent\'s owner, or postgres when run as root)')
+  .action((server: string, id: string, dest: string, opts: Opts & Record<string, string | boolean | string[] | undefined>) =>
+    runAction(async () => {
+      const { recover } = await import('./commands/recover');
+      const action = opts.targetAction as string | undefined;
+      if (action !== undefined && !['pause', 'promote', 'shutdown'].includes(action)) {
+        const { usageError } = await import('../shared/cli');
+        throw usageError(`--target-action "${action}" is not pause, promote or shutdown`, 'Use --target-action pause|promote|shutdown.');
+      }
+      const tablespaces: Record<string, string> = {};
+      for (const spec of (opts.tablespace as string[] | undefined) ?? []) {
+        const i = spec.indexOf(':');
+        if (i <= 0) {
+          const { usageError } = await import('../shared/cli');
+          throw usageError(`--tablespace "${spec}" is not name:location`, 'Write --tablespace tbs1:/new/location.');
+        }
+        tablespaces[spec.slice(0, i)] = spec.slice(i + 1);
+      }
+      const started = Date.now();
+      const plan = await recover(await loadConfig(opts), server, id, dest, {
+        targetTime: opts.targetTime as string | undefined,
+        targetXid: opts.targetXid as string | undefined,
+        targetLsn: opts.targetLsn as string | undefined,
+        targetName: opts.targetName as string | undefined,
+        targetImmediate: Boolean(opts.targetImmediate),
+        targetTli: opts.targetTli as string | undefined,
+        targetAction: action as 'pause' | 'promote' | 'shutdown' | undefined,
+        exclusive: Boolean(opts.exclusive),
+        tablespaces,
+        owner: opts.owner as string | undefined,
+      }, (p) => process.stderr.write(`\r${p.phase === 'files' ? 'data files' : 'WAL files'}: ${p.done}/${p.total}${p.done === p.total ? '\n' : ''}`));
+      process.stdout.write(`Recovered backup ${plan.backupId} of ${server} into ${dest} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+      process.stdout.write(`Start it with: pg_ctl -D ${dest} start\n`);
+    }),
+  );
+
 /** `barman server show main` → `show-server main` (the seed's forms). */
 const SEED_VERBS: Record<string, string> = { show: 'show-server', check: 'check', backup: 'backup', list: 'list-backups', recover: 'recover', status: 'status' };
 const argv = [...process.argv];

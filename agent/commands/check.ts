@@ -4,7 +4,7 @@
 import type { AgentConfig } from '../../shared/config/agent';
 import { type CheckResult, runCheck } from '../../shared/check';
 import { connectPostgres } from '../postgres';
-import { AgentConnection } from '../transport/client';
+import { AgentConnection } from '../../shared/protocol/client';
 
 export async function checkAgent(config: AgentConfig): Promise<CheckResult[]> {
   const results: CheckResult[] = [{ name: 'configuration', ok: true, detail: config.file }];

@@ -5,7 +5,7 @@ import { basename } from 'node:path';
 import type { AgentConfig } from '../../shared/config/agent';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { parseWalFileName } from '../../shared/wal/names';
-import { AgentConnection } from '../transport/client';
+import { AgentConnection } from '../../shared/protocol/client';
 
 export async function getWal(config: AgentConfig, name: string, dest: string): Promise<boolean> {
   if (!parseWalFileName(name) || basename(name) !== name) {

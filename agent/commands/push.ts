@@ -6,7 +6,7 @@ import { basename, resolve } from 'node:path';
 import type { AgentConfig } from '../../shared/config/agent';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { parseWalFileName } from '../../shared/wal/names';
-import { AgentConnection } from '../transport/client';
+import { AgentConnection } from '../../shared/protocol/client';
 
 export async function pushWal(config: AgentConfig, path: string): Promise<'stored' | 'duplicate'> {
   const name = basename(path);
@@ -16,7 +16,7 @@ export async function pushWal(config: AgentConfig, path: string): Promise<'store
   }
   const conn = await AgentConnection.open(config, 'push');
   try {
-    const ack = await conn.putFile({ kind: 'wal', name }, resolve(path));
+    const ack = (await conn.putFile({ kind: 'wal', name }, resolve(path)))!;
     if (ack.status === 'sent') throw new BarmanError(ErrorCode.PROTOCOL, 'receiver answered a push with "sent"', 'Install the same barman-ts version on agent and receiver.');
     return ack.status;
   } finally {

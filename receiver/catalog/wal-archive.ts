@@ -14,11 +14,10 @@ import { formatLsn } from '../../shared/wal/lsn';
 import { isValidSegmentSize, parseWalFileName, segmentStartLsn, type WalFileName } from '../../shared/wal/names';
 import { IncomingFile, storageError } from '../storage/posix';
 import type { ServerCatalog, StoredWal } from './catalog';
+import type { StoreResult, Upload } from './upload';
 
 /** .history and .backup files are a few hundred bytes; anything near this is not one. */
 const MAX_SMALL_WAL_FILE = 1024 * 1024;
-
-export type StoreResult = 'stored' | 'duplicate';
 
 const NAME_HINT = 'archive_command must pass %p (the path PostgreSQL gives), and only WAL segments, .history and .backup files are archived.';
 
@@ -77,7 +76,7 @@ export class WalArchive {
   }
 }
 
-export class WalUpload {
+export class WalUpload implements Upload {
   private head = Buffer.alloc(0);
   private headerChecked = false;
   private systemIdentifier: string | undefined;
@@ -86,8 +85,8 @@ export class WalUpload {
 
   constructor(private readonly archive: WalArchive, readonly file: WalFileName, readonly size: number, private readonly compression: Compression, private readonly incoming: IncomingFile) {}
 
-  get received(): number {
-    return this.incoming.size;
+  get label(): string {
+    return this.file.name;
   }
 
   async write(chunk: Uint8Array): Promise<void> {

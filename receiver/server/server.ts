@@ -12,7 +12,7 @@ import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { CloseCode, FrameConnection } from '../../shared/protocol/connection';
 import { MAX_FRAME_BYTES } from '../../shared/protocol/frames';
-import { createServerContext, type ServerContext } from './context';
+import { ServerContext } from './context';
 import { Session } from './session';
 
 export class ReceiverService {
@@ -22,11 +22,16 @@ export class ReceiverService {
   private readonly connections = new Set<FrameConnection>();
 
   constructor(readonly config: ReceiverConfig, private readonly log: Logger) {
-    for (const server of config.servers.values()) this.servers.set(server.name, createServerContext(config.barmanHome, server, config.compression));
+    for (const server of config.servers.values()) this.servers.set(server.name, new ServerContext(config.barmanHome, server, config.compression));
   }
 
   async start(): Promise<AddressInfo> {
-    for (const ctx of this.servers.values()) await ctx.catalog.ensureLayout();
+    for (const ctx of this.servers.values()) {
+      await ctx.catalog.ensureLayout();
+      const failed = await ctx.backups.failInterrupted();
+      if (failed.length) this.log.warn({ server: ctx.config.name, backups: failed }, 'backups interrupted by a receiver stop marked FAILED');
+      await ctx.walStored();
+    }
     const tls = this.config.tls;
     let http: Server;
     try {

@@ -7,11 +7,12 @@ import { stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
-import { CloseCode, errorFrame, type FrameConnection } from '../../shared/protocol/connection';
-import { type Frame, type HelloFrame, PROTOCOL_VERSION } from '../../shared/protocol/frames';
+import { CloseCode, errorFrame, errorFromFrame, type FrameConnection } from '../../shared/protocol/connection';
+import { type Frame, type HelloFrame, PROTOCOL_VERSION, type Role } from '../../shared/protocol/frames';
 import type { ServerConfig } from '../../shared/config/receiver';
-import { openStoredWal, type WalUpload } from '../catalog/wal-archive';
-import type { ServerContext } from './context';
+import { openStoredWal, WalUpload } from '../catalog/wal-archive';
+import type { Upload } from '../catalog/upload';
+import type { Peer, ServerContext } from './context';
 import { sendChunks, streamSource } from '../../shared/protocol/chunks';
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -23,10 +24,11 @@ type State =
   | { phase: 'auth'; hello: HelloFrame; server: ServerConfig; serverNonce: Buffer }
   | { phase: 'ready'; server: ServerContext };
 
-export class Session {
+export class Session implements Peer {
   readonly id = randomUUID();
+  private role: Role = 'push';
   private state: State = { phase: 'hello' };
-  private readonly uploads = new Map<number, WalUpload>();
+  private readonly uploads = new Map<number, Upload>();
   /** uploads answered with an error: their remaining chunks are dropped by id, never written */
   private readonly failedUploads = new Set<number>();
   private log: Logger;
@@ -45,6 +47,15 @@ export class Session {
       for (const upload of this.uploads.values()) void upload.abort();
       this.uploads.clear();
     });
+  }
+
+  send(frame: Frame): Promise<void> {
+    return this.conn.send(frame);
+  }
+
+  /** Another daemon of the same server took over: this one is closed, with a reason it can log. */
+  replace(reason: string): void {
+    void this.conn.fail(new BarmanError(ErrorCode.AGENT_NOT_CONNECTED, reason, 'Run one barman-agent daemon per PostgreSQL server.'), CloseCode.REPLACED);
   }
 
   private async onFrame(frame: Frame): Promise<void> {
@@ -86,7 +97,10 @@ export class Session {
     clearTimeout(this.handshakeTimer);
     const context = this.lookup(server.name)!;
     this.log = this.log.child({ server: server.name, role: hello.role });
+    this.role = hello.role;
     this.state = { phase: 'ready', server: context };
+    this.conn.onClose(() => context.detach(this));
+    if (hello.role === 'daemon') context.attachDaemon(this);
     await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', server.name, hello.clientNonce, serverNonce) });
     this.log.debug('agent authenticated');
   }
@@ -97,7 +111,14 @@ export class Session {
         return this.answer(frame.id, async () => {
           if (this.uploads.has(frame.id)) throw protocolError(`put ${frame.id} is already open`);
           if (this.uploads.size >= MAX_OPEN_UPLOADS) throw protocolError(`more than ${MAX_OPEN_UPLOADS} uploads open at once`);
-          this.uploads.set(frame.id, await server.walArchive.begin(frame.target.name, frame.size));
+          const t = frame.target;
+          if (t.kind === 'wal') {
+            this.allow(['push', 'daemon', 'backup'], 'archive WAL');
+            this.uploads.set(frame.id, await server.walArchive.begin(t.name, frame.size));
+          } else {
+            this.allow(['daemon', 'backup'], 'send backup files');
+            this.uploads.set(frame.id, await server.backupFile(this, t.backupId, t.path, frame.size, t.mtime));
+          }
         });
       case 'chunk': {
         const upload = this.uploads.get(frame.id);
@@ -112,19 +133,91 @@ export class Session {
         this.uploads.delete(frame.id);
         return this.answer(frame.id, async () => {
           const status = await upload.finish(frame.sha256);
-          this.log.info({ wal: upload.file.name, status }, status === 'stored' ? 'WAL archived' : 'WAL already archived with identical content');
           await this.conn.send({ type: 'ack', id: frame.id, status, sha256: frame.sha256 });
+          if (upload instanceof WalUpload) {
+            this.log.info({ wal: upload.label, status }, status === 'stored' ? 'WAL archived' : 'WAL already archived with identical content');
+            if (status === 'stored' && upload.file.kind === 'segment') await server.walStored();
+          }
         }, upload);
       }
       case 'get':
         return this.answer(frame.id, () => this.sendWal(frame.id, frame.name, server));
+      case 'backup-begin':
+        return this.answer(frame.id, async () => {
+          this.allow(['daemon', 'backup'], 'take backups');
+          const info = await server.beginBackup(this, frame.start, frame.requestId);
+          this.log.info({ backup: info.backupId, lsn: info.beginLsn }, 'backup started');
+          await this.conn.send({ type: 'backup-accepted', id: frame.id, backupId: info.backupId });
+        });
+      case 'backup-end':
+        return this.answer(frame.id, async () => {
+          const info = await server.endBackup(this, frame.backupId, frame.stop);
+          this.log.info({ backup: info.backupId, status: info.status, files: info.fileCount, bytes: info.size }, 'backup files complete');
+          await this.conn.send({ type: 'backup-status', id: frame.id, backupId: info.backupId, status: info.status });
+        });
+      case 'backup-abort':
+        return this.answer(frame.id, async () => {
+          this.log.warn({ backup: frame.backupId, reason: frame.reason }, 'backup aborted by the agent');
+          await server.abortBackup(this, frame.backupId, frame.reason);
+          await this.conn.send({ type: 'backup-status', id: frame.id, backupId: frame.backupId, status: 'FAILED', reason: frame.reason });
+        });
+      case 'backup-start':
+        return this.answer(frame.id, async () => {
+          this.allow(['admin'], 'request backups');
+          await this.startBackupFor(frame.id, frame.wait, server);
+        });
+      case 'error':
+        // the daemon's answer to a request of ours (a backup request it could not run)
+        if (frame.id !== undefined && server.requestFailed(frame.id, errorFromFrame(frame))) return;
+        this.log.warn({ code: frame.code }, `agent reported: ${frame.message}`);
+        return;
       default:
         throw protocolError(`unexpected ${frame.type} frame`);
     }
   }
 
+  /** admin → daemon backup request; answers with backup-status frames (STARTED, then the end state when waiting). */
+  private async startBackupFor(id: number, wait: boolean, server: ServerContext): Promise<void> {
+    let backupId: string | undefined;
+    let finished = false;
+    const unsubscribe = server.onBackupChange((info) => {
+      if (finished || info.backupId !== backupId) return;
+      if (info.status === 'DONE' || info.status === 'FAILED') {
+        finished = true;
+        unsubscribe();
+        void this.conn.send({ type: 'backup-status', id, backupId: info.backupId, status: info.status, ...(info.error ? { reason: info.error } : {}) }).catch(() => undefined);
+      }
+    });
+    this.conn.onClose(() => unsubscribe());
+    try {
+      await server.requestBackup((result) => {
+        if (result instanceof BarmanError) {
+          finished = true;
+          unsubscribe();
+          void this.conn.send(errorFrame(result, id)).catch(() => undefined);
+          return;
+        }
+        backupId = result.backupId;
+        void this.conn.send({ type: 'backup-status', id, backupId: result.backupId, status: result.status }).catch(() => undefined);
+        if (!wait) {
+          finished = true;
+          unsubscribe();
+        }
+      });
+    } catch (err) {
+      unsubscribe();
+      throw err;
+    }
+  }
+
+  private allow(roles: Role[], what: string): void {
+    if (!roles.includes(this.role)) {
+      throw new BarmanError(ErrorCode.PROTOCOL, `a ${this.role} session may not ${what}`, 'Agent and receiver must run compatible versions of barman-ts.');
+    }
+  }
+
   /** Runs one step of a request; a failure answers that request with an error frame. */
-  private async answer(id: number, step: () => Promise<void>, upload?: WalUpload): Promise<void> {
+  private async answer(id: number, step: () => Promise<void>, upload?: Upload): Promise<void> {
     try {
       await step();
     } catch (err) {

@@ -71,9 +71,13 @@ export class IncomingFile {
   }
 
   static async create(incomingDir: string, label: string, compression: Compression): Promise<IncomingFile> {
-    const tmpPath = join(incomingDir, `${label}.${randomBytes(6).toString('hex')}.tmp`);
-    const fh = await fs.open(tmpPath, 'wx', 0o640);
-    return new IncomingFile(tmpPath, fh, compression);
+    return IncomingFile.createAt(join(incomingDir, `${label}.${randomBytes(6).toString('hex')}.tmp`), compression);
+  }
+
+  /** A file at an exact path inside a directory that is itself not yet complete (a backup's staging). */
+  static async createAt(path: string, compression: Compression): Promise<IncomingFile> {
+    const fh = await fs.open(path, 'wx', 0o640);
+    return new IncomingFile(path, fh, compression);
   }
 
   async write(chunk: Uint8Array): Promise<void> {
@@ -88,14 +92,18 @@ export class IncomingFile {
     }
   }
 
-  /** Flushes and fsyncs the temporary file; returns the hex SHA-256 of the plain bytes. */
-  async finish(): Promise<string> {
+  /**
+   * Flushes and closes the file; returns the hex SHA-256 of the plain bytes. With `sync` false the
+   * fsync is the caller's job (a backup fsyncs all its files at the end, letting the kernel write
+   * back in bulk while the transfer runs).
+   */
+  async finish(sync = true): Promise<string> {
     if (this.gzip) {
       this.gzip.end();
       await this.gzipDone;
       await this.writeChain;
     }
-    await this.fh.sync();
+    if (sync) await this.fh.sync();
     await this.fh.close();
     return this.hash.digest('hex');
   }
@@ -125,4 +133,32 @@ export function storageError(err: unknown, what: string): BarmanError {
   const e = asBarmanError(err);
   if (e.code !== ErrorCode.INTERNAL) return e;
   return new BarmanError(ErrorCode.STORAGE, `${what}: ${e.message}`, 'Check the receiver host: free space, permissions on barman_home, filesystem health.', { cause: err });
+}
+
+/** fsyncs every file and directory below `root` (bounded parallelism), then `root` itself. */
+export async function fsyncTree(root: string, parallel = 8): Promise<void> {
+  const dirs: string[] = [];
+  const files: string[] = [];
+  const walk = async (dir: string): Promise<void> => {
+    dirs.push(dir);
+    for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
+      const p = join(dir, entry.name);
+      if (entry.isDirectory()) await walk(p);
+      else if (entry.isFile()) files.push(p);
+    }
+  };
+  await walk(root);
+  const syncFile = async (p: string) => {
+    const fh = await fs.open(p, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  };
+  let next = 0;
+  await Promise.all(Array.from({ length: parallel }, async () => {
+    while (next < files.length) await syncFile(files[next++]!);
+  }));
+  for (const d of dirs.reverse()) await fsyncDir(d);
 }

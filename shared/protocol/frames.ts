@@ -14,11 +14,36 @@ export const MAX_FRAME_BYTES = 2 * CHUNK_SIZE;
 /** bytes a sender may have queued on its socket before it waits for drain */
 export const SEND_HIGH_WATER = 4 * CHUNK_SIZE;
 
-export type Role = 'push' | 'get' | 'daemon' | 'restore' | 'admin';
-export const ROLES: readonly Role[] = ['push', 'get', 'daemon', 'restore', 'admin'];
+export type Role = 'push' | 'get' | 'daemon' | 'backup' | 'restore' | 'admin';
+export const ROLES: readonly Role[] = ['push', 'get', 'daemon', 'backup', 'restore', 'admin'];
 
-/** What a put writes into. */
-export type PutTarget = { kind: 'wal'; name: string };
+/** What a put writes into: an archived WAL file, or one file of a backup in progress. */
+export type PutTarget = { kind: 'wal'; name: string } | { kind: 'backup-file'; backupId: string; path: string; mtime: number };
+
+export interface TablespaceInfo { oid: string; name: string; location: string }
+
+/** What the agent reports when PostgreSQL has started a backup (pg_backup_start). */
+export interface BackupStart {
+  startLsn: string;
+  timeline: number;
+  /** ISO 8601, the PostgreSQL host's clock */
+  startTime: string;
+  systemIdentifier: string;
+  /** server_version_num, e.g. 150018 */
+  pgVersion: number;
+  pgdata: string;
+  tablespaces: TablespaceInfo[];
+}
+
+/** What the agent reports when PostgreSQL has stopped it (pg_backup_stop). */
+export interface BackupStop {
+  stopLsn: string;
+  stopTime: string;
+  backupLabel: string;
+  tablespaceMap: string;
+  /** every directory of the backup, relative, so empty ones (pg_wal, pg_replslot, ...) exist on restore */
+  directories: string[];
+}
 
 export interface HelloFrame { type: 'hello'; protocolVersion: number; server: string; role: Role; clientNonce: Uint8Array; agentVersion: string }
 export interface ChallengeFrame { type: 'challenge'; protocolVersion: number; serverNonce: Uint8Array }
@@ -31,8 +56,24 @@ export interface EndFrame { type: 'end'; id: number; sha256: string }
 export interface GetFrame { type: 'get'; id: number; name: string }
 export interface AckFrame { type: 'ack'; id: number; status: 'stored' | 'duplicate' | 'sent'; sha256: string }
 export interface ErrorFrame { type: 'error'; id?: number; code: string; message: string; hint: string }
+/** agent → receiver: a backup has started; `requestId` answers a backup-request */
+export interface BackupBeginFrame { type: 'backup-begin'; id: number; requestId?: number; start: BackupStart }
+/** receiver → agent: the backup's ID; files may now be put under it */
+export interface BackupAcceptedFrame { type: 'backup-accepted'; id: number; backupId: string }
+/** agent → receiver: every file is sent and PostgreSQL has stopped the backup */
+export interface BackupEndFrame { type: 'backup-end'; id: number; backupId: string; stop: BackupStop; fileCount: number }
+/** agent → receiver: the backup failed on the PostgreSQL host */
+export interface BackupAbortFrame { type: 'backup-abort'; id: number; backupId: string; reason: string }
+/** receiver → daemon: take a backup now */
+export interface BackupRequestFrame { type: 'backup-request'; id: number }
+/** admin → receiver: ask the server's daemon for a backup; `wait` keeps answering until DONE or FAILED */
+export interface BackupStartFrame { type: 'backup-start'; id: number; wait: boolean }
+/** receiver → agent/admin: where a backup stands */
+export interface BackupStatusFrame { type: 'backup-status'; id: number; backupId: string; status: string; reason?: string }
 
-export type Frame = HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame;
+export type Frame =
+  | HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame
+  | BackupBeginFrame | BackupAcceptedFrame | BackupEndFrame | BackupAbortFrame | BackupRequestFrame | BackupStartFrame | BackupStatusFrame;
 export type FrameType = Frame['type'];
 
 // ---- validation -----------------------------------------------------------------------------
@@ -44,11 +85,27 @@ const bytes = (max: number): Check => (v) => v instanceof Uint8Array && v.length
 const exact = (n: number): Check => (v) => v instanceof Uint8Array && v.length === n;
 const oneOf = (...allowed: string[]): Check => (v) => typeof v === 'string' && allowed.includes(v);
 const hex64: Check = (v) => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v);
-const target: Check = (v) => {
+const int: Check = (v) => typeof v === 'number' && Number.isSafeInteger(v);
+const backupId = (v: unknown) => typeof v === 'string' && /^\d{8}T\d{6}$/.test(v);
+const lsn = (v: unknown) => typeof v === 'string' && /^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/.test(v);
+const iso = (v: unknown) => typeof v === 'string' && v.length <= 40 && !Number.isNaN(Date.parse(v));
+
+/** A map with exactly these keys, each passing its check. */
+const record = (fields: Record<string, Check>): Check => (v) => {
   if (v === null || typeof v !== 'object' || Array.isArray(v)) return false;
   const t = v as Record<string, unknown>;
-  return Object.keys(t).length === 2 && t.kind === 'wal' && str(64)(t.name);
+  const keys = Object.keys(t);
+  return keys.length === Object.keys(fields).length && keys.every((k) => Object.hasOwn(fields, k) && fields[k]!(t[k]));
 };
+const arrayOf = (check: Check, max: number): Check => (v) => Array.isArray(v) && v.length <= max && v.every(check);
+const target: Check = (v) =>
+  record({ kind: oneOf('wal'), name: str(64) })(v) ||
+  record({ kind: oneOf('backup-file'), backupId, path: str(1024), mtime: int })(v);
+const backupStart = record({
+  startLsn: lsn, timeline: uint, startTime: iso, systemIdentifier: (v) => typeof v === 'string' && /^\d{1,20}$/.test(v),
+  pgVersion: uint, pgdata: str(4096), tablespaces: arrayOf(record({ oid: (v) => typeof v === 'string' && /^\d{1,10}$/.test(v), name: str(64), location: str(4096) }), 1000),
+});
+const backupStop = record({ stopLsn: lsn, stopTime: iso, backupLabel: str(65536), tablespaceMap: str(1 << 20), directories: arrayOf(str(1024), 1_000_000) });
 
 interface Shape { required: Record<string, Check>; optional?: Record<string, Check> }
 
@@ -64,6 +121,13 @@ const SHAPES: Record<FrameType, Shape> = {
   get: { required: { id: uint, name: str(255) } },
   ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent'), sha256: hex64 } },
   error: { required: { code: str(64), message: str(4096), hint: str(4096) }, optional: { id: uint } },
+  'backup-begin': { required: { id: uint, start: backupStart }, optional: { requestId: uint } },
+  'backup-accepted': { required: { id: uint, backupId } },
+  'backup-end': { required: { id: uint, backupId, stop: backupStop, fileCount: uint } },
+  'backup-abort': { required: { id: uint, backupId, reason: str(4096) } },
+  'backup-request': { required: { id: uint } },
+  'backup-start': { required: { id: uint, wait: (v) => typeof v === 'boolean' } },
+  'backup-status': { required: { id: uint, backupId, status: str(32) }, optional: { reason: str(4096) } },
 };
 
 /** Returns the frame typed, or a reason it is malformed. Unknown keys are malformed too. */
@@ -71,7 +135,11 @@ export function validateFrame(value: unknown): Frame | string {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return 'frame is not a map';
   const obj = value as Record<string, unknown>;
   const type = obj.type;
-  if (typeof type !== 'string' || !Object.hasOwn(SHAPES, type)) return `unknown frame type ${JSON.stringify(type)?.slice(0, 40)}`;
+  if (typeof type !== 'string' || !Object.hasOwn(SHAPES, type)) {
+    // a peer's type may be a bigint (msgpack uint64) or a cyclic map, which JSON.stringify throws on
+    const printable = type === null || ['string', 'number', 'boolean', 'undefined'].includes(typeof type);
+    return `unknown frame type ${printable ? String(JSON.stringify(type)).slice(0, 40) : typeof type}`;
+  }
   const shape = SHAPES[type as FrameType];
   for (const [key, check] of Object.entries(shape.required)) {
     if (!check(obj[key])) return `${type} frame: field "${key}" is missing or malformed`;

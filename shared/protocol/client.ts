@@ -1,21 +1,24 @@
-// The agent's side of the WebSocket: connect, prove the token (and check the receiver's proof),
+// The client side of the WebSocket (the agent, and the receiver's own admin commands): connect, prove the token (and check the receiver's proof),
 // then run requests by id. Files go out as put → chunk* → end and come back as file → chunk* → end,
 // hashed on both sides; nothing here buffers more than a chunk or two.
 
 import { promises as fs, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import WebSocket from 'ws';
-import type { AgentConfig } from '../../shared/config/agent';
-import { BarmanError, ErrorCode } from '../../shared/errors';
-import { newHash } from '../../shared/checksum';
-import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
-import { fileSource, sendChunks } from '../../shared/protocol/chunks';
-import { FrameConnection, errorFromFrame } from '../../shared/protocol/connection';
-import { type AckFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role } from '../../shared/protocol/frames';
+import type { AgentConfig } from '../config/agent';
+import { BarmanError, ErrorCode } from '../errors';
+import { newHash } from '../checksum';
+import { computeProof, newNonce, proofMatches } from './auth';
+import { type ChunkSource, fileSource, sendChunks } from './chunks';
+import { FrameConnection, errorFromFrame } from './connection';
+import { type AckFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role } from './frames';
 
 export const AGENT_VERSION = 'barman-ts/0.1.0';
 
 type Waiter = (frame: Frame) => void;
+
+/** What a client needs to reach and authenticate to a receiver. */
+export type ClientOptions = Pick<AgentConfig, 'file' | 'receiver' | 'server' | 'token' | 'caFile' | 'timeoutSeconds'>;
 
 /** Client-to-server frames must be masked, but the mask guards HTTP proxies, not us: a zero mask
  *  lets ws skip the XOR pass over every byte (documented ws option `generateMask`). */
@@ -27,13 +30,21 @@ export class AgentConnection {
   private nextId = 1;
   private readonly waiters = new Map<number, Waiter>();
   private failure: BarmanError | undefined;
+  private requestHandler: ((frame: Frame) => void) | undefined;
+  private readonly closedPromise: Promise<BarmanError>;
 
-  private constructor(private readonly conn: FrameConnection, readonly config: AgentConfig, readonly sessionId: string) {
+  private constructor(private readonly conn: FrameConnection, readonly config: ClientOptions, readonly sessionId: string) {
     conn.onFrame((frame) => this.route(frame));
-    conn.onClose((err) => this.failAll(err ?? new BarmanError(ErrorCode.CONNECTION_LOST, 'the receiver closed the connection', 'Retry; check the receiver log if it keeps happening.')));
+    this.closedPromise = new Promise((resolve) => {
+      conn.onClose((err) => {
+        const reason = err ?? new BarmanError(ErrorCode.CONNECTION_LOST, 'the receiver closed the connection', 'Retry; check the receiver log if it keeps happening.');
+        this.failAll(reason);
+        resolve(reason);
+      });
+    });
   }
 
-  static async open(config: AgentConfig, role: Role): Promise<AgentConnection> {
+  static async open(config: ClientOptions, role: Role): Promise<AgentConnection> {
     const url = config.receiver.href;
     const ws = new WebSocket(url, {
       perMessageDeflate: false,
@@ -91,24 +102,31 @@ export class AgentConnection {
     this.conn.close();
   }
 
-  /** Sends a local file; resolves with the receiver's ack once it is durable there. */
-  async putFile(target: PutTarget, path: string): Promise<AckFrame> {
+  /**
+   * Sends a local file; resolves with the receiver's ack once it is stored there.
+   * WAL files must not change while read (a size change is an error). Backup files (`asOfStat`)
+   * may: exactly the size seen at open is sent, cut or padded with zeros, as pg_basebackup does;
+   * WAL replay repairs whatever changed. Resolves undefined when such a file vanished before open.
+   */
+  async putFile(target: PutTarget, path: string, asOfStat = false): Promise<AckFrame | undefined> {
     const id = this.nextId++;
     let fh: fs.FileHandle;
     try {
       fh = await fs.open(path, 'r');
     } catch (err) {
+      if (asOfStat && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw localFileError(path, err);
     }
     const answer = this.expect<AckFrame>(id, (frame, settle) => {
       if (frame.type === 'ack') settle.resolve(frame);
       else if (frame.type === 'error') settle.reject(errorFromFrame(frame));
-      else settle.reject(new BarmanError(ErrorCode.PROTOCOL, `unexpected ${frame.type} frame for put`, 'Install the same barman-ts version on agent and receiver.'));
+      else settle.reject(unexpected(frame, 'put'));
     });
     try {
       const { size } = await fh.stat();
       await this.conn.send({ type: 'put', id, target, size });
-      const sent = await sendChunks(this.conn, id, fileSource(fh), () => answer.settled || this.failure !== undefined);
+      const source = asOfStat ? exactSize(fileSource(fh), size) : fileSource(fh);
+      const sent = await sendChunks(this.conn, id, source, () => answer.settled || this.failure !== undefined);
       if (!answer.settled && !this.failure) {
         if (sent.size !== size) throw new BarmanError(ErrorCode.LOCAL_FILE, `${path} changed size while being read (${size} → ${sent.size} bytes)`, "Something else writes the file; archive_command must be given PostgreSQL's %p.");
         await this.conn.send({ type: 'end', id, sha256: sent.sha256 });
@@ -119,6 +137,42 @@ export class AgentConnection {
       await fh.close();
     }
     return answer.promise;
+  }
+
+  /** Sends one request frame (its id is assigned here) and resolves with the first answer `accept` takes. */
+  call<T>(build: (id: number) => Frame, accept: (frame: Frame) => T | undefined): Promise<T> {
+    return this.stream(build, accept);
+  }
+
+  /**
+   * Like call(), for requests answered by several frames: `accept` returns 'more' to keep
+   * listening, a value to finish, undefined for a frame that does not belong.
+   */
+  async stream<T>(build: (id: number) => Frame, accept: (frame: Frame) => T | 'more' | undefined): Promise<T> {
+    const id = this.nextId++;
+    const answer = this.expect<T>(id, (frame, settle) => {
+      if (frame.type === 'error') return settle.reject(errorFromFrame(frame));
+      const value = accept(frame);
+      if (value === undefined) settle.reject(unexpected(frame, build(id).type));
+      else if (value !== 'more') settle.resolve(value);
+    });
+    await this.conn.send(build(id));
+    return answer.promise;
+  }
+
+  /** Sends a frame that needs no answer (a reply to a request of the receiver's). */
+  send(frame: Frame): Promise<void> {
+    return this.conn.send(frame);
+  }
+
+  /** Requests the receiver sends this agent (backup-request), with a handler that answers them. */
+  onRequest(handler: (frame: Frame) => void): void {
+    this.requestHandler = handler;
+  }
+
+  /** Resolves when the connection ends, with the reason. */
+  get closed(): Promise<BarmanError> {
+    return this.closedPromise;
   }
 
   /**
@@ -164,7 +218,7 @@ export class AgentConnection {
           else settle.reject(errorFromFrame(frame));
           return;
         default:
-          settle.reject(new BarmanError(ErrorCode.PROTOCOL, `unexpected ${frame.type} frame for get`, 'Install the same barman-ts version on agent and receiver.'));
+          settle.reject(unexpected(frame, 'get'));
       }
     });
     await this.conn.send({ type: 'get', id, name });
@@ -200,6 +254,10 @@ export class AgentConnection {
   }
 
   private async route(frame: Frame): Promise<void> {
+    if (frame.type === 'backup-request') {
+      this.requestHandler?.(frame);
+      return;
+    }
     const id = 'id' in frame ? frame.id : undefined;
     if (id === undefined) {
       if (frame.type === 'error') this.failAll(errorFromFrame(frame));
@@ -214,7 +272,27 @@ export class AgentConnection {
   }
 }
 
-function readCa(config: AgentConfig): Buffer {
+function unexpected(frame: Frame, what: string): BarmanError {
+  return new BarmanError(ErrorCode.PROTOCOL, `unexpected ${frame.type} frame answering ${what}`, 'Install the same barman-ts version on agent and receiver.');
+}
+
+/** Exactly `size` bytes of `source`: cut where it grew, zero-padded where it shrank. */
+function exactSize(source: ChunkSource, size: number): ChunkSource {
+  let left = size;
+  return async (target) => {
+    if (left === 0) return 0;
+    const want = target.subarray(0, Math.min(target.length, left));
+    let n = await source(want);
+    if (n < want.length) {
+      want.fill(0, n);
+      n = want.length;
+    }
+    left -= n;
+    return n;
+  };
+}
+
+function readCa(config: ClientOptions): Buffer {
   try {
     return readFileSync(config.caFile!);
   } catch (err) {

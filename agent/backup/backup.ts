@@ -1,0 +1,108 @@
+// Taking a base backup of the local cluster and streaming it to the receiver.
+//
+// Non-exclusive pg_backup_start / pg_backup_stop in one dedicated session (kept open for the
+// whole backup) rather than the replication protocol's BASE_BACKUP: the agent reads the files
+// itself, several at once with backpressure, hashing each as it reads, which BASE_BACKUP's one
+// tar stream would serialise through a single walsender.
+
+import type { Client } from 'pg';
+import type { AgentConfig } from '../../shared/config/agent';
+import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
+import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
+import { connectPostgres } from '../postgres';
+import type { AgentConnection } from '../../shared/protocol/client';
+import { type BackupFileEntry, walkDataDirectory } from './walk';
+
+/** files read and sent at once */
+const PARALLEL_FILES = 4;
+
+export interface BackupResult {
+  backupId: string;
+  status: string;
+  files: number;
+  bytes: number;
+}
+
+export interface BackupProgress {
+  (event: { phase: 'started'; backupId: string } | { phase: 'files'; done: number; total: number; bytes: number } | { phase: 'stopped'; stopLsn: string }): void;
+}
+
+export async function takeBackup(conn: AgentConnection, config: AgentConfig, requestId?: number, progress?: BackupProgress): Promise<BackupResult> {
+  const pg = await connectPostgres(config.conninfo, { application_name: 'barman-agent backup' });
+  let backupId: string | undefined;
+  let inBackup = false;
+  try {
+    const version = Number((await pg.query<{ v: string }>("select current_setting('server_version_num') as v")).rows[0]!.v);
+    const pgdata = (await pg.query<{ d: string }>("select current_setting('data_directory') as d")).rows[0]!.d;
+    if ((await pg.query<{ r: boolean }>('select pg_is_in_recovery() as r')).rows[0]!.r) {
+      throw new BarmanError(ErrorCode.POSTGRES, 'PostgreSQL is in recovery (a standby); backups are taken from the primary', 'Point conninfo = at the primary.');
+    }
+    const sysid = (await pg.query<{ s: string }>('select system_identifier::text as s from pg_control_system()')).rows[0]!.s;
+    const tablespaces = (await pg.query<{ oid: string; name: string; location: string }>(
+      "select oid::text as oid, spcname as name, pg_tablespace_location(oid) as location from pg_tablespace where spcname not in ('pg_default', 'pg_global') order by oid",
+    )).rows;
+    const label = `barman-ts ${new Date().toISOString()}`;
+    const startSql = version >= 150000 ? 'select pg_backup_start($1, true)::text as lsn' : 'select pg_start_backup($1, true, false)::text as lsn';
+    const startLsn = (await pg.query<{ lsn: string }>(startSql, [label])).rows[0]!.lsn;
+    inBackup = true;
+    const meta = (await pg.query<{ tli: number; now: Date }>('select timeline_id as tli, now() as now from pg_control_checkpoint()')).rows[0]!;
+    const start: BackupStart = { startLsn, timeline: meta.tli, startTime: meta.now.toISOString(), systemIdentifier: sysid, pgVersion: version, pgdata, tablespaces };
+    backupId = await conn.call(
+      (id) => ({ type: 'backup-begin', id, start, ...(requestId !== undefined ? { requestId } : {}) }),
+      (f) => (f.type === 'backup-accepted' ? f.backupId : undefined),
+    );
+    progress?.({ phase: 'started', backupId });
+
+    const { files, directories } = await walkDataDirectory(pgdata);
+    // global/pg_control goes last, after every other file is in (walk puts it at the end)
+    const control = files[files.length - 1]?.path === 'global/pg_control' ? files.pop() : undefined;
+    const total = files.length + (control ? 1 : 0);
+    let done = 0;
+    let bytes = 0;
+    let sent = 0;
+    const send = async (file: BackupFileEntry) => {
+      const ack = await conn.putFile({ kind: 'backup-file', backupId: backupId!, path: file.path, mtime: file.mtime }, file.absolute, true);
+      done++;
+      if (ack) {
+        sent++;
+        bytes += file.size;
+      }
+      if (done % 100 === 0 || done === total) progress?.({ phase: 'files', done, total, bytes });
+    };
+    let next = 0;
+    await Promise.all(Array.from({ length: PARALLEL_FILES }, async () => {
+      while (next < files.length) await send(files[next++]!);
+    }));
+    if (control) await send(control);
+
+    const stopSql = version >= 150000
+      ? 'select lsn::text as lsn, labelfile, spcmapfile from pg_backup_stop(false)'
+      : 'select lsn::text as lsn, labelfile, spcmapfile from pg_stop_backup(false, false)';
+    const stopped = (await pg.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(stopSql)).rows[0]!;
+    // pg_backup_stop on a primary switches to a new WAL segment itself, so the segment holding
+    // the stop LSN is archived (and the backup can become DONE) even on an idle server
+    inBackup = false;
+    const stopTime = (await pg.query<{ now: Date }>('select clock_timestamp() as now')).rows[0]!.now.toISOString();
+    progress?.({ phase: 'stopped', stopLsn: stopped.lsn });
+    const stop: BackupStop = { stopLsn: stopped.lsn, stopTime, backupLabel: stopped.labelfile, tablespaceMap: stopped.spcmapfile ?? '', directories };
+    const status = await conn.call(
+      (id) => ({ type: 'backup-end', id, backupId: backupId!, stop, fileCount: sent }),
+      (f) => (f.type === 'backup-status' ? f.status : undefined),
+    );
+    return { backupId, status, files: sent, bytes };
+  } catch (err) {
+    const e = asBarmanError(err);
+    if (backupId) {
+      await conn.call((id) => ({ type: 'backup-abort', id, backupId: backupId!, reason: e.message.slice(0, 4000) }), (f) => (f.type === 'backup-status' ? f : undefined)).catch(() => undefined);
+    }
+    throw e;
+  } finally {
+    if (inBackup) await stopQuietly(pg);
+    await pg.end().catch(() => undefined);
+  }
+}
+
+async function stopQuietly(pg: Client): Promise<void> {
+  // ending the session aborts a non-exclusive backup anyway; this just does it sooner
+  await pg.query('select pg_backup_stop(false)').catch(() => pg.query('select pg_stop_backup(false, false)').catch(() => undefined));
+}

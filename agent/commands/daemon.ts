@@ -1,0 +1,67 @@
+// `barman-agent daemon`: keeps one authenticated connection to the receiver open (reconnecting
+// with exponential backoff and jitter) and answers what the receiver asks of it: backups.
+
+import type { AgentConfig } from '../../shared/config/agent';
+import { asBarmanError } from '../../shared/errors';
+import { errorFrame } from '../../shared/protocol/connection';
+import { createLogger } from '../../shared/log';
+import { takeBackup } from '../backup/backup';
+import { AgentConnection } from '../../shared/protocol/client';
+
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+
+export async function runDaemon(config: AgentConfig, signal: AbortSignal): Promise<void> {
+  const log = createLogger(config.logLevel, 'barman-agent').child({ server: config.server });
+  let attempt = 0;
+  while (!signal.aborted) {
+    let conn: AgentConnection;
+    try {
+      conn = await AgentConnection.open(config, 'daemon');
+    } catch (err) {
+      const e = asBarmanError(err);
+      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt) * (0.5 + Math.random() / 2);
+      attempt++;
+      log.warn({ code: e.code, retryInMs: Math.round(delay) }, `${e.message}; retrying`);
+      await sleep(delay, signal);
+      continue;
+    }
+    attempt = 0;
+    log.info({ session: conn.sessionId, receiver: config.receiver.href }, 'connected to the receiver');
+    let backupRunning = false;
+    conn.onRequest((frame) => {
+      if (frame.type !== 'backup-request') return;
+      if (backupRunning) return;
+      backupRunning = true;
+      log.info('backup requested by the receiver');
+      takeBackup(conn, config, frame.id, (p) => {
+        if (p.phase === 'started') log.info({ backup: p.backupId }, 'backup started');
+      })
+        .then((r) => log.info({ backup: r.backupId, status: r.status, files: r.files, bytes: r.bytes }, 'backup sent'))
+        .catch((err) => {
+          const e = asBarmanError(err);
+          log.error({ code: e.code }, `backup failed: ${e.message}`);
+          void conn.send(errorFrame(e, frame.id)).catch(() => undefined);
+        })
+        .finally(() => {
+          backupRunning = false;
+        });
+    });
+    const onAbort = () => conn.close();
+    signal.addEventListener('abort', onAbort, { once: true });
+    const reason = await conn.closed;
+    signal.removeEventListener('abort', onAbort);
+    if (!signal.aborted) log.warn({ code: reason.code }, `connection lost: ${reason.message}; reconnecting`);
+  }
+  log.info('daemon stopped');
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}

@@ -1,0 +1,253 @@
+// The backups of one server: base/<id>/{backup.info, backup_manifest, tablespace_map, data/}.
+// A backup is written into incoming/<id>.backup/ while it runs; at its end every file is
+// fsynced, the directory renamed to base/<id>/data in one step, the manifest written, and only
+// then is the backup WAITING_FOR_WALS. It is DONE once every WAL segment from its begin to its
+// end is archived. Anything that stops it on the way leaves it FAILED, with the reason.
+
+import { promises as fs } from 'node:fs';
+import { dirname, join, normalize, sep } from 'node:path';
+import { type BackupInfo, type BackupStatus, backupIdFor, emptyInfo, formatBackupInfo, isBackupId, parseBackupInfo } from '../../shared/backup/info';
+import { buildManifest, type ManifestFile } from '../../shared/backup/manifest';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
+import { parseLsn } from '../../shared/wal/lsn';
+import { nextSegment, segmentForLsn } from '../../shared/wal/names';
+import { ensureDir, exists, fsyncDir, fsyncTree, IncomingFile, storageError } from '../storage/posix';
+import { type ServerCatalog, writeFileDurably } from './catalog';
+import type { Upload } from './upload';
+
+export class BackupCatalog {
+  constructor(readonly catalog: ServerCatalog) {}
+
+  dir(id: string): string {
+    return join(this.catalog.baseDir, id);
+  }
+
+  dataDir(id: string): string {
+    return join(this.dir(id), 'data');
+  }
+
+  manifestPath(id: string): string {
+    return join(this.dir(id), 'backup_manifest');
+  }
+
+  tablespaceMapPath(id: string): string {
+    return join(this.dir(id), 'tablespace_map');
+  }
+
+  stagingDir(id: string): string {
+    return join(this.catalog.incomingDir, `${id}.backup`);
+  }
+
+  async list(): Promise<BackupInfo[]> {
+    let ids: string[];
+    try {
+      ids = (await fs.readdir(this.catalog.baseDir)).filter(isBackupId).sort();
+    } catch {
+      return [];
+    }
+    const out: BackupInfo[] = [];
+    for (const id of ids) {
+      const info = await this.read(id).catch(() => undefined);
+      if (info) out.push(info);
+    }
+    return out;
+  }
+
+  async read(id: string): Promise<BackupInfo> {
+    return parseBackupInfo(await fs.readFile(join(this.dir(id), 'backup.info'), 'utf8'));
+  }
+
+  async write(info: BackupInfo): Promise<void> {
+    await ensureDir(this.dir(info.backupId));
+    await writeFileDurably(join(this.dir(info.backupId), 'backup.info'), formatBackupInfo(info));
+  }
+
+  /** An ID, or `latest` / `oldest` (among DONE backups). */
+  async resolve(idOrAlias: string): Promise<BackupInfo> {
+    const server = this.catalog.server;
+    if (idOrAlias === 'latest' || idOrAlias === 'oldest' || idOrAlias === 'last' || idOrAlias === 'first') {
+      const done = (await this.list()).filter((b) => b.status === 'DONE');
+      const pick = idOrAlias === 'latest' || idOrAlias === 'last' ? done[done.length - 1] : done[0];
+      if (!pick) throw new BarmanError(ErrorCode.BACKUP_NOT_FOUND, `server ${server} has no DONE backup`, `Take one with: barman-receiver backup ${server} --wait`);
+      return pick;
+    }
+    if (!isBackupId(idOrAlias)) throw new BarmanError(ErrorCode.USAGE, `"${idOrAlias}" is not a backup ID`, 'Use YYYYMMDDTHHMMSS as list-backups prints it, or latest / oldest.');
+    try {
+      return await this.read(idOrAlias);
+    } catch {
+      throw new BarmanError(ErrorCode.BACKUP_NOT_FOUND, `server ${server} has no backup ${idOrAlias}`, `List them with: barman-receiver list-backups ${server}`);
+    }
+  }
+
+  /** Starts a backup: a unique ID from its start time (a second backup within one second waits for the next). */
+  async begin(start: BackupStart): Promise<BackupInfo> {
+    await this.catalog.ensureLayout();
+    const running = (await this.list()).find((b) => b.status === 'STARTED');
+    if (running) {
+      throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${running.backupId} of ${this.catalog.server} is still running`, 'Wait for it to finish (barman-receiver list-backups), then start another.');
+    }
+    let when = new Date(Math.max(Date.parse(start.startTime), Date.now()));
+    let id = backupIdFor(when);
+    const newest = (await fs.readdir(this.catalog.baseDir)).filter(isBackupId).sort().pop();
+    while (await exists(this.dir(id)) || (newest !== undefined && id <= newest)) {
+      const wait = 1000 - (Date.now() % 1000) + 5;
+      await new Promise((r) => setTimeout(r, wait));
+      when = new Date();
+      id = backupIdFor(when);
+    }
+    const info: BackupInfo = {
+      ...emptyInfo(id),
+      beginTime: start.startTime,
+      beginLsn: start.startLsn,
+      beginWal: segmentForLsn(start.timeline, parseLsn(start.startLsn), await this.segmentSize()),
+      timeline: start.timeline,
+      pgVersion: start.pgVersion,
+      systemIdentifier: start.systemIdentifier,
+      pgdata: start.pgdata,
+      tablespaces: start.tablespaces,
+    };
+    const identity = await this.catalog.identity();
+    if (identity && identity.systemIdentifier !== start.systemIdentifier) {
+      throw new BarmanError(ErrorCode.WAL_FOREIGN, `the cluster being backed up has system identifier ${start.systemIdentifier}, this server's WAL comes from ${identity.systemIdentifier}`, `Check that the agent's server = ${this.catalog.server} is right; a new cluster needs its own server section.`);
+    }
+    await fs.rm(this.stagingDir(id), { recursive: true, force: true });
+    await ensureDir(this.stagingDir(id));
+    await this.write(info);
+    return info;
+  }
+
+  private async segmentSize(): Promise<number> {
+    return (await this.catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
+  }
+
+  /** Opens one file of a running backup at its relative path (validated: no escaping the backup). */
+  async beginFile(id: string, path: string, size: number, mtime: number, manifest: ManifestFile[]): Promise<Upload> {
+    const info = await this.resolve(id);
+    if (info.status !== 'STARTED') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} is ${info.status}, not running`, 'Start a new backup.');
+    const staging = this.stagingDir(id);
+    const rel = safeRelativePath(path);
+    const full = join(staging, rel);
+    await ensureDir(dirname(full));
+    const file = await IncomingFile.createAt(full, 'none');
+    return {
+      label: `${id}:${rel}`,
+      write: async (chunk) => {
+        if (file.size + chunk.length > size) throw new BarmanError(ErrorCode.PROTOCOL, `${rel}: more bytes than the ${size} announced`, 'Agent and receiver must run compatible versions.');
+        await file.write(chunk);
+      },
+      finish: async (sha256) => {
+        if (file.size !== size) throw new BarmanError(ErrorCode.BACKUP_FAILED, `${rel}: received ${file.size} of ${size} bytes`, 'The transfer was cut short; take the backup again.');
+        const got = await file.finish(false);
+        if (got !== sha256) throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${rel}: checksum differs from the agent's`, 'Take the backup again; check the network path and memory of both hosts if it repeats.');
+        manifest.push({ path: rel, size, mtime, sha256 });
+        return 'stored';
+      },
+      abort: () => file.discard(),
+    };
+  }
+
+  /** Completes the backup's files: backup_label in, fsync, rename, manifest. Returns the new status. */
+  async end(id: string, stop: BackupStop, manifest: ManifestFile[]): Promise<BackupInfo> {
+    const info = await this.resolve(id);
+    if (info.status !== 'STARTED') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} is ${info.status}, not running`, 'Start a new backup.');
+    const staging = this.stagingDir(id);
+    try {
+      const label = Buffer.from(stop.backupLabel);
+      const labelFile = await IncomingFile.createAt(join(staging, 'backup_label'), 'none');
+      await labelFile.write(label);
+      const labelSha = await labelFile.finish(false);
+      const stopSeconds = Math.floor(Date.parse(stop.stopTime) / 1000);
+      const files: ManifestFile[] = [{ path: 'backup_label', size: label.length, mtime: stopSeconds, sha256: labelSha }, ...manifest.filter((f) => f.path !== 'global/pg_control')];
+      const control = manifest.find((f) => f.path === 'global/pg_control');
+      if (!control) throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} has no global/pg_control`, 'The agent sent an incomplete data directory; check pgdata = in its configuration.');
+      files.push(control); // last, as pg_basebackup lists it
+      for (const dir of stop.directories) await ensureDir(join(staging, safeRelativePath(dir)));
+      await fsyncTree(staging);
+      await fs.rename(staging, this.dataDir(id));
+      await fsyncDir(this.dir(id));
+      await fsyncDir(this.catalog.incomingDir);
+      if (stop.tablespaceMap) await writeFileDurably(this.tablespaceMapPath(id), stop.tablespaceMap);
+      const walRanges = [{ timeline: info.timeline, startLsn: info.beginLsn, endLsn: stop.stopLsn }];
+      await writeFileDurably(this.manifestPath(id), buildManifest(files, walRanges));
+      const size = files.reduce((n, f) => n + f.size, 0);
+      const done: BackupInfo = {
+        ...info,
+        status: 'WAITING_FOR_WALS',
+        endTime: stop.stopTime,
+        endLsn: stop.stopLsn,
+        endWal: segmentForLsn(info.timeline, parseLsn(stop.stopLsn), await this.segmentSize()),
+        size,
+        fileCount: files.length,
+      };
+      await this.write(done);
+      return done;
+    } catch (err) {
+      throw storageError(err, `cannot complete backup ${id}`);
+    }
+  }
+
+  async fail(id: string, reason: string): Promise<void> {
+    const info = await this.read(id).catch(() => undefined);
+    if (!info || info.status === 'DONE' || info.status === 'FAILED') return;
+    await this.write({ ...info, status: 'FAILED', error: reason.replace(/\n/g, ' ') });
+    await fs.rm(this.stagingDir(id), { recursive: true, force: true });
+  }
+
+  async setStatus(info: BackupInfo, status: BackupStatus): Promise<BackupInfo> {
+    const next = { ...info, status };
+    await this.write(next);
+    return next;
+  }
+
+  /** Promotes WAITING_FOR_WALS backups whose WAL range is now complete. Returns those now DONE. */
+  async promoteComplete(): Promise<BackupInfo[]> {
+    const done: BackupInfo[] = [];
+    for (const info of await this.list()) {
+      if (info.status !== 'WAITING_FOR_WALS') continue;
+      if (await this.walsComplete(info)) done.push(await this.setStatus(info, 'DONE'));
+    }
+    return done;
+  }
+
+  /** Every segment from the backup's begin WAL to its end WAL is archived. */
+  async walsComplete(info: BackupInfo): Promise<boolean> {
+    const size = await this.segmentSize();
+    for (let seg = info.beginWal; ; seg = nextSegment(seg, size)) {
+      if (!(await this.catalog.findWal(seg))) return false;
+      if (seg === info.endWal) return true;
+    }
+  }
+
+  /** After a receiver restart: backups that were running cannot finish any more. */
+  async failInterrupted(): Promise<string[]> {
+    const failed: string[] = [];
+    for (const info of await this.list()) {
+      if (info.status === 'STARTED') {
+        await this.fail(info.backupId, 'the receiver stopped while the backup was running');
+        failed.push(info.backupId);
+      }
+    }
+    return failed;
+  }
+
+  async remove(id: string): Promise<void> {
+    // rename first so a crash never leaves a half-deleted backup under its ID
+    const doomed = join(this.catalog.incomingDir, `${id}.deleting`);
+    await fs.rename(this.dir(id), doomed);
+    await fsyncDir(this.catalog.baseDir);
+    await fs.rm(doomed, { recursive: true, force: true });
+  }
+}
+
+/** A relative path inside a backup: no absolute paths, no `..`, no empty or odd components. */
+export function safeRelativePath(path: string): string {
+  const bad = () => new BarmanError(ErrorCode.INVALID_NAME, `"${path.slice(0, 100)}" is not a valid path inside a backup`, 'Agent and receiver must run compatible versions; paths are relative to the data directory.');
+  if (!path || path.includes('\0') || path.startsWith('/') || path.includes('\\')) throw bad();
+  const parts = path.split('/');
+  if (parts.some((p) => p === '' || p === '.' || p === '..')) throw bad();
+  const norm = normalize(path);
+  if (norm !== path || norm.startsWith('..' + sep)) throw bad();
+  if (path === 'backup_label' || path === 'backup_manifest') throw bad();
+  return path;
+}

@@ -1,0 +1,13 @@
+// One file being received into the catalog, whatever it is (a WAL file, a backup's file): the
+// session feeds it chunks in order and finishes it with the sender's checksum.
+
+export type StoreResult = 'stored' | 'duplicate';
+
+export interface Upload {
+  /** what to call it in logs */
+  readonly label: string;
+  write(chunk: Uint8Array): Promise<void>;
+  /** resolves once the bytes are where they belong (durable for WAL; for backup files, at the backup's end) */
+  finish(senderSha256: string): Promise<StoreResult>;
+  abort(): Promise<void>;
+}

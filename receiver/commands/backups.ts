@@ -1,0 +1,148 @@
+// The backup catalog commands: list-backups, show-backup, delete, keep, verify-backup, and
+// `backup`, which asks the server's connected agent daemon through the running service.
+
+import { createReadStream, promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import type { ReceiverConfig } from '../../shared/config/receiver';
+import { type BackupInfo, displayTime } from '../../shared/backup/info';
+import { parseManifest } from '../../shared/backup/manifest';
+import { newHash } from '../../shared/checksum';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import { AgentConnection } from '../../shared/protocol/client';
+import { BackupCatalog } from '../catalog/backups';
+import { ServerCatalog } from '../catalog/catalog';
+import { requireServer } from './servers';
+
+export function openBackups(config: ReceiverConfig, server: string): BackupCatalog {
+  const s = requireServer(config, server);
+  return new BackupCatalog(new ServerCatalog(config.barmanHome, s.name));
+}
+
+export function humanSize(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = bytes;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}
+
+/** Newest first, in the seed's format plus size and status. */
+export async function listBackups(config: ReceiverConfig, server: string): Promise<BackupInfo[]> {
+  return (await openBackups(config, server).list()).reverse();
+}
+
+export function formatBackupLine(server: string, b: BackupInfo): string {
+  return `${server} - ${b.backupId} - ${displayTime(b.beginTime)} - Size: ${humanSize(b.size)} - ${b.status}${b.keep ? ' - KEEP' : ''}${b.error ? ` (${b.error})` : ''}`;
+}
+
+export function formatBackupDetails(server: string, b: BackupInfo): string {
+  const rows: Array<[string, string | number]> = [
+    ['Backup', b.backupId], ['Server', server], ['Status', b.status + (b.error ? ` (${b.error})` : '')], ['PostgreSQL version', b.pgVersion],
+    ['System identifier', b.systemIdentifier], ['PGDATA directory', b.pgdata], ['Timeline', b.timeline],
+    ['Begin time', displayTime(b.beginTime)], ['End time', displayTime(b.endTime)], ['Begin LSN', b.beginLsn], ['End LSN', b.endLsn],
+    ['Begin WAL', b.beginWal], ['End WAL', b.endWal], ['Size', `${humanSize(b.size)} (${b.size} bytes, ${b.fileCount} files)`],
+    ['Tablespaces', b.tablespaces.map((t) => `${t.name} (oid ${t.oid}) ${t.location}`).join(', ') || 'none'], ['Keep', b.keep ? 'yes' : 'no'],
+  ];
+  return `Backup ${b.backupId}:\n` + rows.map(([k, v]) => `  ${k.padEnd(20)}: ${v}`).join('\n') + '\n';
+}
+
+export async function showBackup(config: ReceiverConfig, server: string, id: string): Promise<BackupInfo> {
+  return openBackups(config, server).resolve(id);
+}
+
+export async function keepBackup(config: ReceiverConfig, server: string, id: string, release: boolean): Promise<BackupInfo> {
+  const backups = openBackups(config, server);
+  const info = await backups.resolve(id);
+  const next = { ...info, keep: !release };
+  await backups.write(next);
+  return next;
+}
+
+export async function deleteBackup(config: ReceiverConfig, server: string, id: string): Promise<BackupInfo> {
+  const s = requireServer(config, server);
+  const backups = openBackups(config, server);
+  const info = await backups.resolve(id);
+  if (info.keep) throw new BarmanError(ErrorCode.RETENTION, `backup ${info.backupId} is marked keep`, `Release it first: barman-receiver keep ${server} ${info.backupId} --release`);
+  if (info.status === 'STARTED') throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${info.backupId} is still running`, 'Wait for it to finish or fail.');
+  if (info.status === 'DONE') {
+    const done = (await backups.list()).filter((b) => b.status === 'DONE');
+    if (done.length - 1 < s.minimumRedundancy) {
+      throw new BarmanError(ErrorCode.RETENTION, `deleting ${info.backupId} would leave ${done.length - 1} DONE backup(s), fewer than minimum_redundancy = ${s.minimumRedundancy}`, 'Take a new backup first, or lower minimum_redundancy in the configuration.');
+    }
+  }
+  await backups.remove(info.backupId);
+  return info;
+}
+
+export interface VerifyResult {
+  backupId: string;
+  ok: boolean;
+  checked: number;
+  problems: string[];
+}
+
+/** Re-reads every file of a backup and compares size and SHA-256 with its manifest. */
+export async function verifyBackup(config: ReceiverConfig, server: string, id: string): Promise<VerifyResult> {
+  const backups = openBackups(config, server);
+  const info = await backups.resolve(id);
+  const problems: string[] = [];
+  let manifestText: string;
+  try {
+    manifestText = await fs.readFile(backups.manifestPath(info.backupId), 'utf8');
+  } catch {
+    return { backupId: info.backupId, ok: false, checked: 0, problems: ['backup_manifest is missing'] };
+  }
+  let files;
+  try {
+    files = parseManifest(manifestText).files;
+  } catch (err) {
+    return { backupId: info.backupId, ok: false, checked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
+  }
+  const dataDir = backups.dataDir(info.backupId);
+  for (const f of files) {
+    const path = join(dataDir, f.path);
+    try {
+      const hash = newHash();
+      let size = 0;
+      for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
+        hash.update(chunk as Buffer);
+        size += (chunk as Buffer).length;
+      }
+      const sha = hash.digest('hex');
+      if (size !== f.size) problems.push(`${f.path}: size ${size}, manifest says ${f.size}`);
+      else if (sha !== f.sha256) problems.push(`${f.path}: checksum mismatch`);
+    } catch (err) {
+      problems.push(`${f.path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : (err as Error).message}`);
+    }
+  }
+  return { backupId: info.backupId, ok: problems.length === 0, checked: files.length, problems };
+}
+
+/**
+ * Asks the running service to have the server's agent daemon take a backup. The CLI proves
+ * itself with the server's own token, like an agent would.
+ */
+export async function requestBackup(config: ReceiverConfig, server: string, wait: boolean, onUpdate: (status: { backupId: string; status: string; reason?: string }) => void): Promise<{ backupId: string; status: string; reason?: string }> {
+  const s = requireServer(config, server);
+  const host = ['0.0.0.0', '::', ''].includes(config.listen.host) ? '127.0.0.1' : config.listen.host;
+  const url = new URL(`${config.tls ? 'wss' : 'ws'}://${host.includes(':') ? `[${host}]` : host}:${config.listen.port}`);
+  const conn = await AgentConnection.open({ file: config.file, receiver: url, server: s.name, token: s.token, caFile: config.tls?.cert, timeoutSeconds: 30 }, 'admin').catch((err: BarmanError) => {
+    throw new BarmanError(err.code, `cannot reach the receiver service: ${err.message}`, 'Start it with barman-receiver serve (the backup is taken through it).');
+  });
+  try {
+    return await conn.stream(
+      (id) => ({ type: 'backup-start', id, wait }),
+      (frame) => {
+        if (frame.type !== 'backup-status') return undefined;
+        const status = { backupId: frame.backupId, status: frame.status, ...(frame.reason ? { reason: frame.reason } : {}) };
+        onUpdate(status);
+        return !wait || status.status === 'DONE' || status.status === 'FAILED' ? status : 'more';
+      },
+    );
+  } finally {
+    conn.close();
+  }
+}

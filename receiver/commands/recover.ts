@@ -1,0 +1,62 @@
+// `barman-receiver recover <srv> <id> <dest>`: a startable data directory from the catalog, on
+// this host. Plan (every refusal) first, then write.
+
+import { createReadStream, promises as fs, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import type { ReceiverConfig } from '../../shared/config/receiver';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
+import { type WriteOptions, writeRecovery } from '../../shared/recovery/writer';
+import { BackupCatalog } from '../catalog/backups';
+import { ServerCatalog } from '../catalog/catalog';
+import { openStoredWal } from '../catalog/wal-archive';
+import { planRecovery } from '../recovery/plan';
+import { requireServer } from './servers';
+
+/** uid/gid of a user name or number, from /etc/passwd. */
+export function lookupOwner(spec: string): { uid: number; gid: number } {
+  if (/^\d+(:\d+)?$/.test(spec)) {
+    const [u, g] = spec.split(':');
+    return { uid: Number(u), gid: Number(g ?? u) };
+  }
+  const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.split(':')[0] === spec);
+  if (!line) throw new BarmanError(ErrorCode.USAGE, `no user named "${spec}" on this host`, 'Give --owner an existing user (the one PostgreSQL runs as).');
+  const f = line.split(':');
+  return { uid: Number(f[2]), gid: Number(f[3]) };
+}
+
+/**
+ * Whom the recovered files belong to. PostgreSQL refuses to run as root, so a root-run recover
+ * hands them to --owner, else to the owner of the destination's parent, else to postgres.
+ */
+async function decideOwner(dest: string, owner: string | undefined): Promise<{ uid: number; gid: number } | undefined> {
+  if (owner) return lookupOwner(owner);
+  if (process.getuid?.() !== 0) return undefined;
+  const parent = await fs.stat(dirname(dest)).catch(() => undefined);
+  if (parent && parent.uid !== 0) return { uid: parent.uid, gid: parent.gid };
+  try {
+    return lookupOwner('postgres');
+  } catch {
+    return undefined;
+  }
+}
+
+export async function recover(config: ReceiverConfig, server: string, backupRef: string, destArg: string, opts: RecoveryOptions & { owner?: string }, progress?: WriteOptions['progress']): Promise<RecoveryPlan> {
+  const s = requireServer(config, server);
+  const catalog = new ServerCatalog(config.barmanHome, s.name);
+  const backups = new BackupCatalog(catalog);
+  const dest = resolve(destArg);
+  const plan = await planRecovery(catalog, backups, backupRef, opts);
+  const dataDir = backups.dataDir(plan.backupId);
+  await writeRecovery(plan, dest, {
+    dataFile: (path) => createReadStream(join(dataDir, path), { highWaterMark: 1 << 20 }),
+    walFile: (name) => ({
+      [Symbol.asyncIterator]: async function* () {
+        const stored = await catalog.findWal(name);
+        if (!stored) throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `${name} vanished from the catalog during recovery`, 'Retention may have run meanwhile; retry.');
+        yield* openStoredWal(stored);
+      },
+    }),
+  }, { owner: await decideOwner(dest, opts.owner), progress });
+  return plan;
+}

@@ -1,0 +1,166 @@
+// Deciding a recovery: which backup, which target, which WAL, which settings. Every refusal
+// happens here, before any byte is written, and names the backup or time that would serve.
+
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import type { BackupInfo } from '../../shared/backup/info';
+import { parseManifest } from '../../shared/backup/manifest';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import { type RecoveryOptions, type RecoveryPlan, RECOVERY_WAL_DIR } from '../../shared/recovery/plan';
+import { parseHistory } from '../../shared/wal/history';
+import { formatLsn, isLsn, type Lsn, parseLsn } from '../../shared/wal/lsn';
+import { historyFileName, segmentNumber, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
+import type { BackupCatalog } from '../catalog/backups';
+import type { ServerCatalog } from '../catalog/catalog';
+
+function targetError(message: string, hint: string): BarmanError {
+  return new BarmanError(ErrorCode.RECOVERY_TARGET, message, hint);
+}
+
+/**
+ * The target time as PostgreSQL reads it, keeping every fractional digit the user gave (a Date
+ * keeps milliseconds only, and a commit a few microseconds after the target must stay out).
+ */
+export function postgresTargetTime(text: string, at: Date): string {
+  const t = text.trim().replace('T', ' ');
+  if (/(Z|[+-]\d{2}(:?\d{2})?)$/.test(t)) return t.replace(/Z$/, '+00');
+  const offset = -at.getTimezoneOffset();
+  const sign = offset >= 0 ? '+' : '-';
+  const abs = Math.abs(offset);
+  return `${t}${sign}${String(Math.floor(abs / 60)).padStart(2, '0')}:${String(abs % 60).padStart(2, '0')}`;
+}
+
+/** ISO 8601 with an offset, or without one in this host's time zone. */
+export function parseTargetTime(text: string): Date {
+  const t = text.trim().replace(' ', 'T');
+  if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?$/.test(t)) {
+    throw new BarmanError(ErrorCode.USAGE, `--target-time "${text}" is not an ISO 8601 time`, 'Write it as 2026-11-25T12:00:05+01:00 (or without the offset for this host\'s time zone).');
+  }
+  const withOffset = /[+-]\d{2}$/.test(t) ? `${t}:00` : t;
+  const d = new Date(withOffset);
+  if (Number.isNaN(d.getTime())) throw new BarmanError(ErrorCode.USAGE, `--target-time "${text}" is not a valid time`, 'Check the date and time fields.');
+  return d;
+}
+
+const describe = (b: BackupInfo) => `${b.backupId} (ended ${new Date(b.endTime).toISOString()}, LSN ${b.endLsn})`;
+
+export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalog, backupRef: string, opts: RecoveryOptions, now = new Date()): Promise<RecoveryPlan> {
+  const server = catalog.server;
+  const targets = [opts.targetTime, opts.targetXid, opts.targetLsn, opts.targetName, opts.targetImmediate ? 'immediate' : undefined].filter((t) => t !== undefined);
+  if (targets.length > 1) throw new BarmanError(ErrorCode.USAGE, 'more than one recovery target given', 'Give one of --target-time, --target-xid, --target-lsn, --target-name, --target-immediate.');
+  const targetTime = opts.targetTime !== undefined ? parseTargetTime(opts.targetTime) : undefined;
+  if (opts.targetLsn !== undefined && !isLsn(opts.targetLsn)) throw new BarmanError(ErrorCode.USAGE, `--target-lsn "${opts.targetLsn}" is not an LSN`, 'Write it as PostgreSQL prints it, e.g. 0/3000060.');
+  if (opts.targetXid !== undefined && !/^\d+$/.test(opts.targetXid)) throw new BarmanError(ErrorCode.USAGE, `--target-xid "${opts.targetXid}" is not a transaction ID`, 'Give the number txid_current() returned.');
+  const targetLsn = opts.targetLsn !== undefined ? parseLsn(opts.targetLsn) : undefined;
+
+  const done = (await backups.list()).filter((b) => b.status === 'DONE');
+  let backup: BackupInfo;
+  if ((backupRef === 'latest' || backupRef === 'last') && (targetTime || targetLsn !== undefined)) {
+    const fits = done.filter((b) => (targetTime ? Date.parse(b.endTime) <= targetTime.getTime() : parseLsn(b.endLsn) <= targetLsn!));
+    const pick = fits[fits.length - 1];
+    if (!pick) {
+      const first = done[0];
+      throw targetError(`no DONE backup of ${server} ends before the target ${opts.targetTime ?? opts.targetLsn}`, first ? `The oldest backup, ${describe(first)}, ends after it; a point before that cannot be recovered.` : `Take a backup first: barman-receiver backup ${server} --wait`);
+    }
+    backup = pick;
+  } else {
+    backup = await backups.resolve(backupRef);
+  }
+  if (backup.status !== 'DONE') {
+    throw targetError(`backup ${backup.backupId} is ${backup.status}${backup.error ? ` (${backup.error})` : ''}, not DONE`, backup.status === 'WAITING_FOR_WALS' ? 'Wait until its WAL is archived (SELECT pg_switch_wal() on the primary helps), then retry.' : 'Choose a DONE backup from barman-receiver list-backups.');
+  }
+  const older = done.filter((b) => b.backupId < backup.backupId);
+  const suggestOlder = (fits: (b: BackupInfo) => boolean) => {
+    const b = older.filter(fits).pop();
+    return b ? `Backup ${describe(b)} would serve: recover ${server} ${b.backupId} ... (or use latest).` : 'No older backup ends before it either; that point cannot be recovered.';
+  };
+
+  const last = await catalog.lastSegment();
+  if (targetTime) {
+    if (targetTime.getTime() > now.getTime()) throw targetError(`target time ${targetTime.toISOString()} is in the future`, 'Give a time in the past, or recover without a target to replay all archived WAL.');
+    if (targetTime.getTime() < Date.parse(backup.endTime)) {
+      throw targetError(`target time ${targetTime.toISOString()} is before backup ${describe(backup)} ended`, suggestOlder((b) => Date.parse(b.endTime) <= targetTime.getTime()));
+    }
+    if (!last || targetTime.getTime() > last.receivedAt.getTime()) {
+      throw targetError(`target time ${targetTime.toISOString()} is after the last WAL archived${last ? ` (${last.name}, received ${last.receivedAt.toISOString()})` : ''}`, 'Recover without a target to replay all archived WAL, or run SELECT pg_switch_wal() on the primary so the WAL of that time is archived, then retry.');
+    }
+  }
+  if (targetLsn !== undefined) {
+    if (targetLsn < parseLsn(backup.endLsn)) throw targetError(`target LSN ${opts.targetLsn} is before backup ${describe(backup)} ended`, suggestOlder((b) => parseLsn(b.endLsn) <= targetLsn));
+  }
+
+  // timelines: which one recovery follows, and that the backup can reach it
+  const histories = new Map<number, Array<{ timeline: number; switchLsn: Lsn }>>();
+  for (const f of await fs.readdir(catalog.walsDir).catch(() => [] as string[])) {
+    const m = /^([0-9A-F]{8})\.history$/.exec(f);
+    if (m) histories.set(parseInt(m[1]!, 16), parseHistory(await fs.readFile(join(catalog.walsDir, f), 'utf8')));
+  }
+  const reaches = (tli: number): boolean => {
+    if (tli === backup.timeline) return true;
+    const h = histories.get(tli);
+    const fork = h?.find((s) => s.timeline === backup.timeline);
+    return fork !== undefined && fork.switchLsn >= parseLsn(backup.endLsn);
+  };
+  let targetTli: number;
+  const tliText = opts.targetTli ?? 'latest';
+  if (tliText === 'current') targetTli = backup.timeline;
+  else if (tliText === 'latest') targetTli = Math.max(backup.timeline, ...[...histories.keys()].filter(reaches));
+  else if (/^\d+$/.test(tliText)) targetTli = Number(tliText);
+  else throw new BarmanError(ErrorCode.USAGE, `--target-tli "${tliText}" is not current, latest or a number`, 'Use current, latest or a timeline number.');
+  if (!reaches(targetTli)) {
+    const onIt = done.filter((b) => b.timeline === targetTli).pop();
+    throw targetError(`timeline ${targetTli} cannot be reached from backup ${backup.backupId} (timeline ${backup.timeline})`, onIt ? `Backup ${describe(onIt)} is on timeline ${targetTli}.` : `No history in the catalog leads from timeline ${backup.timeline} to ${targetTli} after the backup; check the timeline with list-backups / show-backup.`);
+  }
+  const chain = new Set<number>([targetTli, ...(histories.get(targetTli)?.map((s) => s.timeline) ?? [])]);
+
+  // WAL from the backup's first segment on, on the timelines recovery follows
+  const segSize = (await catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
+  const firstSeg = segmentNumber(backup.beginWal, segSize);
+  const segments = (await catalog.listSegments()).filter((s) => chain.has(segmentTimeline(s)) && segmentNumber(s, segSize) >= firstSeg);
+  if (targetLsn !== undefined) {
+    const lastOnChain = segments.filter((s) => segmentTimeline(s) === targetTli).pop() ?? segments[segments.length - 1];
+    const endOfWal = lastOnChain ? segmentStartLsn(lastOnChain, segSize) + BigInt(segSize) : 0n;
+    if (targetLsn > endOfWal) throw targetError(`target LSN ${opts.targetLsn} is past the last WAL archived (${lastOnChain ?? 'none'} ends at ${formatLsn(endOfWal)})`, 'Run SELECT pg_switch_wal() on the primary so that WAL is archived, or give an earlier LSN.');
+  }
+  const wals = [...[...chain].filter((t) => t > 1 && histories.has(t)).map(historyFileName), ...segments];
+
+  const manifest = await fs.readFile(backups.manifestPath(backup.backupId), 'utf8');
+  const { files } = parseManifest(manifest);
+  const dataDir = backups.dataDir(backup.backupId);
+  const directories: string[] = [];
+  const walk = async (abs: string, rel: string) => {
+    for (const e of await fs.readdir(abs, { withFileTypes: true })) {
+      if (!e.isDirectory()) continue;
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      directories.push(r);
+      await walk(join(abs, e.name), r);
+    }
+  };
+  await walk(dataDir, '');
+
+  const tablespaces = backup.tablespaces.map((t) => ({ ...t, location: opts.tablespaces?.[t.name] ?? t.location }));
+  for (const name of Object.keys(opts.tablespaces ?? {})) {
+    if (!backup.tablespaces.some((t) => t.name === name)) throw new BarmanError(ErrorCode.USAGE, `backup ${backup.backupId} has no tablespace "${name}"`, `Its tablespaces: ${backup.tablespaces.map((t) => t.name).join(', ') || 'none'}.`);
+  }
+
+  const hasTarget = targets.length > 0;
+  const q = (v: string) => `'${v.replace(/'/g, "''")}'`;
+  const lines = [
+    `# barman-ts: recovery of backup ${backup.backupId} of ${server}, written ${now.toISOString()}`,
+    `restore_command = ${q(`cp ${RECOVERY_WAL_DIR}/%f %p`)}`,
+    `recovery_target_timeline = ${q(tliText === 'current' ? 'current' : String(tliText === 'latest' ? 'latest' : targetTli))}`,
+  ];
+  if (targetTime) lines.push(`recovery_target_time = ${q(postgresTargetTime(opts.targetTime!, targetTime))}`);
+  if (opts.targetXid !== undefined) lines.push(`recovery_target_xid = ${q(opts.targetXid)}`);
+  if (opts.targetLsn !== undefined) lines.push(`recovery_target_lsn = ${q(opts.targetLsn)}`);
+  if (opts.targetName !== undefined) lines.push(`recovery_target_name = ${q(opts.targetName)}`);
+  if (opts.targetImmediate) lines.push(`recovery_target = 'immediate'`);
+  if (hasTarget) {
+    lines.push(`recovery_target_action = ${q(opts.targetAction ?? 'promote')}`);
+    if (opts.exclusive) lines.push(`recovery_target_inclusive = off`);
+  }
+  lines.push(`# a recovered copy must never archive into the production catalog`, `archive_mode = 'off'`, `archive_command = 'false'`);
+  const targetDescription = targetTime ? `time ${targetTime.toISOString()}` : opts.targetXid ? `xid ${opts.targetXid}` : opts.targetLsn ? `LSN ${opts.targetLsn}` : opts.targetName ? `restore point "${opts.targetName}"` : opts.targetImmediate ? 'end of the backup (immediate)' : 'end of archived WAL';
+  return { server, backupId: backup.backupId, files, directories, tablespaces, wals, settings: lines.join('\n') + '\n', manifest, targetDescription };
+}
+

@@ -1,0 +1,50 @@
+// A recovery plan: everything needed to write a startable data directory, decided and validated
+// on the receiver before any byte is written, then carried out by writeRecovery() on the backup
+// host (recover) or on the PostgreSQL host (restore, over the wire).
+
+import type { ManifestFile } from '../backup/manifest';
+
+export type TargetAction = 'pause' | 'promote' | 'shutdown';
+
+export interface RecoveryOptions {
+  targetTime?: string;
+  targetXid?: string;
+  targetLsn?: string;
+  targetName?: string;
+  targetImmediate?: boolean;
+  /** 'current' | 'latest' | a timeline number */
+  targetTli?: string;
+  targetAction?: TargetAction;
+  /** stop just before the target instead of just after it */
+  exclusive?: boolean;
+  /** tablespace name -> new location */
+  tablespaces?: Record<string, string>;
+}
+
+export interface PlannedTablespace {
+  oid: string;
+  name: string;
+  /** where its files go on the destination host */
+  location: string;
+}
+
+export interface RecoveryPlan {
+  server: string;
+  backupId: string;
+  /** data files of the backup, as in its manifest (backup_label included) */
+  files: ManifestFile[];
+  /** every directory, relative, so empty ones exist */
+  directories: string[];
+  tablespaces: PlannedTablespace[];
+  /** WAL files (segments and .history) to place in barman_wal/ */
+  wals: string[];
+  /** appended to postgresql.auto.conf */
+  settings: string;
+  /** the backup's backup_manifest, verbatim */
+  manifest: string;
+  /** human summary of the target, for messages */
+  targetDescription: string;
+}
+
+/** The folder recovery adds beside pg_wal/ (pg_verifybackup -i barman_wal accepts the directory). */
+export const RECOVERY_WAL_DIR = 'barman_wal';
