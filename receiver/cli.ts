@@ -73,6 +73,18 @@ command('get-wal', "write a WAL file's plain bytes to stdout (or --output-dir)")
     }),
   );
 
+command('status', 'agent, WAL, streaming, backups and RPO of a server')
+  .argument('<server>')
+  .option('--json', 'one JSON document on stdout')
+  .action((server: string, opts: Opts) =>
+    runAction(async () => {
+      const { serverStatus, formatStatus } = await import('./commands/status');
+      const status = await serverStatus(await loadConfig(opts), server);
+      if (opts.json) printJson(status);
+      else process.stdout.write(formatStatus(status));
+    }),
+  );
+
 command('list-backups', 'one line per backup, newest first')
   .argument('<server>')
   .option('--json', 'one JSON document on stdout')

@@ -183,7 +183,8 @@ main()
   .then(() => cleanup())
   .catch((err: Error & { stderr?: string }) => {
     console.error(`\n\x1b[31mDemo failed: ${err.message}\x1b[0m${err.stderr ? `\n${err.stderr}` : ''}`);
-    if (existsSync(join(pgHome, 'pgdata.log'))) console.error(readFileSync(join(pgHome, 'pgdata.log'), 'utf8').split('\n').slice(-15).join('\n'));
+    const log = join(work, 'pg', 'pgdata.log');
+    if (existsSync(log)) console.error(readFileSync(log, 'utf8').split('\n').slice(-15).join('\n'));
     cleanup();
     process.exitCode = 1;
   });

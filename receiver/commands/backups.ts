@@ -8,9 +8,9 @@ import { type BackupInfo, displayTime } from '../../shared/backup/info';
 import { parseManifest } from '../../shared/backup/manifest';
 import { newHash } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import { AgentConnection } from '../../shared/protocol/client';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
+import { openAdmin } from './admin';
 import { requireServer } from './servers';
 
 export function openBackups(config: ReceiverConfig, server: string): BackupCatalog {
@@ -126,12 +126,7 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
  * itself with the server's own token, like an agent would.
  */
 export async function requestBackup(config: ReceiverConfig, server: string, wait: boolean, onUpdate: (status: { backupId: string; status: string; reason?: string }) => void): Promise<{ backupId: string; status: string; reason?: string }> {
-  const s = requireServer(config, server);
-  const host = ['0.0.0.0', '::', ''].includes(config.listen.host) ? '127.0.0.1' : config.listen.host;
-  const url = new URL(`${config.tls ? 'wss' : 'ws'}://${host.includes(':') ? `[${host}]` : host}:${config.listen.port}`);
-  const conn = await AgentConnection.open({ file: config.file, receiver: url, server: s.name, token: s.token, caFile: config.tls?.cert, timeoutSeconds: 30 }, 'admin').catch((err: BarmanError) => {
-    throw new BarmanError(err.code, `cannot reach the receiver service: ${err.message}`, 'Start it with barman-receiver serve (the backup is taken through it).');
-  });
+  const conn = await openAdmin(config, server);
   try {
     return await conn.stream(
       (id) => ({ type: 'backup-start', id, wait }),

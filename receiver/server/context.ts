@@ -28,6 +28,7 @@ export class ServerContext {
   readonly walArchive: WalArchive;
   readonly backups: BackupCatalog;
   daemon: Peer | undefined;
+  daemonSince: Date | undefined;
   private running: { backupId: string; manifest: ManifestFile[]; owner: Peer } | undefined;
   private readonly listeners = new Set<BackupListener>();
   /** backup requests sent to the daemon, by request id: told the backup's ID, or why it failed */
@@ -43,11 +44,15 @@ export class ServerContext {
   attachDaemon(peer: Peer): void {
     const old = this.daemon;
     this.daemon = peer;
+    this.daemonSince = new Date();
     if (old && old.id !== peer.id) old.replace('another agent daemon for this server connected');
   }
 
   detach(peer: Peer): void {
-    if (this.daemon?.id === peer.id) this.daemon = undefined;
+    if (this.daemon?.id === peer.id) {
+      this.daemon = undefined;
+      this.daemonSince = undefined;
+    }
     if (this.running?.owner.id === peer.id) {
       const { backupId } = this.running;
       this.running = undefined;
@@ -128,6 +133,11 @@ export class ServerContext {
   /** A WAL file was archived: backups waiting for it may now be DONE. */
   async walStored(): Promise<void> {
     for (const info of await this.backups.promoteComplete()) this.notify(info);
+  }
+
+  /** The backup in progress, if any. */
+  get runningBackup(): string | undefined {
+    return this.running?.backupId || undefined;
   }
 
   onBackupChange(listener: BackupListener): () => void {

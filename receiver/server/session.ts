@@ -166,6 +166,11 @@ export class Session implements Peer {
           this.allow(['admin'], 'request backups');
           await this.startBackupFor(frame.id, frame.wait, server);
         });
+      case 'status-request':
+        return this.answer(frame.id, async () => {
+          this.allow(['admin'], 'ask for status');
+          await this.conn.send({ type: 'status', id: frame.id, agentConnected: server.daemon !== undefined, agentSince: server.daemonSince?.toISOString() ?? '', backupRunning: server.runningBackup ?? '' });
+        });
       case 'error':
         // the daemon's answer to a request of ours (a backup request it could not run)
         if (frame.id !== undefined && server.requestFailed(frame.id, errorFromFrame(frame))) return;

@@ -71,9 +71,15 @@ export interface BackupStartFrame { type: 'backup-start'; id: number; wait: bool
 /** receiver → agent/admin: where a backup stands */
 export interface BackupStatusFrame { type: 'backup-status'; id: number; backupId: string; status: string; reason?: string }
 
+/** admin → receiver: what the service knows live about the server */
+export interface StatusRequestFrame { type: 'status-request'; id: number }
+/** receiver → admin: whether an agent daemon is connected, since when (ISO) */
+export interface StatusFrame { type: 'status'; id: number; agentConnected: boolean; agentSince: string; backupRunning: string }
+
 export type Frame =
   | HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame
-  | BackupBeginFrame | BackupAcceptedFrame | BackupEndFrame | BackupAbortFrame | BackupRequestFrame | BackupStartFrame | BackupStatusFrame;
+  | BackupBeginFrame | BackupAcceptedFrame | BackupEndFrame | BackupAbortFrame | BackupRequestFrame | BackupStartFrame | BackupStatusFrame
+  | StatusRequestFrame | StatusFrame;
 export type FrameType = Frame['type'];
 
 // ---- validation -----------------------------------------------------------------------------
@@ -128,6 +134,8 @@ const SHAPES: Record<FrameType, Shape> = {
   'backup-request': { required: { id: uint } },
   'backup-start': { required: { id: uint, wait: (v) => typeof v === 'boolean' } },
   'backup-status': { required: { id: uint, backupId, status: str(32) }, optional: { reason: str(4096) } },
+  'status-request': { required: { id: uint } },
+  status: { required: { id: uint, agentConnected: (v) => typeof v === 'boolean', agentSince: str(40), backupRunning: str(16) } },
 };
 
 /** Returns the frame typed, or a reason it is malformed. Unknown keys are malformed too. */

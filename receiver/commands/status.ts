@@ -1,0 +1,64 @@
+// `barman-receiver status <srv>`: where the server's protection stands — agent connected, last
+// WAL and its age, streaming, backups, and the RPO that follows.
+
+import type { ReceiverConfig } from '../../shared/config/receiver';
+import { BackupCatalog } from '../catalog/backups';
+import { ServerCatalog } from '../catalog/catalog';
+import { openAdmin } from './admin';
+import { requireServer } from './servers';
+
+export interface ServerStatus {
+  server: string;
+  description: string;
+  receiver: { running: boolean };
+  agent: { connected: boolean; since: string | null };
+  wal: { last_segment: string | null; last_received_at: string | null; age_seconds: number | null };
+  streaming: { state: string; received_lsn: string | null; flush_lsn: string | null; lag_bytes: number | null };
+  backups: { count: number; first_id: string | null; last_id: string | null; running: string | null; failed: number };
+  /** how much committed work a loss of the primary now would cost, in seconds (archiving only: the age of the last archived segment) */
+  rpo_seconds: number | null;
+}
+
+export async function serverStatus(config: ReceiverConfig, name: string, now = new Date()): Promise<ServerStatus> {
+  const server = requireServer(config, name);
+  const catalog = new ServerCatalog(config.barmanHome, server.name);
+  const all = await new BackupCatalog(catalog).list();
+  const done = all.filter((b) => b.status === 'DONE');
+  const last = await catalog.lastSegment();
+  let live: { agentConnected: boolean; agentSince: string; backupRunning: string } | undefined;
+  try {
+    const conn = await openAdmin(config, server.name, 5);
+    try {
+      live = await conn.call((id) => ({ type: 'status-request', id }), (f) => (f.type === 'status' ? f : undefined));
+    } finally {
+      conn.close();
+    }
+  } catch {
+    live = undefined;
+  }
+  const age = last ? Math.max(0, Math.round((now.getTime() - last.receivedAt.getTime()) / 1000)) : null;
+  return {
+    server: server.name,
+    description: server.description,
+    receiver: { running: live !== undefined },
+    agent: { connected: live?.agentConnected ?? false, since: live?.agentSince || null },
+    wal: { last_segment: last?.name ?? null, last_received_at: last?.receivedAt.toISOString() ?? null, age_seconds: age },
+    streaming: { state: 'off', received_lsn: null, flush_lsn: null, lag_bytes: null },
+    backups: { count: done.length, first_id: done[0]?.backupId ?? null, last_id: done[done.length - 1]?.backupId ?? null, running: live?.backupRunning || null, failed: all.filter((b) => b.status === 'FAILED').length },
+    rpo_seconds: age,
+  };
+}
+
+export function formatStatus(s: ServerStatus): string {
+  const rows: Array<[string, string]> = [
+    ['Description', s.description],
+    ['Receiver service', s.receiver.running ? 'running' : 'not reachable'],
+    ['Agent daemon', s.agent.connected ? `connected since ${s.agent.since}` : 'not connected'],
+    ['Last archived WAL', s.wal.last_segment ? `${s.wal.last_segment} (${s.wal.age_seconds} s ago)` : 'none'],
+    ['Streaming', s.streaming.state],
+    ['Backups (DONE)', `${s.backups.count}${s.backups.last_id ? `, first ${s.backups.first_id}, last ${s.backups.last_id}` : ''}${s.backups.failed ? `; ${s.backups.failed} FAILED` : ''}`],
+    ['Backup running', s.backups.running ?? 'no'],
+    ['RPO estimate', s.rpo_seconds === null ? 'unknown (no WAL yet)' : `${s.rpo_seconds} s`],
+  ];
+  return `Server ${s.server}:\n` + rows.map(([k, v]) => `\t${k}: ${v}`).join('\n') + '\n';
+}
