@@ -14,7 +14,8 @@ export function parseConninfo(conninfo: string): ClientConfig {
   const text = conninfo.trim();
   if (/^postgres(ql)?:\/\//.test(text)) return { connectionString: text };
   const out: Record<string, unknown> = {};
-  const re = /\s*(\w+)\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(\S+))/gy;
+  // an unquoted value may not open with a quote: an unterminated 'value is an error, as in libpq
+  const re = /\s*(\w+)\s*=\s*(?:'((?:[^'\\]|\\.)*)'|([^'\s]\S*))/gy;
   let m: RegExpExecArray | null;
   let last = 0;
   while ((m = re.exec(text))) {
@@ -22,10 +23,18 @@ export function parseConninfo(conninfo: string): ClientConfig {
     const value = m[2] !== undefined ? m[2].replace(/\\(.)/g, '$1') : m[3]!;
     const option = KEYWORDS[key];
     if (!option) throw new BarmanError(ErrorCode.CONFIG_INVALID, `conninfo: keyword "${key}" is not supported`, `Use ${Object.keys(KEYWORDS).join(', ')}.`);
+    const numeric = option === 'port' || option === 'connectionTimeoutMillis';
+    if (numeric && !/^\d+$/.test(value)) throw new BarmanError(ErrorCode.CONFIG_INVALID, `conninfo: ${key} "${value.slice(0, 40)}" is not a whole number`, `Set ${key} to a number, e.g. ${key === 'port' ? 'port=5432' : 'connect_timeout=10'}.`);
     out[option] = option === 'port' ? Number(value) : option === 'connectionTimeoutMillis' ? Number(value) * 1000 : value;
     last = re.lastIndex;
   }
-  if (text.slice(last).trim() !== '') throw new BarmanError(ErrorCode.CONFIG_INVALID, `conninfo: cannot parse "${text.slice(last).trim().slice(0, 40)}"`, "Write conninfo as key=value pairs, e.g. host=/var/run/postgresql user=postgres dbname=postgres.");
+  const rest = text.slice(last).trim();
+  if (rest !== '') {
+    // name the keyword at most: the unparsed text may be (part of) a password
+    const keyword = /^(\w+)\s*=/.exec(rest)?.[1];
+    const where = keyword ? `the value of "${keyword}"` : `the text at character ${text.indexOf(rest, last) + 1}`;
+    throw new BarmanError(ErrorCode.CONFIG_INVALID, `conninfo: cannot parse ${where}`, "Write conninfo as key=value pairs (quote values with spaces: key='a b'), e.g. host=/var/run/postgresql user=postgres dbname=postgres.");
+  }
   return out as ClientConfig;
 }
 

@@ -45,7 +45,11 @@ export function segmentsPerXLogId(segmentSize: number): bigint {
 export function segmentNumber(name: string, segmentSize: number): bigint {
   const m = SEGMENT.exec(name);
   if (!m) throw new RangeError(`"${name}" is not a WAL segment name`);
-  return BigInt(`0x${m[2]}`) * segmentsPerXLogId(segmentSize) + BigInt(`0x${m[3]}`);
+  const per = segmentsPerXLogId(segmentSize);
+  const seg = BigInt(`0x${m[3]}`);
+  // PostgreSQL never writes a segment part >= per; accepting one would alias the next log's segment
+  if (seg >= per) throw new RangeError(`"${name}" is not a WAL segment name for ${segmentSize}-byte segments (its last 8 digits must be below ${per.toString(16).toUpperCase()})`);
+  return BigInt(`0x${m[2]}`) * per + seg;
 }
 
 export function segmentTimeline(name: string): number {

@@ -1,0 +1,297 @@
+// What every benchmark section shares: wall-clock timing of whole programs, summary statistics,
+// a throwaway PostgreSQL cluster run by the postgres OS user, a real receiver service, and a
+// cleanup list that stops every process and removes every temp folder, pass or fail.
+// The test harness (test/harness/) does the same jobs inside vitest; this runs without it.
+
+import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+// ---- sections --------------------------------------------------------------------------------
+
+/** What run.ts hands every section. */
+export interface BenchContext {
+  /** the run's temp folder; everything a section writes goes below it (one disk) */
+  workDir: string;
+  /** PostgreSQL's bin folder (SPEC §7) */
+  pgBin: string;
+  /** the checkout, with dist/ freshly built */
+  repoRoot: string;
+  cleanup: Cleanup;
+  log: (line: string) => void;
+}
+
+/** One section of bench/results.md. */
+export interface SectionResult {
+  title: string;
+  markdown: string;
+}
+
+// ---- cleanup ---------------------------------------------------------------------------------
+
+/** Things to undo at the end of the run, newest first. */
+export class Cleanup {
+  private readonly steps: Array<{ what: string; undo: () => Promise<void> | void }> = [];
+
+  add(what: string, undo: () => Promise<void> | void): void {
+    this.steps.push({ what, undo });
+  }
+
+  async runAll(log: (line: string) => void): Promise<void> {
+    while (this.steps.length > 0) {
+      const step = this.steps.pop()!;
+      try {
+        await step.undo();
+      } catch (err) {
+        log(`cleanup: ${step.what} failed: ${(err as Error).message}`);
+      }
+    }
+  }
+}
+
+// ---- running programs ------------------------------------------------------------------------
+
+const execFileAsync = promisify(execFile);
+
+/**
+ * Runs a program to completion (as the postgres OS user through runuser when asked) and times it
+ * from spawn to exit. Throws, with what it printed, unless it exits 0.
+ */
+export async function runOk(file: string, args: string[], options: { cwd?: string; asPostgres?: boolean } = {}): Promise<{ stdout: string; ms: number }> {
+  const [cmd, argv] = options.asPostgres ? ['runuser', ['-u', 'postgres', '--', file, ...args]] : [file, args];
+  const started = process.hrtime.bigint();
+  try {
+    const { stdout } = await execFileAsync(cmd, argv, { cwd: options.cwd, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+    return { stdout, ms: Number(process.hrtime.bigint() - started) / 1e6 };
+  } catch (err) {
+    const e = err as { code?: number | string; signal?: string; stdout?: string; stderr?: string };
+    throw new Error(`${[cmd, ...argv].join(' ')} failed (${e.code ?? e.signal})\n${e.stdout ?? ''}${e.stderr ?? ''}`);
+  }
+}
+
+// ---- statistics ------------------------------------------------------------------------------
+
+export interface Stats {
+  n: number;
+  median: number;
+  p95: number;
+  min: number;
+  max: number;
+  /** sum of all samples: the wall time of a sequential loop */
+  total: number;
+}
+
+/** Nearest-rank percentile of sorted samples. */
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+export function stats(samples: number[]): Stats {
+  if (samples.length === 0) throw new Error('no samples');
+  const sorted = [...samples].sort((a, b) => a - b);
+  const mid = sorted.length / 2;
+  const median = sorted.length % 2 ? sorted[Math.floor(mid)]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+  return { n: sorted.length, median, p95: percentile(sorted, 95), min: sorted[0]!, max: sorted.at(-1)!, total: sorted.reduce((a, b) => a + b, 0) };
+}
+
+export const fmtMs = (ms: number): string => (ms >= 99.95 ? ms.toFixed(0) : ms.toFixed(1));
+export const fmtRatio = (r: number): string => `${r.toFixed(2)}×`;
+
+export function markdownTable(header: string[], rows: string[][]): string {
+  const line = (cells: string[]) => `| ${cells.join(' | ')} |`;
+  return [line(header), line(header.map(() => '---')), ...rows.map(line)].join('\n');
+}
+
+// ---- machine ---------------------------------------------------------------------------------
+
+export function pgBinDir(): string {
+  // SPEC §7: $PG_BINDIR, else `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin
+  const fromPgConfig = (): string | undefined => {
+    try {
+      return execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    } catch {
+      return undefined;
+    }
+  };
+  const root = '/usr/lib/postgresql';
+  const newest = existsSync(root)
+    ? readdirSync(root).filter((v) => /^\d+$/.test(v)).sort((a, b) => Number(b) - Number(a)).map((v) => join(root, v, 'bin'))
+    : [];
+  const dirs = [process.env.PG_BINDIR, fromPgConfig(), ...newest].filter((d): d is string => Boolean(d));
+  const dir = dirs.find((d) => existsSync(join(d, 'initdb')));
+  if (!dir) throw new Error(`no initdb in ${dirs.join(', ') || '(no candidates)'}; set PG_BINDIR`);
+  return dir;
+}
+
+export function loadAverage(): string {
+  return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' / ');
+}
+
+export function machineInfo(pgBin: string): Record<string, string> {
+  const sh = (cmd: string, args: string[]) => {
+    try {
+      return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    } catch {
+      return '?';
+    }
+  };
+  const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '?';
+  return {
+    date: new Date().toISOString(),
+    nproc: sh('nproc', []),
+    cpu,
+    memory: sh('sh', ['-c', "awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo"]),
+    kernel: sh('uname', ['-sr']),
+    // other work on the machine is the main source of noise; this says how much there was
+    'load average at start (1/5/15 min)': loadAverage(),
+    node: process.version,
+    postgresql: sh(join(pgBin, 'postgres'), ['--version']),
+  };
+}
+
+// ---- temp folders ----------------------------------------------------------------------------
+
+const POSTGRES_IDS = (): { uid: number; gid: number } => ({
+  uid: Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim()),
+  gid: Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim()),
+});
+
+/**
+ * The run's working folder (below $BENCH_DIR, default the system temp folder), removed at the end
+ * unless KEEP_TMP=1. Everything a section writes goes below it, so all of it is on one disk.
+ */
+export function makeWorkDir(cleanup: Cleanup, log: (line: string) => void): string {
+  const base = process.env.BENCH_DIR ?? tmpdir();
+  mkdirSync(base, { recursive: true });
+  const dir = mkdtempSync(join(base, 'barman-bench-'));
+  chmodSync(dir, 0o755); // postgres must reach its cluster below it
+  cleanup.add(`remove ${dir}`, () => {
+    if (process.env.KEEP_TMP === '1') log(`KEEP_TMP=1: kept ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
+  });
+  return dir;
+}
+
+/** mkdir owned by the postgres OS user. */
+export function postgresDir(path: string): string {
+  mkdirSync(path, { recursive: true, mode: 0o700 });
+  const { uid, gid } = POSTGRES_IDS();
+  chownSync(path, uid, gid);
+  return path;
+}
+
+// ---- PostgreSQL ------------------------------------------------------------------------------
+
+/** A throwaway cluster run by postgres, reachable only through its own socket folder. */
+export class BenchCluster {
+  readonly pgdata: string;
+  readonly socketDir: string;
+  private running = false;
+
+  private constructor(readonly dir: string, readonly pgBin: string) {
+    this.pgdata = join(dir, 'pgdata');
+    this.socketDir = postgresDir(join(dir, 'socket'));
+  }
+
+  /** initdb + start, with `settings` appended to postgresql.conf; stopped by `cleanup`. */
+  static async start(dir: string, pgBin: string, cleanup: Cleanup, settings: Record<string, string>): Promise<BenchCluster> {
+    const c = new BenchCluster(postgresDir(dir), pgBin);
+    await runOk(join(pgBin, 'initdb'), ['-D', c.pgdata, '-U', 'postgres', '-A', 'trust', '--no-sync', '--no-instructions'], { asPostgres: true, cwd: dir });
+    const conf = { listen_addresses: "''", unix_socket_directories: `'${c.socketDir}'`, ...settings };
+    writeFileSync(join(c.pgdata, 'postgresql.auto.conf'), Object.entries(conf).map(([k, v]) => `${k} = ${v}\n`).join(''));
+    chownSync(join(c.pgdata, 'postgresql.auto.conf'), POSTGRES_IDS().uid, POSTGRES_IDS().gid);
+    cleanup.add(`stop cluster ${c.pgdata}`, () => c.stop('immediate'));
+    await runOk(join(pgBin, 'pg_ctl'), ['-D', c.pgdata, '-l', join(dir, 'postgresql.log'), '-w', 'start'], { asPostgres: true, cwd: dir });
+    c.running = true;
+    return c;
+  }
+
+  /** Runs a SQL script through psql as postgres; returns its unaligned, tuples-only output. */
+  async psql(sql: string): Promise<string> {
+    const script = join(this.dir, 'script.sql');
+    writeFileSync(script, sql, { mode: 0o644 });
+    const args = ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', this.socketDir, '-U', 'postgres', '-d', 'postgres', '-f', script];
+    return (await runOk(join(this.pgBin, 'psql'), args, { asPostgres: true, cwd: this.dir })).stdout.trim();
+  }
+
+  async stop(mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    await runOk(join(this.pgBin, 'pg_ctl'), ['-D', this.pgdata, '-m', mode, '-w', 'stop'], { asPostgres: true, cwd: this.dir });
+  }
+}
+
+// ---- the receiver ----------------------------------------------------------------------------
+
+export interface BenchReceiver {
+  url: string;
+  barmanHome: string;
+  /** an agent configuration file for `server`, with the right token */
+  agentConfig: string;
+  stop(): Promise<void>;
+  /** the last lines the service logged, for failure messages */
+  logTail(): string;
+}
+
+/**
+ * `barman-receiver serve` from dist/ with one server section and a fresh token, on a port the
+ * kernel picks (read back from its "receiver listening" log line).
+ */
+export async function startReceiver(dir: string, repoRoot: string, cleanup: Cleanup, server: string, extra: Record<string, string> = {}): Promise<BenchReceiver> {
+  mkdirSync(dir, { recursive: true });
+  const tokenFile = join(dir, `${server}.token`);
+  writeFileSync(tokenFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+  const barmanHome = join(dir, 'barman_home');
+  const config = join(dir, 'barman.conf');
+  const barman = { barman_home: barmanHome, listen: '127.0.0.1:0', log_level: 'info', ...extra };
+  const ini = (name: string, values: Record<string, string>) => `[${name}]\n${Object.entries(values).map(([k, v]) => `${k} = ${v}`).join('\n')}\n`;
+  writeFileSync(config, `${ini('barman', barman)}\n${ini(server, { token_file: tokenFile })}`);
+
+  const child: ChildProcess = spawn(process.execPath, [join(repoRoot, 'dist', 'barman-receiver.cjs'), 'serve', '-c', config], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  let recent = '';
+  child.stderr!.on('data', (b: Buffer) => {
+    recent = (recent + b.toString('utf8')).slice(-16_384);
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const killer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(killer);
+    }
+  };
+  cleanup.add(`stop receiver (pid ${child.pid})`, stop);
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`receiver did not listen within 30 s:\n${recent}`)), 30_000);
+    const onData = () => {
+      // complete lines only: a chunk may end inside one
+      const line = recent.split('\n').slice(0, -1).find((l) => l.includes('"receiver listening"'));
+      if (!line) return;
+      clearTimeout(timer);
+      child.stderr!.off('data', onData);
+      resolve((JSON.parse(line) as { port: number }).port);
+    };
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`receiver exited (${code}) before listening:\n${recent}`)));
+  });
+  const url = `ws://127.0.0.1:${port}`;
+  const agentConfig = join(dir, 'agent.conf');
+  writeFileSync(agentConfig, ini('agent', { receiver: url, server, token_file: tokenFile, spool_dir: join(dir, 'agent-spool'), log_level: 'warn' }));
+  return { url, barmanHome, agentConfig, stop, logTail: () => recent };
+}
+
+/** Every file below `dir` whose name is `name`, searched recursively (the catalog's layout is not ours to spell). */
+export function findFiles(dir: string, name: string): string[] {
+  if (!existsSync(dir)) return [];
+  const found: string[] = [];
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) found.push(...findFiles(path, name));
+    else if (entry.name === name) found.push(path);
+  }
+  return found;
+}

@@ -1,0 +1,242 @@
+import { describe, expect, it } from 'vitest';
+import { COMPRESSIONS, loadReceiverConfig, parseListen } from '../../../../shared/config/receiver';
+import { configErrorOf, tempFiles } from './files';
+
+const files = tempFiles();
+const TOKEN = 'S3cr3t-t0ken-0f-main-4f9c2b7e';
+const tokenFile = files.write(`${TOKEN}\n`, 'main.token');
+
+/** A receiver config with a valid [main] section; `barman` and `main` add lines to the sections. */
+function conf(barman: string, main = '', extra = ''): string {
+  return files.write(`[barman]\nbarman_home = ${files.dir}/home\n${barman}\n\n[main]\ntoken_file = ${tokenFile}\n${main}\n${extra}`);
+}
+
+/** No message or hint of an error may carry the secret. */
+function expectNoSecret(text: string, secret = TOKEN) {
+  expect(text).not.toContain(secret);
+}
+
+describe('loadReceiverConfig', () => {
+  it('fills in the documented defaults', () => {
+    const file = files.write(`[barman]\n\n[main]\ntoken_file = ${tokenFile}\n`);
+    const c = loadReceiverConfig(file);
+    expect(c.file).toBe(file);
+    expect(c.barmanHome).toBe('/srv/barman');
+    expect(c.listen).toEqual({ host: '127.0.0.1', port: 7480 });
+    expect(c.tls).toBeUndefined();
+    expect(c.logLevel).toBe('info');
+    expect(c.compression).toBe('none');
+    expect([...c.servers.keys()]).toEqual(['main']);
+    expect(c.servers.get('main')).toEqual({ name: 'main', description: 'main', token: TOKEN, retentionPolicy: undefined, minimumRedundancy: 0 });
+  });
+
+  it('reads the example of the SPEC, section by section', () => {
+    const file = files.write(`[barman]
+barman_home = /srv/barman          ; default /srv/barman
+listen = 127.0.0.1:7480            ; host:port of the WebSocket service
+tls_cert = /etc/barman/tls.crt
+tls_key = /etc/barman/tls.key
+log_level = info
+compression = lz4
+
+[main]
+description = Main PostgreSQL server
+token_file = ${tokenFile}
+retention_policy = REDUNDANCY 2
+minimum_redundancy = 1
+
+[reporting]
+description = Reporting
+token = ${'r'.repeat(32)}
+retention_policy = RECOVERY WINDOW OF 7 DAYS
+`);
+    const c = loadReceiverConfig(file);
+    expect(c.barmanHome).toBe('/srv/barman');
+    expect(c.listen).toEqual({ host: '127.0.0.1', port: 7480 });
+    expect(c.tls).toEqual({ cert: '/etc/barman/tls.crt', key: '/etc/barman/tls.key' });
+    expect(c.compression).toBe('lz4');
+    expect(c.servers.get('main')).toEqual({ name: 'main', description: 'Main PostgreSQL server', token: TOKEN, retentionPolicy: { kind: 'redundancy', count: 2 }, minimumRedundancy: 1 });
+    expect(c.servers.get('reporting')).toMatchObject({ token: 'r'.repeat(32), retentionPolicy: { kind: 'window', amount: 7, unit: 'days' } });
+  });
+
+  it('refuses a file it cannot read, naming it', () => {
+    const missing = `${files.dir}/no-such.conf`;
+    const e = configErrorOf(() => loadReceiverConfig(missing));
+    expect(e.message).toContain(missing);
+    expect(e.message).toContain('ENOENT');
+  });
+
+  it('refuses a file without [barman]', () => {
+    const file = files.write(`[main]\ntoken_file = ${tokenFile}\n`);
+    const e = configErrorOf(() => loadReceiverConfig(file));
+    expect(e.message).toBe(`${file} [barman]: missing section`);
+  });
+
+  it('refuses a key outside any section', () => {
+    const file = files.write(`barman_home = /srv/barman\n[barman]\n`);
+    const e = configErrorOf(() => loadReceiverConfig(file));
+    expect(e.message).toContain(file);
+    expect(e.message).toContain('barman_home');
+    expect(e.message).toContain('outside any section');
+  });
+
+  it('refuses a dotted section name', () => {
+    const e = configErrorOf(() => loadReceiverConfig(conf('', '', `[main.replica]\ntoken_file = ${tokenFile}\n`)));
+    expect(e.message).toMatch(/section names may not contain dots/);
+  });
+
+  it.each([
+    ['barman', 'listen_address = 0.0.0.0:7480', '', 'listen_address'],
+    ['barman', 'compresion = gzip', '', 'compresion'],
+    ['main', '', 'retention = REDUNDANCY 2', 'retention'],
+    ['main', '', 'conninfo = host=pg', 'conninfo'],
+  ])('names the file, [%s] and the key of an unknown key (%s%s)', (section, barman, main, key) => {
+    const file = conf(barman, main);
+    const e = configErrorOf(() => loadReceiverConfig(file));
+    expect(e.message).toBe(`${file} [${section}] ${key}: unknown key`);
+  });
+
+  it('refuses a relative barman_home', () => {
+    const file = files.write(`[barman]\nbarman_home = srv/barman\n`);
+    expect(configErrorOf(() => loadReceiverConfig(file)).message).toMatch(/\[barman\] barman_home: "srv\/barman" is not an absolute path/);
+  });
+
+  it.each([
+    ['0.0.0.0:7480', '0.0.0.0', 7480],
+    ['127.0.0.1:0', '127.0.0.1', 0],
+    ['backup.example:65535', 'backup.example', 65535],
+    ['[::1]:7480', '::1', 7480],
+    ['[::]:7480', '::', 7480],
+  ])('reads listen = %s', (text, host, port) => {
+    expect(loadReceiverConfig(conf(`listen = ${text}`)).listen).toEqual({ host, port });
+  });
+
+  it.each(['7480', 'localhost', 'localhost:', ':7480', 'localhost:65536', 'localhost:123456', 'localhost:http', '::1:7480', 'localhost:-1', 'localhost:74 80'])('refuses listen = %s, naming file, section and key', (text) => {
+    const file = conf(`listen = ${text}`);
+    const e = configErrorOf(() => loadReceiverConfig(file));
+    expect(e.message).toBe(`${file} [barman] listen: "${text}" is not host:port`);
+    expect(() => parseListen(file, text)).toThrow(/is not host:port/);
+  });
+
+  it('takes tls_cert and tls_key as a pair', () => {
+    expect(loadReceiverConfig(conf('tls_cert = /c.pem\ntls_key = /k.pem')).tls).toEqual({ cert: '/c.pem', key: '/k.pem' });
+    const onlyCert = configErrorOf(() => loadReceiverConfig(conf('tls_cert = /c.pem')));
+    expect(onlyCert.message).toMatch(/\[barman\] tls_key: tls_cert and tls_key go together/);
+    const onlyKey = configErrorOf(() => loadReceiverConfig(conf('tls_key = /k.pem')));
+    expect(onlyKey.message).toMatch(/\[barman\] tls_cert: tls_cert and tls_key go together/);
+  });
+
+  it.each(COMPRESSIONS)('accepts compression = %s', (value) => {
+    expect(loadReceiverConfig(conf(`compression = ${value}`)).compression).toBe(value);
+  });
+
+  it('reads compression case-insensitively', () => {
+    expect(loadReceiverConfig(conf('compression = LZ4')).compression).toBe('lz4');
+  });
+
+  it.each(['bzip2', 'xz', 'yes', 'gzip9'])('refuses compression = %s and lists what is allowed', (value) => {
+    const e = configErrorOf(() => loadReceiverConfig(conf(`compression = ${value}`)));
+    expect(e.message).toContain(`[barman] compression: "${value}" is not valid; expected one of none, gzip, lz4, zstd`);
+  });
+
+  it('refuses an unknown log_level', () => {
+    expect(configErrorOf(() => loadReceiverConfig(conf('log_level = verbose'))).message).toMatch(/log_level: "verbose" is not valid; expected one of fatal, error, warn, info, debug, trace, silent/);
+  });
+
+  it('refuses a server section name that is not a server name', () => {
+    const e = configErrorOf(() => loadReceiverConfig(conf('', '', `[-main]\ntoken_file = ${tokenFile}\n`)));
+    expect(e.message).toContain('[-main]');
+  });
+
+  it('keeps several servers apart', () => {
+    const other = files.write('0123456789abcdef-other\n');
+    const c = loadReceiverConfig(conf('', 'description = first', `[second-srv]\ntoken_file = ${other}\n`));
+    expect([...c.servers.keys()]).toEqual(['main', 'second-srv']);
+    expect(c.servers.get('second-srv')?.token).toBe('0123456789abcdef-other');
+    expect(c.servers.get('main')?.token).toBe(TOKEN);
+  });
+
+  describe('retention', () => {
+    it.each([
+      ['REDUNDANCY 2', { kind: 'redundancy', count: 2 }],
+      ['RECOVERY WINDOW OF 7 DAYS', { kind: 'window', amount: 7, unit: 'days' }],
+      ['RECOVERY WINDOW OF 4 WEEKS', { kind: 'window', amount: 4, unit: 'weeks' }],
+    ])('reads retention_policy = %s', (text, policy) => {
+      expect(loadReceiverConfig(conf('', `retention_policy = ${text}`)).servers.get('main')?.retentionPolicy).toEqual(policy);
+    });
+
+    it.each(['REDUNDANCY 0', 'REDUNDANCY', 'RECOVERY WINDOW OF 7 YEARS', 'KEEP 3'])('refuses retention_policy = %s, naming the key', (text) => {
+      const file = conf('', `retention_policy = ${text}`);
+      const e = configErrorOf(() => loadReceiverConfig(file));
+      expect(e.message).toBe(`${file} [main] retention_policy: "${text}" is not a retention policy`);
+      expect(e.hint).toMatch(/REDUNDANCY N or RECOVERY WINDOW OF N DAYS\|WEEKS\|MONTHS/);
+    });
+
+    it.each(['-1', 'one', '1.5'])('refuses minimum_redundancy = %s', (text) => {
+      expect(configErrorOf(() => loadReceiverConfig(conf('', `minimum_redundancy = ${text}`))).message).toMatch(/\[main\] minimum_redundancy: .* is not a whole number/);
+    });
+  });
+
+  describe('the shared secret', () => {
+    it('comes from token_file, trimmed of the newline', () => {
+      expect(loadReceiverConfig(conf('')).servers.get('main')?.token).toBe(TOKEN);
+    });
+
+    it('may be inline as token =, and token_file wins when both are set', () => {
+      const inline = 'i'.repeat(20);
+      const file = files.write(`[barman]\nbarman_home = /srv/b\n[main]\ntoken = ${inline}\n`);
+      expect(loadReceiverConfig(file).servers.get('main')?.token).toBe(inline);
+      const both = files.write(`[barman]\nbarman_home = /srv/b\n[main]\ntoken = ${inline}\ntoken_file = ${tokenFile}\n`);
+      expect(loadReceiverConfig(both).servers.get('main')?.token).toBe(TOKEN);
+    });
+
+    it('is required', () => {
+      const file = files.write(`[barman]\nbarman_home = /srv/b\n[main]\ndescription = no secret\n`);
+      const e = configErrorOf(() => loadReceiverConfig(file));
+      expect(e.message).toBe(`${file} [main] token_file: missing required key (the shared secret)`);
+    });
+
+    it('refuses a token_file that does not exist, naming the key and the path', () => {
+      const path = `${files.dir}/missing.token`;
+      const file = files.write(`[barman]\nbarman_home = /srv/b\n[main]\ntoken_file = ${path}\n`);
+      const e = configErrorOf(() => loadReceiverConfig(file));
+      expect(e.message).toBe(`${file} [main] token_file: cannot read ${path} (ENOENT)`);
+    });
+
+    it('refuses a token_file that is a directory', () => {
+      const file = files.write(`[barman]\nbarman_home = /srv/b\n[main]\ntoken_file = ${files.dir}\n`);
+      expect(configErrorOf(() => loadReceiverConfig(file)).message).toMatch(/\[main\] token_file: cannot read .* \(EISDIR\)/);
+    });
+
+    it('refuses a secret shorter than 16 characters without showing it', () => {
+      const short = 'shortsecret-15c';
+      expect(short.length).toBe(15);
+      const path = files.write(`${short}\n`);
+      const viaFile = configErrorOf(() => loadReceiverConfig(files.write(`[barman]\nbarman_home = /srv/b\n[main]\ntoken_file = ${path}\n`)));
+      expect(viaFile.message).toMatch(/token_file: the secret in .* is shorter than 16 characters/);
+      expectNoSecret(viaFile.message + viaFile.hint, short);
+      const inline = configErrorOf(() => loadReceiverConfig(files.write(`[barman]\nbarman_home = /srv/b\n[main]\ntoken = ${short}\n`)));
+      expect(inline.message).toMatch(/\[main\] token: the secret is shorter than 16 characters/);
+      expectNoSecret(inline.message + inline.hint, short);
+    });
+
+    it('never appears in an error about another key of the section or file', () => {
+      const inline = `[barman]\nbarman_home = /srv/b\n[main]\ntoken = ${TOKEN}\n`;
+      const broken = [
+        `${inline}bogus = 1\n`,
+        `${inline}retention_policy = nonsense\n`,
+        `${inline}minimum_redundancy = many\n`,
+        `${inline}[other]\ntoken = x\n`,
+        `${inline}[bad name]\ntoken = ${TOKEN}\n`,
+        `[barman]\nbarman_home = /srv/b\nlisten = nowhere\n[main]\ntoken = ${TOKEN}\n`,
+        `[barman]\nbarman_home = /srv/b\ncompression = fast\n[main]\ntoken_file = ${tokenFile}\n`,
+        `[barman]\nbarman_home = /srv/b\n[main]\ntoken_file = ${tokenFile}\ntoken_fil = ${TOKEN}\n`,
+        `token = ${TOKEN}\n[barman]\n`,
+      ];
+      for (const text of broken) {
+        const e = configErrorOf(() => loadReceiverConfig(files.write(text)));
+        expectNoSecret(`${e.message}\n${e.hint}\n${e.toUserText()}`);
+      }
+    });
+  });
+});

@@ -1,0 +1,55 @@
+// One well-formed frame of every kind, for the frame and codec tests.
+
+import type { Frame, FrameType } from '../../../../shared/protocol/frames';
+
+const bytes = (n: number, fill: number) => new Uint8Array(n).fill(fill);
+export const SHA = 'ab'.repeat(32);
+
+export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
+  hello: { type: 'hello', protocolVersion: 1, server: 'main', role: 'push', clientNonce: bytes(32, 1), agentVersion: '0.1.0' },
+  challenge: { type: 'challenge', protocolVersion: 1, serverNonce: bytes(32, 2) },
+  auth: { type: 'auth', proof: bytes(32, 3) },
+  welcome: { type: 'welcome', sessionId: 's-1', proof: bytes(32, 4) },
+  put: { type: 'put', id: 1, target: { kind: 'wal', name: '000000010000000000000001' }, size: 16 * 1024 * 1024 },
+  file: { type: 'file', id: 2, name: 'base/16384/1259', size: 8192 },
+  chunk: { type: 'chunk', id: 3, data: bytes(1000, 5) },
+  end: { type: 'end', id: 4, sha256: SHA },
+  get: { type: 'get', id: 5, name: '000000010000000000000001' },
+  ack: { type: 'ack', id: 6, status: 'stored', sha256: SHA },
+  error: { type: 'error', id: 7, code: 'WAL_CONFLICT', message: 'already archived', hint: 'compare the files' },
+  'backup-begin': {
+    type: 'backup-begin',
+    id: 8,
+    requestId: 1,
+    start: {
+      startLsn: '0/2000028',
+      timeline: 1,
+      startTime: '2026-11-25T10:00:00.000Z',
+      systemIdentifier: '7712075971341596236',
+      pgVersion: 150018,
+      pgdata: '/var/lib/postgresql/15/main',
+      tablespaces: [{ oid: '16384', name: 'ts1', location: '/srv/ts1' }],
+    },
+  },
+  'backup-accepted': { type: 'backup-accepted', id: 9, backupId: '20261125T100000' },
+  'backup-end': {
+    type: 'backup-end',
+    id: 10,
+    backupId: '20261125T100000',
+    stop: { stopLsn: '0/2000100', stopTime: '2026-11-25T10:00:05.000Z', backupLabel: 'START WAL LOCATION: 0/2000028\n', tablespaceMap: '', directories: ['base', 'pg_wal', 'pg_replslot'] },
+    fileCount: 970,
+  },
+  'backup-abort': { type: 'backup-abort', id: 11, backupId: '20261125T100000', reason: 'pg_backup_start failed' },
+  'backup-request': { type: 'backup-request', id: 12 },
+  'backup-start': { type: 'backup-start', id: 13, wait: true },
+  'backup-status': { type: 'backup-status', id: 14, backupId: '20261125T100000', status: 'DONE' },
+  'get-backup-file': { type: 'get-backup-file', id: 15, backupId: '20261125T100000', path: 'base/5/1259' },
+  'restore-plan-request': { type: 'restore-plan-request', id: 16, backup: 'latest', options: { targetTime: '2026-11-25T12:00:05+01:00', targetAction: 'promote', exclusive: false } },
+  'status-request': { type: 'status-request', id: 17 },
+  status: { type: 'status', id: 18, agentConnected: true, agentSince: '2026-11-25T09:00:00.000Z', backupRunning: '' },
+};
+
+/** Fields a frame kind may leave out. */
+export const OPTIONAL_FIELDS: Partial<Record<FrameType, string[]>> = { error: ['id'], 'backup-begin': ['requestId'], 'backup-status': ['reason'] };
+
+export const FRAME_TYPES = Object.keys(VALID_FRAMES) as FrameType[];
