@@ -4,6 +4,7 @@
 
 import { Command } from 'commander';
 import { configureProgram, parseArgv, runAction } from '../shared/cli';
+import { addRecoveryOptions } from '../shared/recovery/cli-options';
 import { ExitCode } from '../shared/errors';
 
 const program = configureProgram(new Command('barman-agent'))
@@ -67,6 +68,22 @@ program
       process.stdout.write(`${result.backupId}\n`);
       process.stderr.write(`backup ${result.backupId}: ${result.status} (${result.files} files, ${(result.bytes / 1048576).toFixed(1)} MiB)\n`);
       return result.status === 'FAILED' ? ExitCode.FAILED : ExitCode.OK;
+    }),
+  );
+
+addRecoveryOptions(program
+  .command('restore')
+  .description('pull a backup and its WAL from the receiver and write a startable data directory here')
+  .argument('<id>', 'backup ID, latest or oldest')
+  .argument('<pgdata>', 'destination directory (new or empty)')
+  .option('-c, --config <file>', 'agent configuration file'))
+  .action((id: string, pgdata: string, opts: Record<string, string | boolean | string[] | undefined> & { config?: string }) =>
+    runAction(async () => {
+      const [{ restore }, { recoveryOptionsFromCli }] = await Promise.all([import('./commands/restore'), import('../shared/recovery/cli-options')]);
+      const started = Date.now();
+      const plan = await restore(await loadConfig(opts), id, pgdata, recoveryOptionsFromCli(opts), (p) => process.stderr.write(`\r${p.phase === 'files' ? 'data files' : 'WAL files'}: ${p.done}/${p.total}${p.done === p.total ? '\n' : ''}`));
+      process.stdout.write(`Restored backup ${plan.backupId} of ${plan.server} into ${pgdata} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+      process.stdout.write(`Start it with: pg_ctl -D ${pgdata} start\n`);
     }),
   );
 

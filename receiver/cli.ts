@@ -4,6 +4,7 @@
 
 import { Command } from 'commander';
 import { configureProgram, parseArgv, printJson, runAction } from '../shared/cli';
+import { addRecoveryOptions } from '../shared/recovery/cli-options';
 import { ExitCode } from '../shared/errors';
 
 const program = configureProgram(new Command('barman-receiver'))
@@ -175,48 +176,17 @@ command('verify-backup', 'read every file of a backup back and check it against 
     }),
   );
 
-command('recover', 'write a startable PostgreSQL data directory from a backup and its WAL')
+addRecoveryOptions(command('recover', 'write a startable PostgreSQL data directory from a backup and its WAL'))
   .argument('<server>')
   .argument('<id>', 'backup ID, latest or oldest')
   .argument('<dest>', 'destination directory (new or empty)')
-  .option('--target-time <time>', 'ISO 8601, with an offset or in this host\'s time zone')
-  .option('--target-xid <xid>', 'transaction ID')
-  .option('--target-lsn <lsn>', 'WAL location, e.g. 0/3000060')
-  .option('--target-name <name>', 'restore point made with pg_create_restore_point()')
-  .option('--target-immediate', 'stop as soon as the backup is consistent')
-  .option('--target-tli <tli>', 'current, latest or a timeline number', 'latest')
-  .option('--target-action <action>', 'pause, promote or shutdown (default promote when a target is given)')
-  .option('--exclusive', 'stop just before the target instead of just after it')
-  .option('--tablespace <name:location...>', 'relocate a tablespace (repeatable)')
   .option('--owner <user>', 'owner of the recovered files (default: the destination parent\'s owner, or postgres when run as root)')
   .action((server: string, id: string, dest: string, opts: Opts & Record<string, string | boolean | string[] | undefined>) =>
     runAction(async () => {
-      const { recover } = await import('./commands/recover');
-      const action = opts.targetAction as string | undefined;
-      if (action !== undefined && !['pause', 'promote', 'shutdown'].includes(action)) {
-        const { usageError } = await import('../shared/cli');
-        throw usageError(`--target-action "${action}" is not pause, promote or shutdown`, 'Use --target-action pause|promote|shutdown.');
-      }
-      const tablespaces: Record<string, string> = {};
-      for (const spec of (opts.tablespace as string[] | undefined) ?? []) {
-        const i = spec.indexOf(':');
-        if (i <= 0) {
-          const { usageError } = await import('../shared/cli');
-          throw usageError(`--tablespace "${spec}" is not name:location`, 'Write --tablespace tbs1:/new/location.');
-        }
-        tablespaces[spec.slice(0, i)] = spec.slice(i + 1);
-      }
+      const [{ recover }, { recoveryOptionsFromCli }] = await Promise.all([import('./commands/recover'), import('../shared/recovery/cli-options')]);
       const started = Date.now();
       const plan = await recover(await loadConfig(opts), server, id, dest, {
-        targetTime: opts.targetTime as string | undefined,
-        targetXid: opts.targetXid as string | undefined,
-        targetLsn: opts.targetLsn as string | undefined,
-        targetName: opts.targetName as string | undefined,
-        targetImmediate: Boolean(opts.targetImmediate),
-        targetTli: opts.targetTli as string | undefined,
-        targetAction: action as 'pause' | 'promote' | 'shutdown' | undefined,
-        exclusive: Boolean(opts.exclusive),
-        tablespaces,
+        ...recoveryOptionsFromCli(opts),
         owner: opts.owner as string | undefined,
       }, (p) => process.stderr.write(`\r${p.phase === 'files' ? 'data files' : 'WAL files'}: ${p.done}/${p.total}${p.done === p.total ? '\n' : ''}`));
       process.stdout.write(`Recovered backup ${plan.backupId} of ${server} into ${dest} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);

@@ -240,6 +240,11 @@ export class BackupCatalog {
   }
 }
 
+/** A path inside a backup that may be read back: the data files and backup_label. */
+export function readableBackupPath(path: string): string {
+  return path === 'backup_label' ? path : safeRelativePath(path);
+}
+
 /** A relative path inside a backup: no absolute paths, no `..`, no empty or odd components. */
 export function safeRelativePath(path: string): string {
   const bad = () => new BarmanError(ErrorCode.INVALID_NAME, `"${path.slice(0, 100)}" is not a valid path inside a backup`, 'Agent and receiver must run compatible versions; paths are relative to the data directory.');

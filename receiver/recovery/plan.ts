@@ -120,7 +120,8 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   if (targetLsn !== undefined) {
     const lastOnChain = segments.filter((s) => segmentTimeline(s) === targetTli).pop() ?? segments[segments.length - 1];
     const endOfWal = lastOnChain ? segmentStartLsn(lastOnChain, segSize) + BigInt(segSize) : 0n;
-    if (targetLsn > endOfWal) throw targetError(`target LSN ${opts.targetLsn} is past the last WAL archived (${lastOnChain ?? 'none'} ends at ${formatLsn(endOfWal)})`, 'Run SELECT pg_switch_wal() on the primary so that WAL is archived, or give an earlier LSN.');
+    // endOfWal is where the first record NOT archived starts: PostgreSQL could never reach a target there
+    if (targetLsn >= endOfWal) throw targetError(`target LSN ${opts.targetLsn} is past the last WAL archived (${lastOnChain ?? 'none'} ends at ${formatLsn(endOfWal)})`, 'Run SELECT pg_switch_wal() on the primary so that WAL is archived, or give an earlier LSN.');
   }
   const wals = [...[...chain].filter((t) => t > 1 && histories.has(t)).map(historyFileName), ...segments];
 

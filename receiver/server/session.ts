@@ -3,7 +3,10 @@
 // belongs to; no request names a server, so a session cannot reach another server's catalog.
 
 import { randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
@@ -12,6 +15,9 @@ import { type Frame, type HelloFrame, PROTOCOL_VERSION, type Role } from '../../
 import type { ServerConfig } from '../../shared/config/receiver';
 import { openStoredWal, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
+import { readableBackupPath } from '../catalog/backups';
+import { planRecovery } from '../recovery/plan';
+import type { RecoveryOptions } from '../../shared/recovery/plan';
 import type { Peer, ServerContext } from './context';
 import { sendChunks, streamSource } from '../../shared/protocol/chunks';
 
@@ -166,6 +172,16 @@ export class Session implements Peer {
           this.allow(['admin'], 'request backups');
           await this.startBackupFor(frame.id, frame.wait, server);
         });
+      case 'get-backup-file':
+        return this.answer(frame.id, async () => {
+          this.allow(['restore', 'admin'], 'read backups');
+          await this.sendBackupFile(frame.id, frame.backupId, frame.path, server);
+        });
+      case 'restore-plan-request':
+        return this.answer(frame.id, async () => {
+          this.allow(['restore', 'admin'], 'plan a restore');
+          await this.sendRestorePlan(frame.id, frame.backup, frame.options as RecoveryOptions, server);
+        });
       case 'status-request':
         return this.answer(frame.id, async () => {
           this.allow(['admin'], 'ask for status');
@@ -247,9 +263,30 @@ export class Session implements Peer {
     }
     const identity = await server.catalog.identity();
     const size = stored.compression === 'none' ? (await stat(stored.path)).size : identity!.segmentSize;
+    await this.sendStream(id, name, size, openStoredWal(stored));
+  }
+
+  /** Answers a request with a file: file frame, chunks (pooled, hashed), end frame with the SHA-256. */
+  private async sendStream(id: number, name: string, size: number, source: AsyncIterable<Buffer>): Promise<void> {
     await this.conn.send({ type: 'file', id, name, size });
-    const sent = await sendChunks(this.conn, id, streamSource(openStoredWal(stored)));
+    const sent = await sendChunks(this.conn, id, streamSource(source));
     await this.conn.send({ type: 'end', id, sha256: sent.sha256 });
+  }
+
+  private async sendBackupFile(id: number, backupId: string, path: string, server: ServerContext): Promise<void> {
+    const info = await server.backups.resolve(backupId);
+    if (info.status !== 'DONE') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${backupId} is ${info.status}, not DONE`, 'Restore from a DONE backup (list-backups).');
+    const full = join(server.backups.dataDir(info.backupId), readableBackupPath(path));
+    const st = await stat(full).catch(() => undefined);
+    if (!st?.isFile()) throw new BarmanError(ErrorCode.BACKUP_NOT_FOUND, `backup ${backupId} has no file ${path.slice(0, 200)}`, `Run barman-receiver verify-backup ${server.config.name} ${backupId}.`);
+    await this.sendStream(id, path, st.size, createReadStream(full, { highWaterMark: 1 << 20 }));
+  }
+
+  private async sendRestorePlan(id: number, backup: string, options: RecoveryOptions, server: ServerContext): Promise<void> {
+    const plan = await planRecovery(server.catalog, server.backups, backup, options);
+    const json = Buffer.from(JSON.stringify(plan));
+    this.log.info({ backup: plan.backupId, target: plan.targetDescription }, 'restore planned for the agent');
+    await this.sendStream(id, 'restore-plan.json', json.length, Readable.from([json]));
   }
 }
 

@@ -67,7 +67,10 @@ export class AgentConnection {
       });
       conn.onClose((err) => {
         clearTimeout(timer);
-        reject(err ?? new BarmanError(ErrorCode.CONNECTION_LOST, `the receiver at ${url} closed the connection during authentication`, 'Check the receiver log.'));
+        // before the socket opened, a failure is a connect failure (refused, TLS): say so
+        const cause = err?.cause as NodeJS.ErrnoException | undefined;
+        if (ws.readyState !== WebSocket.OPEN && cause instanceof Error) reject(connectError(url, cause));
+        else reject(err ?? new BarmanError(ErrorCode.CONNECTION_LOST, `the receiver at ${url} closed the connection during authentication`, 'Check the receiver log.'));
       });
       conn.onFrame(async (frame) => {
         if (frame.type === 'error') {
@@ -176,58 +179,91 @@ export class AgentConnection {
   }
 
   /**
-   * Fetches a file from the catalog into `dest` (written as dest.partial-download, fsynced, renamed).
-   * Resolves false when the receiver does not have it.
+   * Streams a file the receiver sends in answer to `build` (file → chunk* → end), verifying its
+   * size and SHA-256 at the end. At most a few chunks wait in memory: the connection stops
+   * reading while the consumer is behind.
+   */
+  async *fetch(build: (id: number) => Frame): AsyncGenerator<Uint8Array> {
+    const id = this.nextId++;
+    const queue: Uint8Array[] = [];
+    const hash = newHash();
+    let expected = -1;
+    let received = 0;
+    let finished = false;
+    let failure: BarmanError | undefined;
+    let wake: (() => void) | undefined;
+    let drained: (() => void) | undefined;
+    const nudge = () => {
+      const w = wake;
+      wake = undefined;
+      w?.();
+    };
+    this.waiters.set(id, async (frame) => {
+      if (frame.type === 'file') {
+        expected = frame.size;
+        return;
+      }
+      if (frame.type === 'chunk') {
+        hash.update(frame.data);
+        received += frame.data.length;
+        queue.push(frame.data);
+        nudge();
+        while (queue.length >= 4 && !failure) await new Promise<void>((r) => (drained = r));
+        return;
+      }
+      if (frame.type === 'end') {
+        const sha = hash.digest('hex');
+        if (received !== expected || sha !== frame.sha256) {
+          failure = new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${build(id).type}: received ${received} of ${expected} bytes, checksum ${sha === frame.sha256 ? 'matches' : 'differs'}`, 'Retry; if it persists, run verify-backup on the receiver host.');
+        }
+        finished = true;
+      } else if (frame.type === 'error') failure = errorFromFrame(frame);
+      else failure = unexpected(frame, build(id).type);
+      this.waiters.delete(id);
+      nudge();
+    });
+    if (this.failure) throw this.failure;
+    await this.conn.send(build(id));
+    try {
+      for (;;) {
+        const next = queue.shift();
+        if (next) {
+          const d = drained;
+          drained = undefined;
+          d?.();
+          yield next;
+          continue;
+        }
+        if (failure) throw failure;
+        if (finished) return;
+        await new Promise<void>((r) => (wake = r));
+      }
+    } finally {
+      this.waiters.delete(id);
+      failure ??= new BarmanError(ErrorCode.CONNECTION_LOST, 'fetch abandoned', '');
+      drained?.();
+    }
+  }
+
+  /**
+   * Fetches a WAL file from the catalog into `dest` (written under a temporary name, fsynced,
+   * renamed). Resolves false when the receiver does not have it.
    */
   async getFile(name: string, dest: string): Promise<boolean> {
-    const id = this.nextId++;
     const tmp = join(dirname(dest), `.${name}.${process.pid}.download`);
-    let fh: fs.FileHandle | undefined;
-    let expected = 0;
-    let received = 0;
-    const hash = newHash();
-    let writes: Promise<unknown> = Promise.resolve();
-    const answer = this.expect<boolean>(id, (frame, settle) => {
-      switch (frame.type) {
-        case 'file':
-          expected = frame.size;
-          writes = fs.open(tmp, 'w', 0o600).then((h) => (fh = h));
-          return;
-        case 'chunk':
-          hash.update(frame.data);
-          received += frame.data.length;
-          writes = writes.then(() => fh!.write(frame.data));
-          return writes.then(() => undefined);
-        case 'end':
-          settle.resolve(
-            writes.then(async () => {
-              const sha = hash.digest('hex');
-              if (received !== expected || sha !== frame.sha256) {
-                throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: received ${received} of ${expected} bytes, checksum ${sha === frame.sha256 ? 'matches' : 'differs'}`, 'Retry; if it persists, run verify on the receiver host.');
-              }
-              await fh!.sync();
-              await fh!.close();
-              fh = undefined;
-              await fs.rename(tmp, dest);
-              return true;
-            }),
-          );
-          return;
-        case 'error':
-          if (frame.code === ErrorCode.WAL_NOT_FOUND) settle.resolve(false);
-          else settle.reject(errorFromFrame(frame));
-          return;
-        default:
-          settle.reject(unexpected(frame, 'get'));
-      }
-    });
-    await this.conn.send({ type: 'get', id, name });
+    const fh = await fs.open(tmp, 'w', 0o600);
     try {
-      return await answer.promise;
-    } finally {
-      if (fh) await fh.close().catch(() => undefined);
+      for await (const chunk of this.fetch((id) => ({ type: 'get', id, name }))) await fh.write(chunk);
+      await fh.sync();
+    } catch (err) {
+      await fh.close();
       await fs.rm(tmp, { force: true });
+      if (err instanceof BarmanError && err.code === ErrorCode.WAL_NOT_FOUND) return false;
+      throw err;
     }
+    await fh.close();
+    await fs.rename(tmp, dest);
+    return true;
   }
 
   private expect<T>(id: number, onFrame: (frame: Frame, settle: { resolve: (v: T | Promise<T>) => void; reject: (e: unknown) => void }) => void | Promise<void>) {

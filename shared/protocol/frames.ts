@@ -71,6 +71,11 @@ export interface BackupStartFrame { type: 'backup-start'; id: number; wait: bool
 /** receiver → agent/admin: where a backup stands */
 export interface BackupStatusFrame { type: 'backup-status'; id: number; backupId: string; status: string; reason?: string }
 
+/** restore → receiver: one data file of a DONE backup, answered like get (file, chunk*, end) */
+export interface GetBackupFileFrame { type: 'get-backup-file'; id: number; backupId: string; path: string }
+/** restore → receiver: plan a recovery; answered like get, with the plan as a JSON document */
+export interface RestorePlanRequestFrame { type: 'restore-plan-request'; id: number; backup: string; options: Record<string, unknown> }
+
 /** admin → receiver: what the service knows live about the server */
 export interface StatusRequestFrame { type: 'status-request'; id: number }
 /** receiver → admin: whether an agent daemon is connected, since when (ISO) */
@@ -79,7 +84,7 @@ export interface StatusFrame { type: 'status'; id: number; agentConnected: boole
 export type Frame =
   | HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame
   | BackupBeginFrame | BackupAcceptedFrame | BackupEndFrame | BackupAbortFrame | BackupRequestFrame | BackupStartFrame | BackupStatusFrame
-  | StatusRequestFrame | StatusFrame;
+  | StatusRequestFrame | StatusFrame | GetBackupFileFrame | RestorePlanRequestFrame;
 export type FrameType = Frame['type'];
 
 // ---- validation -----------------------------------------------------------------------------
@@ -111,6 +116,16 @@ const backupStart = record({
   startLsn: lsn, timeline: uint, startTime: iso, systemIdentifier: (v) => typeof v === 'string' && /^\d{1,20}$/.test(v),
   pgVersion: uint, pgdata: str(4096), tablespaces: arrayOf(record({ oid: (v) => typeof v === 'string' && /^\d{1,10}$/.test(v), name: str(64), location: str(4096) }), 1000),
 });
+const RECOVERY_OPTION_KEYS = ['targetTime', 'targetXid', 'targetLsn', 'targetName', 'targetImmediate', 'targetTli', 'targetAction', 'exclusive', 'tablespaces'];
+const recoveryOptions: Check = (v) => {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return false;
+  return Object.entries(v as Record<string, unknown>).every(([k, x]) => {
+    if (!RECOVERY_OPTION_KEYS.includes(k)) return false;
+    if (x === undefined) return true;
+    if (k === 'tablespaces') return x !== null && typeof x === 'object' && !Array.isArray(x) && Object.values(x).every(str(4096));
+    return typeof x === 'boolean' || str(200)(x);
+  });
+};
 const backupStop = record({ stopLsn: lsn, stopTime: iso, backupLabel: str(65536), tablespaceMap: str(1 << 20), directories: arrayOf(str(1024), 1_000_000) });
 
 interface Shape { required: Record<string, Check>; optional?: Record<string, Check> }
@@ -135,6 +150,8 @@ const SHAPES: Record<FrameType, Shape> = {
   'backup-start': { required: { id: uint, wait: (v) => typeof v === 'boolean' } },
   'backup-status': { required: { id: uint, backupId, status: str(32) }, optional: { reason: str(4096) } },
   'status-request': { required: { id: uint } },
+  'get-backup-file': { required: { id: uint, backupId, path: str(1024) } },
+  'restore-plan-request': { required: { id: uint, backup: str(32), options: recoveryOptions } },
   status: { required: { id: uint, agentConnected: (v) => typeof v === 'boolean', agentSince: str(40), backupRunning: str(16) } },
 };
 

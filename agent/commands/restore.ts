@@ -1,0 +1,33 @@
+// `barman-agent restore <id> <pgdata> [recover opts]`: the receiver plans the recovery (and
+// refuses what cannot be done) and streams the backup's files and WAL to this host, where the
+// same writer as `barman-receiver recover` builds a startable data directory.
+
+import { resolve } from 'node:path';
+import type { AgentConfig } from '../../shared/config/agent';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import { AgentConnection } from '../../shared/protocol/client';
+import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
+import { checkEmptyDestination, type WriteOptions, writeRecovery } from '../../shared/recovery/writer';
+
+export async function restore(config: AgentConfig, backup: string, pgdataArg: string, options: RecoveryOptions, progress?: WriteOptions['progress']): Promise<RecoveryPlan> {
+  const dest = resolve(pgdataArg);
+  await checkEmptyDestination(dest, 'destination');
+  const conn = await AgentConnection.open(config, 'restore');
+  try {
+    const parts: Uint8Array[] = [];
+    for await (const chunk of conn.fetch((id) => ({ type: 'restore-plan-request', id, backup, options: { ...options } }))) parts.push(chunk);
+    let plan: RecoveryPlan;
+    try {
+      plan = JSON.parse(Buffer.concat(parts).toString('utf8')) as RecoveryPlan;
+    } catch (err) {
+      throw new BarmanError(ErrorCode.PROTOCOL, `the receiver sent an unreadable recovery plan (${(err as Error).message})`, 'Install the same barman-ts version on agent and receiver.');
+    }
+    await writeRecovery(plan, dest, {
+      dataFile: (path) => conn.fetch((id) => ({ type: 'get-backup-file', id, backupId: plan.backupId, path })),
+      walFile: (name) => conn.fetch((id) => ({ type: 'get', id, name })),
+    }, { progress });
+    return plan;
+  } finally {
+    conn.close();
+  }
+}
