@@ -62,7 +62,9 @@ export class WalArchive {
     await this.catalog.ensureLayout();
     const compression = parsed.kind === 'segment' ? this.compression : 'none';
     try {
-      return new WalUpload(this, parsed, size, compression, await IncomingFile.create(this.catalog.incomingDir, name, compression));
+      const incoming = await IncomingFile.create(this.catalog.incomingDir, name, compression);
+      incoming.syncEarly = true;
+      return new WalUpload(this, parsed, size, compression, incoming);
     } catch (err) {
       throw storageError(err, `cannot create a file in ${this.catalog.incomingDir}`);
     }
@@ -111,7 +113,12 @@ export class WalUpload implements Upload {
     if (header.segmentSize !== this.size) {
       throw invalidWal(`${name}: page header says segment size ${header.segmentSize}, file has ${this.size} bytes`);
     }
-    const start = segmentStartLsn(name, header.segmentSize);
+    let start: bigint;
+    try {
+      start = segmentStartLsn(name, header.segmentSize);
+    } catch (err) {
+      throw invalidWal(`${name}: ${(err as Error).message}`, 'The file was renamed or comes from elsewhere; archive only what PostgreSQL hands to archive_command.');
+    }
     if (header.pageAddress !== start) {
       throw invalidWal(`${name}: first page address ${formatLsn(header.pageAddress)} does not match the file name (expected ${formatLsn(start)})`, 'The file was renamed or comes from elsewhere; archive only what PostgreSQL hands to archive_command.');
     }

@@ -9,6 +9,9 @@ import { createGzip, type Gzip } from 'node:zlib';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 
+/** bytes written between early flushes of a file acknowledged on its own */
+const EARLY_FLUSH_BYTES = 4 * 1024 * 1024;
+
 export async function fsyncDir(path: string): Promise<void> {
   const fh = await fs.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
@@ -54,6 +57,12 @@ export class IncomingFile {
   private gzip: Gzip | undefined;
   private gzipDone: Promise<void> | undefined;
   private writeChain: Promise<void> = Promise.resolve();
+  private written = 0;
+  private flushedUpTo = 0;
+  private earlyFlush: Promise<void> | undefined;
+  private flushError: unknown;
+  /** flush as we go: for files acknowledged on their own (WAL), not for a backup's many files */
+  syncEarly = false;
 
   private constructor(readonly tmpPath: string, private readonly fh: fs.FileHandle, compression: Compression) {
     if (compression === 'gzip') {
@@ -103,6 +112,8 @@ export class IncomingFile {
       await this.gzipDone;
       await this.writeChain;
     }
+    await this.earlyFlush;
+    if (this.flushError) throw this.flushError;
     if (sync) await this.fh.sync();
     await this.fh.close();
     return this.hash.digest('hex');
@@ -125,6 +136,18 @@ export class IncomingFile {
     while (off < buf.length) {
       const { bytesWritten } = await this.fh.write(buf, off, buf.length - off);
       off += bytesWritten;
+    }
+    this.written += buf.length;
+    if (this.syncEarly && this.written - this.flushedUpTo >= EARLY_FLUSH_BYTES) {
+      // start writing back what we have while the rest arrives, so the final fsync (before the
+      // ack) only waits for the tail; one flush in flight at a time
+      this.flushedUpTo = this.written;
+      this.earlyFlush ??= this.fh
+        .datasync()
+        .catch((err: unknown) => {
+          this.flushError ??= err;
+        })
+        .finally(() => (this.earlyFlush = undefined));
     }
   }
 }
