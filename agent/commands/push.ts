@@ -11,7 +11,7 @@ import { AgentConnection } from '../../shared/protocol/client';
 export async function pushWal(config: AgentConfig, path: string): Promise<'stored' | 'duplicate'> {
   const name = basename(path);
   const parsed = parseWalFileName(name);
-  if (!parsed || parsed.kind === 'partial') {
+  if (!parsed) {
     throw new BarmanError(ErrorCode.INVALID_NAME, `"${name}" is not a WAL segment, .history or .backup file name`, 'Set archive_command = \'barman-agent push %p\'; PostgreSQL then passes the right path.', { exitCode: 1 });
   }
   const conn = await AgentConnection.open(config, 'push');

@@ -53,15 +53,17 @@ export class ServerCatalog {
   /** Where a WAL file lives once archived. Segments go below their 16-hex directory; others in wals/. */
   walPath(name: string, compression: Compression = 'none'): string {
     const parsed = parseWalFileName(name);
-    if (!parsed || parsed.kind === 'partial') throw new RangeError(`not an archivable WAL file name: ${name}`);
-    if (parsed.kind !== 'segment') return join(this.walsDir, name);
-    return join(this.walsDir, walDirectoryOf(name), name + (compression === 'none' ? '' : COMPRESSED_EXT[compression]));
+    if (!parsed) throw new RangeError(`not an archivable WAL file name: ${name}`);
+    if (parsed.kind === 'history' || parsed.kind === 'backup') return join(this.walsDir, name);
+    // a .partial (the last segment of a timeline left by a promotion) sits beside its segment
+    const ext = parsed.kind === 'segment' && compression !== 'none' ? COMPRESSED_EXT[compression] : '';
+    return join(this.walsDir, walDirectoryOf(name), name + ext);
   }
 
   /** The stored copy of an archived WAL file, whatever compression it was written with. */
   async findWal(name: string): Promise<StoredWal | undefined> {
     const parsed = parseWalFileName(name);
-    if (!parsed || parsed.kind === 'partial') return undefined;
+    if (!parsed) return undefined;
     const options: Compression[] = parsed.kind === 'segment' ? ['none', 'gzip', 'lz4', 'zstd'] : ['none'];
     for (const compression of options) {
       const path = this.walPath(name, compression);

@@ -39,6 +39,11 @@ export async function hashStoredWal(stored: StoredWal): Promise<string> {
   return hash.digest('hex');
 }
 
+/** Segments and .partial segments are made of WAL pages and get the page header checks. */
+function hasPages(file: WalFileName): boolean {
+  return file.kind === 'segment' || file.kind === 'partial';
+}
+
 export class WalArchive {
   /** commits of one server are serialised: identity is set once, duplicates are detected reliably */
   private commitLock: Promise<unknown> = Promise.resolve();
@@ -47,10 +52,10 @@ export class WalArchive {
 
   async begin(name: string, size: number): Promise<WalUpload> {
     const parsed = parseWalFileName(name);
-    if (!parsed || parsed.kind === 'partial') {
+    if (!parsed) {
       throw new BarmanError(ErrorCode.INVALID_NAME, `"${name.slice(0, 80)}" is not a WAL file name`, NAME_HINT);
     }
-    if (parsed.kind === 'segment') {
+    if (hasPages(parsed)) {
       const identity = await this.catalog.identity();
       const expected = identity?.segmentSize;
       if (expected !== undefined ? size !== expected : !isValidSegmentSize(size)) {
@@ -95,7 +100,7 @@ export class WalUpload implements Upload {
     if (this.incoming.size + chunk.length > this.size) {
       throw invalidWal(`${this.file.name}: more bytes than the ${this.size} announced`, 'Agent and receiver must run compatible versions; retry the push.');
     }
-    if (this.file.kind === 'segment' && !this.headerChecked) {
+    if (hasPages(this.file) && !this.headerChecked) {
       this.head = Buffer.concat([this.head, chunk.subarray(0, LONG_HEADER_SIZE - this.head.length)]);
       if (this.head.length >= LONG_HEADER_SIZE) await this.checkHeader();
     }
@@ -115,7 +120,7 @@ export class WalUpload implements Upload {
     }
     let start: bigint;
     try {
-      start = segmentStartLsn(name, header.segmentSize);
+      start = segmentStartLsn(this.file.segment!, header.segmentSize);
     } catch (err) {
       throw invalidWal(`${name}: ${(err as Error).message}`, 'The file was renamed or comes from elsewhere; archive only what PostgreSQL hands to archive_command.');
     }
@@ -153,7 +158,7 @@ export class WalUpload implements Upload {
     if (this.incoming.size !== this.size) {
       throw invalidWal(`${name}: received ${this.incoming.size} of ${this.size} bytes`, 'The transfer was cut short; PostgreSQL will retry.');
     }
-    if (this.file.kind === 'segment' && !this.headerChecked) throw invalidWal(`${name}: too short for a WAL page header`);
+    if (hasPages(this.file) && !this.headerChecked) throw invalidWal(`${name}: too short for a WAL page header`);
     let sha256: string;
     try {
       sha256 = await this.incoming.finish();
