@@ -7,12 +7,19 @@ import { errorFrame } from '../../shared/protocol/connection';
 import { createLogger } from '../../shared/log';
 import { takeBackup } from '../backup/backup';
 import { AgentConnection } from '../../shared/protocol/client';
+import { connectPostgres } from '../postgres';
+import { AsyncArchiver } from '../wal/archiver';
+import { AckSpool } from '../wal/spool';
 
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 
 export async function runDaemon(config: AgentConfig, signal: AbortSignal): Promise<void> {
   const log = createLogger(config.logLevel, 'barman-agent').child({ server: config.server });
+  const pgdata = config.pgdata ?? (await dataDirectory(config));
+  const archiver = new AsyncArchiver(pgdata, new AckSpool(config.spoolDir), log);
+  await archiver.start();
+  log.info({ pgdata, spool: config.spoolDir }, 'watching archive_status for WAL ready to archive');
   let attempt = 0;
   while (!signal.aborted) {
     let conn: AgentConnection;
@@ -47,13 +54,26 @@ export async function runDaemon(config: AgentConfig, signal: AbortSignal): Promi
           backupRunning = false;
         });
     });
+    archiver.attach(conn);
     const onAbort = () => conn.close();
     signal.addEventListener('abort', onAbort, { once: true });
     const reason = await conn.closed;
+    archiver.attach(undefined);
     signal.removeEventListener('abort', onAbort);
     if (!signal.aborted) log.warn({ code: reason.code }, `connection lost: ${reason.message}; reconnecting`);
   }
-  log.info('daemon stopped');
+  await archiver.stop();
+  log.info({ pushed: archiver.pushed }, 'daemon stopped');
+}
+
+/** pgdata = in the configuration, else asked of PostgreSQL. */
+async function dataDirectory(config: AgentConfig): Promise<string> {
+  const pg = await connectPostgres(config.conninfo, { application_name: 'barman-agent daemon' });
+  try {
+    return (await pg.query<{ d: string }>("select current_setting('data_directory') as d")).rows[0]!.d;
+  } finally {
+    await pg.end();
+  }
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
