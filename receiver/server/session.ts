@@ -125,7 +125,7 @@ export class Session implements Peer {
             this.allow(['daemon', 'backup'], 'send backup files');
             this.uploads.set(frame.id, await server.backupFile(this, t.backupId, t.path, frame.size, t.mtime));
           }
-        });
+        }, undefined, true);
       case 'chunk': {
         const upload = this.uploads.get(frame.id);
         if (!upload && this.failedUploads.has(frame.id)) return;
@@ -238,7 +238,7 @@ export class Session implements Peer {
   }
 
   /** Runs one step of a request; a failure answers that request with an error frame. */
-  private async answer(id: number, step: () => Promise<void>, upload?: Upload): Promise<void> {
+  private async answer(id: number, step: () => Promise<void>, upload?: Upload, opensUpload = false): Promise<void> {
     try {
       await step();
     } catch (err) {
@@ -251,8 +251,9 @@ export class Session implements Peer {
       }
       if (e.code !== ErrorCode.WAL_NOT_FOUND) this.log.warn({ code: e.code, err: e.cause ?? undefined }, e.message);
       await this.conn.send(errorFrame(e, id));
-      // the rest of a failed upload's chunks are ignored by id, never written anywhere
-      if (open) this.failedUploads.add(id);
+      // the rest of a failed upload's chunks are ignored by id, never written anywhere; a refused
+      // put too: its sender streams chunks before the refusal reaches it
+      if (open || opensUpload) this.failedUploads.add(id);
     }
   }
 
