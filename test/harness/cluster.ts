@@ -1,0 +1,258 @@
+// A real PostgreSQL cluster in a temp folder, run by the postgres OS user: initdb (or
+// pg_basebackup of another cluster), its own port and socket folder, and, when asked, archiving
+// through the agent: archive_command = '<node> <bin>/barman-agent.cjs -c <agent.conf> push %p'.
+
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type AgentConfigOptions, writeAgentConfig } from './agent';
+import { agentCommandLine } from './cli';
+import { chownTo, freePort, makeDir, makeTempDir, pgBin } from './env';
+import { track } from './resources';
+import { describeRun, run, runOk } from './run';
+import { waitFor, type WaitOptions } from './wait';
+
+export type ConfValue = string | number | boolean;
+
+export interface ClusterOptions {
+  /** label of the temp folder */
+  name?: string;
+  /** archive_mode = on with the agent as archive_command (needs agentConfig) */
+  archive?: boolean;
+  /** the agent configuration archive_command uses: a file, or options to write one (pgdata and conninfo filled in) */
+  agentConfig?: string | Omit<AgentConfigOptions, 'pgdata' | 'conninfo' | 'dir'>;
+  /** more postgresql.conf settings (they win over the harness's) */
+  extraConf?: Record<string, ConfValue>;
+  /** initdb --wal-segsize, in MB (default 16, PostgreSQL's default) */
+  walSegmentSizeMB?: number;
+}
+
+export interface CloneOptions extends Omit<ClusterOptions, 'walSegmentSizeMB'> {
+  /** pg_basebackup -X: none leaves the WAL to restore_command */
+  walMethod?: 'none' | 'fetch' | 'stream';
+  /** which signal file to create in the copy */
+  signal?: 'standby' | 'recovery';
+}
+
+export interface ArchiverStats {
+  archivedCount: number;
+  lastArchivedWal: string;
+  failedCount: number;
+  lastFailedWal: string;
+  /** segments waiting in archive_status/*.ready */
+  ready: number;
+}
+
+export type StopMode = 'smart' | 'fast' | 'immediate';
+
+export const quoteConf = (v: ConfValue): string => `'${String(v).replace(/'/g, "''")}'`;
+
+export class Cluster {
+  readonly pgdata: string;
+  readonly socketDir: string;
+  readonly logFile: string;
+  agentConfigPath: string | undefined;
+
+  private constructor(readonly dir: string, readonly port: number) {
+    this.pgdata = join(dir, 'pgdata');
+    this.socketDir = makeDir(join(dir, 'socket'), 'postgres', 0o700);
+    this.logFile = join(dir, 'postgresql.log');
+    track({
+      what: `PostgreSQL cluster ${this.pgdata}`,
+      dispose: () => this.dispose(),
+      killNow: () => {
+        const pid = this.postmasterPid();
+        if (pid) process.kill(pid, 'SIGQUIT');
+      },
+    });
+  }
+
+  /** initdb a new cluster (not started; call start()). */
+  static async create(options: ClusterOptions = {}): Promise<Cluster> {
+    const cluster = new Cluster(makeTempDir(options.name ?? 'cluster', 'postgres', 0o755), await freePort());
+    const args = ['-D', cluster.pgdata, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions', `--wal-segsize=${options.walSegmentSizeMB ?? 16}`];
+    await runOk(pgBin('initdb'), args, { asPostgres: true, cwd: cluster.dir });
+    cluster.configure(options, {
+      wal_level: 'replica',
+      max_wal_senders: 10,
+      max_replication_slots: 10,
+      // the cluster's own durability is not under test; the receiver's is
+      fsync: 'off',
+      max_wal_size: '1GB',
+    });
+    return cluster;
+  }
+
+  /** A copy of a running cluster made with pg_basebackup, on its own port (not started). */
+  static async fromBaseBackup(source: Cluster, options: CloneOptions = {}): Promise<Cluster> {
+    const cluster = new Cluster(makeTempDir(options.name ?? 'clone', 'postgres', 0o755), await freePort());
+    const args = ['-D', cluster.pgdata, '-h', source.socketDir, '-p', String(source.port), '-U', 'postgres', '-X', options.walMethod ?? 'stream', '-c', 'fast', '--no-sync'];
+    await runOk(pgBin('pg_basebackup'), args, { asPostgres: true, cwd: cluster.dir });
+    cluster.configure(options, {});
+    if (options.signal) {
+      const file = join(cluster.pgdata, `${options.signal}.signal`);
+      writeFileSync(file, '', { mode: 0o600 });
+      chownTo(file, 'postgres');
+    }
+    return cluster;
+  }
+
+  /** libpq conninfo for the agent and for psql. */
+  get conninfo(): string {
+    return `host=${this.socketDir} port=${this.port} user=postgres dbname=postgres`;
+  }
+
+  private configure(options: ClusterOptions, base: Record<string, ConfValue>): void {
+    if (options.agentConfig !== undefined) {
+      this.agentConfigPath = typeof options.agentConfig === 'string'
+        ? options.agentConfig
+        : writeAgentConfig({ ...options.agentConfig, pgdata: this.pgdata, conninfo: this.conninfo, dir: makeDir(join(this.dir, 'agent'), 'postgres') }).path;
+    }
+    if (options.archive && !this.agentConfigPath) throw new Error('archive: true needs agentConfig');
+    this.appendConf({
+      ...base,
+      port: this.port,
+      listen_addresses: '',
+      unix_socket_directories: this.socketDir,
+      archive_mode: options.archive ? 'on' : 'off',
+      archive_command: options.archive ? agentCommandLine(this.agentConfigPath!, 'push %p') : '',
+      log_line_prefix: '%m [%p] %q%a ',
+      ...options.extraConf,
+    });
+  }
+
+  /** Appends settings to postgresql.conf (later lines win); reload() or restart() to apply. */
+  appendConf(settings: Record<string, ConfValue>): void {
+    const lines = Object.entries(settings).map(([k, v]) => `${k} = ${quoteConf(v)}`);
+    appendFileSync(join(this.pgdata, 'postgresql.conf'), `\n# barman-ts test harness\n${lines.join('\n')}\n`);
+  }
+
+  async start(): Promise<void> {
+    const r = await run(pgBin('pg_ctl'), ['-D', this.pgdata, '-l', this.logFile, '-w', '-t', '120', 'start'], { asPostgres: true, cwd: this.dir });
+    if (r.code !== 0) throw new Error(`PostgreSQL did not start\n${describeRun(r)}\n--- ${this.logFile}\n${this.logTail()}`);
+  }
+
+  async stop(mode: StopMode = 'fast'): Promise<void> {
+    if (!this.isRunning()) return;
+    await runOk(pgBin('pg_ctl'), ['-D', this.pgdata, '-m', mode, '-w', '-t', '120', 'stop'], { asPostgres: true, cwd: this.dir });
+  }
+
+  async restart(mode: StopMode = 'fast'): Promise<void> {
+    await this.stop(mode);
+    await this.start();
+  }
+
+  async reload(): Promise<void> {
+    await this.psql('select pg_reload_conf()');
+  }
+
+  /** pg_ctl promote, waiting until the copy accepts writes on its new timeline. */
+  async promote(): Promise<void> {
+    await runOk(pgBin('pg_ctl'), ['-D', this.pgdata, '-w', '-t', '120', 'promote'], { asPostgres: true, cwd: this.dir });
+  }
+
+  /** Runs SQL with psql as postgres (-X -q -A -t, stops at the first error); returns stdout without the last newline. */
+  async psql(sql: string, database = 'postgres'): Promise<string> {
+    const args = ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', this.socketDir, '-p', String(this.port), '-U', 'postgres', '-d', database, '-f', '-'];
+    return (await runOk(pgBin('psql'), args, { asPostgres: true, cwd: this.dir, input: sql })).replace(/\n$/, '');
+  }
+
+  /**
+   * Writes a WAL record and switches to a new segment, so every call completes exactly one
+   * segment. Returns the name of the segment it completed.
+   */
+  async switchWal(): Promise<string> {
+    return this.psql("select pg_walfile_name(pg_switch_wal()) from (select pg_logical_emit_message(false, 'barman-test', 'switch')) m");
+  }
+
+  async systemIdentifier(): Promise<string> {
+    return this.psql('select system_identifier from pg_control_system()');
+  }
+
+  async archiverStats(): Promise<ArchiverStats> {
+    const row = await this.psql(
+      "select archived_count, coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, ''), " +
+        "(select count(*) from pg_ls_archive_statusdir() where name like '%.ready') from pg_stat_archiver",
+    );
+    const [archived, lastArchived, failed, lastFailed, ready] = row.split('|');
+    return { archivedCount: Number(archived), lastArchivedWal: lastArchived!, failedCount: Number(failed), lastFailedWal: lastFailed!, ready: Number(ready) };
+  }
+
+  /** The file PostgreSQL has for a WAL name (pg_wal/<name>). */
+  walFile(name: string): string {
+    return join(this.pgdata, 'pg_wal', name);
+  }
+
+  /**
+   * Waits until PostgreSQL counts these WAL files as archived (archive_status/<name>.done, or
+   * recycled without a .ready). Wakes the archiver with a reload while waiting: after failures
+   * it otherwise sleeps up to a minute before retrying.
+   */
+  async waitArchived(names: string | string[], options: WaitOptions = {}): Promise<void> {
+    const pending = new Set(typeof names === 'string' ? [names] : names);
+    const status = join(this.pgdata, 'pg_wal', 'archive_status');
+    let polls = 0;
+    await waitFor(`PostgreSQL to archive ${[...pending].join(', ')}`, async () => {
+      for (const name of [...pending]) {
+        const done = existsSync(join(status, `${name}.done`)) || (!existsSync(join(status, `${name}.ready`)) && !existsSync(this.walFile(name)));
+        if (done) pending.delete(name);
+      }
+      if (pending.size === 0) return true;
+      if (++polls % 20 === 0) await this.reload();
+      return false;
+    }, { timeoutMs: 120_000, intervalMs: 100, ...options }).catch((err: Error) => {
+      throw new Error(`${err.message}; still not archived: ${[...pending].join(', ')}\n--- last lines of ${this.logFile}\n${this.logTail()}`);
+    });
+  }
+
+  /** Waits until no segment waits for the archiver; returns the archiver's counters then. */
+  async waitArchiverIdle(options: WaitOptions = {}): Promise<ArchiverStats> {
+    let polls = 0;
+    return waitFor('the archiver to have nothing left to archive', async () => {
+      const stats = await this.archiverStats();
+      if (stats.ready === 0) return stats;
+      if (++polls % 20 === 0) await this.reload();
+      return false;
+    }, { timeoutMs: 120_000, intervalMs: 100, ...options });
+  }
+
+  postmasterPid(): number | undefined {
+    try {
+      const pid = Number(readFileSync(join(this.pgdata, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      process.kill(pid, 0);
+      return pid;
+    } catch {
+      return undefined;
+    }
+  }
+
+  isRunning(): boolean {
+    return this.postmasterPid() !== undefined;
+  }
+
+  logTail(lines = 40): string {
+    try {
+      return readFileSync(this.logFile, 'utf8').split('\n').slice(-lines).join('\n');
+    } catch {
+      return '(no log)';
+    }
+  }
+
+  private async dispose(): Promise<void> {
+    if (!this.isRunning()) return;
+    const r = await run(pgBin('pg_ctl'), ['-D', this.pgdata, '-m', 'immediate', '-w', '-t', '60', 'stop'], { asPostgres: true, cwd: this.dir });
+    const pid = this.postmasterPid();
+    if (pid) {
+      process.kill(pid, 'SIGKILL');
+      throw new Error(`pg_ctl stop -m immediate left postmaster ${pid} running (killed it)\n${describeRun(r)}`);
+    }
+  }
+}
+
+export function createCluster(options: ClusterOptions = {}): Promise<Cluster> {
+  return Cluster.create(options);
+}
+
+/** pg_basebackup of a running cluster into a new one on its own port (not started). */
+export function cloneCluster(source: Cluster, options: CloneOptions = {}): Promise<Cluster> {
+  return Cluster.fromBaseBackup(source, options);
+}

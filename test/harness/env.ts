@@ -1,0 +1,111 @@
+// Where things are on this machine for a test run: the run root and the copied bundles (from the
+// global setup), the PostgreSQL binaries, the postgres OS user, temporary folders and free ports.
+
+import { execFileSync } from 'node:child_process';
+import { chownSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { inject } from 'vitest';
+import { track } from './resources';
+import { removeTree } from './fs';
+
+export function runPaths(): { runRoot: string; binDir: string } {
+  const provided = inject('barmanTest');
+  if (!provided) throw new Error('test/harness/global-setup.ts did not run; start the tests with `npm test` (or `npx vitest run`)');
+  return provided;
+}
+
+export const agentBin = (): string => join(runPaths().binDir, 'barman-agent.cjs');
+export const receiverBin = (): string => join(runPaths().binDir, 'barman-receiver.cjs');
+
+let pgBinDirCache: string | undefined;
+/** SPEC §7: $PG_BINDIR, else `pg_config --bindir`, else the newest /usr/lib/postgresql/<v>/bin. */
+export function pgBinDir(): string {
+  if (pgBinDirCache) return pgBinDirCache;
+  const candidates: string[] = [];
+  if (process.env.PG_BINDIR) candidates.push(process.env.PG_BINDIR);
+  try {
+    candidates.push(execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
+  } catch {
+    // no pg_config on PATH
+  }
+  const root = '/usr/lib/postgresql';
+  if (existsSync(root)) {
+    const versions = readdirSync(root).filter((v) => /^\d+(\.\d+)?$/.test(v)).sort((a, b) => Number(b) - Number(a));
+    candidates.push(...versions.map((v) => join(root, v, 'bin')));
+  }
+  const found = candidates.find((dir) => existsSync(join(dir, 'initdb')));
+  if (!found) throw new Error(`no PostgreSQL binaries (initdb) found; looked in ${candidates.join(', ') || '(nothing)'}; set PG_BINDIR`);
+  return (pgBinDirCache = found);
+}
+
+export const pgBin = (tool: string): string => join(pgBinDir(), tool);
+
+let postgresIds: { uid: number; gid: number } | undefined;
+export function postgresUser(): { uid: number; gid: number } {
+  if (!postgresIds) {
+    const id = (flag: string) => Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8' }).trim());
+    postgresIds = { uid: id('-u'), gid: id('-g') };
+  }
+  return postgresIds;
+}
+
+export type Owner = 'root' | 'postgres';
+
+export function chownTo(path: string, owner: Owner): void {
+  if (owner === 'postgres') {
+    const { uid, gid } = postgresUser();
+    chownSync(path, uid, gid);
+  } else {
+    chownSync(path, 0, 0);
+  }
+}
+
+/**
+ * A fresh folder below the run root, removed when its scope ends (the test, or the file when made
+ * in beforeAll) unless KEEP_TMP=1. postgres may always traverse it; `owner` decides who writes.
+ */
+export function makeTempDir(label: string, owner: Owner = 'root', mode = 0o755): string {
+  const dir = mkdtempSync(join(runPaths().runRoot, `${label}-`));
+  chmodSync(dir, mode);
+  chownTo(dir, owner);
+  track({ what: `temp dir ${dir}`, dispose: () => removeTree(dir), keptPath: dir });
+  return dir;
+}
+
+/** mkdir -p of a sub folder with the given owner and mode. */
+export function makeDir(path: string, owner: Owner, mode = 0o755): string {
+  mkdirSync(path, { recursive: true });
+  chmodSync(path, mode);
+  chownTo(path, owner);
+  return path;
+}
+
+const handedOut = new Set<number>();
+/** A TCP port nobody listens on right now (the kernel picks it; never the same one twice per worker). */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const srv = createServer();
+      srv.once('error', reject);
+      srv.listen(0, '127.0.0.1', () => {
+        const { port: p } = srv.address() as { port: number };
+        srv.close(() => resolve(p));
+      });
+    });
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+}
+
+/**
+ * The environment of every program a test starts: nothing of the test runner's own (NODE_OPTIONS,
+ * loaders, BARMAN_* of the developer's shell), so products behave as a user's shell would run them.
+ */
+export function productEnv(extra: Record<string, string> = {}): Record<string, string> {
+  const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', LANG: 'C.UTF-8' };
+  if (process.env.TZ) env.TZ = process.env.TZ;
+  return { ...env, ...extra };
+}

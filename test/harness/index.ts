@@ -1,0 +1,15 @@
+// The integration-test harness: real PostgreSQL clusters, a real receiver, the real agent.
+// Nothing is mocked; every process is tracked and stopped when its test (or file) ends.
+
+export { type AgentConfigFile, type AgentConfigOptions, writeAgentConfig } from './agent';
+export { agentCommandLine, runAgent, runReceiverCli } from './cli';
+export { type ArchiverStats, cloneCluster, type CloneOptions, Cluster, type ClusterOptions, createCluster, type StopMode } from './cluster';
+export { freePort, makeDir, makeTempDir, pgBin, pgBinDir, postgresUser, runPaths } from './env';
+export { expectFailure, expectSuccess } from './expect';
+export { listDir, sha256Of, sha256OfBytes, snapshotTree } from './fs';
+export { KEEP_TMP } from './keep';
+export { ClosedError, type CloseInfo, RawClient } from './raw-client';
+export { newToken, Receiver, type ReceiverOptions, type ReceiverServerOptions, startReceiver, writeTokenFile } from './receiver';
+export { describeRun, run, runOk, type RunOptions, type RunResult } from './run';
+export { waitFor, type WaitOptions } from './wait';
+export { type Certificate, makeSelfSignedCert } from './tls';
