@@ -41,6 +41,9 @@ export function parseConninfo(conninfo: string): ClientConfig {
 export async function connectPostgres(conninfo: string, extra: Partial<ClientConfig> & { replication?: 'database' | boolean } = {}) {
   const pg = (await import('pg')).default;
   const client = new pg.Client({ ...parseConninfo(conninfo), ...extra } as ClientConfig);
+  // a server that goes away (stopped, crashed) is an 'error' event: without a listener it would
+  // end the process; the query in flight fails with it anyway, and callers handle that
+  client.on('error', () => undefined);
   try {
     await client.connect();
   } catch (err) {

@@ -4,6 +4,12 @@
 import { Command, CommanderError } from 'commander';
 import { BarmanError, ErrorCode, ExitCode, asBarmanError } from './errors';
 
+// `barman list-backups main | head`: a reader that goes away is not an error of ours
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw err;
+});
+
 /** Runs a command's action; a command never calls process.exit itself. */
 export async function runAction(action: () => Promise<number | void>): Promise<void> {
   try {

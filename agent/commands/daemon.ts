@@ -9,6 +9,8 @@ import { takeBackup } from '../backup/backup';
 import { AgentConnection } from '../../shared/protocol/client';
 import { connectPostgres } from '../postgres';
 import { AsyncArchiver } from '../wal/archiver';
+import { streamWal } from '../wal/streamer';
+import type { Logger } from 'pino';
 import { AckSpool } from '../wal/spool';
 
 const BACKOFF_MIN_MS = 500;
@@ -57,13 +59,35 @@ export async function runDaemon(config: AgentConfig, signal: AbortSignal): Promi
     archiver.attach(conn);
     const onAbort = () => conn.close();
     signal.addEventListener('abort', onAbort, { once: true });
+    const streamStop = new AbortController();
+    const streaming = config.streaming ? keepStreaming(config, conn, log, streamStop.signal) : Promise.resolve();
     const reason = await conn.closed;
+    streamStop.abort();
+    await streaming;
     archiver.attach(undefined);
     signal.removeEventListener('abort', onAbort);
     if (!signal.aborted) log.warn({ code: reason.code }, `connection lost: ${reason.message}; reconnecting`);
   }
   await archiver.stop();
   log.info({ pushed: archiver.pushed }, 'daemon stopped');
+}
+
+/** Streams WAL for as long as this connection lives, restarting (with backoff) after failures and timeline ends. */
+async function keepStreaming(config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal): Promise<void> {
+  let delay = BACKOFF_MIN_MS;
+  while (!signal.aborted) {
+    const started = Date.now();
+    try {
+      await streamWal(config, conn, log, signal);
+    } catch (err) {
+      const e = asBarmanError(err);
+      if (signal.aborted) break;
+      log.warn({ code: e.code, retryInMs: delay }, `WAL streaming stopped: ${e.message}`);
+    }
+    if (Date.now() - started > 60_000) delay = BACKOFF_MIN_MS;
+    await sleep(delay, signal);
+    delay = Math.min(BACKOFF_MAX_MS, delay * 2);
+  }
 }
 
 /** pgdata = in the configuration, else asked of PostgreSQL. */

@@ -9,8 +9,8 @@ import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
 import { type WriteOptions, writeRecovery } from '../../shared/recovery/writer';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
-import { openStoredWal } from '../catalog/wal-archive';
 import { planRecovery } from '../recovery/plan';
+import { recoveryWal } from '../recovery/wal-source';
 import { requireServer } from './servers';
 
 /** uid/gid of a user name or number, from /etc/passwd. */
@@ -50,13 +50,7 @@ export async function recover(config: ReceiverConfig, server: string, backupRef:
   const dataDir = backups.dataDir(plan.backupId);
   await writeRecovery(plan, dest, {
     dataFile: (path) => createReadStream(join(dataDir, path), { highWaterMark: 1 << 20 }),
-    walFile: (name) => ({
-      [Symbol.asyncIterator]: async function* () {
-        const stored = await catalog.findWal(name);
-        if (!stored) throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `${name} vanished from the catalog during recovery`, 'Retention may have run meanwhile; retry.');
-        yield* openStoredWal(stored);
-      },
-    }),
+    walFile: (name) => recoveryWal(catalog, name),
   }, { owner: await decideOwner(dest, opts.owner), progress });
   return plan;
 }

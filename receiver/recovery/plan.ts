@@ -9,9 +9,20 @@ import { BarmanError, ErrorCode } from '../../shared/errors';
 import { type RecoveryOptions, type RecoveryPlan, RECOVERY_WAL_DIR } from '../../shared/recovery/plan';
 import { parseHistory } from '../../shared/wal/history';
 import { formatLsn, isLsn, type Lsn, parseLsn } from '../../shared/wal/lsn';
-import { historyFileName, segmentNumber, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
+import { historyFileName, nextSegment, segmentNumber, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
 import type { BackupCatalog } from '../catalog/backups';
 import type { ServerCatalog } from '../catalog/catalog';
+
+/** Streamed partial segments (streaming/<segment>.partial), oldest first. */
+async function streamedPartials(catalog: ServerCatalog): Promise<Array<{ segment: string; size: number; modifiedAt: Date }>> {
+  const out: Array<{ segment: string; size: number; modifiedAt: Date }> = [];
+  for (const f of (await fs.readdir(catalog.streamingDir).catch(() => [] as string[])).sort()) {
+    if (!/^[0-9A-F]{24}\.partial$/.test(f)) continue;
+    const st = await fs.stat(join(catalog.streamingDir, f)).catch(() => undefined);
+    if (st && st.size > 0) out.push({ segment: f.slice(0, 24), size: st.size, modifiedAt: st.mtime });
+  }
+  return out;
+}
 
 function targetError(message: string, hint: string): BarmanError {
   return new BarmanError(ErrorCode.RECOVERY_TARGET, message, hint);
@@ -75,7 +86,11 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
     return b ? `Backup ${describe(b)} would serve: recover ${server} ${b.backupId} ... (or use latest).` : 'No older backup ends before it either; that point cannot be recovered.';
   };
 
-  const last = await catalog.lastSegment();
+  const archivedLast = await catalog.lastSegment();
+  const streamed = await streamedPartials(catalog);
+  const newestPartial = streamed[streamed.length - 1];
+  // the newest WAL here: the last archived segment, or a streamed partial written after it
+  const last = newestPartial && (!archivedLast || newestPartial.modifiedAt > archivedLast.receivedAt) ? { name: `${newestPartial.segment}.partial`, receivedAt: newestPartial.modifiedAt } : archivedLast;
   if (targetTime) {
     if (targetTime.getTime() > now.getTime()) throw targetError(`target time ${targetTime.toISOString()} is in the future`, 'Give a time in the past, or recover without a target to replay all archived WAL.');
     if (targetTime.getTime() < Date.parse(backup.endTime)) {
@@ -116,12 +131,35 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   // WAL from the backup's first segment on, on the timelines recovery follows
   const segSize = (await catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
   const firstSeg = segmentNumber(backup.beginWal, segSize);
-  const segments = (await catalog.listSegments()).filter((s) => chain.has(segmentTimeline(s)) && segmentNumber(s, segSize) >= firstSeg);
+  const onChain = (s: string) => chain.has(segmentTimeline(s)) && segmentNumber(s, segSize) >= firstSeg;
+  const archived = (await catalog.listSegments()).filter(onChain);
+  // streamed WAL not yet in a complete segment: recovery replays it too (the last commits before a crash)
+  const partials = streamed.filter((p) => onChain(p.segment) && !archived.includes(p.segment));
+  const segments = [...archived, ...partials.map((p) => p.segment)].sort();
   if (targetLsn !== undefined) {
     const lastOnChain = segments.filter((s) => segmentTimeline(s) === targetTli).pop() ?? segments[segments.length - 1];
-    const endOfWal = lastOnChain ? segmentStartLsn(lastOnChain, segSize) + BigInt(segSize) : 0n;
+    const partial = partials.find((p) => p.segment === lastOnChain);
+    const endOfWal = lastOnChain ? segmentStartLsn(lastOnChain, segSize) + BigInt(partial ? partial.size : segSize) : 0n;
     // endOfWal is where the first record NOT archived starts: PostgreSQL could never reach a target there
     if (targetLsn >= endOfWal) throw targetError(`target LSN ${opts.targetLsn} is past the last WAL archived (${lastOnChain ?? 'none'} ends at ${formatLsn(endOfWal)})`, 'Run SELECT pg_switch_wal() on the primary so that WAL is archived, or give an earlier LSN.');
+  }
+  // the backup's own WAL must all be here, and recovery replays up to the first hole: refuse
+  // rather than stop short without a word
+  const present = new Set(segments);
+  const firstMissing = (from: string, to: string): string | undefined => {
+    for (let seg = from; segmentNumber(seg, segSize) <= segmentNumber(to, segSize); seg = nextSegment(seg, segSize)) {
+      if (!present.has(seg)) return seg;
+    }
+    return undefined;
+  };
+  const missingInBackup = firstMissing(backup.beginWal, backup.endWal);
+  if (missingInBackup) {
+    throw targetError(`backup ${backup.backupId} cannot be recovered: its WAL segment ${missingInBackup} is missing from the catalog`, `Recover from another backup (list-backups), and check why ${missingInBackup} is gone (errors/ of the catalog, the archiver's log).`);
+  }
+  const lastOnBackupTli = segments.filter((seg) => segmentTimeline(seg) === backup.timeline).pop();
+  const gap = lastOnBackupTli ? firstMissing(backup.endWal, lastOnBackupTli) : undefined;
+  if (gap && (targetLsn === undefined || targetLsn >= segmentStartLsn(gap, segSize)) && !opts.targetImmediate) {
+    throw targetError(`WAL segment ${gap} is missing from the catalog: recovery from backup ${backup.backupId} would stop there, before the target (${opts.targetTime ?? opts.targetXid ?? opts.targetLsn ?? opts.targetName ?? 'end of WAL'})`, `Recover to a point before ${formatLsn(segmentStartLsn(gap, segSize))} (--target-lsn), or find the missing segment (the catalog's errors/, the primary's pg_wal) and archive it with barman-agent push.`);
   }
   const wals = [...[...chain].filter((t) => t > 1 && histories.has(t)).map(historyFileName), ...segments];
 
@@ -161,7 +199,7 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
     if (opts.exclusive) lines.push(`recovery_target_inclusive = off`);
   }
   lines.push(`# a recovered copy must never archive into the production catalog`, `archive_mode = 'off'`, `archive_command = 'false'`);
-  const targetDescription = targetTime ? `time ${targetTime.toISOString()}` : opts.targetXid ? `xid ${opts.targetXid}` : opts.targetLsn ? `LSN ${opts.targetLsn}` : opts.targetName ? `restore point "${opts.targetName}"` : opts.targetImmediate ? 'end of the backup (immediate)' : 'end of archived WAL';
+  const targetDescription = targetTime ? `time ${targetTime.toISOString()}` : opts.targetXid ? `xid ${opts.targetXid}` : opts.targetLsn ? `LSN ${opts.targetLsn}` : opts.targetName ? `restore point "${opts.targetName}"` : opts.targetImmediate ? 'end of the backup (immediate)' : 'end of WAL (archived and streamed)';
   return { server, backupId: backup.backupId, files, directories, tablespaces, wals, settings: lines.join('\n') + '\n', manifest, targetDescription };
 }
 

@@ -5,7 +5,10 @@ import type { BackupInfo } from '../../shared/backup/info';
 import type { ManifestFile } from '../../shared/backup/manifest';
 import type { Compression, ServerConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import type { BackupStart, BackupStop, Frame } from '../../shared/protocol/frames';
+import type { BackupStart, BackupStop, Frame, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
+import { type Lsn, parseLsn } from '../../shared/wal/lsn';
+import type { Logger } from 'pino';
+import { WalStream } from '../catalog/streaming';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import type { Upload } from '../catalog/upload';
@@ -27,6 +30,8 @@ export class ServerContext {
   readonly catalog: ServerCatalog;
   readonly walArchive: WalArchive;
   readonly backups: BackupCatalog;
+  readonly stream: WalStream;
+  private streamOwner: Peer | undefined;
   daemon: Peer | undefined;
   daemonSince: Date | undefined;
   private running: { backupId: string; manifest: ManifestFile[]; owner: Peer } | undefined;
@@ -34,10 +39,25 @@ export class ServerContext {
   /** backup requests sent to the daemon, by request id: told the backup's ID, or why it failed */
   private readonly requests = new Map<number, (result: BackupInfo | BarmanError) => void>();
 
-  constructor(barmanHome: string, readonly config: ServerConfig, compression: Compression) {
+  constructor(barmanHome: string, readonly config: ServerConfig, compression: Compression, log: Logger) {
     this.catalog = new ServerCatalog(barmanHome, config.name);
     this.walArchive = new WalArchive(this.catalog, compression);
     this.backups = new BackupCatalog(this.catalog);
+    this.stream = new WalStream(this.catalog, log.child({ server: config.name, component: 'streaming' }));
+    this.stream.onSegment = () => this.walStored();
+  }
+
+  /** A daemon starts streaming WAL; answers where to start. Only one stream (the newest daemon's). */
+  async openStream(owner: Peer, frame: StreamOpenFrame, onFlushed: (timeline: number, lsn: Lsn) => void): Promise<Lsn | undefined> {
+    this.streamOwner = owner;
+    this.stream.onFlushed = onFlushed;
+    const branch = frame.switchLsn ? { parent: frame.parentTimeline, switchLsn: parseLsn(frame.switchLsn) } : undefined;
+    return this.stream.open(frame.timeline, frame.systemIdentifier, frame.segmentSize, parseLsn(frame.serverLsn), branch);
+  }
+
+  async appendStream(owner: Peer, frame: WalDataFrame): Promise<void> {
+    if (this.streamOwner?.id !== owner.id) throw new BarmanError(ErrorCode.PROTOCOL, 'WAL data on a session that does not own the stream', 'Restart the agent daemon.');
+    await this.stream.append(frame.timeline, parseLsn(frame.startLsn), parseLsn(frame.walEnd), frame.data);
   }
 
   /** A daemon connected: it becomes the server's agent; an older one is closed (never two writers). */
@@ -49,6 +69,10 @@ export class ServerContext {
   }
 
   detach(peer: Peer): void {
+    if (this.streamOwner?.id === peer.id) {
+      this.streamOwner = undefined;
+      void this.stream.close();
+    }
     if (this.daemon?.id === peer.id) {
       this.daemon = undefined;
       this.daemonSince = undefined;

@@ -22,7 +22,7 @@ export class ReceiverService {
   private readonly connections = new Set<FrameConnection>();
 
   constructor(readonly config: ReceiverConfig, private readonly log: Logger) {
-    for (const server of config.servers.values()) this.servers.set(server.name, new ServerContext(config.barmanHome, server, config.compression));
+    for (const server of config.servers.values()) this.servers.set(server.name, new ServerContext(config.barmanHome, server, config.compression, log));
   }
 
   async start(): Promise<AddressInfo> {

@@ -12,11 +12,13 @@ import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
 import { CloseCode, errorFrame, errorFromFrame, type FrameConnection } from '../../shared/protocol/connection';
 import { type Frame, type HelloFrame, PROTOCOL_VERSION, type Role } from '../../shared/protocol/frames';
+import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
 import { openStoredWal, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
 import { readableBackupPath } from '../catalog/backups';
 import { planRecovery } from '../recovery/plan';
+import { recoveryWal } from '../recovery/wal-source';
 import type { RecoveryOptions } from '../../shared/recovery/plan';
 import type { Peer, ServerContext } from './context';
 import { sendChunks, streamSource } from '../../shared/protocol/chunks';
@@ -182,10 +184,22 @@ export class Session implements Peer {
           this.allow(['restore', 'admin'], 'plan a restore');
           await this.sendRestorePlan(frame.id, frame.backup, frame.options as RecoveryOptions, server);
         });
+      case 'stream-open':
+        return this.answer(frame.id, async () => {
+          this.allow(['daemon'], 'stream WAL');
+          const streamId = frame.id;
+          const resume = await server.openStream(this, frame, (timeline, lsn) => {
+            void this.conn.send({ type: 'stream-flushed', id: streamId, timeline, flushLsn: formatLsn(lsn) }).catch(() => undefined);
+          });
+          this.log.info({ timeline: frame.timeline, resume: resume === undefined ? 'slot' : formatLsn(resume) }, 'WAL streaming started');
+          await this.conn.send({ type: 'stream-position', id: frame.id, timeline: frame.timeline, lsn: resume === undefined ? '' : formatLsn(resume) });
+        });
+      case 'wal-data':
+        return this.answer(frame.id, () => server.appendStream(this, frame));
       case 'status-request':
         return this.answer(frame.id, async () => {
           this.allow(['admin'], 'ask for status');
-          await this.conn.send({ type: 'status', id: frame.id, agentConnected: server.daemon !== undefined, agentSince: server.daemonSince?.toISOString() ?? '', backupRunning: server.runningBackup ?? '' });
+          await this.conn.send({ type: 'status', id: frame.id, agentConnected: server.daemon !== undefined, agentSince: server.daemonSince?.toISOString() ?? '', backupRunning: server.runningBackup ?? '', streaming: server.stream.state() });
         });
       case 'error':
         // the daemon's answer to a request of ours (a backup request it could not run)
@@ -259,6 +273,12 @@ export class Session implements Peer {
 
   private async sendWal(id: number, name: string, server: ServerContext): Promise<void> {
     const stored = await server.catalog.findWal(name);
+    if (!stored && this.role === 'restore' && (await server.stream.partialFor(name))) {
+      // a restore's newest segment may exist only as streamed WAL (padded to a whole segment)
+      const segmentSize = (await server.catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
+      await this.sendStream(id, name, segmentSize, Readable.from(recoveryWal(server.catalog, name)));
+      return;
+    }
     if (!stored) {
       throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `${name.slice(0, 80)} is not in the catalog of ${server.config.name}`, 'The segment was never archived, or retention removed it.');
     }

@@ -163,6 +163,18 @@ export class AgentConnection {
     return answer.promise;
   }
 
+  /**
+   * A long-lived request (a WAL stream): every frame answering it goes to `onFrame` until
+   * `close()` is called on the returned handle or the connection ends (onFrame then sees an error frame).
+   */
+  async channel(build: (id: number) => Frame, onFrame: (frame: Frame) => void): Promise<{ id: number; close: () => void }> {
+    const id = this.nextId++;
+    if (this.failure) throw this.failure;
+    this.waiters.set(id, onFrame);
+    await this.conn.send(build(id));
+    return { id, close: () => this.waiters.delete(id) };
+  }
+
   /** Sends a frame that needs no answer (a reply to a request of the receiver's). */
   send(frame: Frame): Promise<void> {
     return this.conn.send(frame);

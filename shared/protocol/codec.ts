@@ -1,6 +1,6 @@
 // Frame <-> bytes. One WebSocket message is
 //   u16 header length (big-endian) | msgpack header map | payload
-// where the payload is the file bytes of a chunk frame and empty otherwise. File data never goes
+// where the payload is the `data` of a chunk or wal-data frame and empty otherwise. File data never goes
 // through msgpack: the encoder would copy each chunk into growing buffers, which cost more than
 // the rest of a push together. msgpack runs without records or extensions, so a header is a
 // plain map any implementation can read and nothing in it can make the decoder build objects.
@@ -11,13 +11,16 @@ import { type Frame, MAX_FRAME_BYTES, validateFrame } from './frames';
 
 const packr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: true, bundleStrings: false });
 const MAX_HEADER_BYTES = 0xffff;
+/** frame types whose `data` travels as the payload */
+const PAYLOAD_TYPES: ReadonlySet<unknown> = new Set(['chunk', 'wal-data']);
 
 export function encodeFrame(frame: Frame): Buffer {
   let header: Buffer;
   let payload: Uint8Array | undefined;
-  if (frame.type === 'chunk') {
-    header = packr.pack({ type: frame.type, id: frame.id });
-    payload = frame.data;
+  if (frame.type === 'chunk' || frame.type === 'wal-data') {
+    const { data, ...rest } = frame;
+    header = packr.pack(rest);
+    payload = data;
   } else {
     header = packr.pack(frame);
   }
@@ -59,7 +62,7 @@ export function decodeFrame(data: Buffer): Frame {
     throw new BarmanError(ErrorCode.PROTOCOL, `undecodable frame (${(err as Error).message})`, 'Only barman-agent speaks this protocol; check what connects to the receiver port.');
   }
   const payload = data.subarray(2 + headerLength);
-  if (value !== null && typeof value === 'object' && (value as { type?: unknown }).type === 'chunk' && !('data' in value)) {
+  if (value !== null && typeof value === 'object' && PAYLOAD_TYPES.has((value as { type?: unknown }).type) && !('data' in value)) {
     (value as { data?: Uint8Array }).data = payload;
   } else if (payload.length > 0) {
     throw new BarmanError(ErrorCode.PROTOCOL, 'malformed frame: payload after a header that takes none', 'Agent and receiver must run compatible versions of barman-ts.');

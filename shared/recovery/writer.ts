@@ -101,9 +101,17 @@ export async function writeRecovery(plan: RecoveryPlan, dest: string, source: Re
       bytes += size;
       if (done % 200 === 0 || done === plan.files.length) opts.progress?.({ phase: 'files', done, total: plan.files.length, bytes });
     };
+    // the first failure stops every worker, and all of them have stopped before the clean-up
+    // below runs (Promise.all would reject at once while the others kept writing files)
+    let failure: { err: unknown } | undefined;
     await Promise.all(Array.from({ length: opts.parallel ?? 4 }, async () => {
-      while (next < plan.files.length) await copyOne(plan.files[next++]!);
+      try {
+        while (!failure && next < plan.files.length) await copyOne(plan.files[next++]!);
+      } catch (err) {
+        failure ??= { err };
+      }
     }));
+    if (failure) throw failure.err;
 
     const walDir = join(dest, RECOVERY_WAL_DIR);
     await mkdir(walDir);

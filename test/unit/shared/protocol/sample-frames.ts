@@ -46,7 +46,18 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
   'get-backup-file': { type: 'get-backup-file', id: 15, backupId: '20261125T100000', path: 'base/5/1259' },
   'restore-plan-request': { type: 'restore-plan-request', id: 16, backup: 'latest', options: { targetTime: '2026-11-25T12:00:05+01:00', targetAction: 'promote', exclusive: false } },
   'status-request': { type: 'status-request', id: 17 },
-  status: { type: 'status', id: 18, agentConnected: true, agentSince: '2026-11-25T09:00:00.000Z', backupRunning: '' },
+  status: {
+    type: 'status',
+    id: 18,
+    agentConnected: true,
+    agentSince: '2026-11-25T09:00:00.000Z',
+    backupRunning: '',
+    streaming: { state: 'streaming', timeline: 1, receivedLsn: '0/3000100', flushLsn: '0/3000100', serverLsn: '0/3000100', lastFlushAt: '2026-11-25T09:00:01.000Z' },
+  },
+  'stream-open': { type: 'stream-open', id: 19, timeline: 2, systemIdentifier: '7712075971341596236', segmentSize: 16 * 1024 * 1024, serverLsn: '0/5000060', switchLsn: '0/40000A0', parentTimeline: 1 },
+  'stream-position': { type: 'stream-position', id: 19, timeline: 2, lsn: '0/40000A0' },
+  'wal-data': { type: 'wal-data', id: 19, timeline: 2, startLsn: '0/40000A0', walEnd: '0/5000060', data: bytes(8192, 6) },
+  'stream-flushed': { type: 'stream-flushed', id: 19, timeline: 2, flushLsn: '0/40020A0' },
 };
 
 /** Fields a frame kind may leave out. */

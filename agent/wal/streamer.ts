@@ -1,0 +1,146 @@
+// WAL streaming: a physical replication connection to PostgreSQL (IDENTIFY_SYSTEM, a replication
+// slot, START_REPLICATION ... PHYSICAL) whose WAL is forwarded to the receiver as it is produced.
+// The receiver fsyncs and reports its flush position; only that position goes back to
+// PostgreSQL as this standby's flush LSN, so the slot (and, with application_name in
+// synchronous_standby_names, every commit) waits for WAL to be durable on the backup host.
+
+import type { Client } from 'pg';
+import type { Logger } from 'pino';
+import type { AgentConfig } from '../../shared/config/agent';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import type { AgentConnection } from '../../shared/protocol/client';
+import { errorFromFrame } from '../../shared/protocol/connection';
+import { parseHistory } from '../../shared/wal/history';
+import { formatLsn, type Lsn, parseLsn } from '../../shared/wal/lsn';
+import { connectPostgres } from '../postgres';
+
+/** PostgreSQL's epoch for replication timestamps: 2000-01-01, in microseconds since the Unix epoch */
+const PG_EPOCH_US = 946_684_800_000_000n;
+const STATUS_INTERVAL_MS = 10_000;
+
+export interface StreamerState {
+  timeline: number;
+  forwarded: Lsn;
+  flushed: Lsn;
+}
+
+function parseSize(text: string): number {
+  const m = /^(\d+)\s*(kB|MB|GB)?$/.exec(text.trim());
+  if (!m) throw new BarmanError(ErrorCode.POSTGRES, `unexpected wal_segment_size "${text}"`, 'Report this with your PostgreSQL version.');
+  return Number(m[1]) * ({ kB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 }[m[2] ?? ''] ?? 1);
+}
+
+/** Streams until PostgreSQL ends the timeline, either connection fails, or `signal` aborts. */
+export async function streamWal(config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal): Promise<void> {
+  const repl = await connectPostgres(config.conninfo, { replication: true, application_name: config.applicationName } as never);
+  const state: StreamerState = { timeline: 0, forwarded: 0n, flushed: 0n };
+  let channel: { id: number; close: () => void } | undefined;
+  const onAbort = () => void repl.end().catch(() => undefined);
+  signal.addEventListener('abort', onAbort, { once: true });
+  const lost = conn.closed.then((err) => {
+    void repl.end().catch(() => undefined);
+    return err;
+  });
+  try {
+    const ident = (await repl.query<{ systemid: string; timeline: number; xlogpos: string }>('IDENTIFY_SYSTEM')).rows[0]!;
+    const segmentSize = parseSize((await repl.query<{ wal_segment_size: string }>('SHOW wal_segment_size')).rows[0]!.wal_segment_size);
+    state.timeline = Number(ident.timeline);
+    if (config.createSlot === 'auto') {
+      await repl.query(`CREATE_REPLICATION_SLOT "${config.slotName}" PHYSICAL RESERVE_WAL`).catch((err: { code?: string }) => {
+        if (err.code !== '42710') throw err; // exists already
+      });
+    }
+    let switchLsn = '';
+    let parentTimeline = 0;
+    if (state.timeline > 1) {
+      const hist = (await repl.query<{ content: string | Buffer }>(`TIMELINE_HISTORY ${state.timeline}`)).rows[0]!;
+      const last = parseHistory(String(hist.content)).pop();
+      if (last) {
+        switchLsn = formatLsn(last.switchLsn);
+        parentTimeline = last.timeline;
+      }
+    }
+
+    let positioned: (lsn: string) => void = () => undefined;
+    let failed: (err: BarmanError) => void = () => undefined;
+    const position = new Promise<string>((resolve, reject) => {
+      positioned = resolve;
+      failed = reject;
+    });
+    let streamError: BarmanError | undefined;
+    let sendStatus: () => void = () => undefined;
+    channel = await conn.channel(
+      (id) => ({ type: 'stream-open', id, timeline: state.timeline, systemIdentifier: String(ident.systemid), segmentSize, serverLsn: String(ident.xlogpos), switchLsn, parentTimeline }),
+      (frame) => {
+        if (frame.type === 'stream-position') positioned(frame.lsn);
+        else if (frame.type === 'stream-flushed') {
+          const lsn = parseLsn(frame.flushLsn);
+          if (lsn > state.flushed) {
+            state.flushed = lsn;
+            sendStatus();
+          }
+        } else if (frame.type === 'error') {
+          streamError = errorFromFrame(frame);
+          failed(streamError);
+          void repl.end().catch(() => undefined);
+        }
+      },
+    );
+    let startText = await position;
+    if (!startText) {
+      const slot = (await repl.query<{ restart_lsn: string | null }>(`READ_REPLICATION_SLOT "${config.slotName}"`)).rows[0];
+      const from = parseLsn(slot?.restart_lsn ?? String(ident.xlogpos));
+      startText = formatLsn(from - (from % BigInt(segmentSize)));
+    }
+    state.forwarded = parseLsn(startText);
+    state.flushed = state.forwarded;
+    log.info({ timeline: state.timeline, start: startText, slot: config.slotName }, 'streaming WAL');
+
+    const { both } = await import('pg-copy-streams');
+    const stream = repl.query(both(`START_REPLICATION SLOT "${config.slotName}" PHYSICAL ${startText} TIMELINE ${state.timeline}`, { alignOnCopyDataFrame: true }));
+    sendStatus = () => {
+      const msg = Buffer.alloc(34);
+      msg.write('r', 0);
+      msg.writeBigUInt64BE(state.forwarded, 1);
+      msg.writeBigUInt64BE(state.flushed, 9);
+      msg.writeBigUInt64BE(state.flushed, 17);
+      msg.writeBigUInt64BE(BigInt(Date.now()) * 1000n - PG_EPOCH_US, 25);
+      msg.writeUInt8(0, 33);
+      if (stream.writable) stream.write(msg);
+    };
+    const timer = setInterval(sendStatus, STATUS_INTERVAL_MS);
+    try {
+      for await (const message of stream as AsyncIterable<Buffer>) {
+        if (message[0] === 0x77 /* w: XLogData */) {
+          const start = message.readBigUInt64BE(1);
+          const walEnd = message.readBigUInt64BE(9);
+          const data = message.subarray(25);
+          if (data.length === 0) continue;
+          await conn.send({ type: 'wal-data', id: channel.id, timeline: state.timeline, startLsn: formatLsn(start), walEnd: formatLsn(walEnd), data });
+          state.forwarded = start + BigInt(data.length);
+        } else if (message[0] === 0x6b /* k: keepalive */) {
+          if (message[17] === 1) sendStatus();
+        }
+      }
+    } finally {
+      clearInterval(timer);
+    }
+    if (streamError) throw streamError;
+    log.info({ timeline: state.timeline, at: formatLsn(state.forwarded) }, 'PostgreSQL ended the WAL stream (end of timeline)');
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    if (signal.aborted) return;
+    const closed = await Promise.race([lost, Promise.resolve(undefined)]);
+    if (closed) throw closed;
+    if (e instanceof BarmanError) throw e;
+    throw new BarmanError(ErrorCode.POSTGRES, `WAL streaming from PostgreSQL failed: ${e.message}`, `Check that conninfo allows replication connections (pg_hba.conf "replication" line, max_wal_senders) and that slot ${config.slotName} exists (create_slot = auto creates it).`, { cause: err });
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    channel?.close();
+    await endQuietly(repl);
+  }
+}
+
+async function endQuietly(client: Client): Promise<void> {
+  await client.end().catch(() => undefined);
+}
