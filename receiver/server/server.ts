@@ -19,7 +19,7 @@ export class ReceiverService {
   private readonly servers = new Map<string, ServerContext>();
   private http: Server | undefined;
   private wss: WebSocketServer | undefined;
-  private readonly connections = new Set<FrameConnection>();
+  private readonly sessions = new Map<FrameConnection, Session>();
 
   constructor(readonly config: ReceiverConfig, private readonly log: Logger) {
     for (const server of config.servers.values()) this.servers.set(server.name, new ServerContext(config.barmanHome, server, config.compression, log));
@@ -45,9 +45,9 @@ export class ReceiverService {
     const wss = new WebSocketServer({ server: http, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false, clientTracking: false });
     wss.on('connection', (ws, req) => {
       const conn = new FrameConnection(ws);
-      this.connections.add(conn);
-      conn.onClose(() => this.connections.delete(conn));
-      new Session(conn, (name) => this.servers.get(name), this.log, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
+      const session = new Session(conn, (name) => this.servers.get(name), this.log, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
+      this.sessions.set(conn, session);
+      conn.onClose(() => this.sessions.delete(conn));
     });
     this.http = http;
     this.wss = wss;
@@ -69,9 +69,12 @@ export class ReceiverService {
     if (!http) return;
     this.http = undefined;
     const closed = new Promise<void>((resolve) => http.close(() => resolve()));
+    // let files being received finish (their senders get their acks), then close every session;
+    // agents retry or reconnect, and nothing half-received is ever under a final name anyway
     const deadline = Date.now() + graceMs;
-    while (this.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    for (const conn of this.connections) conn.close(CloseCode.SHUTDOWN, 'receiver shutting down');
+    while ([...this.sessions.values()].some((s) => !s.idle) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const conn of this.sessions.keys()) conn.close(CloseCode.SHUTDOWN, 'receiver shutting down');
+    for (const ctx of this.servers.values()) await ctx.stream.close();
     this.wss?.close();
     http.closeAllConnections?.();
     await closed;

@@ -24,6 +24,8 @@ import type { Peer, ServerContext } from './context';
 import { sendChunks, streamSource } from '../../shared/protocol/chunks';
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** a daemon that does not answer for two of these is taken for dead (its backup FAILED, its stream closed) */
+const DAEMON_HEARTBEAT_MS = 10_000;
 /** concurrent uploads one session may have open */
 const MAX_OPEN_UPLOADS = 16;
 
@@ -59,6 +61,11 @@ export class Session implements Peer {
 
   send(frame: Frame): Promise<void> {
     return this.conn.send(frame);
+  }
+
+  /** Nothing half-received: no upload open. */
+  get idle(): boolean {
+    return this.uploads.size === 0;
   }
 
   /** Another daemon of the same server took over: this one is closed, with a reason it can log. */
@@ -108,7 +115,10 @@ export class Session implements Peer {
     this.role = hello.role;
     this.state = { phase: 'ready', server: context };
     this.conn.onClose(() => context.detach(this));
-    if (hello.role === 'daemon') context.attachDaemon(this);
+    if (hello.role === 'daemon') {
+      context.attachDaemon(this);
+      this.conn.heartbeat(DAEMON_HEARTBEAT_MS);
+    }
     await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', server.name, hello.clientNonce, serverNonce) });
     this.log.debug('agent authenticated');
   }

@@ -105,6 +105,11 @@ export class AgentConnection {
     this.conn.close();
   }
 
+  /** Long-lived connections (the daemon) ping the receiver to notice a dead one within seconds. */
+  heartbeat(intervalMs: number): void {
+    this.conn.heartbeat(intervalMs);
+  }
+
   /**
    * Sends a local file; resolves with the receiver's ack once it is stored there.
    * WAL files must not change while read (a size change is an error). Backup files (`asOfStat`)

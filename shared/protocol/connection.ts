@@ -37,6 +37,31 @@ export class FrameConnection {
     });
   }
 
+  /**
+   * Pings the peer every `intervalMs`; a peer that has not answered (pong, or any message) by
+   * the next ping is taken for dead and the connection terminated, so a half-open TCP
+   * connection is noticed within two intervals instead of at the kernel's leisure.
+   */
+  heartbeat(intervalMs: number): void {
+    let alive = true;
+    const mark = () => {
+      alive = true;
+    };
+    this.ws.on('pong', mark);
+    this.ws.on('message', mark);
+    const timer = setInterval(() => {
+      if (!alive) {
+        this.markClosed(new BarmanError(ErrorCode.CONNECTION_LOST, `the peer did not answer for ${Math.round((2 * intervalMs) / 1000)} s`, 'Check the network path between agent and receiver.'));
+        this.ws.terminate();
+        return;
+      }
+      alive = false;
+      if (this.ws.readyState === 1) this.ws.ping();
+    }, intervalMs);
+    timer.unref();
+    this.onClose(() => clearInterval(timer));
+  }
+
   get closed(): boolean {
     return this.closedError !== undefined || this.ws.readyState >= 2;
   }
