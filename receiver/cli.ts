@@ -194,6 +194,22 @@ addRecoveryOptions(command('recover', 'write a startable PostgreSQL data directo
     }),
   );
 
+command('cron', 'apply retention policies, remove WAL no backup needs, tidy up')
+  .option('--json', 'one JSON document on stdout')
+  .action((opts: Opts) =>
+    runAction(async () => {
+      const { runCron } = await import('./commands/cron');
+      const reports = await runCron(await loadConfig(opts));
+      if (opts.json) printJson(reports);
+      else {
+        for (const r of reports) {
+          process.stdout.write(`${r.server}: ${r.promoted.length ? `DONE now: ${r.promoted.join(', ')}; ` : ''}removed ${r.removedBackups.length} backup(s)${r.removedBackups.length ? ` (${r.removedBackups.join(', ')})` : ''}, ${r.removedWals} WAL file(s), ${r.removedTemp} stale temporary file(s)\n`);
+          for (const n of r.notes) process.stdout.write(`\t${n}\n`);
+        }
+      }
+    }),
+  );
+
 /** `barman server show main` → `show-server main` (the seed's forms). */
 const SEED_VERBS: Record<string, string> = { show: 'show-server', check: 'check', backup: 'backup', list: 'list-backups', recover: 'recover', status: 'status' };
 const argv = [...process.argv];
