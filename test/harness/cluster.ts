@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { type AgentConfigOptions, writeAgentConfig } from './agent';
 import { agentCommandLine } from './cli';
 import { chownTo, freePort, makeDir, makeTempDir, pgBin } from './env';
+import { listDir } from './fs';
 import { track } from './resources';
 import { describeRun, run, runOk } from './run';
 import { waitFor, type WaitOptions } from './wait';
@@ -177,6 +178,13 @@ export class Cluster {
     return { archivedCount: Number(archived), lastArchivedWal: lastArchived!, failedCount: Number(failed), lastFailedWal: lastFailed!, ready: Number(ready) };
   }
 
+  /** WAL file names by archive state, from pg_wal/archive_status (.ready: waiting, .done: archived). */
+  archiveStatus(): { ready: string[]; done: string[] } {
+    const files = listDir(join(this.pgdata, 'pg_wal', 'archive_status'));
+    const named = (ext: string) => files.filter((f) => f.endsWith(ext)).map((f) => f.slice(0, -ext.length));
+    return { ready: named('.ready'), done: named('.done') };
+  }
+
   /** The file PostgreSQL has for a WAL name (pg_wal/<name>). */
   walFile(name: string): string {
     return join(this.pgdata, 'pg_wal', name);
@@ -216,13 +224,7 @@ export class Cluster {
   }
 
   postmasterPid(): number | undefined {
-    try {
-      const pid = Number(readFileSync(join(this.pgdata, 'postmaster.pid'), 'utf8').split('\n')[0]);
-      process.kill(pid, 0);
-      return pid;
-    } catch {
-      return undefined;
-    }
+    return postmasterPidOf(this.pgdata);
   }
 
   isRunning(): boolean {
@@ -245,6 +247,17 @@ export class Cluster {
       process.kill(pid, 'SIGKILL');
       throw new Error(`pg_ctl stop -m immediate left postmaster ${pid} running (killed it)\n${describeRun(r)}`);
     }
+  }
+}
+
+/** The live postmaster of a data directory, from postmaster.pid; undefined when none runs. */
+export function postmasterPidOf(pgdata: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(join(pgdata, 'postmaster.pid'), 'utf8').split('\n')[0]);
+    process.kill(pid, 0);
+    return pid;
+  } catch {
+    return undefined;
   }
 }
 

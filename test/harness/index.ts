@@ -3,9 +3,9 @@
 
 export { type AgentConfigFile, type AgentConfigOptions, writeAgentConfig } from './agent';
 export { agentCommandLine, runAgent, runReceiverCli } from './cli';
-export { type ArchiverStats, cloneCluster, type CloneOptions, Cluster, type ClusterOptions, createCluster, type StopMode } from './cluster';
+export { type ArchiverStats, cloneCluster, type CloneOptions, Cluster, type ClusterOptions, createCluster, postmasterPidOf, type StopMode } from './cluster';
 export { freePort, makeDir, makeTempDir, pgBin, pgBinDir, postgresUser, runPaths } from './env';
-export { expectFailure, expectSuccess } from './expect';
+export { expectCatalogMatchesCluster, expectFailure, expectSuccess } from './expect';
 export { listDir, sha256Of, sha256OfBytes, snapshotTree } from './fs';
 export { KEEP_TMP } from './keep';
 export { ClosedError, type CloseInfo, RawClient } from './raw-client';
