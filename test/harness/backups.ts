@@ -1,0 +1,69 @@
+// Backups and recoveries as a DBA drives them: `barman-agent backup` on the PostgreSQL host,
+// `list-backups` / `show-backup --json` on the backup host until the backup is DONE, and
+// `barman-receiver recover` (as root) into a fresh directory whose parent postgres owns.
+
+import { join } from 'node:path';
+import type { BackupInfo } from '../../shared/backup/info';
+import { runAgent, runReceiverCli } from './cli';
+import type { Cluster } from './cluster';
+import { makeTempDir } from './env';
+import { expectSuccess } from './expect';
+import type { Receiver } from './receiver';
+import { describeRun, type RunResult } from './run';
+import { waitFor } from './wait';
+
+/** What `show-backup --json` / `list-backups --json` print for one backup: its backup.info. */
+export type BackupJson = BackupInfo;
+
+export async function listBackupsJson(receiver: Receiver, server: string): Promise<BackupJson[]> {
+  const r = await runReceiverCli(['list-backups', '-c', receiver.configPath, server, '--json']);
+  if (r.code !== 0) throw new Error(`list-backups failed\n${describeRun(r)}`);
+  return JSON.parse(r.stdout) as BackupJson[];
+}
+
+export async function showBackupJson(receiver: Receiver, server: string, id: string): Promise<BackupJson> {
+  const r = await runReceiverCli(['show-backup', '-c', receiver.configPath, server, id, '--json']);
+  if (r.code !== 0) throw new Error(`show-backup failed\n${describeRun(r)}`);
+  return JSON.parse(r.stdout) as BackupJson;
+}
+
+/**
+ * Waits until the catalog lists backup `id` with `status`. While waiting, the cluster's archiver
+ * is woken now and then (a reload), since after a failed push it sleeps up to a minute.
+ */
+export async function waitBackupStatus(receiver: Receiver, server: string, id: string, status: BackupJson['status'], cluster?: Pick<Cluster, 'reload'>): Promise<BackupJson> {
+  let polls = 0;
+  return waitFor(`backup ${id} of ${server} to be ${status}`, async () => {
+    const info = (await listBackupsJson(receiver, server)).find((b) => b.backupId === id);
+    if (info?.status === status) return info;
+    if (cluster && ++polls % 20 === 0) await cluster.reload();
+    if (info && info.status !== status && (info.status === 'DONE' || info.status === 'FAILED')) throw new Error(`backup ${id} ended ${info.status}${info.error ? ` (${info.error})` : ''}`);
+    return false;
+  }, { timeoutMs: 120_000, intervalMs: 200 });
+}
+
+/** `barman-agent backup` on the cluster's host, then waits for DONE; returns the backup ID. */
+export async function backupAndWait(receiver: Receiver, server: string, cluster: Cluster): Promise<string> {
+  const r = await runAgent(['backup', '-c', cluster.agentConfigPath!]);
+  expectSuccess(r);
+  const id = r.stdout.trim();
+  if (!/^\d{8}T\d{6}$/.test(id)) throw new Error(`barman-agent backup printed no backup ID\n${describeRun(r)}`);
+  await waitBackupStatus(receiver, server, id, 'DONE', cluster);
+  return id;
+}
+
+export interface Recovery {
+  /** the recovered data directory */
+  dest: string;
+  /** its parent (postgres owns it): the recovered cluster's socket folder and log go here */
+  dir: string;
+  result: RunResult;
+}
+
+/** `barman-receiver recover <server> <id> <dest> ...options` as root into <new temp dir>/pgdata. */
+export async function recoverInto(receiver: Receiver, server: string, id: string, options: string[] = []): Promise<Recovery> {
+  const dir = makeTempDir('recovered', 'postgres', 0o755);
+  const dest = join(dir, 'pgdata');
+  const result = await runReceiverCli(['recover', '-c', receiver.configPath, server, id, dest, ...options]);
+  return { dest, dir, result };
+}

@@ -1,0 +1,172 @@
+// What recovery tests need beyond a Cluster: a data directory that `recover` wrote, started as
+// postgres on a port of its own (pg_ctl -o "-p N -k dir", so nothing is added to the directory
+// and pg_verifybackup still sees it as recovered), and programs that run in the background
+// (an agent daemon, a backup to kill half-way, pgbench) until the test ends them.
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { postmasterPidOf } from './cluster';
+import { agentBin, freePort, makeDir, pgBin, productEnv, runPaths } from './env';
+import { track, untrack, type Resource } from './resources';
+import { describeRun, run, runOk, type RunResult } from './run';
+import { waitFor, type WaitOptions } from './wait';
+
+/** `pg_verifybackup -n -i barman_wal <dir>` (SPEC §3): the check a recovered directory passes before its first start. */
+export function verifyRecoveredDirectory(dir: string): Promise<RunResult> {
+  return run(pgBin('pg_verifybackup'), ['-n', '-i', 'barman_wal', dir]);
+}
+
+/** A data directory written by `recover` (or `restore`), run by postgres on its own port and socket folder. */
+export class RecoveredCluster {
+  readonly socketDir: string;
+  readonly logFile: string;
+  private readonly resource: Resource;
+
+  private constructor(readonly pgdata: string, readonly dir: string, readonly port: number) {
+    this.socketDir = makeDir(join(dir, `socket-${port}`), 'postgres', 0o700);
+    this.logFile = join(dir, `postgresql-${port}.log`);
+    this.resource = track({
+      what: `recovered cluster ${pgdata}`,
+      dispose: () => this.stop('immediate'),
+      killNow: () => {
+        const pid = this.postmasterPid();
+        if (pid) process.kill(pid, 'SIGQUIT');
+      },
+    });
+  }
+
+  /**
+   * Starts the recovered directory `pgdata` as postgres; `dir` (postgres-writable) holds its socket
+   * folder and log. `options` are more postgres command-line options (`-c name=value` pairs).
+   * Resolves once pg_ctl sees it accepting connections (in recovery or not).
+   */
+  static async start(pgdata: string, dir: string, options: string[] = []): Promise<RecoveredCluster> {
+    const cluster = new RecoveredCluster(pgdata, dir, await freePort());
+    await cluster.start(options);
+    return cluster;
+  }
+
+  get conninfo(): string {
+    return `host=${this.socketDir} port=${this.port} user=postgres dbname=postgres`;
+  }
+
+  async start(options: string[] = []): Promise<void> {
+    const postgresOptions = ['-p', String(this.port), '-k', this.socketDir, '-c', "listen_addresses=''", ...options].join(' ');
+    const r = await run(pgBin('pg_ctl'), ['-D', this.pgdata, '-l', this.logFile, '-o', postgresOptions, '-w', '-t', '120', 'start'], { asPostgres: true, cwd: this.dir });
+    if (r.code !== 0) throw new Error(`the recovered cluster did not start\n${describeRun(r)}\n--- ${this.logFile}\n${this.logTail()}`);
+  }
+
+  async stop(mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
+    if (!this.postmasterPid()) return;
+    await runOk(pgBin('pg_ctl'), ['-D', this.pgdata, '-m', mode, '-w', '-t', '120', 'stop'], { asPostgres: true, cwd: this.dir });
+  }
+
+  /** Stops it now and forgets it (the test is done with it early). */
+  async dispose(): Promise<void> {
+    untrack(this.resource);
+    await this.stop();
+  }
+
+  async psql(sql: string, database = 'postgres'): Promise<string> {
+    const args = ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', this.socketDir, '-p', String(this.port), '-U', 'postgres', '-d', database, '-f', '-'];
+    return (await runOk(pgBin('psql'), args, { asPostgres: true, cwd: this.dir, input: sql })).replace(/\n$/, '');
+  }
+
+  /** Waits until recovery has ended and the cluster was promoted (pg_is_in_recovery() = false). */
+  async waitPromoted(options: WaitOptions = {}): Promise<void> {
+    await waitFor(`${this.pgdata} to finish recovery and promote`, async () => {
+      if (!this.postmasterPid()) throw new Error(`postmaster exited\n--- ${this.logFile}\n${this.logTail()}`);
+      return (await this.psql('select pg_is_in_recovery()')) === 'f';
+    }, { timeoutMs: 120_000, intervalMs: 200, ...options }).catch((err: Error) => {
+      throw new Error(`${err.message}\n--- ${this.logFile}\n${this.logTail()}`);
+    });
+  }
+
+  /** The timeline it writes WAL on now (from the current WAL file's name). */
+  async timeline(): Promise<number> {
+    return parseInt((await this.psql('select pg_walfile_name(pg_current_wal_lsn())')).slice(0, 8), 16);
+  }
+
+  postmasterPid(): number | undefined {
+    return postmasterPidOf(this.pgdata);
+  }
+
+  logTail(lines = 40): string {
+    try {
+      return readFileSync(this.logFile, 'utf8').split('\n').slice(-lines).join('\n');
+    } catch {
+      return '(no log)';
+    }
+  }
+}
+
+export function startRecovered(pgdata: string, dir: string, options: string[] = []): Promise<RecoveredCluster> {
+  return RecoveredCluster.start(pgdata, dir, options);
+}
+
+/** A program left running while the test does other things; its whole process group is signalled. */
+export class Background {
+  private out = '';
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private readonly resource: Resource;
+
+  constructor(private readonly child: ChildProcess, readonly command: string) {
+    const record = (b: Buffer) => {
+      this.out += b.toString('utf8');
+    };
+    child.stdout!.on('data', record);
+    child.stderr!.on('data', record);
+    this.exited = new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+    this.resource = track({
+      what: `background ${command}`,
+      dispose: async () => {
+        this.signal('SIGKILL');
+        await this.exited;
+      },
+      killNow: () => this.signal('SIGKILL'),
+    });
+    void this.exited.then(() => untrack(this.resource));
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** stdout and stderr so far, interleaved as they came. */
+  output(): string {
+    return this.out;
+  }
+
+  /** Signals the program and everything it started (runuser, node, ...), by process group. */
+  signal(signal: NodeJS.Signals): void {
+    try {
+      process.kill(-this.child.pid!, signal);
+    } catch {
+      // already gone
+    }
+  }
+
+  /** Signals it and waits until it is gone. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (this.running) this.signal(signal);
+    return this.exited;
+  }
+}
+
+/** Starts a program in its own process group, as postgres unless `asPostgres: false`. */
+export function startBackground(file: string, args: string[], options: { asPostgres?: boolean; cwd?: string } = {}): Background {
+  const asPostgres = options.asPostgres ?? true;
+  const [cmd, argv] = asPostgres ? ['runuser', ['-u', 'postgres', '--', file, ...args]] : [file, args];
+  const child = spawn(cmd, argv, { cwd: options.cwd ?? runPaths().runRoot, env: productEnv(), stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  return new Background(child, [cmd, ...argv].join(' '));
+}
+
+/** `barman-agent ...args` left running (a daemon, a backup to interrupt), as postgres. */
+export function startAgentInBackground(args: string[]): Background {
+  return startBackground(process.execPath, [agentBin(), ...args]);
+}
