@@ -53,6 +53,10 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
   }
   const logLevel = r.oneOf('log_level', LOG_LEVELS, 'info');
   const compression = r.oneOf('compression', COMPRESSIONS, 'none');
+  if (compression === 'lz4' || compression === 'zstd') {
+    // Node 20's zlib has neither; both are reserved until the catalog can stream them
+    throw configError(file, 'barman', 'compression', `${compression} is not available in this version of barman-ts`, 'Use compression = gzip (or none); stored files keep their format when this changes.');
+  }
   r.finish();
 
   const servers = new Map<string, ServerConfig>();
