@@ -45,8 +45,9 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     const startSql = version >= 150000 ? 'select pg_backup_start($1, true)::text as lsn' : 'select pg_start_backup($1, true, false)::text as lsn';
     const startLsn = (await pg.query<{ lsn: string }>(startSql, [label])).rows[0]!.lsn;
     inBackup = true;
-    const meta = (await pg.query<{ tli: number; now: Date }>('select timeline_id as tli, now() as now from pg_control_checkpoint()')).rows[0]!;
-    const start: BackupStart = { startLsn, timeline: meta.tli, startTime: meta.now.toISOString(), systemIdentifier: sysid, pgVersion: version, pgdata, tablespaces };
+    // the timeline of the WAL being written now (pg_control_checkpoint() lags after a promotion)
+    const meta = (await pg.query<{ wal: string; now: Date }>('select pg_walfile_name($1::pg_lsn) as wal, now() as now', [startLsn])).rows[0]!;
+    const start: BackupStart = { startLsn, timeline: parseInt(meta.wal.slice(0, 8), 16), startTime: meta.now.toISOString(), systemIdentifier: sysid, pgVersion: version, pgdata, tablespaces };
     backupId = await conn.call(
       (id) => ({ type: 'backup-begin', id, start, ...(requestId !== undefined ? { requestId } : {}) }),
       (f) => (f.type === 'backup-accepted' ? f.backupId : undefined),
