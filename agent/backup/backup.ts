@@ -71,8 +71,14 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
       if (done % 100 === 0 || done === total) progress?.({ phase: 'files', done, total, bytes });
     };
     let next = 0;
+    let failed = false;
     await Promise.all(Array.from({ length: PARALLEL_FILES }, async () => {
-      while (next < files.length) await send(files[next++]!);
+      try {
+        while (next < files.length && !failed) await send(files[next++]!);
+      } catch (err) {
+        failed = true; // the other workers stop at their next file: the backup is lost anyway
+        throw err;
+      }
     }));
     if (control) await send(control);
 
