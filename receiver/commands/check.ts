@@ -4,6 +4,7 @@ import { constants, promises as fs } from 'node:fs';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { type CheckResult, runCheck } from '../../shared/check';
 import { BarmanError, ErrorCode } from '../../shared/errors';
+import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import { requireServer } from './servers';
 
@@ -24,6 +25,15 @@ export async function checkServer(config: ReceiverConfig, name: string, now = ne
       if (!last) throw new BarmanError(ErrorCode.WAL_NOT_FOUND, 'no WAL received yet', "Set archive_command = 'barman-agent push %p' on the PostgreSQL host, then run SELECT pg_switch_wal() there.");
       const age = Math.max(0, Math.round((now.getTime() - last.receivedAt.getTime()) / 1000));
       return `last ${last.name}, ${age} s ago`;
+    }, ''),
+  );
+  results.push(
+    await runCheck('minimum redundancy requirements', async () => {
+      const done = (await new BackupCatalog(catalog).list()).filter((b) => b.status === 'DONE').length;
+      if (done < server.minimumRedundancy) {
+        throw new BarmanError(ErrorCode.RETENTION, `have ${done} backups, expected at least ${server.minimumRedundancy}`, `Take a backup: barman-receiver backup ${server.name} --wait (or barman-agent backup on the PostgreSQL host).`);
+      }
+      return `have ${done} backups, expected at least ${server.minimumRedundancy}`;
     }, ''),
   );
   return results;

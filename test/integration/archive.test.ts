@@ -126,6 +126,7 @@ describe("a DBA's day: WAL archiving through the agent", () => {
     expect(check.stdout).toMatch(/^\s*configuration: OK/m);
     expect(check.stdout).toMatch(/^\s*barman_home writable: OK/m);
     expect(check.stdout).toMatch(/^\s*WAL archive: OK \(last [0-9A-F]{24}/m);
+    expect(check.stdout).toMatch(/^\s*minimum redundancy requirements: OK \(have 0 backups, expected at least 0\)/m);
     expect(check.stdout).not.toMatch(/FAILED/);
 
     for (const args of [['list-servers', ...conf], ['list', ...conf]]) {
