@@ -2,7 +2,7 @@
 // with exponential backoff and jitter) and answers what the receiver asks of it: backups.
 
 import type { AgentConfig } from '../../shared/config/agent';
-import { asBarmanError } from '../../shared/errors';
+import { asBarmanError, BarmanError, ErrorCode } from '../../shared/errors';
 import { errorFrame } from '../../shared/protocol/connection';
 import { createLogger } from '../../shared/log';
 import { takeBackup } from '../backup/backup';
@@ -69,6 +69,13 @@ export async function runDaemon(config: AgentConfig, signal: AbortSignal): Promi
     await streaming;
     archiver.attach(undefined);
     signal.removeEventListener('abort', onAbort);
+    if (conn.replaced) {
+      // reconnecting would push the other daemon out in turn, and so on forever: one writer, so this one stops
+      await archiver.stop();
+      const e = new BarmanError(ErrorCode.AGENT_NOT_CONNECTED, `another agent daemon for server ${config.server} connected to the receiver and took over; this daemon stops`, 'Run one barman-agent daemon per PostgreSQL server: stop the other one, then start this one again.');
+      log.error({ code: e.code, pushed: archiver.pushed }, e.message);
+      throw e;
+    }
     if (!signal.aborted) log.warn({ code: reason.code }, `connection lost: ${reason.message}; reconnecting`);
   }
   await archiver.stop();

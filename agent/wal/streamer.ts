@@ -97,7 +97,9 @@ export async function streamWal(config: AgentConfig, conn: AgentConnection, log:
     log.info({ timeline: state.timeline, start: startText, slot: config.slotName }, 'streaming WAL');
 
     const { both } = await import('pg-copy-streams');
-    const stream = repl.query(both(`START_REPLICATION SLOT "${config.slotName}" PHYSICAL ${startText} TIMELINE ${state.timeline}`, { alignOnCopyDataFrame: true }));
+    // one CopyData message per chunk: aligned alone is not enough, a byte-mode Readable hands a
+    // slow reader several buffered messages joined into one Buffer (headers then read as WAL)
+    const stream = repl.query(both(`START_REPLICATION SLOT "${config.slotName}" PHYSICAL ${startText} TIMELINE ${state.timeline}`, { alignOnCopyDataFrame: true, readableObjectMode: true }));
     sendStatus = () => {
       const msg = Buffer.alloc(34);
       msg.write('r', 0);

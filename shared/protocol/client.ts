@@ -10,7 +10,7 @@ import { BarmanError, ErrorCode } from '../errors';
 import { newHash } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
 import { type ChunkSource, fileSource, sendChunks } from './chunks';
-import { FrameConnection, errorFromFrame } from './connection';
+import { CloseCode, FrameConnection, errorFromFrame } from './connection';
 import { type AckFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role } from './frames';
 
 export const AGENT_VERSION = 'barman-ts/0.1.0';
@@ -188,6 +188,11 @@ export class AgentConnection {
   /** Requests the receiver sends this agent (backup-request), with a handler that answers them. */
   onRequest(handler: (frame: Frame) => void): void {
     this.requestHandler = handler;
+  }
+
+  /** The receiver closed this connection because another daemon of the same server connected. */
+  get replaced(): boolean {
+    return this.conn.closeCode === CloseCode.REPLACED;
   }
 
   /** Resolves when the connection ends, with the reason. */

@@ -20,6 +20,8 @@ export class FrameConnection {
   private inboundFrames = 0;
   private paused = false;
   private closedError: BarmanError | undefined;
+  /** the WebSocket close code the peer (or we) ended with; REPLACED tells a daemon another took its place */
+  closeCode: number | undefined;
   private handler: FrameHandler | undefined;
   private readonly closeListeners: Array<(err: BarmanError | undefined) => void> = [];
 
@@ -27,6 +29,7 @@ export class FrameConnection {
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
     ws.on('close', (code, reason) => {
+      this.closeCode = code;
       const text = reason.toString('utf8');
       this.markClosed(code === CloseCode.NORMAL ? undefined : new BarmanError(ErrorCode.CONNECTION_LOST, `connection closed (${code}${text ? `: ${text}` : ''})`, 'Check that the receiver is running and reachable, then retry.'));
     });

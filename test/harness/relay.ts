@@ -1,0 +1,137 @@
+// A TCP relay between the agent and the receiver, the network path a test can break: `cut()`
+// resets every connection open now (a router restart, a firewall flushing its state table),
+// `freeze()` stops forwarding on them while leaving both sockets open (a cable pulled: no FIN,
+// no RST, only silence, which heartbeats must notice), and `loseRepliesAfter()` lets one upload
+// through and then swallows the answer (an ack lost on the way back). New connections go
+// through normally.
+
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { freePort } from './env';
+import { track } from './resources';
+
+interface Pair {
+  client: Socket;
+  upstream: Socket;
+  /** bytes the client sent */
+  sent: number;
+  /** from the first reply once the client has sent this many bytes, the pair goes silent */
+  silenceAfter: number;
+  frozen: boolean;
+}
+
+export class TcpRelay {
+  private readonly pairs = new Set<Pair>();
+  private accepted = 0;
+  private nextSilenceAfter = Infinity;
+
+  private constructor(private readonly server: Server, readonly port: number, readonly target: { host: string; port: number }) {
+    track({ what: `TCP relay 127.0.0.1:${port} → ${target.host}:${target.port}`, dispose: () => this.close() });
+  }
+
+  /** Listens on a free port of 127.0.0.1 and forwards every connection to `target`. */
+  static async start(target: { host: string; port: number }): Promise<TcpRelay> {
+    const port = await freePort();
+    const server = createServer();
+    const relay = new TcpRelay(server, port, target);
+    server.on('connection', (client) => relay.onConnection(client));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => resolve());
+    });
+    return relay;
+  }
+
+  /** ws:// URL of the relay, for the agent's `receiver =`. */
+  get url(): string {
+    return `ws://127.0.0.1:${this.port}`;
+  }
+
+  /** Connections accepted since the relay started (each agent connect or reconnect is one). */
+  get connectionsAccepted(): number {
+    return this.accepted;
+  }
+
+  /** Connections forwarding now. */
+  get open(): number {
+    return [...this.pairs].filter((p) => !p.frozen).length;
+  }
+
+  /** Resets (RST) both sides of every connection open now; returns how many there were. */
+  cut(): number {
+    const live = [...this.pairs].filter((p) => !p.frozen);
+    for (const pair of live) this.drop(pair, true);
+    return live.length;
+  }
+
+  /** Stops forwarding on every connection open now, in both directions, leaving the sockets open. */
+  freeze(): number {
+    const live = [...this.pairs].filter((p) => !p.frozen);
+    for (const pair of live) this.silence(pair);
+    return live.length;
+  }
+
+  /**
+   * The next connection forwards normally until its client has sent `clientBytes`; the first
+   * answer after that is swallowed and the connection goes silent both ways (sockets left open).
+   */
+  loseRepliesAfter(clientBytes: number): void {
+    this.nextSilenceAfter = clientBytes;
+  }
+
+  async close(): Promise<void> {
+    for (const pair of [...this.pairs]) this.drop(pair, false);
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private onConnection(client: Socket): void {
+    this.accepted++;
+    const upstream = connect({ host: this.target.host, port: this.target.port });
+    const pair: Pair = { client, upstream, sent: 0, silenceAfter: this.nextSilenceAfter, frozen: false };
+    this.nextSilenceAfter = Infinity;
+    this.pairs.add(pair);
+    for (const socket of [client, upstream]) {
+      socket.setNoDelay(true);
+      // one side gone (the receiver refused, a process died): the other goes too, as through a
+      // router; once silenced, what happens at one end no longer reaches the other
+      socket.on('error', () => (pair.frozen ? socket.destroy() : this.drop(pair, false)));
+      socket.on('close', () => (pair.frozen ? socket.destroy() : this.drop(pair, false)));
+    }
+    this.forward(pair, client, upstream, (n) => (pair.sent += n));
+    this.forward(pair, upstream, client, () => {
+      if (pair.sent >= pair.silenceAfter) this.silence(pair);
+    });
+  }
+
+  /** from → to with backpressure; `seen` may silence the pair before the bytes go on. */
+  private forward(pair: Pair, from: Socket, to: Socket, seen: (bytes: number) => void): void {
+    from.on('data', (chunk: Buffer) => {
+      seen(chunk.length);
+      if (pair.frozen || to.destroyed) return;
+      if (!to.write(chunk)) {
+        from.pause();
+        to.once('drain', () => {
+          if (!pair.frozen) from.resume();
+        });
+      }
+    });
+  }
+
+  private silence(pair: Pair): void {
+    pair.frozen = true;
+    pair.client.pause();
+    pair.upstream.pause();
+  }
+
+  private drop(pair: Pair, reset: boolean): void {
+    this.pairs.delete(pair);
+    for (const socket of [pair.client, pair.upstream]) {
+      if (socket.destroyed) continue;
+      if (reset && !socket.connecting) socket.resetAndDestroy();
+      else socket.destroy();
+    }
+  }
+}
+
+export function startRelay(target: { host: string; port: number }): Promise<TcpRelay> {
+  return TcpRelay.start(target);
+}
