@@ -3,12 +3,11 @@
 // cleanup list that stops every process and removes every temp folder, pass or fail.
 // The test harness (test/harness/) does the same jobs inside vitest; this runs without it.
 
-import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 
 // ---- sections --------------------------------------------------------------------------------
 
@@ -54,22 +53,46 @@ export class Cleanup {
 
 // ---- running programs ------------------------------------------------------------------------
 
-const execFileAsync = promisify(execFile);
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  /** spawn to exit */
+  ms: number;
+  /** every line the program wrote to stderr (split at \n and \r), with when it arrived (ms after spawn) */
+  stderrLines: Array<{ ms: number; text: string }>;
+}
 
 /**
  * Runs a program to completion (as the postgres OS user through runuser when asked) and times it
  * from spawn to exit. Throws, with what it printed, unless it exits 0.
  */
-export async function runOk(file: string, args: string[], options: { cwd?: string; asPostgres?: boolean } = {}): Promise<{ stdout: string; ms: number }> {
+export async function runOk(file: string, args: string[], options: { cwd?: string; asPostgres?: boolean } = {}): Promise<RunResult> {
   const [cmd, argv] = options.asPostgres ? ['runuser', ['-u', 'postgres', '--', file, ...args]] : [file, args];
   const started = process.hrtime.bigint();
-  try {
-    const { stdout } = await execFileAsync(cmd, argv, { cwd: options.cwd, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-    return { stdout, ms: Number(process.hrtime.bigint() - started) / 1e6 };
-  } catch (err) {
-    const e = err as { code?: number | string; signal?: string; stdout?: string; stderr?: string };
-    throw new Error(`${[cmd, ...argv].join(' ')} failed (${e.code ?? e.signal})\n${e.stdout ?? ''}${e.stderr ?? ''}`);
-  }
+  const elapsed = () => Number(process.hrtime.bigint() - started) / 1e6;
+  const child = spawn(cmd, argv, { cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  const stderrLines: RunResult['stderrLines'] = [];
+  let partial = '';
+  child.stdout!.on('data', (b: Buffer) => out.push(b));
+  child.stderr!.on('data', (b: Buffer) => {
+    err.push(b);
+    const parts = (partial + b.toString('utf8')).split(/[\r\n]/);
+    partial = parts.pop()!;
+    const ms = elapsed();
+    for (const text of parts) if (text.trim()) stderrLines.push({ ms, text });
+  });
+  const [code, signal] = await new Promise<[number | null, string | null]>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (c, sig) => resolve([c, sig]));
+  });
+  const ms = elapsed();
+  if (partial.trim()) stderrLines.push({ ms, text: partial });
+  const stdout = Buffer.concat(out).toString('utf8');
+  const stderr = Buffer.concat(err).toString('utf8');
+  if (code !== 0) throw new Error(`${[cmd, ...argv].join(' ')} failed (${code ?? signal})\n${stdout}${stderr}`);
+  return { stdout, stderr, ms, stderrLines };
 }
 
 // ---- statistics ------------------------------------------------------------------------------
@@ -99,6 +122,8 @@ export function stats(samples: number[]): Stats {
 
 export const fmtMs = (ms: number): string => (ms >= 99.95 ? ms.toFixed(0) : ms.toFixed(1));
 export const fmtRatio = (r: number): string => `${r.toFixed(2)}×`;
+/** megabytes (10^6 bytes) per second */
+export const mbPerSecond = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1000);
 
 export function markdownTable(header: string[], rows: string[][]): string {
   const line = (cells: string[]) => `| ${cells.join(' | ')} |`;
@@ -128,6 +153,82 @@ export function pgBinDir(): string {
 
 export function loadAverage(): string {
   return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' / ');
+}
+
+/** Bytes free to an unprivileged user on the filesystem holding `path`. */
+export function freeBytes(path: string): number {
+  const s = statfsSync(path);
+  return s.bavail * s.bsize;
+}
+
+// ---- processes -------------------------------------------------------------------------------
+
+/** A kB field of /proc/<pid>/status (VmRSS, VmHWM), or undefined once the process is gone. */
+export function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
+export function procCpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // fields after the command name (which may hold spaces) start at the state, field 3
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime: fields 14 and 15
+  return ticks / 100; // USER_HZ is 100 on Linux
+}
+
+/**
+ * Peak memory of a long-running process over a stretch of time: resets its high-water mark
+ * (clear_refs 5, root only) and also samples VmRSS, in case the reset is not allowed.
+ */
+export class RssWatch {
+  private maxKb = 0;
+  private readonly timer: NodeJS.Timeout;
+  private readonly resetOk: boolean;
+
+  constructor(private readonly pid: number, intervalMs = 100) {
+    let ok = true;
+    try {
+      writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    } catch {
+      ok = false;
+    }
+    this.resetOk = ok;
+    this.sample();
+    this.timer = setInterval(() => this.sample(), intervalMs);
+  }
+
+  private sample(): void {
+    this.maxKb = Math.max(this.maxKb, procStatusKb(this.pid, 'VmRSS') ?? 0);
+  }
+
+  /** Stops sampling; the peak in kB (VmHWM since the reset where it worked, else the sampled maximum). */
+  stop(): number {
+    clearInterval(this.timer);
+    this.sample();
+    const hwm = this.resetOk ? procStatusKb(this.pid, 'VmHWM') : undefined;
+    return Math.max(this.maxKb, hwm ?? 0);
+  }
+}
+
+const TIME_BIN = '/usr/bin/time';
+
+/**
+ * runOk under GNU time when it is there: adds the program's peak RSS (kB) and CPU seconds.
+ * `outDir` must be writable by whoever runs it (postgres when asPostgres).
+ */
+export async function runMeasured(file: string, args: string[], outDir: string, options: { cwd?: string; asPostgres?: boolean } = {}): Promise<RunResult & { peakKb?: number; cpuSeconds?: number }> {
+  if (!existsSync(TIME_BIN)) return runOk(file, args, options);
+  const out = join(outDir, `time-${randomBytes(4).toString('hex')}.txt`);
+  const result = await runOk(TIME_BIN, ['-f', '%M %U %S', '-o', out, file, ...args], options);
+  const [kb, user, sys] = readFileSync(out, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
+  rmSync(out, { force: true });
+  return { ...result, peakKb: kb, cpuSeconds: user! + sys! };
 }
 
 export function machineInfo(pgBin: string): Record<string, string> {
@@ -189,6 +290,8 @@ export function postgresDir(path: string): string {
 export class BenchCluster {
   readonly pgdata: string;
   readonly socketDir: string;
+  /** PostgreSQL's default; only the cluster's own socket folder serves it */
+  readonly port = 5432;
   private running = false;
 
   private constructor(readonly dir: string, readonly pgBin: string) {
@@ -229,6 +332,12 @@ export class BenchCluster {
 export interface BenchReceiver {
   url: string;
   barmanHome: string;
+  /** the receiver's configuration file, for its catalog commands */
+  config: string;
+  /** the service's process (node itself, no wrapper) */
+  pid: number;
+  /** root-owned token file of `server` */
+  tokenFile: string;
   /** an agent configuration file for `server`, with the right token */
   agentConfig: string;
   stop(): Promise<void>;
@@ -240,7 +349,7 @@ export interface BenchReceiver {
  * `barman-receiver serve` from dist/ with one server section and a fresh token, on a port the
  * kernel picks (read back from its "receiver listening" log line).
  */
-export async function startReceiver(dir: string, repoRoot: string, cleanup: Cleanup, server: string, extra: Record<string, string> = {}): Promise<BenchReceiver> {
+export async function startReceiver(dir: string, repoRoot: string, cleanup: Cleanup, server: string, extra: Record<string, string> = {}, nodeArgs: string[] = []): Promise<BenchReceiver> {
   mkdirSync(dir, { recursive: true });
   const tokenFile = join(dir, `${server}.token`);
   writeFileSync(tokenFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
@@ -250,7 +359,7 @@ export async function startReceiver(dir: string, repoRoot: string, cleanup: Clea
   const ini = (name: string, values: Record<string, string>) => `[${name}]\n${Object.entries(values).map(([k, v]) => `${k} = ${v}`).join('\n')}\n`;
   writeFileSync(config, `${ini('barman', barman)}\n${ini(server, { token_file: tokenFile })}`);
 
-  const child: ChildProcess = spawn(process.execPath, [join(repoRoot, 'dist', 'barman-receiver.cjs'), 'serve', '-c', config], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, join(repoRoot, 'dist', 'barman-receiver.cjs'), 'serve', '-c', config], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
   let recent = '';
   child.stderr!.on('data', (b: Buffer) => {
     recent = (recent + b.toString('utf8')).slice(-16_384);
@@ -281,7 +390,23 @@ export async function startReceiver(dir: string, repoRoot: string, cleanup: Clea
   const url = `ws://127.0.0.1:${port}`;
   const agentConfig = join(dir, 'agent.conf');
   writeFileSync(agentConfig, ini('agent', { receiver: url, server, token_file: tokenFile, spool_dir: join(dir, 'agent-spool'), log_level: 'warn' }));
-  return { url, barmanHome, agentConfig, stop, logTail: () => recent };
+  return { url, barmanHome, config, pid: child.pid!, tokenFile, agentConfig, stop, logTail: () => recent };
+}
+
+/**
+ * An agent configuration the postgres OS user can use (as archive_command, or to take a backup):
+ * a postgres-owned folder with a copy of the token (0600), the config (0644) and a spool folder.
+ */
+export function postgresAgentConfig(receiver: BenchReceiver, dir: string, server: string, values: Record<string, string>): string {
+  postgresDir(dir);
+  const { uid, gid } = POSTGRES_IDS();
+  const tokenFile = join(dir, `${server}.token`);
+  writeFileSync(tokenFile, readFileSync(receiver.tokenFile), { mode: 0o600 });
+  chownSync(tokenFile, uid, gid);
+  const config = join(dir, 'agent.conf');
+  const agent = { receiver: receiver.url, server, token_file: tokenFile, spool_dir: postgresDir(join(dir, 'spool')), log_level: 'warn', ...values };
+  writeFileSync(config, `[agent]\n${Object.entries(agent).map(([k, v]) => `${k} = ${v}`).join('\n')}\n`, { mode: 0o644 });
+  return config;
 }
 
 /** Every file below `dir` whose name is `name`, searched recursively (the catalog's layout is not ours to spell). */

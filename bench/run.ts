@@ -1,17 +1,20 @@
 // `npm run bench`: builds, runs every benchmark section in one go on this machine, and rewrites
 // bench/results.md whole. A section is a module with one function (ctx) => SectionResult; add the
-// next one (backup vs pg_basebackup, recover vs cp -a, daemon throughput) to SECTIONS.
-// `npm run bench -- push` runs only the named sections. KEEP_TMP=1 keeps the temp folder;
-// BENCH_DIR chooses where it goes (default the system temp folder).
+// next one (daemon throughput, ...) to SECTIONS.
+// `npm run bench -- push` runs only the named sections (and still rewrites results.md with only
+// those). KEEP_TMP=1 keeps the temp folder; BENCH_DIR chooses where it goes (default the system
+// temp folder). BENCH_BACKUP_SCALE and BENCH_BACKUP_ROUNDS shrink the backup section for trials.
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type BenchContext, Cleanup, loadAverage, machineInfo, makeWorkDir, markdownTable, pgBinDir, type SectionResult } from './lib';
+import { backupSection } from './backup';
 import { pushSection } from './push';
 
 const SECTIONS: Record<string, (ctx: BenchContext) => Promise<SectionResult>> = {
   push: pushSection,
+  backup: backupSection,
 };
 
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));
