@@ -15,8 +15,6 @@ import { AckSpool } from '../wal/spool';
 
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
-/** a receiver that does not answer for two of these is taken for dead */
-const HEARTBEAT_MS = 10_000;
 
 export async function runDaemon(config: AgentConfig, signal: AbortSignal): Promise<void> {
   const log = createLogger(config.logLevel, 'barman-agent').child({ server: config.server });
@@ -38,7 +36,6 @@ export async function runDaemon(config: AgentConfig, signal: AbortSignal): Promi
       continue;
     }
     attempt = 0;
-    conn.heartbeat(HEARTBEAT_MS);
     log.info({ session: conn.sessionId, receiver: config.receiver.href }, 'connected to the receiver');
     let backupRunning = false;
     conn.onRequest((frame) => {

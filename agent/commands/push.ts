@@ -24,9 +24,6 @@ export async function pushWal(config: AgentConfig, path: string): Promise<'store
     if (sha256 === acked) return 'duplicate';
   }
   const conn = await AgentConnection.open(config, 'push');
-  // an ack lost on a network gone silent (no FIN, no RST) must not hang archive_command, and
-  // with it PostgreSQL's archiver, forever: a receiver silent for `timeout` seconds fails the push
-  conn.heartbeat(Math.max(1000, (config.timeoutSeconds * 1000) / 2));
   try {
     const ack = (await conn.putFile({ kind: 'wal', name }, resolve(path)))!;
     if (ack.status === 'sent') throw new BarmanError(ErrorCode.PROTOCOL, 'receiver answered a push with "sent"', 'Install the same barman-ts version on agent and receiver.');

@@ -77,6 +77,11 @@ export class ServerCatalog {
     return join(this.errorsDir, `${name}.${stamp}.${reason}`);
   }
 
+  /** Where a conflicting copy of `name` is kept: one file per distinct content. */
+  conflictPath(name: string, sha256: string): string {
+    return join(this.errorsDir, `${name}.${sha256.slice(0, 16)}.conflict`);
+  }
+
   private get identityPath(): string {
     return join(this.root, 'identity.json');
   }

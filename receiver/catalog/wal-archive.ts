@@ -12,7 +12,7 @@ import { newHash } from '../../shared/checksum';
 import { LONG_HEADER_SIZE, readLongHeader } from '../../shared/wal/header';
 import { formatLsn } from '../../shared/wal/lsn';
 import { isValidSegmentSize, parseWalFileName, segmentStartLsn, type WalFileName } from '../../shared/wal/names';
-import { IncomingFile, storageError } from '../storage/posix';
+import { exists, IncomingFile, storageError } from '../storage/posix';
 import type { ServerCatalog, StoredWal } from './catalog';
 import type { StoreResult, Upload } from './upload';
 
@@ -184,8 +184,10 @@ export class WalUpload implements Upload {
           await this.incoming.discard();
           return 'duplicate' as const;
         }
-        const aside = catalog.errorPath(name, 'conflict');
-        await this.incoming.commit(aside);
+        // named by content: PostgreSQL retries the same file every minute, one copy is enough
+        const aside = catalog.conflictPath(name, sha256);
+        if (await exists(aside)) await this.incoming.discard();
+        else await this.incoming.commit(aside);
         throw new BarmanError(ErrorCode.WAL_CONFLICT, `${name} is already archived with different content; the new copy was kept as ${aside}`, 'Two clusters may be archiving into the same server section, or a restored copy still has archive_command set. Compare the two files before deleting either.');
       }
       if (this.systemIdentifier !== undefined && !(await catalog.identity())) {

@@ -87,7 +87,11 @@ export class AgentConnection {
             reject(new BarmanError(ErrorCode.AUTH_FAILED, `the receiver at ${url} could not prove it holds the token of "${config.server}"`, 'Something other than your barman-receiver answers on that address, or its token differs; check both token files.'));
             return;
           }
-          resolve(new AgentConnection(conn, config, frame.sessionId));
+          const agent = new AgentConnection(conn, config, frame.sessionId);
+          // a receiver gone silent (no FIN, no RST) must not hang a push, a restore_command or a
+          // daemon forever: silent for `timeout` seconds, the connection is dropped
+          conn.heartbeat(Math.max(1000, (config.timeoutSeconds * 1000) / 2));
+          resolve(agent);
         } else {
           clearTimeout(timer);
           reject(new BarmanError(ErrorCode.PROTOCOL, `unexpected ${frame.type} frame during authentication`, 'Install the same barman-ts version on agent and receiver.'));
@@ -103,11 +107,6 @@ export class AgentConnection {
 
   close(): void {
     this.conn.close();
-  }
-
-  /** Long-lived connections (the daemon) ping the receiver to notice a dead one within seconds. */
-  heartbeat(intervalMs: number): void {
-    this.conn.heartbeat(intervalMs);
   }
 
   /**

@@ -171,6 +171,9 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     const kept = listDir(errorsDir).filter((f) => f.startsWith(name));
     expect(kept).toHaveLength(1);
     expect(await sha256Of(join(errorsDir, kept[0]!))).toBe(sha256OfBytes(altered));
+    // PostgreSQL retries the same file again and again: still refused, and still one copy kept
+    expectFailure(await push(mainAgent, craft(name, altered)), 1, new RegExp(`^ERROR: ${name} is already archived with different content`, 'm'));
+    expect(listDir(errorsDir).filter((f) => f.startsWith(name))).toEqual(kept);
   });
 
   it('accepts an identical re-push (PostgreSQL retrying after a lost answer)', async () => {
