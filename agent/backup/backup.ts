@@ -13,8 +13,8 @@ import { connectPostgres } from '../postgres';
 import type { AgentConnection } from '../../shared/protocol/client';
 import { type BackupFileEntry, walkDataDirectory } from './walk';
 
-/** files read and sent at once */
-const PARALLEL_FILES = 4;
+/** files read and sent at once: most files of a cluster are small, each costs a round trip */
+const PARALLEL_FILES = 8;
 
 export interface BackupResult {
   backupId: string;

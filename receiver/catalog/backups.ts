@@ -17,6 +17,9 @@ import { type ServerCatalog, writeFileDurably } from './catalog';
 import type { Upload } from './upload';
 
 export class BackupCatalog {
+  /** staging directories known to exist (most files of a backup share a few directories) */
+  private readonly madeDirs = new Set<string>();
+
   constructor(readonly catalog: ServerCatalog) {}
 
   dir(id: string): string {
@@ -128,7 +131,11 @@ export class BackupCatalog {
     const staging = this.stagingDir(id);
     const rel = safeRelativePath(path);
     const full = join(staging, rel);
-    await ensureDir(dirname(full));
+    const dir = dirname(full);
+    if (!this.madeDirs.has(dir)) {
+      await ensureDir(dir);
+      this.madeDirs.add(dir);
+    }
     const file = await IncomingFile.createAt(full, 'none');
     return {
       label: `${id}:${rel}`,
@@ -164,6 +171,7 @@ export class BackupCatalog {
       files.push(control); // last, as pg_basebackup lists it
       for (const dir of stop.directories) await ensureDir(join(staging, safeRelativePath(dir)));
       await fsyncTree(staging);
+      this.madeDirs.clear();
       await fs.rename(staging, this.dataDir(id));
       await fsyncDir(this.dir(id));
       await fsyncDir(this.catalog.incomingDir);

@@ -26,6 +26,8 @@ import { sendChunks, streamSource } from '../../shared/protocol/chunks';
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** a daemon that does not answer for two of these is taken for dead (its backup FAILED, its stream closed) */
 const DAEMON_HEARTBEAT_MS = 10_000;
+/** bytes of received chunks a session may have waiting for the disk before it stops reading */
+const WRITE_HIGH_WATER = 8 * 1024 * 1024;
 /** concurrent uploads one session may have open */
 const MAX_OPEN_UPLOADS = 16;
 
@@ -39,6 +41,10 @@ export class Session implements Peer {
   private role: Role = 'push';
   private state: State = { phase: 'hello' };
   private readonly uploads = new Map<number, Upload>();
+  /** each open upload's chain of chunk writes */
+  private readonly writes = new Map<number, Promise<void>>();
+  private bytesWriting = 0;
+  private writeWaiters: Array<() => void> = [];
   /** uploads answered with an error: their remaining chunks are dropped by id, never written */
   private readonly failedUploads = new Set<number>();
   private log: Logger;
@@ -142,14 +148,17 @@ export class Session implements Peer {
         const upload = this.uploads.get(frame.id);
         if (!upload && this.failedUploads.has(frame.id)) return;
         if (!upload) throw protocolError(`chunk for ${frame.id}, which is not open`);
-        return this.answer(frame.id, () => upload.write(frame.data));
+        return this.queueWrite(frame.id, upload, frame.data);
       }
       case 'end': {
         const upload = this.uploads.get(frame.id);
         if (!upload && this.failedUploads.delete(frame.id)) return;
         if (!upload) throw protocolError(`end for ${frame.id}, which is not open`);
         this.uploads.delete(frame.id);
+        const writes = this.writes.get(frame.id);
+        this.writes.delete(frame.id);
         return this.answer(frame.id, async () => {
+          await writes;
           const status = await upload.finish(frame.sha256);
           await this.conn.send({ type: 'ack', id: frame.id, status, sha256: frame.sha256 });
           if (upload instanceof WalUpload) {
@@ -261,6 +270,28 @@ export class Session implements Peer {
     }
   }
 
+  /**
+   * Writes a chunk without holding up the frames behind it: each upload's writes are chained (its
+   * bytes land in order), different uploads' writes run side by side, and the socket is only
+   * held back once WRITE_HIGH_WATER bytes wait for the disk. A backup's four files in flight are
+   * then written in parallel instead of one chunk at a time.
+   */
+  private async queueWrite(id: number, upload: Upload, data: Uint8Array): Promise<void> {
+    this.bytesWriting += data.length;
+    const write = (this.writes.get(id) ?? Promise.resolve()).then(() => upload.write(data));
+    this.writes.set(id, write);
+    write
+      .catch((err: unknown) => {
+        // still open: answer now so the sender stops (after its end, the end's answer says it)
+        if (this.uploads.get(id) === upload) void this.answer(id, () => Promise.reject(err), upload);
+      })
+      .finally(() => {
+        this.bytesWriting -= data.length;
+        if (this.bytesWriting <= WRITE_HIGH_WATER) for (const wake of this.writeWaiters.splice(0)) wake();
+      });
+    while (this.bytesWriting > WRITE_HIGH_WATER) await new Promise<void>((resolve) => this.writeWaiters.push(resolve));
+  }
+
   /** Runs one step of a request; a failure answers that request with an error frame. */
   private async answer(id: number, step: () => Promise<void>, upload?: Upload, opensUpload = false): Promise<void> {
     try {
@@ -271,6 +302,7 @@ export class Session implements Peer {
       const open = upload ?? this.uploads.get(id);
       if (open) {
         this.uploads.delete(id);
+        this.writes.delete(id);
         await open.abort().catch(() => undefined);
       }
       if (e.code !== ErrorCode.WAL_NOT_FOUND) this.log.warn({ code: e.code, err: e.cause ?? undefined }, e.message);

@@ -8,18 +8,12 @@ import { dirname, join } from 'node:path';
 import { createGzip, type Gzip } from 'node:zlib';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
+import { fsyncDir } from '../../shared/durable';
+
+export { fsyncDir, fsyncTree } from '../../shared/durable';
 
 /** bytes written between early flushes of a file acknowledged on its own */
 const EARLY_FLUSH_BYTES = 4 * 1024 * 1024;
-
-export async function fsyncDir(path: string): Promise<void> {
-  const fh = await fs.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 /** mkdir -p that fsyncs the parent of every directory it creates, so the new entries survive a crash. */
 export async function ensureDir(path: string): Promise<void> {
@@ -156,32 +150,4 @@ export function storageError(err: unknown, what: string): BarmanError {
   const e = asBarmanError(err);
   if (e.code !== ErrorCode.INTERNAL) return e;
   return new BarmanError(ErrorCode.STORAGE, `${what}: ${e.message}`, 'Check the receiver host: free space, permissions on barman_home, filesystem health.', { cause: err });
-}
-
-/** fsyncs every file and directory below `root` (bounded parallelism), then `root` itself. */
-export async function fsyncTree(root: string, parallel = 8): Promise<void> {
-  const dirs: string[] = [];
-  const files: string[] = [];
-  const walk = async (dir: string): Promise<void> => {
-    dirs.push(dir);
-    for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
-      const p = join(dir, entry.name);
-      if (entry.isDirectory()) await walk(p);
-      else if (entry.isFile()) files.push(p);
-    }
-  };
-  await walk(root);
-  const syncFile = async (p: string) => {
-    const fh = await fs.open(p, 'r');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  };
-  let next = 0;
-  await Promise.all(Array.from({ length: parallel }, async () => {
-    while (next < files.length) await syncFile(files[next++]!);
-  }));
-  for (const d of dirs.reverse()) await fsyncDir(d);
 }

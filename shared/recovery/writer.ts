@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
+import { fsyncTree } from '../durable';
 import { BarmanError, ErrorCode } from '../errors';
 import { type RecoveryPlan, RECOVERY_WAL_DIR } from './plan';
 
@@ -88,7 +89,6 @@ export async function writeRecovery(plan: RecoveryPlan, dest: string, source: Re
           size += chunk.length;
           await fh.write(chunk);
         }
-        await fh.sync();
       } finally {
         await fh.close();
       }
@@ -125,7 +125,6 @@ export async function writeRecovery(plan: RecoveryPlan, dest: string, source: Re
           walBytes += chunk.length;
           await fh.write(chunk);
         }
-        await fh.sync();
       } finally {
         await fh.close();
       }
@@ -139,7 +138,9 @@ export async function writeRecovery(plan: RecoveryPlan, dest: string, source: Re
     const existing = await fs.readFile(autoConf, 'utf8').catch(() => '');
     await writeSmall(autoConf, `${existing}${existing && !existing.endsWith('\n') ? '\n' : ''}${plan.settings}`, own, true);
     await writeSmall(join(dest, 'recovery.signal'), '', own);
-    await syncDirs(dest, plan);
+    // one pass at the end: the files were written without fsync, so the kernel could write them
+    // back in bulk meanwhile; recovery.signal is last in, and nothing is reported done before this
+    for (const root of [dest, ...plan.tablespaces.map((t) => t.location)]) await fsyncTree(root);
   } catch (err) {
     // leave nothing half-recovered behind: remove what this run wrote (an empty dest stays, empty)
     for (const root of [dest, ...plan.tablespaces.map((t) => t.location)]) {
@@ -159,15 +160,4 @@ async function writeSmall(path: string, content: string, own: (p: string) => Pro
     await fh.close();
   }
   await own(path);
-}
-
-async function syncDirs(dest: string, plan: RecoveryPlan): Promise<void> {
-  const dirs = [dest, join(dest, RECOVERY_WAL_DIR), ...plan.tablespaces.map((t) => t.location), ...plan.directories.map((d) => join(dest, d))];
-  for (const d of dirs) {
-    const fh = await fs.open(d, 'r').catch(() => undefined);
-    if (fh) {
-      await fh.sync().catch(() => undefined);
-      await fh.close();
-    }
-  }
 }
