@@ -124,10 +124,8 @@ export class BackupCatalog {
     return (await this.catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
   }
 
-  /** Opens one file of a running backup at its relative path (validated: no escaping the backup). */
+  /** Opens one file of the running backup `id` at its relative path (validated: no escaping the backup); the caller, ServerContext, knows it is running. */
   async beginFile(id: string, path: string, size: number, mtime: number, manifest: ManifestFile[]): Promise<Upload> {
-    const info = await this.resolve(id);
-    if (info.status !== 'STARTED') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} is ${info.status}, not running`, 'Start a new backup.');
     const staging = this.stagingDir(id);
     const rel = safeRelativePath(path);
     const full = join(staging, rel);

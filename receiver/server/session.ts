@@ -44,6 +44,8 @@ export class Session implements Peer {
   /** each open upload's chain of chunk writes */
   private readonly writes = new Map<number, Promise<void>>();
   private bytesWriting = 0;
+  /** uploads whose end arrived and that are being made durable */
+  private finishing = 0;
   private writeWaiters: Array<() => void> = [];
   /** uploads answered with an error: their remaining chunks are dropped by id, never written */
   private readonly failedUploads = new Set<number>();
@@ -69,9 +71,9 @@ export class Session implements Peer {
     return this.conn.send(frame);
   }
 
-  /** Nothing half-received: no upload open. */
+  /** Nothing half-received or half-stored: no upload open or finishing. */
   get idle(): boolean {
-    return this.uploads.size === 0;
+    return this.uploads.size === 0 && this.finishing === 0;
   }
 
   /** Another daemon of the same server took over: this one is closed, with a reason it can log. */
@@ -134,7 +136,7 @@ export class Session implements Peer {
       case 'put':
         return this.answer(frame.id, async () => {
           if (this.uploads.has(frame.id)) throw protocolError(`put ${frame.id} is already open`);
-          if (this.uploads.size >= MAX_OPEN_UPLOADS) throw protocolError(`more than ${MAX_OPEN_UPLOADS} uploads open at once`);
+          if (this.uploads.size + this.finishing >= MAX_OPEN_UPLOADS) throw protocolError(`more than ${MAX_OPEN_UPLOADS} uploads open at once`);
           const t = frame.target;
           if (t.kind === 'wal') {
             this.allow(['push', 'daemon', 'backup'], 'archive WAL');
@@ -157,7 +159,10 @@ export class Session implements Peer {
         this.uploads.delete(frame.id);
         const writes = this.writes.get(frame.id);
         this.writes.delete(frame.id);
-        return this.answer(frame.id, async () => {
+        // finishing (flush, fsync, checksum, rename) runs beside the frames that follow: other
+        // files keep arriving meanwhile; the answer goes out by id whenever this one is durable
+        this.finishing++;
+        void this.answer(frame.id, async () => {
           await writes;
           const status = await upload.finish(frame.sha256);
           await this.conn.send({ type: 'ack', id: frame.id, status, sha256: frame.sha256 });
@@ -165,7 +170,10 @@ export class Session implements Peer {
             this.log.info({ wal: upload.label, status }, status === 'stored' ? 'WAL archived' : 'WAL already archived with identical content');
             if (status === 'stored' && upload.file.kind === 'segment') await server.walStored();
           }
-        }, upload);
+        }, upload)
+          .catch((err: unknown) => void this.conn.fail(asBarmanError(err)))
+          .finally(() => this.finishing--);
+        return;
       }
       case 'get':
         return this.answer(frame.id, () => this.sendWal(frame.id, frame.name, server));

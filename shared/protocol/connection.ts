@@ -19,6 +19,7 @@ export class FrameConnection {
   private inbound: Promise<void> = Promise.resolve();
   private inboundFrames = 0;
   private paused = false;
+  private corked = false;
   private closedError: BarmanError | undefined;
   /** the WebSocket close code the peer (or we) ended with; REPLACED tells a daemon another took its place */
   closeCode: number | undefined;
@@ -97,11 +98,28 @@ export class FrameConnection {
 
   private write(buf: Buffer, onWritten?: () => void): void {
     if (this.ws.readyState !== 1) throw new BarmanError(ErrorCode.CONNECTION_LOST, 'connection is closed', 'Retry; the connection to the peer ended.');
+    this.cork();
     this.queuedOut += buf.length;
     this.ws.send(buf, { binary: true }, () => {
       this.queuedOut -= buf.length;
       onWritten?.();
       if (this.queuedOut <= SEND_HIGH_WATER) this.wakeSenders();
+    });
+  }
+
+  /**
+   * Frames sent within one turn of the event loop leave in one write: a small file is three
+   * frames (put, chunk, end) and every socket write is a system call, which costs more than the
+   * bytes on small VMs. The socket is uncorked once this turn's I/O is done.
+   */
+  private cork(): void {
+    const socket = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void; destroyed?: boolean } })._socket;
+    if (this.corked || !socket) return;
+    this.corked = true;
+    socket.cork();
+    setImmediate(() => {
+      this.corked = false;
+      if (!socket.destroyed) socket.uncork();
     });
   }
 
