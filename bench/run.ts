@@ -1,20 +1,23 @@
 // `npm run bench`: builds, runs every benchmark section in one go on this machine, and rewrites
 // bench/results.md whole. A section is a module with one function (ctx) => SectionResult; add the
-// next one (daemon throughput, ...) to SECTIONS.
+// next one to SECTIONS.
 // `npm run bench -- push` runs only the named sections (and still rewrites results.md with only
 // those). KEEP_TMP=1 keeps the temp folder; BENCH_DIR chooses where it goes (default the system
-// temp folder). BENCH_BACKUP_SCALE and BENCH_BACKUP_ROUNDS shrink the backup section for trials.
+// temp folder). BENCH_BACKUP_SCALE and BENCH_BACKUP_ROUNDS shrink the backup section for trials;
+// BENCH_DAEMON_SCALE, BENCH_DAEMON_SECONDS, BENCH_DAEMON_PROBES and BENCH_DAEMON_BACKLOG the daemon section.
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type BenchContext, Cleanup, loadAverage, machineInfo, makeWorkDir, markdownTable, pgBinDir, type SectionResult } from './lib';
 import { backupSection } from './backup';
+import { daemonSection } from './daemon';
 import { pushSection } from './push';
 
 const SECTIONS: Record<string, (ctx: BenchContext) => Promise<SectionResult>> = {
   push: pushSection,
   backup: backupSection,
+  daemon: daemonSection,
 };
 
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));
