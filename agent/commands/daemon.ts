@@ -19,7 +19,8 @@ const BACKOFF_MAX_MS = 30_000;
 export async function runDaemon(config: AgentConfig, signal: AbortSignal): Promise<void> {
   const log = createLogger(config.logLevel, 'barman-agent').child({ server: config.server });
   const pgdata = config.pgdata ?? (await dataDirectory(config));
-  const archiver = new AsyncArchiver(pgdata, new AckSpool(config.spoolDir), log);
+  const spool = new AckSpool(config.spoolDir);
+  const archiver = new AsyncArchiver(pgdata, spool, log);
   await archiver.start();
   log.info({ pgdata, spool: config.spoolDir }, 'watching archive_status for WAL ready to archive');
   let attempt = 0;
@@ -60,7 +61,7 @@ export async function runDaemon(config: AgentConfig, signal: AbortSignal): Promi
     const onAbort = () => conn.close();
     signal.addEventListener('abort', onAbort, { once: true });
     const streamStop = new AbortController();
-    const streaming = config.streaming ? keepStreaming(config, conn, log, streamStop.signal) : Promise.resolve();
+    const streaming = config.streaming ? keepStreaming(config, conn, log, streamStop.signal, spool) : Promise.resolve();
     const reason = await conn.closed;
     streamStop.abort();
     await streaming;
@@ -80,12 +81,17 @@ export async function runDaemon(config: AgentConfig, signal: AbortSignal): Promi
 }
 
 /** Streams WAL for as long as this connection lives, restarting (with backoff) after failures and timeline ends. */
-async function keepStreaming(config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal): Promise<void> {
+async function keepStreaming(config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal, spool: AckSpool): Promise<void> {
+  // the receiver's ack of a streamed segment is as good as a pushed one's: record it, so neither
+  // the async archiver nor PostgreSQL's push sends those 16 MB again
+  const onArchived = (segment: string, sha256: string) => {
+    spool.record(segment, sha256).catch((err: unknown) => log.warn({ wal: segment, err: String(err) }, 'cannot record the ack of a streamed segment'));
+  };
   let delay = BACKOFF_MIN_MS;
   while (!signal.aborted) {
     const started = Date.now();
     try {
-      await streamWal(config, conn, log, signal);
+      await streamWal(config, conn, log, signal, onArchived);
     } catch (err) {
       const e = asBarmanError(err);
       if (signal.aborted) break;
@@ -109,6 +115,7 @@ async function dataDirectory(config: AgentConfig): Promise<string> {
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
+    if (signal.aborted) return resolve(); // a SIGTERM already given must not wait out a backoff
     const timer = setTimeout(resolve, ms);
     signal.addEventListener('abort', () => {
       clearTimeout(timer);

@@ -31,7 +31,7 @@ function parseSize(text: string): number {
 }
 
 /** Streams until PostgreSQL ends the timeline, either connection fails, or `signal` aborts. */
-export async function streamWal(config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal): Promise<void> {
+export async function streamWal(config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal, onArchived?: (segment: string, sha256: string) => void): Promise<void> {
   const repl = await connectPostgres(config.conninfo, { replication: true, application_name: config.applicationName } as never);
   const state: StreamerState = { timeline: 0, forwarded: 0n, flushed: 0n };
   let channel: { id: number; close: () => void } | undefined;
@@ -79,6 +79,9 @@ export async function streamWal(config: AgentConfig, conn: AgentConnection, log:
             state.flushed = lsn;
             sendStatus();
           }
+        } else if (frame.type === 'stream-segment') {
+          // a streamed segment the receiver archived: PostgreSQL's push need not send it again
+          onArchived?.(frame.name, frame.sha256);
         } else if (frame.type === 'error') {
           streamError = errorFromFrame(frame);
           failed(streamError);

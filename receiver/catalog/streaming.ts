@@ -39,7 +39,7 @@ export class WalStream {
   /** called after every fsync with the position now durable */
   onFlushed: ((timeline: number, lsn: Lsn) => void) | undefined;
   /** called when a completed segment entered wals/ */
-  onSegment: ((name: string) => Promise<void>) | undefined;
+  onSegment: ((name: string, sha256: string) => Promise<void>) | undefined;
 
   constructor(private readonly catalog: ServerCatalog, private readonly log: Logger) {}
 
@@ -195,13 +195,14 @@ export class WalStream {
     if (!identity) {
       await this.catalog.saveIdentity({ systemIdentifier: header.systemIdentifier, segmentSize: header.segmentSize, walMagic: header.magic, pgVersion: header.pgVersion, firstSeenAt: new Date().toISOString() });
     }
+    const { sha256 } = await sha256File(partialPath);
     const final = this.catalog.walPath(seg.name);
     await ensureDir(join(final, '..'));
     await fs.rename(partialPath, final);
     await fsyncDir(join(final, '..'));
     await fsyncDir(this.catalog.streamingDir);
     this.log.info({ wal: seg.name }, 'streamed segment complete');
-    await this.onSegment?.(seg.name);
+    await this.onSegment?.(seg.name, sha256);
   }
 
   /** Copies the parent timeline's bytes before the branch point (streamed, archived .partial or archived segment). */

@@ -32,6 +32,8 @@ export class ServerContext {
   readonly backups: BackupCatalog;
   readonly stream: WalStream;
   private streamOwner: Peer | undefined;
+  /** tells the streaming daemon a segment it streamed is archived (it records the ack, PostgreSQL's push finds it) */
+  private onStreamSegment: ((name: string, sha256: string) => void) | undefined;
   daemon: Peer | undefined;
   daemonSince: Date | undefined;
   private running: { backupId: string; manifest: ManifestFile[]; owner: Peer } | undefined;
@@ -44,13 +46,17 @@ export class ServerContext {
     this.walArchive = new WalArchive(this.catalog, compression);
     this.backups = new BackupCatalog(this.catalog);
     this.stream = new WalStream(this.catalog, log.child({ server: config.name, component: 'streaming' }));
-    this.stream.onSegment = () => this.walStored();
+    this.stream.onSegment = async (name, sha256) => {
+      this.onStreamSegment?.(name, sha256);
+      await this.walStored();
+    };
   }
 
   /** A daemon starts streaming WAL; answers where to start. Only one stream (the newest daemon's). */
-  async openStream(owner: Peer, frame: StreamOpenFrame, onFlushed: (timeline: number, lsn: Lsn) => void): Promise<Lsn | undefined> {
+  async openStream(owner: Peer, frame: StreamOpenFrame, onFlushed: (timeline: number, lsn: Lsn) => void, onSegment: (name: string, sha256: string) => void): Promise<Lsn | undefined> {
     this.streamOwner = owner;
     this.stream.onFlushed = onFlushed;
+    this.onStreamSegment = onSegment;
     const branch = frame.switchLsn ? { parent: frame.parentTimeline, switchLsn: parseLsn(frame.switchLsn) } : undefined;
     return this.stream.open(frame.timeline, frame.systemIdentifier, frame.segmentSize, parseLsn(frame.serverLsn), branch);
   }

@@ -215,9 +215,12 @@ export class Session implements Peer {
         return this.answer(frame.id, async () => {
           this.allow(['daemon'], 'stream WAL');
           const streamId = frame.id;
-          const resume = await server.openStream(this, frame, (timeline, lsn) => {
-            void this.conn.send({ type: 'stream-flushed', id: streamId, timeline, flushLsn: formatLsn(lsn) }).catch(() => undefined);
-          });
+          const resume = await server.openStream(
+            this,
+            frame,
+            (timeline, lsn) => void this.conn.send({ type: 'stream-flushed', id: streamId, timeline, flushLsn: formatLsn(lsn) }).catch(() => undefined),
+            (name, sha256) => void this.conn.send({ type: 'stream-segment', id: streamId, name, sha256 }).catch(() => undefined),
+          );
           this.log.info({ timeline: frame.timeline, resume: resume === undefined ? 'slot' : formatLsn(resume) }, 'WAL streaming started');
           await this.conn.send({ type: 'stream-position', id: frame.id, timeline: frame.timeline, lsn: resume === undefined ? '' : formatLsn(resume) });
         });

@@ -82,6 +82,8 @@ export interface StreamOpenFrame { type: 'stream-open'; id: number; timeline: nu
 export interface StreamPositionFrame { type: 'stream-position'; id: number; timeline: number; lsn: string }
 /** daemon → receiver: WAL bytes from `startLsn`; `walEnd` is the primary's position when sent */
 export interface WalDataFrame { type: 'wal-data'; id: number; timeline: number; startLsn: string; walEnd: string; data: Uint8Array }
+/** receiver → daemon: a streamed segment is complete and archived (durable) with this checksum */
+export interface StreamSegmentFrame { type: 'stream-segment'; id: number; name: string; sha256: string }
 /** receiver → daemon: everything up to `flushLsn` is fsynced on the backup host */
 export interface StreamFlushedFrame { type: 'stream-flushed'; id: number; timeline: number; flushLsn: string }
 
@@ -95,7 +97,7 @@ export type Frame =
   | HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame
   | BackupBeginFrame | BackupAcceptedFrame | BackupEndFrame | BackupAbortFrame | BackupRequestFrame | BackupStartFrame | BackupStatusFrame
   | StatusRequestFrame | StatusFrame | GetBackupFileFrame | RestorePlanRequestFrame
-  | StreamOpenFrame | StreamPositionFrame | WalDataFrame | StreamFlushedFrame;
+  | StreamOpenFrame | StreamPositionFrame | WalDataFrame | StreamFlushedFrame | StreamSegmentFrame;
 export type FrameType = Frame['type'];
 
 // ---- validation -----------------------------------------------------------------------------
@@ -166,6 +168,7 @@ const SHAPES: Record<FrameType, Shape> = {
   'stream-position': { required: { id: uint, timeline: uint, lsn: (v) => v === '' || lsn(v) } },
   'wal-data': { required: { id: uint, timeline: uint, startLsn: lsn, walEnd: lsn, data: bytes(CHUNK_SIZE) } },
   'stream-flushed': { required: { id: uint, timeline: uint, flushLsn: lsn } },
+  'stream-segment': { required: { id: uint, name: str(64), sha256: hex64 } },
   'get-backup-file': { required: { id: uint, backupId, path: str(1024) } },
   'restore-plan-request': { required: { id: uint, backup: str(32), options: recoveryOptions } },
   status: { required: { id: uint, agentConnected: (v) => typeof v === 'boolean', agentSince: str(40), backupRunning: str(16), streaming: streamingState } },

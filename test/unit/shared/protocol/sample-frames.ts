@@ -58,6 +58,7 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
   'stream-position': { type: 'stream-position', id: 19, timeline: 2, lsn: '0/40000A0' },
   'wal-data': { type: 'wal-data', id: 19, timeline: 2, startLsn: '0/40000A0', walEnd: '0/5000060', data: bytes(8192, 6) },
   'stream-flushed': { type: 'stream-flushed', id: 19, timeline: 2, flushLsn: '0/40020A0' },
+  'stream-segment': { type: 'stream-segment', id: 19, name: '000000020000000000000004', sha256: SHA },
 };
 
 /** Fields a frame kind may leave out. */
