@@ -128,7 +128,8 @@ export class ServerCatalog {
       return undefined;
     }
     for (let i = dirs.length - 1; i >= 0; i--) {
-      const files = (await fs.readdir(join(this.walsDir, dirs[i]!))).sort();
+      // whole segments only: a .partial (a promotion's leftover) sorts after its segment
+      const files = (await fs.readdir(join(this.walsDir, dirs[i]!))).filter((f) => parseWalFileName(f.replace(/\.(gz|lz4|zst)$/, ''))?.kind === 'segment').sort();
       const last = files[files.length - 1];
       if (last) {
         const st = await fs.stat(join(this.walsDir, dirs[i]!, last));
