@@ -35,7 +35,7 @@ export class AsyncArchiver {
     watcher.on('add', (path: string) => this.onReady(path));
     watcher.on('error', (err: unknown) => this.log.warn({ err: String(err) }, 'watching archive_status failed'));
     this.watcher = watcher;
-    this.rescanTimer = setInterval(() => void this.rescan(), RESCAN_MS);
+    this.rescanTimer = setInterval(() => this.rescan().catch((err: unknown) => this.log.warn({ err: String(err) }, 'rescanning archive_status failed')), RESCAN_MS);
     this.rescanTimer.unref();
   }
 

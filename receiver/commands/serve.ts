@@ -11,7 +11,7 @@ export async function serve(config: ReceiverConfig): Promise<void> {
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'shutting down');
-      void service.stop().then(resolve);
+      service.stop().catch((err: unknown) => log.error({ err: String(err) }, 'shutdown did not complete cleanly')).finally(resolve);
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));

@@ -86,7 +86,7 @@ export class ServerContext {
     if (this.running?.owner.id === peer.id) {
       const { backupId } = this.running;
       this.running = undefined;
-      void this.backups.fail(backupId, 'the agent connection was lost during the backup').then(() => this.readAndNotify(backupId));
+      this.backups.fail(backupId, 'the agent connection was lost during the backup').then(() => this.readAndNotify(backupId)).catch(() => undefined);
     }
   }
 

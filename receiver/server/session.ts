@@ -62,7 +62,7 @@ export class Session implements Peer {
       clearTimeout(this.handshakeTimer);
       if (err && err.code !== ErrorCode.CONNECTION_LOST) this.log.warn({ code: err.code }, err.message);
       else this.log.debug('session closed');
-      for (const upload of this.uploads.values()) void upload.abort();
+      for (const upload of this.uploads.values()) upload.abort().catch(() => undefined);
       this.uploads.clear();
     });
   }
@@ -293,8 +293,14 @@ export class Session implements Peer {
     this.writes.set(id, write);
     write
       .catch((err: unknown) => {
-        // still open: answer now so the sender stops (after its end, the end's answer says it)
-        if (this.uploads.get(id) === upload) void this.answer(id, () => Promise.reject(err), upload);
+        // after its end, the end's answer reports the failure; still open, answer now so the
+        // sender stops, its later chunks dropped from this moment on (frames keep arriving)
+        if (this.uploads.get(id) !== upload) return;
+        this.failedUploads.add(id);
+        this.uploads.delete(id);
+        this.writes.delete(id);
+        // nothing may escape unhandled here: it would end the whole receiver
+        this.answer(id, () => Promise.reject(err), upload).catch((e: unknown) => void this.conn.fail(asBarmanError(e)));
       })
       .finally(() => {
         this.bytesWriting -= data.length;
@@ -311,6 +317,10 @@ export class Session implements Peer {
       const e = asBarmanError(err);
       if (e.code === ErrorCode.PROTOCOL) throw e;
       const open = upload ?? this.uploads.get(id);
+      // the rest of a failed upload's chunks are ignored by id, never written anywhere; a refused
+      // put too: its sender streams chunks before the refusal reaches it. Marked before any await:
+      // frames keep arriving while this answer is on its way
+      if (open || opensUpload) this.failedUploads.add(id);
       if (open) {
         this.uploads.delete(id);
         this.writes.delete(id);
@@ -318,9 +328,6 @@ export class Session implements Peer {
       }
       if (e.code !== ErrorCode.WAL_NOT_FOUND) this.log.warn({ code: e.code, err: e.cause ?? undefined }, e.message);
       await this.conn.send(errorFrame(e, id));
-      // the rest of a failed upload's chunks are ignored by id, never written anywhere; a refused
-      // put too: its sender streams chunks before the refusal reaches it
-      if (open || opensUpload) this.failedUploads.add(id);
     }
   }
 

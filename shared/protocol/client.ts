@@ -100,7 +100,7 @@ export class AgentConnection {
       });
     });
     ws.once('open', () => {
-      void conn.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION, server: config.server, role, clientNonce, agentVersion: AGENT_VERSION });
+      conn.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION, server: config.server, role, clientNonce, agentVersion: AGENT_VERSION }).catch(() => undefined); // a close is reported by the handshake
     });
     return handshake;
   }
