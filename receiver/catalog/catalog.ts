@@ -101,19 +101,19 @@ export class ServerCatalog {
     this.identityCache = identity;
   }
 
+  /** The wals/<first 16 hex>/ directories, oldest first. */
+  private async segmentDirs(): Promise<string[]> {
+    const dirs = await fs.readdir(this.walsDir).catch(() => [] as string[]);
+    return dirs.filter((d) => /^[0-9A-F]{16}$/.test(d)).sort();
+  }
+
   /** Every archived segment name, sorted (timeline, log, segment order = text order). */
   async listSegments(): Promise<string[]> {
     const out: string[] = [];
-    let dirs: string[];
-    try {
-      dirs = await fs.readdir(this.walsDir);
-    } catch {
-      return out;
-    }
-    for (const d of dirs.filter((x) => /^[0-9A-F]{16}$/.test(x)).sort()) {
+    for (const d of await this.segmentDirs()) {
       for (const f of await fs.readdir(join(this.walsDir, d))) {
-        const base = f.replace(/\.(gz|lz4|zst)$/, '');
-        if (parseWalFileName(base)?.kind === 'segment') out.push(base);
+        const name = storedWalName(f);
+        if (parseWalFileName(name)?.kind === 'segment') out.push(name);
       }
     }
     return out.sort();
@@ -121,23 +121,56 @@ export class ServerCatalog {
 
   /** The newest archived segment and when it arrived. */
   async lastSegment(): Promise<{ name: string; receivedAt: Date } | undefined> {
-    let dirs: string[];
-    try {
-      dirs = (await fs.readdir(this.walsDir)).filter((x) => /^[0-9A-F]{16}$/.test(x)).sort();
-    } catch {
-      return undefined;
-    }
+    const dirs = await this.segmentDirs();
     for (let i = dirs.length - 1; i >= 0; i--) {
       // whole segments only: a .partial (a promotion's leftover) sorts after its segment
-      const files = (await fs.readdir(join(this.walsDir, dirs[i]!))).filter((f) => parseWalFileName(f.replace(/\.(gz|lz4|zst)$/, ''))?.kind === 'segment').sort();
+      const files = (await fs.readdir(join(this.walsDir, dirs[i]!))).filter((f) => parseWalFileName(storedWalName(f))?.kind === 'segment').sort();
       const last = files[files.length - 1];
       if (last) {
         const st = await fs.stat(join(this.walsDir, dirs[i]!, last));
-        return { name: last.replace(/\.(gz|lz4|zst)$/, ''), receivedAt: st.mtime };
+        return { name: storedWalName(last), receivedAt: st.mtime };
       }
     }
     return undefined;
   }
+
+  /**
+   * Removes archived segments (and .partial and .backup files) whose log/segment number is below
+   * `oldest`'s, on every timeline; .history files always stay. Returns how many files went.
+   */
+  async removeWalBefore(oldest: string): Promise<number> {
+    let removed = 0;
+    const cut = oldest.slice(8); // log + segment: a new timeline's segments continue the numbering
+    for (const dir of await this.segmentDirs()) {
+      const path = join(this.walsDir, dir);
+      let changed = false;
+      for (const f of await fs.readdir(path)) {
+        const segment = parseWalFileName(storedWalName(f))?.segment;
+        if (!segment || segment.slice(8) >= cut) continue;
+        await fs.rm(join(path, f));
+        removed++;
+        changed = true;
+      }
+      if (changed) {
+        if ((await fs.readdir(path)).length === 0) await fs.rmdir(path);
+        await fsyncDir(this.walsDir);
+      }
+    }
+    for (const f of await fs.readdir(this.walsDir).catch(() => [] as string[])) {
+      const parsed = parseWalFileName(f);
+      if (parsed?.kind === 'backup' && parsed.segment!.slice(8) < cut) {
+        await fs.rm(join(this.walsDir, f));
+        removed++;
+      }
+    }
+    return removed;
+  }
+}
+
+/** The WAL file name a stored file holds, without the compression suffix it was written with. */
+export function storedWalName(file: string): string {
+  for (const ext of Object.values(COMPRESSED_EXT)) if (file.endsWith(ext)) return file.slice(0, -ext.length);
+  return file;
 }
 
 /** Small files (JSON state, labels): temp + fsync + rename + directory fsync. */

@@ -5,11 +5,9 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { ReceiverConfig } from '../../shared/config/receiver';
-import { parseWalFileName } from '../../shared/wal/names';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import { applyRetention, oldestNeededSegment } from '../catalog/retention';
-import { fsyncDir } from '../storage/posix';
 
 /** temporary files younger than this may belong to a transfer in progress */
 const STALE_INCOMING_MS = 24 * 3600 * 1000;
@@ -40,40 +38,11 @@ export async function runCron(config: ReceiverConfig, now = new Date()): Promise
     const remaining = all.filter((b) => !report.removedBackups.includes(b.backupId));
     // WAL: only when a policy is set (without one the catalog keeps everything) and a backup remains
     const oldest = server.retentionPolicy ? oldestNeededSegment(remaining) : undefined;
-    if (oldest) report.removedWals = await removeWalBefore(catalog, oldest);
+    if (oldest) report.removedWals = await catalog.removeWalBefore(oldest);
     report.removedTemp = await removeStaleIncoming(catalog, now);
     reports.push(report);
   }
   return reports;
-}
-
-async function removeWalBefore(catalog: ServerCatalog, oldest: string): Promise<number> {
-  let removed = 0;
-  const cut = oldest.slice(8); // log + segment: compared across timelines
-  for (const dir of (await fs.readdir(catalog.walsDir).catch(() => [] as string[])).filter((d) => /^[0-9A-F]{16}$/.test(d))) {
-    const path = join(catalog.walsDir, dir);
-    let changed = false;
-    for (const f of await fs.readdir(path)) {
-      const parsed = parseWalFileName(f.replace(/\.(gz|lz4|zst)$/, ''));
-      if (!parsed?.segment || parsed.segment.slice(8) >= cut) continue;
-      await fs.rm(join(path, f));
-      removed++;
-      changed = true;
-    }
-    if (changed) {
-      if ((await fs.readdir(path)).length === 0) await fs.rmdir(path);
-      await fsyncDir(catalog.walsDir);
-    }
-  }
-  // .backup labels of removed ranges go too; .history files always stay (recovery needs them)
-  for (const f of await fs.readdir(catalog.walsDir).catch(() => [] as string[])) {
-    const parsed = parseWalFileName(f);
-    if (parsed?.kind === 'backup' && parsed.segment!.slice(8) < cut) {
-      await fs.rm(join(catalog.walsDir, f));
-      removed++;
-    }
-  }
-  return removed;
 }
 
 async function removeStaleIncoming(catalog: ServerCatalog, now: Date): Promise<number> {
