@@ -1,12 +1,12 @@
 // The backup catalog commands: list-backups, show-backup, delete, keep, verify-backup, and
 // `backup`, which asks the server's connected agent daemon through the running service.
 
-import { createReadStream, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { type BackupInfo, displayTime } from '../../shared/backup/info';
 import { parseManifest } from '../../shared/backup/manifest';
-import { newHash } from '../../shared/checksum';
+import { sha256File } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
@@ -105,13 +105,7 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
   for (const f of files) {
     const path = join(dataDir, f.path);
     try {
-      const hash = newHash();
-      let size = 0;
-      for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
-        hash.update(chunk as Buffer);
-        size += (chunk as Buffer).length;
-      }
-      const sha = hash.digest('hex');
+      const { sha256: sha, size } = await sha256File(path);
       if (size !== f.size) problems.push(`${f.path}: size ${size}, manifest says ${f.size}`);
       else if (sha !== f.sha256) problems.push(`${f.path}: checksum mismatch`);
     } catch (err) {

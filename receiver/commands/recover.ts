@@ -3,6 +3,7 @@
 
 import { promises as fs, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
+import { readChunks } from '../../shared/checksum';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
@@ -12,25 +13,6 @@ import { ServerCatalog } from '../catalog/catalog';
 import { planRecovery } from '../recovery/plan';
 import { recoveryWal } from '../recovery/wal-source';
 import { requireServer } from './servers';
-
-/**
- * A file's bytes through one buffer per file, reused for every chunk (the writer is done with a
- * chunk before it asks for the next): fresh 1 MB buffers per read page-fault heavily on VMs.
- */
-async function* readChunks(path: string): AsyncGenerator<Uint8Array> {
-  const fh = await fs.open(path, 'r');
-  try {
-    const { size } = await fh.stat();
-    const buf = Buffer.allocUnsafe(Math.max(1, Math.min(1 << 20, size)));
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-      if (bytesRead === 0) return;
-      yield buf.subarray(0, bytesRead);
-    }
-  } finally {
-    await fh.close();
-  }
-}
 
 /** uid/gid of a user name or number, from /etc/passwd. */
 export function lookupOwner(spec: string): { uid: number; gid: number } {
