@@ -206,14 +206,16 @@ export class BackupCatalog {
     return next;
   }
 
-  /** Promotes WAITING_FOR_WALS backups whose WAL range is now complete. Returns those now DONE. */
-  async promoteComplete(): Promise<BackupInfo[]> {
-    const done: BackupInfo[] = [];
+  /** Promotes WAITING_FOR_WALS backups whose WAL range is now complete: those now DONE, and how many still wait. */
+  async promoteComplete(): Promise<{ promoted: BackupInfo[]; stillWaiting: number }> {
+    const promoted: BackupInfo[] = [];
+    let stillWaiting = 0;
     for (const info of await this.list()) {
       if (info.status !== 'WAITING_FOR_WALS') continue;
-      if (await this.walsComplete(info)) done.push(await this.setStatus(info, 'DONE'));
+      if (await this.walsComplete(info)) promoted.push(await this.setStatus(info, 'DONE'));
+      else stillWaiting++;
     }
-    return done;
+    return { promoted, stillWaiting };
   }
 
   /** Every segment from the backup's begin WAL to its end WAL is archived. */

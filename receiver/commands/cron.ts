@@ -27,7 +27,7 @@ export async function runCron(config: ReceiverConfig, now = new Date()): Promise
     const catalog = new ServerCatalog(config.barmanHome, server.name);
     const backups = new BackupCatalog(catalog);
     const report: CronReport = { server: server.name, promoted: [], removedBackups: [], removedWals: 0, removedTemp: 0, notes: [] };
-    report.promoted = (await backups.promoteComplete()).map((b) => b.backupId);
+    report.promoted = (await backups.promoteComplete()).promoted.map((b) => b.backupId);
     const all = await backups.list();
     const decision = applyRetention(all, server.retentionPolicy, server.minimumRedundancy, now);
     report.notes.push(...decision.notes);

@@ -38,6 +38,9 @@ export class ServerContext {
   daemonSince: Date | undefined;
   private running: { backupId: string; manifest: ManifestFile[]; owner: Peer } | undefined;
   private readonly listeners = new Set<BackupListener>();
+  /** bumped when a backup starts waiting for its WAL; walStored skips the catalog while it equals noneWaitingAt */
+  private waitingGeneration = 0;
+  private noneWaitingAt = -1;
   /** backup requests sent to the daemon, by request id: told the backup's ID, or why it failed */
   private readonly requests = new Map<number, (result: BackupInfo | BarmanError) => void>();
 
@@ -142,6 +145,7 @@ export class ServerContext {
     try {
       const info = await this.backups.end(backupId, stop, running.manifest);
       this.running = undefined;
+      this.waitingGeneration++;
       this.notify(info);
       await this.walStored();
       return (await this.backups.read(backupId)) ?? info;
@@ -160,9 +164,17 @@ export class ServerContext {
     await this.readAndNotify(backupId);
   }
 
-  /** A WAL file was archived: backups waiting for it may now be DONE. */
+  /**
+   * A WAL file was archived: backups waiting for it may now be DONE. Reading every backup.info
+   * happens only while some backup may be WAITING_FOR_WALS, not for every segment archived.
+   */
   async walStored(): Promise<void> {
-    for (const info of await this.backups.promoteComplete()) this.notify(info);
+    if (this.noneWaitingAt === this.waitingGeneration) return;
+    const generation = this.waitingGeneration;
+    const { promoted, stillWaiting } = await this.backups.promoteComplete();
+    for (const info of promoted) this.notify(info);
+    // a backup that ended meanwhile bumped the generation: it is looked at next time
+    if (stillWaiting === 0) this.noneWaitingAt = generation;
   }
 
   /** The backup in progress, if any. */
