@@ -62,7 +62,7 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     let bytes = 0;
     let sent = 0;
     const send = async (file: BackupFileEntry) => {
-      const ack = await conn.putFile({ kind: 'backup-file', backupId: backupId!, path: file.path, mtime: file.mtime }, file.absolute, true);
+      const ack = await conn.putFile({ kind: 'backup-file', backupId: backupId!, path: file.path, mtime: file.mtime }, file.absolute, file.size);
       done++;
       if (ack) {
         sent++;

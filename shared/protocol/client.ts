@@ -111,11 +111,13 @@ export class AgentConnection {
 
   /**
    * Sends a local file; resolves with the receiver's ack once it is stored there.
-   * WAL files must not change while read (a size change is an error). Backup files (`asOfStat`)
-   * may: exactly the size seen at open is sent, cut or padded with zeros, as pg_basebackup does;
-   * WAL replay repairs whatever changed. Resolves undefined when such a file vanished before open.
+   * WAL files must not change while read (a size change is an error). Backup files may: given
+   * the size the backup's walk saw (`statSize`), exactly that many bytes are sent, cut or padded
+   * with zeros, as pg_basebackup does; WAL replay repairs whatever changed. Resolves undefined
+   * when such a file vanished before open.
    */
-  async putFile(target: PutTarget, path: string, asOfStat = false): Promise<AckFrame | undefined> {
+  async putFile(target: PutTarget, path: string, statSize?: number): Promise<AckFrame | undefined> {
+    const asOfStat = statSize !== undefined;
     const id = this.nextId++;
     let fh: fs.FileHandle;
     try {
@@ -130,7 +132,8 @@ export class AgentConnection {
       else settle.reject(unexpected(frame, 'put'));
     });
     try {
-      const { size } = await fh.stat();
+      // a backup file's size is known from its walk: no second stat per file
+      const size = statSize ?? (await fh.stat()).size;
       await this.conn.send({ type: 'put', id, target, size });
       const source = asOfStat ? exactSize(fileSource(fh), size) : fileSource(fh);
       const sent = await sendChunks(this.conn, id, source, () => answer.settled || this.failure !== undefined);
