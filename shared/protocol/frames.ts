@@ -6,7 +6,8 @@
 // ack or error. The sender hashes while it reads, the receiver hashes while it writes; the
 // receiver acks only after fsync and a matching checksum.
 
-export const PROTOCOL_VERSION = 1;
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks */
+export const PROTOCOL_VERSION = 2;
 /** bytes of file data per chunk frame */
 export const CHUNK_SIZE = 1024 * 1024;
 /** the largest WebSocket message either side accepts (a chunk plus its envelope, with room) */
