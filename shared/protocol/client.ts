@@ -2,7 +2,7 @@
 // then run requests by id. Files go out as put → chunk* → end and come back as file → chunk* → end,
 // hashed on both sides; nothing here buffers more than a chunk or two.
 
-import { promises as fs, readFileSync } from 'node:fs';
+import { constants, promises as fs, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import WebSocket from 'ws';
 import type { AgentConfig } from '../config/agent';
@@ -128,7 +128,8 @@ export class AgentConnection {
     const id = this.nextId++;
     let fh: fs.FileHandle;
     try {
-      fh = await fs.open(path, 'r');
+      // a backup file is read where the walk found it, never through a link swapped in since
+      fh = await fs.open(path, target.kind === 'backup-file' ? constants.O_RDONLY | constants.O_NOFOLLOW : 'r');
     } catch (err) {
       if (asOfStat && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw localFileError(path, err);
