@@ -54,7 +54,7 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     );
     progress?.({ phase: 'started', backupId });
 
-    const { files, directories } = await walkDataDirectory(pgdata);
+    const { files, directories, symlinks } = await walkDataDirectory(pgdata);
     // global/pg_control goes last, after every other file is in (walk puts it at the end)
     const control = files[files.length - 1]?.path === 'global/pg_control' ? files.pop() : undefined;
     const total = files.length + (control ? 1 : 0);
@@ -91,7 +91,7 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     inBackup = false;
     const stopTime = (await pg.query<{ now: Date }>('select clock_timestamp() as now')).rows[0]!.now.toISOString();
     progress?.({ phase: 'stopped', stopLsn: stopped.lsn });
-    const stop: BackupStop = { stopLsn: stopped.lsn, stopTime, backupLabel: stopped.labelfile, tablespaceMap: stopped.spcmapfile ?? '', directories };
+    const stop: BackupStop = { stopLsn: stopped.lsn, stopTime, backupLabel: stopped.labelfile, tablespaceMap: stopped.spcmapfile ?? '', directories, symlinks };
     const status = await conn.call(
       (id) => ({ type: 'backup-end', id, backupId: backupId!, stop, fileCount: sent }),
       (f) => (f.type === 'backup-status' ? f.status : undefined),

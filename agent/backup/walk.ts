@@ -2,9 +2,15 @@
 // itself leaves out of one (replication/basebackup.c): WAL, temporary and runtime state that
 // recovery recreates. Paths are relative to the data directory, tablespace files under
 // pg_tblspc/<oid>/, exactly as they appear in backup_manifest.
+//
+// Symbolic links are kept as links, never followed: only pg_tblspc/<oid> is followed (a
+// tablespace), and a linked pg_wal or pg_stat_tmp becomes the empty directory pg_basebackup
+// makes of it. A link to /etc/hostname is backed up as that link, not as the host's file, and a
+// link loop costs one entry, not a copy of the tree per turn.
 
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
+import type { BackupSymlink } from '../../shared/backup/paths';
 
 /** Directories whose contents are skipped (the directory itself is kept). */
 const SKIP_CONTENTS = new Set(['pg_stat_tmp', 'pg_replslot', 'pg_dynshmem', 'pg_notify', 'pg_serial', 'pg_snapshots', 'pg_subtrans', 'pg_wal']);
@@ -25,6 +31,7 @@ export interface BackupFileEntry {
 export interface WalkResult {
   files: BackupFileEntry[];
   directories: string[];
+  symlinks: BackupSymlink[];
 }
 
 function skipFile(rel: string, name: string): boolean {
@@ -40,6 +47,7 @@ function skipFile(rel: string, name: string): boolean {
 export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
   const files: BackupFileEntry[] = [];
   const directories: string[] = [];
+  const symlinks: BackupSymlink[] = [];
   const walk = async (abs: string, rel: string): Promise<void> => {
     let entries;
     try {
@@ -52,13 +60,21 @@ export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
       const childAbs = join(abs, entry.name);
       const childRel = rel ? `${rel}/${entry.name}` : entry.name;
       let isDir = entry.isDirectory();
-      let isFile = entry.isFile();
+      const isFile = entry.isFile();
       if (entry.isSymbolicLink()) {
-        // pg_tblspc/<oid> and a relocated pg_wal are symlinks: follow them
-        const st = await fs.stat(childAbs).catch(() => undefined);
-        if (!st) continue;
-        isDir = st.isDirectory();
-        isFile = st.isFile();
+        if (entry.name.startsWith('pgsql_tmp') || skipFile(childRel, entry.name)) continue;
+        if (rel === 'pg_tblspc' && /^\d+$/.test(entry.name)) {
+          // a tablespace: its files are backed up below pg_tblspc/<oid>/
+          const st = await fs.stat(childAbs).catch(() => undefined);
+          isDir = st?.isDirectory() ?? false;
+        } else if (SKIP_CONTENTS.has(childRel)) {
+          isDir = true; // pg_wal on another disk: an empty directory, its contents are skipped anyway
+        }
+        if (!isDir) {
+          const target = await fs.readlink(childAbs).catch(() => undefined);
+          if (target !== undefined) symlinks.push({ path: childRel, target });
+          continue;
+        }
       }
       if (isDir) {
         if (entry.name.startsWith('pgsql_tmp')) continue;
@@ -69,13 +85,13 @@ export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
         }
         await walk(childAbs, childRel);
       } else if (isFile && !skipFile(childRel, entry.name)) {
-        const st = await fs.stat(childAbs).catch(() => undefined);
-        if (st) files.push({ path: childRel, absolute: childAbs, size: st.size, mtime: Math.floor(st.mtimeMs / 1000) });
+        const st = await fs.lstat(childAbs).catch(() => undefined);
+        if (st?.isFile()) files.push({ path: childRel, absolute: childAbs, size: st.size, mtime: Math.floor(st.mtimeMs / 1000) });
       }
     }
   };
   await walk(pgdata, '');
   const control = files.findIndex((f) => f.path === 'global/pg_control');
   if (control >= 0) files.push(...files.splice(control, 1));
-  return { files, directories };
+  return { files, directories, symlinks };
 }

@@ -5,9 +5,10 @@
 // end is archived. Anything that stops it on the way leaves it FAILED, with the reason.
 
 import { promises as fs } from 'node:fs';
-import { dirname, join, normalize, sep } from 'node:path';
+import { dirname, join } from 'node:path';
 import { type BackupInfo, type BackupStatus, backupIdFor, emptyInfo, formatBackupInfo, isBackupId, parseBackupInfo } from '../../shared/backup/info';
 import { buildManifest, type ManifestFile } from '../../shared/backup/manifest';
+import { checkSymlinks, safeRelativePath } from '../../shared/backup/paths';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
 import { parseLsn } from '../../shared/wal/lsn';
@@ -157,6 +158,9 @@ export class BackupCatalog {
     const info = await this.resolve(id);
     if (info.status !== 'STARTED') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} is ${info.status}, not running`, 'Start a new backup.');
     const staging = this.stagingDir(id);
+    // symlinks are recorded, never created in the catalog; refused here if they could ever lead
+    // a recovery's writes astray (a link where a file or directory of the backup goes)
+    checkSymlinks(stop.symlinks, ['backup_label', ...manifest.map((f) => f.path)], stop.directories);
     try {
       const label = Buffer.from(stop.backupLabel);
       const labelFile = await IncomingFile.createAt(join(staging, 'backup_label'), 'none');
@@ -185,6 +189,7 @@ export class BackupCatalog {
         endWal: segmentForLsn(info.timeline, parseLsn(stop.stopLsn), await this.segmentSize()),
         size,
         fileCount: files.length,
+        symlinks: stop.symlinks,
       };
       await this.write(done);
       return done;
@@ -248,19 +253,5 @@ export class BackupCatalog {
   }
 }
 
-/** A path inside a backup that may be read back: the data files and backup_label. */
-export function readableBackupPath(path: string): string {
-  return path === 'backup_label' ? path : safeRelativePath(path);
-}
-
-/** A relative path inside a backup: no absolute paths, no `..`, no empty or odd components. */
-export function safeRelativePath(path: string): string {
-  const bad = () => new BarmanError(ErrorCode.INVALID_NAME, `"${path.slice(0, 100)}" is not a valid path inside a backup`, 'Agent and receiver must run compatible versions; paths are relative to the data directory.');
-  if (!path || path.includes('\0') || path.startsWith('/') || path.includes('\\')) throw bad();
-  const parts = path.split('/');
-  if (parts.some((p) => p === '' || p === '.' || p === '..')) throw bad();
-  const norm = normalize(path);
-  if (norm !== path || norm.startsWith('..' + sep)) throw bad();
-  if (path === 'backup_label' || path === 'backup_manifest') throw bad();
-  return path;
-}
+// the rules for paths inside a backup live with the recovery writer's, in shared/
+export { readableBackupPath, safeRelativePath } from '../../shared/backup/paths';

@@ -45,6 +45,7 @@ export function formatBackupDetails(server: string, b: BackupInfo): string {
     ['Begin time', displayTime(b.beginTime)], ['End time', displayTime(b.endTime)], ['Begin LSN', b.beginLsn], ['End LSN', b.endLsn],
     ['Begin WAL', b.beginWal], ['End WAL', b.endWal], ['Size', `${humanSize(b.size)} (${b.size} bytes, ${b.fileCount} files)`],
     ['Tablespaces', b.tablespaces.map((t) => `${t.name} (oid ${t.oid}) ${t.location}`).join(', ') || 'none'], ['Keep', b.keep ? 'yes' : 'no'],
+    ['Symlinks', b.symlinks.map((l) => `${l.path} -> ${l.target}`).join(', ') || 'none'],
   ];
   return `Backup ${b.backupId}:\n` + rows.map(([k, v]) => `  ${k.padEnd(20)}: ${v}`).join('\n') + '\n';
 }

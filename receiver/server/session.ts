@@ -111,7 +111,9 @@ export class Session implements Peer {
   private async onAuth(frame: Frame, state: Extract<State, { phase: 'auth' }>): Promise<void> {
     if (frame.type !== 'auth') throw protocolError(`expected auth, got ${frame.type}`);
     const { hello, server, serverNonce } = state;
-    const expected = computeProof(server.token, 'agent', server.name, hello.clientNonce, serverNonce);
+    // the proof binds the hello as received (server, role, versions) and both nonces
+    const proofContext = { ...hello, serverNonce };
+    const expected = computeProof(server.token, 'agent', proofContext);
     if (!proofMatches(expected, frame.proof)) {
       this.log.warn({ server: server.name, code: ErrorCode.AUTH_FAILED }, 'refused agent: wrong token');
       await this.conn.fail(new BarmanError(ErrorCode.AUTH_FAILED, `authentication failed for server "${server.name}": the agent's token does not match`, `Make the agent's token_file hold the same secret as token_file in the receiver's [${server.name}] section.`), CloseCode.AUTH);
@@ -127,7 +129,7 @@ export class Session implements Peer {
       context.attachDaemon(this);
       this.conn.heartbeat(DAEMON_HEARTBEAT_MS);
     }
-    await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', server.name, hello.clientNonce, serverNonce) });
+    await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', proofContext) });
     this.log.debug('agent authenticated');
   }
 

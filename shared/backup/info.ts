@@ -1,6 +1,8 @@
 // backup.info: what the catalog knows about one backup, as `key=value` lines like Barman's.
 // Also the backup ID: the start time as YYYYMMDDTHHMMSS in the receiver's local time.
 
+import type { BackupSymlink } from './paths';
+
 export const BACKUP_STATUSES = ['STARTED', 'WAITING_FOR_WALS', 'DONE', 'FAILED'] as const;
 export type BackupStatus = (typeof BACKUP_STATUSES)[number];
 
@@ -25,9 +27,12 @@ export interface BackupInfo {
   /** JSON: [{oid, name, location}] */
   tablespaces: Array<{ oid: string; name: string; location: string }>;
   keep: boolean;
+  /** JSON: [{path, target}], the data directory's symlinks (backup_manifest lists files only); recovery recreates them as links */
+  symlinks: BackupSymlink[];
 }
 
 const NUMERIC: ReadonlySet<keyof BackupInfo> = new Set(['timeline', 'pgVersion', 'size', 'fileCount']);
+const JSON_KEYS: ReadonlySet<keyof BackupInfo> = new Set(['tablespaces', 'symlinks']);
 
 function snake(key: string): string {
   return key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
@@ -36,7 +41,7 @@ function snake(key: string): string {
 export function formatBackupInfo(info: BackupInfo): string {
   const lines: string[] = [];
   for (const [key, value] of Object.entries(info)) {
-    const text = key === 'tablespaces' ? JSON.stringify(value) : String(value);
+    const text = JSON_KEYS.has(key as keyof BackupInfo) ? JSON.stringify(value) : String(value);
     lines.push(`${snake(key)}=${text.replace(/\n/g, ' ')}`);
   }
   return lines.join('\n') + '\n';
@@ -54,7 +59,7 @@ export function parseBackupInfo(text: string): BackupInfo {
     const value = raw.get(snake(key));
     if (value === undefined) {
       info[key] = template[key];
-    } else if (key === 'tablespaces') {
+    } else if (JSON_KEYS.has(key)) {
       info[key] = JSON.parse(value || '[]');
     } else if (key === 'keep') {
       info[key] = value === 'true';
@@ -68,7 +73,7 @@ export function parseBackupInfo(text: string): BackupInfo {
 export function emptyInfo(backupId: string): BackupInfo {
   return {
     backupId, status: 'STARTED', error: '', beginTime: '', endTime: '', beginLsn: '', endLsn: '', beginWal: '', endWal: '',
-    timeline: 0, pgVersion: 0, systemIdentifier: '', pgdata: '', size: 0, fileCount: 0, tablespaces: [], keep: false,
+    timeline: 0, pgVersion: 0, systemIdentifier: '', pgdata: '', size: 0, fileCount: 0, tablespaces: [], keep: false, symlinks: [],
   };
 }
 

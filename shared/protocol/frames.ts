@@ -6,7 +6,10 @@
 // ack or error. The sender hashes while it reads, the receiver hashes while it writes; the
 // receiver acks only after fsync and a matching checksum.
 
-export const PROTOCOL_VERSION = 1;
+import type { BackupSymlink } from '../backup/paths';
+
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks */
+export const PROTOCOL_VERSION = 2;
 /** bytes of file data per chunk frame */
 export const CHUNK_SIZE = 1024 * 1024;
 /** the largest WebSocket message either side accepts (a chunk plus its envelope, with room) */
@@ -43,6 +46,8 @@ export interface BackupStop {
   tablespaceMap: string;
   /** every directory of the backup, relative, so empty ones (pg_wal, pg_replslot, ...) exist on restore */
   directories: string[];
+  /** the data directory's symbolic links (pg_tblspc/<oid> aside), kept as links: never followed, recreated on restore */
+  symlinks: BackupSymlink[];
 }
 
 export interface HelloFrame { type: 'hello'; protocolVersion: number; server: string; role: Role; clientNonce: Uint8Array; agentVersion: string }
@@ -140,7 +145,10 @@ const recoveryOptions: Check = (v) => {
   });
 };
 const streamingState = record({ state: str(32), timeline: uint, receivedLsn: (v) => v === '' || lsn(v), flushLsn: (v) => v === '' || lsn(v), serverLsn: (v) => v === '' || lsn(v), lastFlushAt: str(40) });
-const backupStop = record({ stopLsn: lsn, stopTime: iso, backupLabel: str(65536), tablespaceMap: str(1 << 20), directories: arrayOf(str(1024), 1_000_000) });
+const backupStop = record({
+  stopLsn: lsn, stopTime: iso, backupLabel: str(65536), tablespaceMap: str(1 << 20), directories: arrayOf(str(1024), 1_000_000),
+  symlinks: arrayOf(record({ path: str(1024), target: str(1024) }), 100_000),
+});
 
 interface Shape { required: Record<string, Check>; optional?: Record<string, Check> }
 

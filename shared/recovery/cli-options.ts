@@ -41,5 +41,5 @@ export function addRecoveryOptions(command: Command): Command {
     .option('--target-tli <tli>', 'current, latest or a timeline number', 'latest')
     .option('--target-action <action>', 'pause, promote or shutdown (default promote when a target is given)')
     .option('--exclusive', 'stop just before the target instead of just after it')
-    .option('--tablespace <name:location...>', 'relocate a tablespace (repeatable)');
+    .option('--tablespace <name:location...>', 'where a tablespace goes, an absolute path (repeatable; recover on the backup host needs one for each tablespace)');
 }

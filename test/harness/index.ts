@@ -14,4 +14,4 @@ export { describeRun, run, runOk, type RunOptions, type RunResult } from './run'
 export { waitFor, type WaitOptions } from './wait';
 export { type Certificate, makeSelfSignedCert } from './tls';
 export { AgentDaemon, type DaemonLogLine, receiverStatus, startDaemon, type StatusJson, waitStreamCaughtUp } from './daemon';
-export { startRelay, TcpRelay } from './relay';
+export { type Interception, startRelay, TcpRelay } from './relay';

@@ -56,14 +56,15 @@ export class RawClient {
   }
 
   async authenticate(server: string, token: string, role: Role = 'push'): Promise<WelcomeFrame> {
-    const clientNonce = newNonce();
-    this.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION, server, role, clientNonce, agentVersion: 'barman-ts-test/raw' });
+    const hello = { type: 'hello', protocolVersion: PROTOCOL_VERSION, server, role, clientNonce: newNonce(), agentVersion: 'barman-ts-test/raw' } as const;
+    this.send(hello);
     const challenge = await this.nextFrame();
     if (challenge.type !== 'challenge') throw new Error(`expected challenge, got ${JSON.stringify(challenge)}`);
-    this.send({ type: 'auth', proof: computeProof(token, 'agent', server, clientNonce, challenge.serverNonce) });
+    const proofContext = { ...hello, serverNonce: challenge.serverNonce };
+    this.send({ type: 'auth', proof: computeProof(token, 'agent', proofContext) });
     const welcome = await this.nextFrame();
     if (welcome.type !== 'welcome') throw new Error(`expected welcome, got ${JSON.stringify(welcome)}`);
-    if (!proofMatches(computeProof(token, 'receiver', server, clientNonce, challenge.serverNonce), welcome.proof)) throw new Error('receiver proof does not match');
+    if (!proofMatches(computeProof(token, 'receiver', proofContext), welcome.proof)) throw new Error('receiver proof does not match');
     return welcome;
   }
 

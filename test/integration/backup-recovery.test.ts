@@ -2,7 +2,8 @@
 // noting the time, a transaction ID, an LSN and a restore point, then recover (as root, on the
 // backup host) to each of those points, start every copy as postgres and count the rows. Then the
 // catalog commands, every way a recovery is refused before a byte is written, a damaged backup,
-// backups asked for from the backup host, and a cluster with a tablespace moved on recovery.
+// backups asked for from the backup host, and a cluster with a tablespace moved on recovery (recover
+// on the backup host writes a tablespace only where --tablespace says).
 
 import { closeSync, existsSync, openSync, readSync, readlinkSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
@@ -358,8 +359,13 @@ describe("a DBA's day: a cluster with a tablespace, recovered with the tablespac
     await cluster.stop();
     const originalFiles = await snapshotTree(original);
 
+    // the location the database host recorded is not trusted on the backup host: each tablespace needs --tablespace
+    const unnamed = await recoverInto(receiver, 'main', id);
+    expectFailure(unnamed.result, 2, new RegExp(`backup ${id} has tablespaces with no location given on this host: fast_disk \\(OID ${oid}, recorded by the database host as ${original}\\)`));
+    expect(unnamed.result.stderr).toContain(`--tablespace fast_disk:${unnamed.dest}_tablespaces/fast_disk`);
+    expect(existsSync(unnamed.dest)).toBe(false);
     // the original location is in use (and not empty): recovering onto it is refused
-    const inPlace = await recoverInto(receiver, 'main', id);
+    const inPlace = await recoverInto(receiver, 'main', id, ['--tablespace', `fast_disk:${original}`]);
     expectFailure(inPlace.result, 1, new RegExp(`tablespace fast_disk location ${original} exists and is not empty`));
     // a tablespace the backup does not have is a usage error
     const unknown = await recoverInto(receiver, 'main', id, ['--tablespace', 'slow_disk:/nowhere']);

@@ -36,7 +36,7 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
     type: 'backup-end',
     id: 10,
     backupId: '20261125T100000',
-    stop: { stopLsn: '0/2000100', stopTime: '2026-11-25T10:00:05.000Z', backupLabel: 'START WAL LOCATION: 0/2000028\n', tablespaceMap: '', directories: ['base', 'pg_wal', 'pg_replslot'] },
+    stop: { stopLsn: '0/2000100', stopTime: '2026-11-25T10:00:05.000Z', backupLabel: 'START WAL LOCATION: 0/2000028\n', tablespaceMap: '', directories: ['base', 'pg_wal', 'pg_replslot'], symlinks: [{ path: 'conf.d', target: '/etc/postgresql/15/main/conf.d' }] },
     fileCount: 970,
   },
   'backup-abort': { type: 'backup-abort', id: 11, backupId: '20261125T100000', reason: 'pg_backup_start failed' },
