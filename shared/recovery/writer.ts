@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
+import { makeDirs } from '../dirs';
 import { fsyncTree } from '../durable';
 import { BarmanError, ErrorCode } from '../errors';
 import { type RecoveryPlan, RECOVERY_WAL_DIR } from './plan';
@@ -45,12 +46,16 @@ export async function writeRecovery(plan: RecoveryPlan, dest: string, source: Re
     if (opts.owner) await fs.lchown(p, opts.owner.uid, opts.owner.gid);
   };
   const mkdir = async (p: string) => {
-    const first = await fs.mkdir(p, { recursive: true, mode: 0o700 });
-    if (first) {
-      created.push(first);
-      // chown every level mkdir created
-      for (let d = p; d.length >= first.length; d = dirname(d)) await own(d);
+    let made: string[];
+    try {
+      made = await makeDirs(p, 0o700);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? String(err);
+      throw new BarmanError(ErrorCode.DESTINATION, `cannot create directory ${p} (${code})`, 'Recover into a directory on a writable local filesystem whose parent exists and that this user may write (not /proc or /sys).', { cause: err });
     }
+    if (made.length) created.push(made[0]!);
+    // chown every level mkdir created
+    for (const d of made) await own(d);
   };
   /** where a manifest path lands: pg_tblspc/<oid>/... goes to the tablespace's location */
   const target = (rel: string): string => {
