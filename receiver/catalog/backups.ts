@@ -83,25 +83,36 @@ export class BackupCatalog {
     }
   }
 
-  /** Starts a backup: a unique ID from its start time (a second backup within one second waits for the next). */
+  /**
+   * Starts a backup. Its ID and begin time come from this host's clock, never from the agent's
+   * report: a start time further than MAX_CLOCK_SKEW_MS from it is refused. A second backup
+   * within one second waits for the next second; an ID further ahead (a clock that went back, a
+   * backup dated in the future) is not waited for: the wait is always a second or two at most.
+   */
   async begin(start: BackupStart): Promise<BackupInfo> {
     await this.catalog.ensureLayout();
     const running = (await this.list()).find((b) => b.status === 'STARTED');
     if (running) {
       throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${running.backupId} of ${this.catalog.server} is still running`, 'Wait for it to finish (barman-receiver list-backups), then start another.');
     }
-    let when = new Date(Math.max(Date.parse(start.startTime), Date.now()));
-    let id = backupIdFor(when);
+    checkClockSkew(start.startTime, Date.now());
     const newest = (await fs.readdir(this.catalog.baseDir)).filter(isBackupId).sort().pop();
-    while (await exists(this.dir(id)) || (newest !== undefined && id <= newest)) {
-      const wait = 1000 - (Date.now() % 1000) + 5;
-      await new Promise((r) => setTimeout(r, wait));
-      when = new Date();
+    let when = wholeSecond(Date.now());
+    let id = backupIdFor(when);
+    for (let attempt = 0; ; attempt++) {
+      const justTaken = newest !== undefined && id <= newest && newest <= backupIdFor(new Date(when.getTime() + ID_WAIT_LIMIT_MS));
+      if (!justTaken && !(await exists(this.dir(id)))) break;
+      if (attempt >= 3) {
+        throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `no free backup ID for ${this.catalog.server} near ${id}`, 'Backups are being started in a tight loop; wait a few seconds and retry.');
+      }
+      await new Promise((r) => setTimeout(r, 1000 - (Date.now() % 1000) + 5));
+      when = wholeSecond(Date.now());
       id = backupIdFor(when);
     }
     const info: BackupInfo = {
       ...emptyInfo(id),
-      beginTime: start.startTime,
+      // the ID's own time: list-backups, retention and the ID never disagree
+      beginTime: when.toISOString(),
       beginLsn: start.startLsn,
       beginWal: segmentForLsn(start.timeline, parseLsn(start.startLsn), await this.segmentSize()),
       timeline: start.timeline,
@@ -130,11 +141,16 @@ export class BackupCatalog {
     const rel = safeRelativePath(path);
     const full = join(staging, rel);
     const dir = dirname(full);
-    if (!this.madeDirs.has(dir)) {
-      await ensureDir(dir);
-      this.madeDirs.add(dir);
+    let file: IncomingFile;
+    try {
+      if (!this.madeDirs.has(dir)) {
+        await ensureDir(dir);
+        this.madeDirs.add(dir);
+      }
+      file = await IncomingFile.createAt(full, 'none');
+    } catch (err) {
+      throw pathConflict(err, rel) ?? storageError(err, `cannot create ${rel} in backup ${id}`);
     }
-    const file = await IncomingFile.createAt(full, 'none');
     return {
       label: `${id}:${rel}`,
       write: async (chunk) => {
@@ -259,8 +275,52 @@ export function safeRelativePath(path: string): string {
   if (!path || path.includes('\0') || path.startsWith('/') || path.includes('\\')) throw bad();
   const parts = path.split('/');
   if (parts.some((p) => p === '' || p === '.' || p === '..')) throw bad();
+  if (Buffer.byteLength(path) > MAX_PATH_BYTES || parts.some((p) => Buffer.byteLength(p) > MAX_NAME_BYTES)) {
+    throw new BarmanError(ErrorCode.INVALID_NAME, `"${path.slice(0, 100)}${path.length > 100 ? '…' : ''}" is too long for a path inside a backup (${MAX_NAME_BYTES} bytes per name, ${MAX_PATH_BYTES} in all)`, 'PostgreSQL never names files like this; remove the file from the data directory, or check what sends backups to this receiver.');
+  }
   const norm = normalize(path);
   if (norm !== path || norm.startsWith('..' + sep)) throw bad();
   if (path === 'backup_label' || path === 'backup_manifest') throw bad();
   return path;
+}
+
+/** The filesystem's limit for one name (NAME_MAX), and ours for a path inside a backup. */
+const MAX_NAME_BYTES = 255;
+const MAX_PATH_BYTES = 1024;
+
+/** How far the agent's reported start time may be from this host's clock. */
+export const MAX_CLOCK_SKEW_MS = 5 * 60 * 1000;
+/** An existing backup ID at most this far ahead is one taken a moment ago: waited out, so IDs stay in time order. */
+const ID_WAIT_LIMIT_MS = 2000;
+
+function wholeSecond(ms: number): Date {
+  return new Date(Math.floor(ms / 1000) * 1000);
+}
+
+/** Refuses a backup whose start time, by the PostgreSQL host's clock, is too far from ours. */
+export function checkClockSkew(reported: string, now: number): void {
+  const skew = Date.parse(reported) - now;
+  if (Math.abs(skew) <= MAX_CLOCK_SKEW_MS) return;
+  const minutes = Math.round(Math.abs(skew) / 60_000);
+  throw new BarmanError(
+    ErrorCode.CLOCK_SKEW,
+    `the PostgreSQL host says the backup started at ${reported.slice(0, 40)}, ${minutes} minutes ${skew > 0 ? 'ahead of' : 'behind'} the backup host's clock (${new Date(now).toISOString()})`,
+    `Synchronise the clocks of both hosts (NTP: chrony or systemd-timesyncd); at most ${MAX_CLOCK_SKEW_MS / 60_000} minutes of difference are accepted.`,
+  );
+}
+
+/** Two paths of one backup that cannot both exist (sent twice, or a file where a directory is): the agent's mistake, not the disk's. */
+function pathConflict(err: unknown, rel: string): BarmanError | undefined {
+  const cause = err instanceof BarmanError ? err.cause : err;
+  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'EEXIST' || code === 'EISDIR') {
+    return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} was already sent in this backup`, 'Each file of a backup is sent once; check what sends backups to this receiver.');
+  }
+  if (code === 'ENOTDIR') {
+    return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} lies below a file of this backup`, 'A path of a backup cannot be both a file and a directory; check what sends backups to this receiver.');
+  }
+  if (code === 'ENAMETOOLONG') {
+    return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 100)}…: name too long`, 'PostgreSQL never names files like this; check what sends backups to this receiver.');
+  }
+  return undefined;
 }
