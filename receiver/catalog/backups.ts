@@ -4,7 +4,7 @@
 // then is the backup WAITING_FOR_WALS. It is DONE once every WAL segment from its begin to its
 // end is archived. Anything that stops it on the way leaves it FAILED, with the reason.
 
-import { promises as fs } from 'node:fs';
+import { promises as fs, statSync } from 'node:fs';
 import { dirname, join, normalize, sep } from 'node:path';
 import { type BackupInfo, type BackupStatus, backupIdFor, emptyInfo, formatBackupInfo, isBackupId, parseBackupInfo } from '../../shared/backup/info';
 import { buildManifest, type ManifestFile } from '../../shared/backup/manifest';
@@ -149,7 +149,7 @@ export class BackupCatalog {
       }
       file = await IncomingFile.createAt(full, 'none');
     } catch (err) {
-      throw pathConflict(err, rel) ?? storageError(err, `cannot create ${rel} in backup ${id}`);
+      throw pathConflict(err, rel, full) ?? storageError(err, `cannot create ${rel} in backup ${id}`);
     }
     return {
       label: `${id}:${rel}`,
@@ -310,10 +310,13 @@ export function checkClockSkew(reported: string, now: number): void {
 }
 
 /** Two paths of one backup that cannot both exist (sent twice, or a file where a directory is): the agent's mistake, not the disk's. */
-function pathConflict(err: unknown, rel: string): BarmanError | undefined {
+function pathConflict(err: unknown, rel: string, full: string): BarmanError | undefined {
   const cause = err instanceof BarmanError ? err.cause : err;
   const code = (cause as NodeJS.ErrnoException | undefined)?.code;
   if (code === 'EEXIST' || code === 'EISDIR') {
+    if (statSync(full, { throwIfNoEntry: false })?.isDirectory()) {
+      return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} is a directory of this backup, not a file`, 'A path of a backup cannot be both a file and a directory; check what sends backups to this receiver.');
+    }
     return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} was already sent in this backup`, 'Each file of a backup is sent once; check what sends backups to this receiver.');
   }
   if (code === 'ENOTDIR') {
