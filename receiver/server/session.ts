@@ -2,7 +2,7 @@
 // auth → welcome. Only then does it serve requests, and only for the one server it proved it
 // belongs to; no request names a server, so a session cannot reach another server's catalog.
 
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -33,7 +33,7 @@ const MAX_OPEN_UPLOADS = 16;
 
 type State =
   | { phase: 'hello' }
-  | { phase: 'auth'; hello: HelloFrame; server: ServerConfig; serverNonce: Buffer }
+  | { phase: 'auth'; hello: HelloFrame; server: Pick<ServerConfig, 'name' | 'token'>; serverNonce: Buffer; known: boolean }
   | { phase: 'ready'; server: ServerContext };
 
 export class Session implements Peer {
@@ -97,24 +97,22 @@ export class Session implements Peer {
     if (frame.protocolVersion !== PROTOCOL_VERSION) {
       throw new BarmanError(ErrorCode.PROTOCOL, `agent speaks protocol version ${frame.protocolVersion}, this receiver speaks ${PROTOCOL_VERSION}`, 'Install the same barman-ts version on the agent and the receiver.');
     }
+    // an unknown server gets a challenge too, and its proof is checked against a secret nobody
+    // holds: on the wire it is a wrong token, so the port does not tell which server names exist
     const server = this.lookup(frame.server);
-    if (!server) {
-      this.log.warn({ server: frame.server, code: ErrorCode.UNKNOWN_SERVER }, 'refused agent for unknown server');
-      await this.conn.fail(new BarmanError(ErrorCode.UNKNOWN_SERVER, `the receiver has no server named "${frame.server}"`, 'Check server = ... in the agent configuration against the sections of the receiver configuration (barman-receiver list-servers).'), CloseCode.AUTH);
-      return;
-    }
     const serverNonce = newNonce();
-    this.state = { phase: 'auth', hello: frame, server: server.config, serverNonce };
+    this.state = { phase: 'auth', hello: frame, server: server?.config ?? decoyServer(frame.server), serverNonce, known: server !== undefined };
     await this.conn.send({ type: 'challenge', protocolVersion: PROTOCOL_VERSION, serverNonce });
   }
 
   private async onAuth(frame: Frame, state: Extract<State, { phase: 'auth' }>): Promise<void> {
     if (frame.type !== 'auth') throw protocolError(`expected auth, got ${frame.type}`);
-    const { hello, server, serverNonce } = state;
+    const { hello, server, serverNonce, known } = state;
     const expected = computeProof(server.token, 'agent', server.name, hello.clientNonce, serverNonce);
-    if (!proofMatches(expected, frame.proof)) {
-      this.log.warn({ server: server.name, code: ErrorCode.AUTH_FAILED }, 'refused agent: wrong token');
-      await this.conn.fail(new BarmanError(ErrorCode.AUTH_FAILED, `authentication failed for server "${server.name}": the agent's token does not match`, `Make the agent's token_file hold the same secret as token_file in the receiver's [${server.name}] section.`), CloseCode.AUTH);
+    if (!proofMatches(expected, frame.proof) || !known) {
+      if (known) this.log.warn({ server: server.name, code: ErrorCode.AUTH_FAILED }, 'refused agent: wrong token');
+      else this.log.warn({ server: server.name, code: ErrorCode.UNKNOWN_SERVER }, 'refused agent: no such server (answered as a wrong token)');
+      await this.conn.fail(authFailed(server.name), CloseCode.AUTH);
       return;
     }
     clearTimeout(this.handshakeTimer);
@@ -369,6 +367,20 @@ export class Session implements Peer {
     this.log.info({ backup: plan.backupId, target: plan.targetDescription }, 'restore planned for the agent');
     await this.sendStream(id, 'restore-plan.json', json.length, Readable.from([json]));
   }
+}
+
+/** Wrong token and unknown server alike: one message, one hint that names both things to check. */
+function authFailed(server: string): BarmanError {
+  return new BarmanError(
+    ErrorCode.AUTH_FAILED,
+    `authentication failed for server "${server}": the receiver has no server of that name, or the agent's token is not that server's`,
+    `Check that server = ${server} in the agent configuration names a section of the receiver configuration (barman-receiver list-servers), and that the agent's token_file holds the same secret as token_file in that section.`,
+  );
+}
+
+/** What an unknown server name is checked against: a secret made up for this one handshake. */
+function decoyServer(name: string): Pick<ServerConfig, 'name' | 'token'> {
+  return { name, token: randomBytes(32).toString('hex') };
 }
 
 function protocolError(message: string): BarmanError {
