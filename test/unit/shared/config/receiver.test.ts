@@ -60,6 +60,12 @@ retention_policy = RECOVERY WINDOW OF 7 DAYS
     expect(c.servers.get('reporting')).toMatchObject({ token: 'r'.repeat(32), retentionPolicy: { kind: 'window', amount: 7, unit: 'days' } });
   });
 
+  it('reads timeout = seconds (default 30, at least 1)', () => {
+    expect(loadReceiverConfig(conf('')).timeoutSeconds).toBe(30);
+    expect(loadReceiverConfig(conf('timeout = 5')).timeoutSeconds).toBe(5);
+    expect(configErrorOf(() => loadReceiverConfig(conf('timeout = 0'))).message).toMatch(/\[barman\] timeout: "0" is not a whole number >= 1/);
+  });
+
   it("refuses a server's token_file that others may read, naming the file, its mode and chmod 600", () => {
     for (const mode of [0o644, 0o640, 0o604, 0o660, 0o666]) {
       const loose = files.write(`${TOKEN}\n`, `loose-${mode.toString(8)}.token`);
