@@ -33,6 +33,9 @@ export const ErrorCode = {
   RETENTION: 'RETENTION',
   POSTGRES: 'POSTGRES',
   INTERNAL: 'INTERNAL',
+  CLOCK_SKEW: 'CLOCK_SKEW',
+  TOO_MANY_SESSIONS: 'TOO_MANY_SESSIONS',
+  TOO_MANY_UPLOADS: 'TOO_MANY_UPLOADS',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -1,11 +1,14 @@
 // What the receiver holds for each configured PostgreSQL server: its catalog, its connected
-// agent daemon (at most one), and the backup in progress (at most one), with whoever waits on it.
+// agent daemon (at most one), and the backup in progress (at most one), with whoever waits on it;
+// and what one server may hold of the receiver: MAX_SESSIONS_PER_SERVER sessions and
+// MAX_UPLOADS_PER_SERVER files being received, so a broken or hostile client of one server
+// cannot use up the descriptors every server needs.
 
 import type { BackupInfo } from '../../shared/backup/info';
 import type { ManifestFile } from '../../shared/backup/manifest';
 import type { Compression, ServerConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import type { BackupStart, BackupStop, Frame, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
+import type { BackupStart, BackupStop, Frame, Role, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
 import { type Lsn, parseLsn } from '../../shared/wal/lsn';
 import type { Logger } from 'pino';
 import { WalStream } from '../catalog/streaming';
@@ -19,7 +22,16 @@ export interface Peer {
   readonly id: string;
   send(frame: Frame): Promise<void>;
   replace(reason: string): void;
+  /** ms since the peer last sent anything, or undefined while it has work in progress here */
+  quietFor?(now: number): number | undefined;
+  /** closes the peer's session, telling it why */
+  evict?(err: BarmanError): void;
 }
+
+/** authenticated sessions of one server at once; its daemon is not counted (there is one, a newer one replaces it) */
+export const MAX_SESSIONS_PER_SERVER = 32;
+/** files being received for one server at once, over all its sessions */
+export const MAX_UPLOADS_PER_SERVER = 64;
 
 export type BackupListener = (info: BackupInfo) => void;
 
@@ -43,8 +55,15 @@ export class ServerContext {
   private noneWaitingAt = -1;
   /** backup requests sent to the daemon, by request id: told the backup's ID, or why it failed */
   private readonly requests = new Map<number, (result: BackupInfo | BarmanError) => void>();
+  /** sessions counted against MAX_SESSIONS_PER_SERVER */
+  private readonly sessions = new Set<Peer>();
+  /** uploads counted against MAX_UPLOADS_PER_SERVER, and those being opened */
+  private readonly uploads = new Set<Upload>();
+  private uploadsOpening = 0;
+  private readonly log: Logger;
 
   constructor(barmanHome: string, readonly config: ServerConfig, compression: Compression, log: Logger) {
+    this.log = log.child({ server: config.name });
     this.catalog = new ServerCatalog(barmanHome, config.name);
     this.walArchive = new WalArchive(this.catalog, compression);
     this.backups = new BackupCatalog(this.catalog);
@@ -77,7 +96,56 @@ export class ServerContext {
     if (old && old.id !== peer.id) old.replace('another agent daemon for this server connected');
   }
 
+  /**
+   * An agent of this server authenticated. At the limit, the session silent longest (for at least
+   * `quietMs`, with nothing in progress) is closed to make room: a client that opens sessions and
+   * leaves them does not lock the server's own agents out. Without one, the newcomer is refused.
+   */
+  admit(peer: Peer, role: Role, quietMs: number): void {
+    if (role === 'daemon') return;
+    if (this.sessions.size >= MAX_SESSIONS_PER_SERVER) {
+      const now = Date.now();
+      let quietest: Peer | undefined;
+      let longest = quietMs;
+      for (const s of this.sessions) {
+        const quiet = s.id === this.running?.owner.id ? undefined : s.quietFor?.(now);
+        if (quiet !== undefined && quiet >= longest) {
+          quietest = s;
+          longest = quiet;
+        }
+      }
+      if (!quietest) {
+        this.log.warn({ code: ErrorCode.TOO_MANY_SESSIONS, sessions: this.sessions.size }, 'session refused: the server is at its session limit');
+        throw new BarmanError(ErrorCode.TOO_MANY_SESSIONS, `server ${this.config.name} already has ${MAX_SESSIONS_PER_SERVER} sessions open on the receiver, all busy`, tooManyHint(this.config.name));
+      }
+      this.sessions.delete(quietest);
+      this.log.warn({ code: ErrorCode.TOO_MANY_SESSIONS, evicted: quietest.id, silentSeconds: Math.round(longest / 1000) }, 'a silent session closed to make room for a new one');
+      quietest.evict?.(new BarmanError(ErrorCode.TOO_MANY_SESSIONS, `session closed by the receiver: silent for ${Math.round(longest / 1000)} s while server ${this.config.name} is at its limit of ${MAX_SESSIONS_PER_SERVER} sessions`, tooManyHint(this.config.name)));
+    }
+    this.sessions.add(peer);
+  }
+
+  /** Opens an upload within the server's limit; its slot is held until releaseUpload. */
+  async openUpload(open: () => Promise<Upload>): Promise<Upload> {
+    if (this.uploads.size + this.uploadsOpening >= MAX_UPLOADS_PER_SERVER) {
+      throw new BarmanError(ErrorCode.TOO_MANY_UPLOADS, `server ${this.config.name} already has ${MAX_UPLOADS_PER_SERVER} files being received`, `Retry later (PostgreSQL retries archive_command by itself). If it persists: ${tooManyHint(this.config.name)}`);
+    }
+    this.uploadsOpening++;
+    try {
+      const upload = await open();
+      this.uploads.add(upload);
+      return upload;
+    } finally {
+      this.uploadsOpening--;
+    }
+  }
+
+  releaseUpload(upload: Upload): void {
+    this.uploads.delete(upload);
+  }
+
   detach(peer: Peer): void {
+    this.sessions.delete(peer);
     if (this.streamOwner?.id === peer.id) {
       this.streamOwner = undefined;
       void this.stream.close();
@@ -203,4 +271,8 @@ export class ServerContext {
   private notify(info: BackupInfo): void {
     for (const l of [...this.listeners]) l(info);
   }
+}
+
+function tooManyHint(server: string): string {
+  return `Something on the PostgreSQL host of ${server} opens sessions and keeps them busy (stuck barman-agent processes, or a script that connects in a loop): find and stop it (ps -ef | grep barman-agent), then retry.`;
 }

@@ -28,11 +28,17 @@ function invalid(what: string, path: string, hint = 'Agent and receiver must run
   return new BarmanError(ErrorCode.INVALID_NAME, `"${path.slice(0, 100)}" is not a valid ${what} inside a backup`, hint);
 }
 
-/** A relative path inside a backup: no absolute paths, no `..`, no empty or odd components. */
+/** the filesystem's limit for one name (NAME_MAX) */
+const MAX_NAME_BYTES = 255;
+
+/** A relative path inside a backup: no absolute paths, no `..`, no empty, odd or overlong components. */
 export function safeRelativePath(path: string): string {
-  if (!path || path.length > MAX_BACKUP_PATH || path.includes('\0') || path.startsWith('/') || path.includes('\\')) throw invalid('path', path);
+  if (!path || path.includes('\0') || path.startsWith('/') || path.includes('\\')) throw invalid('path', path);
   const parts = path.split('/');
   if (parts.some((p) => p === '' || p === '.' || p === '..')) throw invalid('path', path);
+  if (Buffer.byteLength(path) > MAX_BACKUP_PATH || parts.some((p) => Buffer.byteLength(p) > MAX_NAME_BYTES)) {
+    throw new BarmanError(ErrorCode.INVALID_NAME, `"${path.slice(0, 100)}${path.length > 100 ? '…' : ''}" is too long for a path inside a backup (${MAX_NAME_BYTES} bytes per name, ${MAX_BACKUP_PATH} in all)`, 'PostgreSQL never names files like this; remove the file from the data directory, or check what sends backups to this receiver.');
+  }
   const norm = normalize(path);
   if (norm !== path || norm.startsWith('..' + sep)) throw invalid('path', path);
   if (path === 'backup_label' || path === 'backup_manifest') throw invalid('path', path);

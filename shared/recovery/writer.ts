@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import { constants, promises as fs } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { checkSymlinks, readableBackupPath, safeRelativePath } from '../backup/paths';
+import { makeDirs as makeMissingDirs } from '../dirs';
 import { fsyncTree } from '../durable';
 import { BarmanError, ErrorCode } from '../errors';
 import { parseWalFileName } from '../wal/names';
@@ -127,12 +128,16 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
   };
   /** a destination or tablespace root, with the parents it needs */
   const makeRoot = async (p: string) => {
-    const first = await fs.mkdir(p, { recursive: true, mode: 0o700 });
-    if (first) {
-      created.push(first);
-      // chown every level mkdir created
-      for (let d = p; d.length >= first.length; d = dirname(d)) await own(d);
+    let made: string[];
+    try {
+      made = await makeMissingDirs(p, 0o700);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? String(err);
+      throw new BarmanError(ErrorCode.DESTINATION, `cannot create directory ${p} (${code})`, 'Recover into a directory on a writable local filesystem whose parent exists and that this user may write (not /proc or /sys).', { cause: err });
     }
+    if (made.length) created.push(made[0]!);
+    // chown every level mkdir created
+    for (const d of made) await own(d);
   };
   /** directories below a root known to be real directories (made or checked by this run) */
   const checkedDirs = new Set<string>();

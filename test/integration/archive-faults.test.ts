@@ -63,10 +63,11 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     }
   });
 
-  it('refuses a server the receiver does not know', async () => {
+  it('refuses a server the receiver does not know, in the words of a wrong token (the port does not tell which names exist)', async () => {
     const config = writeAgentConfig({ receiver, server: 'nosuch', token: newToken() }).path;
     const r = await push(config, prod.walFile(segs[2]!));
-    expectFailure(r, 1, /^ERROR: the receiver has no server named "nosuch"/m);
+    expectFailure(r, 1, /authentication failed for server "nosuch": the receiver has no server of that name, or the agent's token is not that server's/);
+    expect(r.stderr).toMatch(/^HINT: .*server = nosuch.*token_file/m);
     expect(listDir(receiver.barmanHome)).toEqual(['main', 'other']);
   });
 
