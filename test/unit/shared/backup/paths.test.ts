@@ -13,15 +13,18 @@ function refusal(run: () => unknown): BarmanError {
   throw new Error('accepted');
 }
 
+/** a path of exactly MAX_BACKUP_PATH bytes whose names are each within NAME_MAX (255) */
+const LONGEST_PATH = `${Array.from({ length: 5 }, () => 'a'.repeat(200)).join('/')}/${'a'.repeat(MAX_BACKUP_PATH - 1005)}`;
+
 describe('safeRelativePath', () => {
   it('accepts a plain relative path inside the data directory', () => {
-    for (const p of ['PG_VERSION', 'base/5/1259', 'pg_tblspc/16385/PG_15_202209061/5/16390', 'a'.repeat(MAX_BACKUP_PATH)]) expect(safeRelativePath(p)).toBe(p);
+    for (const p of ['PG_VERSION', 'base/5/1259', 'pg_tblspc/16385/PG_15_202209061/5/16390', LONGEST_PATH, 'a'.repeat(255)]) expect(safeRelativePath(p)).toBe(p);
   });
 
   it.each([
     ['empty', ''], ['absolute', '/etc/passwd'], ['parent', '../x'], ['parent inside', 'base/../../x'], ['dot', './base'], ['double slash', 'base//1'],
     ['trailing slash', 'base/'], ['backslash', 'base\\1'], ['NUL', 'base\0x'], ['backup_manifest', 'backup_manifest'], ['backup_label', 'backup_label'],
-    ['overlong', 'a'.repeat(MAX_BACKUP_PATH + 1)],
+    ['overlong', `${LONGEST_PATH}a`], ['overlong name', `base/${'a'.repeat(256)}`],
   ])('refuses %s', (_what, path) => {
     refusal(() => safeRelativePath(path));
   });
