@@ -5,7 +5,7 @@
 import { Command } from 'commander';
 import { configureProgram, parseArgv, printJson, runAction } from '../shared/cli';
 import { addRecoveryOptions } from '../shared/recovery/cli-options';
-import { ExitCode } from '../shared/errors';
+import { BarmanError, ErrorCode, ExitCode } from '../shared/errors';
 
 const program = configureProgram(new Command('barman-receiver'))
   .description('barman-ts receiver: stores WAL and backups of PostgreSQL servers and serves them back')
@@ -126,8 +126,7 @@ command('backup', "ask the server's agent daemon to take a base backup; prints i
         process.stderr.write(`backup ${s.backupId}: ${s.status}${s.reason ? ` (${s.reason})` : ''}\n`);
       });
       if (result.status === 'FAILED') {
-        process.stderr.write(`ERROR: backup ${result.backupId} FAILED${result.reason ? `: ${result.reason}` : ''}\nHINT: See the agent's log on the PostgreSQL host and barman-receiver show-backup ${server} ${result.backupId}.\n`);
-        return ExitCode.FAILED;
+        throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${result.backupId} FAILED${result.reason ? `: ${result.reason}` : ''}`, `See the agent's log on the PostgreSQL host and barman-receiver show-backup ${server} ${result.backupId}.`);
       }
     }),
   );
@@ -170,8 +169,7 @@ command('verify-backup', 'read every file of a backup back and check it against 
         process.stdout.write(`backup ${result.backupId}: ${result.checked} files checked, ${result.ok ? 'all match the manifest' : `${result.problems.length} problem(s)`}\n`);
       }
       if (!result.ok) {
-        process.stderr.write(`ERROR: backup ${result.backupId} does not match its manifest\nHINT: Do not recover from it; take a new backup and check the backup host's storage.\n`);
-        return ExitCode.FAILED;
+        throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${result.backupId} does not match its manifest`, "Do not recover from it; take a new backup and check the backup host's storage.");
       }
     }),
   );

@@ -5,7 +5,10 @@
 export const ExitCode = { OK: 0, FAILED: 1, USAGE: 2 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
-/** Stable codes; never renumber or reuse one. */
+/**
+ * Stable codes; never rename, reorder or reuse one: new codes go at the end. docs/errors.md
+ * describes each (test/unit/shared/errors.test.ts holds the list and the docs to this).
+ */
 export const ErrorCode = {
   CONFIG_INVALID: 'CONFIG_INVALID',
   USAGE: 'USAGE',
@@ -51,9 +54,9 @@ export class BarmanError extends Error {
     this.exitCode = options?.exitCode ?? (USAGE_CODES.has(code) ? ExitCode.USAGE : ExitCode.FAILED);
   }
 
-  /** What a user sees: one line of what failed, one HINT line of what to do. */
+  /** What a user sees: one line of what failed, with its stable code, and one HINT line of what to do. */
   toUserText(prefix = 'ERROR'): string {
-    return `${prefix}: ${this.message}\nHINT: ${this.hint}`;
+    return `${prefix} [${this.code}]: ${this.message}\nHINT: ${this.hint}`;
   }
 }
 

@@ -89,7 +89,7 @@ describe("a DBA's worse day: backups cut short, and a backup under load", () => 
     await waitFor('barman-agent backup to give up', () => !agent.running);
     const ended = await agent.exited;
     expect(ended.code, agent.output()).toBe(1);
-    expect(agent.output()).toMatch(/^ERROR: \S.*$/m);
+    expect(agent.output()).toMatch(/^ERROR \[[A-Z_]+\]: \S.*$/m);
     expect(agent.output()).toMatch(/^HINT: \S.*$/m);
 
     await receiver.start();

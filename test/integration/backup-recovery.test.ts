@@ -175,7 +175,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     expect(second > first).toBe(true);
     // the second backup ended after the target: it cannot serve, and says which one would
     const refused = await recoverInto(receiver, 'main', second, ['--target-time', points.afterBatch1]);
-    expectFailure(refused.result, 1, new RegExp(`ERROR: target time .* is before backup ${second}`));
+    expectFailure(refused.result, 1, new RegExp(`^ERROR \\[RECOVERY_TARGET\\]: target time .* is before backup ${second}`, 'm'));
     expect(refused.result.stderr).toMatch(new RegExp(`^HINT: Backup ${first} .*would serve`, 'm'));
     expect(existsSync(refused.dest)).toBe(false);
 
