@@ -53,11 +53,14 @@ export class Progress {
     this.barLabel = c.label;
     this.bar = new SingleBar({
       stream: this.out,
-      format: total === undefined ? '{label} | {files} | {size} | {rate} | {duration_formatted}' : '{label} [{bar}] {percentage}% | {files} | {size} | {rate} | ETA {eta_formatted}',
-      barsize: 30,
+      format: total === undefined ? '{label}  {files}  {size}  {rate}  {duration_formatted}' : '{label} [{bar}] {percentage}%  {files}  {size}  {rate}  ETA {eta_formatted}',
+      barsize: 20,
       // a finished bar makes room for the phase's closing line (or an ERROR line)
       clearOnComplete: true,
+      // leave the terminal's modes alone (a Ctrl-C must not leave the cursor hidden or line
+      // wrapping off); cli-progress then cuts the line at the terminal's width itself
       hideCursor: null,
+      linewrap: true,
       fps: 5,
     });
     this.bar.start(total ?? 0, value, payload);
@@ -101,7 +104,8 @@ export class BackupReport {
     if (this.filesReported) return;
     this.last = { backupId, counts };
     if (counts.totalFiles !== undefined && counts.files >= counts.totalFiles) return this.filesDone();
-    this.progress.update({ label: `backup ${backupId}`, done: counts.files, total: counts.totalFiles, bytes: counts.bytes, totalBytes: counts.totalBytes, seconds: counts.seconds });
+    // the ID is on the `started` line above: the bar keeps to 80 columns
+    this.progress.update({ label: 'backup', done: counts.files, total: counts.totalFiles, bytes: counts.bytes, totalBytes: counts.totalBytes, seconds: counts.seconds });
   }
 
   /** Every file is sent (or as many as will be: some may vanish while the backup runs): their closing line, once. */

@@ -69,7 +69,7 @@ describe('BackupReport', () => {
     playBackup(new BackupReport(new Progress(out)));
     const text = out.text();
     // the bar: label, percentage of the bytes, files, size, rate
-    expect(text).toMatch(new RegExp(`backup ${ID} \\[[^\\]]*\\] \\d+% \\| \\d+/970 files \\| [\\d.]+ MiB \\| [\\d.]+ MiB/s`));
+    expect(text).toMatch(/backup \[[=-]{20}\] \d+% {2}\d+\/970 files {2}[\d.]+ MiB {2}[\d.]+ MiB\/s {2}ETA \d/);
     expect(text).toContain('970/970 files, 40.0 MiB in 4.0 s (10.0 MiB/s)\n');
     expect(text.trimEnd().endsWith(`backup ${ID}: DONE`)).toBe(true);
   });
