@@ -1,5 +1,5 @@
 // barman-receiver (also installed as barman): the service and the catalog commands on the backup
-// host. Thin: parse, call a command module, print. The seed's `barman server <verb> <srv>` forms
+// host. Thin: parse, call a command module, print. Barman's `barman server <verb> <srv>` forms
 // are rewritten to the flat commands before parsing.
 
 import { Command } from 'commander';
@@ -216,14 +216,14 @@ command('cron', 'apply retention policies, remove WAL no backup needs, tidy up')
   );
 
 /**
- * `barman server show main` → `show-server main` (the seed's forms). The seed's `server backup`
+ * `barman server show main` → `show-server main` (Barman's forms). Barman's `server backup`
  * runs the whole backup, so it waits (`--wait`) and shows its progress.
  */
-const SEED_VERBS: Record<string, string[]> = {
+const BARMAN_VERBS: Record<string, string[]> = {
   show: ['show-server'], check: ['check'], backup: ['backup', '--wait'], list: ['list-backups'], recover: ['recover'], status: ['status'],
 };
 const argv = [...process.argv];
-const seed = argv[2] === 'server' && argv[3] ? SEED_VERBS[argv[3]] : undefined;
-if (seed) argv.splice(2, 2, ...seed);
+const barmanForm = argv[2] === 'server' && argv[3] ? BARMAN_VERBS[argv[3]] : undefined;
+if (barmanForm) argv.splice(2, 2, ...barmanForm);
 
 void parseArgv(program, argv);

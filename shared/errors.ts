@@ -1,5 +1,5 @@
 // The one error family of barman-ts. Every failure a user can see is a BarmanError with a stable
-// `code` (scripts switch on it), an exit code (SPEC §6: 1 operation failed, 2 usage/config) and a
+// `code` (scripts switch on it), an exit code (docs/guarantees.md: 1 operation failed, 2 usage/config) and a
 // hint that says what to do next. Stack traces belong in the debug log, never on the user's screen.
 
 export const ExitCode = { OK: 0, FAILED: 1, USAGE: 2 } as const;

@@ -21,7 +21,7 @@ export function openBackups(config: ReceiverConfig, server: string): BackupCatal
   return new BackupCatalog(new ServerCatalog(config.barmanHome, s.name));
 }
 
-/** Newest first, in the seed's format plus size and status. */
+/** Newest first, in Barman's format plus size and status. */
 export async function listBackups(config: ReceiverConfig, server: string): Promise<BackupInfo[]> {
   return (await openBackups(config, server).list()).reverse();
 }

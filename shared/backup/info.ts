@@ -77,7 +77,7 @@ export function backupIdFor(date: Date): string {
   return `${date.getFullYear()}${pad(date.getMonth() + 1)}${pad(date.getDate())}T${pad(date.getHours())}${pad(date.getMinutes())}${pad(date.getSeconds())}`;
 }
 
-/** The seed's display form: 2011-09-19 17:24:39.769161 (local time). */
+/** Barman's display form: 2011-09-19 17:24:39.769161 (local time). */
 export function displayTime(iso: string): string {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return '';

@@ -12,7 +12,7 @@ import { track, untrack, type Resource } from './resources';
 import { describeRun, run, runOk, type RunResult } from './run';
 import { waitFor, type WaitOptions } from './wait';
 
-/** `pg_verifybackup -n -i barman_wal <dir>` (SPEC §3): the check a recovered directory passes before its first start. */
+/** `pg_verifybackup -n -i barman_wal <dir>` (docs/commands.md, recover): the check a recovered directory passes before its first start. */
 export function verifyRecoveredDirectory(dir: string): Promise<RunResult> {
   return run(pgBin('pg_verifybackup'), ['-n', '-i', 'barman_wal', dir]);
 }

@@ -116,7 +116,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     expect(await copy.psql(COUNT_ROWS)).toBe(rowsUpToBatch(4));
   });
 
-  it('recovers everything archived when no target is given (the seed\'s `barman server recover main latest <dir>`)', async () => {
+  it('recovers everything archived when no target is given (Barman\'s `barman server recover main latest <dir>`)', async () => {
     const dir = makeTempDir('recovered', 'postgres', 0o755);
     const dest = join(dir, 'pgdata');
     const r = await runReceiverCli(['server', 'recover', 'main', 'latest', dest, ...conf]);
@@ -139,7 +139,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     expect(m![1]).toBe(first);
     // the ID is the start time (to the second; a later second only when two backups would collide)
     expect(m![1]! >= `${m![2]}${m![3]}${m![4]}T${m![5]}${m![6]}${m![7]}`).toBe(true);
-    // the seed's form
+    // Barman's form
     const seed = await runReceiverCli(['server', 'list', 'main', ...conf]);
     expect(seed.stdout, describeRun(seed)).toBe(list.stdout);
 
@@ -296,7 +296,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     expect(existsSync(created)).toBe(false);
   });
 
-  it("takes a backup when the backup host asks (`backup main --wait`, the seed's `server backup main`), with progress, only with an agent daemon connected", async () => {
+  it("takes a backup when the backup host asks (`backup main --wait`, Barman's `server backup main`), with progress, only with an agent daemon connected", async () => {
     const alone = await runReceiverCli(['backup', ...conf, 'main', '--wait']);
     expectFailure(alone, 1, /no agent daemon of server main is connected/);
     expect(alone.stderr).toMatch(/^HINT: .*barman-agent daemon/m);
@@ -325,7 +325,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     expectPhaseLines(r, id);
     expect((await listBackupsJson(receiver, 'main')).length).toBe(before + 1);
 
-    // the seed's `barman server backup main` runs the whole backup, as the original guide's does
+    // Barman's `barman server backup main` runs the whole backup, as Barman's does
     const seed = await runReceiverCli(['server', 'backup', 'main', ...conf]);
     expectSuccess(seed);
     const seedId = seed.stdout.trim();
