@@ -24,7 +24,7 @@ export interface BackupResult {
 }
 
 export interface BackupProgress {
-  (event: { phase: 'started'; backupId: string } | { phase: 'files'; done: number; total: number; bytes: number } | { phase: 'stopped'; stopLsn: string }): void;
+  (event: { phase: 'started'; backupId: string } | { phase: 'files'; done: number; total: number; bytes: number; totalBytes: number } | { phase: 'stopped'; stopLsn: string }): void;
 }
 
 export async function takeBackup(conn: AgentConnection, config: AgentConfig, requestId?: number, progress?: BackupProgress): Promise<BackupResult> {
@@ -58,6 +58,9 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     // global/pg_control goes last, after every other file is in (walk puts it at the end)
     const control = files[files.length - 1]?.path === 'global/pg_control' ? files.pop() : undefined;
     const total = files.length + (control ? 1 : 0);
+    const totalBytes = files.reduce((n, f) => n + f.size, control?.size ?? 0);
+    // what the backup host measures its progress against (shown to whoever waits on the backup there)
+    await conn.send({ type: 'backup-total', backupId, files: total, bytes: totalBytes });
     let done = 0;
     let bytes = 0;
     let sent = 0;
@@ -68,7 +71,7 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
         sent++;
         bytes += file.size;
       }
-      if (done % 100 === 0 || done === total) progress?.({ phase: 'files', done, total, bytes });
+      progress?.({ phase: 'files', done, total, bytes, totalBytes });
     };
     let next = 0;
     let failed = false;

@@ -1,4 +1,4 @@
-// The catalog of one PostgreSQL server under <barman_home>/<server>/ (SPEC §5). This is the only
+// The catalog of one PostgreSQL server under <barman_home>/<server>/ (docs/catalog.md). This is the only
 // code that builds catalog paths:
 //   wals/<first 16 hex>/<segment>[.gz]   archived segments, wals/<tli>.history, wals/<seg>.<off>.backup
 //   streaming/                           the current partial segment (streaming)

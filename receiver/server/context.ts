@@ -35,6 +35,27 @@ export const MAX_UPLOADS_PER_SERVER = 64;
 
 export type BackupListener = (info: BackupInfo) => void;
 
+/** How far a backup's files are, for whoever waits on it: counted as chunks are written here. */
+export interface BackupProgress {
+  backupId: string;
+  files: number;
+  bytes: number;
+  elapsedMs: number;
+  /** what the agent's walk found to send (unknown until it says) */
+  totalFiles?: number;
+  totalBytes?: number;
+}
+
+interface RunningBackup {
+  backupId: string;
+  manifest: ManifestFile[];
+  owner: Peer;
+  startedAt: number;
+  files: number;
+  bytes: number;
+  total?: { files: number; bytes: number };
+}
+
 /** receiver-originated request ids live high, apart from the agent's own counter */
 let nextRequestId = 1 << 30;
 
@@ -48,7 +69,9 @@ export class ServerContext {
   private onStreamSegment: ((name: string, sha256: string) => void) | undefined;
   daemon: Peer | undefined;
   daemonSince: Date | undefined;
-  private running: { backupId: string; manifest: ManifestFile[]; owner: Peer } | undefined;
+  private running: RunningBackup | undefined;
+  /** the counters of the last backup whose files all arrived, kept for its waiters' last report */
+  private filesDone: BackupProgress | undefined;
   private readonly listeners = new Set<BackupListener>();
   /** bumped when a backup starts waiting for its WAL; walStored skips the catalog while it equals noneWaitingAt */
   private waitingGeneration = 0;
@@ -184,7 +207,7 @@ export class ServerContext {
 
   async beginBackup(owner: Peer, start: BackupStart, requestId: number | undefined): Promise<BackupInfo> {
     if (this.running) throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${this.running.backupId} of ${this.config.name} is still running`, 'Wait for it to finish, then start another.');
-    const placeholder = { backupId: '', manifest: [], owner };
+    const placeholder: RunningBackup = { backupId: '', manifest: [], owner, startedAt: Date.now(), files: 0, bytes: 0 };
     this.running = placeholder; // claimed before the first await: two begins cannot interleave
     try {
       const info = await this.backups.begin(start);
@@ -205,13 +228,40 @@ export class ServerContext {
 
   async backupFile(owner: Peer, backupId: string, path: string, size: number, mtime: number): Promise<Upload> {
     const running = this.ownRunning(owner, backupId);
-    return this.backups.beginFile(backupId, path, size, mtime, running.manifest);
+    const upload = await this.backups.beginFile(backupId, path, size, mtime, running.manifest);
+    return {
+      label: upload.label,
+      write: async (chunk) => {
+        await upload.write(chunk);
+        running.bytes += chunk.length;
+      },
+      finish: async (sha256) => {
+        const status = await upload.finish(sha256);
+        running.files++;
+        return status;
+      },
+      abort: () => upload.abort(),
+    };
+  }
+
+  /** The agent's walk found this much to send. A backup no longer running here is left alone. */
+  backupTotal(owner: Peer, backupId: string, files: number, bytes: number): void {
+    const running = this.running;
+    if (running && running.backupId === backupId && running.owner.id === owner.id) running.total = { files, bytes };
+  }
+
+  /** How far backup `backupId` is: live while its files arrive, final once they are all in. */
+  backupProgress(backupId: string): BackupProgress | undefined {
+    const running = this.running;
+    if (running && running.backupId === backupId) return progressOf(running);
+    return this.filesDone?.backupId === backupId ? this.filesDone : undefined;
   }
 
   async endBackup(owner: Peer, backupId: string, stop: BackupStop): Promise<BackupInfo> {
     const running = this.ownRunning(owner, backupId);
     try {
       const info = await this.backups.end(backupId, stop, running.manifest);
+      this.filesDone = progressOf(running);
       this.running = undefined;
       this.waitingGeneration++;
       this.notify(info);
@@ -275,4 +325,8 @@ export class ServerContext {
 
 function tooManyHint(server: string): string {
   return `Something on the PostgreSQL host of ${server} opens sessions and keeps them busy (stuck barman-agent processes, or a script that connects in a loop): find and stop it (ps -ef | grep barman-agent), then retry.`;
+}
+
+function progressOf(r: RunningBackup): BackupProgress {
+  return { backupId: r.backupId, files: r.files, bytes: r.bytes, elapsedMs: Date.now() - r.startedAt, ...(r.total ? { totalFiles: r.total.files, totalBytes: r.total.bytes } : {}) };
 }

@@ -40,6 +40,9 @@ export interface SessionOptions {
   onAuthenticated?: () => void;
 }
 
+/** how often an admin waiting on a backup hears how far its files are */
+const PROGRESS_INTERVAL_MS = 1000;
+
 type State =
   | { phase: 'hello' }
   | { phase: 'auth'; hello: HelloFrame; server: Pick<ServerConfig, 'name' | 'token'>; serverNonce: Buffer; known: boolean }
@@ -238,6 +241,10 @@ export class Session implements Peer {
           await server.abortBackup(this, frame.backupId, frame.reason);
           await this.conn.send({ type: 'backup-status', id: frame.id, backupId: frame.backupId, status: 'FAILED', reason: frame.reason });
         });
+      case 'backup-total':
+        this.allow(['daemon', 'backup'], 'take backups');
+        server.backupTotal(this, frame.backupId, frame.files, frame.bytes);
+        return;
       case 'backup-start':
         return this.answer(frame.id, async () => {
           this.allow(['admin'], 'request backups');
@@ -283,36 +290,51 @@ export class Session implements Peer {
     }
   }
 
-  /** admin → daemon backup request; answers with backup-status frames (STARTED, then the end state when waiting). */
+  /**
+   * admin → daemon backup request; answers with backup-status STARTED. When the admin waits: every
+   * later status up to DONE or FAILED, backup-progress about once a second while the files arrive,
+   * and one last backup-progress when they are all in (before WAITING_FOR_WALS or DONE).
+   */
   private async startBackupFor(id: number, wait: boolean, server: ServerContext): Promise<void> {
     let backupId: string | undefined;
     let finished = false;
+    let ticker: NodeJS.Timeout | undefined;
+    const send = (frame: Frame) => void this.conn.send(frame).catch(() => undefined);
+    const sendProgress = () => {
+      const progress = backupId === undefined ? undefined : server.backupProgress(backupId);
+      if (progress) send({ type: 'backup-progress', id, ...progress });
+    };
+    const finish = () => {
+      finished = true;
+      clearInterval(ticker);
+      unsubscribe();
+    };
     const unsubscribe = server.onBackupChange((info) => {
-      if (finished || info.backupId !== backupId) return;
-      if (info.status === 'DONE' || info.status === 'FAILED') {
-        finished = true;
-        unsubscribe();
-        void this.conn.send({ type: 'backup-status', id, backupId: info.backupId, status: info.status, ...(info.error ? { reason: info.error } : {}) }).catch(() => undefined);
+      if (finished || !wait || info.backupId !== backupId || info.status === 'STARTED') return;
+      if (ticker !== undefined && info.status !== 'FAILED') {
+        // the files are all in: their final counts, once, before the status that follows
+        clearInterval(ticker);
+        ticker = undefined;
+        sendProgress();
       }
+      send({ type: 'backup-status', id, backupId: info.backupId, status: info.status, ...(info.error ? { reason: info.error } : {}) });
+      if (info.status === 'DONE' || info.status === 'FAILED') finish();
     });
-    this.conn.onClose(() => unsubscribe());
+    this.conn.onClose(() => finish());
     try {
       await server.requestBackup((result) => {
         if (result instanceof BarmanError) {
-          finished = true;
-          unsubscribe();
-          void this.conn.send(errorFrame(result, id)).catch(() => undefined);
+          finish();
+          send(errorFrame(result, id));
           return;
         }
         backupId = result.backupId;
-        void this.conn.send({ type: 'backup-status', id, backupId: result.backupId, status: result.status }).catch(() => undefined);
-        if (!wait) {
-          finished = true;
-          unsubscribe();
-        }
+        send({ type: 'backup-status', id, backupId: result.backupId, status: result.status });
+        if (!wait) finish();
+        else ticker = setInterval(sendProgress, PROGRESS_INTERVAL_MS);
       });
     } catch (err) {
-      unsubscribe();
+      finish();
       throw err;
     }
   }

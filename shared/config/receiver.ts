@@ -1,4 +1,4 @@
-// The receiver's configuration (SPEC §2): one [barman] section for the service, one section per
+// The receiver's configuration (docs/configuration.md): one [barman] section for the service, one section per
 // PostgreSQL server. Parsed and validated once, into ReceiverConfig.
 
 import { existsSync } from 'node:fs';

@@ -75,6 +75,10 @@ export interface BackupRequestFrame { type: 'backup-request'; id: number }
 export interface BackupStartFrame { type: 'backup-start'; id: number; wait: boolean }
 /** receiver → agent/admin: where a backup stands */
 export interface BackupStatusFrame { type: 'backup-status'; id: number; backupId: string; status: string; reason?: string }
+/** agent → receiver, no answer: what the backup's walk found to send (the totals progress is measured against) */
+export interface BackupTotalFrame { type: 'backup-total'; backupId: string; files: number; bytes: number }
+/** receiver → admin waiting on a backup-start: how far the backup's files are, about once a second while they arrive, and once when they are all in */
+export interface BackupProgressFrame { type: 'backup-progress'; id: number; backupId: string; files: number; bytes: number; elapsedMs: number; totalFiles?: number; totalBytes?: number }
 
 /** restore → receiver: one data file of a DONE backup, answered like get (file, chunk*, end) */
 export interface GetBackupFileFrame { type: 'get-backup-file'; id: number; backupId: string; path: string }
@@ -101,6 +105,7 @@ export interface StatusFrame { type: 'status'; id: number; agentConnected: boole
 export type Frame =
   | HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame
   | BackupBeginFrame | BackupAcceptedFrame | BackupEndFrame | BackupAbortFrame | BackupRequestFrame | BackupStartFrame | BackupStatusFrame
+  | BackupTotalFrame | BackupProgressFrame
   | StatusRequestFrame | StatusFrame | GetBackupFileFrame | RestorePlanRequestFrame
   | StreamOpenFrame | StreamPositionFrame | WalDataFrame | StreamFlushedFrame | StreamSegmentFrame;
 export type FrameType = Frame['type'];
@@ -171,6 +176,8 @@ const SHAPES: Record<FrameType, Shape> = {
   'backup-request': { required: { id: uint } },
   'backup-start': { required: { id: uint, wait: (v) => typeof v === 'boolean' } },
   'backup-status': { required: { id: uint, backupId, status: str(32) }, optional: { reason: str(4096) } },
+  'backup-total': { required: { backupId, files: uint, bytes: uint } },
+  'backup-progress': { required: { id: uint, backupId, files: uint, bytes: uint, elapsedMs: uint }, optional: { totalFiles: uint, totalBytes: uint } },
   'status-request': { required: { id: uint } },
   'stream-open': { required: { id: uint, timeline: uint, systemIdentifier: (v) => typeof v === 'string' && /^\d{1,20}$/.test(v), segmentSize: uint, serverLsn: lsn, switchLsn: (v) => v === '' || lsn(v), parentTimeline: uint } },
   'stream-position': { required: { id: uint, timeline: uint, lsn: (v) => v === '' || lsn(v) } },

@@ -159,7 +159,7 @@ export function startDaemon(configPath: string): AgentDaemon {
   return AgentDaemon.start(configPath);
 }
 
-/** What SPEC §3 promises `status <srv> --json` holds (at least). */
+/** What docs/commands.md promises `status <srv> --json` holds (at least). */
 export interface StatusJson {
   server: string;
   agent: { connected: boolean };

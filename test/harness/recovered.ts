@@ -13,7 +13,7 @@ import { describeRun, run, runOk, type RunResult } from './run';
 import { waitFor, type WaitOptions } from './wait';
 
 /**
- * `pg_verifybackup -n -i barman_wal <dir>` (SPEC §3): the check a recovered directory passes before its first start.
+ * `pg_verifybackup -n -i barman_wal <dir>` (docs/commands.md, recover): the check a recovered directory passes before its first start.
  * `ignore`: more paths it skips, such as the data directory's own symlinks (it follows links, and manifests list files only).
  */
 export function verifyRecoveredDirectory(dir: string, ignore: string[] = []): Promise<RunResult> {

@@ -88,7 +88,7 @@ describe('an agent with a valid token sends a backup whose symlinks would route 
     agent.send({ type: 'backup-end', id: 3, backupId: accepted.backupId, stop, fileCount: 1 });
     expect(await agent.nextFrame()).toMatchObject({ type: 'error', id: 3, code: 'INVALID_NAME', message: expect.stringMatching(/"global" is not a valid symlink/) });
     agent.close();
-    const info = (await listBackupsJson(receiver, 'main')).find((b) => b.backupId === accepted.backupId);
+    const info = (await listBackupsJson(receiver, 'main')).find((b) => b.backup_id === accepted.backupId);
     expect(info).toMatchObject({ status: 'FAILED', error: expect.stringMatching(/"global" is not a valid symlink/) });
     expect(existsSync(join(receiver.serverDir('main'), 'base', accepted.backupId, 'data'))).toBe(false);
   });

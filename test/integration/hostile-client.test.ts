@@ -297,7 +297,7 @@ describe('backup IDs from the receiver\'s clock, recovery into an impossible pla
     const id = await backupAndWait(receiver, 'db', db);
     expect(id >= earliest && id <= backupIdFor(new Date())).toBe(true);
     const info = await showBackupJson(receiver, 'db', id);
-    expect(backupIdFor(new Date(info.beginTime))).toBe(id);
+    expect(backupIdFor(new Date(info.begin_time))).toBe(id);
   });
 
   it('refuses to recover into /proc/nope/x with a destination error instead of spinning on mkdir', async () => {

@@ -32,7 +32,7 @@ describe('loadAgentConfig', () => {
     });
   });
 
-  it('reads the example of the SPEC', () => {
+  it('reads a configuration that sets every key', () => {
     const file = files.write(`[agent]
 receiver = wss://backup.example:7480    ; wss:// with ca_file = ... for TLS
 ca_file = /etc/barman-agent/ca.pem

@@ -31,7 +31,7 @@ describe('loadReceiverConfig', () => {
     expect(c.servers.get('main')).toEqual({ name: 'main', description: 'main', token: TOKEN, retentionPolicy: undefined, minimumRedundancy: 0 });
   });
 
-  it('reads the example of the SPEC, section by section', () => {
+  it('reads a configuration that sets every key, section by section', () => {
     const file = files.write(`[barman]
 barman_home = /srv/barman          ; default /srv/barman
 listen = 127.0.0.1:7480            ; host:port of the WebSocket service

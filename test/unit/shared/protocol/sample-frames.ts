@@ -43,6 +43,8 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
   'backup-request': { type: 'backup-request', id: 12 },
   'backup-start': { type: 'backup-start', id: 13, wait: true },
   'backup-status': { type: 'backup-status', id: 14, backupId: '20261125T100000', status: 'DONE' },
+  'backup-total': { type: 'backup-total', backupId: '20261125T100000', files: 970, bytes: 23_456_789 },
+  'backup-progress': { type: 'backup-progress', id: 13, backupId: '20261125T100000', files: 412, bytes: 10_485_760, elapsedMs: 2_500, totalFiles: 970, totalBytes: 23_456_789 },
   'get-backup-file': { type: 'get-backup-file', id: 15, backupId: '20261125T100000', path: 'base/5/1259' },
   'restore-plan-request': { type: 'restore-plan-request', id: 16, backup: 'latest', options: { targetTime: '2026-11-25T12:00:05+01:00', targetAction: 'promote', exclusive: false } },
   'status-request': { type: 'status-request', id: 17 },
@@ -62,6 +64,8 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
 };
 
 /** Fields a frame kind may leave out. */
-export const OPTIONAL_FIELDS: Partial<Record<FrameType, string[]>> = { error: ['id'], 'backup-begin': ['requestId'], 'backup-status': ['reason'] };
+export const OPTIONAL_FIELDS: Partial<Record<FrameType, string[]>> = {
+  error: ['id'], 'backup-begin': ['requestId'], 'backup-status': ['reason'], 'backup-progress': ['totalFiles', 'totalBytes'],
+};
 
 export const FRAME_TYPES = Object.keys(VALID_FRAMES) as FrameType[];
