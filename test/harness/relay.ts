@@ -2,8 +2,8 @@
 // resets every connection open now (a router restart, a firewall flushing its state table),
 // `freeze()` stops forwarding on them while leaving both sockets open (a cable pulled: no FIN,
 // no RST, only silence, which heartbeats must notice), and `loseRepliesAfter()` lets one upload
-// through and then swallows the answer (an ack lost on the way back). New connections go
-// through normally.
+// through and then swallows the answer (an ack lost on the way back), and `limit()` makes the
+// link slow (agent → receiver at most so many bytes a second). New connections go through normally.
 
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { freePort } from './env';
@@ -23,6 +23,8 @@ export class TcpRelay {
   private readonly pairs = new Set<Pair>();
   private accepted = 0;
   private nextSilenceAfter = Infinity;
+  /** agent → receiver bytes per second on every connection; undefined: as fast as loopback goes */
+  private bytesPerSecond: number | undefined;
 
   private constructor(private readonly server: Server, readonly port: number, readonly target: { host: string; port: number }) {
     track({ what: `TCP relay 127.0.0.1:${port} → ${target.host}:${target.port}`, dispose: () => this.close() });
@@ -78,6 +80,11 @@ export class TcpRelay {
     this.nextSilenceAfter = clientBytes;
   }
 
+  /** From now on, every connection carries at most `bytesPerSecond` from the agent (undefined: no limit). */
+  limit(bytesPerSecond: number | undefined): void {
+    this.bytesPerSecond = bytesPerSecond;
+  }
+
   async close(): Promise<void> {
     for (const pair of [...this.pairs]) this.drop(pair, false);
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -96,22 +103,36 @@ export class TcpRelay {
       socket.on('error', () => (pair.frozen ? socket.destroy() : this.drop(pair, false)));
       socket.on('close', () => (pair.frozen ? socket.destroy() : this.drop(pair, false)));
     }
-    this.forward(pair, client, upstream, (n) => (pair.sent += n));
+    this.forward(pair, client, upstream, (n) => (pair.sent += n), () => this.bytesPerSecond);
     this.forward(pair, upstream, client, () => {
       if (pair.sent >= pair.silenceAfter) this.silence(pair);
     });
   }
 
-  /** from → to with backpressure; `seen` may silence the pair before the bytes go on. */
-  private forward(pair: Pair, from: Socket, to: Socket, seen: (bytes: number) => void): void {
+  /**
+   * from → to with backpressure; `seen` may silence the pair before the bytes go on. With a
+   * rate, reading pauses after each chunk for as long as the chunk takes at that rate.
+   */
+  private forward(pair: Pair, from: Socket, to: Socket, seen: (bytes: number) => void, rate: () => number | undefined = () => undefined): void {
+    // reasons reading is paused now (a full socket, the rate); it resumes when none is left
+    let holds = 0;
+    const hold = () => {
+      if (holds++ === 0) from.pause();
+    };
+    const release = () => {
+      if (--holds === 0 && !pair.frozen) from.resume();
+    };
     from.on('data', (chunk: Buffer) => {
       seen(chunk.length);
       if (pair.frozen || to.destroyed) return;
       if (!to.write(chunk)) {
-        from.pause();
-        to.once('drain', () => {
-          if (!pair.frozen) from.resume();
-        });
+        hold();
+        to.once('drain', release);
+      }
+      const limit = rate();
+      if (limit) {
+        hold();
+        setTimeout(release, (chunk.length * 1000) / limit);
       }
     });
   }
