@@ -33,6 +33,8 @@ export const ErrorCode = {
   RETENTION: 'RETENTION',
   POSTGRES: 'POSTGRES',
   INTERNAL: 'INTERNAL',
+  /** a second agent daemon for a server whose live daemon is connected (barman-agent daemon --takeover replaces it) */
+  DAEMON_ALREADY_CONNECTED: 'DAEMON_ALREADY_CONNECTED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
