@@ -100,16 +100,17 @@ addRecoveryOptions(program
 
 program
   .command('daemon')
-  .description('stay connected to the receiver and take backups when it asks')
+  .description('stay connected to the receiver: archive ahead, stream WAL, take backups when it asks')
   .option('-c, --config <file>', 'agent configuration file')
-  .action((opts: { config?: string }) =>
+  .option('--takeover', 'replace the daemon of this server that is connected now (it exits 0); without it, this one is refused')
+  .action((opts: { config?: string; takeover?: boolean }) =>
     runAction(async () => {
       const { runDaemon } = await import('./commands/daemon');
       const config = await loadConfig(opts);
       const stop = new AbortController();
-      process.once('SIGTERM', () => stop.abort());
-      process.once('SIGINT', () => stop.abort());
-      await runDaemon(config, stop.signal);
+      process.once('SIGTERM', () => stop.abort('SIGTERM'));
+      process.once('SIGINT', () => stop.abort('SIGINT'));
+      await runDaemon(config, stop.signal, { takeover: Boolean(opts.takeover) });
     }),
   );
 

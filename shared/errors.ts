@@ -39,6 +39,8 @@ export const ErrorCode = {
   CLOCK_SKEW: 'CLOCK_SKEW',
   TOO_MANY_SESSIONS: 'TOO_MANY_SESSIONS',
   TOO_MANY_UPLOADS: 'TOO_MANY_UPLOADS',
+  /** a second agent daemon for a server whose live daemon is connected (barman-agent daemon --takeover replaces it) */
+  DAEMON_ALREADY_CONNECTED: 'DAEMON_ALREADY_CONNECTED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

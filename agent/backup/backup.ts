@@ -6,6 +6,7 @@
 // tar stream would serialise through a single walsender.
 
 import type { Client } from 'pg';
+import { abortable } from '../../shared/abort';
 import type { AgentConfig } from '../../shared/config/agent';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
@@ -27,11 +28,16 @@ export interface BackupProgress {
   (event: { phase: 'started'; backupId: string } | { phase: 'files'; done: number; total: number; bytes: number; totalBytes: number } | { phase: 'stopped'; stopLsn: string }): void;
 }
 
-export async function takeBackup(conn: AgentConnection, config: AgentConfig, requestId?: number, progress?: BackupProgress): Promise<BackupResult> {
+/**
+ * Takes a backup and sends it. `signal` (the daemon stopping) abandons it at once: the receiver is
+ * told why (backup-abort, the backup FAILED with that reason) and the PostgreSQL session is closed,
+ * which ends the backup there; the signal's reason, a BarmanError, is what this rejects with.
+ */
+export async function takeBackup(conn: AgentConnection, config: AgentConfig, requestId?: number, progress?: BackupProgress, signal?: AbortSignal): Promise<BackupResult> {
   const pg = await connectPostgres(config.conninfo, { application_name: 'barman-agent backup' });
   let backupId: string | undefined;
   let inBackup = false;
-  try {
+  const run = async (): Promise<BackupResult> => {
     const version = Number((await pg.query<{ v: string }>("select current_setting('server_version_num') as v")).rows[0]!.v);
     const pgdata = (await pg.query<{ d: string }>("select current_setting('data_directory') as d")).rows[0]!.d;
     if ((await pg.query<{ r: boolean }>('select pg_is_in_recovery() as r')).rows[0]!.r) {
@@ -77,12 +83,13 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     let failed = false;
     await Promise.all(Array.from({ length: PARALLEL_FILES }, async () => {
       try {
-        while (next < files.length && !failed) await send(files[next++]!);
+        while (next < files.length && !failed && !signal?.aborted) await send(files[next++]!);
       } catch (err) {
         failed = true; // the other workers stop at their next file: the backup is lost anyway
         throw err;
       }
     }));
+    if (signal?.aborted) throw signal.reason;
     if (control) await send(control);
 
     const stopSql = version >= 150000
@@ -94,12 +101,20 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     inBackup = false;
     const stopTime = (await pg.query<{ now: Date }>('select clock_timestamp() as now')).rows[0]!.now.toISOString();
     progress?.({ phase: 'stopped', stopLsn: stopped.lsn });
+    if (signal?.aborted) throw signal.reason;
     const stop: BackupStop = { stopLsn: stopped.lsn, stopTime, backupLabel: stopped.labelfile, tablespaceMap: stopped.spcmapfile ?? '', directories, symlinks };
     const status = await conn.call(
       (id) => ({ type: 'backup-end', id, backupId: backupId!, stop, fileCount: sent }),
       (f) => (f.type === 'backup-status' ? f.status : undefined),
     );
     return { backupId, status, files: sent, bytes };
+  };
+  const work = run();
+  try {
+    if (!signal) return await work;
+    // abandoned, the work stops at its next step (or fails as the session closes): nothing unhandled
+    work.catch(() => undefined);
+    return await abortable(work, signal);
   } catch (err) {
     const e = asBarmanError(err);
     if (backupId) {
@@ -107,7 +122,8 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     }
     throw e;
   } finally {
-    if (inBackup) await stopQuietly(pg);
+    // closing the session aborts a non-exclusive backup anyway: a stopping daemon does just that
+    if (inBackup && !signal?.aborted) await stopQuietly(pg);
     await pg.end().catch(() => undefined);
   }
 }

@@ -6,6 +6,7 @@
 //   incoming/                            files not yet complete (temporary names only)
 //   errors/                              rejected or conflicting files, kept, never dropped
 //   identity.json                        system identifier, segment size and WAL magic of the cluster
+//   streaming.json                       written when WAL was first streamed: from then on a stream is expected
 
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
@@ -22,6 +23,11 @@ export interface ClusterIdentity {
 }
 
 const COMPRESSED_EXT: Record<Exclude<Compression, 'none'>, string> = { gzip: '.gz', lz4: '.lz4', zstd: '.zst' };
+
+/** A stream was opened for the server once: `check` then expects a live one. */
+export interface StreamingRecord {
+  firstOpenedAt: string;
+}
 
 export interface StoredWal {
   path: string;
@@ -99,6 +105,30 @@ export class ServerCatalog {
   async saveIdentity(identity: ClusterIdentity): Promise<void> {
     await writeFileDurably(this.identityPath, JSON.stringify(identity, null, 2) + '\n');
     this.identityCache = identity;
+  }
+
+  /** streaming.json: present once WAL was streamed for this server (remove it when streaming is turned off for good). */
+  get streamingRecordPath(): string {
+    return join(this.root, 'streaming.json');
+  }
+
+  async streamingRecord(): Promise<StreamingRecord | undefined> {
+    let text: string;
+    try {
+      text = await fs.readFile(this.streamingRecordPath, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      return JSON.parse(text) as StreamingRecord;
+    } catch {
+      return { firstOpenedAt: '' }; // damaged, but there: streaming is still in use
+    }
+  }
+
+  async saveStreamingRecord(record: StreamingRecord): Promise<void> {
+    await writeFileDurably(this.streamingRecordPath, JSON.stringify(record, null, 2) + '\n');
   }
 
   /** The wals/<first 16 hex>/ directories, oldest first. */

@@ -8,7 +8,7 @@ import type { BackupInfo } from '../../shared/backup/info';
 import type { ManifestFile } from '../../shared/backup/manifest';
 import type { Compression, ServerConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import type { BackupStart, BackupStop, Frame, Role, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
+import type { BackupStart, BackupStop, Frame, Role, StreamingState, StreamKeepaliveFrame, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
 import { type Lsn, parseLsn } from '../../shared/wal/lsn';
 import type { Logger } from 'pino';
 import { WalStream } from '../catalog/streaming';
@@ -16,22 +16,44 @@ import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import type { Upload } from '../catalog/upload';
 import { WalArchive } from '../catalog/wal-archive';
+import { StreamHealth } from './stream-health';
 
 /** The side of a session the server context needs: a way to talk to it and to name it. */
 export interface Peer {
   readonly id: string;
+  /** address:port it connected from */
+  readonly remote: string;
+  /** its connection has ended */
+  readonly closed: boolean;
   send(frame: Frame): Promise<void>;
+  /** closes it, telling it another daemon took its place (it stops rather than reconnect) */
   replace(reason: string): void;
   /** ms since the peer last sent anything, or undefined while it has work in progress here */
   quietFor?(now: number): number | undefined;
   /** closes the peer's session, telling it why */
   evict?(err: BarmanError): void;
+  /** asks it for a sign of life: true as soon as it answers, false when it has not within `timeoutMs` */
+  probe(timeoutMs: number): Promise<boolean>;
+  /** drops its connection without a word (a half-dead one) */
+  drop(reason: string): void;
 }
 
-/** authenticated sessions of one server at once; its daemon is not counted (there is one, a newer one replaces it) */
+/** authenticated sessions of one server at once; its daemon is not counted (there is at most one attached) */
 export const MAX_SESSIONS_PER_SERVER = 32;
 /** files being received for one server at once, over all its sessions */
 export const MAX_UPLOADS_PER_SERVER = 64;
+
+/** What a daemon says of itself when it asks to be the server's agent (a daemon-attach frame). */
+export interface DaemonClaim {
+  /** the same for every connection of one daemon process */
+  instance: string;
+  takeover: boolean;
+  host: string;
+  pid: number;
+}
+
+/** how long a connected daemon has to answer a ping before a newcomer may take its place */
+const DAEMON_PROBE_MS = 5_000;
 
 export type BackupListener = (info: BackupInfo) => void;
 
@@ -69,6 +91,13 @@ export class ServerContext {
   private onStreamSegment: ((name: string, sha256: string) => void) | undefined;
   daemon: Peer | undefined;
   daemonSince: Date | undefined;
+  private daemonClaim: DaemonClaim | undefined;
+  /** daemons asking to attach, one decision at a time */
+  private attaching: Promise<void> = Promise.resolve();
+  /** whether the stream is heard from, and when the receiver last had all of it */
+  private readonly streamHealth = new StreamHealth();
+  /** streaming.json exists: a stream was opened for this server */
+  private streamingRecorded = false;
   private running: RunningBackup | undefined;
   /** the counters of the last backup whose files all arrived, kept for its waiters' last report */
   private filesDone: BackupProgress | undefined;
@@ -97,26 +126,82 @@ export class ServerContext {
     };
   }
 
-  /** A daemon starts streaming WAL; answers where to start. Only one stream (the newest daemon's). */
+  /** The server's agent daemon starts streaming WAL; answers where to start. Only one stream (the daemon's). */
   async openStream(owner: Peer, frame: StreamOpenFrame, onFlushed: (timeline: number, lsn: Lsn) => void, onSegment: (name: string, sha256: string) => void): Promise<Lsn | undefined> {
+    if (this.daemon?.id !== owner.id) {
+      throw new BarmanError(ErrorCode.AGENT_NOT_CONNECTED, `this session is not the agent daemon of server ${this.config.name}; only that one streams WAL`, 'Restart the agent daemon (barman-agent daemon).');
+    }
     this.streamOwner = owner;
-    this.stream.onFlushed = onFlushed;
+    this.stream.onFlushed = (timeline, lsn) => {
+      this.streamHealth.flushed(new Date(), this.stream.caughtUp);
+      onFlushed(timeline, lsn);
+    };
     this.onStreamSegment = onSegment;
     const branch = frame.switchLsn ? { parent: frame.parentTimeline, switchLsn: parseLsn(frame.switchLsn) } : undefined;
-    return this.stream.open(frame.timeline, frame.systemIdentifier, frame.segmentSize, parseLsn(frame.serverLsn), branch);
+    const resume = await this.stream.open(frame.timeline, frame.systemIdentifier, frame.segmentSize, parseLsn(frame.serverLsn), branch);
+    if (!this.streamingRecorded) {
+      // durably: after a receiver restart `check` still knows this server's WAL is expected streamed
+      if (!(await this.catalog.streamingRecord())) await this.catalog.saveStreamingRecord({ firstOpenedAt: new Date().toISOString() });
+      this.streamingRecorded = true;
+    }
+    this.streamHealth.opened(new Date(), frame.timeoutSeconds, this.stream.caughtUp);
+    return resume;
   }
 
   async appendStream(owner: Peer, frame: WalDataFrame): Promise<void> {
     if (this.streamOwner?.id !== owner.id) throw new BarmanError(ErrorCode.PROTOCOL, 'WAL data on a session that does not own the stream', 'Restart the agent daemon.');
     await this.stream.append(frame.timeline, parseLsn(frame.startLsn), parseLsn(frame.walEnd), frame.data);
+    this.streamHealth.heard(new Date(), this.stream.caughtUp);
   }
 
-  /** A daemon connected: it becomes the server's agent; an older one is closed (never two writers). */
-  attachDaemon(peer: Peer): void {
+  /** PostgreSQL answered the daemon's keepalive: the stream is alive, and PostgreSQL's WAL ends at least there. */
+  streamKeepalive(owner: Peer, frame: StreamKeepaliveFrame): void {
+    if (this.streamOwner?.id !== owner.id) return; // a stream replaced meanwhile: nothing to say about it
+    this.stream.noteServerLsn(frame.timeline, parseLsn(frame.serverLsn));
+    this.streamHealth.heard(new Date(), this.stream.caughtUp);
+  }
+
+  /** The stream as status shows it: its positions, and whether it is still heard from. */
+  streamingState(now = new Date()): StreamingState {
+    const raw = this.stream.state();
+    const state = this.streamHealth.state(now, { active: raw.state === 'streaming', everStreamed: raw.state !== 'off' }, this.daemon !== undefined);
+    return { ...raw, state, lastHeardAt: this.streamHealth.lastHeardAt?.toISOString() ?? '', caughtUpAt: this.streamHealth.caughtUpAt?.toISOString() ?? '' };
+  }
+
+  /**
+   * A daemon asks to be the server's agent. One at a time, never two writers: a live daemon keeps
+   * the server and the newcomer is refused, unless the newcomer is that same daemon come back
+   * after a network blip (its old connection, half dead, is dropped), it asks to take over (the
+   * old one is closed and told why), or the old one does not answer a ping (dropped as dead).
+   */
+  attachDaemon(peer: Peer, claim: DaemonClaim): Promise<void> {
+    const turn = this.attaching.then(() => this.decideDaemon(peer, claim));
+    this.attaching = turn.catch(() => undefined);
+    return turn;
+  }
+
+  private async decideDaemon(peer: Peer, claim: DaemonClaim): Promise<void> {
     const old = this.daemon;
+    const oldClaim = this.daemonClaim;
+    if (old && old.id !== peer.id) {
+      if (oldClaim?.instance === claim.instance) {
+        old.drop('the same agent daemon connected again');
+      } else if (claim.takeover) {
+        old.replace(`replaced by the agent daemon started with --takeover on host ${claim.host} (pid ${claim.pid}, from ${peer.remote})`);
+      } else if ((await old.probe(DAEMON_PROBE_MS)) && this.daemon === old) {
+        throw new BarmanError(
+          ErrorCode.DAEMON_ALREADY_CONNECTED,
+          `server ${this.config.name} already has a live agent daemon: connected since ${this.daemonSince?.toISOString()} from ${old.remote} (host ${oldClaim?.host}, pid ${oldClaim?.pid}); this one does not start`,
+          'Run one barman-agent daemon per PostgreSQL server: stop that one first, or start this one with --takeover to replace it (the replaced one exits 0, so its systemd unit leaves it stopped).',
+        );
+      } else if (this.daemon === old) {
+        old.drop('a new agent daemon connected and this one did not answer a ping');
+      }
+    }
+    if (peer.closed) throw new BarmanError(ErrorCode.CONNECTION_LOST, 'the agent daemon went away while attaching', 'It reconnects by itself.');
     this.daemon = peer;
     this.daemonSince = new Date();
-    if (old && old.id !== peer.id) old.replace('another agent daemon for this server connected');
+    this.daemonClaim = claim;
   }
 
   /**
@@ -176,6 +261,7 @@ export class ServerContext {
     if (this.daemon?.id === peer.id) {
       this.daemon = undefined;
       this.daemonSince = undefined;
+      this.daemonClaim = undefined;
     }
     if (this.running?.owner.id === peer.id) {
       const { backupId } = this.running;

@@ -71,7 +71,7 @@ export class Session implements Peer {
   /** requests being answered */
   private answering = 0;
 
-  constructor(private readonly conn: FrameConnection, private readonly lookup: (name: string) => ServerContext | undefined, baseLog: Logger, remote: string, private readonly options: SessionOptions = { idleMs: 30_000 }) {
+  constructor(private readonly conn: FrameConnection, private readonly lookup: (name: string) => ServerContext | undefined, baseLog: Logger, readonly remote: string, private readonly options: SessionOptions = { idleMs: 30_000 }) {
     this.log = baseLog.child({ session: this.id, remote });
     conn.ws.on('ping', () => {
       this.lastHeard = Date.now();
@@ -113,6 +113,20 @@ export class Session implements Peer {
   /** Another daemon of the same server took over: this one is closed, with a reason it can log. */
   replace(reason: string): void {
     void this.conn.fail(new BarmanError(ErrorCode.AGENT_NOT_CONNECTED, reason, 'Run one barman-agent daemon per PostgreSQL server.'), CloseCode.REPLACED);
+  }
+
+  get closed(): boolean {
+    return this.conn.closed;
+  }
+
+  probe(timeoutMs: number): Promise<boolean> {
+    return this.conn.probe(timeoutMs);
+  }
+
+  /** A connection left behind (its daemon came back on a new one, or stopped answering): dropped. */
+  drop(reason: string): void {
+    this.log.info(`closing this agent daemon connection: ${reason}`);
+    this.conn.terminate();
   }
 
   private async onFrame(frame: Frame): Promise<void> {
@@ -163,10 +177,8 @@ export class Session implements Peer {
     this.role = hello.role;
     this.state = { phase: 'ready', server: context };
     this.conn.onClose(() => context.detach(this));
-    if (hello.role === 'daemon') {
-      context.attachDaemon(this);
-      this.conn.heartbeat(DAEMON_HEARTBEAT_MS);
-    }
+    // a daemon becomes the server's agent with its daemon-attach, which may be refused
+    if (hello.role === 'daemon') this.conn.heartbeat(DAEMON_HEARTBEAT_MS);
     await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', proofContext) });
     this.log.debug('agent authenticated');
   }
@@ -275,10 +287,21 @@ export class Session implements Peer {
         });
       case 'wal-data':
         return this.answer(frame.id, () => server.appendStream(this, frame));
+      case 'stream-keepalive':
+        this.allow(['daemon'], 'stream WAL');
+        server.streamKeepalive(this, frame);
+        return;
+      case 'daemon-attach':
+        return this.answer(frame.id, async () => {
+          this.allow(['daemon'], 'attach as the agent daemon');
+          await server.attachDaemon(this, { instance: frame.instance, takeover: frame.takeover, host: frame.host, pid: frame.pid });
+          this.log.info({ instance: frame.instance, host: frame.host, pid: frame.pid, takeover: frame.takeover }, 'agent daemon attached');
+          await this.conn.send({ type: 'daemon-attached', id: frame.id });
+        });
       case 'status-request':
         return this.answer(frame.id, async () => {
           this.allow(['admin'], 'ask for status');
-          await this.conn.send({ type: 'status', id: frame.id, agentConnected: server.daemon !== undefined, agentSince: server.daemonSince?.toISOString() ?? '', backupRunning: server.runningBackup ?? '', streaming: server.stream.state() });
+          await this.conn.send({ type: 'status', id: frame.id, agentConnected: server.daemon !== undefined, agentSince: server.daemonSince?.toISOString() ?? '', backupRunning: server.runningBackup ?? '', streaming: server.streamingState() });
         });
       case 'error':
         // the daemon's answer to a request of ours (a backup request it could not run)

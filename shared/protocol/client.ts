@@ -116,6 +116,11 @@ export class AgentConnection {
     this.conn.close();
   }
 
+  /** Drops the connection at once, without the close handshake (a peer that does not answer it). */
+  terminate(): void {
+    this.conn.terminate();
+  }
+
   /**
    * Sends a local file; resolves with the receiver's ack once it is stored there.
    * WAL files must not change while read (a size change is an error). Backup files may: given
@@ -186,7 +191,13 @@ export class AgentConnection {
     const id = this.nextId++;
     if (this.failure) throw this.failure;
     this.waiters.set(id, onFrame);
-    await this.conn.send(build(id));
+    try {
+      await this.conn.send(build(id));
+    } catch (err) {
+      // nobody will close a channel that never opened: its handler must not hear the connection's end
+      this.waiters.delete(id);
+      throw err;
+    }
     return { id, close: () => this.waiters.delete(id) };
   }
 

@@ -2,10 +2,11 @@
 // resets every connection open now (a router restart, a firewall flushing its state table),
 // `freeze()` stops forwarding on them while leaving both sockets open (a cable pulled: no FIN,
 // no RST, only silence, which heartbeats must notice), and `loseRepliesAfter()` lets one upload
-// through and then swallows the answer (an ack lost on the way back). New connections go
-// through normally. `interceptNext()` makes the relay a man in the middle on ws:// for one
-// connection: it reads the protocol's frames both ways, may rewrite or drop what the client sends,
-// and may send requests of its own on the session (the hello rewriter an attacker would use).
+// through and then swallows the answer (an ack lost on the way back), and `limit()` makes the
+// link slow (agent → receiver at most so many bytes a second). New connections go through
+// normally. `interceptNext()` makes the relay a man in the middle on ws:// for one connection: it
+// reads the protocol's frames both ways, may rewrite or drop what the client sends, and may send
+// requests of its own on the session (the hello rewriter an attacker would use).
 
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { decodeFrame, encodeFrame } from '../../shared/protocol/codec';
@@ -38,6 +39,8 @@ export class TcpRelay {
   private accepted = 0;
   private nextSilenceAfter = Infinity;
   private nextInterception: Interception | undefined;
+  /** agent → receiver bytes per second on every connection; undefined: as fast as loopback goes */
+  private bytesPerSecond: number | undefined;
 
   private constructor(private readonly server: Server, readonly port: number, readonly target: { host: string; port: number }) {
     track({ what: `TCP relay 127.0.0.1:${port} → ${target.host}:${target.port}`, dispose: () => this.close() });
@@ -98,6 +101,11 @@ export class TcpRelay {
     this.nextInterception = interception;
   }
 
+  /** From now on, every connection carries at most `bytesPerSecond` from the agent (undefined: no limit). */
+  limit(bytesPerSecond: number | undefined): void {
+    this.bytesPerSecond = bytesPerSecond;
+  }
+
   async close(): Promise<void> {
     for (const pair of [...this.pairs]) this.drop(pair, false);
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -121,7 +129,7 @@ export class TcpRelay {
       this.intercept(pair, pair.interception);
       return;
     }
-    this.forward(pair, client, upstream, (n) => (pair.sent += n));
+    this.forward(pair, client, upstream, (n) => (pair.sent += n), () => this.bytesPerSecond);
     this.forward(pair, upstream, client, () => {
       if (pair.sent >= pair.silenceAfter) this.silence(pair);
     });
@@ -151,16 +159,30 @@ export class TcpRelay {
     });
   }
 
-  /** from → to with backpressure; `seen` may silence the pair before the bytes go on. */
-  private forward(pair: Pair, from: Socket, to: Socket, seen: (bytes: number) => void): void {
+  /**
+   * from → to with backpressure; `seen` may silence the pair before the bytes go on. With a
+   * rate, reading pauses after each chunk for as long as the chunk takes at that rate.
+   */
+  private forward(pair: Pair, from: Socket, to: Socket, seen: (bytes: number) => void, rate: () => number | undefined = () => undefined): void {
+    // reasons reading is paused now (a full socket, the rate); it resumes when none is left
+    let holds = 0;
+    const hold = () => {
+      if (holds++ === 0) from.pause();
+    };
+    const release = () => {
+      if (--holds === 0 && !pair.frozen) from.resume();
+    };
     from.on('data', (chunk: Buffer) => {
       seen(chunk.length);
       if (pair.frozen || to.destroyed) return;
       if (!to.write(chunk)) {
-        from.pause();
-        to.once('drain', () => {
-          if (!pair.frozen) from.resume();
-        });
+        hold();
+        to.once('drain', release);
+      }
+      const limit = rate();
+      if (limit) {
+        hold();
+        setTimeout(release, (chunk.length * 1000) / limit);
       }
     });
   }

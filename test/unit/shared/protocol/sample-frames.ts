@@ -54,18 +54,24 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
     agentConnected: true,
     agentSince: '2026-11-25T09:00:00.000Z',
     backupRunning: '',
-    streaming: { state: 'streaming', timeline: 1, receivedLsn: '0/3000100', flushLsn: '0/3000100', serverLsn: '0/3000100', lastFlushAt: '2026-11-25T09:00:01.000Z' },
+    streaming: {
+      state: 'streaming', timeline: 1, receivedLsn: '0/3000100', flushLsn: '0/3000100', serverLsn: '0/3000100', lastFlushAt: '2026-11-25T09:00:01.000Z',
+      lastHeardAt: '2026-11-25T09:00:02.000Z', caughtUpAt: '2026-11-25T09:00:02.000Z',
+    },
   },
-  'stream-open': { type: 'stream-open', id: 19, timeline: 2, systemIdentifier: '7712075971341596236', segmentSize: 16 * 1024 * 1024, serverLsn: '0/5000060', switchLsn: '0/40000A0', parentTimeline: 1 },
+  'stream-open': { type: 'stream-open', id: 19, timeline: 2, systemIdentifier: '7712075971341596236', segmentSize: 16 * 1024 * 1024, serverLsn: '0/5000060', switchLsn: '0/40000A0', parentTimeline: 1, timeoutSeconds: 30 },
   'stream-position': { type: 'stream-position', id: 19, timeline: 2, lsn: '0/40000A0' },
   'wal-data': { type: 'wal-data', id: 19, timeline: 2, startLsn: '0/40000A0', walEnd: '0/5000060', data: bytes(8192, 6) },
   'stream-flushed': { type: 'stream-flushed', id: 19, timeline: 2, flushLsn: '0/40020A0' },
   'stream-segment': { type: 'stream-segment', id: 19, name: '000000020000000000000004', sha256: SHA },
+  'stream-keepalive': { type: 'stream-keepalive', id: 19, timeline: 2, serverLsn: '0/5000060' },
+  'daemon-attach': { type: 'daemon-attach', id: 20, instance: '6f1c2a9e-3b0d-4e59-9a57-0d2f4c1b8e21', takeover: false, host: 'db1', pid: 4242 },
+  'daemon-attached': { type: 'daemon-attached', id: 20 },
 };
 
 /** Fields a frame kind may leave out. */
 export const OPTIONAL_FIELDS: Partial<Record<FrameType, string[]>> = {
-  error: ['id'], 'backup-begin': ['requestId'], 'backup-status': ['reason'], 'backup-progress': ['totalFiles', 'totalBytes'],
+  error: ['id'], 'backup-begin': ['requestId'], 'backup-status': ['reason'], 'backup-progress': ['totalFiles', 'totalBytes'], 'stream-open': ['timeoutSeconds'],
 };
 
 export const FRAME_TYPES = Object.keys(VALID_FRAMES) as FrameType[];
