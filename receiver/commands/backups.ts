@@ -10,6 +10,8 @@ import { sha256File } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
+import { backupSegments, verifyWalFiles } from '../catalog/wal-integrity';
+import { DEFAULT_SEGMENT_SIZE } from '../../shared/wal/names';
 import { openAdmin } from './admin';
 import { requireServer } from './servers';
 
@@ -81,10 +83,16 @@ export interface VerifyResult {
   backupId: string;
   ok: boolean;
   checked: number;
+  /** WAL files of the backup's own range (begin WAL to end WAL) read back against their recorded checksums */
+  walChecked: number;
   problems: string[];
 }
 
-/** Re-reads every file of a backup and compares size and SHA-256 with its manifest. */
+/**
+ * Re-reads every file of a backup and compares size and SHA-256 with its manifest, and every WAL
+ * file of its range (begin WAL to end WAL, without which it cannot be recovered) with the
+ * checksum recorded when it was stored.
+ */
 export async function verifyBackup(config: ReceiverConfig, server: string, id: string): Promise<VerifyResult> {
   const backups = openBackups(config, server);
   const info = await backups.resolve(id);
@@ -93,13 +101,13 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
   try {
     manifestText = await fs.readFile(backups.manifestPath(info.backupId), 'utf8');
   } catch {
-    return { backupId: info.backupId, ok: false, checked: 0, problems: ['backup_manifest is missing'] };
+    return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: ['backup_manifest is missing'] };
   }
   let files;
   try {
     files = parseManifest(manifestText).files;
   } catch (err) {
-    return { backupId: info.backupId, ok: false, checked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
+    return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
   }
   const dataDir = backups.dataDir(info.backupId);
   for (const f of files) {
@@ -112,7 +120,15 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
       problems.push(`${f.path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : (err as Error).message}`);
     }
   }
-  return { backupId: info.backupId, ok: problems.length === 0, checked: files.length, problems };
+  let walChecked = 0;
+  // a backup still WAITING_FOR_WALS has its WAL on the way; a FAILED one never will
+  if (info.status === 'DONE') {
+    const segmentSize = (await backups.catalog.identity())?.segmentSize ?? DEFAULT_SEGMENT_SIZE;
+    const wal = await verifyWalFiles(backups.catalog, backupSegments(info, segmentSize));
+    walChecked = wal.verified + wal.unchecked.length;
+    problems.push(...wal.problems.map((p) => `WAL ${p}`));
+  }
+  return { backupId: info.backupId, ok: problems.length === 0, checked: files.length, walChecked, problems };
 }
 
 /**

@@ -8,6 +8,7 @@ import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import { applyRetention, oldestNeededSegment } from '../catalog/retention';
+import { hashStoredWal } from '../catalog/wal-archive';
 
 /** temporary files younger than this may belong to a transfer in progress */
 const STALE_INCOMING_MS = 24 * 3600 * 1000;
@@ -18,6 +19,8 @@ export interface CronReport {
   removedBackups: string[];
   removedWals: number;
   removedTemp: number;
+  /** WAL files stored by versions before checksums whose checksum was recorded now */
+  checksumsRecorded: number;
   notes: string[];
 }
 
@@ -26,7 +29,7 @@ export async function runCron(config: ReceiverConfig, now = new Date()): Promise
   for (const server of config.servers.values()) {
     const catalog = new ServerCatalog(config.barmanHome, server.name);
     const backups = new BackupCatalog(catalog);
-    const report: CronReport = { server: server.name, promoted: [], removedBackups: [], removedWals: 0, removedTemp: 0, notes: [] };
+    const report: CronReport = { server: server.name, promoted: [], removedBackups: [], removedWals: 0, removedTemp: 0, checksumsRecorded: 0, notes: [] };
     report.promoted = (await backups.promoteComplete()).promoted.map((b) => b.backupId);
     const all = await backups.list();
     const decision = applyRetention(all, server.retentionPolicy, server.minimumRedundancy, now);
@@ -40,9 +43,28 @@ export async function runCron(config: ReceiverConfig, now = new Date()): Promise
     const oldest = server.retentionPolicy ? oldestNeededSegment(remaining) : undefined;
     if (oldest) report.removedWals = await catalog.removeWalBefore(oldest);
     report.removedTemp = await removeStaleIncoming(catalog, now);
+    report.checksumsRecorded = await recordMissingChecksums(catalog, report.notes);
     reports.push(report);
   }
   return reports;
+}
+
+/**
+ * WAL files stored before checksums get theirs recorded, once: what they hold now is trusted
+ * from here on (whether they changed before cannot be known), and every later read is checked.
+ */
+async function recordMissingChecksums(catalog: ServerCatalog, notes: string[]): Promise<number> {
+  let recorded = 0;
+  for (const stored of await catalog.uncheckedWal()) {
+    const sha256 = await hashStoredWal(stored);
+    if (!sha256) {
+      notes.push(`${stored.name} was stored without a checksum and no longer decompresses; left as it is`);
+      continue;
+    }
+    await catalog.recordChecksum(stored, sha256);
+    recorded++;
+  }
+  return recorded;
 }
 
 async function removeStaleIncoming(catalog: ServerCatalog, now: Date): Promise<number> {

@@ -48,7 +48,7 @@ export class ServerContext {
     this.catalog = new ServerCatalog(barmanHome, config.name);
     this.walArchive = new WalArchive(this.catalog, compression);
     this.backups = new BackupCatalog(this.catalog);
-    this.stream = new WalStream(this.catalog, log.child({ server: config.name, component: 'streaming' }));
+    this.stream = new WalStream(this.catalog, log.child({ server: config.name, component: 'streaming' }), this.walArchive);
     this.stream.onSegment = async (name, sha256) => {
       this.onStreamSegment?.(name, sha256);
       await this.walStored();
