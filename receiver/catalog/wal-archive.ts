@@ -1,7 +1,7 @@
 // Where a WAL file becomes durable, and the only way one is read back. An upload is validated as
-// it arrives (name, size, page header, system identifier),
-// hashed, written to incoming/, fsynced, compared with the sender's checksum, and only then
-// renamed into wals/ under a name that carries that checksum. Identical re-sends are a success
+// it arrives (name, size, page header, system identifier; a .history or .backup file's content,
+// which must be one PostgreSQL can read), hashed, written to incoming/, fsynced, compared with
+// the sender's checksum, and only then renamed into wals/ under a name that carries that checksum. Identical re-sends are a success
 // (and repair a stored copy that went bad); different bytes under an existing name are refused
 // and kept under errors/. Every read checks the bytes against the recorded checksum.
 
@@ -11,7 +11,9 @@ import type { Readable } from 'node:stream';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { newHash } from '../../shared/checksum';
+import { validateBackupHistory } from '../../shared/wal/backup-history';
 import { LONG_HEADER_SIZE, readLongHeader } from '../../shared/wal/header';
+import { validateHistory } from '../../shared/wal/history';
 import { formatLsn } from '../../shared/wal/lsn';
 import { isValidSegmentSize, parseWalFileName, segmentStartLsn, type WalFileName } from '../../shared/wal/names';
 import { exists, IncomingFile, storageError } from '../storage/posix';
@@ -218,6 +220,8 @@ export class WalUpload implements Upload {
   private systemIdentifier: string | undefined;
   private walMagic = 0;
   private pgVersion: number | undefined;
+  /** a .history or .backup file's bytes, checked before it is stored (at most MAX_SMALL_WAL_FILE) */
+  private readonly content: Buffer[] = [];
   /** where a damaged stored copy went when this upload replaced it (for the log) */
   replacedDamaged: string | undefined;
 
@@ -235,6 +239,7 @@ export class WalUpload implements Upload {
       this.head = Buffer.concat([this.head, chunk.subarray(0, LONG_HEADER_SIZE - this.head.length)]);
       if (this.head.length >= LONG_HEADER_SIZE) await this.checkHeader();
     }
+    if (!hasPages(this.file)) this.content.push(Buffer.from(chunk));
     try {
       await this.incoming.write(chunk);
     } catch (err) {
@@ -283,6 +288,20 @@ export class WalUpload implements Upload {
     }
   }
 
+  /** A .history or .backup file must be one PostgreSQL could read: garbage is never stored, so it never blocks a recovery or the right file. */
+  private async checkContent(): Promise<void> {
+    const name = this.file.name;
+    const text = Buffer.concat(this.content).toString('utf8');
+    try {
+      if (this.file.kind === 'history') validateHistory(text, this.file.timeline);
+      else if (this.file.kind === 'backup') validateBackupHistory(text, name, (await this.archive.catalog.identity())?.segmentSize);
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      const what = this.file.kind === 'history' ? 'a timeline history file' : 'a backup history file';
+      throw invalidWal(`${name} is not ${what} PostgreSQL wrote: ${err.message}`, `Nothing was stored. archive_command must pass PostgreSQL's own file (%p); push the real ${name} from the cluster's pg_wal and it is accepted.`);
+    }
+  }
+
   /** Completes the upload; resolves only when the file is durable under its final name. */
   async finish(senderSha256: string): Promise<StoreResult> {
     const name = this.file.name;
@@ -300,6 +319,12 @@ export class WalUpload implements Upload {
     if (sha256 !== senderSha256) {
       await this.incoming.discard();
       throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: checksum of the bytes received (${sha256.slice(0, 12)}…) differs from the agent's (${senderSha256.slice(0, 12)}…)`, 'The file changed while it was read or was damaged in transit; the push is retried by PostgreSQL.');
+    }
+    try {
+      await this.checkContent();
+    } catch (err) {
+      await this.incoming.discard();
+      throw err;
     }
     const result = await this.archive.store(name, sha256, this.compression, {
       beforePlace: async () => {
