@@ -38,6 +38,7 @@ export const ErrorCode = {
   RETENTION: 'RETENTION',
   POSTGRES: 'POSTGRES',
   INTERNAL: 'INTERNAL',
+  CATALOG_LOCKED: 'CATALOG_LOCKED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -19,6 +19,7 @@ import { dirname, join } from 'node:path';
 import type { Compression } from '../../shared/config/receiver';
 import { parseWalFileName, walDirectoryOf } from '../../shared/wal/names';
 import { ensureDir, fsyncDir } from '../storage/posix';
+import { type CatalogLocker, PosixCatalogLocker } from './lock';
 
 export interface ClusterIdentity {
   systemIdentifier: string;
@@ -166,6 +167,32 @@ export class ServerCatalog {
     return join(this.root, 'catalog.lock');
   }
 
+  /**
+   * The key a running serve accepts catalog changes (keep, delete, cron) with: it lives in
+   * barman_home, so only the backup host can use it, never an agent, whose token also opens an
+   * admin connection. Written by serve once it holds the lock, removed when it stops.
+   */
+  private get changeKeyPath(): string {
+    return join(this.root, 'catalog.key');
+  }
+
+  async writeChangeKey(key: string): Promise<void> {
+    await writeFileDurably(this.changeKeyPath, key + '\n', 0o600);
+  }
+
+  async readChangeKey(): Promise<string | undefined> {
+    return fs.readFile(this.changeKeyPath, 'utf8').then((t) => t.trim(), () => undefined);
+  }
+
+  async removeChangeKey(): Promise<void> {
+    await fs.rm(this.changeKeyPath, { force: true });
+  }
+
+  /** The one-writer lock of this catalog. */
+  locker(): CatalogLocker {
+    return new PosixCatalogLocker(this.server, this.root, this.lockPath);
+  }
+
   /** Where `check` resumes its bounded WAL verification (local state, not catalog content). */
   private get walVerifyCursorPath(): string {
     return join(this.root, 'wal-verify.json');
@@ -271,9 +298,9 @@ export class ServerCatalog {
 }
 
 /** Small files (JSON state, labels): temp + fsync + rename + directory fsync. */
-export async function writeFileDurably(path: string, content: string | Uint8Array): Promise<void> {
+export async function writeFileDurably(path: string, content: string | Uint8Array, mode = 0o640): Promise<void> {
   const tmp = `${path}.${process.pid}.tmp`;
-  const fh = await fs.open(tmp, 'w', 0o640);
+  const fh = await fs.open(tmp, 'w', mode);
   try {
     await fh.writeFile(content);
     await fh.sync();

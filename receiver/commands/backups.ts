@@ -7,12 +7,12 @@ import type { ReceiverConfig } from '../../shared/config/receiver';
 import { type BackupInfo, displayTime } from '../../shared/backup/info';
 import { parseManifest } from '../../shared/backup/manifest';
 import { sha256File } from '../../shared/checksum';
-import { BarmanError, ErrorCode } from '../../shared/errors';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import { backupSegments, verifyWalFiles } from '../catalog/wal-integrity';
 import { DEFAULT_SEGMENT_SIZE } from '../../shared/wal/names';
 import { openAdmin } from './admin';
+import { changeCatalog } from './catalog-change';
 import { requireServer } from './servers';
 
 export function openBackups(config: ReceiverConfig, server: string): BackupCatalog {
@@ -55,28 +55,14 @@ export async function showBackup(config: ReceiverConfig, server: string, id: str
   return openBackups(config, server).resolve(id);
 }
 
+/** Exempts a backup from retention (or releases it), as the catalog's one writer. */
 export async function keepBackup(config: ReceiverConfig, server: string, id: string, release: boolean): Promise<BackupInfo> {
-  const backups = openBackups(config, server);
-  const info = await backups.resolve(id);
-  const next = { ...info, keep: !release };
-  await backups.write(next);
-  return next;
+  return (await changeCatalog(config, server, { action: release ? 'release' : 'keep', backup: id })) as BackupInfo;
 }
 
+/** Removes a backup (never one marked keep, nor below minimum_redundancy), as the catalog's one writer. */
 export async function deleteBackup(config: ReceiverConfig, server: string, id: string): Promise<BackupInfo> {
-  const s = requireServer(config, server);
-  const backups = openBackups(config, server);
-  const info = await backups.resolve(id);
-  if (info.keep) throw new BarmanError(ErrorCode.RETENTION, `backup ${info.backupId} is marked keep`, `Release it first: barman-receiver keep ${server} ${info.backupId} --release`);
-  if (info.status === 'STARTED') throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${info.backupId} is still running`, 'Wait for it to finish or fail.');
-  if (info.status === 'DONE') {
-    const done = (await backups.list()).filter((b) => b.status === 'DONE');
-    if (done.length - 1 < s.minimumRedundancy) {
-      throw new BarmanError(ErrorCode.RETENTION, `deleting ${info.backupId} would leave ${done.length - 1} DONE backup(s), fewer than minimum_redundancy = ${s.minimumRedundancy}`, 'Take a new backup first, or lower minimum_redundancy in the configuration.');
-    }
-  }
-  await backups.remove(info.backupId);
-  return info;
+  return (await changeCatalog(config, server, { action: 'delete', backup: id })) as BackupInfo;
 }
 
 export interface VerifyResult {

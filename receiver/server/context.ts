@@ -1,6 +1,7 @@
 // What the receiver holds for each configured PostgreSQL server: its catalog, its connected
 // agent daemon (at most one), and the backup in progress (at most one), with whoever waits on it.
 
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { BackupInfo } from '../../shared/backup/info';
 import type { ManifestFile } from '../../shared/backup/manifest';
 import type { Compression, ServerConfig } from '../../shared/config/receiver';
@@ -11,6 +12,7 @@ import type { Logger } from 'pino';
 import { WalStream } from '../catalog/streaming';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
+import { applyCatalogChange, type CatalogChange, type CronReport } from '../catalog/maintenance';
 import type { Upload } from '../catalog/upload';
 import { WalArchive } from '../catalog/wal-archive';
 
@@ -43,6 +45,8 @@ export class ServerContext {
   private noneWaitingAt = -1;
   /** backup requests sent to the daemon, by request id: told the backup's ID, or why it failed */
   private readonly requests = new Map<number, (result: BackupInfo | BarmanError) => void>();
+  /** catalog changes (keep, delete, cron) asked of this service run one at a time */
+  private changes: Promise<unknown> = Promise.resolve();
 
   constructor(barmanHome: string, readonly config: ServerConfig, compression: Compression, log: Logger) {
     this.catalog = new ServerCatalog(barmanHome, config.name);
@@ -175,6 +179,32 @@ export class ServerContext {
     for (const info of promoted) this.notify(info);
     // a backup that ended meanwhile bumped the generation: it is looked at next time
     if (stillWaiting === 0) this.noneWaitingAt = generation;
+  }
+
+  /** what a catalog change must carry (receiver/catalog/catalog.ts writeChangeKey); set while serving */
+  private changeKey: Buffer | undefined;
+
+  /** Serve holds the catalog now: a fresh key for changes, readable on this host only. */
+  async openForChanges(): Promise<void> {
+    const key = randomBytes(32);
+    await this.catalog.writeChangeKey(key.toString('hex'));
+    this.changeKey = key;
+  }
+
+  async closeForChanges(): Promise<void> {
+    this.changeKey = undefined;
+    await this.catalog.removeChangeKey();
+  }
+
+  /** A change the DBA asked for (keep, delete, cron), made by this service as the catalog's one writer. */
+  changeCatalog(change: CatalogChange, key: string): Promise<BackupInfo | CronReport> {
+    const given = Buffer.from(key, 'hex');
+    if (!this.changeKey || given.length !== this.changeKey.length || !timingSafeEqual(given, this.changeKey)) {
+      return Promise.reject(new BarmanError(ErrorCode.AUTH_FAILED, `a catalog change for ${this.config.name} came without the key this receiver keeps in barman_home`, 'keep, delete and cron are run on the backup host, by a user that can read barman_home; an agent cannot change the catalog.'));
+    }
+    const run = this.changes.then(() => applyCatalogChange(this.config, this.backups, this.walArchive, change));
+    this.changes = run.catch(() => undefined);
+    return run;
   }
 
   /** The backup in progress, if any. */

@@ -227,6 +227,14 @@ export class Session implements Peer {
         });
       case 'wal-data':
         return this.answer(frame.id, () => server.appendStream(this, frame));
+      case 'catalog-change':
+        return this.answer(frame.id, async () => {
+          this.allow(['admin'], 'change the catalog');
+          const result = await server.changeCatalog(frame.action === 'cron' ? { action: 'cron' } : { action: frame.action, backup: frame.backup }, frame.key);
+          this.log.info({ action: frame.action, backup: frame.backup || undefined }, 'catalog changed on request');
+          const json = Buffer.from(JSON.stringify(result));
+          await this.sendStream(frame.id, 'result.json', json.length, Readable.from([json]));
+        });
       case 'status-request':
         return this.answer(frame.id, async () => {
           this.allow(['admin'], 'ask for status');

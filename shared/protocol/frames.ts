@@ -87,6 +87,13 @@ export interface StreamSegmentFrame { type: 'stream-segment'; id: number; name: 
 /** receiver → daemon: everything up to `flushLsn` is fsynced on the backup host */
 export interface StreamFlushedFrame { type: 'stream-flushed'; id: number; timeline: number; flushLsn: string }
 
+/**
+ * admin → receiver: change the catalog as its one writer; answered like get, with the result
+ * (backup.info or cron report) as a JSON document. `key` is the one serve keeps in barman_home:
+ * the server's token alone (which the agent holds too) does not allow a change.
+ */
+export interface CatalogChangeFrame { type: 'catalog-change'; id: number; action: 'keep' | 'release' | 'delete' | 'cron'; backup: string; key: string }
+
 /** admin → receiver: what the service knows live about the server */
 export interface StatusRequestFrame { type: 'status-request'; id: number }
 /** receiver → admin: whether an agent daemon is connected, since when (ISO) */
@@ -97,7 +104,8 @@ export type Frame =
   | HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame
   | BackupBeginFrame | BackupAcceptedFrame | BackupEndFrame | BackupAbortFrame | BackupRequestFrame | BackupStartFrame | BackupStatusFrame
   | StatusRequestFrame | StatusFrame | GetBackupFileFrame | RestorePlanRequestFrame
-  | StreamOpenFrame | StreamPositionFrame | WalDataFrame | StreamFlushedFrame | StreamSegmentFrame;
+  | StreamOpenFrame | StreamPositionFrame | WalDataFrame | StreamFlushedFrame | StreamSegmentFrame
+  | CatalogChangeFrame;
 export type FrameType = Frame['type'];
 
 // ---- validation -----------------------------------------------------------------------------
@@ -171,6 +179,7 @@ const SHAPES: Record<FrameType, Shape> = {
   'stream-segment': { required: { id: uint, name: str(64), sha256: hex64 } },
   'get-backup-file': { required: { id: uint, backupId, path: str(1024) } },
   'restore-plan-request': { required: { id: uint, backup: str(32), options: recoveryOptions } },
+  'catalog-change': { required: { id: uint, action: oneOf('keep', 'release', 'delete', 'cron'), backup: str(32), key: hex64 } },
   status: { required: { id: uint, agentConnected: (v) => typeof v === 'boolean', agentSince: str(40), backupRunning: str(16), streaming: streamingState } },
 };
 
