@@ -1,9 +1,10 @@
 // Where a WAL file becomes durable, and the only way one is read back. An upload is validated as
 // it arrives (name, size, page header, system identifier; a .history or .backup file's content,
 // which must be one PostgreSQL can read), hashed, written to incoming/, fsynced, compared with
-// the sender's checksum, and only then renamed into wals/ under a name that carries that checksum. Identical re-sends are a success
-// (and repair a stored copy that went bad); different bytes under an existing name are refused
-// and kept under errors/. Every read checks the bytes against the recorded checksum.
+// the sender's checksum, and only then renamed into wals/ under a name that carries that
+// checksum. Identical re-sends are a success (and repair a stored copy that went bad); different
+// bytes under an existing name are refused and kept under errors/. Every read checks the bytes
+// against the recorded checksum.
 
 import { createReadStream } from 'node:fs';
 import { createGunzip } from 'node:zlib';
