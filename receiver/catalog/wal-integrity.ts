@@ -60,6 +60,18 @@ export function neededSegments(done: BackupInfo[], archived: string[], firstSegm
   return { present: present.sort(), missing: missing.sort() };
 }
 
+/**
+ * A bounded share of `present` to read back this run: up to `budget` segments from the first one
+ * after `cursor` (where the last run stopped), wrapping around, so that runs take turns and
+ * every segment is read within ceil(present / budget) runs. All of them when they fit.
+ */
+export function shareToVerify(present: string[], cursor: string | undefined, budget: number): string[] {
+  if (present.length <= budget) return present;
+  const from = cursor === undefined ? 0 : present.findIndex((s) => s > cursor);
+  const start = from < 0 ? 0 : from;
+  return [...present.slice(start), ...present.slice(0, start)].slice(0, budget);
+}
+
 /** Each timeline's first segment, from the history files in the catalog (a damaged or unreadable history is a problem). */
 export async function timelineStarts(catalog: ServerCatalog, segmentSize: number): Promise<{ firstSegmentOf: Map<number, string>; problems: string[] }> {
   const firstSegmentOf = new Map<number, string>();

@@ -13,7 +13,7 @@ import { type CheckResult, runCheck } from '../../shared/check';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
-import { neededSegments, timelineStarts, verifyWalFiles } from '../catalog/wal-integrity';
+import { neededSegments, shareToVerify, timelineStarts, verifyWalFiles } from '../catalog/wal-integrity';
 import { requireServer } from './servers';
 
 /** Plain bytes of WAL hashed per `check` run without --verify-wal (64 segments of 16 MiB). */
@@ -35,10 +35,7 @@ async function checkWalIntegrity(catalog: ServerCatalog, server: string, verifyA
   let share = 'all verified';
   const budget = Math.max(1, Math.floor(WAL_VERIFY_BUDGET / identity.segmentSize));
   if (!verifyAll && present.length > budget) {
-    const cursor = await catalog.walVerifyCursor();
-    const from = cursor === undefined ? 0 : present.findIndex((s) => s > cursor);
-    const start = from < 0 ? 0 : from;
-    toVerify = [...present.slice(start), ...present.slice(0, start)].slice(0, budget);
+    toVerify = shareToVerify(present, await catalog.walVerifyCursor(), budget);
     await catalog.saveWalVerifyCursor(toVerify[toVerify.length - 1]!).catch(() => undefined);
     share = `${toVerify.length} verified this run, the others in turn on later runs (--verify-wal: all now)`;
   }

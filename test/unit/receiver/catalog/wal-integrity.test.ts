@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { type BackupInfo, emptyInfo } from '../../../../shared/backup/info';
-import { backupSegments, neededSegments } from '../../../../receiver/catalog/wal-integrity';
+import { backupSegments, neededSegments, shareToVerify } from '../../../../receiver/catalog/wal-integrity';
 
 const SIZE = 16 * 1024 * 1024;
 const seg = (tli: number, n: number) => `${tli.toString(16).toUpperCase().padStart(8, '0')}00000000${n.toString(16).toUpperCase().padStart(8, '0')}`;
@@ -47,5 +47,31 @@ describe('neededSegments', () => {
     // timeline 1 has nothing at or after segment 7; timeline 2 is needed from 7 (its branch at 2 is before the oldest backup)
     expect(r.present).toEqual(range(2, 7, 8));
     expect(r.missing).toEqual([]);
+  });
+});
+
+describe('shareToVerify', () => {
+  const present = range(1, 1, 10);
+
+  it('reads everything back when it fits the budget', () => {
+    expect(shareToVerify(present, seg(1, 4), 10)).toEqual(present);
+  });
+
+  it('takes turns: each run goes on after the last one, wrapping around, until every segment was read', () => {
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    for (let run = 0; run < 4; run++) {
+      const share = shareToVerify(present, cursor, 3);
+      expect(share).toHaveLength(3);
+      seen.push(...share);
+      cursor = share[share.length - 1];
+    }
+    expect(seen.slice(0, 10)).toEqual(present);
+    expect(seen.slice(10)).toEqual(range(1, 1, 2));
+  });
+
+  it('starts over when the cursor is past the end or its segment is gone', () => {
+    expect(shareToVerify(present, seg(1, 10), 3)).toEqual(range(1, 1, 3));
+    expect(shareToVerify(range(1, 5, 10), seg(1, 2), 2)).toEqual(range(1, 5, 6));
   });
 });
