@@ -51,13 +51,14 @@ command('show-server', 'configuration and paths of a server')
     }),
   );
 
-command('check', 'check a server: configuration, storage, WAL arriving')
+command('check', 'check a server: configuration, storage, WAL arriving and intact')
   .argument('<server>')
   .option('--json', 'one JSON document on stdout')
-  .action((server: string, opts: Opts) =>
+  .option('--verify-wal', 'read back every WAL file the backups need now (else a bounded share per run)')
+  .action((server: string, opts: Opts & { verifyWal?: boolean }) =>
     runAction(async () => {
       const [{ checkServer }, { formatChecks }] = await Promise.all([import('./commands/check'), import('../shared/check')]);
-      const results = await checkServer(await loadConfig(opts), server);
+      const results = await checkServer(await loadConfig(opts), server, new Date(), { verifyWal: Boolean(opts.verifyWal) });
       if (opts.json) printJson({ server, ok: results.every((r) => r.ok), checks: results });
       else process.stdout.write(formatChecks(`Server ${server}:`, results));
       return results.every((r) => r.ok) ? ExitCode.OK : ExitCode.FAILED;
@@ -71,7 +72,7 @@ command('get-wal', "write a WAL file's plain bytes to stdout (or --output-dir)")
   .action((server: string, name: string, opts: Opts & { outputDir?: string }) =>
     runAction(async () => {
       const { getWalCommand } = await import('./commands/get-wal');
-      await getWalCommand(await loadConfig(opts), server, name, opts.outputDir);
+      await getWalCommand(await loadConfig(opts), server, name, opts.outputDir, (w) => process.stderr.write(`WARNING: ${w}\n`));
     }),
   );
 
@@ -172,10 +173,10 @@ command('verify-backup', 'read every file of a backup back and check it against 
       if (opts.json) printJson(snakeKeys(result));
       else {
         for (const p of result.problems) process.stdout.write(`FAILED: ${p}\n`);
-        process.stdout.write(`backup ${result.backupId}: ${result.checked} files checked, ${result.ok ? 'all match the manifest' : `${result.problems.length} problem(s)`}\n`);
+        process.stdout.write(`backup ${result.backupId}: ${result.checked} files and ${result.walChecked} WAL files checked, ${result.ok ? 'all match the manifest and their checksums' : `${result.problems.length} problem(s)`}\n`);
       }
       if (!result.ok) {
-        throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${result.backupId} does not match its manifest`, "Do not recover from it; take a new backup and check the backup host's storage.");
+        throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${result.backupId} does not match its manifest${result.problems.some((p) => p.startsWith('WAL ')) ? ' or its WAL is missing or damaged' : ''}`, "Do not recover from it; take a new backup and check the backup host's storage.");
       }
     }),
   );
@@ -208,7 +209,7 @@ command('cron', 'apply retention policies, remove WAL no backup needs, tidy up')
       if (opts.json) printJson(reports.map(snakeKeys));
       else {
         for (const r of reports) {
-          process.stdout.write(`${r.server}: ${r.promoted.length ? `DONE now: ${r.promoted.join(', ')}; ` : ''}removed ${r.removedBackups.length} backup(s)${r.removedBackups.length ? ` (${r.removedBackups.join(', ')})` : ''}, ${r.removedWals} WAL file(s), ${r.removedTemp} stale temporary file(s)\n`);
+          process.stdout.write(`${r.server}: ${r.promoted.length ? `DONE now: ${r.promoted.join(', ')}; ` : ''}removed ${r.removedBackups.length} backup(s)${r.removedBackups.length ? ` (${r.removedBackups.join(', ')})` : ''}, ${r.removedWals} WAL file(s), ${r.removedTemp} stale temporary file(s)${r.checksumsRecorded ? `; checksums recorded for ${r.checksumsRecorded} WAL file(s) stored by an older version` : ''}\n`);
           for (const n of r.notes) process.stdout.write(`\t${n}\n`);
         }
       }

@@ -95,13 +95,18 @@ async function main(): Promise<void> {
   info(agent('check').trim().split('\n').join('\n      '));
 
   step(3, 'Continuous archiving: write, switch WAL, watch segments arrive in the catalog');
+  /** an archived segment's file in the catalog: wals/<first 16 hex>/<segment>-<sha256 of its bytes> */
+  const storedSegment = (seg: string): string | undefined => {
+    const dir = join(home, 'main/wals', seg.slice(0, 16));
+    return existsSync(dir) ? readdirSync(dir).find((f) => f.startsWith(`${seg}-`)) : undefined;
+  };
   psql(pgPort, 'create table orders (id serial primary key, placed_at timestamptz default clock_timestamp(), amount numeric)');
   for (let i = 0; i < 3; i++) {
     psql(pgPort, 'insert into orders (amount) select random() * 100 from generate_series(1, 5000)');
     const seg = psql(pgPort, 'select pg_walfile_name(pg_current_wal_lsn())');
     psql(pgPort, 'select pg_switch_wal()');
-    await waitFor(() => existsSync(join(home, 'main/wals', seg.slice(0, 16), seg)), `${seg} in the catalog`);
-    info(`archived ${seg} (${psql(pgPort, 'select count(*) from orders')} orders so far)`);
+    await waitFor(() => storedSegment(seg) !== undefined, `${seg} in the catalog`);
+    info(`archived ${seg} as wals/${seg.slice(0, 16)}/${storedSegment(seg)!.slice(0, 40)}… (${psql(pgPort, 'select count(*) from orders')} orders so far)`);
   }
 
   step(4, 'Take a base backup (barman-agent backup) and list it');
@@ -121,7 +126,7 @@ async function main(): Promise<void> {
   info(`${expected} orders at ${target}; after the mistake: ${psql(pgPort, 'select count(*) from orders')}`);
   const last = psql(pgPort, 'select pg_walfile_name(pg_current_wal_lsn())');
   psql(pgPort, 'select pg_switch_wal()');
-  await waitFor(() => existsSync(join(home, 'main/wals', last.slice(0, 16), last)), `${last} in the catalog`);
+  await waitFor(() => storedSegment(last) !== undefined, `${last} in the catalog`);
 
   step(6, `Point-in-time recovery of backup ${backupId} to ${target}`);
   const restored = join(work, 'restored');

@@ -2,7 +2,12 @@
 // `code` (scripts switch on it), an exit code (docs/guarantees.md: 1 operation failed, 2 usage/config) and a
 // hint that says what to do next. Stack traces belong in the debug log, never on the user's screen.
 
-export const ExitCode = { OK: 0, FAILED: 1, USAGE: 2 } as const;
+/**
+ * ABORT_RECOVERY is the restore_command's answer for WAL that exists but cannot be trusted: PostgreSQL
+ * reads exit codes 1-125 as "no such file" and ends recovery there (losing what follows), and
+ * stops recovery with FATAL on anything above 125 (src/backend/access/transam/xlogarchive.c).
+ */
+export const ExitCode = { OK: 0, FAILED: 1, USAGE: 2, ABORT_RECOVERY: 128 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
 /**
@@ -41,6 +46,7 @@ export const ErrorCode = {
   TOO_MANY_UPLOADS: 'TOO_MANY_UPLOADS',
   /** a second agent daemon for a server whose live daemon is connected (barman-agent daemon --takeover replaces it) */
   DAEMON_ALREADY_CONNECTED: 'DAEMON_ALREADY_CONNECTED',
+  CATALOG_LOCKED: 'CATALOG_LOCKED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

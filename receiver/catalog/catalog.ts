@@ -1,18 +1,26 @@
 // The catalog of one PostgreSQL server under <barman_home>/<server>/ (docs/catalog.md). This is the only
 // code that builds catalog paths:
-//   wals/<first 16 hex>/<segment>[.gz]   archived segments, wals/<tli>.history, wals/<seg>.<off>.backup
+//   wals/<first 16 hex>/<segment>-<sha256>[.gz]   archived segments (and .partial segments)
+//   wals/<tli>.history-<sha256>, wals/<seg>.<off>.backup-<sha256>
 //   streaming/                           the current partial segment (streaming)
 //   base/<backup id>/                    backups
 //   incoming/                            files not yet complete (temporary names only)
-//   errors/                              rejected or conflicting files, kept, never dropped
+//   errors/                              rejected, conflicting or damaged files, kept, never dropped
 //   identity.json                        system identifier, segment size and WAL magic of the cluster
 //   streaming.json                       written when WAL was first streamed: from then on a stream is expected
+//   catalog.lock                         who writes this catalog now (receiver/catalog/lock.ts)
+//
+// A stored WAL file's name carries the SHA-256 of its plain bytes: file and checksum appear
+// together in one rename (one PUT on an object store), nothing can update one without the
+// other, and a second push is compared by name. Files stored by versions before checksums
+// (<segment>[.gz], <tli>.history, ...) are still found; they have no checksum until `cron` records one.
 
 import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Compression } from '../../shared/config/receiver';
 import { parseWalFileName, walDirectoryOf } from '../../shared/wal/names';
-import { ensureDir, exists, fsyncDir } from '../storage/posix';
+import { ensureDir, fsyncDir } from '../storage/posix';
+import { type CatalogLocker, PosixCatalogLocker } from './lock';
 
 export interface ClusterIdentity {
   systemIdentifier: string;
@@ -30,8 +38,31 @@ export interface StreamingRecord {
 }
 
 export interface StoredWal {
+  /** the WAL file name, as PostgreSQL names it */
+  name: string;
   path: string;
   compression: Compression;
+  /** SHA-256 of the plain bytes, recorded with the file; undefined for a file stored before checksums */
+  sha256: string | undefined;
+}
+
+const SHA256_SUFFIX = /-([0-9a-f]{64})$/;
+
+/** What a file in wals/ holds: the WAL file name, its recorded checksum, how it is stored. */
+export function parseStoredWalFile(file: string): Omit<StoredWal, 'path'> | undefined {
+  let rest = file;
+  let compression: Compression = 'none';
+  for (const [c, ext] of Object.entries(COMPRESSED_EXT) as Array<[Exclude<Compression, 'none'>, string]>) {
+    if (rest.endsWith(ext)) {
+      rest = rest.slice(0, -ext.length);
+      compression = c;
+      break;
+    }
+  }
+  const m = SHA256_SUFFIX.exec(rest);
+  const sha256 = m?.[1];
+  if (m) rest = rest.slice(0, m.index);
+  return parseWalFileName(rest) ? { name: rest, sha256, compression } : undefined;
 }
 
 export class ServerCatalog {
@@ -56,26 +87,75 @@ export class ServerCatalog {
     for (const dir of [this.walsDir, this.incomingDir, this.errorsDir, this.streamingDir, this.baseDir]) await ensureDir(dir);
   }
 
-  /** Where a WAL file lives once archived. Segments go below their 16-hex directory; others in wals/. */
-  walPath(name: string, compression: Compression = 'none'): string {
+  /** The directory of a WAL file: segments (and .partial) below their 16-hex directory, others in wals/. */
+  private walDirOf(name: string): string {
     const parsed = parseWalFileName(name);
     if (!parsed) throw new RangeError(`not an archivable WAL file name: ${name}`);
-    if (parsed.kind === 'history' || parsed.kind === 'backup') return join(this.walsDir, name);
-    // a .partial (the last segment of a timeline left by a promotion) sits beside its segment
-    const ext = parsed.kind === 'segment' && compression !== 'none' ? COMPRESSED_EXT[compression] : '';
-    return join(this.walsDir, walDirectoryOf(name), name + ext);
+    if (parsed.kind === 'history' || parsed.kind === 'backup') return this.walsDir;
+    return join(this.walsDir, walDirectoryOf(name));
+  }
+
+  /** Where a WAL file with these plain bytes' SHA-256 is stored, compressed or not. */
+  walPath(name: string, sha256: string, compression: Compression = 'none'): string {
+    if (!/^[0-9a-f]{64}$/.test(sha256)) throw new RangeError(`not a SHA-256: ${sha256}`);
+    const ext = compression !== 'none' ? COMPRESSED_EXT[compression] : '';
+    return join(this.walDirOf(name), `${name}-${sha256}${ext}`);
   }
 
   /** The stored copy of an archived WAL file, whatever compression it was written with. */
   async findWal(name: string): Promise<StoredWal | undefined> {
-    const parsed = parseWalFileName(name);
-    if (!parsed) return undefined;
-    const options: Compression[] = parsed.kind === 'segment' ? ['none', 'gzip', 'lz4', 'zstd'] : ['none'];
-    for (const compression of options) {
-      const path = this.walPath(name, compression);
-      if (await exists(path)) return { path, compression };
+    if (!parseWalFileName(name)) return undefined;
+    const dir = this.walDirOf(name);
+    const copies: StoredWal[] = [];
+    for (const f of await fs.readdir(dir).catch(() => [] as string[])) {
+      if (!f.startsWith(name)) continue;
+      const stored = parseStoredWalFile(f);
+      if (stored?.name === name) copies.push({ ...stored, path: join(dir, f) });
     }
-    return undefined;
+    // one copy per name; should a crash leave a copy from before checksums beside its successor, the successor wins
+    return copies.find((c) => c.sha256 !== undefined) ?? copies[0];
+  }
+
+  /** The archived timeline history files, by timeline. */
+  async histories(): Promise<Map<number, StoredWal>> {
+    const out = new Map<number, StoredWal>();
+    for (const f of await fs.readdir(this.walsDir).catch(() => [] as string[])) {
+      const stored = parseStoredWalFile(f);
+      const parsed = stored && parseWalFileName(stored.name);
+      if (parsed?.kind !== 'history') continue;
+      if (!out.has(parsed.timeline) || stored!.sha256 !== undefined) out.set(parsed.timeline, { ...stored!, path: join(this.walsDir, f) });
+    }
+    return out;
+  }
+
+  /** Every stored WAL file without a recorded checksum (written before checksums existed). */
+  async uncheckedWal(): Promise<StoredWal[]> {
+    const out: StoredWal[] = [];
+    for (const dir of [this.walsDir, ...(await this.segmentDirs()).map((d) => join(this.walsDir, d))]) {
+      for (const f of await fs.readdir(dir).catch(() => [] as string[])) {
+        const stored = parseStoredWalFile(f);
+        if (stored && stored.sha256 === undefined) out.push({ ...stored, path: join(dir, f) });
+      }
+    }
+    return out;
+  }
+
+  /** Records the checksum of a file stored before checksums: renamed to its checksummed name. */
+  async recordChecksum(stored: StoredWal, sha256: string): Promise<StoredWal> {
+    const path = this.walPath(stored.name, sha256, stored.compression);
+    await fs.rename(stored.path, path);
+    await fsyncDir(dirname(path));
+    return { ...stored, path, sha256 };
+  }
+
+  /** Moves a stored WAL file out of the way into errors/ (a damaged copy about to be replaced). */
+  async setAside(stored: StoredWal, reason: string): Promise<string> {
+    await ensureDir(this.errorsDir);
+    const aside = this.errorPath(stored.name, reason);
+    await fs.rename(stored.path, aside);
+    await fsyncDir(this.errorsDir);
+    await fsyncDir(dirname(stored.path));
+    return aside;
   }
 
   errorPath(name: string, reason: string): string {
@@ -86,6 +166,56 @@ export class ServerCatalog {
   /** Where a conflicting copy of `name` is kept: one file per distinct content. */
   conflictPath(name: string, sha256: string): string {
     return join(this.errorsDir, `${name}.${sha256.slice(0, 16)}.conflict`);
+  }
+
+  /** Who writes this catalog now: a lock file beside it (receiver/catalog/lock.ts). */
+  get lockPath(): string {
+    return join(this.root, 'catalog.lock');
+  }
+
+  /**
+   * The key a running serve accepts catalog changes (keep, delete, cron) with: it lives in
+   * barman_home, so only the backup host can use it, never an agent, whose token also opens an
+   * admin connection. Written by serve once it holds the lock, removed when it stops.
+   */
+  private get changeKeyPath(): string {
+    return join(this.root, 'catalog.key');
+  }
+
+  async writeChangeKey(key: string): Promise<void> {
+    await writeFileDurably(this.changeKeyPath, key + '\n', 0o600);
+  }
+
+  async readChangeKey(): Promise<string | undefined> {
+    return fs.readFile(this.changeKeyPath, 'utf8').then((t) => t.trim(), () => undefined);
+  }
+
+  async removeChangeKey(): Promise<void> {
+    await fs.rm(this.changeKeyPath, { force: true });
+  }
+
+  /** The one-writer lock of this catalog. */
+  locker(): CatalogLocker {
+    return new PosixCatalogLocker(this.server, this.root, this.lockPath);
+  }
+
+  /** Where `check` resumes its bounded WAL verification (local state, not catalog content). */
+  private get walVerifyCursorPath(): string {
+    return join(this.root, 'wal-verify.json');
+  }
+
+  /** The last segment `check` verified, if it stopped part-way through the WAL backups need. */
+  async walVerifyCursor(): Promise<string | undefined> {
+    try {
+      const { last } = JSON.parse(await fs.readFile(this.walVerifyCursorPath, 'utf8')) as { last?: unknown };
+      return typeof last === 'string' ? last : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async saveWalVerifyCursor(last: string): Promise<void> {
+    await writeFileDurably(this.walVerifyCursorPath, JSON.stringify({ last, at: new Date().toISOString() }) + '\n');
   }
 
   private get identityPath(): string {
@@ -142,11 +272,11 @@ export class ServerCatalog {
     const out: string[] = [];
     for (const d of await this.segmentDirs()) {
       for (const f of await fs.readdir(join(this.walsDir, d))) {
-        const name = storedWalName(f);
-        if (parseWalFileName(name)?.kind === 'segment') out.push(name);
+        const name = parseStoredWalFile(f)?.name;
+        if (name && parseWalFileName(name)?.kind === 'segment') out.push(name);
       }
     }
-    return out.sort();
+    return [...new Set(out)].sort();
   }
 
   /** The newest archived segment and when it arrived. */
@@ -154,11 +284,11 @@ export class ServerCatalog {
     const dirs = await this.segmentDirs();
     for (let i = dirs.length - 1; i >= 0; i--) {
       // whole segments only: a .partial (a promotion's leftover) sorts after its segment
-      const files = (await fs.readdir(join(this.walsDir, dirs[i]!))).filter((f) => parseWalFileName(storedWalName(f))?.kind === 'segment').sort();
+      const files = (await fs.readdir(join(this.walsDir, dirs[i]!))).filter((f) => parseWalFileName(parseStoredWalFile(f)?.name ?? '')?.kind === 'segment').sort();
       const last = files[files.length - 1];
       if (last) {
         const st = await fs.stat(join(this.walsDir, dirs[i]!, last));
-        return { name: storedWalName(last), receivedAt: st.mtime };
+        return { name: parseStoredWalFile(last)!.name, receivedAt: st.mtime };
       }
     }
     return undefined;
@@ -175,7 +305,7 @@ export class ServerCatalog {
       const path = join(this.walsDir, dir);
       let changed = false;
       for (const f of await fs.readdir(path)) {
-        const segment = parseWalFileName(storedWalName(f))?.segment;
+        const segment = parseWalFileName(parseStoredWalFile(f)?.name ?? '')?.segment;
         if (!segment || segment.slice(8) >= cut) continue;
         await fs.rm(join(path, f));
         removed++;
@@ -187,7 +317,7 @@ export class ServerCatalog {
       }
     }
     for (const f of await fs.readdir(this.walsDir).catch(() => [] as string[])) {
-      const parsed = parseWalFileName(f);
+      const parsed = parseWalFileName(parseStoredWalFile(f)?.name ?? '');
       if (parsed?.kind === 'backup' && parsed.segment!.slice(8) < cut) {
         await fs.rm(join(this.walsDir, f));
         removed++;
@@ -197,16 +327,10 @@ export class ServerCatalog {
   }
 }
 
-/** The WAL file name a stored file holds, without the compression suffix it was written with. */
-export function storedWalName(file: string): string {
-  for (const ext of Object.values(COMPRESSED_EXT)) if (file.endsWith(ext)) return file.slice(0, -ext.length);
-  return file;
-}
-
 /** Small files (JSON state, labels): temp + fsync + rename + directory fsync. */
-export async function writeFileDurably(path: string, content: string | Uint8Array): Promise<void> {
+export async function writeFileDurably(path: string, content: string | Uint8Array, mode = 0o640): Promise<void> {
   const tmp = `${path}.${process.pid}.tmp`;
-  const fh = await fs.open(tmp, 'w', 0o640);
+  const fh = await fs.open(tmp, 'w', mode);
   try {
     await fh.writeFile(content);
     await fh.sync();

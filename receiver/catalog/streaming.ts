@@ -3,11 +3,14 @@
 // the agent reports to PostgreSQL as the standby's flush LSN, so the replication slot (and a
 // synchronous commit) only moves past WAL that is durable here. A segment filled to its end is
 // checked and moved into wals/ (or compared with the copy archive_command already delivered).
+// Its checksum is of the bytes as they arrived, hashed while they were written, not of a re-read
+// of the file; only bytes an earlier receiver process wrote are read back, once, on resuming.
 
+import type { Hash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
-import { sha256File } from '../../shared/checksum';
+import { newHash, readChunks } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { StreamingState } from '../../shared/protocol/frames';
 import { readLongHeader } from '../../shared/wal/header';
@@ -15,10 +18,19 @@ import { formatLsn, type Lsn } from '../../shared/wal/lsn';
 import { parseWalFileName, segmentForLsn, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
 import { ensureDir, fsyncDir } from '../storage/posix';
 import type { ServerCatalog } from './catalog';
-import { hashStoredWal } from './wal-archive';
+import { readStoredWal, type WalArchive } from './wal-archive';
 
-interface OpenSegment {
+/** A segment's bytes hashed so far, in order from its start. */
+interface SegmentHash {
   name: string;
+  hash: Hash;
+  /** bytes hashed: everything before this offset */
+  hashed: number;
+  /** a write landed before `hashed` (never expected): the file is hashed again at completion */
+  broken: boolean;
+}
+
+interface OpenSegment extends SegmentHash {
   start: Lsn;
   fh: fs.FileHandle;
 }
@@ -40,8 +52,10 @@ export class WalStream {
   onFlushed: ((timeline: number, lsn: Lsn) => void) | undefined;
   /** called when a completed segment entered wals/ */
   onSegment: ((name: string, sha256: string) => Promise<void>) | undefined;
+  /** the open segment's hash when the stream closed: a reconnect within this process goes on with it */
+  private parked: SegmentHash | undefined;
 
-  constructor(private readonly catalog: ServerCatalog, private readonly log: Logger) {}
+  constructor(private readonly catalog: ServerCatalog, private readonly log: Logger, private readonly archive: WalArchive) {}
 
   /** The positions; whether the stream is still heard from is the server context's to say. */
   state(): Omit<StreamingState, 'lastHeardAt' | 'caughtUpAt'> {
@@ -110,6 +124,7 @@ export class WalStream {
       const within = Number(this.writePos - seg.start);
       const take = Math.min(data.length - offset, this.segmentSize - within);
       await writeAt(seg.fh, data.subarray(offset, offset + take), within);
+      hashAt(seg, data.subarray(offset, offset + take), within);
       offset += take;
       this.writePos += BigInt(take);
       if (within + take === this.segmentSize) await this.completeSegment();
@@ -121,6 +136,8 @@ export class WalStream {
     this.active = false;
     await this.flushing;
     if (this.current) {
+      const { name, hash, hashed, broken } = this.current;
+      this.parked = { name, hash, hashed, broken };
       await this.current.fh.sync().catch(() => undefined);
       await this.current.fh.close().catch(() => undefined);
       this.current = undefined;
@@ -142,9 +159,24 @@ export class WalStream {
       await h.close();
       return fs.open(path, 'r+');
     });
-    if (this.prefix?.segment === name && (await fh.stat()).size === 0) await this.copyPrefix(fh, this.prefix);
+    const size = (await fh.stat()).size;
+    let hashed: SegmentHash;
+    if (size === 0) {
+      hashed = { name, hash: newHash(), hashed: 0, broken: false };
+      if (this.prefix?.segment === name) {
+        const prefix = await this.copyPrefix(fh, this.prefix);
+        if (prefix) hashAt(hashed, prefix, 0);
+      }
+    } else if (this.parked?.name === name && this.parked.hashed === size) {
+      hashed = this.parked;
+    } else {
+      // written by an earlier receiver process: its bytes are read back once to go on hashing
+      hashed = { name, hash: newHash(), hashed: 0, broken: false };
+      for await (const chunk of readChunks(path)) hashAt(hashed, chunk, hashed.hashed);
+    }
+    this.parked = undefined;
     await fsyncDir(this.catalog.streamingDir);
-    this.current = { name, start: segmentStartLsn(name, this.segmentSize), fh };
+    this.current = { ...hashed, start: segmentStartLsn(name, this.segmentSize), fh };
     return this.current;
   }
 
@@ -180,6 +212,15 @@ export class WalStream {
       this.onFlushed?.(this.timeline, this.flushed);
     }
     const partialPath = join(this.catalog.streamingDir, `${seg.name}.partial`);
+    let sha256: string;
+    if (seg.broken || seg.hashed !== this.segmentSize) {
+      this.log.warn({ wal: seg.name }, 'the streamed segment was not written in order; hashing the file instead of the bytes as received');
+      const rehash = newHash();
+      for await (const chunk of readChunks(partialPath)) rehash.update(chunk);
+      sha256 = rehash.digest('hex');
+    } else {
+      sha256 = seg.hash.digest('hex');
+    }
     const head = Buffer.alloc(40);
     const fh = await fs.open(partialPath, 'r');
     await fh.read(head, 0, 40, 0);
@@ -192,53 +233,83 @@ export class WalStream {
       this.log.error({ wal: seg.name, aside }, `streamed segment failed its header check (${typeof header === 'string' ? header : 'address or system identifier'}); kept aside`);
       return;
     }
-    const existing = await this.catalog.findWal(seg.name);
-    if (existing) {
-      if ((await hashStoredWal(existing)) === (await sha256File(partialPath)).sha256) {
-        await fs.rm(partialPath);
-      } else {
-        const aside = this.catalog.errorPath(seg.name, 'streamed-conflict');
-        await fs.rename(partialPath, aside);
-        this.log.error({ wal: seg.name, aside }, 'streamed segment differs from the archived one; kept aside');
-      }
+    // through the same door as pushes of the same server: never two copies under one name
+    const result = await this.archive.store(seg.name, sha256, 'none', {
+      beforePlace: async () => {
+        if (!(await this.catalog.identity())) {
+          await this.catalog.saveIdentity({ systemIdentifier: header.systemIdentifier, segmentSize: header.segmentSize, walMagic: header.magic, pgVersion: header.pgVersion, firstSeenAt: new Date().toISOString() });
+        }
+      },
+      place: async (finalPath) => {
+        await ensureDir(dirname(finalPath));
+        await fs.rename(partialPath, finalPath);
+        await fsyncDir(dirname(finalPath));
+        await fsyncDir(this.catalog.streamingDir);
+      },
+      drop: () => fs.rm(partialPath),
+    });
+    if (result.outcome === 'conflict') {
+      const aside = this.catalog.errorPath(seg.name, 'streamed-conflict');
+      await fs.rename(partialPath, aside);
+      this.log.error({ wal: seg.name, aside }, 'streamed segment differs from the archived one; kept aside');
       return;
     }
-    if (!identity) {
-      await this.catalog.saveIdentity({ systemIdentifier: header.systemIdentifier, segmentSize: header.segmentSize, walMagic: header.magic, pgVersion: header.pgVersion, firstSeenAt: new Date().toISOString() });
-    }
-    const { sha256 } = await sha256File(partialPath);
-    const final = this.catalog.walPath(seg.name);
-    await ensureDir(join(final, '..'));
-    await fs.rename(partialPath, final);
-    await fsyncDir(join(final, '..'));
-    await fsyncDir(this.catalog.streamingDir);
+    if (result.damagedAside) this.log.warn({ wal: seg.name, aside: result.damagedAside }, 'the stored copy was damaged; replaced by the identical streamed segment, the damaged copy kept aside');
+    const stored = result.outcome === 'stored';
+    if (!stored) return;
     this.log.info({ wal: seg.name }, 'streamed segment complete');
     await this.onSegment?.(seg.name, sha256);
   }
 
-  /** Copies the parent timeline's bytes before the branch point (streamed, archived .partial or archived segment). */
-  private async copyPrefix(fh: fs.FileHandle, prefix: { parentSegment: string; bytes: number }): Promise<void> {
-    const candidates = [join(this.catalog.streamingDir, `${prefix.parentSegment}.partial`)];
+  /**
+   * Copies the parent timeline's bytes before the branch point (streamed, archived .partial or
+   * archived segment; an archived one only if it still matches its checksum). Returns the bytes
+   * written, or undefined when none of them is here yet.
+   */
+  private async copyPrefix(fh: fs.FileHandle, prefix: { parentSegment: string; bytes: number }): Promise<Buffer | undefined> {
+    const sources: Array<() => AsyncIterable<Buffer>> = [() => readChunks(join(this.catalog.streamingDir, `${prefix.parentSegment}.partial`))];
     for (const name of [`${prefix.parentSegment}.partial`, prefix.parentSegment]) {
       const stored = await this.catalog.findWal(name);
-      if (stored?.compression === 'none') candidates.push(stored.path);
+      if (stored) sources.push(() => readStoredWal(this.catalog, stored));
     }
-    for (const path of candidates) {
-      const src = await fs.open(path, 'r').catch(() => undefined);
-      if (!src) continue;
+    for (const source of sources) {
+      const buf = Buffer.alloc(prefix.bytes);
+      let filled = 0;
       try {
-        const buf = Buffer.alloc(prefix.bytes);
-        const { bytesRead } = await src.read(buf, 0, prefix.bytes, 0);
-        if (bytesRead < prefix.bytes) continue;
-        await writeAt(fh, buf, 0);
-        return;
-      } finally {
-        await src.close();
+        // read to the end: a stored file is only checked once all of it has been hashed
+        for await (const chunk of source()) {
+          if (filled < prefix.bytes) filled += chunk.copy(buf, filled, 0, Math.min(chunk.length, prefix.bytes - filled));
+        }
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        if (e.code !== 'ENOENT') this.log.error({ wal: prefix.parentSegment, err: e.message }, 'a copy of the parent timeline\'s segment cannot be used');
+        continue;
       }
+      if (filled < prefix.bytes) continue;
+      await writeAt(fh, buf, 0);
+      return buf;
     }
     this.log.warn({ wal: prefix.parentSegment }, 'the parent timeline\'s segment is not here yet; the first streamed segment of the new timeline will be incomplete until archive_command delivers it');
+    return undefined;
   }
 }
+
+/** Adds bytes written at `offset` to a segment's hash; a gap (never-written bytes) reads as zeros. */
+function hashAt(seg: SegmentHash, data: Uint8Array, offset: number): void {
+  if (offset < seg.hashed) {
+    seg.broken = true;
+    return;
+  }
+  for (let gap = offset - seg.hashed; gap > 0; ) {
+    const n = Math.min(gap, ZEROS.length);
+    seg.hash.update(ZEROS.subarray(0, n));
+    gap -= n;
+  }
+  seg.hash.update(data);
+  seg.hashed = offset + data.length;
+}
+
+const ZEROS = Buffer.alloc(64 * 1024);
 
 async function writeAt(fh: fs.FileHandle, data: Uint8Array, position: number): Promise<void> {
   let off = 0;

@@ -1,7 +1,10 @@
-// Where a WAL file becomes durable. An upload is validated as it arrives (name, size, page
-// header, system identifier), hashed, written to incoming/, fsynced, compared with the sender's
-// checksum, and only then renamed into wals/. Identical re-sends are a success; different bytes
-// under an existing name are refused and kept under errors/.
+// Where a WAL file becomes durable, and the only way one is read back. An upload is validated as
+// it arrives (name, size, page header, system identifier; a .history or .backup file's content,
+// which must be one PostgreSQL can read), hashed, written to incoming/, fsynced, compared with
+// the sender's checksum, and only then renamed into wals/ under a name that carries that
+// checksum. Identical re-sends are a success (and repair a stored copy that went bad); different
+// bytes under an existing name are refused and kept under errors/. Every read checks the bytes
+// against the recorded checksum.
 
 import { createReadStream } from 'node:fs';
 import { createGunzip } from 'node:zlib';
@@ -9,7 +12,9 @@ import type { Readable } from 'node:stream';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { newHash } from '../../shared/checksum';
+import { validateBackupHistory } from '../../shared/wal/backup-history';
 import { LONG_HEADER_SIZE, readLongHeader } from '../../shared/wal/header';
+import { validateHistory } from '../../shared/wal/history';
 import { formatLsn } from '../../shared/wal/lsn';
 import { isValidSegmentSize, parseWalFileName, segmentStartLsn, type WalFileName } from '../../shared/wal/names';
 import { exists, IncomingFile, storageError } from '../storage/posix';
@@ -25,18 +30,89 @@ export function invalidWal(message: string, hint = 'The file is not a complete W
   return new BarmanError(ErrorCode.WAL_INVALID, message, hint);
 }
 
-/** Opens a stored WAL file as plain bytes. */
-export function openStoredWal(stored: StoredWal): Readable {
+/** What a damaged file's bytes came to: their SHA-256, or why they could not be read (a compressed file that no longer decompresses). */
+type Damage = { sha256: string } | { unreadable: string };
+
+/** A stored WAL file whose bytes no longer match the checksum recorded when it was stored. */
+export function damagedWal(catalog: ServerCatalog, stored: StoredWal, damage: Damage): BarmanError {
+  const what = 'sha256' in damage ? `its bytes hash to ${damage.sha256.slice(0, 12)}…, not to the ${stored.sha256?.slice(0, 12)}… recorded when it was stored` : `it no longer decompresses (${damage.unreadable})`;
+  return new BarmanError(
+    ErrorCode.CHECKSUM_MISMATCH,
+    `${stored.name} in the catalog of ${catalog.server} is damaged: ${what}; refusing to hand it out`,
+    `Do not replay past it. If a PostgreSQL host still has ${stored.name} in pg_wal, push it again (barman-agent push <pg_wal>/${stored.name}): an identical copy replaces the damaged one. Otherwise recover to a point before it, and check the backup host's disk (barman-receiver check ${catalog.server} --verify-wal).`,
+  );
+}
+
+/** A stored WAL file's bytes as stored (compressed or not), unchecked: for hashing. */
+function openStoredBytes(stored: StoredWal): Readable {
   const raw = createReadStream(stored.path, { highWaterMark: 1024 * 1024 });
   if (stored.compression === 'none') return raw;
   if (stored.compression === 'gzip') return raw.pipe(createGunzip());
   throw new BarmanError(ErrorCode.STORAGE, `${stored.path} uses ${stored.compression}, which this receiver cannot read`, 'Run a barman-ts version with that compression, or set compression = gzip.');
 }
 
-export async function hashStoredWal(stored: StoredWal): Promise<string> {
+/** A decompression failure (zlib's Z_* codes): the stored bytes are damaged, not the disk unreadable. */
+function isDecodeError(err: unknown): err is Error {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' && (err as NodeJS.ErrnoException).code!.startsWith('Z_');
+}
+
+/** SHA-256 of a stored WAL file's plain bytes as they are now, or why they cannot be decompressed. */
+async function hashStored(stored: StoredWal): Promise<Damage> {
   const hash = newHash();
-  for await (const chunk of openStoredWal(stored)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
+  try {
+    for await (const chunk of openStoredBytes(stored)) hash.update(chunk as Buffer);
+  } catch (err) {
+    if (isDecodeError(err)) return { unreadable: err.message };
+    throw err;
+  }
+  return { sha256: hash.digest('hex') };
+}
+
+/** SHA-256 of a stored WAL file's plain bytes as they are now ('' when they no longer decompress). */
+export async function hashStoredWal(stored: StoredWal): Promise<string> {
+  const h = await hashStored(stored);
+  return 'sha256' in h ? h.sha256 : '';
+}
+
+/**
+ * A stored WAL file's plain bytes, checked against the checksum recorded with it. The last
+ * chunk is held back until the whole file has hashed right: a damaged file never reaches a
+ * reader whole, the read throws CHECKSUM_MISMATCH instead. A file stored before checksums is
+ * handed out unchecked (`stored.sha256` undefined).
+ */
+export async function* readStoredWal(catalog: ServerCatalog, stored: StoredWal): AsyncGenerator<Buffer> {
+  const hash = newHash();
+  let held: Buffer | undefined;
+  try {
+    for await (const chunk of openStoredBytes(stored)) {
+      const buf = chunk as Buffer;
+      hash.update(buf);
+      if (held) yield held;
+      held = buf;
+    }
+  } catch (err) {
+    if (isDecodeError(err)) throw damagedWal(catalog, stored, { unreadable: err.message });
+    throw err;
+  }
+  if (stored.sha256 !== undefined) {
+    const actual = hash.digest('hex');
+    if (actual !== stored.sha256) throw damagedWal(catalog, stored, { sha256: actual });
+  }
+  if (held) yield held;
+}
+
+/** Reads a whole small stored WAL file (.history), checked like readStoredWal. */
+export async function readSmallStoredWal(catalog: ServerCatalog, stored: StoredWal): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const chunk of readStoredWal(catalog, stored)) parts.push(chunk);
+  return Buffer.concat(parts);
+}
+
+/** Checks a stored WAL file against its recorded checksum: 'ok', 'damaged' (with the actual hash) or 'unchecked' (stored before checksums). */
+export async function verifyStoredWal(stored: StoredWal): Promise<{ state: 'ok' } | { state: 'unchecked' } | { state: 'damaged'; damage: Damage }> {
+  if (stored.sha256 === undefined) return { state: 'unchecked' };
+  const damage = await hashStored(stored);
+  return 'sha256' in damage && damage.sha256 === stored.sha256 ? { state: 'ok' } : { state: 'damaged', damage };
 }
 
 /** Segments and .partial segments are made of WAL pages and get the page header checks. */
@@ -81,6 +157,62 @@ export class WalArchive {
     this.commitLock = run.catch(() => undefined);
     return run;
   }
+
+  /**
+   * Puts a complete WAL file (plain bytes hashing to `sha256`) into the catalog unless it is
+   * there already; `file` moves the new bytes to a path (`place`) or drops them. Outcomes:
+   * - 'stored': nothing was there (or only a damaged copy, now in errors/: `damagedAside`);
+   * - 'duplicate': the same bytes are there (a copy stored before checksums gets its checksum recorded);
+   * - 'conflict': different bytes are there; the new bytes are left to the caller.
+   * The comparison is by the checksum in the stored name, under the commit lock. A duplicate's
+   * stored copy is then read back outside the lock (other commits and the stream go on
+   * meanwhile), so that an identical push repairs a copy that went bad on disk.
+   */
+  async store(name: string, sha256: string, compression: Compression, file: StoreSteps): Promise<{ outcome: 'stored' | 'duplicate' | 'conflict'; damagedAside?: string }> {
+    const catalog = this.catalog;
+    const place = async () => {
+      await file.beforePlace?.();
+      await file.place(catalog.walPath(name, sha256, compression));
+    };
+    const first = await this.withCommitLock(async () => {
+      const existing = await catalog.findWal(name);
+      if (!existing) {
+        await place();
+        return { outcome: 'stored' as const };
+      }
+      if (existing.sha256 === undefined) {
+        if ((await hashStoredWal(existing)) !== sha256) return { outcome: 'conflict' as const };
+        await catalog.recordChecksum(existing, sha256);
+        await file.drop();
+        return { outcome: 'duplicate' as const };
+      }
+      return existing.sha256 === sha256 ? { outcome: 'verify' as const, existing } : { outcome: 'conflict' as const };
+    });
+    if (first.outcome !== 'verify') return first;
+    if ((await hashStoredWal(first.existing)) === sha256) {
+      await file.drop();
+      return { outcome: 'duplicate' };
+    }
+    return this.withCommitLock(async () => {
+      // read again under the lock: another identical copy may have repaired it meanwhile
+      const now = await catalog.findWal(name);
+      if (now?.sha256 === sha256 && (await hashStoredWal(now)) === sha256) {
+        await file.drop();
+        return { outcome: 'duplicate' as const };
+      }
+      const damagedAside = now ? await catalog.setAside(now, 'damaged') : undefined;
+      await place();
+      return { outcome: 'stored' as const, damagedAside };
+    });
+  }
+}
+
+/** How WalArchive.store moves a new WAL file's bytes: into the catalog, or away. */
+export interface StoreSteps {
+  /** just before the bytes go in, with the commit lock held (record the cluster's identity) */
+  beforePlace?(): Promise<void>;
+  place(finalPath: string): Promise<void>;
+  drop(): Promise<void>;
 }
 
 export class WalUpload implements Upload {
@@ -89,6 +221,10 @@ export class WalUpload implements Upload {
   private systemIdentifier: string | undefined;
   private walMagic = 0;
   private pgVersion: number | undefined;
+  /** a .history or .backup file's bytes, checked before it is stored (at most MAX_SMALL_WAL_FILE) */
+  private readonly content: Buffer[] = [];
+  /** where a damaged stored copy went when this upload replaced it (for the log) */
+  replacedDamaged: string | undefined;
 
   constructor(private readonly archive: WalArchive, readonly file: WalFileName, readonly size: number, private readonly compression: Compression, private readonly incoming: IncomingFile) {}
 
@@ -104,6 +240,7 @@ export class WalUpload implements Upload {
       this.head = Buffer.concat([this.head, chunk.subarray(0, LONG_HEADER_SIZE - this.head.length)]);
       if (this.head.length >= LONG_HEADER_SIZE) await this.checkHeader();
     }
+    if (!hasPages(this.file)) this.content.push(Buffer.from(chunk));
     try {
       await this.incoming.write(chunk);
     } catch (err) {
@@ -152,6 +289,20 @@ export class WalUpload implements Upload {
     }
   }
 
+  /** A .history or .backup file must be one PostgreSQL could read: garbage is never stored, so it never blocks a recovery or the right file. */
+  private async checkContent(): Promise<void> {
+    const name = this.file.name;
+    const text = Buffer.concat(this.content).toString('utf8');
+    try {
+      if (this.file.kind === 'history') validateHistory(text, this.file.timeline);
+      else if (this.file.kind === 'backup') validateBackupHistory(text, name, (await this.archive.catalog.identity())?.segmentSize);
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      const what = this.file.kind === 'history' ? 'a timeline history file' : 'a backup history file';
+      throw invalidWal(`${name} is not ${what} PostgreSQL wrote: ${err.message}`, `Nothing was stored. archive_command must pass PostgreSQL's own file (%p); push the real ${name} from the cluster's pg_wal and it is accepted.`);
+    }
+  }
+
   /** Completes the upload; resolves only when the file is durable under its final name. */
   async finish(senderSha256: string): Promise<StoreResult> {
     const name = this.file.name;
@@ -170,36 +321,41 @@ export class WalUpload implements Upload {
       await this.incoming.discard();
       throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: checksum of the bytes received (${sha256.slice(0, 12)}…) differs from the agent's (${senderSha256.slice(0, 12)}…)`, 'The file changed while it was read or was damaged in transit; the push is retried by PostgreSQL.');
     }
-    return this.archive.withCommitLock(async () => {
-      // a concurrent upload may have recorded the identity since the header was checked
-      try {
+    try {
+      await this.checkContent();
+    } catch (err) {
+      await this.incoming.discard();
+      throw err;
+    }
+    const result = await this.archive.store(name, sha256, this.compression, {
+      beforePlace: async () => {
+        // a concurrent upload may have recorded the identity since the header was checked
         await this.checkIdentity();
-      } catch (err) {
-        await this.incoming.discard();
-        throw err;
-      }
-      const existing = await catalog.findWal(name);
-      if (existing) {
-        if ((await hashStoredWal(existing)) === sha256) {
-          await this.incoming.discard();
-          return 'duplicate' as const;
+        if (this.systemIdentifier !== undefined && !(await catalog.identity())) {
+          await catalog.saveIdentity({ systemIdentifier: this.systemIdentifier, segmentSize: this.size, walMagic: this.walMagic, pgVersion: this.pgVersion, firstSeenAt: new Date().toISOString() });
         }
-        // named by content: PostgreSQL retries the same file every minute, one copy is enough
-        const aside = catalog.conflictPath(name, sha256);
-        if (await exists(aside)) await this.incoming.discard();
-        else await this.incoming.commit(aside);
-        throw new BarmanError(ErrorCode.WAL_CONFLICT, `${name} is already archived with different content; the new copy was kept as ${aside}`, 'Two clusters may be archiving into the same server section, or a restored copy still has archive_command set. Compare the two files before deleting either.');
-      }
-      if (this.systemIdentifier !== undefined && !(await catalog.identity())) {
-        await catalog.saveIdentity({ systemIdentifier: this.systemIdentifier, segmentSize: this.size, walMagic: this.walMagic, pgVersion: this.pgVersion, firstSeenAt: new Date().toISOString() });
-      }
-      try {
-        await this.incoming.commit(catalog.walPath(name, this.compression));
-      } catch (err) {
-        throw storageError(err, `cannot store ${name}`);
-      }
-      return 'stored' as const;
+      },
+      place: async (finalPath) => {
+        try {
+          await this.incoming.commit(finalPath);
+        } catch (err) {
+          throw storageError(err, `cannot store ${name}`);
+        }
+      },
+      drop: () => this.incoming.discard(),
+    }).catch(async (err: unknown) => {
+      await this.incoming.discard();
+      throw err;
     });
+    if (result.outcome === 'conflict') {
+      // named by content: PostgreSQL retries the same file every minute, one copy is enough
+      const aside = catalog.conflictPath(name, sha256);
+      if (await exists(aside)) await this.incoming.discard();
+      else await this.incoming.commit(aside);
+      throw new BarmanError(ErrorCode.WAL_CONFLICT, `${name} is already archived with different content; the new copy was kept as ${aside}`, 'Two clusters may be archiving into the same server section, or a restored copy still has archive_command set. Compare the two files before deleting either.');
+    }
+    this.replacedDamaged = result.damagedAside;
+    return result.outcome;
   }
 
   async abort(): Promise<void> {

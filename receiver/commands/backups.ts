@@ -13,7 +13,10 @@ import { humanSize } from '../../shared/progress';
 import { type SnakeKeys, snakeKeys } from '../../shared/snake-case';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
+import { backupSegments, verifyWalFiles } from '../catalog/wal-integrity';
+import { DEFAULT_SEGMENT_SIZE } from '../../shared/wal/names';
 import { openAdmin } from './admin';
+import { changeCatalog } from './catalog-change';
 import { requireServer } from './servers';
 
 export function openBackups(config: ReceiverConfig, server: string): BackupCatalog {
@@ -53,38 +56,30 @@ export async function showBackup(config: ReceiverConfig, server: string, id: str
   return openBackups(config, server).resolve(id);
 }
 
+/** Exempts a backup from retention (or releases it), as the catalog's one writer. */
 export async function keepBackup(config: ReceiverConfig, server: string, id: string, release: boolean): Promise<BackupInfo> {
-  const backups = openBackups(config, server);
-  const info = await backups.resolve(id);
-  const next = { ...info, keep: !release };
-  await backups.write(next);
-  return next;
+  return (await changeCatalog(config, server, { action: release ? 'release' : 'keep', backup: id })) as BackupInfo;
 }
 
+/** Removes a backup (never one marked keep, nor below minimum_redundancy), as the catalog's one writer. */
 export async function deleteBackup(config: ReceiverConfig, server: string, id: string): Promise<BackupInfo> {
-  const s = requireServer(config, server);
-  const backups = openBackups(config, server);
-  const info = await backups.resolve(id);
-  if (info.keep) throw new BarmanError(ErrorCode.RETENTION, `backup ${info.backupId} is marked keep`, `Release it first: barman-receiver keep ${server} ${info.backupId} --release`);
-  if (info.status === 'STARTED') throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${info.backupId} is still running`, 'Wait for it to finish or fail.');
-  if (info.status === 'DONE') {
-    const done = (await backups.list()).filter((b) => b.status === 'DONE');
-    if (done.length - 1 < s.minimumRedundancy) {
-      throw new BarmanError(ErrorCode.RETENTION, `deleting ${info.backupId} would leave ${done.length - 1} DONE backup(s), fewer than minimum_redundancy = ${s.minimumRedundancy}`, 'Take a new backup first, or lower minimum_redundancy in the configuration.');
-    }
-  }
-  await backups.remove(info.backupId);
-  return info;
+  return (await changeCatalog(config, server, { action: 'delete', backup: id })) as BackupInfo;
 }
 
 export interface VerifyResult {
   backupId: string;
   ok: boolean;
   checked: number;
+  /** WAL files of the backup's own range (begin WAL to end WAL) read back against their recorded checksums */
+  walChecked: number;
   problems: string[];
 }
 
-/** Re-reads every file of a backup and compares size and SHA-256 with its manifest. */
+/**
+ * Re-reads every file of a backup and compares size and SHA-256 with its manifest, and every WAL
+ * file of its range (begin WAL to end WAL, without which it cannot be recovered) with the
+ * checksum recorded when it was stored.
+ */
 export async function verifyBackup(config: ReceiverConfig, server: string, id: string): Promise<VerifyResult> {
   const backups = openBackups(config, server);
   const info = await backups.resolve(id);
@@ -93,13 +88,13 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
   try {
     manifestText = await fs.readFile(backups.manifestPath(info.backupId), 'utf8');
   } catch {
-    return { backupId: info.backupId, ok: false, checked: 0, problems: ['backup_manifest is missing'] };
+    return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: ['backup_manifest is missing'] };
   }
   let files;
   try {
     files = parseManifest(manifestText).files;
   } catch (err) {
-    return { backupId: info.backupId, ok: false, checked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
+    return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
   }
   const dataDir = backups.dataDir(info.backupId);
   for (const f of files) {
@@ -112,7 +107,15 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
       problems.push(`${f.path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : (err as Error).message}`);
     }
   }
-  return { backupId: info.backupId, ok: problems.length === 0, checked: files.length, problems };
+  let walChecked = 0;
+  // a backup still WAITING_FOR_WALS has its WAL on the way; a FAILED one never will
+  if (info.status === 'DONE') {
+    const segmentSize = (await backups.catalog.identity())?.segmentSize ?? DEFAULT_SEGMENT_SIZE;
+    const wal = await verifyWalFiles(backups.catalog, backupSegments(info, segmentSize));
+    walChecked = wal.verified + wal.unchecked.length;
+    problems.push(...wal.problems.map((p) => `WAL ${p}`));
+  }
+  return { backupId: info.backupId, ok: problems.length === 0, checked: files.length, walChecked, problems };
 }
 
 export interface BackupStatusUpdate { backupId: string; status: string; reason?: string }

@@ -1,5 +1,11 @@
-// `barman-receiver check <srv>`: configuration, barman_home writable, WAL arriving, and, once WAL
-// was streamed for the server, a live stream.
+// `barman-receiver check <srv>`: configuration, barman_home writable, WAL arriving, the WAL the
+// kept backups need all there and intact, and, once WAL was streamed for the server, a live stream.
+//
+// WAL integrity: presence is checked for the whole span the DONE backups need (one listing);
+// hashing is bounded, so that a check run every few minutes stays quick on a big catalog: up to
+// WAL_VERIFY_BUDGET bytes of segments per run, resuming where the previous run stopped
+// (wal-verify.json in the server's directory), so every needed segment is read back in turn.
+// `--verify-wal` hashes all of them now. verify-backup always hashes a backup's own range.
 
 import { constants, promises as fs } from 'node:fs';
 import type { ReceiverConfig } from '../../shared/config/receiver';
@@ -7,10 +13,48 @@ import { type CheckResult, runCheck } from '../../shared/check';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
+import { neededSegments, shareToVerify, timelineStarts, verifyWalFiles } from '../catalog/wal-integrity';
 import { requireServer } from './servers';
 import { serverStatus } from './status';
 
-export async function checkServer(config: ReceiverConfig, name: string, now = new Date()): Promise<CheckResult[]> {
+/** Plain bytes of WAL hashed per `check` run without --verify-wal (64 segments of 16 MiB). */
+const WAL_VERIFY_BUDGET = 1024 * 1024 * 1024;
+
+export interface CheckOptions {
+  /** hash every WAL segment the kept backups need, not a bounded share */
+  verifyWal?: boolean;
+}
+
+/** Missing or damaged WAL in the span the DONE backups need; returns what was verified. */
+async function checkWalIntegrity(catalog: ServerCatalog, server: string, verifyAll: boolean): Promise<string> {
+  const done = (await new BackupCatalog(catalog).list()).filter((b) => b.status === 'DONE');
+  const identity = await catalog.identity();
+  if (done.length === 0 || !identity) return 'no DONE backup needs WAL yet';
+  const { firstSegmentOf, problems: historyProblems } = await timelineStarts(catalog, identity.segmentSize);
+  const { present, missing } = neededSegments(done, await catalog.listSegments(), firstSegmentOf, identity.segmentSize);
+  let toVerify = present;
+  let share = 'all verified';
+  const budget = Math.max(1, Math.floor(WAL_VERIFY_BUDGET / identity.segmentSize));
+  if (!verifyAll && present.length > budget) {
+    toVerify = shareToVerify(present, await catalog.walVerifyCursor(), budget);
+    await catalog.saveWalVerifyCursor(toVerify[toVerify.length - 1]!).catch(() => undefined);
+    share = `${toVerify.length} verified this run, the others in turn on later runs (--verify-wal: all now)`;
+  }
+  const wal = await verifyWalFiles(catalog, toVerify);
+  const problems = [...historyProblems, ...missing.map((m) => `${m}: missing`), ...wal.problems];
+  if (problems.length) {
+    const shown = problems.slice(0, 5).join('; ') + (problems.length > 5 ? `; and ${problems.length - 5} more` : '');
+    throw new BarmanError(
+      wal.problems.length || historyProblems.length ? ErrorCode.CHECKSUM_MISMATCH : ErrorCode.WAL_NOT_FOUND,
+      `WAL the backups need is missing or damaged: ${shown}`,
+      `Recovery stops at the first of them. Push each again from a PostgreSQL host that still has it in pg_wal (barman-agent push <pg_wal>/<name>; an identical copy replaces a damaged one), or take a new backup now (barman-receiver backup ${server} --wait) so that recovery no longer needs them.`,
+    );
+  }
+  const unchecked = wal.unchecked.length ? `; ${wal.unchecked.length} stored without a checksum by an older version (barman-receiver cron records them)` : '';
+  return `${present.length} segments from ${present[0]} to ${present[present.length - 1]} present, ${share}${unchecked}`;
+}
+
+export async function checkServer(config: ReceiverConfig, name: string, now = new Date(), options: CheckOptions = {}): Promise<CheckResult[]> {
   const server = requireServer(config, name);
   const catalog = new ServerCatalog(config.barmanHome, server.name);
   const results: CheckResult[] = [{ name: 'configuration', ok: true, detail: config.file }];
@@ -29,6 +73,7 @@ export async function checkServer(config: ReceiverConfig, name: string, now = ne
       return `last ${last.name}, ${age} s ago`;
     }, ''),
   );
+  results.push(await runCheck('WAL integrity', () => checkWalIntegrity(catalog, server.name, options.verifyWal ?? false), ''));
   const streaming = await streamingCheck(config, server.name, catalog, now);
   if (streaming) results.push(streaming);
   results.push(

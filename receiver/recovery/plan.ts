@@ -12,6 +12,7 @@ import { formatLsn, isLsn, type Lsn, parseLsn } from '../../shared/wal/lsn';
 import { historyFileName, nextSegment, segmentNumber, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
 import type { BackupCatalog } from '../catalog/backups';
 import type { ServerCatalog } from '../catalog/catalog';
+import { readSmallStoredWal } from '../catalog/wal-archive';
 
 /** Streamed partial segments (streaming/<segment>.partial), oldest first. */
 async function streamedPartials(catalog: ServerCatalog): Promise<Array<{ segment: string; size: number; modifiedAt: Date }>> {
@@ -106,9 +107,13 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
 
   // timelines: which one recovery follows, and that the backup can reach it
   const histories = new Map<number, Array<{ timeline: number; switchLsn: Lsn }>>();
-  for (const f of await fs.readdir(catalog.walsDir).catch(() => [] as string[])) {
-    const m = /^([0-9A-F]{8})\.history$/.exec(f);
-    if (m) histories.set(parseInt(m[1]!, 16), parseHistory(await fs.readFile(join(catalog.walsDir, f), 'utf8')));
+  for (const [tli, stored] of await catalog.histories()) {
+    const text = (await readSmallStoredWal(catalog, stored)).toString('utf8');
+    try {
+      histories.set(tli, parseHistory(text, tli));
+    } catch (err) {
+      throw new BarmanError(ErrorCode.WAL_INVALID, `${stored.name} in the catalog of ${server} cannot be read: ${(err as Error).message}`, `It was stored by a version that did not check history files. On the backup host, move it from the catalog's wals/ into errors/ (show-server ${server} prints both), then push the real file from the cluster that created timeline ${tli} (barman-agent push <pg_wal>/${stored.name}).`);
+    }
   }
   const reaches = (tli: number): boolean => {
     if (tli === backup.timeline) return true;

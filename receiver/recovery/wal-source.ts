@@ -1,17 +1,18 @@
-// WAL for a recovery: an archived file, or, for the newest segment, what streaming received of
-// it so far, padded with zeros to a whole segment (PostgreSQL restores whole segments only, and
-// reads the zeros as the end of WAL).
+// WAL for a recovery: an archived file (checked against its recorded checksum: a damaged one
+// stops the recovery), or, for the newest segment, what streaming received of it so far, padded
+// with zeros to a whole segment (PostgreSQL restores whole segments only, and reads the zeros as
+// the end of WAL).
 
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { ServerCatalog } from '../catalog/catalog';
-import { openStoredWal } from '../catalog/wal-archive';
+import { readStoredWal } from '../catalog/wal-archive';
 
 export async function* recoveryWal(catalog: ServerCatalog, name: string): AsyncGenerator<Buffer> {
   const stored = await catalog.findWal(name);
   if (stored) {
-    yield* openStoredWal(stored) as AsyncIterable<Buffer>;
+    yield* readStoredWal(catalog, stored);
     return;
   }
   const segmentSize = (await catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;

@@ -4,6 +4,7 @@
 // MAX_UPLOADS_PER_SERVER files being received, so a broken or hostile client of one server
 // cannot use up the descriptors every server needs.
 
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { BackupInfo } from '../../shared/backup/info';
 import type { ManifestFile } from '../../shared/backup/manifest';
 import type { Compression, ServerConfig } from '../../shared/config/receiver';
@@ -14,6 +15,7 @@ import type { Logger } from 'pino';
 import { WalStream } from '../catalog/streaming';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
+import { applyCatalogChange, type CatalogChange, type CronReport } from '../catalog/maintenance';
 import type { Upload } from '../catalog/upload';
 import { WalArchive } from '../catalog/wal-archive';
 import { StreamHealth } from './stream-health';
@@ -113,13 +115,15 @@ export class ServerContext {
   private readonly uploads = new Set<Upload>();
   private uploadsOpening = 0;
   private readonly log: Logger;
+  /** catalog changes (keep, delete, cron) asked of this service run one at a time */
+  private changes: Promise<unknown> = Promise.resolve();
 
   constructor(barmanHome: string, readonly config: ServerConfig, compression: Compression, log: Logger) {
     this.log = log.child({ server: config.name });
     this.catalog = new ServerCatalog(barmanHome, config.name);
     this.walArchive = new WalArchive(this.catalog, compression);
     this.backups = new BackupCatalog(this.catalog);
-    this.stream = new WalStream(this.catalog, log.child({ server: config.name, component: 'streaming' }));
+    this.stream = new WalStream(this.catalog, log.child({ server: config.name, component: 'streaming' }), this.walArchive);
     this.stream.onSegment = async (name, sha256) => {
       this.onStreamSegment?.(name, sha256);
       await this.walStored();
@@ -379,6 +383,32 @@ export class ServerContext {
     for (const info of promoted) this.notify(info);
     // a backup that ended meanwhile bumped the generation: it is looked at next time
     if (stillWaiting === 0) this.noneWaitingAt = generation;
+  }
+
+  /** what a catalog change must carry (receiver/catalog/catalog.ts writeChangeKey); set while serving */
+  private changeKey: Buffer | undefined;
+
+  /** Serve holds the catalog now: a fresh key for changes, readable on this host only. */
+  async openForChanges(): Promise<void> {
+    const key = randomBytes(32);
+    await this.catalog.writeChangeKey(key.toString('hex'));
+    this.changeKey = key;
+  }
+
+  async closeForChanges(): Promise<void> {
+    this.changeKey = undefined;
+    await this.catalog.removeChangeKey();
+  }
+
+  /** A change the DBA asked for (keep, delete, cron), made by this service as the catalog's one writer. */
+  changeCatalog(change: CatalogChange, key: string): Promise<BackupInfo | CronReport> {
+    const given = Buffer.from(key, 'hex');
+    if (!this.changeKey || given.length !== this.changeKey.length || !timingSafeEqual(given, this.changeKey)) {
+      return Promise.reject(new BarmanError(ErrorCode.AUTH_FAILED, `a catalog change for ${this.config.name} came without the key this receiver keeps in barman_home`, 'keep, delete and cron are run on the backup host, by a user that can read barman_home; an agent cannot change the catalog.'));
+    }
+    const run = this.changes.then(() => applyCatalogChange(this.config, this.backups, this.walArchive, change));
+    this.changes = run.catch(() => undefined);
+    return run;
   }
 
   /** The backup in progress, if any. */

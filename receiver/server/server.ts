@@ -14,11 +14,15 @@ import { BarmanError, ErrorCode } from '../../shared/errors';
 import { CloseCode, FrameConnection } from '../../shared/protocol/connection';
 import { MAX_FRAME_BYTES } from '../../shared/protocol/frames';
 import { Admission } from './admission';
+import { type CatalogLock, CatalogLockedError } from '../catalog/lock';
 import { ServerContext } from './context';
 import { Session } from './session';
 
 /** how long a stopping service waits for peers to answer its close before cutting them off (ws alone waits 30 s) */
 const CLOSE_WAIT_MS = 2000;
+
+/** how long serve waits at start-up for a command (keep, delete, cron) that holds a catalog */
+const COMMAND_LOCK_WAIT_MS = 60_000;
 
 export class ReceiverService {
   private readonly servers = new Map<string, ServerContext>();
@@ -26,6 +30,8 @@ export class ReceiverService {
   private wss: WebSocketServer | undefined;
   private readonly sessions = new Map<FrameConnection, Session>();
   private readonly admission: Admission;
+  /** the catalog lock of every server served, held from start to stop: one writer per catalog */
+  private readonly locks: Array<{ ctx: ServerContext; lock: CatalogLock }> = [];
 
   constructor(readonly config: ReceiverConfig, private readonly log: Logger) {
     this.admission = new Admission(log);
@@ -33,6 +39,20 @@ export class ReceiverService {
   }
 
   async start(): Promise<AddressInfo> {
+    try {
+      for (const ctx of this.servers.values()) {
+        this.locks.push({ ctx, lock: await this.lockCatalog(ctx) });
+        await ctx.openForChanges();
+      }
+      return await this.open();
+    } catch (err) {
+      await this.releaseLocks();
+      throw err;
+    }
+  }
+
+  /** With every catalog locked: tidies them up after a stop, then listens. */
+  private async open(): Promise<AddressInfo> {
     for (const ctx of this.servers.values()) {
       await ctx.catalog.ensureLayout();
       const failed = await ctx.backups.failInterrupted();
@@ -79,6 +99,31 @@ export class ReceiverService {
   }
 
   /**
+   * Takes a server's catalog lock before touching the catalog (a second serve would otherwise fail
+   * the first one's running backup and interleave its writes). Another serve holding it is a
+   * refusal at once; a command (keep, delete, cron) holding it is waited for a while.
+   */
+  private async lockCatalog(ctx: ServerContext): Promise<CatalogLock> {
+    const deadline = Date.now() + COMMAND_LOCK_WAIT_MS;
+    for (;;) {
+      try {
+        return await ctx.catalog.locker().acquire('serve');
+      } catch (err) {
+        if (!(err instanceof CatalogLockedError) || err.holder?.purpose === 'serve' || Date.now() > deadline) throw err;
+        this.log.info({ server: ctx.config.name, holder: err.holder }, 'waiting for a command that holds the catalog');
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+  }
+
+  private async releaseLocks(): Promise<void> {
+    for (const { ctx, lock } of this.locks.splice(0)) {
+      await ctx.closeForChanges().catch(() => undefined);
+      await lock.release().catch((err: unknown) => this.log.warn({ server: ctx.config.name, err: String(err) }, 'releasing a catalog lock failed'));
+    }
+  }
+
+  /**
    * Stops accepting, lets files still arriving finish for up to `graceMs`, then closes what is
    * left; a peer that does not answer the close within CLOSE_WAIT_MS is cut off.
    */
@@ -102,6 +147,7 @@ export class ReceiverService {
     this.wss?.close();
     http.closeAllConnections?.();
     await closed;
+    await this.releaseLocks();
     this.log.info('receiver stopped');
   }
 }

@@ -14,7 +14,7 @@ import { CloseCode, errorFrame, errorFromFrame, type FrameConnection } from '../
 import { type Frame, type HelloFrame, PROTOCOL_VERSION, type Role } from '../../shared/protocol/frames';
 import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
-import { openStoredWal, WalUpload } from '../catalog/wal-archive';
+import { readStoredWal, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
 import { readableBackupPath } from '../catalog/backups';
 import { planRecovery } from '../recovery/plan';
@@ -222,6 +222,7 @@ export class Session implements Peer {
           await this.conn.send({ type: 'ack', id: frame.id, status, sha256: frame.sha256 });
           if (upload instanceof WalUpload) {
             this.log.info({ wal: upload.label, status }, status === 'stored' ? 'WAL archived' : 'WAL already archived with identical content');
+            if (upload.replacedDamaged) this.log.warn({ wal: upload.label, aside: upload.replacedDamaged }, 'the stored copy was damaged; replaced by this identical push, the damaged copy kept aside');
             if (status === 'stored' && upload.file.kind === 'segment') await server.walStored();
           }
         }, upload)
@@ -297,6 +298,14 @@ export class Session implements Peer {
           await server.attachDaemon(this, { instance: frame.instance, takeover: frame.takeover, host: frame.host, pid: frame.pid });
           this.log.info({ instance: frame.instance, host: frame.host, pid: frame.pid, takeover: frame.takeover }, 'agent daemon attached');
           await this.conn.send({ type: 'daemon-attached', id: frame.id });
+        });
+      case 'catalog-change':
+        return this.answer(frame.id, async () => {
+          this.allow(['admin'], 'change the catalog');
+          const result = await server.changeCatalog(frame.action === 'cron' ? { action: 'cron' } : { action: frame.action, backup: frame.backup }, frame.key);
+          this.log.info({ action: frame.action, backup: frame.backup || undefined }, 'catalog changed on request');
+          const json = Buffer.from(JSON.stringify(result));
+          await this.sendStream(frame.id, 'result.json', json.length, Readable.from([json]));
         });
       case 'status-request':
         return this.answer(frame.id, async () => {
@@ -462,9 +471,11 @@ export class Session implements Peer {
     if (!stored) {
       throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `${name.slice(0, 80)} is not in the catalog of ${server.config.name}`, 'The segment was never archived, or retention removed it.');
     }
+    if (stored.sha256 === undefined) this.log.warn({ wal: name }, 'sending a WAL file stored without a checksum (by an older version): it cannot be verified; barman-receiver cron records one');
     const identity = await server.catalog.identity();
     const size = stored.compression === 'none' ? (await stat(stored.path)).size : identity!.segmentSize;
-    await this.sendStream(id, name, size, openStoredWal(stored));
+    // checked as it is read: a damaged file ends in an error frame, never in the `end` that would make it whole
+    await this.sendStream(id, name, size, readStoredWal(server.catalog, stored));
   }
 
   /** Answers a request with a file: file frame, chunks (pooled, hashed), end frame with the SHA-256. */

@@ -109,6 +109,13 @@ export interface StreamKeepaliveFrame { type: 'stream-keepalive'; id: number; ti
 export interface DaemonAttachFrame { type: 'daemon-attach'; id: number; instance: string; takeover: boolean; host: string; pid: number }
 export interface DaemonAttachedFrame { type: 'daemon-attached'; id: number }
 
+/**
+ * admin → receiver: change the catalog as its one writer; answered like get, with the result
+ * (backup.info or cron report) as a JSON document. `key` is the one serve keeps in barman_home:
+ * the server's token alone (which the agent holds too) does not allow a change.
+ */
+export interface CatalogChangeFrame { type: 'catalog-change'; id: number; action: 'keep' | 'release' | 'delete' | 'cron'; backup: string; key: string }
+
 /** admin → receiver: what the service knows live about the server */
 export interface StatusRequestFrame { type: 'status-request'; id: number }
 /** receiver → admin: whether an agent daemon is connected, since when (ISO) */
@@ -127,7 +134,7 @@ export type Frame =
   | BackupTotalFrame | BackupProgressFrame
   | StatusRequestFrame | StatusFrame | GetBackupFileFrame | RestorePlanRequestFrame
   | StreamOpenFrame | StreamPositionFrame | WalDataFrame | StreamFlushedFrame | StreamSegmentFrame
-  | StreamKeepaliveFrame | DaemonAttachFrame | DaemonAttachedFrame;
+  | StreamKeepaliveFrame | DaemonAttachFrame | DaemonAttachedFrame | CatalogChangeFrame;
 export type FrameType = Frame['type'];
 
 // ---- validation -----------------------------------------------------------------------------
@@ -209,6 +216,7 @@ const SHAPES: Record<FrameType, Shape> = {
   'daemon-attached': { required: { id: uint } },
   'get-backup-file': { required: { id: uint, backupId, path: str(1024) } },
   'restore-plan-request': { required: { id: uint, backup: str(32), options: recoveryOptions } },
+  'catalog-change': { required: { id: uint, action: oneOf('keep', 'release', 'delete', 'cron'), backup: str(32), key: hex64 } },
   status: { required: { id: uint, agentConnected: (v) => typeof v === 'boolean', agentSince: str(40), backupRunning: str(16), streaming: streamingState } },
 };
 

@@ -33,6 +33,12 @@ export function parseWalFileName(name: string): WalFileName | undefined {
   return undefined;
 }
 
+/** The byte offset within its segment where the backup a backup history file describes started. */
+export function backupFileOffset(name: string): bigint | undefined {
+  const m = BACKUP.exec(name);
+  return m ? BigInt(`0x${m[2]}`) : undefined;
+}
+
 export function isSegmentName(name: string): boolean {
   return SEGMENT.test(name);
 }

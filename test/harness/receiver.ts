@@ -5,7 +5,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { appendFileSync, chmodSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { freePort, makeDir, makeTempDir, type Owner, chownTo, productEnv, receiverBin } from './env';
 import { listDir } from './fs';
 import { track } from './resources';
@@ -158,20 +158,39 @@ export class Receiver {
     return join(this.barmanHome, server);
   }
 
-  /** Where docs/catalog.md puts an archived WAL file: segments below wals/<first 16 hex>/, others in wals/. */
+  /**
+   * The stored file of an archived WAL file, where docs/catalog.md puts it: segments (and .partial) below
+   * wals/<first 16 hex>/, others in wals/, named <name>-<sha256 of the plain bytes>[.gz]. When
+   * there is none, the path a copy stored without a checksum would have.
+   */
   walPath(server: string, name: string): string {
     const wals = join(this.serverDir(server), 'wals');
-    return /^[0-9A-F]{24}$/.test(name) ? join(wals, name.slice(0, 16), name) : join(wals, name);
+    const dir = /^[0-9A-F]{24}(\.partial)?$/.test(name) ? join(wals, name.slice(0, 16)) : wals;
+    const stored = listDir(dir).find((f) => storedName(f)?.name === name);
+    return join(dir, stored ?? name);
   }
 
-  /** Every archived segment file name of a server, sorted. */
+  /** The SHA-256 an archived WAL file's stored name records (undefined when it has none). */
+  walChecksum(server: string, name: string): string | undefined {
+    return storedName(basename(this.walPath(server, name)))?.sha256;
+  }
+
+  /** Every archived segment name of a server, sorted. */
   segments(server: string): string[] {
     const wals = join(this.serverDir(server), 'wals');
     return listDir(wals)
       .filter((d) => /^[0-9A-F]{16}$/.test(d))
       .flatMap((d) => listDir(join(wals, d)))
+      .map((f) => storedName(f)?.name ?? f)
+      .filter((n) => /^[0-9A-F]{24}$/.test(n))
       .sort();
   }
+}
+
+/** A stored WAL file's name: the WAL file it holds and the checksum recorded with it (SPEC §5). */
+function storedName(file: string): { name: string; sha256: string | undefined } | undefined {
+  const m = /^([0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history|[0-9A-F]{24}\.[0-9A-F]{8}\.backup)(?:-([0-9a-f]{64}))?(?:\.gz|\.lz4|\.zst)?$/.exec(file);
+  return m ? { name: m[1]!, sha256: m[2] } : undefined;
 }
 
 function canConnect(host: string, port: number): Promise<boolean> {

@@ -1,13 +1,14 @@
 // Recovery after recovery: a DBA recovers yesterday's mistake away, promotes the copy and makes it
 // the new primary, archiving into the same catalog. Its timeline 2 history and WAL sit beside
 // timeline 1's; a later recovery from the same (timeline 1) backup follows timeline 2 when asked
-// for the latest timeline, and stays on timeline 1 when asked for the current one.
+// for the latest timeline, and stays on timeline 1 when asked for the current one. A garbage
+// 00000002.history pushed first is refused, stored nowhere, and does not stand in the real one's way.
 
-import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
-  agentCommandLine, type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, type Receiver, startReceiver, waitFor,
+  agentCommandLine, type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeTempDir, type Receiver, runAgent, startReceiver, waitFor,
 } from '../harness';
 import { backupAndWait, recoverInto } from '../harness/backups';
 import { type RecoveredCluster, startRecovered, verifyRecoveredDirectory } from '../harness/recovered';
@@ -47,6 +48,27 @@ describe("a DBA's day: recovery after recovery, across timelines", () => {
     mistakeAt = await source.psql("set timezone = 'UTC'; select clock_timestamp()::text");
     await source.psql(insertIds(2001, 3000, 'the mistake'));
     await source.waitArchived(await source.switchWal());
+  });
+
+  /** `barman-agent push` of a file with this name and content, as postgres, from a folder of its own */
+  const pushFile = async (name: string, content: string) => {
+    const path = join(makeTempDir('garbage', 'postgres', 0o755), name);
+    writeFileSync(path, content, { mode: 0o644 });
+    return runAgent(['push', '-c', source.agentConfigPath!, path]);
+  };
+
+  it('refuses a garbage .history or .backup file and stores nothing under its name', async () => {
+    const history = await pushFile('00000002.history', 'this is not a timeline history file\n');
+    expectFailure(history, 1, /00000002\.history is not a timeline history file PostgreSQL wrote: bad history line 1/);
+    expect(history.stderr).toMatch(/^HINT: Nothing was stored/m);
+    const backupFile = '000000010000000000000099.00000028.backup';
+    const backup = await pushFile(backupFile, 'LABEL: looks like one\n');
+    expectFailure(backup, 1, /000000010000000000000099\.00000028\.backup is not a backup history file PostgreSQL wrote: no START WAL LOCATION/);
+    for (const name of ['00000002.history', backupFile]) expect(existsSync(receiver.walPath('main', name)), name).toBe(false);
+    expect(listDir(join(receiver.serverDir('main'), 'errors'))).toEqual([]);
+    // the .backup file PostgreSQL wrote for the backup was accepted as it came
+    const backups = listDir(join(receiver.serverDir('main'), 'wals')).filter((f) => /^[0-9A-F]{24}\.[0-9A-F]{8}\.backup-[0-9a-f]{64}$/.test(f));
+    expect(backups).toHaveLength(1);
   });
 
   it('recovers to before the mistake, promotes, and the copy archives timeline 2 into the same catalog', async () => {

@@ -48,6 +48,7 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
   'get-backup-file': { type: 'get-backup-file', id: 15, backupId: '20261125T100000', path: 'base/5/1259' },
   'restore-plan-request': { type: 'restore-plan-request', id: 16, backup: 'latest', options: { targetTime: '2026-11-25T12:00:05+01:00', targetAction: 'promote', exclusive: false } },
   'status-request': { type: 'status-request', id: 17 },
+  'catalog-change': { type: 'catalog-change', id: 21, action: 'delete', backup: 'oldest', key: SHA },
   status: {
     type: 'status',
     id: 18,
