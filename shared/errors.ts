@@ -33,6 +33,8 @@ export const ErrorCode = {
   RETENTION: 'RETENTION',
   POSTGRES: 'POSTGRES',
   INTERNAL: 'INTERNAL',
+  PG_VERSION_UNSUPPORTED: 'PG_VERSION_UNSUPPORTED',
+  PG_VERSION_MISMATCH: 'PG_VERSION_MISMATCH',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
