@@ -25,7 +25,8 @@ interface OpenSegment {
 
 export class WalStream {
   private timeline = 0;
-  private segmentSize = 16 * 1024 * 1024;
+  /** the cluster's, told by the daemon at open() (the catalog's identity agrees: ServerContext.openStream) */
+  private segmentSize = 0;
   private current: OpenSegment | undefined;
   /** next byte expected */
   private writePos: Lsn = 0n;
@@ -192,9 +193,7 @@ export class WalStream {
       }
       return;
     }
-    if (!identity) {
-      await this.catalog.saveIdentity({ systemIdentifier: header.systemIdentifier, segmentSize: header.segmentSize, walMagic: header.magic, pgVersion: header.pgVersion, firstSeenAt: new Date().toISOString() });
-    }
+    await this.catalog.learnIdentity({ systemIdentifier: header.systemIdentifier, segmentSize: header.segmentSize, walMagic: header.magic, pgVersion: header.pgVersion });
     const { sha256 } = await sha256File(partialPath);
     const final = this.catalog.walPath(seg.name);
     await ensureDir(join(final, '..'));

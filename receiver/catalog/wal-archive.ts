@@ -147,7 +147,7 @@ export class WalUpload implements Upload {
     if (identity.systemIdentifier !== this.systemIdentifier) {
       throw new BarmanError(ErrorCode.WAL_FOREIGN, `${name}: system identifier ${this.systemIdentifier} is not this server's (${identity.systemIdentifier}); refusing WAL from another cluster`, `Check that this agent's server = ${this.archive.catalog.server} points at the right receiver section; a new cluster (initdb, pg_upgrade) needs its own section or a fresh catalog.`);
     }
-    if (identity.walMagic !== this.walMagic) {
+    if (identity.walMagic !== undefined && identity.walMagic !== this.walMagic) {
       throw new BarmanError(ErrorCode.WAL_FOREIGN, `${name}: WAL page magic 0x${this.walMagic.toString(16)} differs from this server's 0x${identity.walMagic.toString(16)} (another PostgreSQL version)`, 'After a major upgrade, archive into a new server section.');
     }
   }
@@ -190,8 +190,13 @@ export class WalUpload implements Upload {
         else await this.incoming.commit(aside);
         throw new BarmanError(ErrorCode.WAL_CONFLICT, `${name} is already archived with different content; the new copy was kept as ${aside}`, 'Two clusters may be archiving into the same server section, or a restored copy still has archive_command set. Compare the two files before deleting either.');
       }
-      if (this.systemIdentifier !== undefined && !(await catalog.identity())) {
-        await catalog.saveIdentity({ systemIdentifier: this.systemIdentifier, segmentSize: this.size, walMagic: this.walMagic, pgVersion: this.pgVersion, firstSeenAt: new Date().toISOString() });
+      if (this.systemIdentifier !== undefined) {
+        try {
+          await catalog.learnIdentity({ systemIdentifier: this.systemIdentifier, segmentSize: this.size, walMagic: this.walMagic, pgVersion: this.pgVersion });
+        } catch (err) {
+          await this.incoming.discard();
+          throw err;
+        }
       }
       try {
         await this.incoming.commit(catalog.walPath(name, this.compression));

@@ -97,7 +97,11 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
   }
   let files;
   try {
-    files = parseManifest(manifestText).files;
+    const manifest = parseManifest(manifestText);
+    files = manifest.files;
+    if (manifest.systemIdentifier !== undefined && manifest.systemIdentifier !== info.systemIdentifier) {
+      problems.push(`backup_manifest names system identifier ${manifest.systemIdentifier}, the backup was taken of ${info.systemIdentifier}`);
+    }
   } catch (err) {
     return { backupId: info.backupId, ok: false, checked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
   }

@@ -129,7 +129,7 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   const chain = new Set<number>([targetTli, ...(histories.get(targetTli)?.map((s) => s.timeline) ?? [])]);
 
   // WAL from the backup's first segment on, on the timelines recovery follows
-  const segSize = (await catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
+  const segSize = await catalog.segmentSize();
   const firstSeg = segmentNumber(backup.beginWal, segSize);
   const onChain = (s: string) => chain.has(segmentTimeline(s)) && segmentNumber(s, segSize) >= firstSeg;
   const archived = (await catalog.listSegments()).filter(onChain);

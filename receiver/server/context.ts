@@ -61,6 +61,8 @@ export class ServerContext {
     this.stream.onFlushed = onFlushed;
     this.onStreamSegment = onSegment;
     const branch = frame.switchLsn ? { parent: frame.parentTimeline, switchLsn: parseLsn(frame.switchLsn) } : undefined;
+    // the stream names and cuts segments by the cluster's segment size: the catalog learns it (or checks it) first
+    await this.catalog.learnIdentity({ systemIdentifier: frame.systemIdentifier, segmentSize: frame.segmentSize });
     return this.stream.open(frame.timeline, frame.systemIdentifier, frame.segmentSize, parseLsn(frame.serverLsn), branch);
   }
 

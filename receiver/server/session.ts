@@ -335,15 +335,13 @@ export class Session implements Peer {
     const stored = await server.catalog.findWal(name);
     if (!stored && this.role === 'restore' && (await server.stream.partialFor(name))) {
       // a restore's newest segment may exist only as streamed WAL (padded to a whole segment)
-      const segmentSize = (await server.catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
-      await this.sendStream(id, name, segmentSize, Readable.from(recoveryWal(server.catalog, name)));
+      await this.sendStream(id, name, await server.catalog.segmentSize(), Readable.from(recoveryWal(server.catalog, name)));
       return;
     }
     if (!stored) {
       throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `${name.slice(0, 80)} is not in the catalog of ${server.config.name}`, 'The segment was never archived, or retention removed it.');
     }
-    const identity = await server.catalog.identity();
-    const size = stored.compression === 'none' ? (await stat(stored.path)).size : identity!.segmentSize;
+    const size = stored.compression === 'none' ? (await stat(stored.path)).size : await server.catalog.segmentSize();
     await this.sendStream(id, name, size, openStoredWal(stored));
   }
 
