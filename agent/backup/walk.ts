@@ -34,7 +34,7 @@ function skipFile(rel: string, name: string): boolean {
 
 /**
  * Lists the backup's files. pg_tblspc/<oid> entries are followed into the tablespace's location;
- * `pg_wal` keeps its archive_status directory and nothing else. global/pg_control comes last,
+ * `pg_wal` keeps its directories (archive_status, and summaries from PostgreSQL 17) and no file. global/pg_control comes last,
  * as pg_basebackup sends it.
  */
 export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
@@ -64,7 +64,8 @@ export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
         if (entry.name.startsWith('pgsql_tmp')) continue;
         directories.push(childRel);
         if (SKIP_CONTENTS.has(childRel)) {
-          if (childRel === 'pg_wal') directories.push('pg_wal/archive_status');
+          // pg_wal keeps its folders (archive_status; summaries from PostgreSQL 17), empty
+          if (childRel === 'pg_wal') directories.push(...(await subdirectories(childAbs)).map((d) => `pg_wal/${d}`));
           continue;
         }
         await walk(childAbs, childRel);
@@ -78,4 +79,10 @@ export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
   const control = files.findIndex((f) => f.path === 'global/pg_control');
   if (control >= 0) files.push(...files.splice(control, 1));
   return { files, directories };
+}
+
+/** The names of the folders directly inside `dir` (none when it is gone). */
+async function subdirectories(dir: string): Promise<string[]> {
+  const entries = await fs.readdir(dir, { withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => e.isDirectory()).map((e) => e.name).sort();
 }
