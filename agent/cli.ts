@@ -81,7 +81,7 @@ addRecoveryOptions(program
     runAction(async () => {
       const [{ restore }, { recoveryOptionsFromCli }] = await Promise.all([import('./commands/restore'), import('../shared/recovery/cli-options')]);
       const started = Date.now();
-      const plan = await restore(await loadConfig(opts), id, pgdata, recoveryOptionsFromCli(opts), (p) => process.stderr.write(`\r${p.phase === 'files' ? 'data files' : 'WAL files'}: ${p.done}/${p.total}${p.done === p.total ? '\n' : ''}`));
+      const plan = await restore(await loadConfig(opts), id, pgdata, recoveryOptionsFromCli(opts), (p) => process.stderr.write(`\r${p.phase === 'files' ? 'data files' : 'WAL files'}: ${p.done}/${p.total}${p.done === p.total ? '\n' : ''}`), opts.pgBindir as string | undefined);
       process.stdout.write(`Restored backup ${plan.backupId} of ${plan.server} into ${pgdata} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
       process.stdout.write(`Start it with: pg_ctl -D ${pgdata} start\n`);
     }),

@@ -8,6 +8,7 @@ import { type BackupInfo, displayTime } from '../../shared/backup/info';
 import { parseManifest } from '../../shared/backup/manifest';
 import { sha256File } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
+import { versionText } from '../../shared/postgres/version';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import { openAdmin } from './admin';
@@ -40,7 +41,7 @@ export function formatBackupLine(server: string, b: BackupInfo): string {
 
 export function formatBackupDetails(server: string, b: BackupInfo): string {
   const rows: Array<[string, string | number]> = [
-    ['Backup', b.backupId], ['Server', server], ['Status', b.status + (b.error ? ` (${b.error})` : '')], ['PostgreSQL version', b.pgVersion],
+    ['Backup', b.backupId], ['Server', server], ['Status', b.status + (b.error ? ` (${b.error})` : '')], ['PostgreSQL version', b.pgVersion ? `${versionText(b.pgVersion)} (${b.pgVersion})` : ''],
     ['System identifier', b.systemIdentifier], ['PGDATA directory', b.pgdata], ['Timeline', b.timeline],
     ['Begin time', displayTime(b.beginTime)], ['End time', displayTime(b.endTime)], ['Begin LSN', b.beginLsn], ['End LSN', b.endLsn],
     ['Begin WAL', b.beginWal], ['End WAL', b.endWal], ['Size', `${humanSize(b.size)} (${b.size} bytes, ${b.fileCount} files)`],

@@ -17,6 +17,8 @@ export interface ServerStatus {
   wal: { last_segment: string | null; last_received_at: string | null; age_seconds: number | null };
   streaming: { state: string; timeline: number | null; received_lsn: string | null; flush_lsn: string | null; server_lsn: string | null; lag_bytes: number | null; last_flush_at: string | null };
   backups: { count: number; first_id: string | null; last_id: string | null; running: string | null; failed: number };
+  /** what the catalog learned of the cluster it holds (null before anything arrived) */
+  cluster: { pg_major_version: number | null; system_identifier: string | null; wal_segment_size: number | null };
   /** how much committed work a loss of the primary now could cost, in seconds: 0 when streaming is caught up, else the time since WAL last became durable here */
   rpo_seconds: number | null;
 }
@@ -27,6 +29,7 @@ export async function serverStatus(config: ReceiverConfig, name: string, now = n
   const all = await new BackupCatalog(catalog).list();
   const done = all.filter((b) => b.status === 'DONE');
   const last = await catalog.lastSegment();
+  const identity = await catalog.identity();
   let live: { agentConnected: boolean; agentSince: string; backupRunning: string; streaming: StreamingState } | undefined;
   try {
     const conn = await openAdmin(config, server.name, 5);
@@ -53,6 +56,7 @@ export async function serverStatus(config: ReceiverConfig, name: string, now = n
     streaming: { state: st?.state ?? 'off', timeline: st?.timeline || null, received_lsn: st?.receivedLsn || null, flush_lsn: st?.flushLsn || null, server_lsn: st?.serverLsn || null, lag_bytes: lag, last_flush_at: st?.lastFlushAt || null },
     backups: { count: done.length, first_id: done[0]?.backupId ?? null, last_id: done[done.length - 1]?.backupId ?? null, running: live?.backupRunning || null, failed: all.filter((b) => b.status === 'FAILED').length },
     rpo_seconds: rpo,
+    cluster: { pg_major_version: identity?.pgVersion ?? null, system_identifier: identity?.systemIdentifier ?? null, wal_segment_size: identity?.segmentSize ?? null },
   };
 }
 
@@ -66,6 +70,7 @@ export function formatStatus(s: ServerStatus): string {
     ['Backups (DONE)', `${s.backups.count}${s.backups.last_id ? `, first ${s.backups.first_id}, last ${s.backups.last_id}` : ''}${s.backups.failed ? `; ${s.backups.failed} FAILED` : ''}`],
     ['Backup running', s.backups.running ?? 'no'],
     ['RPO estimate', s.rpo_seconds === null ? 'unknown (no WAL yet)' : `${s.rpo_seconds} s`],
+    ['Cluster', s.cluster.system_identifier === null ? 'not seen yet' : `PostgreSQL ${s.cluster.pg_major_version ?? '?'}, system identifier ${s.cluster.system_identifier}, WAL segments of ${s.cluster.wal_segment_size! / 1048576} MiB`],
   ];
   return `Server ${s.server}:\n` + rows.map(([k, v]) => `\t${k}: ${v}`).join('\n') + '\n';
 }

@@ -200,6 +200,6 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   }
   lines.push(`# a recovered copy must never archive into the production catalog`, `archive_mode = 'off'`, `archive_command = 'false'`);
   const targetDescription = targetTime ? `time ${targetTime.toISOString()}` : opts.targetXid ? `xid ${opts.targetXid}` : opts.targetLsn ? `LSN ${opts.targetLsn}` : opts.targetName ? `restore point "${opts.targetName}"` : opts.targetImmediate ? 'end of the backup (immediate)' : 'end of WAL (archived and streamed)';
-  return { server, backupId: backup.backupId, files, directories, tablespaces, wals, settings: lines.join('\n') + '\n', manifest, targetDescription };
+  return { server, backupId: backup.backupId, pgVersion: backup.pgVersion, files, directories, tablespaces, wals, settings: lines.join('\n') + '\n', manifest, targetDescription };
 }
 
