@@ -6,6 +6,8 @@ import { chownSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync }
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { inject } from 'vitest';
+import { installPackagedPostgres } from '../../scripts/packaged-postgres';
+import { majorOfVersionLine } from '../../shared/postgres/version';
 import { track } from './resources';
 import { removeTree } from './fs';
 
@@ -40,6 +42,30 @@ export function pgBinDir(): string {
 }
 
 export const pgBin = (tool: string): string => join(pgBinDir(), tool);
+
+const majorCache = new Map<string, number>();
+/** The major version of the PostgreSQL binaries in `binDir` (postgres --version). */
+export function pgMajorOf(binDir: string): number {
+  let major = majorCache.get(binDir);
+  if (major === undefined) {
+    const line = execFileSync(join(binDir, 'postgres'), ['--version'], { encoding: 'utf8' });
+    major = majorOfVersionLine(line);
+    if (major === undefined) throw new Error(`cannot read the version of ${binDir}/postgres: ${line}`);
+    majorCache.set(binDir, major);
+  }
+  return major;
+}
+
+/**
+ * The binaries of PostgreSQL `major`: the machine's own (pgBinDir()) when they are that version,
+ * else the packaged ones (package.json's pg13 ... pg18), copied below the run root once per run
+ * where postgres can run them. The packaged ones are server programs only: no psql (Cluster.psql
+ * uses the pg client then), pg_basebackup or pg_verifybackup.
+ */
+export function pgBinDirFor(major: number): string {
+  if (pgMajorOf(pgBinDir()) === major) return pgBinDir();
+  return installPackagedPostgres(major, runPaths().runRoot);
+}
 
 let postgresIds: { uid: number; gid: number } | undefined;
 export function postgresUser(): { uid: number; gid: number } {
