@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { inject } from 'vitest';
 import { installPackagedPostgres } from '../../scripts/packaged-postgres';
-import { majorOfVersionLine } from '../../shared/postgres/version';
+import { localServerBinaries, serverBinariesMajor } from '../../shared/postgres/binaries';
 import { track } from './resources';
 import { removeTree } from './fs';
 
@@ -48,23 +48,23 @@ const majorCache = new Map<string, number>();
 export function pgMajorOf(binDir: string): number {
   let major = majorCache.get(binDir);
   if (major === undefined) {
-    const line = execFileSync(join(binDir, 'postgres'), ['--version'], { encoding: 'utf8' });
-    major = majorOfVersionLine(line);
-    if (major === undefined) throw new Error(`cannot read the version of ${binDir}/postgres: ${line}`);
+    major = serverBinariesMajor(binDir);
+    if (major === undefined) throw new Error(`no runnable PostgreSQL server in ${binDir} (postgres --version failed)`);
     majorCache.set(binDir, major);
   }
   return major;
 }
 
 /**
- * The binaries of PostgreSQL `major`: the machine's own (pgBinDir()) when they are that version,
- * else the packaged ones (package.json's pg13 ... pg18), copied below the run root once per run
- * where postgres can run them. The packaged ones are server programs only: no psql (Cluster.psql
- * uses the pg client then), pg_basebackup or pg_verifybackup.
+ * The binaries of PostgreSQL `major`: pgBinDir() when they are that version, else the machine's
+ * own of that version (pg_config, /usr/lib/postgresql/<v>/bin), else the packaged ones
+ * (package.json's pg12 ... pg18), copied below the run root once per run where postgres can run
+ * them. The packaged ones are server programs only: no psql (Cluster.psql uses the pg client
+ * then), pg_basebackup or pg_verifybackup.
  */
 export function pgBinDirFor(major: number): string {
   if (pgMajorOf(pgBinDir()) === major) return pgBinDir();
-  return installPackagedPostgres(major, runPaths().runRoot);
+  return localServerBinaries().find((b) => b.major === major)?.dir ?? installPackagedPostgres(major, runPaths().runRoot);
 }
 
 let postgresIds: { uid: number; gid: number } | undefined;
@@ -129,9 +129,11 @@ export async function freePort(): Promise<number> {
 /**
  * The environment of every program a test starts: nothing of the test runner's own (NODE_OPTIONS,
  * loaders, BARMAN_* of the developer's shell), so products behave as a user's shell would run them.
+ * PG_BINDIR goes through: a run pointed at another PostgreSQL version is that version's host.
  */
 export function productEnv(extra: Record<string, string> = {}): Record<string, string> {
   const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', LANG: 'C.UTF-8' };
   if (process.env.TZ) env.TZ = process.env.TZ;
+  if (process.env.PG_BINDIR) env.PG_BINDIR = process.env.PG_BINDIR;
   return { ...env, ...extra };
 }

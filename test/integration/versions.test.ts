@@ -27,6 +27,11 @@ import { startSqlLoad } from '../harness/load';
 import { startRecovered, verifyRecoveredDirectory } from '../harness/recovered';
 
 const VERSIONS = [13, 14, 15, 16, 17, 18];
+/**
+ * The other recovery target kinds (time and restore point run on every version): each on two
+ * versions, as the recovery settings are the same from 12 on and the whole suite must stay fast.
+ */
+const OTHER_TARGET: Record<number, 'xid' | 'lsn' | 'immediate'> = { 13: 'xid', 14: 'lsn', 15: 'immediate', 16: 'xid', 17: 'lsn', 18: 'immediate' };
 /** initdb --wal-segsize cases: [major, MB] */
 const SEGMENT_SIZES: Array<[number, number]> = [[15, 1], [15, 64], [13, 1], [13, 64]];
 const segServer = (major: number, mb: number) => `pg${major}_wal${mb}mb`;
@@ -75,6 +80,9 @@ describe('one receiver, every supported PostgreSQL version at once', () => {
     let backupId: string;
     let target = '';
     let expectedAtTarget = '';
+    /** an xid and an LSN after the load, between marks 1, 2 and 3 */
+    let markXid = '';
+    let markLsn = '';
 
     beforeAll(async () => {
       binDir = pgBinDirFor(major);
@@ -115,6 +123,11 @@ describe('one receiver, every supported PostgreSQL version at once', () => {
       }
       expectedAtTarget = await committedBy(cluster, 'load', target);
       expect(Number(expectedAtTarget)).toBeGreaterThan(0);
+      await cluster.psql('create table marks (id int primary key, note text not null)');
+      markXid = await cluster.psql("insert into marks values (1, 'the xid target') returning txid_current()");
+      await cluster.psql("insert into marks values (2, 'before the lsn target')");
+      markLsn = await cluster.psql('select pg_current_wal_insert_lsn()');
+      await cluster.psql("insert into marks values (3, 'after every target')");
       await inCatalog(server, await switchWal(cluster), cluster);
 
       // the slot is the daemon's and has moved; the stream has everything PostgreSQL flushed
@@ -191,6 +204,25 @@ describe('one receiver, every supported PostgreSQL version at once', () => {
       await copy.dispose();
     });
 
+    it(`recovers to an ${OTHER_TARGET[major]} target`, async () => {
+      const kind = OTHER_TARGET[major]!;
+      const option = { xid: ['--target-xid', markXid], lsn: ['--target-lsn', markLsn], immediate: ['--target-immediate'] }[kind];
+      // the marks are on timeline 1; the copy's timeline 2 forked before them
+      const recovery = await recoverInto(receiver, server, backupId, [...option, '--target-tli', 'current', '--pg-bindir', binDir]);
+      expectSuccess(recovery.result);
+      const copy = await startRecovered(recovery.dest, recovery.dir, [], binDir);
+      await copy.waitPromoted();
+      if (kind === 'immediate') {
+        // consistent at the backup's end: nothing written after it, the marks table included
+        expect(await copy.psql("select to_regclass('marks') is null")).toBe('t');
+      } else {
+        // every load row (committed before the marks) and the marks up to the target
+        expect(await copy.psql('select count(*) from load')).toBe(await cluster.psql('select count(*) from load'));
+        expect(await copy.psql('select string_agg(id::text, \',\' order by id) from marks')).toBe(kind === 'xid' ? '1' : '1,2');
+      }
+      await copy.dispose();
+    });
+
     it.runIf(major === 13)('refuses to recover with binaries of another major version, naming the one needed', async () => {
       const other = pgBinDirFor(15);
       const named = await recoverInto(receiver, server, backupId, ['--pg-bindir', other]);
@@ -198,7 +230,7 @@ describe('one receiver, every supported PostgreSQL version at once', () => {
       expect(named.result.stderr).toMatch(/HINT: Recover with PostgreSQL 13's binaries/);
       expect(existsSync(named.dest)).toBe(false);
       // nothing named: this host's own PostgreSQL (15) is checked
-      const local = await recoverInto(receiver, server, backupId);
+      const local = await recoverInto(receiver, server, backupId, [], { PG_BINDIR: '' });
       expectFailure(local.result, 1, /was taken of PostgreSQL 13\.\d+; this host has PostgreSQL 15 \(/);
       expect(existsSync(local.dest)).toBe(false);
       // PG_BINDIR names them too
