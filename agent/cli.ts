@@ -59,14 +59,24 @@ program
   .option('-c, --config <file>', 'agent configuration file')
   .action((opts: { config?: string }) =>
     runAction(async () => {
-      const { backupNow } = await import('./commands/backup');
+      const [{ backupNow }, { BackupReport }] = await Promise.all([import('./commands/backup'), import('../shared/progress')]);
+      const report = new BackupReport();
+      let backupId = '';
+      let started = Date.now();
       const result = await backupNow(await loadConfig(opts), (p) => {
-        if (p.phase === 'started') process.stderr.write(`backup ${p.backupId} started\n`);
-        else if (p.phase === 'files') process.stderr.write(`\r${p.done}/${p.total} files, ${(p.bytes / 1048576).toFixed(0)} MiB`);
-        else process.stderr.write(`\nbackup stopped at ${p.stopLsn}\n`);
-      });
+        if (p.phase === 'started') {
+          backupId = p.backupId;
+          started = Date.now();
+          report.status(backupId, 'STARTED');
+        } else if (p.phase === 'files') {
+          report.files(backupId, { files: p.done, totalFiles: p.total, bytes: p.bytes, totalBytes: p.totalBytes, seconds: (Date.now() - started) / 1000 });
+        } else {
+          report.filesDone();
+          report.line(`backup stopped at ${p.stopLsn}`);
+        }
+      }).finally(() => report.end());
       process.stdout.write(`${result.backupId}\n`);
-      process.stderr.write(`backup ${result.backupId}: ${result.status} (${result.files} files, ${(result.bytes / 1048576).toFixed(1)} MiB)\n`);
+      report.status(result.backupId, result.status);
       return result.status === 'FAILED' ? ExitCode.FAILED : ExitCode.OK;
     }),
   );
@@ -79,9 +89,10 @@ addRecoveryOptions(program
   .option('-c, --config <file>', 'agent configuration file'))
   .action((id: string, pgdata: string, opts: Record<string, string | boolean | string[] | undefined> & { config?: string }) =>
     runAction(async () => {
-      const [{ restore }, { recoveryOptionsFromCli }] = await Promise.all([import('./commands/restore'), import('../shared/recovery/cli-options')]);
+      const [{ restore }, { recoveryOptionsFromCli }, { Progress, recoveryProgress }] = await Promise.all([import('./commands/restore'), import('../shared/recovery/cli-options'), import('../shared/progress')]);
       const started = Date.now();
-      const plan = await restore(await loadConfig(opts), id, pgdata, recoveryOptionsFromCli(opts), (p) => process.stderr.write(`\r${p.phase === 'files' ? 'data files' : 'WAL files'}: ${p.done}/${p.total}${p.done === p.total ? '\n' : ''}`), opts.pgBindir as string | undefined);
+      const progress = new Progress();
+      const plan = await restore(await loadConfig(opts), id, pgdata, recoveryOptionsFromCli(opts), recoveryProgress(progress), opts.pgBindir as string | undefined).finally(() => progress.end());
       process.stdout.write(`Restored backup ${plan.backupId} of ${plan.server} into ${pgdata} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
       process.stdout.write(`Start it with: pg_ctl -D ${pgdata} start\n`);
     }),
@@ -89,16 +100,17 @@ addRecoveryOptions(program
 
 program
   .command('daemon')
-  .description('stay connected to the receiver and take backups when it asks')
+  .description('stay connected to the receiver: archive ahead, stream WAL, take backups when it asks')
   .option('-c, --config <file>', 'agent configuration file')
-  .action((opts: { config?: string }) =>
+  .option('--takeover', 'replace the daemon of this server that is connected now (it exits 0); without it, this one is refused')
+  .action((opts: { config?: string; takeover?: boolean }) =>
     runAction(async () => {
       const { runDaemon } = await import('./commands/daemon');
       const config = await loadConfig(opts);
       const stop = new AbortController();
-      process.once('SIGTERM', () => stop.abort());
-      process.once('SIGINT', () => stop.abort());
-      await runDaemon(config, stop.signal);
+      process.once('SIGTERM', () => stop.abort('SIGTERM'));
+      process.once('SIGINT', () => stop.abort('SIGINT'));
+      await runDaemon(config, stop.signal, { takeover: Boolean(opts.takeover) });
     }),
   );
 

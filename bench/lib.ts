@@ -15,7 +15,7 @@ import { join } from 'node:path';
 export interface BenchContext {
   /** the run's temp folder; everything a section writes goes below it (one disk) */
   workDir: string;
-  /** PostgreSQL's bin folder (SPEC §7) */
+  /** PostgreSQL's bin folder (README: $PG_BINDIR, pg_config --bindir, newest /usr/lib/postgresql/<version>/bin) */
   pgBin: string;
   /** the checkout, with dist/ freshly built */
   repoRoot: string;
@@ -133,7 +133,7 @@ export function markdownTable(header: string[], rows: string[][]): string {
 // ---- machine ---------------------------------------------------------------------------------
 
 export function pgBinDir(): string {
-  // SPEC §7: $PG_BINDIR, else `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin
+  // as README says: $PG_BINDIR, else `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin
   const fromPgConfig = (): string | undefined => {
     try {
       return execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();

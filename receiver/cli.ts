@@ -1,11 +1,12 @@
 // barman-receiver (also installed as barman): the service and the catalog commands on the backup
-// host. Thin: parse, call a command module, print. The seed's `barman server <verb> <srv>` forms
+// host. Thin: parse, call a command module, print. Barman's `barman server <verb> <srv>` forms
 // are rewritten to the flat commands before parsing.
 
 import { Command } from 'commander';
 import { configureProgram, parseArgv, printJson, runAction } from '../shared/cli';
+import { snakeKeys } from '../shared/snake-case';
 import { addRecoveryOptions } from '../shared/recovery/cli-options';
-import { ExitCode } from '../shared/errors';
+import { BarmanError, ErrorCode, ExitCode } from '../shared/errors';
 
 const program = configureProgram(new Command('barman-receiver'))
   .description('barman-ts receiver: stores WAL and backups of PostgreSQL servers and serves them back')
@@ -91,9 +92,9 @@ command('list-backups', 'one line per backup, newest first')
   .option('--json', 'one JSON document on stdout')
   .action((server: string, opts: Opts) =>
     runAction(async () => {
-      const { listBackups, formatBackupLine } = await import('./commands/backups');
+      const { listBackups, formatBackupLine, backupJson } = await import('./commands/backups');
       const backups = await listBackups(await loadConfig(opts), server);
-      if (opts.json) printJson(backups);
+      if (opts.json) printJson(backups.map(backupJson));
       else for (const b of backups) process.stdout.write(formatBackupLine(server, b) + '\n');
     }),
   );
@@ -104,30 +105,34 @@ command('show-backup', 'everything the catalog knows about one backup')
   .option('--json', 'one JSON document on stdout')
   .action((server: string, id: string, opts: Opts) =>
     runAction(async () => {
-      const { showBackup, formatBackupDetails } = await import('./commands/backups');
+      const { showBackup, formatBackupDetails, backupJson } = await import('./commands/backups');
       const info = await showBackup(await loadConfig(opts), server, id);
-      if (opts.json) printJson(info);
+      if (opts.json) printJson(backupJson(info));
       else process.stdout.write(formatBackupDetails(server, info));
     }),
   );
 
 command('backup', "ask the server's agent daemon to take a base backup; prints its ID")
   .argument('<server>')
-  .option('--wait', 'return only when the backup is DONE (exit 0) or FAILED (exit 1)')
+  .option('--wait', 'return only when the backup is DONE (exit 0) or FAILED (exit 1), showing its progress on stderr')
   .action((server: string, opts: Opts & { wait?: boolean }) =>
     runAction(async () => {
-      const { requestBackup } = await import('./commands/backups');
+      const [{ requestBackup }, { BackupReport }] = await Promise.all([import('./commands/backups'), import('../shared/progress')]);
+      const report = new BackupReport();
       let printed = false;
-      const result = await requestBackup(await loadConfig(opts), server, Boolean(opts.wait), (s) => {
-        if (!printed) {
-          process.stdout.write(`${s.backupId}\n`);
-          printed = true;
+      try {
+        const result = await requestBackup(await loadConfig(opts), server, Boolean(opts.wait), (s) => {
+          if (!printed) {
+            process.stdout.write(`${s.backupId}\n`);
+            printed = true;
+          }
+          report.status(s.backupId, s.status, s.reason);
+        }, (p) => report.files(p.backupId, { files: p.files, bytes: p.bytes, seconds: p.elapsedMs / 1000, totalFiles: p.totalFiles, totalBytes: p.totalBytes }));
+        if (result.status === 'FAILED') {
+          throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${result.backupId} FAILED${result.reason ? `: ${result.reason}` : ''}`, `See the agent's log on the PostgreSQL host and barman-receiver show-backup ${server} ${result.backupId}.`);
         }
-        process.stderr.write(`backup ${s.backupId}: ${s.status}${s.reason ? ` (${s.reason})` : ''}\n`);
-      });
-      if (result.status === 'FAILED') {
-        process.stderr.write(`ERROR: backup ${result.backupId} FAILED${result.reason ? `: ${result.reason}` : ''}\nHINT: See the agent's log on the PostgreSQL host and barman-receiver show-backup ${server} ${result.backupId}.\n`);
-        return ExitCode.FAILED;
+      } finally {
+        report.end();
       }
     }),
   );
@@ -164,14 +169,13 @@ command('verify-backup', 'read every file of a backup back and check it against 
     runAction(async () => {
       const { verifyBackup } = await import('./commands/backups');
       const result = await verifyBackup(await loadConfig(opts), server, id);
-      if (opts.json) printJson(result);
+      if (opts.json) printJson(snakeKeys(result));
       else {
         for (const p of result.problems) process.stdout.write(`FAILED: ${p}\n`);
         process.stdout.write(`backup ${result.backupId}: ${result.checked} files checked, ${result.ok ? 'all match the manifest' : `${result.problems.length} problem(s)`}\n`);
       }
       if (!result.ok) {
-        process.stderr.write(`ERROR: backup ${result.backupId} does not match its manifest\nHINT: Do not recover from it; take a new backup and check the backup host's storage.\n`);
-        return ExitCode.FAILED;
+        throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${result.backupId} does not match its manifest`, "Do not recover from it; take a new backup and check the backup host's storage.");
       }
     }),
   );
@@ -183,13 +187,14 @@ addRecoveryOptions(command('recover', 'write a startable PostgreSQL data directo
   .option('--owner <user>', 'owner of the recovered files (default: the destination parent\'s owner, or postgres when run as root)')
   .action((server: string, id: string, dest: string, opts: Opts & Record<string, string | boolean | string[] | undefined>) =>
     runAction(async () => {
-      const [{ recover }, { recoveryOptionsFromCli }] = await Promise.all([import('./commands/recover'), import('../shared/recovery/cli-options')]);
+      const [{ recover }, { recoveryOptionsFromCli }, { Progress, recoveryProgress }] = await Promise.all([import('./commands/recover'), import('../shared/recovery/cli-options'), import('../shared/progress')]);
       const started = Date.now();
+      const progress = new Progress();
       const plan = await recover(await loadConfig(opts), server, id, dest, {
         ...recoveryOptionsFromCli(opts),
         owner: opts.owner as string | undefined,
         pgBindir: opts.pgBindir as string | undefined,
-      }, (p) => process.stderr.write(`\r${p.phase === 'files' ? 'data files' : 'WAL files'}: ${p.done}/${p.total}${p.done === p.total ? '\n' : ''}`));
+      }, recoveryProgress(progress)).finally(() => progress.end());
       process.stdout.write(`Recovered backup ${plan.backupId} of ${server} into ${dest} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
       process.stdout.write(`Start it with: pg_ctl -D ${dest} start\n`);
     }),
@@ -201,7 +206,7 @@ command('cron', 'apply retention policies, remove WAL no backup needs, tidy up')
     runAction(async () => {
       const { runCron } = await import('./commands/cron');
       const reports = await runCron(await loadConfig(opts));
-      if (opts.json) printJson(reports);
+      if (opts.json) printJson(reports.map(snakeKeys));
       else {
         for (const r of reports) {
           process.stdout.write(`${r.server}: ${r.promoted.length ? `DONE now: ${r.promoted.join(', ')}; ` : ''}removed ${r.removedBackups.length} backup(s)${r.removedBackups.length ? ` (${r.removedBackups.join(', ')})` : ''}, ${r.removedWals} WAL file(s), ${r.removedTemp} stale temporary file(s)\n`);
@@ -211,9 +216,15 @@ command('cron', 'apply retention policies, remove WAL no backup needs, tidy up')
     }),
   );
 
-/** `barman server show main` → `show-server main` (the seed's forms). */
-const SEED_VERBS: Record<string, string> = { show: 'show-server', check: 'check', backup: 'backup', list: 'list-backups', recover: 'recover', status: 'status' };
+/**
+ * `barman server show main` → `show-server main` (Barman's forms). Barman's `server backup`
+ * runs the whole backup, so it waits (`--wait`) and shows its progress.
+ */
+const BARMAN_VERBS: Record<string, string[]> = {
+  show: ['show-server'], check: ['check'], backup: ['backup', '--wait'], list: ['list-backups'], recover: ['recover'], status: ['status'],
+};
 const argv = [...process.argv];
-if (argv[2] === 'server' && argv[3] && SEED_VERBS[argv[3]]) argv.splice(2, 2, SEED_VERBS[argv[3]]!);
+const barmanForm = argv[2] === 'server' && argv[3] ? BARMAN_VERBS[argv[3]] : undefined;
+if (barmanForm) argv.splice(2, 2, ...barmanForm);
 
 void parseArgv(program, argv);

@@ -1,5 +1,6 @@
-// What both command-line programs share: running an action, turning a failure into one ERROR
-// line and one HINT line on stderr and the right exit code (SPEC §6), and printing --json.
+// What both command-line programs share: running an action, turning a failure into one
+// `ERROR [CODE]: ...` line and one HINT line on stderr and the right exit code (docs/errors.md),
+// and printing --json.
 
 import { Command, CommanderError } from 'commander';
 import { BarmanError, ErrorCode, ExitCode, asBarmanError } from './errors';
@@ -26,7 +27,8 @@ export async function runAction(action: () => Promise<number | void>): Promise<v
 export function configureProgram(program: Command): Command {
   program
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    // commander's own complaints (unknown option, missing argument) get the same ERROR [CODE] form
+    .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: (s, write) => write(s.replace(/^error: /, `ERROR [${ErrorCode.USAGE}]: `)) })
     .showHelpAfterError(false);
   return program;
 }

@@ -1,11 +1,14 @@
 // The one error family of barman-ts. Every failure a user can see is a BarmanError with a stable
-// `code` (scripts switch on it), an exit code (SPEC §6: 1 operation failed, 2 usage/config) and a
+// `code` (scripts switch on it), an exit code (docs/guarantees.md: 1 operation failed, 2 usage/config) and a
 // hint that says what to do next. Stack traces belong in the debug log, never on the user's screen.
 
 export const ExitCode = { OK: 0, FAILED: 1, USAGE: 2 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
-/** Stable codes; never renumber or reuse one. */
+/**
+ * Stable codes; never rename, reorder or reuse one: new codes go at the end. docs/errors.md
+ * describes each (test/unit/shared/errors.test.ts holds the list and the docs to this).
+ */
 export const ErrorCode = {
   CONFIG_INVALID: 'CONFIG_INVALID',
   USAGE: 'USAGE',
@@ -33,6 +36,11 @@ export const ErrorCode = {
   RETENTION: 'RETENTION',
   POSTGRES: 'POSTGRES',
   INTERNAL: 'INTERNAL',
+  CLOCK_SKEW: 'CLOCK_SKEW',
+  TOO_MANY_SESSIONS: 'TOO_MANY_SESSIONS',
+  TOO_MANY_UPLOADS: 'TOO_MANY_UPLOADS',
+  /** a second agent daemon for a server whose live daemon is connected (barman-agent daemon --takeover replaces it) */
+  DAEMON_ALREADY_CONNECTED: 'DAEMON_ALREADY_CONNECTED',
   PG_VERSION_UNSUPPORTED: 'PG_VERSION_UNSUPPORTED',
   PG_VERSION_MISMATCH: 'PG_VERSION_MISMATCH',
 } as const;
@@ -53,9 +61,9 @@ export class BarmanError extends Error {
     this.exitCode = options?.exitCode ?? (USAGE_CODES.has(code) ? ExitCode.USAGE : ExitCode.FAILED);
   }
 
-  /** What a user sees: one line of what failed, one HINT line of what to do. */
+  /** What a user sees: one line of what failed, with its stable code, and one HINT line of what to do. */
   toUserText(prefix = 'ERROR'): string {
-    return `${prefix}: ${this.message}\nHINT: ${this.hint}`;
+    return `${prefix} [${this.code}]: ${this.message}\nHINT: ${this.hint}`;
   }
 }
 

@@ -5,6 +5,7 @@
 // itself, several at once with backpressure, hashing each as it reads, which BASE_BACKUP's one
 // tar stream would serialise through a single walsender.
 
+import { abortable } from '../../shared/abort';
 import type { AgentConfig } from '../../shared/config/agent';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
@@ -23,15 +24,20 @@ export interface BackupResult {
 }
 
 export interface BackupProgress {
-  (event: { phase: 'started'; backupId: string } | { phase: 'files'; done: number; total: number; bytes: number } | { phase: 'stopped'; stopLsn: string }): void;
+  (event: { phase: 'started'; backupId: string } | { phase: 'files'; done: number; total: number; bytes: number; totalBytes: number } | { phase: 'stopped'; stopLsn: string }): void;
 }
 
-export async function takeBackup(conn: AgentConnection, config: AgentConfig, requestId?: number, progress?: BackupProgress): Promise<BackupResult> {
+/**
+ * Takes a backup and sends it. `signal` (the daemon stopping) abandons it at once: the receiver is
+ * told why (backup-abort, the backup FAILED with that reason) and the PostgreSQL session is closed,
+ * which ends the backup there; the signal's reason, a BarmanError, is what this rejects with.
+ */
+export async function takeBackup(conn: AgentConnection, config: AgentConfig, requestId?: number, progress?: BackupProgress, signal?: AbortSignal): Promise<BackupResult> {
   const pg = await connectPostgres(config.conninfo, { application_name: 'barman-agent backup' });
   let backupId: string | undefined;
   let inBackup = false;
   let calls: ReturnType<typeof backupCalls> | undefined;
-  try {
+  const run = async (): Promise<BackupResult> => {
     const version = await supportedServerVersion(pg);
     calls = backupCalls(version);
     const segmentSize = await walSegmentSize(pg);
@@ -55,10 +61,13 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     );
     progress?.({ phase: 'started', backupId });
 
-    const { files, directories } = await walkDataDirectory(pgdata);
+    const { files, directories, symlinks } = await walkDataDirectory(pgdata);
     // global/pg_control goes last, after every other file is in (walk puts it at the end)
     const control = files[files.length - 1]?.path === 'global/pg_control' ? files.pop() : undefined;
     const total = files.length + (control ? 1 : 0);
+    const totalBytes = files.reduce((n, f) => n + f.size, control?.size ?? 0);
+    // what the backup host measures its progress against (shown to whoever waits on the backup there)
+    await conn.send({ type: 'backup-total', backupId, files: total, bytes: totalBytes });
     let done = 0;
     let bytes = 0;
     let sent = 0;
@@ -69,18 +78,19 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
         sent++;
         bytes += file.size;
       }
-      if (done % 100 === 0 || done === total) progress?.({ phase: 'files', done, total, bytes });
+      progress?.({ phase: 'files', done, total, bytes, totalBytes });
     };
     let next = 0;
     let failed = false;
     await Promise.all(Array.from({ length: PARALLEL_FILES }, async () => {
       try {
-        while (next < files.length && !failed) await send(files[next++]!);
+        while (next < files.length && !failed && !signal?.aborted) await send(files[next++]!);
       } catch (err) {
         failed = true; // the other workers stop at their next file: the backup is lost anyway
         throw err;
       }
     }));
+    if (signal?.aborted) throw signal.reason;
     if (control) await send(control);
 
     const stopped = (await pg.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(calls.stop)).rows[0]!;
@@ -89,12 +99,20 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     inBackup = false;
     const stopTime = (await pg.query<{ now: Date }>('select clock_timestamp() as now')).rows[0]!.now.toISOString();
     progress?.({ phase: 'stopped', stopLsn: stopped.lsn });
-    const stop: BackupStop = { stopLsn: stopped.lsn, stopTime, backupLabel: stopped.labelfile, tablespaceMap: stopped.spcmapfile ?? '', directories };
+    if (signal?.aborted) throw signal.reason;
+    const stop: BackupStop = { stopLsn: stopped.lsn, stopTime, backupLabel: stopped.labelfile, tablespaceMap: stopped.spcmapfile ?? '', directories, symlinks };
     const status = await conn.call(
       (id) => ({ type: 'backup-end', id, backupId: backupId!, stop, fileCount: sent }),
       (f) => (f.type === 'backup-status' ? f.status : undefined),
     );
     return { backupId, status, files: sent, bytes };
+  };
+  const work = run();
+  try {
+    if (!signal) return await work;
+    // abandoned, the work stops at its next step (or fails as the session closes): nothing unhandled
+    work.catch(() => undefined);
+    return await abortable(work, signal);
   } catch (err) {
     const e = asBarmanError(err);
     if (backupId) {
@@ -102,8 +120,8 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     }
     throw e;
   } finally {
-    // ending the session aborts a non-exclusive backup anyway; this just does it sooner
-    if (inBackup && calls) await pg.query(calls.abort).catch(() => undefined);
+    // closing the session aborts a non-exclusive backup anyway (a stopping daemon does just that); this does it sooner
+    if (inBackup && calls && !signal?.aborted) await pg.query(calls.abort).catch(() => undefined);
     await pg.end().catch(() => undefined);
   }
 }

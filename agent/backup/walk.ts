@@ -2,9 +2,15 @@
 // itself leaves out of one (replication/basebackup.c): WAL, temporary and runtime state that
 // recovery recreates. Paths are relative to the data directory, tablespace files under
 // pg_tblspc/<oid>/, exactly as they appear in backup_manifest.
+//
+// Symbolic links are kept as links, never followed: only pg_tblspc/<oid> is followed (a
+// tablespace), and a linked pg_wal or pg_stat_tmp becomes the empty directory pg_basebackup
+// makes of it. A link to /etc/hostname is backed up as that link, not as the host's file, and a
+// link loop costs one entry, not a copy of the tree per turn.
 
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
+import type { BackupSymlink } from '../../shared/backup/paths';
 
 /** Directories whose contents are skipped (the directory itself is kept). */
 const SKIP_CONTENTS = new Set(['pg_stat_tmp', 'pg_replslot', 'pg_dynshmem', 'pg_notify', 'pg_serial', 'pg_snapshots', 'pg_subtrans', 'pg_wal']);
@@ -25,6 +31,7 @@ export interface BackupFileEntry {
 export interface WalkResult {
   files: BackupFileEntry[];
   directories: string[];
+  symlinks: BackupSymlink[];
 }
 
 function skipFile(rel: string, name: string): boolean {
@@ -34,12 +41,13 @@ function skipFile(rel: string, name: string): boolean {
 
 /**
  * Lists the backup's files. pg_tblspc/<oid> entries are followed into the tablespace's location;
- * `pg_wal` keeps its directories (archive_status, and summaries from PostgreSQL 17) and no file. global/pg_control comes last,
- * as pg_basebackup sends it.
+ * `pg_wal` keeps PostgreSQL's folders in it (archive_status; summaries from PostgreSQL 17) and no
+ * file. global/pg_control comes last, as pg_basebackup sends it.
  */
 export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
   const files: BackupFileEntry[] = [];
   const directories: string[] = [];
+  const symlinks: BackupSymlink[] = [];
   const walk = async (abs: string, rel: string): Promise<void> => {
     let entries;
     try {
@@ -52,37 +60,48 @@ export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
       const childAbs = join(abs, entry.name);
       const childRel = rel ? `${rel}/${entry.name}` : entry.name;
       let isDir = entry.isDirectory();
-      let isFile = entry.isFile();
+      const isFile = entry.isFile();
       if (entry.isSymbolicLink()) {
-        // pg_tblspc/<oid> and a relocated pg_wal are symlinks: follow them
-        const st = await fs.stat(childAbs).catch(() => undefined);
-        if (!st) continue;
-        isDir = st.isDirectory();
-        isFile = st.isFile();
+        if (entry.name.startsWith('pgsql_tmp') || skipFile(childRel, entry.name)) continue;
+        if (rel === 'pg_tblspc' && /^\d+$/.test(entry.name)) {
+          // a tablespace: its files are backed up below pg_tblspc/<oid>/
+          const st = await fs.stat(childAbs).catch(() => undefined);
+          isDir = st?.isDirectory() ?? false;
+        } else if (SKIP_CONTENTS.has(childRel)) {
+          isDir = true; // pg_wal on another disk: an empty directory, its contents are skipped anyway
+        }
+        if (!isDir) {
+          const target = await fs.readlink(childAbs).catch(() => undefined);
+          if (target !== undefined) symlinks.push({ path: childRel, target });
+          continue;
+        }
       }
       if (isDir) {
         if (entry.name.startsWith('pgsql_tmp')) continue;
         directories.push(childRel);
         if (SKIP_CONTENTS.has(childRel)) {
-          // pg_wal keeps its folders (archive_status; summaries from PostgreSQL 17), empty
-          if (childRel === 'pg_wal') directories.push(...(await subdirectories(childAbs)).map((d) => `pg_wal/${d}`));
+          if (childRel === 'pg_wal') directories.push(...(await walFolders(childAbs)));
           continue;
         }
         await walk(childAbs, childRel);
       } else if (isFile && !skipFile(childRel, entry.name)) {
-        const st = await fs.stat(childAbs).catch(() => undefined);
-        if (st) files.push({ path: childRel, absolute: childAbs, size: st.size, mtime: Math.floor(st.mtimeMs / 1000) });
+        const st = await fs.lstat(childAbs).catch(() => undefined);
+        if (st?.isFile()) files.push({ path: childRel, absolute: childAbs, size: st.size, mtime: Math.floor(st.mtimeMs / 1000) });
       }
     }
   };
   await walk(pgdata, '');
   const control = files.findIndex((f) => f.path === 'global/pg_control');
   if (control >= 0) files.push(...files.splice(control, 1));
-  return { files, directories };
+  return { files, directories, symlinks };
 }
 
-/** The names of the folders directly inside `dir` (none when it is gone). */
-async function subdirectories(dir: string): Promise<string[]> {
-  const entries = await fs.readdir(dir, { withFileTypes: true }).catch(() => []);
-  return entries.filter((e) => e.isDirectory()).map((e) => e.name).sort();
+/**
+ * PostgreSQL's own folders in pg_wal, kept empty as pg_basebackup keeps them: archive_status
+ * always, summaries (WAL summaries, PostgreSQL 17) where the server has it. Known names only:
+ * nothing else below pg_wal is listed.
+ */
+async function walFolders(pgWal: string): Promise<string[]> {
+  const summaries = await fs.stat(join(pgWal, 'summaries')).catch(() => undefined);
+  return ['pg_wal/archive_status', ...(summaries?.isDirectory() ? ['pg_wal/summaries'] : [])];
 }

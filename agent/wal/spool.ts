@@ -4,6 +4,7 @@
 
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
+import { makeDirs } from '../../shared/dirs';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 
 export class AckSpool {
@@ -15,7 +16,7 @@ export class AckSpool {
 
   async ensure(): Promise<void> {
     try {
-      await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
+      await makeDirs(this.dir, 0o700);
     } catch (err) {
       throw new BarmanError(ErrorCode.LOCAL_FILE, `cannot create ${this.dir} (${(err as NodeJS.ErrnoException).code})`, 'Set spool_dir = in the agent configuration to a directory the postgres user may write.');
     }

@@ -3,6 +3,8 @@
 // The receiver fsyncs and reports its flush position; only that position goes back to
 // PostgreSQL as this standby's flush LSN, so the slot (and, with application_name in
 // synchronous_standby_names, every commit) waits for WAL to be durable on the backup host.
+// Every few seconds the streamer asks PostgreSQL for a keepalive and relays its answer, so the
+// receiver can tell a quiet but healthy primary from a dead one (a stream it stops hearing from is stale).
 
 import type { Client } from 'pg';
 import type { Logger } from 'pino';
@@ -16,7 +18,13 @@ import { connectPostgres, slotRestartLsn, supportedServerVersion, walSegmentSize
 
 /** PostgreSQL's epoch for replication timestamps: 2000-01-01, in microseconds since the Unix epoch */
 const PG_EPOCH_US = 946_684_800_000_000n;
+/** standby status updates at least this often, each asking PostgreSQL for a keepalive in reply */
 const STATUS_INTERVAL_MS = 10_000;
+
+/** How often to ask PostgreSQL for a sign of life: three times within the receiver's patience (the agent's timeout). */
+export function keepaliveIntervalMs(timeoutSeconds: number): number {
+  return Math.max(500, Math.min(STATUS_INTERVAL_MS, (timeoutSeconds * 1000) / 3));
+}
 
 export interface StreamerState {
   timeline: number;
@@ -31,10 +39,6 @@ export async function streamWal(config: AgentConfig, conn: AgentConnection, log:
   let channel: { id: number; close: () => void } | undefined;
   const onAbort = () => void repl.end().catch(() => undefined);
   signal.addEventListener('abort', onAbort, { once: true });
-  const lost = conn.closed.then((err) => {
-    void repl.end().catch(() => undefined);
-    return err;
-  });
   try {
     const ident = (await repl.query<{ systemid: string; timeline: number; xlogpos: string }>('IDENTIFY_SYSTEM')).rows[0]!;
     const version = await supportedServerVersion(repl);
@@ -62,10 +66,12 @@ export async function streamWal(config: AgentConfig, conn: AgentConnection, log:
       positioned = resolve;
       failed = reject;
     });
+    // the channel may end (the connection lost) before or after the position is awaited: never unhandled
+    position.catch(() => undefined);
     let streamError: BarmanError | undefined;
     let sendStatus: () => void = () => undefined;
     channel = await conn.channel(
-      (id) => ({ type: 'stream-open', id, timeline: state.timeline, systemIdentifier: String(ident.systemid), segmentSize, serverLsn: String(ident.xlogpos), switchLsn, parentTimeline }),
+      (id) => ({ type: 'stream-open', id, timeline: state.timeline, systemIdentifier: String(ident.systemid), segmentSize, serverLsn: String(ident.xlogpos), switchLsn, parentTimeline, timeoutSeconds: config.timeoutSeconds }),
       (frame) => {
         if (frame.type === 'stream-position') positioned(frame.lsn);
         else if (frame.type === 'stream-flushed') {
@@ -97,17 +103,19 @@ export async function streamWal(config: AgentConfig, conn: AgentConnection, log:
     // one CopyData message per chunk: aligned alone is not enough, a byte-mode Readable hands a
     // slow reader several buffered messages joined into one Buffer (headers then read as WAL)
     const stream = repl.query(both(`START_REPLICATION SLOT "${config.slotName}" PHYSICAL ${startText} TIMELINE ${state.timeline}`, { alignOnCopyDataFrame: true, readableObjectMode: true }));
-    sendStatus = () => {
+    /** StandbyStatusUpdate; `replyRequested` asks PostgreSQL for a PrimaryKeepalive at once */
+    const sendStatusUpdate = (replyRequested: boolean) => {
       const msg = Buffer.alloc(34);
       msg.write('r', 0);
       msg.writeBigUInt64BE(state.forwarded, 1);
       msg.writeBigUInt64BE(state.flushed, 9);
       msg.writeBigUInt64BE(state.flushed, 17);
       msg.writeBigUInt64BE(BigInt(Date.now()) * 1000n - PG_EPOCH_US, 25);
-      msg.writeUInt8(0, 33);
+      msg.writeUInt8(replyRequested ? 1 : 0, 33);
       if (stream.writable) stream.write(msg);
     };
-    const timer = setInterval(sendStatus, STATUS_INTERVAL_MS);
+    sendStatus = () => sendStatusUpdate(false);
+    const timer = setInterval(() => sendStatusUpdate(true), keepaliveIntervalMs(config.timeoutSeconds));
     try {
       for await (const message of stream as AsyncIterable<Buffer>) {
         if (message[0] === 0x77 /* w: XLogData */) {
@@ -117,8 +125,10 @@ export async function streamWal(config: AgentConfig, conn: AgentConnection, log:
           if (data.length === 0) continue;
           await conn.send({ type: 'wal-data', id: channel.id, timeline: state.timeline, startLsn: formatLsn(start), walEnd: formatLsn(walEnd), data });
           state.forwarded = start + BigInt(data.length);
-        } else if (message[0] === 0x6b /* k: keepalive */) {
+        } else if (message[0] === 0x6b /* k: PrimaryKeepalive */) {
           if (message[17] === 1) sendStatus();
+          // PostgreSQL is alive, its WAL sent up to walEnd: the receiver hears it
+          await conn.send({ type: 'stream-keepalive', id: channel.id, timeline: state.timeline, serverLsn: formatLsn(message.readBigUInt64BE(1)) });
         }
       }
     } finally {
@@ -129,7 +139,8 @@ export async function streamWal(config: AgentConfig, conn: AgentConnection, log:
   } catch (err) {
     const e = err as Error & { code?: string };
     if (signal.aborted) return;
-    const closed = await Promise.race([lost, Promise.resolve(undefined)]);
+    // the receiver's connection ended: that is the reason, whatever PostgreSQL's side then said
+    const closed = await Promise.race([conn.closed, Promise.resolve(undefined)]);
     if (closed) throw closed;
     if (e instanceof BarmanError) throw e;
     throw new BarmanError(ErrorCode.POSTGRES, `WAL streaming from PostgreSQL failed: ${e.message}`, `Check that conninfo allows replication connections (pg_hba.conf "replication" line, max_wal_senders) and that slot ${config.slotName} exists (create_slot = auto creates it).`, { cause: err });

@@ -4,10 +4,11 @@
 // then is the backup WAITING_FOR_WALS. It is DONE once every WAL segment from its begin to its
 // end is archived. Anything that stops it on the way leaves it FAILED, with the reason.
 
-import { promises as fs } from 'node:fs';
-import { dirname, join, normalize, sep } from 'node:path';
+import { promises as fs, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { type BackupInfo, type BackupStatus, backupIdFor, emptyInfo, formatBackupInfo, isBackupId, parseBackupInfo } from '../../shared/backup/info';
 import { buildManifest, type ManifestFile } from '../../shared/backup/manifest';
+import { checkSymlinks, safeRelativePath } from '../../shared/backup/paths';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
 import { parseLsn } from '../../shared/wal/lsn';
@@ -84,27 +85,38 @@ export class BackupCatalog {
     }
   }
 
-  /** Starts a backup: a unique ID from its start time (a second backup within one second waits for the next). */
+  /**
+   * Starts a backup. Its ID and begin time come from this host's clock, never from the agent's
+   * report: a start time further than MAX_CLOCK_SKEW_MS from it is refused. A second backup
+   * within one second waits for the next second; an ID further ahead (a clock that went back, a
+   * backup dated in the future) is not waited for: the wait is always a second or two at most.
+   */
   async begin(start: BackupStart): Promise<BackupInfo> {
     await this.catalog.ensureLayout();
     const running = (await this.list()).find((b) => b.status === 'STARTED');
     if (running) {
       throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${running.backupId} of ${this.catalog.server} is still running`, 'Wait for it to finish (barman-receiver list-backups), then start another.');
     }
-    let when = new Date(Math.max(Date.parse(start.startTime), Date.now()));
-    let id = backupIdFor(when);
+    checkClockSkew(start.startTime, Date.now());
     const newest = (await fs.readdir(this.catalog.baseDir)).filter(isBackupId).sort().pop();
-    while (await exists(this.dir(id)) || (newest !== undefined && id <= newest)) {
-      const wait = 1000 - (Date.now() % 1000) + 5;
-      await new Promise((r) => setTimeout(r, wait));
-      when = new Date();
+    let when = wholeSecond(Date.now());
+    let id = backupIdFor(when);
+    for (let attempt = 0; ; attempt++) {
+      const justTaken = newest !== undefined && id <= newest && newest <= backupIdFor(new Date(when.getTime() + ID_WAIT_LIMIT_MS));
+      if (!justTaken && !(await exists(this.dir(id)))) break;
+      if (attempt >= 3) {
+        throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `no free backup ID for ${this.catalog.server} near ${id}`, 'Backups are being started in a tight loop; wait a few seconds and retry.');
+      }
+      await new Promise((r) => setTimeout(r, 1000 - (Date.now() % 1000) + 5));
+      when = wholeSecond(Date.now());
       id = backupIdFor(when);
     }
     // a backup may come before any WAL: its start tells the catalog the cluster's segment size
     const identity = await this.catalog.learnIdentity({ systemIdentifier: start.systemIdentifier, segmentSize: start.segmentSize, pgVersion: majorOf(start.pgVersion) });
     const info: BackupInfo = {
       ...emptyInfo(id),
-      beginTime: start.startTime,
+      // the ID's own time: list-backups, retention and the ID never disagree
+      beginTime: when.toISOString(),
       beginLsn: start.startLsn,
       beginWal: segmentForLsn(start.timeline, parseLsn(start.startLsn), identity.segmentSize),
       timeline: start.timeline,
@@ -125,11 +137,16 @@ export class BackupCatalog {
     const rel = safeRelativePath(path);
     const full = join(staging, rel);
     const dir = dirname(full);
-    if (!this.madeDirs.has(dir)) {
-      await ensureDir(dir);
-      this.madeDirs.add(dir);
+    let file: IncomingFile;
+    try {
+      if (!this.madeDirs.has(dir)) {
+        await ensureDir(dir);
+        this.madeDirs.add(dir);
+      }
+      file = await IncomingFile.createAt(full, 'none');
+    } catch (err) {
+      throw pathConflict(err, rel, full) ?? storageError(err, `cannot create ${rel} in backup ${id}`);
     }
-    const file = await IncomingFile.createAt(full, 'none');
     return {
       label: `${id}:${rel}`,
       write: async (chunk) => {
@@ -152,6 +169,9 @@ export class BackupCatalog {
     const info = await this.resolve(id);
     if (info.status !== 'STARTED') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} is ${info.status}, not running`, 'Start a new backup.');
     const staging = this.stagingDir(id);
+    // symlinks are recorded, never created in the catalog; refused here if they could ever lead
+    // a recovery's writes astray (a link where a file or directory of the backup goes)
+    checkSymlinks(stop.symlinks, ['backup_label', ...manifest.map((f) => f.path)], stop.directories);
     try {
       const label = Buffer.from(stop.backupLabel);
       const labelFile = await IncomingFile.createAt(join(staging, 'backup_label'), 'none');
@@ -180,6 +200,7 @@ export class BackupCatalog {
         endWal: segmentForLsn(info.timeline, parseLsn(stop.stopLsn), await this.catalog.segmentSize()),
         size,
         fileCount: files.length,
+        symlinks: stop.symlinks,
       };
       await this.write(done);
       return done;
@@ -246,19 +267,45 @@ export class BackupCatalog {
   }
 }
 
-/** A path inside a backup that may be read back: the data files and backup_label. */
-export function readableBackupPath(path: string): string {
-  return path === 'backup_label' ? path : safeRelativePath(path);
+// the rules for paths inside a backup live with the recovery writer's, in shared/
+export { readableBackupPath, safeRelativePath } from '../../shared/backup/paths';
+
+/** How far the agent's reported start time may be from this host's clock. */
+export const MAX_CLOCK_SKEW_MS = 5 * 60 * 1000;
+/** An existing backup ID at most this far ahead is one taken a moment ago: waited out, so IDs stay in time order. */
+const ID_WAIT_LIMIT_MS = 2000;
+
+function wholeSecond(ms: number): Date {
+  return new Date(Math.floor(ms / 1000) * 1000);
 }
 
-/** A relative path inside a backup: no absolute paths, no `..`, no empty or odd components. */
-export function safeRelativePath(path: string): string {
-  const bad = () => new BarmanError(ErrorCode.INVALID_NAME, `"${path.slice(0, 100)}" is not a valid path inside a backup`, 'Agent and receiver must run compatible versions; paths are relative to the data directory.');
-  if (!path || path.includes('\0') || path.startsWith('/') || path.includes('\\')) throw bad();
-  const parts = path.split('/');
-  if (parts.some((p) => p === '' || p === '.' || p === '..')) throw bad();
-  const norm = normalize(path);
-  if (norm !== path || norm.startsWith('..' + sep)) throw bad();
-  if (path === 'backup_label' || path === 'backup_manifest') throw bad();
-  return path;
+/** Refuses a backup whose start time, by the PostgreSQL host's clock, is too far from ours. */
+export function checkClockSkew(reported: string, now: number): void {
+  const skew = Date.parse(reported) - now;
+  if (Math.abs(skew) <= MAX_CLOCK_SKEW_MS) return;
+  const minutes = Math.round(Math.abs(skew) / 60_000);
+  throw new BarmanError(
+    ErrorCode.CLOCK_SKEW,
+    `the PostgreSQL host says the backup started at ${reported.slice(0, 40)}, ${minutes} minutes ${skew > 0 ? 'ahead of' : 'behind'} the backup host's clock (${new Date(now).toISOString()})`,
+    `Synchronise the clocks of both hosts (NTP: chrony or systemd-timesyncd); at most ${MAX_CLOCK_SKEW_MS / 60_000} minutes of difference are accepted.`,
+  );
+}
+
+/** Two paths of one backup that cannot both exist (sent twice, or a file where a directory is): the agent's mistake, not the disk's. */
+function pathConflict(err: unknown, rel: string, full: string): BarmanError | undefined {
+  const cause = err instanceof BarmanError ? err.cause : err;
+  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'EEXIST' || code === 'EISDIR') {
+    if (statSync(full, { throwIfNoEntry: false })?.isDirectory()) {
+      return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} is a directory of this backup, not a file`, 'A path of a backup cannot be both a file and a directory; check what sends backups to this receiver.');
+    }
+    return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} was already sent in this backup`, 'Each file of a backup is sent once; check what sends backups to this receiver.');
+  }
+  if (code === 'ENOTDIR') {
+    return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} lies below a file of this backup`, 'A path of a backup cannot be both a file and a directory; check what sends backups to this receiver.');
+  }
+  if (code === 'ENAMETOOLONG') {
+    return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 100)}…: name too long`, 'PostgreSQL never names files like this; check what sends backups to this receiver.');
+  }
+  return undefined;
 }

@@ -1,4 +1,4 @@
-// The catalog of one PostgreSQL server under <barman_home>/<server>/ (SPEC §5). This is the only
+// The catalog of one PostgreSQL server under <barman_home>/<server>/ (docs/catalog.md). This is the only
 // code that builds catalog paths:
 //   wals/<first 16 hex>/<segment>[.gz]   archived segments, wals/<tli>.history, wals/<seg>.<off>.backup
 //   streaming/                           the current partial segment (streaming)
@@ -8,6 +8,7 @@
 //   identity.json                        system identifier, WAL segment size, PostgreSQL major version and
 //                                        WAL magic of the cluster: learned from the first segment, stream or
 //                                        backup, never assumed (segment names and sizes follow it)
+//   streaming.json                       written when WAL was first streamed: from then on a stream is expected
 
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
@@ -31,6 +32,11 @@ export interface ClusterIdentity {
 export type SeenIdentity = Omit<ClusterIdentity, 'firstSeenAt' | 'pgVersion'> & { pgVersion?: number };
 
 const COMPRESSED_EXT: Record<Exclude<Compression, 'none'>, string> = { gzip: '.gz', lz4: '.lz4', zstd: '.zst' };
+
+/** A stream was opened for the server once: `check` then expects a live one. */
+export interface StreamingRecord {
+  firstOpenedAt: string;
+}
 
 export interface StoredWal {
   path: string;
@@ -151,6 +157,30 @@ export class ServerCatalog {
       throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `server ${this.server} has received no WAL and no backup yet, so its WAL segment size is not known`, 'Archive WAL first (archive_command = barman-agent push %p, or barman-agent daemon), then retry.');
     }
     return identity.segmentSize;
+  }
+
+  /** streaming.json: present once WAL was streamed for this server (remove it when streaming is turned off for good). */
+  get streamingRecordPath(): string {
+    return join(this.root, 'streaming.json');
+  }
+
+  async streamingRecord(): Promise<StreamingRecord | undefined> {
+    let text: string;
+    try {
+      text = await fs.readFile(this.streamingRecordPath, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      return JSON.parse(text) as StreamingRecord;
+    } catch {
+      return { firstOpenedAt: '' }; // damaged, but there: streaming is still in use
+    }
+  }
+
+  async saveStreamingRecord(record: StreamingRecord): Promise<void> {
+    await writeFileDurably(this.streamingRecordPath, JSON.stringify(record, null, 2) + '\n');
   }
 
   /** The wals/<first 16 hex>/ directories, oldest first. */

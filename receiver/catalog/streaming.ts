@@ -44,9 +44,20 @@ export class WalStream {
 
   constructor(private readonly catalog: ServerCatalog, private readonly log: Logger) {}
 
-  state(): StreamingState {
+  /** The positions; whether the stream is still heard from is the server context's to say. */
+  state(): Omit<StreamingState, 'lastHeardAt' | 'caughtUpAt'> {
     const lsn = (v: Lsn) => (v === 0n ? '' : formatLsn(v));
     return { state: this.active ? 'streaming' : this.writePos > 0n ? 'stopped' : 'off', timeline: this.timeline, receivedLsn: lsn(this.writePos), flushLsn: lsn(this.flushed), serverLsn: lsn(this.serverLsn), lastFlushAt: this.lastFlushAt?.toISOString() ?? '' };
+  }
+
+  /** Everything PostgreSQL is known to have sent is flushed here. */
+  get caughtUp(): boolean {
+    return this.flushed >= this.serverLsn;
+  }
+
+  /** PostgreSQL's WAL reaches at least `lsn` (a keepalive of the stream, on its timeline). */
+  noteServerLsn(timeline: number, lsn: Lsn): void {
+    if (this.active && timeline === this.timeline && lsn > this.serverLsn) this.serverLsn = lsn;
   }
 
   /** A daemon starts streaming: where should it start? ('' when nothing was streamed on that timeline) */

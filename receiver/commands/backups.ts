@@ -4,11 +4,14 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { ReceiverConfig } from '../../shared/config/receiver';
-import { type BackupInfo, displayTime } from '../../shared/backup/info';
+import { type BackupInfo, displayTime, localIsoTime } from '../../shared/backup/info';
 import { parseManifest } from '../../shared/backup/manifest';
 import { sha256File } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { versionText } from '../../shared/postgres/version';
+import type { BackupProgressFrame } from '../../shared/protocol/frames';
+import { humanSize } from '../../shared/progress';
+import { type SnakeKeys, snakeKeys } from '../../shared/snake-case';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import { openAdmin } from './admin';
@@ -19,20 +22,16 @@ export function openBackups(config: ReceiverConfig, server: string): BackupCatal
   return new BackupCatalog(new ServerCatalog(config.barmanHome, s.name));
 }
 
-export function humanSize(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = bytes;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
-}
-
-/** Newest first, in the seed's format plus size and status. */
+/** Newest first, in Barman's format plus size and status. */
 export async function listBackups(config: ReceiverConfig, server: string): Promise<BackupInfo[]> {
   return (await openBackups(config, server).list()).reverse();
+}
+
+/** What `list-backups --json` and `show-backup --json` print for one backup: backup.info's keys (snake_case), times in local ISO 8601. */
+export type BackupJson = SnakeKeys<BackupInfo>;
+
+export function backupJson(info: BackupInfo): BackupJson {
+  return snakeKeys({ ...info, beginTime: localIsoTime(info.beginTime), endTime: localIsoTime(info.endTime) });
 }
 
 export function formatBackupLine(server: string, b: BackupInfo): string {
@@ -46,6 +45,7 @@ export function formatBackupDetails(server: string, b: BackupInfo): string {
     ['Begin time', displayTime(b.beginTime)], ['End time', displayTime(b.endTime)], ['Begin LSN', b.beginLsn], ['End LSN', b.endLsn],
     ['Begin WAL', b.beginWal], ['End WAL', b.endWal], ['Size', `${humanSize(b.size)} (${b.size} bytes, ${b.fileCount} files)`],
     ['Tablespaces', b.tablespaces.map((t) => `${t.name} (oid ${t.oid}) ${t.location}`).join(', ') || 'none'], ['Keep', b.keep ? 'yes' : 'no'],
+    ['Symlinks', b.symlinks.map((l) => `${l.path} -> ${l.target}`).join(', ') || 'none'],
   ];
   return `Backup ${b.backupId}:\n` + rows.map(([k, v]) => `  ${k.padEnd(20)}: ${v}`).join('\n') + '\n';
 }
@@ -120,16 +120,30 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
   return { backupId: info.backupId, ok: problems.length === 0, checked: files.length, problems };
 }
 
+export interface BackupStatusUpdate { backupId: string; status: string; reason?: string }
+
 /**
  * Asks the running service to have the server's agent daemon take a backup. The CLI proves
- * itself with the server's own token, like an agent would.
+ * itself with the server's own token, like an agent would. Waiting, it hears every status
+ * change and, while the files arrive, how far they are.
  */
-export async function requestBackup(config: ReceiverConfig, server: string, wait: boolean, onUpdate: (status: { backupId: string; status: string; reason?: string }) => void): Promise<{ backupId: string; status: string; reason?: string }> {
+export async function requestBackup(
+  config: ReceiverConfig,
+  server: string,
+  wait: boolean,
+  onUpdate: (status: BackupStatusUpdate) => void,
+  onProgress: (progress: Omit<BackupProgressFrame, 'type' | 'id'>) => void = () => undefined,
+): Promise<BackupStatusUpdate> {
   const conn = await openAdmin(config, server);
   try {
     return await conn.stream(
       (id) => ({ type: 'backup-start', id, wait }),
       (frame) => {
+        if (frame.type === 'backup-progress') {
+          const { type: _type, id: _id, ...progress } = frame;
+          onProgress(progress);
+          return 'more';
+        }
         if (frame.type !== 'backup-status') return undefined;
         const status = { backupId: frame.backupId, status: frame.status, ...(frame.reason ? { reason: frame.reason } : {}) };
         onUpdate(status);

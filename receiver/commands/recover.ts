@@ -11,7 +11,7 @@ import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
 import { type WriteOptions, writeRecovery } from '../../shared/recovery/writer';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
-import { planRecovery } from '../recovery/plan';
+import { planRecovery, requireTablespaceLocations } from '../recovery/plan';
 import { recoveryWal } from '../recovery/wal-source';
 import { requireServer } from './servers';
 
@@ -50,10 +50,11 @@ export async function recover(config: ReceiverConfig, server: string, backupRef:
   const dest = resolve(destArg);
   const plan = await planRecovery(catalog, backups, backupRef, opts);
   checkRecoveryBinaries(plan.backupId, plan.pgVersion, opts.pgBindir);
+  requireTablespaceLocations(plan, opts.tablespaces, dest);
   const dataDir = backups.dataDir(plan.backupId);
   await writeRecovery(plan, dest, {
     dataFile: (path) => readChunks(join(dataDir, path)),
     walFile: (name) => recoveryWal(catalog, name),
-  }, { owner: await decideOwner(dest, opts.owner), progress });
+  }, { owner: await decideOwner(dest, opts.owner), progress, protectedPaths: [{ path: config.barmanHome, what: 'the catalog (barman_home)' }] });
   return plan;
 }

@@ -6,6 +6,7 @@ import type { StreamingState } from '../../shared/protocol/frames';
 import { parseLsn } from '../../shared/wal/lsn';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
+import { estimateRpoSeconds } from '../server/stream-health';
 import { openAdmin } from './admin';
 import { requireServer } from './servers';
 
@@ -15,12 +16,25 @@ export interface ServerStatus {
   receiver: { running: boolean };
   agent: { connected: boolean; since: string | null };
   wal: { last_segment: string | null; last_received_at: string | null; age_seconds: number | null };
-  streaming: { state: string; timeline: number | null; received_lsn: string | null; flush_lsn: string | null; server_lsn: string | null; lag_bytes: number | null; last_flush_at: string | null };
+  streaming: {
+    /** off | streaming | stale (daemon connected, nothing heard from PostgreSQL for its timeout) | disconnected (no daemon) */
+    state: string;
+    /** a stream was opened for this server once (so one is expected) */
+    in_use: boolean;
+    timeline: number | null; received_lsn: string | null; flush_lsn: string | null; server_lsn: string | null; lag_bytes: number | null; last_flush_at: string | null;
+    /** last WAL or PostgreSQL keepalive the stream relayed */
+    last_heard_at: string | null;
+  };
   backups: { count: number; first_id: string | null; last_id: string | null; running: string | null; failed: number };
   /** what the catalog learned of the cluster it holds (null before anything arrived) */
   cluster: { pg_major_version: number | null; system_identifier: string | null; wal_segment_size: number | null };
-  /** how much committed work a loss of the primary now could cost, in seconds: 0 when streaming is caught up, else the time since WAL last became durable here */
+  /**
+   * how much committed work a loss of the primary now could cost, in seconds: 0 when streaming is
+   * caught up, else the time since the receiver last knew it had all WAL
+   */
   rpo_seconds: number | null;
+  /** the same in bytes, when PostgreSQL's position is known: WAL it had sent that is not flushed here */
+  rpo_bytes: number | null;
 }
 
 export async function serverStatus(config: ReceiverConfig, name: string, now = new Date()): Promise<ServerStatus> {
@@ -30,6 +44,7 @@ export async function serverStatus(config: ReceiverConfig, name: string, now = n
   const done = all.filter((b) => b.status === 'DONE');
   const last = await catalog.lastSegment();
   const identity = await catalog.identity();
+  const inUse = (await catalog.streamingRecord()) !== undefined;
   let live: { agentConnected: boolean; agentSince: string; backupRunning: string; streaming: StreamingState } | undefined;
   try {
     const conn = await openAdmin(config, server.name, 5);
@@ -44,19 +59,25 @@ export async function serverStatus(config: ReceiverConfig, name: string, now = n
   const age = last ? Math.max(0, Math.round((now.getTime() - last.receivedAt.getTime()) / 1000)) : null;
   const st = live?.streaming;
   const lag = st?.serverLsn && st.flushLsn ? Number(parseLsn(st.serverLsn) - parseLsn(st.flushLsn)) : null;
-  // streaming: what is not yet flushed here is at risk, i.e. nothing when caught up; else the age of the last archived segment
-  const sinceFlush = st?.lastFlushAt ? Math.max(0, Math.round((now.getTime() - Date.parse(st.lastFlushAt)) / 1000)) : null;
-  const rpo = st?.state === 'streaming' ? (lag !== null && lag <= 0 ? 0 : sinceFlush) : age;
+  // a stream expected but not open on the service (restarted since, or not running): no word from it
+  let state = st?.state ?? 'off';
+  if (state === 'off' && inUse) state = live?.agentConnected ? 'stale' : 'disconnected';
+  const date = (iso: string | undefined) => (iso ? new Date(iso) : undefined);
+  const rpo = estimateRpoSeconds(now, { state, lagBytes: lag, lastFlushAt: date(st?.lastFlushAt), caughtUpAt: date(st?.caughtUpAt), lastArchivedAt: last?.receivedAt });
   return {
     server: server.name,
     description: server.description,
     receiver: { running: live !== undefined },
     agent: { connected: live?.agentConnected ?? false, since: live?.agentSince || null },
     wal: { last_segment: last?.name ?? null, last_received_at: last?.receivedAt.toISOString() ?? null, age_seconds: age },
-    streaming: { state: st?.state ?? 'off', timeline: st?.timeline || null, received_lsn: st?.receivedLsn || null, flush_lsn: st?.flushLsn || null, server_lsn: st?.serverLsn || null, lag_bytes: lag, last_flush_at: st?.lastFlushAt || null },
+    streaming: {
+      state, in_use: inUse || state !== 'off', timeline: st?.timeline || null, received_lsn: st?.receivedLsn || null, flush_lsn: st?.flushLsn || null, server_lsn: st?.serverLsn || null,
+      lag_bytes: lag, last_flush_at: st?.lastFlushAt || null, last_heard_at: st?.lastHeardAt || null,
+    },
     backups: { count: done.length, first_id: done[0]?.backupId ?? null, last_id: done[done.length - 1]?.backupId ?? null, running: live?.backupRunning || null, failed: all.filter((b) => b.status === 'FAILED').length },
     rpo_seconds: rpo,
     cluster: { pg_major_version: identity?.pgVersion ?? null, system_identifier: identity?.systemIdentifier ?? null, wal_segment_size: identity?.segmentSize ?? null },
+    rpo_bytes: state === 'off' ? null : lag === null ? null : Math.max(0, lag),
   };
 }
 
@@ -66,10 +87,10 @@ export function formatStatus(s: ServerStatus): string {
     ['Receiver service', s.receiver.running ? 'running' : 'not reachable'],
     ['Agent daemon', s.agent.connected ? `connected since ${s.agent.since}` : 'not connected'],
     ['Last archived WAL', s.wal.last_segment ? `${s.wal.last_segment} (${s.wal.age_seconds} s ago)` : 'none'],
-    ['Streaming', s.streaming.state === 'off' ? 'off' : `${s.streaming.state}, flushed ${s.streaming.flush_lsn ?? '-'} of ${s.streaming.server_lsn ?? '-'} (lag ${s.streaming.lag_bytes ?? '?'} bytes)`],
+    ['Streaming', s.streaming.state === 'off' ? 'off' : `${s.streaming.state}, flushed ${s.streaming.flush_lsn ?? '-'} of ${s.streaming.server_lsn ?? '-'} (lag ${s.streaming.lag_bytes ?? '?'} bytes)${s.streaming.state === 'streaming' ? '' : `, last heard ${s.streaming.last_heard_at ?? 'never'}`}`],
     ['Backups (DONE)', `${s.backups.count}${s.backups.last_id ? `, first ${s.backups.first_id}, last ${s.backups.last_id}` : ''}${s.backups.failed ? `; ${s.backups.failed} FAILED` : ''}`],
     ['Backup running', s.backups.running ?? 'no'],
-    ['RPO estimate', s.rpo_seconds === null ? 'unknown (no WAL yet)' : `${s.rpo_seconds} s`],
+    ['RPO estimate', s.rpo_seconds === null ? 'unknown (no WAL yet)' : `${s.rpo_seconds} s${s.rpo_bytes ? `, ${s.rpo_bytes} bytes` : ''}`],
     ['Cluster', s.cluster.system_identifier === null ? 'not seen yet' : `PostgreSQL ${s.cluster.pg_major_version ?? '?'}, system identifier ${s.cluster.system_identifier}, WAL segments of ${s.cluster.wal_segment_size! / 1048576} MiB`],
   ];
   return `Server ${s.server}:\n` + rows.map(([k, v]) => `\t${k}: ${v}`).join('\n') + '\n';

@@ -200,6 +200,28 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   }
   lines.push(`# a recovered copy must never archive into the production catalog`, `archive_mode = 'off'`, `archive_command = 'false'`);
   const targetDescription = targetTime ? `time ${targetTime.toISOString()}` : opts.targetXid ? `xid ${opts.targetXid}` : opts.targetLsn ? `LSN ${opts.targetLsn}` : opts.targetName ? `restore point "${opts.targetName}"` : opts.targetImmediate ? 'end of the backup (immediate)' : 'end of WAL (archived and streamed)';
-  return { server, backupId: backup.backupId, pgVersion: backup.pgVersion, files, directories, tablespaces, wals, settings: lines.join('\n') + '\n', manifest, targetDescription };
+  return { server, backupId: backup.backupId, pgVersion: backup.pgVersion, files, directories, tablespaces, symlinks: backup.symlinks, wals, settings: lines.join('\n') + '\n', manifest, targetDescription };
+}
+
+/** Text from a backup.info (the database host's words) made safe to print: no control characters, bounded. */
+const printable = (text: string): string => text.replace(/[\x00-\x1f\x7f]/g, '?').slice(0, 200);
+/** A command-line word as a shell reads it back. */
+const shellWord = (word: string): string => (/^[\w./:=@%+-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`);
+
+/**
+ * On the backup host, the tablespace locations a backup recorded came from the database host,
+ * which may be compromised (a location of ~/.ssh would have recovery write there): `recover`
+ * writes a tablespace only where the DBA names it, `--tablespace name:location` for each. The
+ * refusal names every flag to add, with locations beside the destination.
+ */
+export function requireTablespaceLocations(plan: RecoveryPlan, given: Record<string, string> | undefined, dest: string): void {
+  const missing = plan.tablespaces.filter((t) => given?.[t.name] === undefined);
+  if (missing.length === 0) return;
+  const suggestion = (t: RecoveryPlan['tablespaces'][number]) => shellWord(`${t.name}:${join(`${dest}_tablespaces`, /^[\w.-]+$/.test(t.name) ? t.name : t.oid)}`);
+  throw new BarmanError(
+    ErrorCode.USAGE,
+    `backup ${plan.backupId} has tablespaces with no location given on this host: ${missing.map((t) => `${printable(t.name)} (OID ${t.oid}, recorded by the database host as ${printable(t.location)})`).join(', ')}; recover does not write where a database host recorded`,
+    `Add a new or empty directory outside the destination and the catalog for each: ${missing.map((t) => `--tablespace ${suggestion(t)}`).join(' ')}`,
+  );
 }
 

@@ -1,11 +1,14 @@
 // What the receiver holds for each configured PostgreSQL server: its catalog, its connected
-// agent daemon (at most one), and the backup in progress (at most one), with whoever waits on it.
+// agent daemon (at most one), and the backup in progress (at most one), with whoever waits on it;
+// and what one server may hold of the receiver: MAX_SESSIONS_PER_SERVER sessions and
+// MAX_UPLOADS_PER_SERVER files being received, so a broken or hostile client of one server
+// cannot use up the descriptors every server needs.
 
 import type { BackupInfo } from '../../shared/backup/info';
 import type { ManifestFile } from '../../shared/backup/manifest';
 import type { Compression, ServerConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import type { BackupStart, BackupStop, Frame, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
+import type { BackupStart, BackupStop, Frame, Role, StreamingState, StreamKeepaliveFrame, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
 import { type Lsn, parseLsn } from '../../shared/wal/lsn';
 import type { Logger } from 'pino';
 import { WalStream } from '../catalog/streaming';
@@ -13,15 +16,67 @@ import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import type { Upload } from '../catalog/upload';
 import { WalArchive } from '../catalog/wal-archive';
+import { StreamHealth } from './stream-health';
 
 /** The side of a session the server context needs: a way to talk to it and to name it. */
 export interface Peer {
   readonly id: string;
+  /** address:port it connected from */
+  readonly remote: string;
+  /** its connection has ended */
+  readonly closed: boolean;
   send(frame: Frame): Promise<void>;
+  /** closes it, telling it another daemon took its place (it stops rather than reconnect) */
   replace(reason: string): void;
+  /** ms since the peer last sent anything, or undefined while it has work in progress here */
+  quietFor?(now: number): number | undefined;
+  /** closes the peer's session, telling it why */
+  evict?(err: BarmanError): void;
+  /** asks it for a sign of life: true as soon as it answers, false when it has not within `timeoutMs` */
+  probe(timeoutMs: number): Promise<boolean>;
+  /** drops its connection without a word (a half-dead one) */
+  drop(reason: string): void;
 }
 
+/** authenticated sessions of one server at once; its daemon is not counted (there is at most one attached) */
+export const MAX_SESSIONS_PER_SERVER = 32;
+/** files being received for one server at once, over all its sessions */
+export const MAX_UPLOADS_PER_SERVER = 64;
+
+/** What a daemon says of itself when it asks to be the server's agent (a daemon-attach frame). */
+export interface DaemonClaim {
+  /** the same for every connection of one daemon process */
+  instance: string;
+  takeover: boolean;
+  host: string;
+  pid: number;
+}
+
+/** how long a connected daemon has to answer a ping before a newcomer may take its place */
+const DAEMON_PROBE_MS = 5_000;
+
 export type BackupListener = (info: BackupInfo) => void;
+
+/** How far a backup's files are, for whoever waits on it: counted as chunks are written here. */
+export interface BackupProgress {
+  backupId: string;
+  files: number;
+  bytes: number;
+  elapsedMs: number;
+  /** what the agent's walk found to send (unknown until it says) */
+  totalFiles?: number;
+  totalBytes?: number;
+}
+
+interface RunningBackup {
+  backupId: string;
+  manifest: ManifestFile[];
+  owner: Peer;
+  startedAt: number;
+  files: number;
+  bytes: number;
+  total?: { files: number; bytes: number };
+}
 
 /** receiver-originated request ids live high, apart from the agent's own counter */
 let nextRequestId = 1 << 30;
@@ -36,15 +91,31 @@ export class ServerContext {
   private onStreamSegment: ((name: string, sha256: string) => void) | undefined;
   daemon: Peer | undefined;
   daemonSince: Date | undefined;
-  private running: { backupId: string; manifest: ManifestFile[]; owner: Peer } | undefined;
+  private daemonClaim: DaemonClaim | undefined;
+  /** daemons asking to attach, one decision at a time */
+  private attaching: Promise<void> = Promise.resolve();
+  /** whether the stream is heard from, and when the receiver last had all of it */
+  private readonly streamHealth = new StreamHealth();
+  /** streaming.json exists: a stream was opened for this server */
+  private streamingRecorded = false;
+  private running: RunningBackup | undefined;
+  /** the counters of the last backup whose files all arrived, kept for its waiters' last report */
+  private filesDone: BackupProgress | undefined;
   private readonly listeners = new Set<BackupListener>();
   /** bumped when a backup starts waiting for its WAL; walStored skips the catalog while it equals noneWaitingAt */
   private waitingGeneration = 0;
   private noneWaitingAt = -1;
   /** backup requests sent to the daemon, by request id: told the backup's ID, or why it failed */
   private readonly requests = new Map<number, (result: BackupInfo | BarmanError) => void>();
+  /** sessions counted against MAX_SESSIONS_PER_SERVER */
+  private readonly sessions = new Set<Peer>();
+  /** uploads counted against MAX_UPLOADS_PER_SERVER, and those being opened */
+  private readonly uploads = new Set<Upload>();
+  private uploadsOpening = 0;
+  private readonly log: Logger;
 
   constructor(barmanHome: string, readonly config: ServerConfig, compression: Compression, log: Logger) {
+    this.log = log.child({ server: config.name });
     this.catalog = new ServerCatalog(barmanHome, config.name);
     this.walArchive = new WalArchive(this.catalog, compression);
     this.backups = new BackupCatalog(this.catalog);
@@ -55,31 +126,136 @@ export class ServerContext {
     };
   }
 
-  /** A daemon starts streaming WAL; answers where to start. Only one stream (the newest daemon's). */
+  /** The server's agent daemon starts streaming WAL; answers where to start. Only one stream (the daemon's). */
   async openStream(owner: Peer, frame: StreamOpenFrame, onFlushed: (timeline: number, lsn: Lsn) => void, onSegment: (name: string, sha256: string) => void): Promise<Lsn | undefined> {
+    if (this.daemon?.id !== owner.id) {
+      throw new BarmanError(ErrorCode.AGENT_NOT_CONNECTED, `this session is not the agent daemon of server ${this.config.name}; only that one streams WAL`, 'Restart the agent daemon (barman-agent daemon).');
+    }
     this.streamOwner = owner;
-    this.stream.onFlushed = onFlushed;
+    this.stream.onFlushed = (timeline, lsn) => {
+      this.streamHealth.flushed(new Date(), this.stream.caughtUp);
+      onFlushed(timeline, lsn);
+    };
     this.onStreamSegment = onSegment;
     const branch = frame.switchLsn ? { parent: frame.parentTimeline, switchLsn: parseLsn(frame.switchLsn) } : undefined;
     // the stream names and cuts segments by the cluster's segment size: the catalog learns it (or checks it) first
     await this.catalog.learnIdentity({ systemIdentifier: frame.systemIdentifier, segmentSize: frame.segmentSize });
-    return this.stream.open(frame.timeline, frame.systemIdentifier, frame.segmentSize, parseLsn(frame.serverLsn), branch);
+    const resume = await this.stream.open(frame.timeline, frame.systemIdentifier, frame.segmentSize, parseLsn(frame.serverLsn), branch);
+    if (!this.streamingRecorded) {
+      // durably: after a receiver restart `check` still knows this server's WAL is expected streamed
+      if (!(await this.catalog.streamingRecord())) await this.catalog.saveStreamingRecord({ firstOpenedAt: new Date().toISOString() });
+      this.streamingRecorded = true;
+    }
+    this.streamHealth.opened(new Date(), frame.timeoutSeconds, this.stream.caughtUp);
+    return resume;
   }
 
   async appendStream(owner: Peer, frame: WalDataFrame): Promise<void> {
     if (this.streamOwner?.id !== owner.id) throw new BarmanError(ErrorCode.PROTOCOL, 'WAL data on a session that does not own the stream', 'Restart the agent daemon.');
     await this.stream.append(frame.timeline, parseLsn(frame.startLsn), parseLsn(frame.walEnd), frame.data);
+    this.streamHealth.heard(new Date(), this.stream.caughtUp);
   }
 
-  /** A daemon connected: it becomes the server's agent; an older one is closed (never two writers). */
-  attachDaemon(peer: Peer): void {
+  /** PostgreSQL answered the daemon's keepalive: the stream is alive, and PostgreSQL's WAL ends at least there. */
+  streamKeepalive(owner: Peer, frame: StreamKeepaliveFrame): void {
+    if (this.streamOwner?.id !== owner.id) return; // a stream replaced meanwhile: nothing to say about it
+    this.stream.noteServerLsn(frame.timeline, parseLsn(frame.serverLsn));
+    this.streamHealth.heard(new Date(), this.stream.caughtUp);
+  }
+
+  /** The stream as status shows it: its positions, and whether it is still heard from. */
+  streamingState(now = new Date()): StreamingState {
+    const raw = this.stream.state();
+    const state = this.streamHealth.state(now, { active: raw.state === 'streaming', everStreamed: raw.state !== 'off' }, this.daemon !== undefined);
+    return { ...raw, state, lastHeardAt: this.streamHealth.lastHeardAt?.toISOString() ?? '', caughtUpAt: this.streamHealth.caughtUpAt?.toISOString() ?? '' };
+  }
+
+  /**
+   * A daemon asks to be the server's agent. One at a time, never two writers: a live daemon keeps
+   * the server and the newcomer is refused, unless the newcomer is that same daemon come back
+   * after a network blip (its old connection, half dead, is dropped), it asks to take over (the
+   * old one is closed and told why), or the old one does not answer a ping (dropped as dead).
+   */
+  attachDaemon(peer: Peer, claim: DaemonClaim): Promise<void> {
+    const turn = this.attaching.then(() => this.decideDaemon(peer, claim));
+    this.attaching = turn.catch(() => undefined);
+    return turn;
+  }
+
+  private async decideDaemon(peer: Peer, claim: DaemonClaim): Promise<void> {
     const old = this.daemon;
+    const oldClaim = this.daemonClaim;
+    if (old && old.id !== peer.id) {
+      if (oldClaim?.instance === claim.instance) {
+        old.drop('the same agent daemon connected again');
+      } else if (claim.takeover) {
+        old.replace(`replaced by the agent daemon started with --takeover on host ${claim.host} (pid ${claim.pid}, from ${peer.remote})`);
+      } else if ((await old.probe(DAEMON_PROBE_MS)) && this.daemon === old) {
+        throw new BarmanError(
+          ErrorCode.DAEMON_ALREADY_CONNECTED,
+          `server ${this.config.name} already has a live agent daemon: connected since ${this.daemonSince?.toISOString()} from ${old.remote} (host ${oldClaim?.host}, pid ${oldClaim?.pid}); this one does not start`,
+          'Run one barman-agent daemon per PostgreSQL server: stop that one first, or start this one with --takeover to replace it (the replaced one exits 0, so its systemd unit leaves it stopped).',
+        );
+      } else if (this.daemon === old) {
+        old.drop('a new agent daemon connected and this one did not answer a ping');
+      }
+    }
+    if (peer.closed) throw new BarmanError(ErrorCode.CONNECTION_LOST, 'the agent daemon went away while attaching', 'It reconnects by itself.');
     this.daemon = peer;
     this.daemonSince = new Date();
-    if (old && old.id !== peer.id) old.replace('another agent daemon for this server connected');
+    this.daemonClaim = claim;
+  }
+
+  /**
+   * An agent of this server authenticated. At the limit, the session silent longest (for at least
+   * `quietMs`, with nothing in progress) is closed to make room: a client that opens sessions and
+   * leaves them does not lock the server's own agents out. Without one, the newcomer is refused.
+   */
+  admit(peer: Peer, role: Role, quietMs: number): void {
+    if (role === 'daemon') return;
+    if (this.sessions.size >= MAX_SESSIONS_PER_SERVER) {
+      const now = Date.now();
+      let quietest: Peer | undefined;
+      let longest = quietMs;
+      for (const s of this.sessions) {
+        const quiet = s.id === this.running?.owner.id ? undefined : s.quietFor?.(now);
+        if (quiet !== undefined && quiet >= longest) {
+          quietest = s;
+          longest = quiet;
+        }
+      }
+      if (!quietest) {
+        this.log.warn({ code: ErrorCode.TOO_MANY_SESSIONS, sessions: this.sessions.size }, 'session refused: the server is at its session limit');
+        throw new BarmanError(ErrorCode.TOO_MANY_SESSIONS, `server ${this.config.name} already has ${MAX_SESSIONS_PER_SERVER} sessions open on the receiver, all busy`, tooManyHint(this.config.name));
+      }
+      this.sessions.delete(quietest);
+      this.log.warn({ code: ErrorCode.TOO_MANY_SESSIONS, evicted: quietest.id, silentSeconds: Math.round(longest / 1000) }, 'a silent session closed to make room for a new one');
+      quietest.evict?.(new BarmanError(ErrorCode.TOO_MANY_SESSIONS, `session closed by the receiver: silent for ${Math.round(longest / 1000)} s while server ${this.config.name} is at its limit of ${MAX_SESSIONS_PER_SERVER} sessions`, tooManyHint(this.config.name)));
+    }
+    this.sessions.add(peer);
+  }
+
+  /** Opens an upload within the server's limit; its slot is held until releaseUpload. */
+  async openUpload(open: () => Promise<Upload>): Promise<Upload> {
+    if (this.uploads.size + this.uploadsOpening >= MAX_UPLOADS_PER_SERVER) {
+      throw new BarmanError(ErrorCode.TOO_MANY_UPLOADS, `server ${this.config.name} already has ${MAX_UPLOADS_PER_SERVER} files being received`, `Retry later (PostgreSQL retries archive_command by itself). If it persists: ${tooManyHint(this.config.name)}`);
+    }
+    this.uploadsOpening++;
+    try {
+      const upload = await open();
+      this.uploads.add(upload);
+      return upload;
+    } finally {
+      this.uploadsOpening--;
+    }
+  }
+
+  releaseUpload(upload: Upload): void {
+    this.uploads.delete(upload);
   }
 
   detach(peer: Peer): void {
+    this.sessions.delete(peer);
     if (this.streamOwner?.id === peer.id) {
       this.streamOwner = undefined;
       void this.stream.close();
@@ -87,6 +263,7 @@ export class ServerContext {
     if (this.daemon?.id === peer.id) {
       this.daemon = undefined;
       this.daemonSince = undefined;
+      this.daemonClaim = undefined;
     }
     if (this.running?.owner.id === peer.id) {
       const { backupId } = this.running;
@@ -118,7 +295,7 @@ export class ServerContext {
 
   async beginBackup(owner: Peer, start: BackupStart, requestId: number | undefined): Promise<BackupInfo> {
     if (this.running) throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${this.running.backupId} of ${this.config.name} is still running`, 'Wait for it to finish, then start another.');
-    const placeholder = { backupId: '', manifest: [], owner };
+    const placeholder: RunningBackup = { backupId: '', manifest: [], owner, startedAt: Date.now(), files: 0, bytes: 0 };
     this.running = placeholder; // claimed before the first await: two begins cannot interleave
     try {
       const info = await this.backups.begin(start);
@@ -139,13 +316,40 @@ export class ServerContext {
 
   async backupFile(owner: Peer, backupId: string, path: string, size: number, mtime: number): Promise<Upload> {
     const running = this.ownRunning(owner, backupId);
-    return this.backups.beginFile(backupId, path, size, mtime, running.manifest);
+    const upload = await this.backups.beginFile(backupId, path, size, mtime, running.manifest);
+    return {
+      label: upload.label,
+      write: async (chunk) => {
+        await upload.write(chunk);
+        running.bytes += chunk.length;
+      },
+      finish: async (sha256) => {
+        const status = await upload.finish(sha256);
+        running.files++;
+        return status;
+      },
+      abort: () => upload.abort(),
+    };
+  }
+
+  /** The agent's walk found this much to send. A backup no longer running here is left alone. */
+  backupTotal(owner: Peer, backupId: string, files: number, bytes: number): void {
+    const running = this.running;
+    if (running && running.backupId === backupId && running.owner.id === owner.id) running.total = { files, bytes };
+  }
+
+  /** How far backup `backupId` is: live while its files arrive, final once they are all in. */
+  backupProgress(backupId: string): BackupProgress | undefined {
+    const running = this.running;
+    if (running && running.backupId === backupId) return progressOf(running);
+    return this.filesDone?.backupId === backupId ? this.filesDone : undefined;
   }
 
   async endBackup(owner: Peer, backupId: string, stop: BackupStop): Promise<BackupInfo> {
     const running = this.ownRunning(owner, backupId);
     try {
       const info = await this.backups.end(backupId, stop, running.manifest);
+      this.filesDone = progressOf(running);
       this.running = undefined;
       this.waitingGeneration++;
       this.notify(info);
@@ -205,4 +409,12 @@ export class ServerContext {
   private notify(info: BackupInfo): void {
     for (const l of [...this.listeners]) l(info);
   }
+}
+
+function tooManyHint(server: string): string {
+  return `Something on the PostgreSQL host of ${server} opens sessions and keeps them busy (stuck barman-agent processes, or a script that connects in a loop): find and stop it (ps -ef | grep barman-agent), then retry.`;
+}
+
+function progressOf(r: RunningBackup): BackupProgress {
+  return { backupId: r.backupId, files: r.files, bytes: r.bytes, elapsedMs: Date.now() - r.startedAt, ...(r.total ? { totalFiles: r.total.files, totalBytes: r.total.bytes } : {}) };
 }

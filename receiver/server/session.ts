@@ -2,7 +2,7 @@
 // auth → welcome. Only then does it serve requests, and only for the one server it proved it
 // belongs to; no request names a server, so a session cannot reach another server's catalog.
 
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -22,18 +22,30 @@ import { recoveryWal } from '../recovery/wal-source';
 import type { RecoveryOptions } from '../../shared/recovery/plan';
 import type { Peer, ServerContext } from './context';
 import { sendChunks, streamSource } from '../../shared/protocol/chunks';
+import { HANDSHAKE_TIMEOUT_MS } from './admission';
 
-const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** a daemon that does not answer for two of these is taken for dead (its backup FAILED, its stream closed) */
 const DAEMON_HEARTBEAT_MS = 10_000;
 /** bytes of received chunks a session may have waiting for the disk before it stops reading */
 const WRITE_HIGH_WATER = 8 * 1024 * 1024;
 /** concurrent uploads one session may have open */
 const MAX_OPEN_UPLOADS = 16;
+/** while the service stops, a session still receiving files is waited for only if it sent something this recently */
+const DRAIN_QUIET_MS = 2000;
+
+export interface SessionOptions {
+  /** an upload without data for this long is aborted; a session silent this long may be closed to make room */
+  idleMs: number;
+  /** called once the agent has proved its token */
+  onAuthenticated?: () => void;
+}
+
+/** how often an admin waiting on a backup hears how far its files are */
+const PROGRESS_INTERVAL_MS = 1000;
 
 type State =
   | { phase: 'hello' }
-  | { phase: 'auth'; hello: HelloFrame; server: ServerConfig; serverNonce: Buffer }
+  | { phase: 'auth'; hello: HelloFrame; server: Pick<ServerConfig, 'name' | 'token'>; serverNonce: Buffer; known: boolean }
   | { phase: 'ready'; server: ServerContext };
 
 export class Session implements Peer {
@@ -51,18 +63,29 @@ export class Session implements Peer {
   private readonly failedUploads = new Set<number>();
   private log: Logger;
   private readonly handshakeTimer: NodeJS.Timeout;
+  /** when the agent last sent anything (a frame or a ping) */
+  private lastHeard = Date.now();
+  /** when each open upload last received data or had data written */
+  private readonly uploadActivity = new Map<number, number>();
+  private idleTimer: NodeJS.Timeout | undefined;
+  /** requests being answered */
+  private answering = 0;
 
-  constructor(private readonly conn: FrameConnection, private readonly lookup: (name: string) => ServerContext | undefined, baseLog: Logger, remote: string) {
+  constructor(private readonly conn: FrameConnection, private readonly lookup: (name: string) => ServerContext | undefined, baseLog: Logger, readonly remote: string, private readonly options: SessionOptions = { idleMs: 30_000 }) {
     this.log = baseLog.child({ session: this.id, remote });
+    conn.ws.on('ping', () => {
+      this.lastHeard = Date.now();
+    });
     this.handshakeTimer = setTimeout(() => {
       void this.conn.fail(new BarmanError(ErrorCode.AUTH_FAILED, 'no authentication within 10 s', 'Check that the agent runs a compatible barman-ts version.'), CloseCode.AUTH);
     }, HANDSHAKE_TIMEOUT_MS);
     conn.onFrame((frame) => this.onFrame(frame));
     conn.onClose((err) => {
       clearTimeout(this.handshakeTimer);
+      clearInterval(this.idleTimer);
       if (err && err.code !== ErrorCode.CONNECTION_LOST) this.log.warn({ code: err.code }, err.message);
       else this.log.debug('session closed');
-      for (const upload of this.uploads.values()) upload.abort().catch(() => undefined);
+      for (const upload of this.uploads.values()) upload.abort().catch(() => undefined).finally(() => this.release(upload));
       this.uploads.clear();
     });
   }
@@ -71,9 +94,20 @@ export class Session implements Peer {
     return this.conn.send(frame);
   }
 
-  /** Nothing half-received or half-stored: no upload open or finishing. */
-  get idle(): boolean {
-    return this.uploads.size === 0 && this.finishing === 0;
+  /** Receiving files from a peer that is still sending them: worth waiting for while the service stops. */
+  get draining(): boolean {
+    return this.finishing > 0 || (this.uploads.size > 0 && Date.now() - this.lastHeard < DRAIN_QUIET_MS);
+  }
+
+  /** How long the agent has been silent with nothing in progress; undefined while it has work here or keeps the server's daemon or admin role. */
+  quietFor(now: number): number | undefined {
+    if (this.uploads.size > 0 || this.finishing > 0 || this.answering > 0 || this.role === 'daemon' || this.role === 'admin') return undefined;
+    return now - this.lastHeard;
+  }
+
+  /** Closed to make room for another session of its server. */
+  evict(err: BarmanError): void {
+    void this.conn.fail(err, CloseCode.PROTOCOL);
   }
 
   /** Another daemon of the same server took over: this one is closed, with a reason it can log. */
@@ -81,7 +115,22 @@ export class Session implements Peer {
     void this.conn.fail(new BarmanError(ErrorCode.AGENT_NOT_CONNECTED, reason, 'Run one barman-agent daemon per PostgreSQL server.'), CloseCode.REPLACED);
   }
 
+  get closed(): boolean {
+    return this.conn.closed;
+  }
+
+  probe(timeoutMs: number): Promise<boolean> {
+    return this.conn.probe(timeoutMs);
+  }
+
+  /** A connection left behind (its daemon came back on a new one, or stopped answering): dropped. */
+  drop(reason: string): void {
+    this.log.info(`closing this agent daemon connection: ${reason}`);
+    this.conn.terminate();
+  }
+
   private async onFrame(frame: Frame): Promise<void> {
+    this.lastHeard = Date.now();
     switch (this.state.phase) {
       case 'hello':
         return this.onHello(frame);
@@ -97,37 +146,40 @@ export class Session implements Peer {
     if (frame.protocolVersion !== PROTOCOL_VERSION) {
       throw new BarmanError(ErrorCode.PROTOCOL, `agent speaks protocol version ${frame.protocolVersion}, this receiver speaks ${PROTOCOL_VERSION}`, 'Install the same barman-ts version on the agent and the receiver.');
     }
+    // an unknown server gets a challenge too, and its proof is checked against a secret nobody
+    // holds: on the wire it is a wrong token, so the port does not tell which server names exist
     const server = this.lookup(frame.server);
-    if (!server) {
-      this.log.warn({ server: frame.server, code: ErrorCode.UNKNOWN_SERVER }, 'refused agent for unknown server');
-      await this.conn.fail(new BarmanError(ErrorCode.UNKNOWN_SERVER, `the receiver has no server named "${frame.server}"`, 'Check server = ... in the agent configuration against the sections of the receiver configuration (barman-receiver list-servers).'), CloseCode.AUTH);
-      return;
-    }
     const serverNonce = newNonce();
-    this.state = { phase: 'auth', hello: frame, server: server.config, serverNonce };
+    this.state = { phase: 'auth', hello: frame, server: server?.config ?? decoyServer(frame.server), serverNonce, known: server !== undefined };
     await this.conn.send({ type: 'challenge', protocolVersion: PROTOCOL_VERSION, serverNonce });
   }
 
   private async onAuth(frame: Frame, state: Extract<State, { phase: 'auth' }>): Promise<void> {
     if (frame.type !== 'auth') throw protocolError(`expected auth, got ${frame.type}`);
-    const { hello, server, serverNonce } = state;
-    const expected = computeProof(server.token, 'agent', server.name, hello.clientNonce, serverNonce);
-    if (!proofMatches(expected, frame.proof)) {
-      this.log.warn({ server: server.name, code: ErrorCode.AUTH_FAILED }, 'refused agent: wrong token');
-      await this.conn.fail(new BarmanError(ErrorCode.AUTH_FAILED, `authentication failed for server "${server.name}": the agent's token does not match`, `Make the agent's token_file hold the same secret as token_file in the receiver's [${server.name}] section.`), CloseCode.AUTH);
+    const { hello, server, serverNonce, known } = state;
+    // the proof binds the hello as received (server, role, versions) and both nonces
+    const proofContext = { ...hello, serverNonce };
+    const expected = computeProof(server.token, 'agent', proofContext);
+    if (!proofMatches(expected, frame.proof) || !known) {
+      if (known) this.log.warn({ server: server.name, code: ErrorCode.AUTH_FAILED }, 'refused agent: wrong token');
+      else this.log.warn({ server: server.name, code: ErrorCode.UNKNOWN_SERVER }, 'refused agent: no such server (answered as a wrong token)');
+      await this.conn.fail(authFailed(server.name), CloseCode.AUTH);
       return;
     }
     clearTimeout(this.handshakeTimer);
     const context = this.lookup(server.name)!;
+    // over its server's session limit the agent is told so, in words, before the close
+    context.admit(this, hello.role, this.options.idleMs);
+    this.options.onAuthenticated?.();
+    this.idleTimer = setInterval(() => this.abortStalledUploads(), Math.min(1000, this.options.idleMs / 4));
+    this.idleTimer.unref();
     this.log = this.log.child({ server: server.name, role: hello.role });
     this.role = hello.role;
     this.state = { phase: 'ready', server: context };
     this.conn.onClose(() => context.detach(this));
-    if (hello.role === 'daemon') {
-      context.attachDaemon(this);
-      this.conn.heartbeat(DAEMON_HEARTBEAT_MS);
-    }
-    await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', server.name, hello.clientNonce, serverNonce) });
+    // a daemon becomes the server's agent with its daemon-attach, which may be refused
+    if (hello.role === 'daemon') this.conn.heartbeat(DAEMON_HEARTBEAT_MS);
+    await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', proofContext) });
     this.log.debug('agent authenticated');
   }
 
@@ -140,16 +192,18 @@ export class Session implements Peer {
           const t = frame.target;
           if (t.kind === 'wal') {
             this.allow(['push', 'daemon', 'backup'], 'archive WAL');
-            this.uploads.set(frame.id, await server.walArchive.begin(t.name, frame.size));
+            this.uploads.set(frame.id, await server.openUpload(() => server.walArchive.begin(t.name, frame.size)));
           } else {
             this.allow(['daemon', 'backup'], 'send backup files');
-            this.uploads.set(frame.id, await server.backupFile(this, t.backupId, t.path, frame.size, t.mtime));
+            this.uploads.set(frame.id, await server.openUpload(() => server.backupFile(this, t.backupId, t.path, frame.size, t.mtime)));
           }
+          this.uploadActivity.set(frame.id, Date.now());
         }, undefined, true);
       case 'chunk': {
         const upload = this.uploads.get(frame.id);
         if (!upload && this.failedUploads.has(frame.id)) return;
         if (!upload) throw protocolError(`chunk for ${frame.id}, which is not open`);
+        this.uploadActivity.set(frame.id, Date.now());
         return this.queueWrite(frame.id, upload, frame.data);
       }
       case 'end': {
@@ -172,7 +226,10 @@ export class Session implements Peer {
           }
         }, upload)
           .catch((err: unknown) => void this.conn.fail(asBarmanError(err)))
-          .finally(() => this.finishing--);
+          .finally(() => {
+            this.finishing--;
+            this.release(upload);
+          });
         return;
       }
       case 'get':
@@ -196,6 +253,10 @@ export class Session implements Peer {
           await server.abortBackup(this, frame.backupId, frame.reason);
           await this.conn.send({ type: 'backup-status', id: frame.id, backupId: frame.backupId, status: 'FAILED', reason: frame.reason });
         });
+      case 'backup-total':
+        this.allow(['daemon', 'backup'], 'take backups');
+        server.backupTotal(this, frame.backupId, frame.files, frame.bytes);
+        return;
       case 'backup-start':
         return this.answer(frame.id, async () => {
           this.allow(['admin'], 'request backups');
@@ -226,10 +287,21 @@ export class Session implements Peer {
         });
       case 'wal-data':
         return this.answer(frame.id, () => server.appendStream(this, frame));
+      case 'stream-keepalive':
+        this.allow(['daemon'], 'stream WAL');
+        server.streamKeepalive(this, frame);
+        return;
+      case 'daemon-attach':
+        return this.answer(frame.id, async () => {
+          this.allow(['daemon'], 'attach as the agent daemon');
+          await server.attachDaemon(this, { instance: frame.instance, takeover: frame.takeover, host: frame.host, pid: frame.pid });
+          this.log.info({ instance: frame.instance, host: frame.host, pid: frame.pid, takeover: frame.takeover }, 'agent daemon attached');
+          await this.conn.send({ type: 'daemon-attached', id: frame.id });
+        });
       case 'status-request':
         return this.answer(frame.id, async () => {
           this.allow(['admin'], 'ask for status');
-          await this.conn.send({ type: 'status', id: frame.id, agentConnected: server.daemon !== undefined, agentSince: server.daemonSince?.toISOString() ?? '', backupRunning: server.runningBackup ?? '', streaming: server.stream.state() });
+          await this.conn.send({ type: 'status', id: frame.id, agentConnected: server.daemon !== undefined, agentSince: server.daemonSince?.toISOString() ?? '', backupRunning: server.runningBackup ?? '', streaming: server.streamingState() });
         });
       case 'error':
         // the daemon's answer to a request of ours (a backup request it could not run)
@@ -241,36 +313,51 @@ export class Session implements Peer {
     }
   }
 
-  /** admin → daemon backup request; answers with backup-status frames (STARTED, then the end state when waiting). */
+  /**
+   * admin → daemon backup request; answers with backup-status STARTED. When the admin waits: every
+   * later status up to DONE or FAILED, backup-progress about once a second while the files arrive,
+   * and one last backup-progress when they are all in (before WAITING_FOR_WALS or DONE).
+   */
   private async startBackupFor(id: number, wait: boolean, server: ServerContext): Promise<void> {
     let backupId: string | undefined;
     let finished = false;
+    let ticker: NodeJS.Timeout | undefined;
+    const send = (frame: Frame) => void this.conn.send(frame).catch(() => undefined);
+    const sendProgress = () => {
+      const progress = backupId === undefined ? undefined : server.backupProgress(backupId);
+      if (progress) send({ type: 'backup-progress', id, ...progress });
+    };
+    const finish = () => {
+      finished = true;
+      clearInterval(ticker);
+      unsubscribe();
+    };
     const unsubscribe = server.onBackupChange((info) => {
-      if (finished || info.backupId !== backupId) return;
-      if (info.status === 'DONE' || info.status === 'FAILED') {
-        finished = true;
-        unsubscribe();
-        void this.conn.send({ type: 'backup-status', id, backupId: info.backupId, status: info.status, ...(info.error ? { reason: info.error } : {}) }).catch(() => undefined);
+      if (finished || !wait || info.backupId !== backupId || info.status === 'STARTED') return;
+      if (ticker !== undefined && info.status !== 'FAILED') {
+        // the files are all in: their final counts, once, before the status that follows
+        clearInterval(ticker);
+        ticker = undefined;
+        sendProgress();
       }
+      send({ type: 'backup-status', id, backupId: info.backupId, status: info.status, ...(info.error ? { reason: info.error } : {}) });
+      if (info.status === 'DONE' || info.status === 'FAILED') finish();
     });
-    this.conn.onClose(() => unsubscribe());
+    this.conn.onClose(() => finish());
     try {
       await server.requestBackup((result) => {
         if (result instanceof BarmanError) {
-          finished = true;
-          unsubscribe();
-          void this.conn.send(errorFrame(result, id)).catch(() => undefined);
+          finish();
+          send(errorFrame(result, id));
           return;
         }
         backupId = result.backupId;
-        void this.conn.send({ type: 'backup-status', id, backupId: result.backupId, status: result.status }).catch(() => undefined);
-        if (!wait) {
-          finished = true;
-          unsubscribe();
-        }
+        send({ type: 'backup-status', id, backupId: result.backupId, status: result.status });
+        if (!wait) finish();
+        else ticker = setInterval(sendProgress, PROGRESS_INTERVAL_MS);
       });
     } catch (err) {
-      unsubscribe();
+      finish();
       throw err;
     }
   }
@@ -292,16 +379,10 @@ export class Session implements Peer {
     const write = (this.writes.get(id) ?? Promise.resolve()).then(() => upload.write(data));
     this.writes.set(id, write);
     write
-      .catch((err: unknown) => {
-        // after its end, the end's answer reports the failure; still open, answer now so the
-        // sender stops, its later chunks dropped from this moment on (frames keep arriving)
-        if (this.uploads.get(id) !== upload) return;
-        this.failedUploads.add(id);
-        this.uploads.delete(id);
-        this.writes.delete(id);
-        // nothing may escape unhandled here: it would end the whole receiver
-        this.answer(id, () => Promise.reject(err), upload).catch((e: unknown) => void this.conn.fail(asBarmanError(e)));
+      .then(() => {
+        if (this.uploads.get(id) === upload) this.uploadActivity.set(id, Date.now());
       })
+      .catch((err: unknown) => this.failOpenUpload(id, upload, err))
       .finally(() => {
         this.bytesWriting -= data.length;
         if (this.bytesWriting <= WRITE_HIGH_WATER) for (const wake of this.writeWaiters.splice(0)) wake();
@@ -309,8 +390,44 @@ export class Session implements Peer {
     while (this.bytesWriting > WRITE_HIGH_WATER) await new Promise<void>((resolve) => this.writeWaiters.push(resolve));
   }
 
+  /**
+   * Fails an upload that is still open, answering now so the sender stops; its later chunks are
+   * dropped from this moment on (frames keep arriving). After its end, the end's answer reports
+   * the failure instead.
+   */
+  private failOpenUpload(id: number, upload: Upload, err: unknown): void {
+    if (this.uploads.get(id) !== upload) return;
+    this.failedUploads.add(id);
+    this.uploads.delete(id);
+    this.writes.delete(id);
+    // nothing may escape unhandled here: it would end the whole receiver
+    this.answer(id, () => Promise.reject(err), upload).catch((e: unknown) => void this.conn.fail(asBarmanError(e)));
+  }
+
+  /**
+   * An upload that has had no data for `idleMs` is aborted (its temporary file removed) and its
+   * sender told: a stalled agent must not hold a file and a slot of its server for ever. Not
+   * while this session is held back by the disk: then the silence is ours, not the sender's.
+   */
+  private abortStalledUploads(): void {
+    const now = Date.now();
+    for (const id of this.uploadActivity.keys()) if (!this.uploads.has(id)) this.uploadActivity.delete(id);
+    if (this.bytesWriting > WRITE_HIGH_WATER) return;
+    for (const [id, upload] of this.uploads) {
+      if (now - (this.uploadActivity.get(id) ?? now) < this.options.idleMs) continue;
+      const seconds = Math.round(this.options.idleMs / 1000);
+      this.failOpenUpload(id, upload, new BarmanError(ErrorCode.TIMEOUT, `${upload.label}: no data for ${seconds} s, the upload is aborted`, 'The sender stalled or the network path drops packets; the agent retries (PostgreSQL retries archive_command), and a failed backup can be taken again.'));
+    }
+  }
+
+  /** An upload is over (stored, failed or aborted): its slot of the server's limit is free. */
+  private release(upload: Upload): void {
+    if (this.state.phase === 'ready') this.state.server.releaseUpload(upload);
+  }
+
   /** Runs one step of a request; a failure answers that request with an error frame. */
   private async answer(id: number, step: () => Promise<void>, upload?: Upload, opensUpload = false): Promise<void> {
+    this.answering++;
     try {
       await step();
     } catch (err) {
@@ -325,9 +442,12 @@ export class Session implements Peer {
         this.uploads.delete(id);
         this.writes.delete(id);
         await open.abort().catch(() => undefined);
+        this.release(open);
       }
       if (e.code !== ErrorCode.WAL_NOT_FOUND) this.log.warn({ code: e.code, err: e.cause ?? undefined }, e.message);
       await this.conn.send(errorFrame(e, id));
+    } finally {
+      this.answering--;
     }
   }
 
@@ -367,6 +487,20 @@ export class Session implements Peer {
     this.log.info({ backup: plan.backupId, target: plan.targetDescription }, 'restore planned for the agent');
     await this.sendStream(id, 'restore-plan.json', json.length, Readable.from([json]));
   }
+}
+
+/** Wrong token and unknown server alike: one message, one hint that names both things to check. */
+function authFailed(server: string): BarmanError {
+  return new BarmanError(
+    ErrorCode.AUTH_FAILED,
+    `authentication failed for server "${server}": the receiver has no server of that name, or the agent's token is not that server's`,
+    `Check that server = ${server} in the agent configuration names a section of the receiver configuration (barman-receiver list-servers), and that the agent's token_file holds the same secret as token_file in that section.`,
+  );
+}
+
+/** What an unknown server name is checked against: a secret made up for this one handshake. */
+function decoyServer(name: string): Pick<ServerConfig, 'name' | 'token'> {
+  return { name, token: randomBytes(32).toString('hex') };
 }
 
 function protocolError(message: string): BarmanError {

@@ -9,6 +9,7 @@ import { createGzip, type Gzip } from 'node:zlib';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import { fsyncDir } from '../../shared/durable';
+import { makeDirs } from '../../shared/dirs';
 
 export { fsyncDir, fsyncTree } from '../../shared/durable';
 
@@ -18,18 +19,10 @@ const EARLY_FLUSH_BYTES = 4 * 1024 * 1024;
 /** mkdir -p that fsyncs the parent of every directory it creates, so the new entries survive a crash. */
 export async function ensureDir(path: string): Promise<void> {
   try {
-    await fs.access(path);
-    return;
-  } catch {
-    // fall through and create
-  }
-  await ensureDir(dirname(path));
-  try {
-    await fs.mkdir(path, { mode: 0o750 });
+    for (const dir of await makeDirs(path, 0o750)) await fsyncDir(dirname(dir));
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    throw storageError(err, `cannot create directory ${path}`);
   }
-  await fsyncDir(dirname(path));
 }
 
 export async function exists(path: string): Promise<boolean> {

@@ -1,6 +1,9 @@
 // backup.info: what the catalog knows about one backup, as `key=value` lines like Barman's.
 // Also the backup ID: the start time as YYYYMMDDTHHMMSS in the receiver's local time.
 
+import type { BackupSymlink } from './paths';
+import { snakeCase } from '../snake-case';
+
 export const BACKUP_STATUSES = ['STARTED', 'WAITING_FOR_WALS', 'DONE', 'FAILED'] as const;
 export type BackupStatus = (typeof BACKUP_STATUSES)[number];
 
@@ -25,19 +28,18 @@ export interface BackupInfo {
   /** JSON: [{oid, name, location}] */
   tablespaces: Array<{ oid: string; name: string; location: string }>;
   keep: boolean;
+  /** JSON: [{path, target}], the data directory's symlinks (backup_manifest lists files only); recovery recreates them as links */
+  symlinks: BackupSymlink[];
 }
 
 const NUMERIC: ReadonlySet<keyof BackupInfo> = new Set(['timeline', 'pgVersion', 'size', 'fileCount']);
-
-function snake(key: string): string {
-  return key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
-}
+const JSON_KEYS: ReadonlySet<keyof BackupInfo> = new Set(['tablespaces', 'symlinks']);
 
 export function formatBackupInfo(info: BackupInfo): string {
   const lines: string[] = [];
   for (const [key, value] of Object.entries(info)) {
-    const text = key === 'tablespaces' ? JSON.stringify(value) : String(value);
-    lines.push(`${snake(key)}=${text.replace(/\n/g, ' ')}`);
+    const text = JSON_KEYS.has(key as keyof BackupInfo) ? JSON.stringify(value) : String(value);
+    lines.push(`${snakeCase(key)}=${text.replace(/\n/g, ' ')}`);
   }
   return lines.join('\n') + '\n';
 }
@@ -51,10 +53,10 @@ export function parseBackupInfo(text: string): BackupInfo {
   const info: Record<string, unknown> = {};
   const template: BackupInfo = emptyInfo('');
   for (const key of Object.keys(template) as Array<keyof BackupInfo>) {
-    const value = raw.get(snake(key));
+    const value = raw.get(snakeCase(key));
     if (value === undefined) {
       info[key] = template[key];
-    } else if (key === 'tablespaces') {
+    } else if (JSON_KEYS.has(key)) {
       info[key] = JSON.parse(value || '[]');
     } else if (key === 'keep') {
       info[key] = value === 'true';
@@ -68,7 +70,7 @@ export function parseBackupInfo(text: string): BackupInfo {
 export function emptyInfo(backupId: string): BackupInfo {
   return {
     backupId, status: 'STARTED', error: '', beginTime: '', endTime: '', beginLsn: '', endLsn: '', beginWal: '', endWal: '',
-    timeline: 0, pgVersion: 0, systemIdentifier: '', pgdata: '', size: 0, fileCount: 0, tablespaces: [], keep: false,
+    timeline: 0, pgVersion: 0, systemIdentifier: '', pgdata: '', size: 0, fileCount: 0, tablespaces: [], keep: false, symlinks: [],
   };
 }
 
@@ -79,13 +81,28 @@ export function backupIdFor(date: Date): string {
   return `${date.getFullYear()}${pad(date.getMonth() + 1)}${pad(date.getDate())}T${pad(date.getHours())}${pad(date.getMinutes())}${pad(date.getSeconds())}`;
 }
 
-/** The seed's display form: 2011-09-19 17:24:39.769161 (local time). */
+/** Barman's display form: 2011-09-19 17:24:39.769161 (local time). */
 export function displayTime(iso: string): string {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return '';
   const micro = pad(d.getMilliseconds(), 3) + '000';
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${micro}`;
+  return `${localDate(d)} ${localClock(d)}.${micro}`;
 }
+
+/**
+ * ISO 8601 in local time with the offset, 2011-09-19T17:24:39.769+02:00: the clock a backup ID
+ * is spelled in, so `--json` shows begin_time and backup_id alike. Not a time: returned as it is.
+ */
+export function localIsoTime(iso: string): string {
+  const d = new Date(iso);
+  if (!iso || Number.isNaN(d.getTime())) return iso;
+  const offset = -d.getTimezoneOffset();
+  const abs = Math.abs(offset);
+  return `${localDate(d)}T${localClock(d)}.${pad(d.getMilliseconds(), 3)}${offset < 0 ? '-' : '+'}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
+}
+
+const localDate = (d: Date) => `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+const localClock = (d: Date) => `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 
 export function isBackupId(text: string): boolean {
   return /^\d{8}T\d{6}$/.test(text);

@@ -1,4 +1,4 @@
-// The agent's configuration (SPEC §2): one [agent] section. Parsed and validated once, into AgentConfig.
+// The agent's configuration (docs/configuration.md): one [agent] section. Parsed and validated once, into AgentConfig.
 
 import { existsSync } from 'node:fs';
 import { configError, locateConfig, readIni, SectionReader, SERVER_NAME } from './ini';

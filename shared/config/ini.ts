@@ -1,8 +1,8 @@
 // Reading INI files into typed, validated objects. Every complaint names the file, the section,
 // the key and what is expected; secret values never appear in a message.
 
-import { readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
+import { homedir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'ini';
 import { BarmanError, ErrorCode } from '../errors';
@@ -110,13 +110,7 @@ export class SectionReader {
     const path = this.string(fileKey);
     const inline = this.string(prefix);
     if (path !== undefined) {
-      let text: string;
-      try {
-        text = readFileSync(path, 'utf8');
-      } catch (err) {
-        throw configError(this.file, this.section, fileKey, `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, 'Check that the file exists and that this user may read it (mode 0600, owned by the service user).');
-      }
-      const secret = text.trim();
+      const secret = this.readSecretFile(fileKey, path).trim();
       if (secret.length < 16) throw configError(this.file, this.section, fileKey, `the secret in ${path} is shorter than 16 characters`, 'Generate one with: openssl rand -hex 32 > FILE');
       return secret;
     }
@@ -127,6 +121,35 @@ export class SectionReader {
     throw configError(this.file, this.section, fileKey, `missing required key (the shared secret)`, `Add "${fileKey} = /path/to/secret" to the [${this.section}] section.`);
   }
 
+  /**
+   * Reads a secret file the way ssh reads a private key: refused when others may read or write it
+   * (group or other bits) or when it belongs to someone other than this user or root, who could
+   * then swap the secret. Checked on the open file, so the file checked is the file read.
+   */
+  private readSecretFile(fileKey: string, path: string): string {
+    let fd: number | undefined;
+    try {
+      fd = openSync(path, 'r');
+      const st = fstatSync(fd);
+      const uid = process.getuid?.();
+      if (st.isDirectory()) throw Object.assign(new Error(`${path} is a directory`), { code: 'EISDIR' });
+      if (!st.isFile()) throw configError(this.file, this.section, fileKey, `${path} is not a regular file`, 'Point it at a file holding the secret alone.');
+      if ((st.mode & 0o077) !== 0) {
+        const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
+        throw configError(this.file, this.section, fileKey, `${path} has mode ${mode}: the secret must not be readable by other users`, `Run chmod 600 ${path} (a secret others may read is refused, as ssh refuses such a private key).`);
+      }
+      if (uid !== undefined && st.uid !== uid && st.uid !== 0) {
+        throw configError(this.file, this.section, fileKey, `${path} belongs to uid ${st.uid}, not to this user (uid ${uid}) or root`, `As root: chown ${userName(uid)} ${path} (the user that runs this program), then chmod 600 ${path}.`);
+      }
+      return readFileSync(fd, 'utf8');
+    } catch (err) {
+      if (err instanceof BarmanError) throw err;
+      throw configError(this.file, this.section, fileKey, `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, 'Check that the file exists and that this user may read it (mode 0600, owned by the service user).');
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+  }
+
   /** Call after reading every key: any key not read is unknown. */
   finish(): void {
     for (const key of Object.keys(this.values)) {
@@ -134,6 +157,14 @@ export class SectionReader {
         throw configError(this.file, this.section, key, 'unknown key', `Remove it or check its spelling; the commented example in config/ lists every key.`);
       }
     }
+  }
+}
+
+function userName(uid: number): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return String(uid);
   }
 }
 

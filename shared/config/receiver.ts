@@ -1,4 +1,4 @@
-// The receiver's configuration (SPEC §2): one [barman] section for the service, one section per
+// The receiver's configuration (docs/configuration.md): one [barman] section for the service, one section per
 // PostgreSQL server. Parsed and validated once, into ReceiverConfig.
 
 import { existsSync } from 'node:fs';
@@ -27,6 +27,8 @@ export interface ReceiverConfig {
   tls: { cert: string; key: string } | undefined;
   logLevel: LogLevel;
   compression: Compression;
+  /** seconds an upload may go without data before it is aborted; also how long a session must be silent before it may be closed to make room */
+  timeoutSeconds: number;
   servers: Map<string, ServerConfig>;
 }
 
@@ -57,6 +59,7 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
     // Node 20's zlib has neither; both are reserved until the catalog can stream them
     throw configError(file, 'barman', 'compression', `${compression} is not available in this version of barman-ts`, 'Use compression = gzip (or none); stored files keep their format when this changes.');
   }
+  const timeoutSeconds = r.integer('timeout', 30, 1);
   r.finish();
 
   const servers = new Map<string, ServerConfig>();
@@ -75,5 +78,5 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
     s.finish();
     servers.set(name, { name, description, token, retentionPolicy, minimumRedundancy });
   }
-  return { file, barmanHome, listen, tls: cert && key ? { cert, key } : undefined, logLevel, compression, servers };
+  return { file, barmanHome, listen, tls: cert && key ? { cert, key } : undefined, logLevel, compression, timeoutSeconds, servers };
 }

@@ -2,7 +2,7 @@
 // then run requests by id. Files go out as put → chunk* → end and come back as file → chunk* → end,
 // hashed on both sides; nothing here buffers more than a chunk or two.
 
-import { promises as fs, readFileSync } from 'node:fs';
+import { constants, promises as fs, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import WebSocket from 'ws';
 import type { AgentConfig } from '../config/agent';
@@ -55,6 +55,7 @@ export class AgentConnection {
     });
     const conn = new FrameConnection(ws);
     const clientNonce = newNonce();
+    const hello = { type: 'hello', protocolVersion: PROTOCOL_VERSION, server: config.server, role, clientNonce, agentVersion: AGENT_VERSION } as const;
     const handshake = new Promise<AgentConnection>((resolve, reject) => {
       let serverNonce: Uint8Array | undefined;
       const timer = setTimeout(() => {
@@ -77,11 +78,17 @@ export class AgentConnection {
           clearTimeout(timer);
           reject(errorFromFrame(frame));
         } else if (frame.type === 'challenge' && !serverNonce) {
+          if (frame.protocolVersion !== PROTOCOL_VERSION) {
+            clearTimeout(timer);
+            reject(new BarmanError(ErrorCode.PROTOCOL, `the receiver at ${url} speaks protocol version ${frame.protocolVersion}, this agent speaks ${PROTOCOL_VERSION}`, 'Install the same barman-ts version on the agent and the receiver.'));
+            conn.close(4002, 'protocol');
+            return;
+          }
           serverNonce = frame.serverNonce;
-          await conn.send({ type: 'auth', proof: computeProof(config.token, 'agent', config.server, clientNonce, frame.serverNonce) });
+          await conn.send({ type: 'auth', proof: computeProof(config.token, 'agent', { ...hello, serverNonce }) });
         } else if (frame.type === 'welcome' && serverNonce) {
           clearTimeout(timer);
-          const expected = computeProof(config.token, 'receiver', config.server, clientNonce, serverNonce);
+          const expected = computeProof(config.token, 'receiver', { ...hello, serverNonce });
           if (!proofMatches(expected, frame.proof)) {
             conn.close(4001, 'receiver proof');
             reject(new BarmanError(ErrorCode.AUTH_FAILED, `the receiver at ${url} could not prove it holds the token of "${config.server}"`, 'Something other than your barman-receiver answers on that address, or its token differs; check both token files.'));
@@ -100,13 +107,18 @@ export class AgentConnection {
       });
     });
     ws.once('open', () => {
-      conn.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION, server: config.server, role, clientNonce, agentVersion: AGENT_VERSION }).catch(() => undefined); // a close is reported by the handshake
+      conn.send(hello).catch(() => undefined); // a close is reported by the handshake
     });
     return handshake;
   }
 
   close(): void {
     this.conn.close();
+  }
+
+  /** Drops the connection at once, without the close handshake (a peer that does not answer it). */
+  terminate(): void {
+    this.conn.terminate();
   }
 
   /**
@@ -121,7 +133,8 @@ export class AgentConnection {
     const id = this.nextId++;
     let fh: fs.FileHandle;
     try {
-      fh = await fs.open(path, 'r');
+      // a backup file is read where the walk found it, never through a link swapped in since
+      fh = await fs.open(path, target.kind === 'backup-file' ? constants.O_RDONLY | constants.O_NOFOLLOW : 'r');
     } catch (err) {
       if (asOfStat && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw localFileError(path, err);
@@ -178,7 +191,13 @@ export class AgentConnection {
     const id = this.nextId++;
     if (this.failure) throw this.failure;
     this.waiters.set(id, onFrame);
-    await this.conn.send(build(id));
+    try {
+      await this.conn.send(build(id));
+    } catch (err) {
+      // nobody will close a channel that never opened: its handler must not hear the connection's end
+      this.waiters.delete(id);
+      throw err;
+    }
     return { id, close: () => this.waiters.delete(id) };
   }
 

@@ -66,6 +66,31 @@ export class FrameConnection {
     this.onClose(() => clearInterval(timer));
   }
 
+  /**
+   * Asks the peer for a sign of life now: true as soon as it answers (a pong, or any message),
+   * false when it has not within `timeoutMs` or the connection is gone.
+   */
+  probe(timeoutMs: number): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const done = (alive: boolean) => {
+        clearTimeout(timer);
+        this.ws.off('pong', answered);
+        this.ws.off('message', answered);
+        resolve(alive);
+      };
+      const answered = () => done(true);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.ws.on('pong', answered);
+      this.ws.on('message', answered);
+      try {
+        this.ws.ping();
+      } catch {
+        done(false);
+      }
+    });
+  }
+
   get closed(): boolean {
     return this.closedError !== undefined || this.ws.readyState >= 2;
   }

@@ -6,7 +6,10 @@
 // ack or error. The sender hashes while it reads, the receiver hashes while it writes; the
 // receiver acks only after fsync and a matching checksum.
 
-export const PROTOCOL_VERSION = 1;
+import type { BackupSymlink } from '../backup/paths';
+
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks */
+export const PROTOCOL_VERSION = 2;
 /** bytes of file data per chunk frame */
 export const CHUNK_SIZE = 1024 * 1024;
 /** the largest WebSocket message either side accepts (a chunk plus its envelope, with room) */
@@ -45,6 +48,8 @@ export interface BackupStop {
   tablespaceMap: string;
   /** every directory of the backup, relative, so empty ones (pg_wal, pg_replslot, ...) exist on restore */
   directories: string[];
+  /** the data directory's symbolic links (pg_tblspc/<oid> aside), kept as links: never followed, recreated on restore */
+  symlinks: BackupSymlink[];
 }
 
 export interface HelloFrame { type: 'hello'; protocolVersion: number; server: string; role: Role; clientNonce: Uint8Array; agentVersion: string }
@@ -72,14 +77,21 @@ export interface BackupRequestFrame { type: 'backup-request'; id: number }
 export interface BackupStartFrame { type: 'backup-start'; id: number; wait: boolean }
 /** receiver → agent/admin: where a backup stands */
 export interface BackupStatusFrame { type: 'backup-status'; id: number; backupId: string; status: string; reason?: string }
+/** agent → receiver, no answer: what the backup's walk found to send (the totals progress is measured against) */
+export interface BackupTotalFrame { type: 'backup-total'; backupId: string; files: number; bytes: number }
+/** receiver → admin waiting on a backup-start: how far the backup's files are, about once a second while they arrive, and once when they are all in */
+export interface BackupProgressFrame { type: 'backup-progress'; id: number; backupId: string; files: number; bytes: number; elapsedMs: number; totalFiles?: number; totalBytes?: number }
 
 /** restore → receiver: one data file of a DONE backup, answered like get (file, chunk*, end) */
 export interface GetBackupFileFrame { type: 'get-backup-file'; id: number; backupId: string; path: string }
 /** restore → receiver: plan a recovery; answered like get, with the plan as a JSON document */
 export interface RestorePlanRequestFrame { type: 'restore-plan-request'; id: number; backup: string; options: Record<string, unknown> }
 
-/** daemon → receiver: WAL streaming starts on this cluster and timeline; answered by stream-position */
-export interface StreamOpenFrame { type: 'stream-open'; id: number; timeline: number; systemIdentifier: string; segmentSize: number; serverLsn: string; /** where this timeline branched off its parent ('' on timeline 1) */ switchLsn: string; parentTimeline: number }
+/**
+ * daemon → receiver: WAL streaming starts on this cluster and timeline; answered by stream-position.
+ * `timeoutSeconds`: the receiver calls the stream stale when it hears nothing of it (WAL or keepalive) for that long.
+ */
+export interface StreamOpenFrame { type: 'stream-open'; id: number; timeline: number; systemIdentifier: string; segmentSize: number; serverLsn: string; /** where this timeline branched off its parent ('' on timeline 1) */ switchLsn: string; parentTimeline: number; timeoutSeconds?: number }
 /** receiver → daemon: stream from here (lsn '' = no streamed WAL yet: start where the slot holds WAL) */
 export interface StreamPositionFrame { type: 'stream-position'; id: number; timeline: number; lsn: string }
 /** daemon → receiver: WAL bytes from `startLsn`; `walEnd` is the primary's position when sent */
@@ -88,18 +100,36 @@ export interface WalDataFrame { type: 'wal-data'; id: number; timeline: number; 
 export interface StreamSegmentFrame { type: 'stream-segment'; id: number; name: string; sha256: string }
 /** receiver → daemon: everything up to `flushLsn` is fsynced on the backup host */
 export interface StreamFlushedFrame { type: 'stream-flushed'; id: number; timeline: number; flushLsn: string }
+/** daemon → receiver: PostgreSQL answered a keepalive just now, its WAL sent up to `serverLsn` (a quiet primary is alive) */
+export interface StreamKeepaliveFrame { type: 'stream-keepalive'; id: number; timeline: number; serverLsn: string }
+
+/**
+ * daemon → receiver, right after welcome: become the server's one agent daemon; answered by
+ * daemon-attached, or refused while another live daemon holds the server. `instance` is the same
+ * across the reconnects of one daemon process; `takeover` closes a live one instead.
+ */
+export interface DaemonAttachFrame { type: 'daemon-attach'; id: number; instance: string; takeover: boolean; host: string; pid: number }
+export interface DaemonAttachedFrame { type: 'daemon-attached'; id: number }
 
 /** admin → receiver: what the service knows live about the server */
 export interface StatusRequestFrame { type: 'status-request'; id: number }
 /** receiver → admin: whether an agent daemon is connected, since when (ISO) */
-export interface StreamingState { state: string; timeline: number; receivedLsn: string; flushLsn: string; serverLsn: string; lastFlushAt: string }
+export interface StreamingState {
+  /** off | streaming | stale (the daemon is there, its stream said nothing for its timeout) | disconnected (no daemon) */
+  state: string;
+  timeline: number; receivedLsn: string; flushLsn: string; serverLsn: string; lastFlushAt: string;
+  /** ISO times ('' = never): last WAL or keepalive of the stream; last time the receiver had flushed all PostgreSQL had sent */
+  lastHeardAt: string; caughtUpAt: string;
+}
 export interface StatusFrame { type: 'status'; id: number; agentConnected: boolean; agentSince: string; backupRunning: string; streaming: StreamingState }
 
 export type Frame =
   | HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame
   | BackupBeginFrame | BackupAcceptedFrame | BackupEndFrame | BackupAbortFrame | BackupRequestFrame | BackupStartFrame | BackupStatusFrame
+  | BackupTotalFrame | BackupProgressFrame
   | StatusRequestFrame | StatusFrame | GetBackupFileFrame | RestorePlanRequestFrame
-  | StreamOpenFrame | StreamPositionFrame | WalDataFrame | StreamFlushedFrame | StreamSegmentFrame;
+  | StreamOpenFrame | StreamPositionFrame | WalDataFrame | StreamFlushedFrame | StreamSegmentFrame
+  | StreamKeepaliveFrame | DaemonAttachFrame | DaemonAttachedFrame;
 export type FrameType = Frame['type'];
 
 // ---- validation -----------------------------------------------------------------------------
@@ -141,8 +171,11 @@ const recoveryOptions: Check = (v) => {
     return typeof x === 'boolean' || str(200)(x);
   });
 };
-const streamingState = record({ state: str(32), timeline: uint, receivedLsn: (v) => v === '' || lsn(v), flushLsn: (v) => v === '' || lsn(v), serverLsn: (v) => v === '' || lsn(v), lastFlushAt: str(40) });
-const backupStop = record({ stopLsn: lsn, stopTime: iso, backupLabel: str(65536), tablespaceMap: str(1 << 20), directories: arrayOf(str(1024), 1_000_000) });
+const streamingState = record({ state: str(32), timeline: uint, receivedLsn: (v) => v === '' || lsn(v), flushLsn: (v) => v === '' || lsn(v), serverLsn: (v) => v === '' || lsn(v), lastFlushAt: str(40), lastHeardAt: str(40), caughtUpAt: str(40) });
+const backupStop = record({
+  stopLsn: lsn, stopTime: iso, backupLabel: str(65536), tablespaceMap: str(1 << 20), directories: arrayOf(str(1024), 1_000_000),
+  symlinks: arrayOf(record({ path: str(1024), target: str(1024) }), 100_000),
+});
 
 interface Shape { required: Record<string, Check>; optional?: Record<string, Check> }
 
@@ -165,12 +198,17 @@ const SHAPES: Record<FrameType, Shape> = {
   'backup-request': { required: { id: uint } },
   'backup-start': { required: { id: uint, wait: (v) => typeof v === 'boolean' } },
   'backup-status': { required: { id: uint, backupId, status: str(32) }, optional: { reason: str(4096) } },
+  'backup-total': { required: { backupId, files: uint, bytes: uint } },
+  'backup-progress': { required: { id: uint, backupId, files: uint, bytes: uint, elapsedMs: uint }, optional: { totalFiles: uint, totalBytes: uint } },
   'status-request': { required: { id: uint } },
-  'stream-open': { required: { id: uint, timeline: uint, systemIdentifier: (v) => typeof v === 'string' && /^\d{1,20}$/.test(v), segmentSize: uint, serverLsn: lsn, switchLsn: (v) => v === '' || lsn(v), parentTimeline: uint } },
+  'stream-open': { required: { id: uint, timeline: uint, systemIdentifier: (v) => typeof v === 'string' && /^\d{1,20}$/.test(v), segmentSize: uint, serverLsn: lsn, switchLsn: (v) => v === '' || lsn(v), parentTimeline: uint }, optional: { timeoutSeconds: uint } },
   'stream-position': { required: { id: uint, timeline: uint, lsn: (v) => v === '' || lsn(v) } },
   'wal-data': { required: { id: uint, timeline: uint, startLsn: lsn, walEnd: lsn, data: bytes(CHUNK_SIZE) } },
   'stream-flushed': { required: { id: uint, timeline: uint, flushLsn: lsn } },
   'stream-segment': { required: { id: uint, name: str(64), sha256: hex64 } },
+  'stream-keepalive': { required: { id: uint, timeline: uint, serverLsn: lsn } },
+  'daemon-attach': { required: { id: uint, instance: str(64), takeover: (v) => typeof v === 'boolean', host: str(255), pid: uint } },
+  'daemon-attached': { required: { id: uint } },
   'get-backup-file': { required: { id: uint, backupId, path: str(1024) } },
   'restore-plan-request': { required: { id: uint, backup: str(32), options: recoveryOptions } },
   status: { required: { id: uint, agentConnected: (v) => typeof v === 'boolean', agentSince: str(40), backupRunning: str(16), streaming: streamingState } },

@@ -3,6 +3,7 @@
 // host (recover) or on the PostgreSQL host (restore, over the wire).
 
 import type { ManifestFile } from '../backup/manifest';
+import type { BackupSymlink } from '../backup/paths';
 
 export type TargetAction = 'pause' | 'promote' | 'shutdown';
 
@@ -38,6 +39,8 @@ export interface RecoveryPlan {
   /** every directory, relative, so empty ones exist */
   directories: string[];
   tablespaces: PlannedTablespace[];
+  /** the data directory's symlinks, recreated as links once everything else is written */
+  symlinks: BackupSymlink[];
   /** WAL files (segments and .history) to place in barman_wal/ */
   wals: string[];
   /** appended to postgresql.auto.conf */

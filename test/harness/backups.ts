@@ -3,7 +3,7 @@
 // `barman-receiver recover` (as root) into a fresh directory whose parent postgres owns.
 
 import { join } from 'node:path';
-import type { BackupInfo } from '../../shared/backup/info';
+import type { BackupJson } from '../../receiver/commands/backups';
 import { runAgent, runReceiverCli } from './cli';
 import type { Cluster } from './cluster';
 import { makeTempDir } from './env';
@@ -12,8 +12,8 @@ import type { Receiver } from './receiver';
 import { describeRun, type RunResult } from './run';
 import { waitFor } from './wait';
 
-/** What `show-backup --json` / `list-backups --json` print for one backup: its backup.info. */
-export type BackupJson = BackupInfo;
+/** What `show-backup --json` / `list-backups --json` print for one backup: its backup.info, keys in snake_case. */
+export type { BackupJson };
 
 export async function listBackupsJson(receiver: Receiver, server: string): Promise<BackupJson[]> {
   const r = await runReceiverCli(['list-backups', '-c', receiver.configPath, server, '--json']);
@@ -34,7 +34,7 @@ export async function showBackupJson(receiver: Receiver, server: string, id: str
 export async function waitBackupStatus(receiver: Receiver, server: string, id: string, status: BackupJson['status'], cluster?: Pick<Cluster, 'reload'>): Promise<BackupJson> {
   let polls = 0;
   return waitFor(`backup ${id} of ${server} to be ${status}`, async () => {
-    const info = (await listBackupsJson(receiver, server)).find((b) => b.backupId === id);
+    const info = (await listBackupsJson(receiver, server)).find((b) => b.backup_id === id);
     if (info?.status === status) return info;
     if (cluster && ++polls % 20 === 0) await cluster.reload();
     if (info && info.status !== status && (info.status === 'DONE' || info.status === 'FAILED')) throw new Error(`backup ${id} ended ${info.status}${info.error ? ` (${info.error})` : ''}`);

@@ -9,7 +9,7 @@ export function runAgent(args: string[], options: RunOptions = {}): Promise<RunR
   return run(process.execPath, [agentBin(), ...args], { asPostgres: true, ...options });
 }
 
-/** `barman-receiver ...args` (the same bundle is installed as `barman` for the seed forms). */
+/** `barman-receiver ...args` (the same bundle is installed as `barman` for Barman's forms). */
 export function runReceiverCli(args: string[], options: RunOptions = {}): Promise<RunResult> {
   return run(process.execPath, [receiverBin(), ...args], options);
 }

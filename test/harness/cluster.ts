@@ -151,6 +151,19 @@ export class Cluster {
     await this.start();
   }
 
+  /**
+   * SIGKILL to the postmaster, as the OOM killer does: no shutdown checkpoint, no goodbye to
+   * anyone connected. Waits until its children (backends, WAL senders) have noticed and exited
+   * too, so start() can follow (it runs crash recovery).
+   */
+  async crash(): Promise<void> {
+    const pid = this.postmasterPid();
+    if (!pid) throw new Error(`crash(): no postmaster runs for ${this.pgdata}`);
+    const children = childrenOf(pid);
+    process.kill(pid, 'SIGKILL');
+    await waitFor(`postmaster ${pid} and its ${children.length} children to exit`, () => [pid, ...children].every((p) => !isAlive(p)), { timeoutMs: 60_000 });
+  }
+
   async reload(): Promise<void> {
     await this.psql('select pg_reload_conf()');
   }
@@ -255,6 +268,32 @@ export class Cluster {
       process.kill(pid, 'SIGKILL');
       throw new Error(`pg_ctl stop -m immediate left postmaster ${pid} running (killed it)\n${describeRun(r)}`);
     }
+  }
+}
+
+/** The pids whose parent is `pid`, from /proc. */
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const entry of listDir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so read after the last ')'
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(entry));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return out;
+}
+
+/** Alive and not a zombie (a killed child is a zombie until reaped, and kill(pid, 0) still succeeds on it). */
+function isAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
   }
 }
 

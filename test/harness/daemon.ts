@@ -3,7 +3,7 @@
 // `barman-receiver status <srv> --json`, polled until the stream has caught up with PostgreSQL.
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseLsn } from '../../shared/wal/lsn';
 import { runReceiverCli } from './cli';
@@ -11,7 +11,7 @@ import type { Cluster } from './cluster';
 import { agentBin, productEnv, runPaths } from './env';
 import type { Receiver } from './receiver';
 import { track } from './resources';
-import { describeRun } from './run';
+import { describeRun, type RunResult } from './run';
 import { waitFor, type WaitOptions } from './wait';
 
 /** One pino line of the daemon's log. */
@@ -35,7 +35,7 @@ export class AgentDaemon {
   /** every run's output, also kept next to the configuration (KEEP_TMP=1 keeps it) */
   readonly logFile: string;
 
-  private constructor(readonly configPath: string) {
+  private constructor(readonly configPath: string, private readonly args: string[]) {
     this.logFile = join(dirname(configPath), 'daemon.log');
     track({
       what: `barman-agent daemon -c ${configPath}`,
@@ -48,9 +48,12 @@ export class AgentDaemon {
     this.spawn();
   }
 
-  /** Starts `barman-agent daemon -c <configPath>` as postgres; stopped (SIGKILL) when the scope it was started in ends. */
-  static start(configPath: string): AgentDaemon {
-    return new AgentDaemon(configPath);
+  /**
+   * Starts `barman-agent daemon -c <configPath> [...args]` as postgres; stopped (SIGKILL) when the
+   * scope it was started in ends.
+   */
+  static start(configPath: string, args: string[] = []): AgentDaemon {
+    return new AgentDaemon(configPath, args);
   }
 
   get pid(): number | undefined {
@@ -117,10 +120,28 @@ export class AgentDaemon {
     await this.exited;
   }
 
-  /** SIGTERM: the daemon finishes or abandons its work and exits; resolves with its exit code. */
+  /**
+   * SIGTERM to the agent process itself (not to runuser, which would die of the signal it passes
+   * on and hide the exit code): the daemon finishes or abandons its work and exits; resolves with
+   * its exit code.
+   */
   async stop(): Promise<number | null> {
-    this.signal('SIGTERM');
+    const agent = this.agentPid();
+    if (agent) process.kill(agent, 'SIGTERM');
+    else this.signal('SIGTERM');
     return this.exited;
+  }
+
+  /** The barman-agent process under runuser. */
+  private agentPid(): number | undefined {
+    if (!this.running) return undefined;
+    try {
+      const pid = this.child!.pid!;
+      const first = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/)[0];
+      return first ? Number(first) : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Starts it again (after kill or stop), with the same configuration. */
@@ -131,7 +152,7 @@ export class AgentDaemon {
 
   private spawn(): void {
     // its own process group: a signal reaches runuser and the agent under it alike
-    const child = spawn('runuser', ['-u', 'postgres', '--', process.execPath, agentBin(), 'daemon', '-c', this.configPath], { cwd: runPaths().runRoot, env: productEnv(), stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const child = spawn('runuser', ['-u', 'postgres', '--', process.execPath, agentBin(), 'daemon', '-c', this.configPath, ...this.args], { cwd: runPaths().runRoot, env: productEnv(), stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     this.child = child;
     this.runStart = this.out.length;
     this.record(`--- daemon run ${++this.runs} (pid ${child.pid})\n`);
@@ -155,17 +176,17 @@ export class AgentDaemon {
   }
 }
 
-export function startDaemon(configPath: string): AgentDaemon {
-  return AgentDaemon.start(configPath);
+export function startDaemon(configPath: string, args: string[] = []): AgentDaemon {
+  return AgentDaemon.start(configPath, args);
 }
 
-/** What SPEC §3 promises `status <srv> --json` holds (at least). */
+/** What docs/commands.md promises `status <srv> --json` holds (at least). */
 export interface StatusJson {
   server: string;
   agent: { connected: boolean };
   wal: { last_segment: string | null; last_received_at: string | null };
   streaming: { state: string; received_lsn: string | null; flush_lsn: string | null; server_lsn?: string | null; lag_bytes: number | null };
-  backups: { count: number; last_id: string | null };
+  backups: { count: number; last_id: string | null; running?: string | null };
   rpo_seconds: number | null;
 }
 
@@ -174,6 +195,11 @@ export async function receiverStatus(receiver: Receiver, server: string): Promis
   const r = await runReceiverCli(['status', '-c', receiver.configPath, server, '--json']);
   if (r.code !== 0) throw new Error(`status failed\n${describeRun(r)}`);
   return JSON.parse(r.stdout) as StatusJson;
+}
+
+/** `barman-receiver check <server>` on the backup host: exit 0 only when every check passed. */
+export function receiverCheck(receiver: Receiver, server: string): Promise<RunResult> {
+  return runReceiverCli(['check', '-c', receiver.configPath, server]);
 }
 
 /**

@@ -21,7 +21,7 @@ export const agentBin = (): string => join(runPaths().binDir, 'barman-agent.cjs'
 export const receiverBin = (): string => join(runPaths().binDir, 'barman-receiver.cjs');
 
 let pgBinDirCache: string | undefined;
-/** SPEC §7: $PG_BINDIR, else `pg_config --bindir`, else the newest /usr/lib/postgresql/<v>/bin. */
+/** As README says: $PG_BINDIR, else `pg_config --bindir`, else the newest /usr/lib/postgresql/<v>/bin. */
 export function pgBinDir(): string {
   if (pgBinDirCache) return pgBinDirCache;
   const candidates: string[] = [];

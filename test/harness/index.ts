@@ -13,5 +13,5 @@ export { newToken, Receiver, type ReceiverOptions, type ReceiverServerOptions, s
 export { describeRun, run, runOk, type RunOptions, type RunResult } from './run';
 export { waitFor, type WaitOptions } from './wait';
 export { type Certificate, makeSelfSignedCert } from './tls';
-export { AgentDaemon, type DaemonLogLine, receiverStatus, startDaemon, type StatusJson, waitStreamCaughtUp } from './daemon';
-export { startRelay, TcpRelay } from './relay';
+export { AgentDaemon, type DaemonLogLine, receiverCheck, receiverStatus, startDaemon, type StatusJson, waitStreamCaughtUp } from './daemon';
+export { type Interception, startRelay, TcpRelay } from './relay';

@@ -6,7 +6,7 @@
 import WebSocket from 'ws';
 import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
 import { decodeFrame, encodeFrame } from '../../shared/protocol/codec';
-import { type ErrorFrame, type Frame, PROTOCOL_VERSION, type Role, type WelcomeFrame } from '../../shared/protocol/frames';
+import { type ErrorFrame, type Frame, type HelloFrame, PROTOCOL_VERSION, type Role, type WelcomeFrame } from '../../shared/protocol/frames';
 import { track } from './resources';
 
 export interface CloseInfo {
@@ -40,7 +40,9 @@ export class RawClient {
   }
 
   static async connect(url: string, options: { ca?: Buffer } = {}): Promise<RawClient> {
-    const ws = new WebSocket(url, { perMessageDeflate: false, ca: options.ca });
+    // a zero mask, as the agent uses: ws then sends a buffer as it is, so a test can send the
+    // same large buffer on many connections without a copy per connection
+    const ws = new WebSocket(url, { perMessageDeflate: false, ca: options.ca, generateMask: (mask: Buffer) => void mask.fill(0) });
     await new Promise<void>((resolve, reject) => {
       ws.once('open', resolve);
       ws.once('error', reject);
@@ -56,15 +58,30 @@ export class RawClient {
   }
 
   async authenticate(server: string, token: string, role: Role = 'push'): Promise<WelcomeFrame> {
-    const clientNonce = newNonce();
-    this.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION, server, role, clientNonce, agentVersion: 'barman-ts-test/raw' });
-    const challenge = await this.nextFrame();
-    if (challenge.type !== 'challenge') throw new Error(`expected challenge, got ${JSON.stringify(challenge)}`);
-    this.send({ type: 'auth', proof: computeProof(token, 'agent', server, clientNonce, challenge.serverNonce) });
-    const welcome = await this.nextFrame();
-    if (welcome.type !== 'welcome') throw new Error(`expected welcome, got ${JSON.stringify(welcome)}`);
-    if (!proofMatches(computeProof(token, 'receiver', server, clientNonce, challenge.serverNonce), welcome.proof)) throw new Error('receiver proof does not match');
+    const { hello, frames } = await this.handshake(server, token, role);
+    const [challenge, welcome] = frames;
+    if (challenge?.type !== 'challenge') throw new Error(`expected challenge, got ${JSON.stringify(challenge)}`);
+    if (welcome?.type !== 'welcome') throw new Error(`expected welcome, got ${JSON.stringify(welcome)}`);
+    if (!proofMatches(computeProof(token, 'receiver', { ...hello, serverNonce: challenge.serverNonce }), welcome.proof)) throw new Error('receiver proof does not match');
     return welcome;
+  }
+
+  /**
+   * hello → challenge → auth as `server` with `token`, and the frames the receiver answered:
+   * the first answer to hello, and (when that was a challenge) the answer to auth.
+   */
+  async tryAuthenticate(server: string, token: string, role: Role = 'push'): Promise<Frame[]> {
+    return (await this.handshake(server, token, role)).frames;
+  }
+
+  private async handshake(server: string, token: string, role: Role): Promise<{ hello: HelloFrame; frames: Frame[] }> {
+    const hello: HelloFrame = { type: 'hello', protocolVersion: PROTOCOL_VERSION, server, role, clientNonce: newNonce(), agentVersion: 'barman-ts-test/raw' };
+    this.send(hello);
+    const first = await this.nextFrame();
+    if (first.type !== 'challenge') return { hello, frames: [first] };
+    // the proof binds the hello as sent (server, role, versions) and both nonces
+    this.send({ type: 'auth', proof: computeProof(token, 'agent', { ...hello, serverNonce: first.serverNonce }) });
+    return { hello, frames: [first, await this.nextFrame()] };
   }
 
   send(frame: Frame): void {
@@ -74,6 +91,19 @@ export class RawClient {
   /** Sends bytes (a binary message) or a string (a text message) as they are. */
   sendRaw(data: Buffer | string): void {
     this.ws.send(data, { binary: typeof data !== 'string' });
+  }
+
+  /**
+   * Sends `data` as the first fragment of a binary message that never ends (fin not set): the
+   * receiver has to hold it until the rest arrives. Resolves once written, or the connection failed.
+   */
+  sendUnfinished(data: Buffer): Promise<void> {
+    return new Promise((resolve) => this.ws.send(data, { binary: true, fin: false }, () => resolve()));
+  }
+
+  /** Stops reading from the socket: the receiver's frames, and its close, go unanswered. */
+  stopReading(): void {
+    this.ws.pause();
   }
 
   /** The next frame received; throws if the connection closes first or nothing comes within the bound. */

@@ -153,12 +153,12 @@ export class Receiver {
     return this.exited;
   }
 
-  /** <barman_home>/<server>, spelled from SPEC §5 (not from the catalog module it checks). */
+  /** <barman_home>/<server>, spelled from docs/catalog.md (not from the catalog module it checks). */
   serverDir(server: string): string {
     return join(this.barmanHome, server);
   }
 
-  /** Where SPEC §5 puts an archived WAL file: segments below wals/<first 16 hex>/, others in wals/. */
+  /** Where docs/catalog.md puts an archived WAL file: segments below wals/<first 16 hex>/, others in wals/. */
   walPath(server: string, name: string): string {
     const wals = join(this.serverDir(server), 'wals');
     return /^[0-9A-F]{24}$/.test(name) ? join(wals, name.slice(0, 16), name) : join(wals, name);

@@ -13,9 +13,12 @@ import { describeRun, run, runOk, type RunResult } from './run';
 import { sqlText } from './sql';
 import { waitFor, type WaitOptions } from './wait';
 
-/** `pg_verifybackup -n -i barman_wal <dir>` (SPEC §3): the check a recovered directory passes before its first start. */
-export function verifyRecoveredDirectory(dir: string): Promise<RunResult> {
-  return run(pgBin('pg_verifybackup'), ['-n', '-i', 'barman_wal', dir]);
+/**
+ * `pg_verifybackup -n -i barman_wal <dir>` (docs/commands.md, recover): the check a recovered directory passes before its first start.
+ * `ignore`: more paths it skips, such as the data directory's own symlinks (it follows links, and manifests list files only).
+ */
+export function verifyRecoveredDirectory(dir: string, ignore: string[] = []): Promise<RunResult> {
+  return run(pgBin('pg_verifybackup'), ['-n', '-i', 'barman_wal', ...ignore.flatMap((p) => ['-i', p]), dir]);
 }
 
 /** A data directory written by `recover` (or `restore`), run by postgres on its own port and socket folder. */

@@ -2,12 +2,26 @@
 // resets every connection open now (a router restart, a firewall flushing its state table),
 // `freeze()` stops forwarding on them while leaving both sockets open (a cable pulled: no FIN,
 // no RST, only silence, which heartbeats must notice), and `loseRepliesAfter()` lets one upload
-// through and then swallows the answer (an ack lost on the way back). New connections go
-// through normally.
+// through and then swallows the answer (an ack lost on the way back), and `limit()` makes the
+// link slow (agent → receiver at most so many bytes a second). New connections go through
+// normally. `interceptNext()` makes the relay a man in the middle on ws:// for one connection: it
+// reads the protocol's frames both ways, may rewrite or drop what the client sends, and may send
+// requests of its own on the session (the hello rewriter an attacker would use).
 
 import { createServer, connect, type Server, type Socket } from 'node:net';
+import { decodeFrame, encodeFrame } from '../../shared/protocol/codec';
+import type { Frame } from '../../shared/protocol/frames';
 import { freePort } from './env';
 import { track } from './resources';
+import { encodeWsBinary, OPCODE_BINARY, WsStreamParser } from './ws-frames';
+
+/** What a man in the middle does with one connection's frames. */
+export interface Interception {
+  /** each frame the client sends; forward the frame returned (the same, another), or nothing when undefined */
+  fromClient?: (frame: Frame) => Frame | undefined;
+  /** each frame the receiver sends (forwarded to the client as it is); `inject` sends a frame of the relay's own to the receiver */
+  fromReceiver?: (frame: Frame, inject: (frame: Frame) => void) => void;
+}
 
 interface Pair {
   client: Socket;
@@ -17,12 +31,16 @@ interface Pair {
   /** from the first reply once the client has sent this many bytes, the pair goes silent */
   silenceAfter: number;
   frozen: boolean;
+  interception?: Interception;
 }
 
 export class TcpRelay {
   private readonly pairs = new Set<Pair>();
   private accepted = 0;
   private nextSilenceAfter = Infinity;
+  private nextInterception: Interception | undefined;
+  /** agent → receiver bytes per second on every connection; undefined: as fast as loopback goes */
+  private bytesPerSecond: number | undefined;
 
   private constructor(private readonly server: Server, readonly port: number, readonly target: { host: string; port: number }) {
     track({ what: `TCP relay 127.0.0.1:${port} → ${target.host}:${target.port}`, dispose: () => this.close() });
@@ -78,6 +96,16 @@ export class TcpRelay {
     this.nextSilenceAfter = clientBytes;
   }
 
+  /** The next connection is read frame by frame both ways, as `interception` says (ws:// only). */
+  interceptNext(interception: Interception): void {
+    this.nextInterception = interception;
+  }
+
+  /** From now on, every connection carries at most `bytesPerSecond` from the agent (undefined: no limit). */
+  limit(bytesPerSecond: number | undefined): void {
+    this.bytesPerSecond = bytesPerSecond;
+  }
+
   async close(): Promise<void> {
     for (const pair of [...this.pairs]) this.drop(pair, false);
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -86,8 +114,9 @@ export class TcpRelay {
   private onConnection(client: Socket): void {
     this.accepted++;
     const upstream = connect({ host: this.target.host, port: this.target.port });
-    const pair: Pair = { client, upstream, sent: 0, silenceAfter: this.nextSilenceAfter, frozen: false };
+    const pair: Pair = { client, upstream, sent: 0, silenceAfter: this.nextSilenceAfter, frozen: false, interception: this.nextInterception };
     this.nextSilenceAfter = Infinity;
+    this.nextInterception = undefined;
     this.pairs.add(pair);
     for (const socket of [client, upstream]) {
       socket.setNoDelay(true);
@@ -96,22 +125,64 @@ export class TcpRelay {
       socket.on('error', () => (pair.frozen ? socket.destroy() : this.drop(pair, false)));
       socket.on('close', () => (pair.frozen ? socket.destroy() : this.drop(pair, false)));
     }
-    this.forward(pair, client, upstream, (n) => (pair.sent += n));
+    if (pair.interception) {
+      this.intercept(pair, pair.interception);
+      return;
+    }
+    this.forward(pair, client, upstream, (n) => (pair.sent += n), () => this.bytesPerSecond);
     this.forward(pair, upstream, client, () => {
       if (pair.sent >= pair.silenceAfter) this.silence(pair);
     });
   }
 
-  /** from → to with backpressure; `seen` may silence the pair before the bytes go on. */
-  private forward(pair: Pair, from: Socket, to: Socket, seen: (bytes: number) => void): void {
+  /** Forwards frame by frame, handing each to the interception (no backpressure: a test's few frames). */
+  private intercept(pair: Pair, interception: Interception): void {
+    const { client, upstream } = pair;
+    const toUpstream = (bytes: Buffer) => {
+      if (!upstream.destroyed) upstream.write(bytes);
+    };
+    const inject = (frame: Frame) => toUpstream(encodeWsBinary(encodeFrame(frame), true));
+    const fromClient = new WsStreamParser();
+    client.on('data', (chunk: Buffer) =>
+      fromClient.push(chunk, toUpstream, (message) => {
+        if (message.opcode !== OPCODE_BINARY || !interception.fromClient) return toUpstream(message.raw);
+        const frame = interception.fromClient(decodeFrame(message.payload));
+        if (frame) inject(frame);
+      }),
+    );
+    const fromReceiver = new WsStreamParser();
+    upstream.on('data', (chunk: Buffer) => {
+      if (!client.destroyed) client.write(chunk);
+      fromReceiver.push(chunk, () => undefined, (message) => {
+        if (message.opcode === OPCODE_BINARY) interception.fromReceiver?.(decodeFrame(message.payload), inject);
+      });
+    });
+  }
+
+  /**
+   * from → to with backpressure; `seen` may silence the pair before the bytes go on. With a
+   * rate, reading pauses after each chunk for as long as the chunk takes at that rate.
+   */
+  private forward(pair: Pair, from: Socket, to: Socket, seen: (bytes: number) => void, rate: () => number | undefined = () => undefined): void {
+    // reasons reading is paused now (a full socket, the rate); it resumes when none is left
+    let holds = 0;
+    const hold = () => {
+      if (holds++ === 0) from.pause();
+    };
+    const release = () => {
+      if (--holds === 0 && !pair.frozen) from.resume();
+    };
     from.on('data', (chunk: Buffer) => {
       seen(chunk.length);
       if (pair.frozen || to.destroyed) return;
       if (!to.write(chunk)) {
-        from.pause();
-        to.once('drain', () => {
-          if (!pair.frozen) from.resume();
-        });
+        hold();
+        to.once('drain', release);
+      }
+      const limit = rate();
+      if (limit) {
+        hold();
+        setTimeout(release, (chunk.length * 1000) / limit);
       }
     });
   }

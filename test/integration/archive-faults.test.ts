@@ -1,5 +1,5 @@
 // What goes wrong on a DBA's bad day, and what barman-ts does about it: every fault is refused
-// with one ERROR line and one HINT line (exit 1 for a failed operation, 2 for a usage or
+// with one `ERROR [CODE]:` line and one HINT line (exit 1 for a failed operation, 2 for a usage or
 // configuration mistake), and nothing already archived is lost or overwritten.
 
 import { randomBytes } from 'node:crypto';
@@ -55,7 +55,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     const wrong = newToken();
     const config = writeAgentConfig({ receiver, server: 'main', token: wrong }).path;
     const r = await push(config, prod.walFile(segs[2]!));
-    expectFailure(r, 1, /^ERROR: authentication failed for server "main"/m);
+    expectFailure(r, 1, /^ERROR \[AUTH_FAILED\]: authentication failed for server "main"/m);
     expect(existsSync(receiver.walPath('main', segs[2]!))).toBe(false);
     for (const secret of [wrong, receiver.tokens.get('main')!]) {
       expect(r.stdout + r.stderr).not.toContain(secret);
@@ -63,17 +63,18 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     }
   });
 
-  it('refuses a server the receiver does not know', async () => {
+  it('refuses a server the receiver does not know, in the words of a wrong token (the port does not tell which names exist)', async () => {
     const config = writeAgentConfig({ receiver, server: 'nosuch', token: newToken() }).path;
     const r = await push(config, prod.walFile(segs[2]!));
-    expectFailure(r, 1, /^ERROR: the receiver has no server named "nosuch"/m);
+    expectFailure(r, 1, /authentication failed for server "nosuch": the receiver has no server of that name, or the agent's token is not that server's/);
+    expect(r.stderr).toMatch(/^HINT: .*server = nosuch.*token_file/m);
     expect(listDir(receiver.barmanHome)).toEqual(['main', 'other']);
   });
 
   it("refuses an agent that says it is server other but holds main's token", async () => {
     const config = writeAgentConfig({ receiver, server: 'other', token: receiver.tokens.get('main')! }).path;
     const r = await push(config, prod.walFile(segs[2]!));
-    expectFailure(r, 1, /^ERROR: authentication failed for server "other"/m);
+    expectFailure(r, 1, /^ERROR \[AUTH_FAILED\]: authentication failed for server "other"/m);
     expect(receiver.segments('other')).toEqual([]);
     expect(existsSync(receiver.walPath('main', segs[2]!))).toBe(false);
   });
@@ -134,7 +135,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     const whole = readFileSync(prod.walFile(name));
     for (const size of [1024 * 1024, SEGMENT_SIZE - 8192, 8192]) {
       const r = await push(mainAgent, craft(name, whole.subarray(0, size)));
-      expectFailure(r, 1, new RegExp(`^ERROR: ${name}: .*${size}`, 'm'));
+      expectFailure(r, 1, new RegExp(`^ERROR \\[WAL_INVALID\\]: ${name}: .*${size}`, 'm'));
       expect(existsSync(receiver.walPath('main', name)), `${size} bytes`).toBe(false);
     }
     // PostgreSQL's retry with the complete file then succeeds
@@ -151,7 +152,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     for (const name of names) {
       const archivedBefore = existsSync(receiver.walPath('main', name)) ? await sha256Of(receiver.walPath('main', name)) : undefined;
       const r = await push(mainAgent, foreign.walFile(name));
-      expectFailure(r, 1, new RegExp(`^ERROR: ${name}: system identifier \\d+ is not this server's \\(${await prod.systemIdentifier()}\\)`, 'm'));
+      expectFailure(r, 1, new RegExp(`^ERROR \\[WAL_FOREIGN\\]: ${name}: system identifier \\d+ is not this server's \\(${await prod.systemIdentifier()}\\)`, 'm'));
       const archivedAfter = existsSync(receiver.walPath('main', name)) ? await sha256Of(receiver.walPath('main', name)) : undefined;
       expect(archivedAfter, name).toBe(archivedBefore);
     }
@@ -164,7 +165,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     const altered = readFileSync(prod.walFile(name));
     altered[100_000] = altered[100_000]! ^ 0xff;
     const r = await push(mainAgent, craft(name, altered));
-    expectFailure(r, 1, new RegExp(`^ERROR: ${name} is already archived with different content`, 'm'));
+    expectFailure(r, 1, new RegExp(`^ERROR \\[WAL_CONFLICT\\]: ${name} is already archived with different content`, 'm'));
     expect(await sha256Of(receiver.walPath('main', name))).toBe(original);
     expect(original).toBe(await sha256Of(prod.walFile(name)));
     const errorsDir = join(receiver.serverDir('main'), 'errors');
@@ -172,7 +173,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     expect(kept).toHaveLength(1);
     expect(await sha256Of(join(errorsDir, kept[0]!))).toBe(sha256OfBytes(altered));
     // PostgreSQL retries the same file again and again: still refused, and still one copy kept
-    expectFailure(await push(mainAgent, craft(name, altered)), 1, new RegExp(`^ERROR: ${name} is already archived with different content`, 'm'));
+    expectFailure(await push(mainAgent, craft(name, altered)), 1, new RegExp(`^ERROR \\[WAL_CONFLICT\\]: ${name} is already archived with different content`, 'm'));
     expect(listDir(errorsDir).filter((f) => f.startsWith(name))).toEqual(kept);
   });
 
@@ -237,7 +238,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     // the agent would wait this long for an answer; a refused connection must not wait at all
     const config = writeAgentConfig({ receiver: `ws://127.0.0.1:${port}`, server: 'main', token: newToken(), timeout: 600 }).path;
     const r = await push(config, prod.walFile(segs[5]!), 60_000);
-    expectFailure(r, 1, new RegExp(`^ERROR: cannot reach the receiver at ws://127\\.0\\.0\\.1:${port}/? \\(ECONNREFUSED\\)`, 'm'));
+    expectFailure(r, 1, new RegExp(`^ERROR \\[RECEIVER_UNREACHABLE\\]: cannot reach the receiver at ws://127\\.0\\.0\\.1:${port}/? \\(ECONNREFUSED\\)`, 'm'));
     expect(r.stderr).toMatch(/^HINT: .*barman-receiver serve/m);
   });
 
@@ -249,7 +250,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
 
     const untrusting = writeAgentConfig({ receiver: secure, server: 'main' }).path;
     const refused = await push(untrusting, prod.walFile(name));
-    expectFailure(refused, 1, /^ERROR: TLS with the receiver at wss:\/\/127\.0\.0\.1:\d+\/? failed: .*(self[- ]signed|certificate)/im);
+    expectFailure(refused, 1, /^ERROR \[RECEIVER_UNREACHABLE\]: TLS with the receiver at wss:\/\/127\.0\.0\.1:\d+\/? failed: .*(self[- ]signed|certificate)/im);
     expect(refused.stderr).toMatch(/^HINT: .*ca_file/m);
     expect(secure.segments('main')).toEqual([]);
 
@@ -263,22 +264,22 @@ describe('archiving faults: refused clearly, nothing lost', () => {
 
   it('tells usage and configuration mistakes apart (exit 2) from failed operations (exit 1)', async () => {
     const noPath = await runAgent(['push', '-c', mainAgent]);
-    expectFailure(noPath, 2, /missing required argument/);
+    expectFailure(noPath, 2, /^ERROR \[USAGE\]: missing required argument/m);
 
     const missing = await runAgent(['push', '-c', '/nonexistent/barman-agent.conf', prod.walFile(segs[0]!)]);
-    expectFailure(missing, 2, /^ERROR: \/nonexistent\/barman-agent\.conf: cannot read configuration file/m);
+    expectFailure(missing, 2, /^ERROR \[CONFIG_INVALID\]: \/nonexistent\/barman-agent\.conf: cannot read configuration file/m);
 
     const typo = writeAgentConfig({ receiver, server: 'main', extra: { recevier: 'ws://127.0.0.1:1' } }).path;
     const unknownKey = await runAgent(['push', '-c', typo, prod.walFile(segs[0]!)]);
-    expectFailure(unknownKey, 2, new RegExp(`^ERROR: ${typo} \\[agent\\] recevier: unknown key`, 'm'));
+    expectFailure(unknownKey, 2, new RegExp(`^ERROR \\[CONFIG_INVALID\\]: ${typo} \\[agent\\] recevier: unknown key`, 'm'));
 
     const notWal = await push(mainAgent, join(prod.pgdata, 'postgresql.conf'));
-    expectFailure(notWal, 1, /"postgresql\.conf" is not a WAL segment/);
+    expectFailure(notWal, 1, /^ERROR \[INVALID_NAME\]: "postgresql\.conf" is not a WAL segment/m);
 
     const unknownServer = await runReceiverCli(['check', '-c', receiver.configPath, 'nosuch']);
-    expectFailure(unknownServer, 1, /^ERROR: no server named "nosuch"/m);
+    expectFailure(unknownServer, 1, /^ERROR \[UNKNOWN_SERVER\]: no server named "nosuch"/m);
     const noSegment = await runReceiverCli(['get-wal', '-c', receiver.configPath, 'main']);
-    expectFailure(noSegment, 2, /missing required argument/);
+    expectFailure(noSegment, 2, /^ERROR \[USAGE\]: missing required argument/m);
   });
 
   it('loses nothing when the receiver is killed (SIGKILL) in the middle of pushes: PostgreSQL retries until every segment is in', async () => {

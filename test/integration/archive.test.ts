@@ -2,7 +2,7 @@
 // every segment byte for byte, and both sides hand the WAL back (agent get-wal as the
 // restore_command, receiver get-wal on the backup host). A promoted copy's timeline history goes
 // the same way. Then the backup host's everyday commands: check, list-servers, show-server, and
-// the seed's `barman ...` forms.
+// Barman's `barman ...` forms.
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -146,7 +146,7 @@ describe("a DBA's day: WAL archiving through the agent", () => {
     const showJson = await runReceiverCli(['show-server', ...conf, 'main', '--json']);
     expect(JSON.parse(showJson.stdout)).toMatchObject({ wals_directory: walsDirectory });
 
-    // the seed's forms, as `barman` (the same bundle)
+    // Barman's forms, as `barman` (the same bundle)
     const seedList = await runReceiverCli(['list', ...conf]);
     expect(seedList.stdout).toBe(`main - ${DESCRIPTION}\n`);
     const seedCheck = await runReceiverCli(['server', 'check', 'main', ...conf]);

@@ -79,7 +79,7 @@ describe("a DBA's worse day: backups cut short, and a backup under load", () => 
     const next = await backupAndWait(receiver, 'main', cluster);
     expect(next > id).toBe(true);
     expectSuccess(await runReceiverCli(['verify-backup', '-c', receiver.configPath, 'main', next]));
-    expect((await showBackupJson(receiver, 'main', 'latest')).backupId).toBe(next);
+    expect((await showBackupJson(receiver, 'main', 'latest')).backup_id).toBe(next);
   });
 
   it('a backup whose receiver is killed half-way is FAILED once the receiver is back, and the next one is DONE', async () => {
@@ -89,7 +89,7 @@ describe("a DBA's worse day: backups cut short, and a backup under load", () => 
     await waitFor('barman-agent backup to give up', () => !agent.running);
     const ended = await agent.exited;
     expect(ended.code, agent.output()).toBe(1);
-    expect(agent.output()).toMatch(/^ERROR: \S.*$/m);
+    expect(agent.output()).toMatch(/^ERROR \[[A-Z_]+\]: \S.*$/m);
     expect(agent.output()).toMatch(/^HINT: \S.*$/m);
 
     await receiver.start();

@@ -2,14 +2,15 @@
 // noting the time, a transaction ID, an LSN and a restore point, then recover (as root, on the
 // backup host) to each of those points, start every copy as postgres and count the rows. Then the
 // catalog commands, every way a recovery is refused before a byte is written, a damaged backup,
-// backups asked for from the backup host, and a cluster with a tablespace moved on recovery.
+// backups asked for from the backup host, and a cluster with a tablespace moved on recovery (recover
+// on the backup host writes a tablespace only where --tablespace says).
 
 import { closeSync, existsSync, openSync, readSync, readlinkSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
   agentCommandLine, type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, postgresUser,
-  type Receiver, runAgent, runReceiverCli, snapshotTree, startReceiver, waitFor,
+  type Receiver, runAgent, runReceiverCli, type RunResult, snapshotTree, startReceiver, waitFor,
 } from '../harness';
 import { backupAndWait, listBackupsJson, recoverInto, showBackupJson, waitBackupStatus } from '../harness/backups';
 import { type Background, startAgentInBackground, startRecovered, verifyRecoveredDirectory } from '../harness/recovered';
@@ -116,7 +117,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     expect(await copy.psql(COUNT_ROWS)).toBe(rowsUpToBatch(4));
   });
 
-  it('recovers everything archived when no target is given (the seed\'s `barman server recover main latest <dir>`)', async () => {
+  it('recovers everything archived when no target is given (Barman\'s `barman server recover main latest <dir>`)', async () => {
     const dir = makeTempDir('recovered', 'postgres', 0o755);
     const dest = join(dir, 'pgdata');
     const r = await runReceiverCli(['server', 'recover', 'main', 'latest', dest, ...conf]);
@@ -139,31 +140,35 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     expect(m![1]).toBe(first);
     // the ID is the start time (to the second; a later second only when two backups would collide)
     expect(m![1]! >= `${m![2]}${m![3]}${m![4]}T${m![5]}${m![6]}${m![7]}`).toBe(true);
-    // the seed's form
+    // Barman's form
     const seed = await runReceiverCli(['server', 'list', 'main', ...conf]);
     expect(seed.stdout, describeRun(seed)).toBe(list.stdout);
 
     const info = await showBackupJson(receiver, 'main', first);
     expect(info).toMatchObject({
-      backupId: first,
+      backup_id: first,
       status: 'DONE',
       timeline: 1,
-      pgVersion: Number(await cluster.psql("select current_setting('server_version_num')")),
-      systemIdentifier: await cluster.systemIdentifier(),
+      pg_version: Number(await cluster.psql("select current_setting('server_version_num')")),
+      system_identifier: await cluster.systemIdentifier(),
       keep: false,
     });
-    expect(info.beginLsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
-    expect(info.endLsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
-    expect(info.beginWal).toMatch(/^00000001[0-9A-F]{16}$/);
-    expect(info.endWal >= info.beginWal).toBe(true);
-    expect(Date.parse(info.endTime)).toBeGreaterThanOrEqual(Date.parse(info.beginTime));
+    expect(info.begin_lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+    expect(info.end_lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+    expect(info.begin_wal).toMatch(/^00000001[0-9A-F]{16}$/);
+    expect(info.end_wal >= info.begin_wal).toBe(true);
+    expect(Date.parse(info.end_time)).toBeGreaterThanOrEqual(Date.parse(info.begin_time));
     expect(info.size).toBeGreaterThan(0);
+    // begin_time is spelled in the clock of the ID (local time, with its offset), so the two read alike
+    const begin = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.\d{3}[+-]\d{2}:\d{2}$/.exec(info.begin_time);
+    expect(begin, info.begin_time).not.toBeNull();
+    expect(begin!.slice(1, 4).join('') + 'T' + begin!.slice(4, 7).join('')).toBe(`${m![2]}${m![3]}${m![4]}T${m![5]}${m![6]}${m![7]}`);
     // the aliases name the same backup while it is the only one
-    for (const alias of ['latest', 'oldest']) expect((await showBackupJson(receiver, 'main', alias)).backupId).toBe(first);
+    for (const alias of ['latest', 'oldest']) expect((await showBackupJson(receiver, 'main', alias)).backup_id).toBe(first);
     const text = await runReceiverCli(['show-backup', ...conf, 'main', first]);
     expectSuccess(text);
-    expect(text.stdout).toContain(info.endLsn);
-    expect(text.stdout).toContain(info.systemIdentifier);
+    expect(text.stdout).toContain(info.end_lsn);
+    expect(text.stdout).toContain(info.system_identifier);
 
     const verify = await runReceiverCli(['verify-backup', ...conf, 'main', first]);
     expectSuccess(verify);
@@ -175,7 +180,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     expect(second > first).toBe(true);
     // the second backup ended after the target: it cannot serve, and says which one would
     const refused = await recoverInto(receiver, 'main', second, ['--target-time', points.afterBatch1]);
-    expectFailure(refused.result, 1, new RegExp(`ERROR: target time .* is before backup ${second}`));
+    expectFailure(refused.result, 1, new RegExp(`^ERROR \\[RECOVERY_TARGET\\]: target time .* is before backup ${second}`, 'm'));
     expect(refused.result.stderr).toMatch(new RegExp(`^HINT: Backup ${first} .*would serve`, 'm'));
     expect(existsSync(refused.dest)).toBe(false);
 
@@ -225,13 +230,13 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
   });
 
   it('keeps a backup from deletion until released, and never deletes below minimum_redundancy', async () => {
-    const backups = (await listBackupsJson(receiver, 'main')).filter((b) => b.status === 'DONE').map((b) => b.backupId);
+    const backups = (await listBackupsJson(receiver, 'main')).filter((b) => b.status === 'DONE').map((b) => b.backup_id);
     expect(backups.length).toBe(2);
     const third = await backupAndWait(receiver, 'main', cluster);
     const [oldest, middle] = [backups.at(-1)!, backups[0]!];
     expect(oldest).toBe(first);
-    expect((await showBackupJson(receiver, 'main', 'oldest')).backupId).toBe(first);
-    expect((await showBackupJson(receiver, 'main', 'latest')).backupId).toBe(third);
+    expect((await showBackupJson(receiver, 'main', 'oldest')).backup_id).toBe(first);
+    expect((await showBackupJson(receiver, 'main', 'latest')).backup_id).toBe(third);
 
     expectSuccess(await runReceiverCli(['keep', ...conf, 'main', middle]));
     expect((await showBackupJson(receiver, 'main', middle)).keep).toBe(true);
@@ -240,13 +245,13 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     const kept = await runReceiverCli(['delete', ...conf, 'main', middle]);
     expectFailure(kept, 1, new RegExp(`backup ${middle} is marked keep`));
     expect(kept.stderr).toMatch(/^HINT: .*--release/m);
-    expect((await listBackupsJson(receiver, 'main')).map((b) => b.backupId)).toContain(middle);
+    expect((await listBackupsJson(receiver, 'main')).map((b) => b.backup_id)).toContain(middle);
 
     expectSuccess(await runReceiverCli(['keep', ...conf, 'main', middle, '--release']));
     expect((await showBackupJson(receiver, 'main', middle)).keep).toBe(false);
     const deleted = await runReceiverCli(['delete', ...conf, 'main', middle]);
     expectSuccess(deleted);
-    expect((await listBackupsJson(receiver, 'main')).map((b) => b.backupId)).toEqual([third, first]);
+    expect((await listBackupsJson(receiver, 'main')).map((b) => b.backup_id)).toEqual([third, first]);
     expect(existsSync(join(receiver.serverDir('main'), 'base', middle))).toBe(false);
 
     // two DONE backups left and minimum_redundancy = 2: neither may go
@@ -254,7 +259,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
       const r = await runReceiverCli(['delete', ...conf, 'main', id]);
       expectFailure(r, 1, /minimum_redundancy = 2/);
     }
-    expect((await listBackupsJson(receiver, 'main')).map((b) => b.backupId)).toEqual([third, first]);
+    expect((await listBackupsJson(receiver, 'main')).map((b) => b.backup_id)).toEqual([third, first]);
   });
 
   it('finds a damaged file in the catalog: verify-backup names it, recover refuses it and leaves nothing behind', async () => {
@@ -292,7 +297,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     expect(existsSync(created)).toBe(false);
   });
 
-  it('takes a backup when the backup host asks (`backup main --wait`), only with an agent daemon connected', async () => {
+  it("takes a backup when the backup host asks (`backup main --wait`, Barman's `server backup main`), with progress, only with an agent daemon connected", async () => {
     const alone = await runReceiverCli(['backup', ...conf, 'main', '--wait']);
     expectFailure(alone, 1, /no agent daemon of server main is connected/);
     expect(alone.stderr).toMatch(/^HINT: .*barman-agent daemon/m);
@@ -302,6 +307,15 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
       if (!daemon.running) throw new Error(`the daemon exited:\n${daemon.output()}`);
       return daemon.output().includes('connected to the receiver');
     });
+    /** What a waiting `backup` prints on stderr when it is not a terminal: one plain line per phase, DONE last. */
+    const expectPhaseLines = (r: RunResult, id: string) => {
+      expect(r.stderr.trimEnd().split('\n'), describeRun(r)).toEqual([
+        `backup ${id} started`,
+        expect.stringMatching(/^\d+\/\d+ files, [\d.]+ (B|KiB|MiB|GiB) in [\d.]+ s \(([\d.]+ (B|KiB|MiB|GiB)\/s|-)\)$/),
+        `backup ${id}: WAITING_FOR_WALS`,
+        `backup ${id}: DONE`,
+      ]);
+    };
     const before = (await listBackupsJson(receiver, 'main')).length;
     const r = await runReceiverCli(['backup', ...conf, 'main', '--wait']);
     expectSuccess(r);
@@ -309,18 +323,30 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     expect(id).toMatch(/^\d{8}T\d{6}$/);
     const info = await showBackupJson(receiver, 'main', id);
     expect(info.status).toBe('DONE');
+    expectPhaseLines(r, id);
     expect((await listBackupsJson(receiver, 'main')).length).toBe(before + 1);
+
+    // Barman's `barman server backup main` runs the whole backup, as Barman's does
+    const seed = await runReceiverCli(['server', 'backup', 'main', ...conf]);
+    expectSuccess(seed);
+    const seedId = seed.stdout.trim();
+    expect(seedId).toMatch(/^\d{8}T\d{6}$/);
+    expect(seedId > id).toBe(true);
+    expect((await showBackupJson(receiver, 'main', seedId)).status).toBe('DONE');
+    expectPhaseLines(seed, seedId);
+
     // without --wait it prints the ID at once; the backup finishes on its own
     const quick = await runReceiverCli(['backup', ...conf, 'main']);
     expectSuccess(quick);
     const quickId = quick.stdout.trim();
     expect(quickId).toMatch(/^\d{8}T\d{6}$/);
+    expect(quick.stderr).toBe(`backup ${quickId} started\n`);
     await waitBackupStatus(receiver, 'main', quickId, 'DONE', cluster);
     await daemon.stop('SIGTERM');
   });
 
   it('does not call a backup DONE, nor recover from it, until all of its WAL is archived', async () => {
-    const previous = (await showBackupJson(receiver, 'main', 'latest')).backupId;
+    const previous = (await showBackupJson(receiver, 'main', 'latest')).backup_id;
     // archiving breaks (the backup host's disk, say): PostgreSQL keeps the WAL and retries
     cluster.appendConf({ archive_command: 'false' });
     await cluster.reload();
@@ -330,7 +356,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     const id = r.stdout.trim();
     expect(r.stderr).toMatch(new RegExp(`backup ${id}: WAITING_FOR_WALS`));
     expect((await showBackupJson(receiver, 'main', id)).status).toBe('WAITING_FOR_WALS');
-    expect((await showBackupJson(receiver, 'main', 'latest')).backupId).toBe(previous);
+    expect((await showBackupJson(receiver, 'main', 'latest')).backup_id).toBe(previous);
     const refused = await recoverInto(receiver, 'main', id);
     expectFailure(refused.result, 1, new RegExp(`backup ${id} is WAITING_FOR_WALS, not DONE`));
     expect(existsSync(refused.dest)).toBe(false);
@@ -339,7 +365,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     cluster.appendConf({ archive_command: agentCommandLine(cluster.agentConfigPath!, 'push %p') });
     await cluster.reload();
     await waitBackupStatus(receiver, 'main', id, 'DONE', cluster);
-    expect((await showBackupJson(receiver, 'main', 'latest')).backupId).toBe(id);
+    expect((await showBackupJson(receiver, 'main', 'latest')).backup_id).toBe(id);
   });
 });
 
@@ -358,8 +384,13 @@ describe("a DBA's day: a cluster with a tablespace, recovered with the tablespac
     await cluster.stop();
     const originalFiles = await snapshotTree(original);
 
+    // the location the database host recorded is not trusted on the backup host: each tablespace needs --tablespace
+    const unnamed = await recoverInto(receiver, 'main', id);
+    expectFailure(unnamed.result, 2, new RegExp(`backup ${id} has tablespaces with no location given on this host: fast_disk \\(OID ${oid}, recorded by the database host as ${original}\\)`));
+    expect(unnamed.result.stderr).toContain(`--tablespace fast_disk:${unnamed.dest}_tablespaces/fast_disk`);
+    expect(existsSync(unnamed.dest)).toBe(false);
     // the original location is in use (and not empty): recovering onto it is refused
-    const inPlace = await recoverInto(receiver, 'main', id);
+    const inPlace = await recoverInto(receiver, 'main', id, ['--tablespace', `fast_disk:${original}`]);
     expectFailure(inPlace.result, 1, new RegExp(`tablespace fast_disk location ${original} exists and is not empty`));
     // a tablespace the backup does not have is a usage error
     const unknown = await recoverInto(receiver, 'main', id, ['--tablespace', 'slow_disk:/nowhere']);

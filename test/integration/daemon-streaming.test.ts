@@ -3,8 +3,8 @@
 // written. Under pgbench the archive never falls behind; a primary that dies without a WAL switch
 // loses no committed row; the receiver crashing, the network failing and the daemon itself being
 // killed leave no gap and no duplicate byte; an ack lost on the way back does not hang
-// archive_command; synchronous_standby_names makes a commit wait for the backup host; and a
-// second daemon takes over from the first without two writers.
+// archive_command; and synchronous_standby_names makes a commit wait for the backup host.
+// (One daemon per server, stale streams and shutdown: daemon-lifecycle.test.ts.)
 //
 // The agent reaches the receiver through a TCP relay (test/harness/relay.ts), so the network can
 // fail mid-segment without touching either process: cut (every open connection reset, as by a
@@ -305,32 +305,5 @@ describe("a DBA's day with the agent daemon: async archiving and WAL streaming",
       await cluster.psql('alter system reset synchronous_standby_names');
       await cluster.reload();
     }
-  });
-
-  it('lets a second daemon for the same server take over: the first says why and stops, one agent, one writer', async () => {
-    await waitStreamCaughtUp(receiver, SERVER, cluster, { timeoutMs: 90_000 });
-    const first = daemon;
-    const second = startDaemon(cluster.agentConfigPath!);
-    await second.waitStreaming();
-    // the first is told, says why, and stops: reconnecting would push the second out in turn
-    await waitFor('the first daemon to stop', () => !first.running);
-    expect(await first.waitExit(), first.output().slice(-4000)).toBe(1);
-    expect(first.linesMatching(/another agent daemon for server main connected to the receiver and took over/).length, first.output().slice(-4000)).toBe(1);
-    expect(first.output()).toMatch(/^HINT: Run one barman-agent daemon per PostgreSQL server/m);
-
-    await cluster.psql("insert into marker values (20, 'written while the second daemon streams')");
-    const last = await cluster.switchWal();
-    await cluster.waitArchived(last);
-    await waitStreamCaughtUp(receiver, SERVER, cluster);
-    const status = await receiverStatus(receiver, SERVER);
-    expect(status.agent.connected).toBe(true);
-    expect(status.streaming.state).toBe('streaming');
-    // the second daemon kept its connection: the first never came back to push it out
-    expect(second.linesMatching(/^connected to the receiver$/).length, second.output()).toBe(1);
-    expect(second.linesMatching(/connection lost/), second.output()).toEqual([]);
-    expect(await cluster.psql(`select count(*) from pg_stat_replication where application_name = '${APPLICATION_NAME}'`)).toBe('1');
-    await expectCatalogIdenticalToPrimary();
-    await expectStreamEndsAtReceivedLsn();
-    expect(receiverErrors(), 'error lines in the receiver log').toEqual([]);
   });
 });

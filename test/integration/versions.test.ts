@@ -152,10 +152,10 @@ describe('one receiver, every supported PostgreSQL version at once', () => {
     });
 
     it('lists, shows and verifies the backup, with the server\'s version', async () => {
-      const listed = (await listBackupsJson(receiver, server)).find((b) => b.backupId === backupId);
+      const listed = (await listBackupsJson(receiver, server)).find((b) => b.backup_id === backupId);
       expect(listed?.status).toBe('DONE');
       const info = await showBackupJson(receiver, server, backupId);
-      expect(info).toMatchObject({ backupId, status: 'DONE', timeline: 1, pgVersion: versionNum, systemIdentifier: await cluster.systemIdentifier() });
+      expect(info).toMatchObject({ backup_id: backupId, status: 'DONE', timeline: 1, pg_version: versionNum, system_identifier: await cluster.systemIdentifier() });
       const text = await runReceiverCli(['show-backup', '-c', receiver.configPath, server, backupId]);
       expectSuccess(text);
       expect(text.stdout).toMatch(new RegExp(`PostgreSQL version\\s*: ${major}\\.\\d+ \\(${versionNum}\\)`));
@@ -306,7 +306,7 @@ describe('one receiver, every supported PostgreSQL version at once', () => {
       }
       expect(compared).toBeGreaterThan(0);
       const info = await showBackupJson(receiver, server, backupId);
-      expect(segmentNumber(info.endWal, segmentSize) >= segmentNumber(info.beginWal, segmentSize)).toBe(true);
+      expect(segmentNumber(info.end_wal, segmentSize) >= segmentNumber(info.begin_wal, segmentSize)).toBe(true);
 
       const recovery = await recoverInto(receiver, server, backupId, ['--target-time', target, '--pg-bindir', binDir]);
       expectSuccess(recovery.result);

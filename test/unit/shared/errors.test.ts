@@ -1,5 +1,45 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { asBarmanError, BarmanError, ErrorCode, ExitCode } from '../../../shared/errors';
+
+/**
+ * The codes as released, in order. Scripts switch on them: this list only ever grows at its end.
+ * A new code is appended to ErrorCode (and may be appended here); it never takes an old one's
+ * place or name.
+ */
+const FROZEN_CODES = [
+  'CONFIG_INVALID', 'USAGE', 'AUTH_FAILED', 'UNKNOWN_SERVER', 'PROTOCOL', 'FRAME_TOO_LARGE', 'RECEIVER_UNREACHABLE',
+  'CONNECTION_LOST', 'TIMEOUT', 'INVALID_NAME', 'WAL_INVALID', 'WAL_FOREIGN', 'WAL_CONFLICT', 'WAL_NOT_FOUND',
+  'CHECKSUM_MISMATCH', 'STORAGE', 'LOCAL_FILE', 'BACKUP_NOT_FOUND', 'BACKUP_FAILED', 'BACKUP_IN_PROGRESS',
+  'AGENT_NOT_CONNECTED', 'RECOVERY_TARGET', 'DESTINATION', 'RETENTION', 'POSTGRES', 'INTERNAL', 'CLOCK_SKEW',
+  'TOO_MANY_SESSIONS', 'TOO_MANY_UPLOADS', 'DAEMON_ALREADY_CONNECTED',
+];
+
+/** The `## \`CODE\`` headings of docs/errors.md, in order. */
+function documentedCodes(): string[] {
+  const text = readFileSync(join(import.meta.dirname, '../../../docs/errors.md'), 'utf8');
+  return [...text.matchAll(/^## `([A-Z][A-Z0-9_]*)`$/gm)].map((m) => m[1]!);
+}
+
+describe('error codes', () => {
+  const codes = Object.keys(ErrorCode);
+
+  it('start with every released code, in the released order: new codes only at the end', () => {
+    expect(codes.slice(0, FROZEN_CODES.length)).toEqual(FROZEN_CODES);
+  });
+
+  it('are their own names (the value printed and sent is the key)', () => {
+    for (const [key, value] of Object.entries(ErrorCode)) expect(value).toBe(key);
+  });
+
+  it('are each described in docs/errors.md, in the same order', () => {
+    const documented = documentedCodes();
+    const missing = codes.filter((c) => !documented.includes(c));
+    expect(missing, `describe these codes in docs/errors.md (## \`CODE\`, meaning, typical HINT)`).toEqual([]);
+    expect(documented).toEqual(codes);
+  });
+});
 
 describe('BarmanError', () => {
   it('exits 2 for usage and configuration errors, 1 for everything else', () => {
@@ -13,8 +53,8 @@ describe('BarmanError', () => {
 
   it('shows the user one line of what failed and one HINT line', () => {
     const e = new BarmanError(ErrorCode.WAL_NOT_FOUND, '000000010000000000000009 is not archived', 'Check the archiver.');
-    expect(e.toUserText()).toBe('ERROR: 000000010000000000000009 is not archived\nHINT: Check the archiver.');
-    expect(e.toUserText('FATAL')).toMatch(/^FATAL: /);
+    expect(e.toUserText()).toBe('ERROR [WAL_NOT_FOUND]: 000000010000000000000009 is not archived\nHINT: Check the archiver.');
+    expect(e.toUserText('FATAL')).toMatch(/^FATAL \[WAL_NOT_FOUND\]: /);
   });
 
   it('keeps its cause', () => {

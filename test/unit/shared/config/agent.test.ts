@@ -1,3 +1,4 @@
+import { chmodSync, chownSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { loadAgentConfig } from '../../../../shared/config/agent';
 import { configErrorOf, tempFiles } from './files';
@@ -31,7 +32,7 @@ describe('loadAgentConfig', () => {
     });
   });
 
-  it('reads the example of the SPEC', () => {
+  it('reads a configuration that sets every key', () => {
     const file = files.write(`[agent]
 receiver = wss://backup.example:7480    ; wss:// with ca_file = ... for TLS
 ca_file = /etc/barman-agent/ca.pem
@@ -138,6 +139,25 @@ application_name = barman_receive_main
       const short = configErrorOf(() => loadAgentConfig(files.write(`[agent]\nreceiver = ws://b:1\nserver = main\ntoken_file = ${shortFile}\n`)));
       expect(short.message).toMatch(/shorter than 16 characters/);
       expect(`${short.message}${short.hint}`).not.toContain('tooshort');
+    });
+
+    it('refuses a token_file that group or others may read, as ssh refuses such a key', () => {
+      const loose = files.write(`${TOKEN}\n`, 'loose.token');
+      chmodSync(loose, 0o644);
+      const file = files.write(`[agent]\nreceiver = ws://b:1\nserver = main\ntoken_file = ${loose}\n`);
+      const e = configErrorOf(() => loadAgentConfig(file));
+      expect(e.message).toBe(`${file} [agent] token_file: ${loose} has mode 0644: the secret must not be readable by other users`);
+      expect(e.hint).toContain(`chmod 600 ${loose}`);
+      expect(`${e.message}${e.hint}`).not.toContain(TOKEN);
+      chmodSync(loose, 0o600);
+      expect(loadAgentConfig(file).token).toBe(TOKEN);
+    });
+
+    it.runIf(process.getuid?.() === 0)('refuses a token_file that belongs to another user', () => {
+      const foreign = files.write(`${TOKEN}\n`, 'foreign.token');
+      chownSync(foreign, 65534, 65534);
+      const file = files.write(`[agent]\nreceiver = ws://b:1\nserver = main\ntoken_file = ${foreign}\n`);
+      expect(configErrorOf(() => loadAgentConfig(file)).message).toMatch(/token_file: .*foreign\.token belongs to uid 65534, not to this user \(uid 0\) or root/);
     });
 
     it('never appears in an error about another key', () => {

@@ -1,3 +1,4 @@
+import { chmodSync, chownSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { COMPRESSIONS, loadReceiverConfig, parseListen } from '../../../../shared/config/receiver';
 import { configErrorOf, tempFiles } from './files';
@@ -30,7 +31,7 @@ describe('loadReceiverConfig', () => {
     expect(c.servers.get('main')).toEqual({ name: 'main', description: 'main', token: TOKEN, retentionPolicy: undefined, minimumRedundancy: 0 });
   });
 
-  it('reads the example of the SPEC, section by section', () => {
+  it('reads a configuration that sets every key, section by section', () => {
     const file = files.write(`[barman]
 barman_home = /srv/barman          ; default /srv/barman
 listen = 127.0.0.1:7480            ; host:port of the WebSocket service
@@ -57,6 +58,36 @@ retention_policy = RECOVERY WINDOW OF 7 DAYS
     expect(c.compression).toBe('gzip');
     expect(c.servers.get('main')).toEqual({ name: 'main', description: 'Main PostgreSQL server', token: TOKEN, retentionPolicy: { kind: 'redundancy', count: 2 }, minimumRedundancy: 1 });
     expect(c.servers.get('reporting')).toMatchObject({ token: 'r'.repeat(32), retentionPolicy: { kind: 'window', amount: 7, unit: 'days' } });
+  });
+
+  it('reads timeout = seconds (default 30, at least 1)', () => {
+    expect(loadReceiverConfig(conf('')).timeoutSeconds).toBe(30);
+    expect(loadReceiverConfig(conf('timeout = 5')).timeoutSeconds).toBe(5);
+    expect(configErrorOf(() => loadReceiverConfig(conf('timeout = 0'))).message).toMatch(/\[barman\] timeout: "0" is not a whole number >= 1/);
+  });
+
+  it("refuses a server's token_file that others may read, naming the file, its mode and chmod 600", () => {
+    for (const mode of [0o644, 0o640, 0o604, 0o660, 0o666]) {
+      const loose = files.write(`${TOKEN}\n`, `loose-${mode.toString(8)}.token`);
+      chmodSync(loose, mode);
+      const file = files.write(`[barman]\nbarman_home = ${files.dir}/home\n\n[main]\ntoken_file = ${loose}\n`);
+      const e = configErrorOf(() => loadReceiverConfig(file));
+      expect(e.message).toBe(`${file} [main] token_file: ${loose} has mode 0${mode.toString(8)}: the secret must not be readable by other users`);
+      expect(e.hint).toContain(`chmod 600 ${loose}`);
+      expectNoSecret(e.message + e.hint);
+    }
+    const tight = files.write(`${TOKEN}\n`, 'tight.token');
+    chmodSync(tight, 0o400);
+    expect(loadReceiverConfig(files.write(`[barman]\n\n[main]\ntoken_file = ${tight}\n`)).servers.get('main')!.token).toBe(TOKEN);
+  });
+
+  it.runIf(process.getuid?.() === 0)("refuses a server's token_file owned by another user (who could swap the secret)", () => {
+    const foreign = files.write(`${TOKEN}\n`, 'foreign.token');
+    chownSync(foreign, 65534, 65534);
+    const file = files.write(`[barman]\n\n[main]\ntoken_file = ${foreign}\n`);
+    const e = configErrorOf(() => loadReceiverConfig(file));
+    expect(e.message).toBe(`${file} [main] token_file: ${foreign} belongs to uid 65534, not to this user (uid 0) or root`);
+    expect(e.hint).toMatch(/chown root .*chmod 600/);
   });
 
   it('refuses a file it cannot read, naming it', () => {

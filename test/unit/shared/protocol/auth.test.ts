@@ -1,6 +1,7 @@
 import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { computeProof, newNonce, proofMatches } from '../../../../shared/protocol/auth';
+import { computeProof, newNonce, type ProofContext, proofMatches } from '../../../../shared/protocol/auth';
+import { PROTOCOL_VERSION, ROLES } from '../../../../shared/protocol/frames';
 
 const SECRET = '0123456789abcdef0123456789abcdef';
 const client = Buffer.alloc(32, 0xc1);
@@ -16,51 +17,69 @@ describe('newNonce', () => {
   });
 });
 
+const hello: ProofContext = { server: 'main', role: 'push', protocolVersion: PROTOCOL_VERSION, agentVersion: 'barman-ts/0.1.0', clientNonce: client, serverNonce: server };
+
 describe('computeProof', () => {
   it('is an HMAC-SHA256 (32 bytes) and the same for the same inputs', () => {
-    const p = computeProof(SECRET, 'agent', 'main', client, server);
+    const p = computeProof(SECRET, 'agent', hello);
     expect(p.length).toBe(32);
-    expect(computeProof(SECRET, 'agent', 'main', Buffer.from(client), Buffer.from(server)).equals(p)).toBe(true);
+    expect(computeProof(SECRET, 'agent', { ...hello, clientNonce: Buffer.from(client), serverNonce: Buffer.from(server) }).equals(p)).toBe(true);
   });
 
-  it('is keyed by the secret over role, server and both nonces (a fixed vector)', () => {
-    const expected = createHmac('sha256', SECRET).update('barman-ts/1 agent main\n').update(client).update(server).digest();
-    expect(computeProof(SECRET, 'agent', 'main', client, server).equals(expected)).toBe(true);
+  it('is keyed by the secret over length-prefixed fields: who, server, role, protocol version, agent version, both nonces (a fixed vector)', () => {
+    const field = (v: string | Buffer) => {
+      const b = typeof v === 'string' ? Buffer.from(v) : v;
+      const n = Buffer.alloc(4);
+      n.writeUInt32BE(b.length);
+      return Buffer.concat([n, b]);
+    };
+    const input = [field('agent'), field('main'), field('push'), field(String(PROTOCOL_VERSION)), field('barman-ts/0.1.0'), field(client), field(server)];
+    const expected = createHmac('sha256', SECRET).update('barman-ts proof v2\n').update(Buffer.concat(input)).digest();
+    expect(computeProof(SECRET, 'agent', hello).equals(expected)).toBe(true);
   });
 
   it('accepts nonces as plain Uint8Array views (as msgpack may hand them over)', () => {
     const backing = new Uint8Array(80);
     backing.set(client, 3);
     const view = backing.subarray(3, 35);
-    expect(computeProof(SECRET, 'agent', 'main', view, server).equals(computeProof(SECRET, 'agent', 'main', client, server))).toBe(true);
+    expect(computeProof(SECRET, 'agent', { ...hello, clientNonce: view }).equals(computeProof(SECRET, 'agent', hello))).toBe(true);
   });
 
-  it('differs for every input that differs', () => {
-    const base = computeProof(SECRET, 'agent', 'main', client, server);
-    const other = Buffer.from(client);
-    other.writeUInt8(other.readUInt8(31) ^ 1, 31);
-    const variants = {
-      secret: computeProof(`${SECRET}x`, 'agent', 'main', client, server),
-      role: computeProof(SECRET, 'receiver', 'main', client, server),
-      server: computeProof(SECRET, 'agent', 'main2', client, server),
-      clientNonce: computeProof(SECRET, 'agent', 'main', other, server),
-      serverNonce: computeProof(SECRET, 'agent', 'main', client, other),
-      swappedNonces: computeProof(SECRET, 'agent', 'main', server, client),
+  it('binds every field of the hello that grants rights: a relay that rewrites any one of them forwards a proof that fails', () => {
+    const base = computeProof(SECRET, 'agent', hello);
+    const flipped = Buffer.from(client);
+    flipped.writeUInt8(flipped.readUInt8(31) ^ 1, 31);
+    const variants: Record<string, Buffer> = {
+      secret: computeProof(`${SECRET}x`, 'agent', hello),
+      who: computeProof(SECRET, 'receiver', hello),
+      server: computeProof(SECRET, 'agent', { ...hello, server: 'main2' }),
+      clientNonce: computeProof(SECRET, 'agent', { ...hello, clientNonce: flipped }),
+      serverNonce: computeProof(SECRET, 'agent', { ...hello, serverNonce: flipped }),
+      swappedNonces: computeProof(SECRET, 'agent', { ...hello, clientNonce: server, serverNonce: client }),
+      protocolVersion: computeProof(SECRET, 'agent', { ...hello, protocolVersion: PROTOCOL_VERSION - 1 }),
+      agentVersion: computeProof(SECRET, 'agent', { ...hello, agentVersion: 'barman-ts/0.0.9' }),
     };
+    for (const role of ROLES.filter((r) => r !== hello.role)) variants[`role ${role}`] = computeProof(SECRET, 'agent', { ...hello, role });
     for (const [what, proof] of Object.entries(variants)) {
-      expect(proof.equals(base), what).toBe(false);
+      expect(proofMatches(base, proof), what).toBe(false);
     }
   });
 
-  it('so the receiver\'s proof can never be replayed as the agent\'s', () => {
-    const agent = computeProof(SECRET, 'agent', 'main', client, server);
-    const receiver = computeProof(SECRET, 'receiver', 'main', client, server);
+  it('cannot be fooled by moving bytes from one field to the next (fields are length-prefixed)', () => {
+    const a = computeProof(SECRET, 'agent', { ...hello, server: 'main', agentVersion: 'xbarman' });
+    const b = computeProof(SECRET, 'agent', { ...hello, server: 'mainx', agentVersion: 'barman' });
+    expect(a.equals(b)).toBe(false);
+  });
+
+  it("so the receiver's proof can never be replayed as the agent's", () => {
+    const agent = computeProof(SECRET, 'agent', hello);
+    const receiver = computeProof(SECRET, 'receiver', hello);
     expect(proofMatches(agent, receiver)).toBe(false);
   });
 });
 
 describe('proofMatches', () => {
-  const proof = computeProof(SECRET, 'agent', 'main', client, server);
+  const proof = computeProof(SECRET, 'agent', hello);
 
   it('matches an equal proof', () => {
     expect(proofMatches(proof, Buffer.from(proof))).toBe(true);

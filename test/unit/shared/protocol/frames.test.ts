@@ -91,6 +91,7 @@ describe('validateFrame', () => {
 
   it('refuses an id on frames that never carry one', () => {
     expect(validateFrame({ ...VALID_FRAMES.auth, id: 1 })).toBe('auth frame: unexpected field "id"');
+    expect(validateFrame({ ...VALID_FRAMES['backup-total'], id: 1 })).toBe('backup-total frame: unexpected field "id"');
   });
 
   it('cuts a long unexpected field name short', () => {
@@ -129,6 +130,12 @@ describe('validateFrame', () => {
     ['backup start with a malformed tablespace', { ...VALID_FRAMES['backup-begin'], start: { ...VALID_FRAMES['backup-begin'].start, tablespaces: [{ oid: 'x', name: 'ts1', location: '/srv' }] } }, 'start'],
     ['backup stop without the tablespace map', { ...VALID_FRAMES['backup-end'], stop: { stopLsn: '0/2000100', stopTime: '2026-11-25T10:00:05Z', backupLabel: '', directories: [] } }, 'stop'],
     ['backup-start whose wait is not a boolean', { ...VALID_FRAMES['backup-start'], wait: 1 }, 'wait'],
+    ['backup progress with negative bytes', { ...VALID_FRAMES['backup-progress'], bytes: -1 }, 'bytes'],
+    ['backup progress with a fractional elapsed time', { ...VALID_FRAMES['backup-progress'], elapsedMs: 2.5 }, 'elapsedMs'],
+    ['backup progress with an unsafe file count', { ...VALID_FRAMES['backup-progress'], files: 2 ** 53 }, 'files'],
+    ['backup progress whose total is a string', { ...VALID_FRAMES['backup-progress'], totalBytes: '23456789' }, 'totalBytes'],
+    ['backup progress for a malformed backup ID', { ...VALID_FRAMES['backup-progress'], backupId: '../x' }, 'backupId'],
+    ['backup total with a NaN byte count', { ...VALID_FRAMES['backup-total'], bytes: Number.NaN }, 'bytes'],
     ['restore plan with an unknown option', { ...VALID_FRAMES['restore-plan-request'], options: { targetTme: '2026-11-25' } }, 'options'],
     ['restore plan with a numeric option', { ...VALID_FRAMES['restore-plan-request'], options: { targetXid: 1234 } }, 'options'],
     ['restore plan whose options are an array', { ...VALID_FRAMES['restore-plan-request'], options: ['targetImmediate'] }, 'options'],

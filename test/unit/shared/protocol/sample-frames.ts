@@ -37,13 +37,15 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
     type: 'backup-end',
     id: 10,
     backupId: '20261125T100000',
-    stop: { stopLsn: '0/2000100', stopTime: '2026-11-25T10:00:05.000Z', backupLabel: 'START WAL LOCATION: 0/2000028\n', tablespaceMap: '', directories: ['base', 'pg_wal', 'pg_replslot'] },
+    stop: { stopLsn: '0/2000100', stopTime: '2026-11-25T10:00:05.000Z', backupLabel: 'START WAL LOCATION: 0/2000028\n', tablespaceMap: '', directories: ['base', 'pg_wal', 'pg_replslot'], symlinks: [{ path: 'conf.d', target: '/etc/postgresql/15/main/conf.d' }] },
     fileCount: 970,
   },
   'backup-abort': { type: 'backup-abort', id: 11, backupId: '20261125T100000', reason: 'pg_backup_start failed' },
   'backup-request': { type: 'backup-request', id: 12 },
   'backup-start': { type: 'backup-start', id: 13, wait: true },
   'backup-status': { type: 'backup-status', id: 14, backupId: '20261125T100000', status: 'DONE' },
+  'backup-total': { type: 'backup-total', backupId: '20261125T100000', files: 970, bytes: 23_456_789 },
+  'backup-progress': { type: 'backup-progress', id: 13, backupId: '20261125T100000', files: 412, bytes: 10_485_760, elapsedMs: 2_500, totalFiles: 970, totalBytes: 23_456_789 },
   'get-backup-file': { type: 'get-backup-file', id: 15, backupId: '20261125T100000', path: 'base/5/1259' },
   'restore-plan-request': { type: 'restore-plan-request', id: 16, backup: 'latest', options: { targetTime: '2026-11-25T12:00:05+01:00', targetAction: 'promote', exclusive: false } },
   'status-request': { type: 'status-request', id: 17 },
@@ -53,16 +55,24 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
     agentConnected: true,
     agentSince: '2026-11-25T09:00:00.000Z',
     backupRunning: '',
-    streaming: { state: 'streaming', timeline: 1, receivedLsn: '0/3000100', flushLsn: '0/3000100', serverLsn: '0/3000100', lastFlushAt: '2026-11-25T09:00:01.000Z' },
+    streaming: {
+      state: 'streaming', timeline: 1, receivedLsn: '0/3000100', flushLsn: '0/3000100', serverLsn: '0/3000100', lastFlushAt: '2026-11-25T09:00:01.000Z',
+      lastHeardAt: '2026-11-25T09:00:02.000Z', caughtUpAt: '2026-11-25T09:00:02.000Z',
+    },
   },
-  'stream-open': { type: 'stream-open', id: 19, timeline: 2, systemIdentifier: '7712075971341596236', segmentSize: 16 * 1024 * 1024, serverLsn: '0/5000060', switchLsn: '0/40000A0', parentTimeline: 1 },
+  'stream-open': { type: 'stream-open', id: 19, timeline: 2, systemIdentifier: '7712075971341596236', segmentSize: 16 * 1024 * 1024, serverLsn: '0/5000060', switchLsn: '0/40000A0', parentTimeline: 1, timeoutSeconds: 30 },
   'stream-position': { type: 'stream-position', id: 19, timeline: 2, lsn: '0/40000A0' },
   'wal-data': { type: 'wal-data', id: 19, timeline: 2, startLsn: '0/40000A0', walEnd: '0/5000060', data: bytes(8192, 6) },
   'stream-flushed': { type: 'stream-flushed', id: 19, timeline: 2, flushLsn: '0/40020A0' },
   'stream-segment': { type: 'stream-segment', id: 19, name: '000000020000000000000004', sha256: SHA },
+  'stream-keepalive': { type: 'stream-keepalive', id: 19, timeline: 2, serverLsn: '0/5000060' },
+  'daemon-attach': { type: 'daemon-attach', id: 20, instance: '6f1c2a9e-3b0d-4e59-9a57-0d2f4c1b8e21', takeover: false, host: 'db1', pid: 4242 },
+  'daemon-attached': { type: 'daemon-attached', id: 20 },
 };
 
 /** Fields a frame kind may leave out. */
-export const OPTIONAL_FIELDS: Partial<Record<FrameType, string[]>> = { error: ['id'], 'backup-begin': ['requestId'], 'backup-status': ['reason'] };
+export const OPTIONAL_FIELDS: Partial<Record<FrameType, string[]>> = {
+  error: ['id'], 'backup-begin': ['requestId'], 'backup-status': ['reason'], 'backup-progress': ['totalFiles', 'totalBytes'], 'stream-open': ['timeoutSeconds'],
+};
 
 export const FRAME_TYPES = Object.keys(VALID_FRAMES) as FrameType[];

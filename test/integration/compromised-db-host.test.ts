@@ -1,0 +1,237 @@
+// The database host is less trusted than the backup host. What an attacker who owns a PostgreSQL
+// host (its agent token included), or the network path of a ws:// connection, tries against the
+// backup host, and how each attempt ends: a rewritten hello is refused; a backup whose recorded
+// tablespace location points at ~/.ssh writes nothing there; symlinks planted in the data
+// directory come back as the same symlinks, never as copies of what they point at.
+
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { emptyInfo, formatBackupInfo, parseBackupInfo } from '../../shared/backup/info';
+import { buildManifest, parseManifest } from '../../shared/backup/manifest';
+import { type ErrorFrame, type Frame, PROTOCOL_VERSION } from '../../shared/protocol/frames';
+import {
+  type Cluster, createCluster, describeRun, expectFailure, expectSuccess, makeDir, makeTempDir, RawClient, type Receiver, runAgent, runReceiverCli,
+  sha256OfBytes, startReceiver, startRelay,
+} from '../harness';
+import { backupAndWait, listBackupsJson, recoverInto, showBackupJson } from '../harness/backups';
+import { startRecovered, verifyRecoveredDirectory } from '../harness/recovered';
+
+/** A DONE backup planted in the catalog as a hostile agent could have sent it: backup.info and global/pg_control. */
+function plantBackup(serverDir: string, id: string, control: Buffer): void {
+  const dir = join(serverDir, 'base', id);
+  mkdirSync(join(dir, 'data', 'global'), { recursive: true });
+  writeFileSync(join(dir, 'data', 'global', 'pg_control'), control);
+  writeFileSync(join(dir, 'backup.info'), formatBackupInfo({ ...emptyInfo(id), status: 'DONE' }));
+}
+
+describe('a man in the middle on ws:// rewrites the hello', () => {
+  it('cannot turn a push session into a restore session: the proof no longer matches and nothing is served', async () => {
+    const receiver = await startReceiver({ servers: [{ name: 'main' }] });
+    const control = Buffer.from('the pg_control of main, which a push session must never read');
+    plantBackup(receiver.serverDir('main'), '20260101T000000', control);
+    const relay = await startRelay({ host: receiver.host, port: receiver.port });
+
+    // the relay rewrites role push -> restore, forwards the agent's proof unchanged, and once
+    // welcomed asks for the backup's pg_control on the agent's session
+    const fromReceiver: Frame[] = [];
+    let rewritten = false;
+    relay.interceptNext({
+      fromClient: (frame) => {
+        if (frame.type !== 'hello') return frame;
+        rewritten = true;
+        return { ...frame, role: 'restore' };
+      },
+      fromReceiver: (frame, inject) => {
+        fromReceiver.push(frame);
+        if (frame.type === 'welcome') inject({ type: 'get-backup-file', id: 900, backupId: '20260101T000000', path: 'global/pg_control' });
+      },
+    });
+
+    const agent = await RawClient.connect(relay.url);
+    await expect(agent.authenticate('main', receiver.tokens.get('main')!, 'push')).rejects.toThrow(/AUTH_FAILED|expected welcome/);
+    await agent.closed;
+    expect(rewritten).toBe(true);
+    // the receiver challenged, then refused the proof: no welcome, no file, not a byte of pg_control
+    expect(fromReceiver.map((f) => f.type)).toEqual(['challenge', 'error']);
+    expect(fromReceiver[1]).toMatchObject({ type: 'error', code: 'AUTH_FAILED' });
+    expect(receiver.logs()).toMatch(/refused agent/);
+
+    // without the relay, the same token and role are welcomed: only the rewrite was refused
+    const direct = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'push');
+    direct.close();
+
+    // an agent of the previous protocol (whose proof left the role out) is told to upgrade, by version
+    const old = await RawClient.connect(receiver.url);
+    old.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION - 1, server: 'main', role: 'push', clientNonce: Buffer.alloc(32, 7), agentVersion: 'barman-ts/0.1.0' });
+    const refused = await old.nextFrame();
+    expect(refused).toMatchObject({ type: 'error', code: 'PROTOCOL', message: `agent speaks protocol version ${PROTOCOL_VERSION - 1}, this receiver speaks ${PROTOCOL_VERSION}` });
+    expect((refused as ErrorFrame).hint).toMatch(/same barman-ts version/);
+  });
+});
+
+describe('an agent with a valid token sends a backup whose symlinks would route writes', () => {
+  it('is refused at its end, and the backup is FAILED with the reason', async () => {
+    const receiver = await startReceiver({ servers: [{ name: 'main' }] });
+    const agent = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'backup');
+    const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: '7312345678901234567', pgVersion: 150018, segmentSize: 16 * 1024 * 1024, pgdata: '/var/lib/postgresql/15/main', tablespaces: [] };
+    agent.send({ type: 'backup-begin', id: 1, start });
+    const accepted = await agent.nextFrame();
+    if (accepted.type !== 'backup-accepted') throw new Error(`expected backup-accepted, got ${JSON.stringify(accepted)}`);
+    const control = Buffer.from('pg_control');
+    agent.send({ type: 'put', id: 2, target: { kind: 'backup-file', backupId: accepted.backupId, path: 'global/pg_control', mtime: 0 }, size: control.length });
+    agent.send({ type: 'chunk', id: 2, data: control });
+    agent.send({ type: 'end', id: 2, sha256: sha256OfBytes(control) });
+    expect(await agent.nextFrame()).toMatchObject({ type: 'ack', id: 2 });
+    // `global` as a link to ~/.ssh: every file of global/ would be written through it on recovery
+    const stop = { stopLsn: '0/2000100', stopTime: new Date().toISOString(), backupLabel: 'START WAL LOCATION: 0/2000028\n', tablespaceMap: '', directories: ['base'], symlinks: [{ path: 'global', target: '/root/.ssh' }] };
+    agent.send({ type: 'backup-end', id: 3, backupId: accepted.backupId, stop, fileCount: 1 });
+    expect(await agent.nextFrame()).toMatchObject({ type: 'error', id: 3, code: 'INVALID_NAME', message: expect.stringMatching(/"global" is not a valid symlink/) });
+    agent.close();
+    const info = (await listBackupsJson(receiver, 'main')).find((b) => b.backup_id === accepted.backupId);
+    expect(info).toMatchObject({ status: 'FAILED', error: expect.stringMatching(/"global" is not a valid symlink/) });
+    expect(existsSync(join(receiver.serverDir('main'), 'base', accepted.backupId, 'data'))).toBe(false);
+  });
+});
+
+describe('a data directory with symlinks planted in it (and a tablespace)', () => {
+  let receiver: Receiver;
+  let cluster: Cluster;
+  let id: string;
+  let oid: string;
+  let versionDir: string;
+  /** a folder outside the data directory, with a file a backup must never copy */
+  let outside: string;
+  const hostname = readFileSync('/etc/hostname');
+  /** path inside the data directory -> link target, as planted */
+  const planted: Record<string, string> = {};
+
+  beforeAll(async () => {
+    receiver = await startReceiver({ servers: [{ name: 'main' }] });
+    cluster = await createCluster({ name: 'symlinks', archive: true, agentConfig: { receiver, server: 'main' } });
+    await cluster.start();
+    const tablespace = makeTempDir('tblspc', 'postgres', 0o700);
+    await cluster.psql(`create tablespace fast_disk location '${tablespace}'`);
+    await cluster.psql("create table parts (id int primary key, name text) tablespace fast_disk; insert into parts select g, 'part ' || g from generate_series(1, 3000) g; checkpoint;");
+    oid = await cluster.psql("select oid from pg_tablespace where spcname = 'fast_disk'");
+    versionDir = readdirSync(tablespace)[0]!;
+    outside = makeTempDir('outside', 'postgres', 0o755);
+    writeFileSync(join(outside, 'secret.txt'), 'a file outside the data directory\n');
+
+    Object.assign(planted, {
+      evil_link: '/etc/hostname',
+      outside_dir: outside,
+      loop_a: 'loop_b',
+      loop_b: 'loop_a',
+      'global/up': '..',
+    });
+    for (const [path, target] of Object.entries(planted)) symlinkSync(target, join(cluster.pgdata, path));
+    symlinkSync('/etc/hostname', join(tablespace, versionDir, 'evil_in_tablespace'));
+    planted[`pg_tblspc/${oid}/${versionDir}/evil_in_tablespace`] = '/etc/hostname';
+
+    id = await backupAndWait(receiver, 'main', cluster);
+  });
+
+  it('backs each link up as a link: nothing copied through one, no file twice', async () => {
+    const info = await showBackupJson(receiver, 'main', id);
+    expect(Object.fromEntries(info.symlinks.map((l) => [l.path, l.target]))).toEqual(planted);
+    const backupDir = join(receiver.serverDir('main'), 'base', id);
+    const paths = parseManifest(readFileSync(join(backupDir, 'backup_manifest'), 'utf8')).files.map((f) => f.path);
+    expect(new Set(paths).size).toBe(paths.length);
+    expect(paths.filter((p) => p.endsWith('pg_control'))).toEqual(['global/pg_control']);
+    for (const link of Object.keys(planted)) {
+      expect(paths.filter((p) => p === link || p.startsWith(`${link}/`)), link).toEqual([]);
+      // the catalog holds no file, directory or link under the link's name: links are recorded, never made there
+      expect(existsSync(join(backupDir, 'data', link)), link).toBe(false);
+    }
+  });
+
+  it('recovers them as the same links, and the cluster starts with its rows', async () => {
+    const moved = join(makeTempDir('tblspc-new', 'postgres', 0o755), 'fast_disk');
+    const recovery = await recoverInto(receiver, 'main', id, ['--tablespace', `fast_disk:${moved}`]);
+    expectSuccess(recovery.result);
+    const at = (path: string) => (path.startsWith(`pg_tblspc/${oid}/`) ? join(moved, path.slice(`pg_tblspc/${oid}/`.length)) : join(recovery.dest, path));
+    for (const [path, target] of Object.entries(planted)) {
+      expect(lstatSync(at(path)).isSymbolicLink(), path).toBe(true);
+      expect(readlinkSync(at(path)), path).toBe(target);
+    }
+    // what the links point at is as it was
+    expect(readFileSync('/etc/hostname')).toEqual(hostname);
+    expect(readdirSync(outside)).toEqual(['secret.txt']);
+    // pg_verifybackup follows links (and a manifest lists files only): it checks everything but them
+    const verified = await verifyRecoveredDirectory(recovery.dest, Object.keys(planted));
+    expect(verified.code, describeRun(verified)).toBe(0);
+    const copy = await startRecovered(recovery.dest, recovery.dir);
+    await copy.waitPromoted();
+    expect(await copy.psql('select count(*) from parts')).toBe('3000');
+    await copy.dispose();
+  });
+
+  it('restores them as links on the database host too (barman-agent restore)', async () => {
+    const dir = makeTempDir('restored', 'postgres', 0o755);
+    const dest = join(dir, 'pgdata');
+    const moved = join(makeDir(join(dir, 'tblspc'), 'postgres', 0o700), 'fast_disk');
+    const r = await runAgent(['restore', '-c', cluster.agentConfigPath!, id, dest, '--tablespace', `fast_disk:${moved}`]);
+    expectSuccess(r);
+    expect(readlinkSync(join(dest, 'evil_link'))).toBe('/etc/hostname');
+    expect(readlinkSync(join(dest, 'global', 'up'))).toBe('..');
+    expect(readlinkSync(join(moved, versionDir, 'evil_in_tablespace'))).toBe('/etc/hostname');
+    const verified = await verifyRecoveredDirectory(dest, Object.keys(planted));
+    expect(verified.code, describeRun(verified)).toBe(0);
+  });
+});
+
+describe('a backup whose recorded tablespace location points at ~/.ssh on the backup host', () => {
+  it('writes nothing there: recover wants a location for each tablespace, apart from the destination and the catalog', async () => {
+    const receiver = await startReceiver({ servers: [{ name: 'main' }] });
+    const cluster = await createCluster({ name: 'hostile-tblspc', archive: true, agentConfig: { receiver, server: 'main' } });
+    await cluster.start();
+    await cluster.psql(`create tablespace fast_disk location '${makeTempDir('tblspc', 'postgres', 0o700)}'`);
+    await cluster.psql('create table parts (id int) tablespace fast_disk; insert into parts select generate_series(1, 100);');
+    const oid = await cluster.psql("select oid from pg_tablespace where spcname = 'fast_disk'");
+    const id = await backupAndWait(receiver, 'main', cluster);
+
+    // what an agent with a valid token can record: the location of a user's ~/.ssh on the backup
+    // host, and an authorized_keys in the tablespace (in backup.info and the manifest, as it sends them)
+    const victimHome = makeTempDir('victim-home', 'root', 0o755);
+    const ssh = join(victimHome, '.ssh');
+    const backupDir = join(receiver.serverDir('main'), 'base', id);
+    const info = parseBackupInfo(readFileSync(join(backupDir, 'backup.info'), 'utf8'));
+    writeFileSync(join(backupDir, 'backup.info'), formatBackupInfo({ ...info, tablespaces: info.tablespaces.map((t) => ({ ...t, location: ssh })) }));
+    const key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAttackerKeyAttackerKeyAttackerKey attacker\n';
+    writeFileSync(join(backupDir, 'data', 'pg_tblspc', oid, 'authorized_keys'), key);
+    const manifest = parseManifest(readFileSync(join(backupDir, 'backup_manifest'), 'utf8'));
+    const files = [...manifest.files, { path: `pg_tblspc/${oid}/authorized_keys`, size: key.length, mtime: 0, sha256: sha256OfBytes(Buffer.from(key)) }];
+    writeFileSync(join(backupDir, 'backup_manifest'), buildManifest(info, files, manifest.walRanges));
+
+    const recover = async (dest: string, options: string[]) => runReceiverCli(['recover', '-c', receiver.configPath, 'main', 'latest', dest, ...options]);
+    const newDest = () => join(makeTempDir('recovered', 'postgres', 0o755), 'pgdata');
+
+    // as the DBA types it: refused before anything is written, naming the flag to add
+    const dest = newDest();
+    const plain = await recover(dest, []);
+    expectFailure(plain, 2, new RegExp(`backup ${id} has tablespaces with no location given on this host: fast_disk \\(OID ${oid}, recorded by the database host as ${ssh}\\)`));
+    expect(plain.stderr).toContain(`--tablespace fast_disk:${dest}_tablespaces/fast_disk`);
+    expect(existsSync(dest)).toBe(false);
+
+    // locations that overlap what must stay untouched
+    const refusals: Array<[location: string, message: RegExp]> = [
+      [join(dest, 'fast_disk'), /tablespace fast_disk location .* overlaps destination/],
+      [dirname(dest), /overlaps destination/],
+      [join(receiver.barmanHome, 'fast_disk'), /overlaps the catalog \(barman_home\)/],
+      ['fast_disk', /tablespace fast_disk location fast_disk is not an absolute path/],
+    ];
+    for (const [location, message] of refusals) {
+      expectFailure(await recover(dest, ['--tablespace', `fast_disk:${location}`]), 1, message);
+      expect(existsSync(dest), location).toBe(false);
+    }
+
+    // with a location of its own, the planted file lands there, harmless; never in ~/.ssh
+    const safe = join(makeTempDir('tblspc-new', 'postgres', 0o755), 'fast_disk');
+    expectSuccess(await recover(dest, ['--tablespace', `fast_disk:${safe}`]));
+    expect(readlinkSync(join(dest, 'pg_tblspc', oid))).toBe(safe);
+    expect(readFileSync(join(safe, 'authorized_keys'), 'utf8')).toBe(key);
+    expect(existsSync(ssh)).toBe(false);
+    expect(readdirSync(victimHome)).toEqual([]);
+  });
+});

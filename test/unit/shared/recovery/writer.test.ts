@@ -1,0 +1,183 @@
+// The recovery writer on a real filesystem (temp dirs), with plans as a compromised database
+// host could shape them: it writes only inside the destination and the tablespace locations it
+// was given, refuses before writing anything, and recreates the backup's symlinks as links.
+
+import { createHash } from 'node:crypto';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BarmanError, ErrorCode } from '../../../../shared/errors';
+import type { RecoveryPlan } from '../../../../shared/recovery/plan';
+import { type RecoverySource, writeRecovery } from '../../../../shared/recovery/writer';
+
+const root = mkdtempSync(join(tmpdir(), 'barman-unit-writer-'));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+let n = 0;
+/** a fresh folder below the test root */
+const fresh = (label: string): string => {
+  const dir = join(root, `${label}-${++n}`);
+  mkdirSync(dir);
+  return dir;
+};
+
+const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+const CONTENT = new Map([
+  ['backup_label', 'START WAL LOCATION: 0/2000028\n'],
+  ['PG_VERSION', '15\n'],
+  ['base/1/1259', 'a relation'],
+  ['pg_tblspc/16385/PG_15_202209061/1/16390', 'a relation in a tablespace'],
+  ['global/pg_control', 'control'],
+]);
+const file = (path: string, text = CONTENT.get(path) ?? '') => ({ path, size: Buffer.byteLength(text), mtime: 0, sha256: sha(text) });
+
+function planOf(over: Partial<RecoveryPlan> = {}): RecoveryPlan {
+  return {
+    server: 'main',
+    backupId: '20260101T000000',
+    pgVersion: 150018,
+    files: ['backup_label', 'PG_VERSION', 'base/1/1259', 'global/pg_control'].map((p) => file(p)),
+    directories: ['base', 'base/1', 'global', 'pg_tblspc', 'pg_wal', 'pg_wal/archive_status'],
+    tablespaces: [],
+    symlinks: [],
+    wals: ['000000010000000000000002'],
+    settings: "restore_command = 'cp barman_wal/%f %p'\n",
+    manifest: '{ "PostgreSQL-Backup-Manifest-Version": 1 }\n',
+    targetDescription: 'end of WAL',
+    ...over,
+  };
+}
+
+function sourceOf(content: Map<string, string> = CONTENT, before?: (path: string) => void): RecoverySource {
+  return {
+    async *dataFile(path) {
+      before?.(path);
+      yield Buffer.from(content.get(path) ?? '');
+    },
+    async *walFile() {
+      yield Buffer.from('wal bytes');
+    },
+  };
+}
+
+async function refusal(write: Promise<void>, code: ErrorCode, message: RegExp): Promise<BarmanError> {
+  const err = await write.then(() => undefined, (e: unknown) => e);
+  expect(err).toBeInstanceOf(BarmanError);
+  expect((err as BarmanError).code).toBe(code);
+  expect((err as BarmanError).message).toMatch(message);
+  return err as BarmanError;
+}
+
+describe('writeRecovery', () => {
+  it('writes the data directory and its tablespace, then recreates the backup symlinks as links, writing through none of them', async () => {
+    const dest = join(fresh('dest'), 'pgdata');
+    const location = join(fresh('tblspc'), 'fast');
+    const outside = fresh('outside');
+    writeFileSync(join(outside, 'target.txt'), 'must stay as it is');
+    const plan = planOf({
+      files: [...planOf().files, file('pg_tblspc/16385/PG_15_202209061/1/16390')],
+      directories: [...planOf().directories, 'pg_tblspc/16385', 'pg_tblspc/16385/PG_15_202209061', 'pg_tblspc/16385/PG_15_202209061/1'],
+      tablespaces: [{ oid: '16385', name: 'fast', location }],
+      symlinks: [
+        { path: 'evil_link', target: join(outside, 'target.txt') },
+        { path: 'outside_dir', target: outside },
+        { path: 'loop_a', target: 'loop_b' },
+        { path: 'loop_b', target: 'loop_a' },
+        { path: 'global/up', target: '..' },
+        { path: 'pg_tblspc/16385/PG_15_202209061/evil', target: join(outside, 'target.txt') },
+      ],
+    });
+    await writeRecovery(plan, dest, sourceOf());
+
+    expect(readFileSync(join(dest, 'base/1/1259'), 'utf8')).toBe('a relation');
+    expect(statSync(join(dest, 'base/1/1259')).mode & 0o777).toBe(0o600);
+    expect(statSync(dest).mode & 0o777).toBe(0o700);
+    expect(readlinkSync(join(dest, 'pg_tblspc/16385'))).toBe(location);
+    expect(readFileSync(join(location, 'PG_15_202209061/1/16390'), 'utf8')).toBe('a relation in a tablespace');
+    expect(readFileSync(join(dest, 'barman_wal/000000010000000000000002'), 'utf8')).toBe('wal bytes');
+    expect(readFileSync(join(dest, 'postgresql.auto.conf'), 'utf8')).toContain('restore_command');
+    for (const link of plan.symlinks) {
+      const at = link.path.startsWith('pg_tblspc/16385/') ? join(location, link.path.slice('pg_tblspc/16385/'.length)) : join(dest, link.path);
+      expect(lstatSync(at).isSymbolicLink(), link.path).toBe(true);
+      expect(readlinkSync(at)).toBe(link.target);
+    }
+    expect(readdirSync(outside)).toEqual(['target.txt']);
+    expect(readFileSync(join(outside, 'target.txt'), 'utf8')).toBe('must stay as it is');
+  });
+
+  it.each<[string, Partial<RecoveryPlan>, RegExp]>([
+    ['a manifest path that leaves the destination', { files: [file('../../etc/cron.d/evil', 'x')] }, /"\.\.\/\.\.\/etc\/cron\.d\/evil" is not a valid path/],
+    ['an absolute manifest path', { files: [file('/root/.ssh/authorized_keys', 'x')] }, /is not a valid path/],
+    ['a directory that leaves the destination', { directories: ['base', '../outside'] }, /"\.\.\/outside" is not a valid path/],
+    ['a WAL name that is a path', { wals: ['../../../etc/passwd'] }, /is not a WAL file name/],
+    ['a symlink that leaves the destination', { symlinks: [{ path: '../escape', target: '/' }] }, /is not a valid path/],
+    ['a symlink above the files of the backup', { symlinks: [{ path: 'base', target: '/root' }] }, /"base" is not a valid symlink/],
+    ['a symlink where the recovery settings go', { symlinks: [{ path: 'postgresql.auto.conf', target: '/etc/passwd' }] }, /"postgresql.auto.conf" is not a valid symlink/],
+    ['a tablespace OID that is a path', { tablespaces: [{ oid: '../../x', name: 't', location: '/srv/t' }] }, /OID/],
+    ['a tablespace given twice', { tablespaces: [{ oid: '1', name: 't', location: '/srv/a' }, { oid: '1', name: 'u', location: '/srv/b' }] }, /OID/],
+  ])('refuses %s before writing anything', async (_what, over, message) => {
+    const dest = join(fresh('dest'), 'pgdata');
+    await refusal(writeRecovery(planOf(over), dest, sourceOf()), ErrorCode.INVALID_NAME, message);
+    expect(existsSync(dest)).toBe(false);
+  });
+
+  describe('refuses a tablespace location, before writing anything, that', () => {
+    const check = async (location: (dest: string) => string, message: RegExp, protectedPaths?: (dest: string) => Array<{ path: string; what: string }>) => {
+      const dest = join(fresh('dest'), 'pgdata');
+      const where = location(dest);
+      const before = existsSync(where) ? readdirSync(where) : undefined;
+      await refusal(writeRecovery(planOf({ tablespaces: [{ oid: '16385', name: 'fast', location: where }] }), dest, sourceOf(), { protectedPaths: protectedPaths?.(dest) }), ErrorCode.DESTINATION, message);
+      expect(existsSync(dest)).toBe(false);
+      expect(existsSync(where) ? readdirSync(where) : undefined).toEqual(before);
+    };
+
+    it('is not absolute', () => check(() => 'relative/fast', /tablespace fast location relative\/fast is not an absolute path/));
+    it('is inside the destination', () => check((dest) => join(dest, 'ts'), /tablespace fast location .* overlaps destination/));
+    it('is the destination', () => check((dest) => dest, /overlaps destination/));
+    it('contains the destination', () => check((dest) => join(dest, '..'), /overlaps destination/));
+    it('reaches into the destination through a symlinked parent', () =>
+      check((dest) => {
+        const hop = fresh('hop');
+        symlinkSync(join(dest, '..'), join(hop, 'via'));
+        return join(hop, 'via', 'pgdata', 'ts');
+      }, /overlaps destination/));
+    it('is inside a protected path (the catalog)', () => {
+      const catalog = fresh('barman_home');
+      return check(() => join(catalog, 'main', 'ts'), /overlaps the catalog \(barman_home\)/, () => [{ path: catalog, what: 'the catalog (barman_home)' }]);
+    });
+    it('contains a protected path', () => {
+      const srv = fresh('srv');
+      const catalog = join(srv, 'barman_home');
+      mkdirSync(catalog);
+      return check(() => srv, /overlaps the catalog/, () => [{ path: catalog, what: 'the catalog (barman_home)' }]);
+    });
+    it('overlaps another tablespace', async () => {
+      const dest = join(fresh('dest'), 'pgdata');
+      const a = join(fresh('ts'), 'a');
+      const plan = planOf({ tablespaces: [{ oid: '16385', name: 'a', location: a }, { oid: '16386', name: 'b', location: join(a, 'b') }] });
+      await refusal(writeRecovery(plan, dest, sourceOf()), ErrorCode.DESTINATION, /tablespace b location .* overlaps tablespace a location/);
+      expect(existsSync(dest) || existsSync(a)).toBe(false);
+    });
+  });
+
+  it('refuses the destination itself inside a protected path', async () => {
+    const catalog = fresh('barman_home');
+    const dest = join(catalog, 'main', 'pgdata');
+    await refusal(writeRecovery(planOf(), dest, sourceOf(), { protectedPaths: [{ path: catalog, what: 'the catalog (barman_home)' }] }), ErrorCode.DESTINATION, /destination .* overlaps the catalog/);
+    expect(readdirSync(catalog)).toEqual([]);
+  });
+
+  it('never writes through a directory that turned into a symlink while it ran, and removes what it wrote', async () => {
+    const dest = join(fresh('dest'), 'pgdata');
+    const outside = fresh('outside');
+    // base/2 is not among the directories made first: the writer makes it for the file below it,
+    // after the first file was written, when the link is already there
+    const plan = planOf({ files: [file('PG_VERSION'), file('base/2/16390', 'x')] });
+    const plant = (path: string) => {
+      if (path === 'PG_VERSION') symlinkSync(outside, join(dest, 'base', '2'));
+    };
+    await refusal(writeRecovery(plan, dest, sourceOf(new Map([['PG_VERSION', '15\n'], ['base/2/16390', 'x']]), plant), { parallel: 1 }), ErrorCode.DESTINATION, /base\/2 is a symbolic link/);
+    expect(readdirSync(outside)).toEqual([]);
+    expect(existsSync(dest)).toBe(false);
+  });
+});
