@@ -9,10 +9,11 @@
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { localServerBinaries } from '../shared/postgres/binaries';
 import { installPackagedPostgres, packagedMajors } from './packaged-postgres';
 
 const root = resolve(import.meta.dirname, '..');
@@ -20,18 +21,9 @@ const isRoot = process.getuid?.() === 0;
 const step = (n: number, text: string) => console.log(`\n\x1b[1m[${n}/7] ${text}\x1b[0m`);
 const info = (text: string) => console.log(`      ${text}`);
 
-/** SPEC §7: $PG_BINDIR, else `pg_config --bindir`, else the newest /usr/lib/postgresql/<v>/bin; undefined when none has an initdb. */
+/** SPEC §7: $PG_BINDIR, else `pg_config --bindir`, else the newest /usr/lib/postgresql/<v>/bin; undefined when there are none. */
 function installedBinDir(): string | undefined {
-  const candidates: string[] = [];
-  if (process.env.PG_BINDIR) candidates.push(process.env.PG_BINDIR);
-  try {
-    candidates.push(execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
-  } catch {
-    // no pg_config on PATH
-  }
-  const base = '/usr/lib/postgresql';
-  if (existsSync(base)) candidates.push(...readdirSync(base).filter((v) => /^\d+$/.test(v)).sort((a, b) => Number(b) - Number(a)).map((v) => join(base, v, 'bin')));
-  return candidates.find((dir) => existsSync(join(dir, 'initdb')));
+  return process.env.PG_BINDIR || localServerBinaries()[0]?.dir;
 }
 
 /** The binaries the demo runs, and a line saying where they come from. */
