@@ -92,7 +92,7 @@ addRecoveryOptions(program
       const [{ restore }, { recoveryOptionsFromCli }, { Progress, recoveryProgress }] = await Promise.all([import('./commands/restore'), import('../shared/recovery/cli-options'), import('../shared/progress')]);
       const started = Date.now();
       const progress = new Progress();
-      const plan = await restore(await loadConfig(opts), id, pgdata, recoveryOptionsFromCli(opts), recoveryProgress(progress)).finally(() => progress.end());
+      const plan = await restore(await loadConfig(opts), id, pgdata, recoveryOptionsFromCli(opts), recoveryProgress(progress), opts.pgBindir as string | undefined).finally(() => progress.end());
       process.stdout.write(`Restored backup ${plan.backupId} of ${plan.server} into ${pgdata} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
       process.stdout.write(`Start it with: pg_ctl -D ${pgdata} start\n`);
     }),

@@ -1,8 +1,10 @@
 // Connecting to the local PostgreSQL from the agent's conninfo (libpq keyword = value form or a
-// postgresql:// URL), as a normal or a replication session.
+// postgresql:// URL), as a normal or a replication session; and what the agent does differently
+// by major version (the backup functions, how a slot's position is read), decided here only.
 
-import type { ClientConfig } from 'pg';
+import type { Client, ClientConfig } from 'pg';
 import { BarmanError, ErrorCode } from '../shared/errors';
+import { requireSupportedVersion } from '../shared/postgres/version';
 
 const KEYWORDS: Record<string, keyof ClientConfig> = {
   host: 'host', hostaddr: 'host', port: 'port', user: 'user', dbname: 'database', password: 'password',
@@ -50,4 +52,68 @@ export async function connectPostgres(conninfo: string, extra: Partial<ClientCon
     throw new BarmanError(ErrorCode.POSTGRES, `cannot connect to PostgreSQL (${(err as Error).message})`, 'Check conninfo = in the agent configuration and that PostgreSQL is running.', { cause: err });
   }
   return client;
+}
+
+/** server_version_num of the server a session (normal or replication) is connected to. */
+export async function serverVersionNum(client: Client): Promise<number> {
+  const text = (await client.query<{ server_version_num: string }>('SHOW server_version_num')).rows[0]!.server_version_num;
+  return Number(text);
+}
+
+/** server_version_num, refusing a server older than barman-ts supports (PG_VERSION_UNSUPPORTED). */
+export async function supportedServerVersion(client: Client): Promise<number> {
+  const version = await serverVersionNum(client);
+  requireSupportedVersion(version);
+  return version;
+}
+
+/** The server's WAL segment size in bytes (initdb --wal-segsize: 1 MB to 1 GB); SHOW works on replication sessions too. */
+export async function walSegmentSize(client: Client): Promise<number> {
+  const text = (await client.query<{ wal_segment_size: string }>('SHOW wal_segment_size')).rows[0]!.wal_segment_size;
+  const m = /^(\d+)\s*(kB|MB|GB)?$/.exec(text.trim());
+  if (!m) throw new BarmanError(ErrorCode.POSTGRES, `unexpected wal_segment_size "${text}"`, 'Report this with your PostgreSQL version.');
+  return Number(m[1]) * ({ kB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 }[m[2] ?? ''] ?? 1);
+}
+
+/** The SQL of a non-exclusive backup, each returning `lsn` (and, for stop, `labelfile`, `spcmapfile`). */
+export interface BackupCalls {
+  start: string;
+  stop: string;
+  /** ends a backup whose files will not be used (the session's end would abort it too) */
+  abort: string;
+}
+
+/** pg_backup_start/pg_backup_stop from PostgreSQL 15; pg_start_backup/pg_stop_backup (non-exclusive) before. */
+export function backupCalls(versionNum: number): BackupCalls {
+  if (versionNum >= 150000) {
+    return {
+      start: 'select pg_backup_start($1, true)::text as lsn',
+      stop: 'select lsn::text as lsn, labelfile, spcmapfile from pg_backup_stop(false)',
+      abort: 'select pg_backup_stop(false)',
+    };
+  }
+  return {
+    start: 'select pg_start_backup($1, true, false)::text as lsn',
+    stop: 'select lsn::text as lsn, labelfile, spcmapfile from pg_stop_backup(false, false)',
+    abort: 'select pg_stop_backup(false, false)',
+  };
+}
+
+/**
+ * The replication slot's restart_lsn (undefined when it has none yet): READ_REPLICATION_SLOT on
+ * the replication session from PostgreSQL 15; before, that command does not exist and a
+ * physical replication session runs no SQL, so a normal session reads pg_replication_slots.
+ */
+export async function slotRestartLsn(versionNum: number, repl: Client, conninfo: string, slotName: string): Promise<string | undefined> {
+  if (versionNum >= 150000) {
+    const row = (await repl.query<{ restart_lsn: string | null }>(`READ_REPLICATION_SLOT "${slotName}"`)).rows[0];
+    return row?.restart_lsn ?? undefined;
+  }
+  const pg = await connectPostgres(conninfo, { application_name: 'barman-agent daemon' });
+  try {
+    const row = (await pg.query<{ restart_lsn: string | null }>('select restart_lsn::text as restart_lsn from pg_replication_slots where slot_name = $1', [slotName])).rows[0];
+    return row?.restart_lsn ?? undefined;
+  } finally {
+    await pg.end().catch(() => undefined);
+  }
 }

@@ -287,6 +287,9 @@ export function postgresDir(path: string): string {
 // ---- PostgreSQL ------------------------------------------------------------------------------
 
 /** A throwaway cluster run by postgres, reachable only through its own socket folder. */
+/** `show server_version` of every cluster a benchmark started: results.md records what was measured. */
+export const serverVersionsUsed = new Set<string>();
+
 export class BenchCluster {
   readonly pgdata: string;
   readonly socketDir: string;
@@ -309,6 +312,7 @@ export class BenchCluster {
     cleanup.add(`stop cluster ${c.pgdata}`, () => c.stop('immediate'));
     await runOk(join(pgBin, 'pg_ctl'), ['-D', c.pgdata, '-l', join(dir, 'postgresql.log'), '-w', 'start'], { asPostgres: true, cwd: dir });
     c.running = true;
+    serverVersionsUsed.add(await c.psql('show server_version'));
     return c;
   }
 

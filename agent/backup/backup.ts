@@ -5,12 +5,11 @@
 // itself, several at once with backpressure, hashing each as it reads, which BASE_BACKUP's one
 // tar stream would serialise through a single walsender.
 
-import type { Client } from 'pg';
 import { abortable } from '../../shared/abort';
 import type { AgentConfig } from '../../shared/config/agent';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
-import { connectPostgres } from '../postgres';
+import { backupCalls, connectPostgres, supportedServerVersion, walSegmentSize } from '../postgres';
 import type { AgentConnection } from '../../shared/protocol/client';
 import { type BackupFileEntry, walkDataDirectory } from './walk';
 
@@ -37,8 +36,11 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
   const pg = await connectPostgres(config.conninfo, { application_name: 'barman-agent backup' });
   let backupId: string | undefined;
   let inBackup = false;
+  let calls: ReturnType<typeof backupCalls> | undefined;
   const run = async (): Promise<BackupResult> => {
-    const version = Number((await pg.query<{ v: string }>("select current_setting('server_version_num') as v")).rows[0]!.v);
+    const version = await supportedServerVersion(pg);
+    calls = backupCalls(version);
+    const segmentSize = await walSegmentSize(pg);
     const pgdata = (await pg.query<{ d: string }>("select current_setting('data_directory') as d")).rows[0]!.d;
     if ((await pg.query<{ r: boolean }>('select pg_is_in_recovery() as r')).rows[0]!.r) {
       throw new BarmanError(ErrorCode.POSTGRES, 'PostgreSQL is in recovery (a standby); backups are taken from the primary', 'Point conninfo = at the primary.');
@@ -48,12 +50,11 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
       "select oid::text as oid, spcname as name, pg_tablespace_location(oid) as location from pg_tablespace where spcname not in ('pg_default', 'pg_global') order by oid",
     )).rows;
     const label = `barman-ts ${new Date().toISOString()}`;
-    const startSql = version >= 150000 ? 'select pg_backup_start($1, true)::text as lsn' : 'select pg_start_backup($1, true, false)::text as lsn';
-    const startLsn = (await pg.query<{ lsn: string }>(startSql, [label])).rows[0]!.lsn;
+    const startLsn = (await pg.query<{ lsn: string }>(calls.start, [label])).rows[0]!.lsn;
     inBackup = true;
     // the timeline of the WAL being written now (pg_control_checkpoint() lags after a promotion)
     const meta = (await pg.query<{ wal: string; now: Date }>('select pg_walfile_name($1::pg_lsn) as wal, now() as now', [startLsn])).rows[0]!;
-    const start: BackupStart = { startLsn, timeline: parseInt(meta.wal.slice(0, 8), 16), startTime: meta.now.toISOString(), systemIdentifier: sysid, pgVersion: version, pgdata, tablespaces };
+    const start: BackupStart = { startLsn, timeline: parseInt(meta.wal.slice(0, 8), 16), startTime: meta.now.toISOString(), systemIdentifier: sysid, pgVersion: version, segmentSize, pgdata, tablespaces };
     backupId = await conn.call(
       (id) => ({ type: 'backup-begin', id, start, ...(requestId !== undefined ? { requestId } : {}) }),
       (f) => (f.type === 'backup-accepted' ? f.backupId : undefined),
@@ -92,10 +93,7 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     if (signal?.aborted) throw signal.reason;
     if (control) await send(control);
 
-    const stopSql = version >= 150000
-      ? 'select lsn::text as lsn, labelfile, spcmapfile from pg_backup_stop(false)'
-      : 'select lsn::text as lsn, labelfile, spcmapfile from pg_stop_backup(false, false)';
-    const stopped = (await pg.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(stopSql)).rows[0]!;
+    const stopped = (await pg.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(calls.stop)).rows[0]!;
     // pg_backup_stop on a primary switches to a new WAL segment itself, so the segment holding
     // the stop LSN is archived (and the backup can become DONE) even on an idle server
     inBackup = false;
@@ -122,13 +120,8 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     }
     throw e;
   } finally {
-    // closing the session aborts a non-exclusive backup anyway: a stopping daemon does just that
-    if (inBackup && !signal?.aborted) await stopQuietly(pg);
+    // closing the session aborts a non-exclusive backup anyway (a stopping daemon does just that); this does it sooner
+    if (inBackup && calls && !signal?.aborted) await pg.query(calls.abort).catch(() => undefined);
     await pg.end().catch(() => undefined);
   }
-}
-
-async function stopQuietly(pg: Client): Promise<void> {
-  // ending the session aborts a non-exclusive backup anyway; this just does it sooner
-  await pg.query('select pg_backup_stop(false)').catch(() => pg.query('select pg_stop_backup(false, false)').catch(() => undefined));
 }

@@ -41,8 +41,8 @@ function skipFile(rel: string, name: string): boolean {
 
 /**
  * Lists the backup's files. pg_tblspc/<oid> entries are followed into the tablespace's location;
- * `pg_wal` keeps its archive_status directory and nothing else. global/pg_control comes last,
- * as pg_basebackup sends it.
+ * `pg_wal` keeps PostgreSQL's folders in it (archive_status; summaries from PostgreSQL 17) and no
+ * file. global/pg_control comes last, as pg_basebackup sends it.
  */
 export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
   const files: BackupFileEntry[] = [];
@@ -80,7 +80,7 @@ export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
         if (entry.name.startsWith('pgsql_tmp')) continue;
         directories.push(childRel);
         if (SKIP_CONTENTS.has(childRel)) {
-          if (childRel === 'pg_wal') directories.push('pg_wal/archive_status');
+          if (childRel === 'pg_wal') directories.push(...(await walFolders(childAbs)));
           continue;
         }
         await walk(childAbs, childRel);
@@ -94,4 +94,14 @@ export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
   const control = files.findIndex((f) => f.path === 'global/pg_control');
   if (control >= 0) files.push(...files.splice(control, 1));
   return { files, directories, symlinks };
+}
+
+/**
+ * PostgreSQL's own folders in pg_wal, kept empty as pg_basebackup keeps them: archive_status
+ * always, summaries (WAL summaries, PostgreSQL 17) where the server has it. Known names only:
+ * nothing else below pg_wal is listed.
+ */
+async function walFolders(pgWal: string): Promise<string[]> {
+  const summaries = await fs.stat(join(pgWal, 'summaries')).catch(() => undefined);
+  return ['pg_wal/archive_status', ...(summaries?.isDirectory() ? ['pg_wal/summaries'] : [])];
 }

@@ -1,9 +1,10 @@
-// `barman-agent check`: configuration, receiver reachable, token accepted, and the PostgreSQL
-// settings archiving depends on.
+// `barman-agent check`: configuration, receiver reachable, token accepted, the PostgreSQL version
+// (13 and newer) and the settings archiving depends on.
 
 import type { AgentConfig } from '../../shared/config/agent';
 import { type CheckResult, runCheck } from '../../shared/check';
 import { connectPostgres } from '../postgres';
+import { OLDEST_SUPPORTED_MAJOR, requireSupportedVersion, versionText } from '../../shared/postgres/version';
 import { AgentConnection } from '../../shared/protocol/client';
 
 export async function checkAgent(config: AgentConfig): Promise<CheckResult[]> {
@@ -20,7 +21,7 @@ export async function checkAgent(config: AgentConfig): Promise<CheckResult[]> {
     await runCheck('PostgreSQL connection', async () => {
       const client = await connectPostgres(config.conninfo);
       try {
-        const { rows } = await client.query<{ name: string; setting: string }>("select name, setting from pg_settings where name in ('wal_level','archive_mode','archive_command','server_version')");
+        const { rows } = await client.query<{ name: string; setting: string }>("select name, setting from pg_settings where name in ('wal_level','archive_mode','archive_command','server_version','server_version_num')");
         for (const r of rows) settings.set(r.name, r.setting);
         return `PostgreSQL ${settings.get('server_version')}`;
       } finally {
@@ -29,6 +30,11 @@ export async function checkAgent(config: AgentConfig): Promise<CheckResult[]> {
     }, 'Check conninfo = in the agent configuration and that PostgreSQL runs.'),
   );
   if (settings.size > 0) {
+    const versionNum = Number(settings.get('server_version_num'));
+    results.push(await runCheck('PostgreSQL version', async () => {
+      requireSupportedVersion(versionNum);
+      return versionText(versionNum);
+    }, `Use PostgreSQL ${OLDEST_SUPPORTED_MAJOR} or newer.`));
     const walLevel = settings.get('wal_level') ?? '';
     const archiveMode = settings.get('archive_mode') ?? '';
     const archiveCommand = settings.get('archive_command') ?? '';

@@ -5,11 +5,12 @@
 import { resolve } from 'node:path';
 import type { AgentConfig } from '../../shared/config/agent';
 import { BarmanError, ErrorCode } from '../../shared/errors';
+import { checkRecoveryBinaries } from '../../shared/postgres/binaries';
 import { AgentConnection } from '../../shared/protocol/client';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
 import { checkEmptyDestination, type WriteOptions, writeRecovery } from '../../shared/recovery/writer';
 
-export async function restore(config: AgentConfig, backup: string, pgdataArg: string, options: RecoveryOptions, progress?: WriteOptions['progress']): Promise<RecoveryPlan> {
+export async function restore(config: AgentConfig, backup: string, pgdataArg: string, options: RecoveryOptions, progress?: WriteOptions['progress'], pgBindir?: string): Promise<RecoveryPlan> {
   const dest = resolve(pgdataArg);
   await checkEmptyDestination(dest, 'destination');
   const conn = await AgentConnection.open(config, 'restore');
@@ -22,6 +23,8 @@ export async function restore(config: AgentConfig, backup: string, pgdataArg: st
     } catch (err) {
       throw new BarmanError(ErrorCode.PROTOCOL, `the receiver sent an unreadable recovery plan (${(err as Error).message})`, 'Install the same barman-ts version on agent and receiver.');
     }
+    // this host's PostgreSQL will start the result: it must be the backup's major version
+    checkRecoveryBinaries(plan.backupId, plan.pgVersion, pgBindir);
     await writeRecovery(plan, dest, {
       dataFile: (path) => conn.fetch((id) => ({ type: 'get-backup-file', id, backupId: plan.backupId, path })),
       walFile: (name) => conn.fetch((id) => ({ type: 'get', id, name })),

@@ -14,7 +14,7 @@ import type { AgentConnection } from '../../shared/protocol/client';
 import { errorFromFrame } from '../../shared/protocol/connection';
 import { parseHistory } from '../../shared/wal/history';
 import { formatLsn, type Lsn, parseLsn } from '../../shared/wal/lsn';
-import { connectPostgres } from '../postgres';
+import { connectPostgres, slotRestartLsn, supportedServerVersion, walSegmentSize } from '../postgres';
 
 /** PostgreSQL's epoch for replication timestamps: 2000-01-01, in microseconds since the Unix epoch */
 const PG_EPOCH_US = 946_684_800_000_000n;
@@ -32,12 +32,6 @@ export interface StreamerState {
   flushed: Lsn;
 }
 
-function parseSize(text: string): number {
-  const m = /^(\d+)\s*(kB|MB|GB)?$/.exec(text.trim());
-  if (!m) throw new BarmanError(ErrorCode.POSTGRES, `unexpected wal_segment_size "${text}"`, 'Report this with your PostgreSQL version.');
-  return Number(m[1]) * ({ kB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 }[m[2] ?? ''] ?? 1);
-}
-
 /** Streams until PostgreSQL ends the timeline, either connection fails, or `signal` aborts. */
 export async function streamWal(config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal, onArchived?: (segment: string, sha256: string) => void): Promise<void> {
   const repl = await connectPostgres(config.conninfo, { replication: true, application_name: config.applicationName } as never);
@@ -47,7 +41,8 @@ export async function streamWal(config: AgentConfig, conn: AgentConnection, log:
   signal.addEventListener('abort', onAbort, { once: true });
   try {
     const ident = (await repl.query<{ systemid: string; timeline: number; xlogpos: string }>('IDENTIFY_SYSTEM')).rows[0]!;
-    const segmentSize = parseSize((await repl.query<{ wal_segment_size: string }>('SHOW wal_segment_size')).rows[0]!.wal_segment_size);
+    const version = await supportedServerVersion(repl);
+    const segmentSize = await walSegmentSize(repl);
     state.timeline = Number(ident.timeline);
     if (config.createSlot === 'auto') {
       await repl.query(`CREATE_REPLICATION_SLOT "${config.slotName}" PHYSICAL RESERVE_WAL`).catch((err: { code?: string }) => {
@@ -97,8 +92,7 @@ export async function streamWal(config: AgentConfig, conn: AgentConnection, log:
     );
     let startText = await position;
     if (!startText) {
-      const slot = (await repl.query<{ restart_lsn: string | null }>(`READ_REPLICATION_SLOT "${config.slotName}"`)).rows[0];
-      const from = parseLsn(slot?.restart_lsn ?? String(ident.xlogpos));
+      const from = parseLsn((await slotRestartLsn(version, repl, config.conninfo, config.slotName)) ?? String(ident.xlogpos));
       startText = formatLsn(from - (from % BigInt(segmentSize)));
     }
     state.forwarded = parseLsn(startText);

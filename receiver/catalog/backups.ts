@@ -12,7 +12,8 @@ import { checkSymlinks, safeRelativePath } from '../../shared/backup/paths';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
 import { parseLsn } from '../../shared/wal/lsn';
-import { nextSegment, segmentForLsn } from '../../shared/wal/names';
+import { majorOf } from '../../shared/postgres/version';
+import { nextSegment, segmentForLsn, segmentNumber } from '../../shared/wal/names';
 import { ensureDir, exists, fsyncDir, fsyncTree, IncomingFile, storageError } from '../storage/posix';
 import { type ServerCatalog, writeFileDurably } from './catalog';
 import type { Upload } from './upload';
@@ -110,30 +111,24 @@ export class BackupCatalog {
       when = wholeSecond(Date.now());
       id = backupIdFor(when);
     }
+    // a backup may come before any WAL: its start tells the catalog the cluster's segment size
+    const identity = await this.catalog.learnIdentity({ systemIdentifier: start.systemIdentifier, segmentSize: start.segmentSize, pgVersion: majorOf(start.pgVersion) });
     const info: BackupInfo = {
       ...emptyInfo(id),
       // the ID's own time: list-backups, retention and the ID never disagree
       beginTime: when.toISOString(),
       beginLsn: start.startLsn,
-      beginWal: segmentForLsn(start.timeline, parseLsn(start.startLsn), await this.segmentSize()),
+      beginWal: segmentForLsn(start.timeline, parseLsn(start.startLsn), identity.segmentSize),
       timeline: start.timeline,
       pgVersion: start.pgVersion,
       systemIdentifier: start.systemIdentifier,
       pgdata: start.pgdata,
       tablespaces: start.tablespaces,
     };
-    const identity = await this.catalog.identity();
-    if (identity && identity.systemIdentifier !== start.systemIdentifier) {
-      throw new BarmanError(ErrorCode.WAL_FOREIGN, `the cluster being backed up has system identifier ${start.systemIdentifier}, this server's WAL comes from ${identity.systemIdentifier}`, `Check that the agent's server = ${this.catalog.server} is right; a new cluster needs its own server section.`);
-    }
     await fs.rm(this.stagingDir(id), { recursive: true, force: true });
     await ensureDir(this.stagingDir(id));
     await this.write(info);
     return info;
-  }
-
-  private async segmentSize(): Promise<number> {
-    return (await this.catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
   }
 
   /** Opens one file of the running backup `id` at its relative path (validated: no escaping the backup); the caller, ServerContext, knows it is running. */
@@ -195,14 +190,14 @@ export class BackupCatalog {
       await fsyncDir(this.catalog.incomingDir);
       if (stop.tablespaceMap) await writeFileDurably(this.tablespaceMapPath(id), stop.tablespaceMap);
       const walRanges = [{ timeline: info.timeline, startLsn: info.beginLsn, endLsn: stop.stopLsn }];
-      await writeFileDurably(this.manifestPath(id), buildManifest(files, walRanges));
+      await writeFileDurably(this.manifestPath(id), buildManifest(info, files, walRanges));
       const size = files.reduce((n, f) => n + f.size, 0);
       const done: BackupInfo = {
         ...info,
         status: 'WAITING_FOR_WALS',
         endTime: stop.stopTime,
         endLsn: stop.stopLsn,
-        endWal: segmentForLsn(info.timeline, parseLsn(stop.stopLsn), await this.segmentSize()),
+        endWal: segmentForLsn(info.timeline, parseLsn(stop.stopLsn), await this.catalog.segmentSize()),
         size,
         fileCount: files.length,
         symlinks: stop.symlinks,
@@ -241,11 +236,14 @@ export class BackupCatalog {
 
   /** Every segment from the backup's begin WAL to its end WAL is archived. */
   async walsComplete(info: BackupInfo): Promise<boolean> {
-    const size = await this.segmentSize();
-    for (let seg = info.beginWal; ; seg = nextSegment(seg, size)) {
+    const size = await this.catalog.segmentSize();
+    const last = segmentNumber(info.endWal, size);
+    // a range that ends before it begins is no backup's: never DONE
+    if (segmentNumber(info.beginWal, size) > last) return false;
+    for (let seg = info.beginWal; segmentNumber(seg, size) <= last; seg = nextSegment(seg, size)) {
       if (!(await this.catalog.findWal(seg))) return false;
-      if (seg === info.endWal) return true;
     }
+    return true;
   }
 
   /** After a receiver restart: backups that were running cannot finish any more. */

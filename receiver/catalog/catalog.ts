@@ -6,7 +6,9 @@
 //   base/<backup id>/                    backups
 //   incoming/                            files not yet complete (temporary names only)
 //   errors/                              rejected, conflicting or damaged files, kept, never dropped
-//   identity.json                        system identifier, segment size and WAL magic of the cluster
+//   identity.json                        system identifier, WAL segment size, PostgreSQL major version and
+//                                        WAL magic of the cluster: learned from the first segment, stream or
+//                                        backup, never assumed (segment names and sizes follow it)
 //   streaming.json                       written when WAL was first streamed: from then on a stream is expected
 //   catalog.lock                         who writes this catalog now (receiver/catalog/lock.ts)
 //
@@ -18,17 +20,24 @@
 import { promises as fs } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Compression } from '../../shared/config/receiver';
+import { BarmanError, ErrorCode } from '../../shared/errors';
 import { parseWalFileName, walDirectoryOf } from '../../shared/wal/names';
 import { ensureDir, fsyncDir } from '../storage/posix';
 import { type CatalogLocker, PosixCatalogLocker } from './lock';
 
 export interface ClusterIdentity {
   systemIdentifier: string;
+  /** wal_segment_size in bytes */
   segmentSize: number;
-  walMagic: number;
+  /** the page magic of its WAL; unknown until the first segment arrives (a backup or a stream may come first) */
+  walMagic?: number;
+  /** PostgreSQL major version (15, or 9.6) */
   pgVersion: number | undefined;
   firstSeenAt: string;
 }
+
+/** What one source (a segment's header, a stream's start, a backup's start) tells of the cluster. */
+export type SeenIdentity = Omit<ClusterIdentity, 'firstSeenAt' | 'pgVersion'> & { pgVersion?: number };
 
 const COMPRESSED_EXT: Record<Exclude<Compression, 'none'>, string> = { gzip: '.gz', lz4: '.lz4', zstd: '.zst' };
 
@@ -73,6 +82,8 @@ export class ServerCatalog {
   readonly streamingDir: string;
   readonly baseDir: string;
   private identityCache: ClusterIdentity | undefined;
+  /** learnIdentity calls run one at a time: each merges into what the one before saved */
+  private identityLock: Promise<unknown> = Promise.resolve();
 
   constructor(barmanHome: string, readonly server: string) {
     this.root = join(barmanHome, server);
@@ -235,6 +246,47 @@ export class ServerCatalog {
   async saveIdentity(identity: ClusterIdentity): Promise<void> {
     await writeFileDurably(this.identityPath, JSON.stringify(identity, null, 2) + '\n');
     this.identityCache = identity;
+  }
+
+  /**
+   * Records what a segment, a stream or a backup says of the cluster: the first one sets the
+   * identity, later ones must agree (system identifier, segment size, major version) and fill in
+   * what was not known yet (the WAL magic). Refuses another cluster with WAL_FOREIGN.
+   */
+  learnIdentity(seen: SeenIdentity): Promise<ClusterIdentity> {
+    const run = this.identityLock.then(() => this.mergeIdentity(seen));
+    this.identityLock = run.catch(() => undefined);
+    return run;
+  }
+
+  private async mergeIdentity(seen: SeenIdentity): Promise<ClusterIdentity> {
+    const known = await this.identity();
+    if (!known) {
+      const identity: ClusterIdentity = { ...seen, pgVersion: seen.pgVersion, firstSeenAt: new Date().toISOString() };
+      // the first thing a server's catalog ever hears may be a stream's start: nothing is laid out yet
+      await this.ensureLayout();
+      await this.saveIdentity(identity);
+      return identity;
+    }
+    const foreign = (what: string) => new BarmanError(ErrorCode.WAL_FOREIGN, `${what}; refusing it for server ${this.server}`, `Check that the agent's server = ${this.server} is right; a new cluster (initdb, pg_upgrade) needs its own server section.`);
+    if (known.systemIdentifier !== seen.systemIdentifier) throw foreign(`the cluster has system identifier ${seen.systemIdentifier}, this server's WAL comes from ${known.systemIdentifier}`);
+    if (known.segmentSize !== seen.segmentSize) throw foreign(`the cluster's WAL segment size is ${seen.segmentSize} bytes, this server's is ${known.segmentSize}`);
+    if (seen.pgVersion !== undefined && known.pgVersion !== undefined && seen.pgVersion !== known.pgVersion) throw foreign(`the cluster runs PostgreSQL ${seen.pgVersion}, this server's WAL comes from PostgreSQL ${known.pgVersion}`);
+    if ((known.walMagic === undefined && seen.walMagic !== undefined) || (known.pgVersion === undefined && seen.pgVersion !== undefined)) {
+      const filled = { ...known, walMagic: known.walMagic ?? seen.walMagic, pgVersion: known.pgVersion ?? seen.pgVersion };
+      await this.saveIdentity(filled);
+      return filled;
+    }
+    return known;
+  }
+
+  /** The cluster's WAL segment size, as learned; a catalog that has seen nothing of its cluster yet has none. */
+  async segmentSize(): Promise<number> {
+    const identity = await this.identity();
+    if (!identity) {
+      throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `server ${this.server} has received no WAL and no backup yet, so its WAL segment size is not known`, 'Archive WAL first (archive_command = barman-agent push %p, or barman-agent daemon), then retry.');
+    }
+    return identity.segmentSize;
   }
 
   /** streaming.json: present once WAL was streamed for this server (remove it when streaming is turned off for good). */

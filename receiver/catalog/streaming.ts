@@ -37,7 +37,8 @@ interface OpenSegment extends SegmentHash {
 
 export class WalStream {
   private timeline = 0;
-  private segmentSize = 16 * 1024 * 1024;
+  /** the cluster's, told by the daemon at open() (the catalog's identity agrees: ServerContext.openStream) */
+  private segmentSize = 0;
   private current: OpenSegment | undefined;
   /** next byte expected */
   private writePos: Lsn = 0n;
@@ -236,9 +237,7 @@ export class WalStream {
     // through the same door as pushes of the same server: never two copies under one name
     const result = await this.archive.store(seg.name, sha256, 'none', {
       beforePlace: async () => {
-        if (!(await this.catalog.identity())) {
-          await this.catalog.saveIdentity({ systemIdentifier: header.systemIdentifier, segmentSize: header.segmentSize, walMagic: header.magic, pgVersion: header.pgVersion, firstSeenAt: new Date().toISOString() });
-        }
+        await this.catalog.learnIdentity({ systemIdentifier: header.systemIdentifier, segmentSize: header.segmentSize, walMagic: header.magic, pgVersion: header.pgVersion });
       },
       place: async (finalPath) => {
         await ensureDir(dirname(finalPath));

@@ -284,7 +284,7 @@ export class WalUpload implements Upload {
     if (identity.systemIdentifier !== this.systemIdentifier) {
       throw new BarmanError(ErrorCode.WAL_FOREIGN, `${name}: system identifier ${this.systemIdentifier} is not this server's (${identity.systemIdentifier}); refusing WAL from another cluster`, `Check that this agent's server = ${this.archive.catalog.server} points at the right receiver section; a new cluster (initdb, pg_upgrade) needs its own section or a fresh catalog.`);
     }
-    if (identity.walMagic !== this.walMagic) {
+    if (identity.walMagic !== undefined && identity.walMagic !== this.walMagic) {
       throw new BarmanError(ErrorCode.WAL_FOREIGN, `${name}: WAL page magic 0x${this.walMagic.toString(16)} differs from this server's 0x${identity.walMagic.toString(16)} (another PostgreSQL version)`, 'After a major upgrade, archive into a new server section.');
     }
   }
@@ -331,8 +331,8 @@ export class WalUpload implements Upload {
       beforePlace: async () => {
         // a concurrent upload may have recorded the identity since the header was checked
         await this.checkIdentity();
-        if (this.systemIdentifier !== undefined && !(await catalog.identity())) {
-          await catalog.saveIdentity({ systemIdentifier: this.systemIdentifier, segmentSize: this.size, walMagic: this.walMagic, pgVersion: this.pgVersion, firstSeenAt: new Date().toISOString() });
+        if (this.systemIdentifier !== undefined) {
+          await catalog.learnIdentity({ systemIdentifier: this.systemIdentifier, segmentSize: this.size, walMagic: this.walMagic, pgVersion: this.pgVersion });
         }
       },
       place: async (finalPath) => {

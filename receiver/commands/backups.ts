@@ -8,13 +8,13 @@ import { type BackupInfo, displayTime, localIsoTime } from '../../shared/backup/
 import { parseManifest } from '../../shared/backup/manifest';
 import { sha256File } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
+import { versionText } from '../../shared/postgres/version';
 import type { BackupProgressFrame } from '../../shared/protocol/frames';
 import { humanSize } from '../../shared/progress';
 import { type SnakeKeys, snakeKeys } from '../../shared/snake-case';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import { backupSegments, verifyWalFiles } from '../catalog/wal-integrity';
-import { DEFAULT_SEGMENT_SIZE } from '../../shared/wal/names';
 import { openAdmin } from './admin';
 import { changeCatalog } from './catalog-change';
 import { requireServer } from './servers';
@@ -42,7 +42,7 @@ export function formatBackupLine(server: string, b: BackupInfo): string {
 
 export function formatBackupDetails(server: string, b: BackupInfo): string {
   const rows: Array<[string, string | number]> = [
-    ['Backup', b.backupId], ['Server', server], ['Status', b.status + (b.error ? ` (${b.error})` : '')], ['PostgreSQL version', b.pgVersion],
+    ['Backup', b.backupId], ['Server', server], ['Status', b.status + (b.error ? ` (${b.error})` : '')], ['PostgreSQL version', b.pgVersion ? `${versionText(b.pgVersion)} (${b.pgVersion})` : ''],
     ['System identifier', b.systemIdentifier], ['PGDATA directory', b.pgdata], ['Timeline', b.timeline],
     ['Begin time', displayTime(b.beginTime)], ['End time', displayTime(b.endTime)], ['Begin LSN', b.beginLsn], ['End LSN', b.endLsn],
     ['Begin WAL', b.beginWal], ['End WAL', b.endWal], ['Size', `${humanSize(b.size)} (${b.size} bytes, ${b.fileCount} files)`],
@@ -92,7 +92,11 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
   }
   let files;
   try {
-    files = parseManifest(manifestText).files;
+    const manifest = parseManifest(manifestText);
+    files = manifest.files;
+    if (manifest.systemIdentifier !== undefined && manifest.systemIdentifier !== info.systemIdentifier) {
+      problems.push(`backup_manifest names system identifier ${manifest.systemIdentifier}, the backup was taken of ${info.systemIdentifier}`);
+    }
   } catch (err) {
     return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
   }
@@ -110,7 +114,7 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
   let walChecked = 0;
   // a backup still WAITING_FOR_WALS has its WAL on the way; a FAILED one never will
   if (info.status === 'DONE') {
-    const segmentSize = (await backups.catalog.identity())?.segmentSize ?? DEFAULT_SEGMENT_SIZE;
+    const segmentSize = await backups.catalog.segmentSize();
     const wal = await verifyWalFiles(backups.catalog, backupSegments(info, segmentSize));
     walChecked = wal.verified + wal.unchecked.length;
     problems.push(...wal.problems.map((p) => `WAL ${p}`));

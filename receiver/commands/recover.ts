@@ -1,11 +1,12 @@
 // `barman-receiver recover <srv> <id> <dest>`: a startable data directory from the catalog, on
-// this host. Plan (every refusal) first, then write.
+// this host. Plan (every refusal, binaries of another major version included) first, then write.
 
 import { promises as fs, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { readChunks } from '../../shared/checksum';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
+import { checkRecoveryBinaries } from '../../shared/postgres/binaries';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
 import { type WriteOptions, writeRecovery } from '../../shared/recovery/writer';
 import { BackupCatalog } from '../catalog/backups';
@@ -42,12 +43,13 @@ async function decideOwner(dest: string, owner: string | undefined): Promise<{ u
   }
 }
 
-export async function recover(config: ReceiverConfig, server: string, backupRef: string, destArg: string, opts: RecoveryOptions & { owner?: string }, progress?: WriteOptions['progress']): Promise<RecoveryPlan> {
+export async function recover(config: ReceiverConfig, server: string, backupRef: string, destArg: string, opts: RecoveryOptions & { owner?: string; pgBindir?: string }, progress?: WriteOptions['progress']): Promise<RecoveryPlan> {
   const s = requireServer(config, server);
   const catalog = new ServerCatalog(config.barmanHome, s.name);
   const backups = new BackupCatalog(catalog);
   const dest = resolve(destArg);
   const plan = await planRecovery(catalog, backups, backupRef, opts);
+  checkRecoveryBinaries(plan.backupId, plan.pgVersion, opts.pgBindir);
   requireTablespaceLocations(plan, opts.tablespaces, dest);
   const dataDir = backups.dataDir(plan.backupId);
   await writeRecovery(plan, dest, {

@@ -26,6 +26,8 @@ export interface ServerStatus {
     last_heard_at: string | null;
   };
   backups: { count: number; first_id: string | null; last_id: string | null; running: string | null; failed: number };
+  /** what the catalog learned of the cluster it holds (null before anything arrived) */
+  cluster: { pg_major_version: number | null; system_identifier: string | null; wal_segment_size: number | null };
   /**
    * how much committed work a loss of the primary now could cost, in seconds: 0 when streaming is
    * caught up, else the time since the receiver last knew it had all WAL
@@ -41,6 +43,7 @@ export async function serverStatus(config: ReceiverConfig, name: string, now = n
   const all = await new BackupCatalog(catalog).list();
   const done = all.filter((b) => b.status === 'DONE');
   const last = await catalog.lastSegment();
+  const identity = await catalog.identity();
   const inUse = (await catalog.streamingRecord()) !== undefined;
   let live: { agentConnected: boolean; agentSince: string; backupRunning: string; streaming: StreamingState } | undefined;
   try {
@@ -73,6 +76,7 @@ export async function serverStatus(config: ReceiverConfig, name: string, now = n
     },
     backups: { count: done.length, first_id: done[0]?.backupId ?? null, last_id: done[done.length - 1]?.backupId ?? null, running: live?.backupRunning || null, failed: all.filter((b) => b.status === 'FAILED').length },
     rpo_seconds: rpo,
+    cluster: { pg_major_version: identity?.pgVersion ?? null, system_identifier: identity?.systemIdentifier ?? null, wal_segment_size: identity?.segmentSize ?? null },
     rpo_bytes: state === 'off' ? null : lag === null ? null : Math.max(0, lag),
   };
 }
@@ -87,6 +91,7 @@ export function formatStatus(s: ServerStatus): string {
     ['Backups (DONE)', `${s.backups.count}${s.backups.last_id ? `, first ${s.backups.first_id}, last ${s.backups.last_id}` : ''}${s.backups.failed ? `; ${s.backups.failed} FAILED` : ''}`],
     ['Backup running', s.backups.running ?? 'no'],
     ['RPO estimate', s.rpo_seconds === null ? 'unknown (no WAL yet)' : `${s.rpo_seconds} s${s.rpo_bytes ? `, ${s.rpo_bytes} bytes` : ''}`],
+    ['Cluster', s.cluster.system_identifier === null ? 'not seen yet' : `PostgreSQL ${s.cluster.pg_major_version ?? '?'}, system identifier ${s.cluster.system_identifier}, WAL segments of ${s.cluster.wal_segment_size! / 1048576} MiB`],
   ];
   return `Server ${s.server}:\n` + rows.map(([k, v]) => `\t${k}: ${v}`).join('\n') + '\n';
 }

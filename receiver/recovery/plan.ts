@@ -134,7 +134,7 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   const chain = new Set<number>([targetTli, ...(histories.get(targetTli)?.map((s) => s.timeline) ?? [])]);
 
   // WAL from the backup's first segment on, on the timelines recovery follows
-  const segSize = (await catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
+  const segSize = await catalog.segmentSize();
   const firstSeg = segmentNumber(backup.beginWal, segSize);
   const onChain = (s: string) => chain.has(segmentTimeline(s)) && segmentNumber(s, segSize) >= firstSeg;
   const archived = (await catalog.listSegments()).filter(onChain);
@@ -205,7 +205,7 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   }
   lines.push(`# a recovered copy must never archive into the production catalog`, `archive_mode = 'off'`, `archive_command = 'false'`);
   const targetDescription = targetTime ? `time ${targetTime.toISOString()}` : opts.targetXid ? `xid ${opts.targetXid}` : opts.targetLsn ? `LSN ${opts.targetLsn}` : opts.targetName ? `restore point "${opts.targetName}"` : opts.targetImmediate ? 'end of the backup (immediate)' : 'end of WAL (archived and streamed)';
-  return { server, backupId: backup.backupId, files, directories, tablespaces, symlinks: backup.symlinks, wals, settings: lines.join('\n') + '\n', manifest, targetDescription };
+  return { server, backupId: backup.backupId, pgVersion: backup.pgVersion, files, directories, tablespaces, symlinks: backup.symlinks, wals, settings: lines.join('\n') + '\n', manifest, targetDescription };
 }
 
 /** Text from a backup.info (the database host's words) made safe to print: no control characters, bounded. */

@@ -15,7 +15,7 @@ export async function* recoveryWal(catalog: ServerCatalog, name: string): AsyncG
     yield* readStoredWal(catalog, stored);
     return;
   }
-  const segmentSize = (await catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
+  const segmentSize = await catalog.segmentSize();
   let size = 0;
   try {
     for await (const chunk of createReadStream(join(catalog.streamingDir, `${name}.partial`), { highWaterMark: 1 << 20 })) {

@@ -142,6 +142,8 @@ export class ServerContext {
     };
     this.onStreamSegment = onSegment;
     const branch = frame.switchLsn ? { parent: frame.parentTimeline, switchLsn: parseLsn(frame.switchLsn) } : undefined;
+    // the stream names and cuts segments by the cluster's segment size: the catalog learns it (or checks it) first
+    await this.catalog.learnIdentity({ systemIdentifier: frame.systemIdentifier, segmentSize: frame.segmentSize });
     const resume = await this.stream.open(frame.timeline, frame.systemIdentifier, frame.segmentSize, parseLsn(frame.serverLsn), branch);
     if (!this.streamingRecorded) {
       // durably: after a receiver restart `check` still knows this server's WAL is expected streamed

@@ -464,16 +464,14 @@ export class Session implements Peer {
     const stored = await server.catalog.findWal(name);
     if (!stored && this.role === 'restore' && (await server.stream.partialFor(name))) {
       // a restore's newest segment may exist only as streamed WAL (padded to a whole segment)
-      const segmentSize = (await server.catalog.identity())?.segmentSize ?? 16 * 1024 * 1024;
-      await this.sendStream(id, name, segmentSize, Readable.from(recoveryWal(server.catalog, name)));
+      await this.sendStream(id, name, await server.catalog.segmentSize(), Readable.from(recoveryWal(server.catalog, name)));
       return;
     }
     if (!stored) {
       throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `${name.slice(0, 80)} is not in the catalog of ${server.config.name}`, 'The segment was never archived, or retention removed it.');
     }
     if (stored.sha256 === undefined) this.log.warn({ wal: name }, 'sending a WAL file stored without a checksum (by an older version): it cannot be verified; barman-receiver cron records one');
-    const identity = await server.catalog.identity();
-    const size = stored.compression === 'none' ? (await stat(stored.path)).size : identity!.segmentSize;
+    const size = stored.compression === 'none' ? (await stat(stored.path)).size : await server.catalog.segmentSize();
     // checked as it is read: a damaged file ends in an error frame, never in the `end` that would make it whole
     await this.sendStream(id, name, size, readStoredWal(server.catalog, stored));
   }

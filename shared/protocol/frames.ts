@@ -34,6 +34,8 @@ export interface BackupStart {
   systemIdentifier: string;
   /** server_version_num, e.g. 150018 */
   pgVersion: number;
+  /** wal_segment_size in bytes (initdb --wal-segsize) */
+  segmentSize: number;
   pgdata: string;
   tablespaces: TablespaceInfo[];
 }
@@ -164,7 +166,7 @@ const target: Check = (v) =>
   record({ kind: oneOf('backup-file'), backupId, path: str(1024), mtime: int })(v);
 const backupStart = record({
   startLsn: lsn, timeline: uint, startTime: iso, systemIdentifier: (v) => typeof v === 'string' && /^\d{1,20}$/.test(v),
-  pgVersion: uint, pgdata: str(4096), tablespaces: arrayOf(record({ oid: (v) => typeof v === 'string' && /^\d{1,10}$/.test(v), name: str(64), location: str(4096) }), 1000),
+  pgVersion: uint, segmentSize: uint, pgdata: str(4096), tablespaces: arrayOf(record({ oid: (v) => typeof v === 'string' && /^\d{1,10}$/.test(v), name: str(64), location: str(4096) }), 1000),
 });
 const RECOVERY_OPTION_KEYS = ['targetTime', 'targetXid', 'targetLsn', 'targetName', 'targetImmediate', 'targetTli', 'targetAction', 'exclusive', 'tablespaces'];
 const recoveryOptions: Check = (v) => {

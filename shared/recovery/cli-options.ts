@@ -41,5 +41,6 @@ export function addRecoveryOptions(command: Command): Command {
     .option('--target-tli <tli>', 'current, latest or a timeline number', 'latest')
     .option('--target-action <action>', 'pause, promote or shutdown (default promote when a target is given)')
     .option('--exclusive', 'stop just before the target instead of just after it')
-    .option('--tablespace <name:location...>', 'where a tablespace goes, an absolute path (repeatable; recover on the backup host needs one for each tablespace)');
+    .option('--tablespace <name:location...>', 'where a tablespace goes, an absolute path (repeatable; recover on the backup host needs one for each tablespace)')
+    .option('--pg-bindir <dir>', "PostgreSQL binaries that will start the result: refused unless they are the backup's major version (default $PG_BINDIR, else this host's own are checked)");
 }

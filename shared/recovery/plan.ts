@@ -32,6 +32,8 @@ export interface PlannedTablespace {
 export interface RecoveryPlan {
   server: string;
   backupId: string;
+  /** server_version_num of the backed-up cluster: binaries of its major version start the result */
+  pgVersion: number;
   /** data files of the backup, as in its manifest (backup_label included) */
   files: ManifestFile[];
   /** every directory, relative, so empty ones exist */

@@ -1,10 +1,10 @@
 // WAL file names: the only code that parses or builds them. A segment name is 24 hex digits,
 // TTTTTTTT (timeline) XXXXXXXX (log) YYYYYYYY (segment within the log); it is compared as text or
-// as its parts, never as one JS number.
+// as its parts, never as one JS number. How many segments a log holds, and so every name, depends
+// on the cluster's segment size (initdb --wal-segsize, 1 MB to 1 GB): every function that turns
+// names into positions takes it, as the catalog learned it from that server; none assumes 16 MB.
 
 import { type Lsn } from './lsn';
-
-export const DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024;
 
 export type WalFileKind = 'segment' | 'partial' | 'history' | 'backup';
 

@@ -60,10 +60,10 @@ export interface Recovery {
   result: RunResult;
 }
 
-/** `barman-receiver recover <server> <id> <dest> ...options` as root into <new temp dir>/pgdata. */
-export async function recoverInto(receiver: Receiver, server: string, id: string, options: string[] = []): Promise<Recovery> {
+/** `barman-receiver recover <server> <id> <dest> ...options` as root into <new temp dir>/pgdata (`env`: more environment, e.g. PG_BINDIR). */
+export async function recoverInto(receiver: Receiver, server: string, id: string, options: string[] = [], env?: Record<string, string>): Promise<Recovery> {
   const dir = makeTempDir('recovered', 'postgres', 0o755);
   const dest = join(dir, 'pgdata');
-  const result = await runReceiverCli(['recover', '-c', receiver.configPath, server, id, dest, ...options]);
+  const result = await runReceiverCli(['recover', '-c', receiver.configPath, server, id, dest, ...options], env ? { env } : {});
   return { dest, dir, result };
 }

@@ -6,10 +6,11 @@ import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs
 import { join } from 'node:path';
 import { type AgentConfigOptions, writeAgentConfig } from './agent';
 import { agentCommandLine } from './cli';
-import { chownTo, freePort, makeDir, makeTempDir, pgBin } from './env';
+import { chownTo, freePort, makeDir, makeTempDir, pgBinDir } from './env';
 import { listDir } from './fs';
 import { track } from './resources';
 import { describeRun, run, runOk } from './run';
+import { sqlText } from './sql';
 import { waitFor, type WaitOptions } from './wait';
 
 export type ConfValue = string | number | boolean;
@@ -25,9 +26,11 @@ export interface ClusterOptions {
   extraConf?: Record<string, ConfValue>;
   /** initdb --wal-segsize, in MB (default 16, PostgreSQL's default) */
   walSegmentSizeMB?: number;
+  /** the PostgreSQL binaries (initdb, pg_ctl, ...) of this cluster: pgBinDirFor(major); default pgBinDir(), the machine's */
+  binDir?: string;
 }
 
-export interface CloneOptions extends Omit<ClusterOptions, 'walSegmentSizeMB'> {
+export interface CloneOptions extends Omit<ClusterOptions, 'walSegmentSizeMB' | 'binDir'> {
   /** pg_basebackup -X: none leaves the WAL to restore_command */
   walMethod?: 'none' | 'fetch' | 'stream';
   /** which signal file to create in the copy */
@@ -53,7 +56,7 @@ export class Cluster {
   readonly logFile: string;
   agentConfigPath: string | undefined;
 
-  private constructor(readonly dir: string, readonly port: number) {
+  private constructor(readonly dir: string, readonly port: number, readonly binDir: string) {
     this.pgdata = join(dir, 'pgdata');
     this.socketDir = makeDir(join(dir, 'socket'), 'postgres', 0o700);
     this.logFile = join(dir, 'postgresql.log');
@@ -69,9 +72,10 @@ export class Cluster {
 
   /** initdb a new cluster (not started; call start()). */
   static async create(options: ClusterOptions = {}): Promise<Cluster> {
-    const cluster = new Cluster(makeTempDir(options.name ?? 'cluster', 'postgres', 0o755), await freePort());
-    const args = ['-D', cluster.pgdata, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions', `--wal-segsize=${options.walSegmentSizeMB ?? 16}`];
-    await runOk(pgBin('initdb'), args, { asPostgres: true, cwd: cluster.dir });
+    const cluster = new Cluster(makeTempDir(options.name ?? 'cluster', 'postgres', 0o755), await freePort(), options.binDir ?? pgBinDir());
+    // (no --no-instructions: PostgreSQL 13's initdb does not know it; its output is not shown anyway)
+    const args = ['-D', cluster.pgdata, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8', '--locale=C', '--no-sync', `--wal-segsize=${options.walSegmentSizeMB ?? 16}`];
+    await runOk(cluster.tool('initdb'), args, { asPostgres: true, cwd: cluster.dir });
     cluster.configure(options, {
       wal_level: 'replica',
       max_wal_senders: 10,
@@ -85,9 +89,9 @@ export class Cluster {
 
   /** A copy of a running cluster made with pg_basebackup, on its own port (not started). */
   static async fromBaseBackup(source: Cluster, options: CloneOptions = {}): Promise<Cluster> {
-    const cluster = new Cluster(makeTempDir(options.name ?? 'clone', 'postgres', 0o755), await freePort());
+    const cluster = new Cluster(makeTempDir(options.name ?? 'clone', 'postgres', 0o755), await freePort(), source.binDir);
     const args = ['-D', cluster.pgdata, '-h', source.socketDir, '-p', String(source.port), '-U', 'postgres', '-X', options.walMethod ?? 'stream', '-c', 'fast', '--no-sync'];
-    await runOk(pgBin('pg_basebackup'), args, { asPostgres: true, cwd: cluster.dir });
+    await runOk(cluster.tool('pg_basebackup'), args, { asPostgres: true, cwd: cluster.dir });
     cluster.configure(options, {});
     if (options.signal) {
       const file = join(cluster.pgdata, `${options.signal}.signal`);
@@ -95,6 +99,11 @@ export class Cluster {
       chownTo(file, 'postgres');
     }
     return cluster;
+  }
+
+  /** A program of this cluster's PostgreSQL version. */
+  tool(name: string): string {
+    return join(this.binDir, name);
   }
 
   /** libpq conninfo for the agent and for psql. */
@@ -128,13 +137,13 @@ export class Cluster {
   }
 
   async start(): Promise<void> {
-    const r = await run(pgBin('pg_ctl'), ['-D', this.pgdata, '-l', this.logFile, '-w', '-t', '120', 'start'], { asPostgres: true, cwd: this.dir });
+    const r = await run(this.tool('pg_ctl'), ['-D', this.pgdata, '-l', this.logFile, '-w', '-t', '120', 'start'], { asPostgres: true, cwd: this.dir });
     if (r.code !== 0) throw new Error(`PostgreSQL did not start\n${describeRun(r)}\n--- ${this.logFile}\n${this.logTail()}`);
   }
 
   async stop(mode: StopMode = 'fast'): Promise<void> {
     if (!this.isRunning()) return;
-    await runOk(pgBin('pg_ctl'), ['-D', this.pgdata, '-m', mode, '-w', '-t', '120', 'stop'], { asPostgres: true, cwd: this.dir });
+    await runOk(this.tool('pg_ctl'), ['-D', this.pgdata, '-m', mode, '-w', '-t', '120', 'stop'], { asPostgres: true, cwd: this.dir });
   }
 
   async restart(mode: StopMode = 'fast'): Promise<void> {
@@ -161,13 +170,12 @@ export class Cluster {
 
   /** pg_ctl promote, waiting until the copy accepts writes on its new timeline. */
   async promote(): Promise<void> {
-    await runOk(pgBin('pg_ctl'), ['-D', this.pgdata, '-w', '-t', '120', 'promote'], { asPostgres: true, cwd: this.dir });
+    await runOk(this.tool('pg_ctl'), ['-D', this.pgdata, '-w', '-t', '120', 'promote'], { asPostgres: true, cwd: this.dir });
   }
 
-  /** Runs SQL with psql as postgres (-X -q -A -t, stops at the first error); returns stdout without the last newline. */
+  /** Runs SQL as psql -X -q -A -t would (test/harness/sql.ts: psql, or the pg client for packaged binaries); returns its output without the last newline. */
   async psql(sql: string, database = 'postgres'): Promise<string> {
-    const args = ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', this.socketDir, '-p', String(this.port), '-U', 'postgres', '-d', database, '-f', '-'];
-    return (await runOk(pgBin('psql'), args, { asPostgres: true, cwd: this.dir, input: sql })).replace(/\n$/, '');
+    return sqlText({ binDir: this.binDir, socketDir: this.socketDir, port: this.port, cwd: this.dir }, sql, database);
   }
 
   /**
@@ -254,7 +262,7 @@ export class Cluster {
 
   private async dispose(): Promise<void> {
     if (!this.isRunning()) return;
-    const r = await run(pgBin('pg_ctl'), ['-D', this.pgdata, '-m', 'immediate', '-w', '-t', '60', 'stop'], { asPostgres: true, cwd: this.dir });
+    const r = await run(this.tool('pg_ctl'), ['-D', this.pgdata, '-m', 'immediate', '-w', '-t', '60', 'stop'], { asPostgres: true, cwd: this.dir });
     const pid = this.postmasterPid();
     if (pid) {
       process.kill(pid, 'SIGKILL');

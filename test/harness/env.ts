@@ -6,6 +6,8 @@ import { chownSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync }
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { inject } from 'vitest';
+import { installPackagedPostgres } from '../../scripts/packaged-postgres';
+import { localServerBinaries, serverBinariesMajor } from '../../shared/postgres/binaries';
 import { track } from './resources';
 import { removeTree } from './fs';
 
@@ -40,6 +42,30 @@ export function pgBinDir(): string {
 }
 
 export const pgBin = (tool: string): string => join(pgBinDir(), tool);
+
+const majorCache = new Map<string, number>();
+/** The major version of the PostgreSQL binaries in `binDir` (postgres --version). */
+export function pgMajorOf(binDir: string): number {
+  let major = majorCache.get(binDir);
+  if (major === undefined) {
+    major = serverBinariesMajor(binDir);
+    if (major === undefined) throw new Error(`no runnable PostgreSQL server in ${binDir} (postgres --version failed)`);
+    majorCache.set(binDir, major);
+  }
+  return major;
+}
+
+/**
+ * The binaries of PostgreSQL `major`: pgBinDir() when they are that version, else the machine's
+ * own of that version (pg_config, /usr/lib/postgresql/<v>/bin), else the packaged ones
+ * (package.json's pg12 ... pg18), copied below the run root once per run where postgres can run
+ * them. The packaged ones are server programs only: no psql (Cluster.psql uses the pg client
+ * then), pg_basebackup or pg_verifybackup.
+ */
+export function pgBinDirFor(major: number): string {
+  if (pgMajorOf(pgBinDir()) === major) return pgBinDir();
+  return localServerBinaries().find((b) => b.major === major)?.dir ?? installPackagedPostgres(major, runPaths().runRoot);
+}
 
 let postgresIds: { uid: number; gid: number } | undefined;
 export function postgresUser(): { uid: number; gid: number } {
@@ -103,9 +129,11 @@ export async function freePort(): Promise<number> {
 /**
  * The environment of every program a test starts: nothing of the test runner's own (NODE_OPTIONS,
  * loaders, BARMAN_* of the developer's shell), so products behave as a user's shell would run them.
+ * PG_BINDIR goes through: a run pointed at another PostgreSQL version is that version's host.
  */
 export function productEnv(extra: Record<string, string> = {}): Record<string, string> {
   const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', LANG: 'C.UTF-8' };
   if (process.env.TZ) env.TZ = process.env.TZ;
+  if (process.env.PG_BINDIR) env.PG_BINDIR = process.env.PG_BINDIR;
   return { ...env, ...extra };
 }

@@ -4,7 +4,7 @@
 export { type AgentConfigFile, type AgentConfigOptions, writeAgentConfig } from './agent';
 export { agentCommandLine, runAgent, runReceiverCli } from './cli';
 export { type ArchiverStats, cloneCluster, type CloneOptions, Cluster, type ClusterOptions, createCluster, postmasterPidOf, type StopMode } from './cluster';
-export { freePort, makeDir, makeTempDir, pgBin, pgBinDir, postgresUser, runPaths } from './env';
+export { freePort, makeDir, makeTempDir, pgBin, pgBinDir, pgBinDirFor, pgMajorOf, postgresUser, runPaths } from './env';
 export { expectCatalogMatchesCluster, expectFailure, expectSuccess } from './expect';
 export { listDir, sha256Of, sha256OfBytes, snapshotTree } from './fs';
 export { KEEP_TMP } from './keep';

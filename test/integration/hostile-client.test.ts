@@ -231,7 +231,7 @@ describe('the receiver holds against a hostile or broken client', () => {
 
   it('refuses a path sent twice, a path below a file and a 300-character name in a backup as invalid names; the session carries on', async () => {
     const client = await RawClient.authenticated(receiver.url, 'spare', receiver.tokens.get('spare')!, 'backup');
-    const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: await prod.systemIdentifier(), pgVersion: 150018, pgdata: prod.pgdata, tablespaces: [] };
+    const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: await prod.systemIdentifier(), pgVersion: 150018, segmentSize: 16 * 1024 * 1024, pgdata: prod.pgdata, tablespaces: [] };
     client.send({ type: 'backup-begin', id: 1, start });
     const accepted = await client.nextFrame();
     expect(accepted).toMatchObject({ type: 'backup-accepted', id: 1 });
@@ -284,7 +284,7 @@ describe('backup IDs from the receiver\'s clock, recovery into an impossible pla
 
   it('refuses a backup dated 2099 (or ten minutes off) with a clock error, records nothing, and the next backup works with an ID of the receiver\'s clock', async () => {
     const client = await RawClient.authenticated(receiver.url, 'db', receiver.tokens.get('db')!, 'backup');
-    const start = { startLsn: '0/2000028', timeline: 1, systemIdentifier: await db.systemIdentifier(), pgVersion: 150018, pgdata: db.pgdata, tablespaces: [] };
+    const start = { startLsn: '0/2000028', timeline: 1, systemIdentifier: await db.systemIdentifier(), pgVersion: 150018, segmentSize: 16 * 1024 * 1024, pgdata: db.pgdata, tablespaces: [] };
     for (const [id, startTime] of [[1, '2099-01-01T00:00:00Z'], [2, new Date(Date.now() - 10 * 60_000).toISOString()]] as const) {
       client.send({ type: 'backup-begin', id, start: { ...start, startTime } });
       const refused = await client.nextFrame();

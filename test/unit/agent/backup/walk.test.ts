@@ -5,7 +5,7 @@
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { type WalkResult, walkDataDirectory } from '../../../../agent/backup/walk';
 
 describe('walkDataDirectory', () => {
@@ -79,5 +79,37 @@ describe('walkDataDirectory', () => {
 
   it('puts global/pg_control last', () => {
     expect(result.files[result.files.length - 1]!.path).toBe('global/pg_control');
+  });
+});
+
+describe('pg_wal in a backup', () => {
+  let pgdata: string;
+  beforeEach(() => {
+    pgdata = mkdtempSync(join(tmpdir(), 'barman-unit-walk-'));
+  });
+  afterEach(() => rmSync(pgdata, { recursive: true, force: true }));
+
+  const file = (rel: string, content = 'x') => {
+    mkdirSync(join(pgdata, rel, '..'), { recursive: true });
+    writeFileSync(join(pgdata, rel), content);
+  };
+
+  it('keeps summaries beside archive_status where the server has it (PostgreSQL 17), and none of their files', async () => {
+    file('PG_VERSION', '17\n');
+    file('global/pg_control');
+    file('pg_wal/000000010000000000000001');
+    file('pg_wal/archive_status/000000010000000000000001.ready', '');
+    file('pg_wal/summaries/0000000100000000010000280000000001000110.summary');
+    file('pg_wal/not-postgres/stray');
+    const { files, directories } = await walkDataDirectory(pgdata);
+    expect(directories.filter((d) => d.startsWith('pg_wal'))).toEqual(['pg_wal', 'pg_wal/archive_status', 'pg_wal/summaries']);
+    expect(files.map((f) => f.path)).toEqual(['PG_VERSION', 'global/pg_control']);
+  });
+
+  it('keeps archive_status alone where there is no summaries folder (PostgreSQL 13 to 16)', async () => {
+    file('global/pg_control');
+    file('pg_wal/archive_status/.keep', '');
+    const { directories } = await walkDataDirectory(pgdata);
+    expect(directories.filter((d) => d.startsWith('pg_wal'))).toEqual(['pg_wal', 'pg_wal/archive_status']);
   });
 });

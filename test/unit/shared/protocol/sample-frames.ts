@@ -27,6 +27,7 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
       startTime: '2026-11-25T10:00:00.000Z',
       systemIdentifier: '7712075971341596236',
       pgVersion: 150018,
+      segmentSize: 16777216,
       pgdata: '/var/lib/postgresql/15/main',
       tablespaces: [{ oid: '16384', name: 'ts1', location: '/srv/ts1' }],
     },

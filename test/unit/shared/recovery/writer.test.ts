@@ -35,6 +35,7 @@ function planOf(over: Partial<RecoveryPlan> = {}): RecoveryPlan {
   return {
     server: 'main',
     backupId: '20260101T000000',
+    pgVersion: 150018,
     files: ['backup_label', 'PG_VERSION', 'base/1/1259', 'global/pg_control'].map((p) => file(p)),
     directories: ['base', 'base/1', 'global', 'pg_tblspc', 'pg_wal', 'pg_wal/archive_status'],
     tablespaces: [],

@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { LONG_HEADER_SIZE, readLongHeader, type WalLongHeader } from '../../../../shared/wal/header';
 import { parseLsn } from '../../../../shared/wal/lsn';
-import { DEFAULT_SEGMENT_SIZE, segmentStartLsn } from '../../../../shared/wal/names';
+import { segmentStartLsn } from '../../../../shared/wal/names';
+
+/** initdb's default --wal-segsize */
+const SEGMENT_16MB = 16 * 1024 * 1024;
 
 /**
  * The first 40 bytes of 000000010000000000000001 as `initdb` of PostgreSQL 15.18 wrote them on
@@ -31,7 +34,7 @@ function longHeader(fields: { magic: number; info: number; tli: number; pageAddr
   return b;
 }
 
-const PG15 = { magic: 0xd110, info: 0x0002, tli: 1, pageAddress: 0x1000000n, sysid: 7712075971341596236n, segSize: DEFAULT_SEGMENT_SIZE, blockSize: 8192 };
+const PG15 = { magic: 0xd110, info: 0x0002, tli: 1, pageAddress: 0x1000000n, sysid: 7712075971341596236n, segSize: SEGMENT_16MB, blockSize: 8192 };
 
 function expectHeader(result: WalLongHeader | string): WalLongHeader {
   if (typeof result === 'string') throw new Error(`expected a header, got: ${result}`);
@@ -69,7 +72,7 @@ describe('readLongHeader', () => {
   it('reads page addresses above 2^53 exactly', () => {
     const h = expectHeader(readLongHeader(longHeader({ ...PG15, pageAddress: parseLsn('FFFFFFFF/FF000000') })));
     expect(h.pageAddress).toBe(0xffffffff_ff000000n);
-    expect(h.pageAddress).toBe(segmentStartLsn('00000001FFFFFFFF000000FF', DEFAULT_SEGMENT_SIZE));
+    expect(h.pageAddress).toBe(segmentStartLsn('00000001FFFFFFFF000000FF', SEGMENT_16MB));
   });
 
   it('reads the header from a view into a larger buffer (a whole first page, at an offset)', () => {

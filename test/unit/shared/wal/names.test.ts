@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseLsn } from '../../../../shared/wal/lsn';
 import {
-  DEFAULT_SEGMENT_SIZE,
   historyFileName,
   isSegmentName,
   isValidSegmentSize,
@@ -86,7 +85,7 @@ describe('isSegmentName', () => {
 });
 
 describe('segment arithmetic with 16 MB segments', () => {
-  const size = DEFAULT_SEGMENT_SIZE;
+  const size = 16 * MB;
 
   it('has 256 segments per XLogId', () => {
     expect(size).toBe(16 * MB);

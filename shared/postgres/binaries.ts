@@ -1,0 +1,79 @@
+// Which PostgreSQL binaries will start a recovered data directory, and whether they can: a data
+// directory starts only under the major version that wrote it. `recover` (backup host) and
+// `restore` (PostgreSQL host) check before writing a byte:
+//   - binaries named with --pg-bindir, else $PG_BINDIR: they must be the backup's major version;
+//   - none named: the server binaries this host has (pg_config --bindir, /usr/lib/postgresql/*/bin)
+//     must include that version; a host with none at all (a backup host without PostgreSQL, the
+//     directory to be started elsewhere) is not checked.
+
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { BarmanError, ErrorCode } from '../errors';
+import { majorOf, majorOfVersionLine, versionText } from './version';
+
+export interface ServerBinaries {
+  dir: string;
+  major: number;
+}
+
+/** The major version of the server in `dir` (`postgres --version`); undefined when there is no runnable postgres there. */
+export function serverBinariesMajor(dir: string): number | undefined {
+  const postgres = join(dir, 'postgres');
+  if (!existsSync(postgres)) return undefined;
+  try {
+    // --version is answered before postgres' refusal to run as root
+    return majorOfVersionLine(execFileSync(postgres, ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 }));
+  } catch {
+    return undefined;
+  }
+}
+
+/** The server binaries this host has where SPEC §7 looks (less $PG_BINDIR, which names them): pg_config's, then /usr/lib/postgresql/<v>/bin, newest first. */
+export function localServerBinaries(): ServerBinaries[] {
+  const dirs: string[] = [];
+  try {
+    dirs.push(execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 }).trim());
+  } catch {
+    // no pg_config on PATH
+  }
+  const root = '/usr/lib/postgresql';
+  if (existsSync(root)) {
+    dirs.push(...readdirSync(root).filter((v) => /^\d+(\.\d+)?$/.test(v)).sort((a, b) => Number(b) - Number(a)).map((v) => join(root, v, 'bin')));
+  }
+  const found: ServerBinaries[] = [];
+  for (const dir of new Set(dirs)) {
+    const major = serverBinariesMajor(dir);
+    if (major !== undefined) found.push({ dir, major });
+  }
+  return found;
+}
+
+/**
+ * Refuses (PG_VERSION_MISMATCH) to recover backup `backupId` of server_version_num `pgVersion`
+ * where the binaries that would start it are another major version (see the top of this file).
+ * `named` is --pg-bindir; $PG_BINDIR stands in when it is not given. Returns the binaries that
+ * will do, when known.
+ */
+export function checkRecoveryBinaries(backupId: string, pgVersion: number, named: string | undefined, env: NodeJS.ProcessEnv = process.env): ServerBinaries | undefined {
+  const needed = majorOf(pgVersion);
+  const backup = `backup ${backupId} was taken of PostgreSQL ${versionText(pgVersion)}`;
+  const explicit = named ?? (env.PG_BINDIR || undefined);
+  if (explicit !== undefined) {
+    const how = named !== undefined ? `--pg-bindir ${named}` : `PG_BINDIR=${explicit}`;
+    const major = serverBinariesMajor(explicit);
+    if (major === undefined) {
+      throw new BarmanError(ErrorCode.USAGE, `${how}: no PostgreSQL server (postgres) runs from that folder`, `Name the folder of PostgreSQL ${needed}'s programs, e.g. /usr/lib/postgresql/${needed}/bin.`);
+    }
+    if (major !== needed) {
+      throw new BarmanError(ErrorCode.PG_VERSION_MISMATCH, `${backup}; the binaries of ${how} are PostgreSQL ${major}, which cannot start it`, `Recover with PostgreSQL ${needed}'s binaries: install PostgreSQL ${needed} and name them with --pg-bindir (e.g. /usr/lib/postgresql/${needed}/bin).`);
+    }
+    return { dir: explicit, major };
+  }
+  const local = localServerBinaries();
+  if (local.length === 0) return undefined;
+  const match = local.find((b) => b.major === needed);
+  if (match) return match;
+  const have = local.map((b) => `PostgreSQL ${b.major} (${b.dir})`).join(', ');
+  throw new BarmanError(ErrorCode.PG_VERSION_MISMATCH, `${backup}; this host has ${have}, which cannot start it`, `Install PostgreSQL ${needed} and name its binaries with --pg-bindir (e.g. /usr/lib/postgresql/${needed}/bin), or recover on a host that runs PostgreSQL ${needed}.`);
+}
