@@ -48,7 +48,7 @@ export interface S3Options {
   queueSize?: number;
   /** attempts per request (the SDK retries with backoff) */
   maxAttempts?: number;
-  /** idle time after which a request is abandoned */
+  /** idle time (nothing sent or received) after which a request is abandoned */
   requestTimeoutMs?: number;
 }
 
@@ -84,7 +84,9 @@ export class S3Driver implements StorageDriver {
       responseChecksumValidation: 'WHEN_REQUIRED',
       requestHandler: {
         connectionTimeout: 5000,
-        requestTimeout: options.requestTimeoutMs ?? 60_000,
+        // inactivity, not duration: a large part on a slow link is fine, a silent endpoint is not
+        // (a Ceph cluster that is full stops answering writes)
+        socketTimeout: options.requestTimeoutMs ?? 60_000,
         httpAgent: new HttpAgent(agentOptions),
         httpsAgent: new HttpsAgent({ ...agentOptions, ca: options.ca }),
       },
@@ -126,7 +128,10 @@ export class S3Driver implements StorageDriver {
       return new BarmanError(ErrorCode.STORAGE_PERMISSION, `${where}: access denied (${detail})`, 'Grant this key read, write, list and delete on the bucket and prefix (bucket policy or user caps).', { cause: err });
     }
     if (name === 'QuotaExceeded' || name === 'ServiceQuotaExceeded' || name === 'InsufficientCapacity') return noSpace(this.location, err);
-    if (NETWORK_CODES.has(e?.code ?? '') || NETWORK_CODES.has(name) || name === 'TimeoutError' || name === 'RequestTimeout' || /socket hang up|ECONNREFUSED|ECONNRESET/.test(e?.message ?? '')) {
+    if (name === 'TimeoutError' || name === 'RequestTimeout') {
+      return new BarmanError(ErrorCode.STORAGE_UNREACHABLE, `${where}: the object store did not answer in time (${detail})`, 'Check the object store\'s health (a full Ceph cluster stops answering writes) and the network to it, then retry.', { cause: err });
+    }
+    if (NETWORK_CODES.has(e?.code ?? '') || NETWORK_CODES.has(name) || /socket hang up|ECONNREFUSED|ECONNRESET/.test(e?.message ?? '')) {
       return new BarmanError(ErrorCode.STORAGE_UNREACHABLE, `${where}: cannot reach ${this.options.endpoint ?? 'the S3 endpoint'} (${detail})`, 'Check that the object store is up and reachable from this host (s3_endpoint, firewall, DNS), then retry.', { cause: err });
     }
     if (status !== undefined && status >= 500) {
