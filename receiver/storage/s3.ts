@@ -134,6 +134,9 @@ export class S3Driver implements StorageDriver {
     if (NETWORK_CODES.has(e?.code ?? '') || NETWORK_CODES.has(name) || /socket hang up|ECONNREFUSED|ECONNRESET/.test(e?.message ?? '')) {
       return new BarmanError(ErrorCode.STORAGE_UNREACHABLE, `${where}: cannot reach ${this.options.endpoint ?? 'the S3 endpoint'} (${detail})`, 'Check that the object store is up and reachable from this host (s3_endpoint, firewall, DNS), then retry.', { cause: err });
     }
+    if (name === 'BadDigest' || name === 'InvalidDigest' || name === 'XAmzContentSHA256Mismatch') {
+      return new BarmanError(ErrorCode.STORAGE, `${where}: the object store received other bytes than were sent (${detail})`, 'Something between this host and the object store damages data (a proxy, a NIC, memory); the upload was refused and nothing was stored. Retry, and check that path.', { cause: err });
+    }
     if (status !== undefined && status >= 500) {
       return new BarmanError(ErrorCode.STORAGE_UNREACHABLE, `${where}: the object store failed (${detail})`, 'The object store reported an internal error or is overloaded; check its health, then retry.', { cause: err });
     }

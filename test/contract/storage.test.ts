@@ -4,6 +4,7 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { COMPRESSIONS, type Compression, storedKey } from '../../receiver/storage/compression';
@@ -329,6 +330,26 @@ describe.each(drivers)('$name driver', (driver) => {
     expect((await keysOf(storage, 'main/lock/')).length).toBeLessThanOrEqual(2);
   });
 
+  it('keeps a lease alive past its TTL while the holder runs, and tells the holder when it is lost', async () => {
+    const { storage } = await driver.fresh();
+    const lease = await storage.acquireLease('main/lock', ownerOfThisProcess('holder'), 900);
+    const lost: BarmanError[] = [];
+    lease.keepAlive((err) => lost.push(err));
+    // several TTLs later the holder still holds it, renewed by the timer
+    await waitFor('four renewals', async () => ((await storage.readLease('main/lock'))?.generation ?? 0) >= 5, { timeoutMs: 30_000 });
+    expect(await codeOf(storage.acquireLease('main/lock', ownerOfThisProcess('other'), 900))).toBe(ErrorCode.LEASE_HELD);
+    expect(lost).toEqual([]);
+    // the holder stalls past its TTL, another takes over, the holder's next renewal reports it
+    lease.stopKeepAlive();
+    await waitFor('the lease to expire', async () => Date.parse((await storage.readLease('main/lock'))!.expiresAt) < Date.now());
+    const other = await storage.acquireLease('main/lock', ownerOfThisProcess('other'), 60_000);
+    lease.keepAlive((err) => lost.push(err), 50);
+    await waitFor('the holder to learn it lost the lease', () => lost.length > 0);
+    expect(lost.map((e) => e.code)).toEqual([ErrorCode.LEASE_LOST]);
+    expect(lost[0]!.message).toContain('other');
+    await other.release();
+  });
+
   it('says STORAGE_NOT_FOUND for a missing object', async () => {
     const { storage } = await driver.fresh();
     expect(await codeOf(storage.read('main/missing'))).toBe(ErrorCode.STORAGE_NOT_FOUND);
@@ -379,6 +400,56 @@ describe.runIf(cephInstalled())('s3 driver errors and faults', () => {
     expect(await codeOf(down.put('main/x', Buffer.from('x')))).toBe(ErrorCode.STORAGE_UNREACHABLE);
     expect(await codeOf(down.read('main/x'))).toBe(ErrorCode.STORAGE_UNREACHABLE);
     for (const s of [noBucket, wrongKeys, unknownKey, down]) await s.close();
+  });
+
+  it('refuses an upload damaged on the way (Content-MD5), leaving nothing under the key', async () => {
+    const gw = gateway!;
+    // a proxy that flips one byte in the body of the first PUT it forwards
+    const port = await freePort();
+    let flipped = false;
+    const sockets = new Set<Socket>();
+    const proxy = createServer((client) => {
+      const upstream = connect(gw.port, '127.0.0.1');
+      sockets.add(client).add(upstream);
+      let seen = Buffer.alloc(0);
+      client.on('data', (chunk: Buffer) => {
+        if (!flipped) {
+          const before = seen.length;
+          seen = Buffer.concat([seen, chunk]);
+          const put = seen.indexOf('PUT ');
+          const body = put >= 0 ? seen.indexOf('\r\n\r\n', put) : -1;
+          const target = body + 4 + 1000;
+          if (body >= 0 && target >= before && target < seen.length) {
+            chunk = Buffer.from(chunk);
+            chunk[target - before]! ^= 0x01;
+            flipped = true;
+          }
+        }
+        upstream.write(chunk);
+      });
+      upstream.on('data', (chunk) => client.write(chunk));
+      for (const [a, b] of [[client, upstream], [upstream, client]] as const) {
+        a.on('error', () => b.destroy());
+        a.on('close', () => b.destroy());
+      }
+    });
+    await new Promise<void>((resolve) => proxy.listen(port, '127.0.0.1', resolve));
+    try {
+      const storage = await openStorage({ ...gw.storageConfig(BUCKET, `t${++prefixes}/`), endpoint: `http://127.0.0.1:${port}` }, '/nonexistent', { s3: { partSize: PART } });
+      const err = await storage.put('main/wals/0000000100000000/00000001000000000000000A', randomBytes(100_000)).catch((e: unknown) => e);
+      expect(flipped).toBe(true);
+      expect(err).toBeInstanceOf(BarmanError);
+      expect((err as BarmanError).message).toMatch(/received other bytes than were sent/);
+      expect(await keysOf(storage, 'main/')).toEqual([]);
+      // the next attempt goes through unharmed
+      const data = randomBytes(100_000);
+      const { key } = await storage.put('main/wals/0000000100000000/00000001000000000000000A', data);
+      expectBytes(await bytesOf(storage, key), data);
+      await storage.close();
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
   });
 
   it('a gateway killed mid-upload fails the write and leaves nothing under the key; the retry succeeds', async () => {
