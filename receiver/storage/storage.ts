@@ -186,6 +186,10 @@ export class Storage {
    */
   async openWrite(key: string, options: PutOptions = {}): Promise<ObjectWriter> {
     const compression = options.compression ?? 'none';
+    if (compression === 'none' && parseStoredKey(key).compression !== 'none') {
+      // it would read back as compressed: the layout must not give a plain object such a name
+      throw new BarmanError(ErrorCode.INTERNAL, `storage key "${key.slice(0, 200)}" ends like a compressed object but is stored plain`, 'This is a bug in barman-ts; please report it with the command that failed.');
+    }
     const inner = await this.driver.openWrite(checkKey(storedKey(key, compression)), { sync: options.sync });
     const filter = compressor(compression);
     return filter ? new FilteredWriter(inner, filter) : new CountingWriter(inner);

@@ -289,6 +289,16 @@ describe.each(drivers)('$name driver', (driver) => {
     expectBytes(await bytesOf(storage, deferred[1]!.key), Buffer.from('b'));
   });
 
+  it('refuses a plain object whose key would read back as compressed', async () => {
+    const { storage } = await driver.fresh();
+    expect(await codeOf(storage.put('main/base/b3/data/log.gz', Buffer.from('plain')))).toBe(ErrorCode.INTERNAL);
+    // compressed, the same name is unambiguous
+    const { key } = await storage.put('main/base/b3/data/log.gz', Buffer.from('plain'), { compression: 'zstd' });
+    expect(key).toBe('main/base/b3/data/log.gz.zst');
+    expect((await storage.find('main/base/b3/data/log.gz'))?.compression).toBe('zstd');
+    expect(await keysOf(storage, 'main/')).toEqual([key]);
+  });
+
   it('creates an object only when absent', async () => {
     const { storage } = await driver.fresh();
     const results = await Promise.all(Array.from({ length: 6 }, (_, i) => storage.driver.putIfAbsent('main/once', Buffer.from(`claimant ${i}`))));
