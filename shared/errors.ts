@@ -49,6 +49,8 @@ export const ErrorCode = {
   CATALOG_LOCKED: 'CATALOG_LOCKED',
   PG_VERSION_UNSUPPORTED: 'PG_VERSION_UNSUPPORTED',
   PG_VERSION_MISMATCH: 'PG_VERSION_MISMATCH',
+  /** a restore drill did not pass: the backup did not restore, start, recover or pass its checks on the backup host */
+  DRILL_FAILED: 'DRILL_FAILED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
