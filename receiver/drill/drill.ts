@@ -109,9 +109,14 @@ export async function drillBackup(config: ReceiverConfig, serverName: string, op
   }
 
   const user = runAs();
-  const scratch = await fs.mkdtemp(join(tmpdir(), `barman-drill-${server.name}-`));
+  await removeLeftovers(server.name, log);
+  const scratch = await fs.mkdtemp(join(tmpdir(), `${SCRATCH_PREFIX}${server.name}-`));
   let postmaster: ChildProcess | undefined;
+  const stopOnAbort = () => void (postmaster && stopCopy(postmaster));
+  options.signal?.addEventListener('abort', stopOnAbort);
   try {
+    // who runs this drill: a later drill removes this directory only once that process is gone
+    await fs.writeFile(join(scratch, OWNER_FILE), JSON.stringify({ pid: process.pid, startTicks: await startTicksOf(process.pid) }));
     await fs.chmod(scratch, 0o700);
     if (user) await fs.chown(scratch, user.uid, user.gid);
     const pgdata = join(scratch, 'pgdata');
@@ -123,11 +128,14 @@ export async function drillBackup(config: ReceiverConfig, serverName: string, op
     const started = Date.now();
     const tablespaces = Object.fromEntries(info.tablespaces.map((t) => [t.name, join(scratch, 'tablespaces', t.oid)]));
     try {
-      const plan = await recover(config, server.name, info.backupId, pgdata, { targetTime: options.targetTime, tablespaces, owner: user?.name, pgBindir: binDir });
+      // a stop asked meanwhile (serve stopping) ends the restore at its next progress report
+      const plan = await recover(config, server.name, info.backupId, pgdata, { targetTime: options.targetTime, tablespaces, owner: user?.name, pgBindir: binDir }, () => throwIfStopped(options.signal));
       checks.push({ name: 'restore', ok: true, detail: `${plan.files.length} files, ${plan.wals.length} WAL files, target: ${plan.targetDescription}` });
     } catch (err) {
+      throwIfStopped(options.signal);
       return fail('restore', asBarmanError(err).message);
     }
+    throwIfStopped(options.signal);
     log?.info('restored; starting it');
 
     // connection rules and settings of its own, so the copy answers only here and waits on no one
@@ -183,7 +191,7 @@ export async function drillBackup(config: ReceiverConfig, serverName: string, op
     let exitCode: number | null | undefined;
     void exited.then((c) => (exitCode = c));
     while (!ready && !gaveUp) {
-      if (options.signal?.aborted) throw new BarmanError(ErrorCode.INTERNAL, 'the drill was stopped', 'Run it again.');
+      throwIfStopped(options.signal);
       if (exitCode !== undefined) {
         gaveUp = `PostgreSQL exited (${exitCode}) before recovery finished: ${await logTail()}`;
         break;
@@ -241,8 +249,50 @@ export async function drillBackup(config: ReceiverConfig, serverName: string, op
     log?.info({ rtoSeconds: rto }, 'restore drill passed');
     return record(null, rto);
   } finally {
+    options.signal?.removeEventListener('abort', stopOnAbort);
     if (postmaster) await stopCopy(postmaster);
     await fs.rm(scratch, { recursive: true, force: true }).catch((err: unknown) => log?.warn({ err: String(err), scratch }, 'cannot remove the drill\'s scratch directory'));
+  }
+}
+
+/** A drill stopped on the way (serve stopping) is no result: it is not recorded. */
+function throwIfStopped(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new BarmanError(ErrorCode.INTERNAL, 'the restore drill was stopped before it finished (the service is stopping)', 'Run the drill again.');
+}
+
+const SCRATCH_PREFIX = 'barman-drill-';
+/** in a scratch directory: the process running that drill */
+const OWNER_FILE = 'drill.owner';
+
+/** A process's start time (field 22 of /proc/<pid>/stat), which tells it from a later one with the same PID. */
+async function startTicksOf(pid: number): Promise<string | undefined> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  return stat?.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+}
+
+/**
+ * What a drill left behind when its process died (kill -9, a crash, a power cut): its scratch
+ * directory and maybe its copy, still running. Removed at the start of the server's next drill;
+ * a directory whose drill still runs (another `drill` command) is left alone.
+ */
+async function removeLeftovers(server: string, log: Logger | undefined): Promise<void> {
+  for (const name of await fs.readdir(tmpdir()).catch(() => [] as string[])) {
+    if (!name.startsWith(`${SCRATCH_PREFIX}${server}-`)) continue;
+    const dir = join(tmpdir(), name);
+    const owner = await fs.readFile(join(dir, OWNER_FILE), 'utf8').then((t) => JSON.parse(t) as { pid: number; startTicks?: string }, () => undefined);
+    if (owner && (await startTicksOf(owner.pid)) === owner.startTicks && owner.startTicks !== undefined) continue;
+    const pid = Number((await fs.readFile(join(dir, 'pgdata', 'postmaster.pid'), 'utf8').catch(() => '')).split('\n')[0]);
+    if (pid > 0 && (await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(join(dir, 'pgdata'))) {
+      log?.warn({ pid, dir }, 'a restored copy left running by an earlier drill: stopping it');
+      try {
+        process.kill(pid, 'SIGQUIT');
+      } catch {
+        // gone meanwhile
+      }
+      for (let i = 0; i < 100 && (await startTicksOf(pid)) !== undefined; i++) await new Promise((r) => setTimeout(r, 100));
+    }
+    log?.warn({ dir }, 'removing what an earlier drill left behind');
+    await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
   }
 }
 

@@ -26,6 +26,9 @@ import { ReceiverMetrics } from './metrics';
 /** how long a stopping service waits for peers to answer its close before cutting them off (ws alone waits 30 s) */
 const CLOSE_WAIT_MS = 2000;
 
+/** how long a stopping service waits for a restore drill to stop its copy and clean up */
+const DRILL_STOP_WAIT_MS = 10_000;
+
 /** how long serve waits at start-up for a command (keep, delete, cron) that holds a catalog */
 const COMMAND_LOCK_WAIT_MS = 60_000;
 
@@ -209,8 +212,8 @@ export class ReceiverService {
     this.wss?.close();
     http.closeAllConnections?.();
     await closed;
-    await housekeepingDone;
-    await this.drills;
+    // a drill still restoring is not waited for long: what it leaves, the next drill removes
+    await Promise.race([Promise.all([housekeepingDone, this.drills]), new Promise((r) => setTimeout(r, DRILL_STOP_WAIT_MS).unref())]);
     await this.releaseLocks();
     this.log.info('receiver stopped');
   }

@@ -5,11 +5,11 @@
 // the service; it recovers to a target time when asked; and a backup with one damaged data file
 // fails the drill, which names the file.
 
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { type Cluster, createCluster, describeRun, expectSuccess, makeDir, type Receiver, runReceiverCli, snapshotTree, startReceiver } from '../harness';
+import { type Cluster, createCluster, describeRun, expectSuccess, makeDir, type Receiver, runReceiverCli, snapshotTree, startReceiver, waitFor } from '../harness';
 import { backupAndWait, listBackupsJson } from '../harness/backups';
 import { receiverStatus } from '../harness/daemon';
 
@@ -138,5 +138,37 @@ describe('restore drills prove a backup comes back, and how fast', () => {
     }
     const again = await drill(backupId);
     expect(again.result.passed).toBe(true);
+  });
+
+  it('cleans up after a drill whose service was killed: the next drill stops the copy left running and removes its scratch directory', async () => {
+    receiver.rewriteConfig({ main: { drill_query: 'select pg_sleep(600)' } });
+    await receiver.restart();
+    const running = runReceiverCli(['drill', ...conf(), 'main', '--json']);
+    let orphan = 0;
+    try {
+      const pidFile = await waitFor('the drill\'s copy to be running', () => {
+        const dir = scratchDirs()[0];
+        const path = dir && join(tmpdir(), dir, 'pgdata', 'postmaster.pid');
+        return path && existsSync(path) ? path : false;
+      }, { timeoutMs: 60_000, intervalMs: 100 });
+      orphan = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+      await receiver.kill();
+      expect((await running).code).toBe(1);
+      // left behind: the scratch directory, and the copy, still running
+      expect(scratchDirs()).toHaveLength(1);
+      expect(existsSync(`/proc/${orphan}`)).toBe(true);
+
+      receiver.rewriteConfig({ main: { drill_query: 'select count(*), sum(id) from orders' } });
+      await receiver.start();
+      const { r, result } = await drill();
+      expectSuccess(r);
+      expect(result.passed).toBe(true);
+      expect(existsSync(`/proc/${orphan}`) && !readFileSync(`/proc/${orphan}/stat`, 'utf8').includes(') Z ')).toBe(false);
+      expect(scratchDirs()).toEqual([]);
+      expect(receiver.logs()).toMatch(/a restored copy left running by an earlier drill: stopping it/);
+    } finally {
+      if (orphan && existsSync(`/proc/${orphan}`)) process.kill(orphan, 'SIGKILL');
+      if (!receiver.running) await receiver.start();
+    }
   });
 });
