@@ -38,7 +38,7 @@ export async function checkAgent(config: AgentConfig): Promise<CheckResult[]> {
       return versionText(versionNum);
     }, `Use PostgreSQL ${OLDEST_SUPPORTED_MAJOR} or newer.`));
     results.push(...archiveSettingChecks(facts));
-    if (facts.slot) results.push(slotCheck(facts.slot));
+    if (facts.slot) results.push(slotCheck(facts.slot, { streaming: false, createdByDaemon: config.createSlot === 'auto' }));
   }
   results.push(
     await runCheck('spool_dir writable', async () => {

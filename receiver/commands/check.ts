@@ -121,7 +121,7 @@ export async function checkServer(config: ReceiverConfig, name: string, now = ne
     results.push(await runCheck('WAL integrity', () => checkWalIntegrity(catalog, server.name, options.verifyWal ?? false), ''));
     if (streamingExpected) results.push(await streamingCheck(config, server.name, catalog, now, live ?? null));
     if (streamingExpected && probe?.slotName) {
-      results.push(slotCheck({ name: probe.slotName, exists: probe.slotExists, active: probe.slotActive, restartLsn: probe.slotRestartLsn, walStatus: probe.slotWalStatus }));
+      results.push(slotCheck({ name: probe.slotName, exists: probe.slotExists, active: probe.slotActive, restartLsn: probe.slotRestartLsn, walStatus: probe.slotWalStatus }, { streaming: true, createdByDaemon: false }));
     }
 
     const all = await backups.list();

@@ -24,13 +24,26 @@ export function archiveSettingChecks(s: ArchiveSettings): CheckResult[] {
   ];
 }
 
-/** The daemon's replication slot, when it streams: there, and not lost (wal_status, PostgreSQL 13+). */
-export function slotCheck(slot: { name: string; exists: boolean; active: boolean; restartLsn: string; walStatus: string }): CheckResult {
+/**
+ * The daemon's replication slot, when it streams: there, and not lost (wal_status, PostgreSQL 13+).
+ * `streaming`: the daemon is connected and should be streaming through it now (the receiver's
+ * check), so the slot must be in use; on the database host (barman-agent check) the daemon may
+ * not run yet, and a slot it will create itself (`createdByDaemon`, create_slot = auto) may not
+ * exist yet.
+ */
+export function slotCheck(slot: { name: string; exists: boolean; active: boolean; restartLsn: string; walStatus: string }, expect: { streaming: boolean; createdByDaemon: boolean }): CheckResult {
   const name = 'replication slot';
-  if (!slot.exists) return { name, ok: false, detail: `${slot.name} does not exist`, hint: `Start barman-agent daemon with create_slot = auto, or create it: SELECT pg_create_physical_replication_slot('${slot.name}');` };
+  if (!slot.exists) {
+    if (expect.createdByDaemon && !expect.streaming) return { name, ok: true, detail: `${slot.name} not there yet: the daemon creates it (create_slot = auto)` };
+    return { name, ok: false, detail: `${slot.name} does not exist`, hint: `Start barman-agent daemon with create_slot = auto, or create it: SELECT pg_create_physical_replication_slot('${slot.name}');` };
+  }
   if (slot.walStatus === 'lost') return { name, ok: false, detail: `${slot.name} has lost WAL it needed (wal_status lost)`, hint: `The stream cannot resume from it: drop and recreate the slot (SELECT pg_drop_replication_slot('${slot.name}')), restart the daemon, and take a new backup.` };
-  if (!slot.active) return { name, ok: false, detail: `${slot.name} is not in use by a stream`, hint: 'The agent daemon is not streaming: look at its log on the PostgreSQL host.' };
-  return { name, ok: true, detail: `${slot.name} active, restart_lsn ${slot.restartLsn || '-'}${slot.walStatus ? `, wal_status ${slot.walStatus}` : ''}` };
+  const state = `restart_lsn ${slot.restartLsn || '-'}${slot.walStatus ? `, wal_status ${slot.walStatus}` : ''}`;
+  if (!slot.active) {
+    if (!expect.streaming) return { name, ok: true, detail: `${slot.name} not in use now (no daemon streaming), ${state}` };
+    return { name, ok: false, detail: `${slot.name} is not in use by a stream`, hint: 'The agent daemon is not streaming: look at its log on the PostgreSQL host.' };
+  }
+  return { name, ok: true, detail: `${slot.name} active, ${state}` };
 }
 
 function setting(name: string, ok: boolean, value: string, hint: string): CheckResult {

@@ -71,6 +71,9 @@ describe('check: everything that must hold for a server to be recoverable', () =
     expect(l.get('replication slot')!.detail).toMatch(/^barman_main active, restart_lsn [0-9A-F]+\/[0-9A-F]+, wal_status reserved$/);
     expect(l.get('system identifier')!.detail).toBe(`${await cluster.systemIdentifier()}, the server's too`);
     expect(l.get('free space')!.detail).toMatch(/free of .* min_free_space 1\.0 MiB$/);
+    const agentCheck = await runAgent(['check', '-c', cluster.agentConfigPath!]);
+    expectSuccess(agentCheck);
+    expect(agentCheck.stdout).toMatch(/^\s*replication slot: OK \(barman_main active, restart_lsn /m);
 
     const nagios = await check(receiver.configPath, '--nagios');
     expect(nagios.code).toBe(0);
@@ -191,6 +194,11 @@ describe('check: everything that must hold for a server to be recoverable', () =
       const nagios = await check(receiver.configPath, '--nagios');
       expect(nagios.code).toBe(2);
       expect(nagios.stdout).toMatch(/^BARMAN CRITICAL - server main: 3 of \d+ checks failed: agent connected, PostgreSQL, WAL streaming \(agent connected: no agent daemon is connected/m);
+      // the database host's half still passes: PostgreSQL is fine, the slot waits for the daemon
+      const agentCheck = await runAgent(['check', '-c', cluster.agentConfigPath!]);
+      expectSuccess(agentCheck);
+      expect(agentCheck.stdout).toMatch(/^\s*replication slot: OK \(barman_main not in use now \(no daemon streaming\), restart_lsn /m);
+      expect(agentCheck.stdout).toMatch(/^\s*spool_dir writable: OK/m);
 
       expect(await receiver.stop()).toBe(0);
       try {

@@ -19,11 +19,20 @@ describe('the settings archiving through the agent depends on', () => {
     expect(bad.every((c) => c.hint)).toBe(true);
   });
 
-  it('wants the slot there, in use, and not lost', () => {
+  it('wants the slot there, in use while the daemon streams, and not lost', () => {
     const slot = { name: 'barman_main', exists: true, active: true, restartLsn: '0/3000000', walStatus: 'reserved' };
-    expect(slotCheck(slot)).toMatchObject({ name: 'replication slot', ok: true });
-    expect(slotCheck({ ...slot, exists: false })).toMatchObject({ ok: false, detail: 'barman_main does not exist' });
-    expect(slotCheck({ ...slot, walStatus: 'lost' })).toMatchObject({ ok: false, detail: 'barman_main has lost WAL it needed (wal_status lost)' });
-    expect(slotCheck({ ...slot, active: false })).toMatchObject({ ok: false, detail: 'barman_main is not in use by a stream' });
+    const streaming = { streaming: true, createdByDaemon: true };
+    expect(slotCheck(slot, streaming)).toMatchObject({ name: 'replication slot', ok: true, detail: 'barman_main active, restart_lsn 0/3000000, wal_status reserved' });
+    expect(slotCheck({ ...slot, exists: false }, streaming)).toMatchObject({ ok: false, detail: 'barman_main does not exist' });
+    expect(slotCheck({ ...slot, walStatus: 'lost' }, streaming)).toMatchObject({ ok: false, detail: 'barman_main has lost WAL it needed (wal_status lost)' });
+    expect(slotCheck({ ...slot, active: false }, streaming)).toMatchObject({ ok: false, detail: 'barman_main is not in use by a stream' });
+  });
+
+  it('on the database host, before the daemon runs: a slot it will create, or one not in use, is fine; a lost one is not', () => {
+    const slot = { name: 'barman_main', exists: false, active: false, restartLsn: '', walStatus: '' };
+    expect(slotCheck(slot, { streaming: false, createdByDaemon: true })).toMatchObject({ ok: true, detail: 'barman_main not there yet: the daemon creates it (create_slot = auto)' });
+    expect(slotCheck(slot, { streaming: false, createdByDaemon: false })).toMatchObject({ ok: false, detail: 'barman_main does not exist' });
+    expect(slotCheck({ ...slot, exists: true, restartLsn: '0/3000000', walStatus: 'reserved' }, { streaming: false, createdByDaemon: true })).toMatchObject({ ok: true, detail: 'barman_main not in use now (no daemon streaming), restart_lsn 0/3000000, wal_status reserved' });
+    expect(slotCheck({ ...slot, exists: true, walStatus: 'lost' }, { streaming: false, createdByDaemon: true }).ok).toBe(false);
   });
 });
