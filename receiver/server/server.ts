@@ -138,17 +138,20 @@ export class ReceiverService {
   private async answerHttp(req: IncomingMessage, res: ServerResponse, metrics: boolean): Promise<void> {
     const path = (req.url ?? '').split('?')[0];
     const read = req.method === 'GET' || req.method === 'HEAD';
+    // on the WebSocket port a plain HTTP connection is one request long: it is not an agent, and
+    // Admission would cut an idle one anyway (a scraper then reconnects cleanly each time)
+    const headers = (type: string) => ({ 'content-type': type, ...(this.config.metricsListen ? {} : { connection: 'close' }) });
     try {
       if (metrics && read && path === '/metrics') {
         const body = await this.metrics.render();
-        res.writeHead(200, { 'content-type': this.metrics.contentType }).end(req.method === 'HEAD' ? undefined : body);
+        res.writeHead(200, headers(this.metrics.contentType)).end(req.method === 'HEAD' ? undefined : body);
       } else if (metrics && read && path === '/healthz') {
         const serving = this.http !== undefined;
-        res.writeHead(serving ? 200 : 503, { 'content-type': 'text/plain' }).end(serving ? 'ok\n' : 'stopping\n');
+        res.writeHead(serving ? 200 : 503, headers('text/plain')).end(serving ? 'ok\n' : 'stopping\n');
       } else if (metrics && this.config.metricsListen) {
-        res.writeHead(404, { 'content-type': 'text/plain' }).end('barman-receiver serves GET /metrics and GET /healthz here\n');
+        res.writeHead(404, headers('text/plain')).end('barman-receiver serves GET /metrics and GET /healthz here\n');
       } else {
-        res.writeHead(426, { 'content-type': 'text/plain' }).end(`barman-receiver speaks WebSocket only${metrics ? ' (and GET /metrics, /healthz)' : ''}\n`);
+        res.writeHead(426, headers('text/plain')).end(`barman-receiver speaks WebSocket only${metrics ? ' (and GET /metrics, /healthz)' : ''}\n`);
       }
     } catch (err) {
       this.log.error({ err: String(err) }, 'cannot answer a metrics request');

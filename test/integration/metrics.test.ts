@@ -50,6 +50,8 @@ describe('a DBA watches barman-ts with Prometheus', () => {
     const health = await fetch(`${receiver.httpUrl}/healthz`);
     expect(health.status).toBe(200);
     expect(await health.text()).toBe('ok\n');
+    // on the WebSocket port a plain HTTP connection is one request long
+    expect(health.headers.get('connection')).toBe('close');
     // the port still says what it speaks to anything else
     expect((await fetch(`${receiver.httpUrl}/`)).status).toBe(426);
 
