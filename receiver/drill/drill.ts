@@ -100,7 +100,7 @@ export async function drillBackup(config: ReceiverConfig, serverName: string, op
 
   let binDir: string;
   try {
-    const found = checkRecoveryBinaries(info.backupId, info.pgVersion, server.pgBindir);
+    const found = checkRecoveryBinaries(info.backupId, info.pgVersion, server.pgBindir, process.env, 'pg_bindir =');
     if (!found) throw new BarmanError(ErrorCode.PG_VERSION_MISMATCH, `this host has no PostgreSQL ${majorOf(info.pgVersion)} server binaries`, `Install PostgreSQL ${majorOf(info.pgVersion)} on the backup host, or name its binaries with pg_bindir = in [${server.name}].`);
     binDir = found.dir;
     checks.push({ name: 'binaries', ok: true, detail: `PostgreSQL ${found.major} in ${found.dir}` });

@@ -140,6 +140,26 @@ describe('restore drills prove a backup comes back, and how fast', () => {
     expect(again.result.passed).toBe(true);
   });
 
+  it('fails, naming the check, on binaries that cannot start the backup (pg_bindir) and on a drill_query that errors', async () => {
+    expect(await receiver.stop()).toBe(0);
+    try {
+      const noBinaries = await runReceiverCli(['drill', '-c', receiver.configVariant({ main: { pg_bindir: '/nonexistent/bin' } }), 'main', '--json']);
+      expect(noBinaries.code, describeRun(noBinaries)).toBe(1);
+      const nb = JSON.parse(noBinaries.stdout) as DrillJson;
+      expect(nb.checks).toEqual([{ name: 'binaries', ok: false, detail: 'pg_bindir = /nonexistent/bin: no PostgreSQL server (postgres) runs from that folder' }]);
+      expect(nb.error).toBe('binaries: pg_bindir = /nonexistent/bin: no PostgreSQL server (postgres) runs from that folder');
+
+      const badQuery = await runReceiverCli(['drill', '-c', receiver.configVariant({ main: { drill_query: 'select count(*) from no_such_table' } }), 'main', '--json']);
+      expect(badQuery.code, describeRun(badQuery)).toBe(1);
+      const bq = JSON.parse(badQuery.stdout) as DrillJson;
+      expect(bq.checks.map((c) => [c.name, c.ok])).toEqual([['binaries', true], ['restore', true], ['recovery', true], ['pg_amcheck', true], ['drill_query', false]]);
+      expect(bq.error).toBe('drill_query: in postgres: relation "no_such_table" does not exist');
+      expect(scratchDirs()).toEqual([]);
+    } finally {
+      await receiver.start();
+    }
+  });
+
   it('cleans up after a drill whose service was killed: the next drill stops the copy left running and removes its scratch directory', async () => {
     receiver.rewriteConfig({ main: { drill_query: 'select pg_sleep(600)' } });
     await receiver.restart();
