@@ -143,11 +143,15 @@ class ServerWatch {
     });
     const agentConnected = ctx.daemon !== undefined;
     const streamInUse = (await ctx.catalog.streamingRecord().catch(() => undefined)) !== undefined;
+    const streaming = ctx.streamingState(now);
+    // WAL received: a segment archived, or streamed WAL flushed (a quiet streamed server fills a segment slowly)
+    const flushed = streaming.lastFlushAt ? new Date(streaming.lastFlushAt) : undefined;
+    const lastWalAt = flushed && (!this.lastWalAt || flushed > this.lastWalAt) ? flushed : this.lastWalAt;
     return {
       server: ctx.config.name,
-      lastWalAt: this.lastWalAt,
+      lastWalAt,
       agentConnected,
-      protection: liveProtection(now, { streaming: ctx.streamingState(now), agentConnected, streamInUse, lastArchivedAt: this.lastWalAt }),
+      protection: liveProtection(now, { streaming, agentConnected, streamInUse, lastArchivedAt: this.lastWalAt }),
       backups,
       lastDrill,
       catalogBytes: this.catalogBytes,
@@ -172,7 +176,7 @@ export class ReceiverMetrics {
       failures: counter('barman_archive_failures_total', 'WAL files that could not be archived since the service started, by error code', ['server', 'reason']),
     };
     this.gauges = {
-      lastWalAge: gauge('barman_last_wal_received_age_seconds', 'Seconds since the last WAL segment arrived in the catalog', ['server']),
+      lastWalAge: gauge('barman_last_wal_received_age_seconds', 'Seconds since WAL last arrived: a segment archived, or streamed WAL flushed', ['server']),
       rpoSeconds: gauge('barman_rpo_seconds', 'What a loss of the primary now would cost, in seconds of WAL (0 while streaming is caught up)', ['server']),
       rpoBytes: gauge('barman_rpo_bytes', 'What a loss of the primary now would cost, in bytes of WAL PostgreSQL sent that are not flushed here', ['server']),
       lagBytes: gauge('barman_streaming_lag_bytes', 'WAL PostgreSQL has sent that the receiver has not flushed yet', ['server']),

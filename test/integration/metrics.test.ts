@@ -66,6 +66,15 @@ describe('a DBA watches barman-ts with Prometheus', () => {
     expect(value(m, 'barman_last_wal_received_age_seconds')).toBeGreaterThanOrEqual(0);
     expect(value(m, 'barman_last_wal_received_age_seconds')).toBeLessThan(600);
     for (const status of ['STARTED', 'WAITING_FOR_WALS', 'DONE', 'FAILED']) expect(value(m, 'barman_backups', { status })).toBe(0);
+
+    // streamed WAL counts as WAL received, though no segment was completed since
+    await new Promise((r) => setTimeout(r, 2000));
+    await cluster.psql("insert into orders values (900001, 'streamed, not switched')");
+    const streamed = await waitStreamCaughtUp(receiver, 'main', cluster) as unknown as { wal: { last_received_at: string }; streaming: { last_flush_at: string } };
+    const flushedAt = Date.parse(streamed.streaming.last_flush_at);
+    expect(flushedAt - Date.parse(streamed.wal.last_received_at)).toBeGreaterThan(1000);
+    const age = value(await scrapeMetrics(receiver.httpUrl), 'barman_last_wal_received_age_seconds')!;
+    expect(age).toBeLessThanOrEqual((Date.now() - flushedAt) / 1000 + 0.001);
     // every metric of the contract is a family with its type, and each of its samples names the server
     const types: Record<string, string> = {
       barman_last_wal_received_age_seconds: 'GAUGE', barman_rpo_seconds: 'GAUGE', barman_rpo_bytes: 'GAUGE', barman_streaming_lag_bytes: 'GAUGE', barman_streaming_up: 'GAUGE',
