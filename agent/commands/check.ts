@@ -1,8 +1,7 @@
 // `barman-agent check`: the PostgreSQL-side half of `check`, from the database host:
 // configuration, receiver reachable, token accepted, the PostgreSQL version (13 and newer), the
-// settings archiving depends on, spool_dir writable, and with streaming on, the replication slot.
+// settings archiving depends on, and with streaming on, the replication slot.
 
-import { constants, promises as fs } from 'node:fs';
 import type { AgentConfig } from '../../shared/config/agent';
 import { type CheckResult, runCheck } from '../../shared/check';
 import { connectPostgres, type ServerFacts, serverFacts } from '../postgres';
@@ -40,12 +39,5 @@ export async function checkAgent(config: AgentConfig): Promise<CheckResult[]> {
     results.push(...archiveSettingChecks(facts));
     if (facts.slot) results.push(slotCheck(facts.slot, { streaming: false, createdByDaemon: config.createSlot === 'auto' }));
   }
-  results.push(
-    await runCheck('spool_dir writable', async () => {
-      await fs.mkdir(config.spoolDir, { recursive: true });
-      await fs.access(config.spoolDir, constants.W_OK);
-      return config.spoolDir;
-    }, `Create ${config.spoolDir} and let the postgres user write it (the daemon records acks there), or set spool_dir =.`),
-  );
   return results;
 }
