@@ -20,6 +20,7 @@ import type { Upload } from '../catalog/upload';
 import { WalArchive } from '../catalog/wal-archive';
 import { StreamHealth } from './stream-health';
 import type { DrillRecord } from '../catalog/catalog';
+import type { DrillOptions } from '../drill/drill';
 
 /** The side of a session the server context needs: a way to talk to it and to name it. */
 export interface Peer {
@@ -89,10 +90,7 @@ export type ServerEvent =
   | { kind: 'catalog-changed' };
 
 /** What a drill is asked for: a backup (ID, latest, oldest; default latest) and an optional target time. */
-export interface DrillOptions {
-  backup?: string;
-  targetTime?: string;
-}
+export type DrillRequest = Pick<DrillOptions, 'backup' | 'targetTime'>;
 
 /** receiver-originated request ids live high, apart from the agent's own counter */
 let nextRequestId = 1 << 30;
@@ -135,7 +133,7 @@ export class ServerContext {
   private changes: Promise<unknown> = Promise.resolve();
   private readonly eventListeners = new Set<(event: ServerEvent) => void>();
   /** runs a restore drill of this server (set by the service: receiver/drill/drill.ts); undefined outside serve */
-  drillRunner: ((options: DrillOptions) => Promise<DrillRecord>) | undefined;
+  drillRunner: ((options: DrillRequest) => Promise<DrillRecord>) | undefined;
   /** the drill running now, if any */
   private drilling: Promise<DrillRecord> | undefined;
   /** PostgreSQL probes sent to the daemon, by request id */
@@ -468,7 +466,7 @@ export class ServerContext {
   }
 
   /** A drill the DBA asked for over an admin connection (`drill` while serve runs), with the key of barman_home. */
-  requestDrill(options: DrillOptions, key: string): Promise<DrillRecord> {
+  requestDrill(options: DrillRequest, key: string): Promise<DrillRecord> {
     const refused = this.refuseWithoutKey(key, 'a drill');
     if (refused) return Promise.reject(refused);
     return this.drill(options);
@@ -479,7 +477,7 @@ export class ServerContext {
    * servers') and records its outcome as the catalog's writer. The drill itself only reads the
    * catalog, so WAL and backups keep arriving meanwhile.
    */
-  async drill(options: DrillOptions): Promise<DrillRecord> {
+  async drill(options: DrillRequest): Promise<DrillRecord> {
     if (!this.drillRunner) throw new BarmanError(ErrorCode.INTERNAL, 'this service runs no drills', 'Run barman-receiver drill on the backup host.');
     if (this.drilling) throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `a restore drill of ${this.config.name} is already running`, 'Wait for it to finish (barman-receiver status shows the last drill), then run another.');
     const run = this.drillRunner(options);
