@@ -11,11 +11,12 @@
 // TCP address, archives nothing (archive_mode off, as every recovered copy), waits for no
 // synchronous standby, and takes its connection rules from a pg_hba.conf of its own.
 
+import { createHash } from 'node:crypto';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync, promises as fs } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
@@ -109,8 +110,9 @@ export async function drillBackup(config: ReceiverConfig, serverName: string, op
   }
 
   const user = runAs();
-  await removeLeftovers(server.name, log);
-  const scratch = await fs.mkdtemp(join(tmpdir(), `${SCRATCH_PREFIX}${server.name}-`));
+  const prefix = drillScratchPrefix(config.barmanHome, server.name);
+  await removeLeftovers(prefix, log);
+  const scratch = await fs.mkdtemp(join(tmpdir(), prefix));
   let postmaster: ChildProcess | undefined;
   const stopOnAbort = () => void (postmaster && stopCopy(postmaster));
   options.signal?.addEventListener('abort', stopOnAbort);
@@ -263,6 +265,15 @@ function throwIfStopped(signal: AbortSignal | undefined): void {
 }
 
 const SCRATCH_PREFIX = 'barman-drill-';
+
+/**
+ * The start of the names of a server's scratch directories in $TMPDIR: the server, and a short
+ * hash of the catalog's barman_home, so that two receivers on one host with a server of the same
+ * name never take each other's running drill for a leftover.
+ */
+export function drillScratchPrefix(barmanHome: string, server: string): string {
+  return `${SCRATCH_PREFIX}${server}-${createHash('sha256').update(resolve(barmanHome)).digest('hex').slice(0, 8)}-`;
+}
 /** in a scratch directory: the process running that drill */
 const OWNER_FILE = 'drill.owner';
 
@@ -277,9 +288,9 @@ async function startTicksOf(pid: number): Promise<string | undefined> {
  * directory and maybe its copy, still running. Removed at the start of the server's next drill;
  * a directory whose drill still runs (another `drill` command) is left alone.
  */
-async function removeLeftovers(server: string, log: Logger | undefined): Promise<void> {
+async function removeLeftovers(prefix: string, log: Logger | undefined): Promise<void> {
   for (const name of await fs.readdir(tmpdir()).catch(() => [] as string[])) {
-    if (!name.startsWith(`${SCRATCH_PREFIX}${server}-`)) continue;
+    if (!name.startsWith(prefix)) continue;
     const dir = join(tmpdir(), name);
     const owner = await fs.readFile(join(dir, OWNER_FILE), 'utf8').then((t) => JSON.parse(t) as { pid: number; startTicks?: string }, () => undefined);
     if (owner && (await startTicksOf(owner.pid)) === owner.startTicks && owner.startTicks !== undefined) continue;

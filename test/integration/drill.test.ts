@@ -12,6 +12,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { type Cluster, createCluster, describeRun, expectSuccess, makeDir, type Receiver, runReceiverCli, snapshotTree, startReceiver, waitFor } from '../harness';
 import { backupAndWait, listBackupsJson } from '../harness/backups';
 import { receiverStatus } from '../harness/daemon';
+import { drillScratchPrefix } from '../../receiver/drill/drill';
 
 interface DrillJson {
   server: string;
@@ -33,7 +34,8 @@ describe('restore drills prove a backup comes back, and how fast', () => {
     const r = await runReceiverCli(['drill', ...conf(), 'main', ...args, '--json']);
     return { r, result: JSON.parse(r.stdout || 'null') as DrillJson };
   };
-  const scratchDirs = () => readdirSync(tmpdir()).filter((f) => f.startsWith('barman-drill-main-'));
+  // this receiver's own: other receivers on the host (other test runs) drill servers named main too
+  const scratchDirs = () => readdirSync(tmpdir()).filter((f) => f.startsWith(drillScratchPrefix(receiver.barmanHome, 'main')));
 
   beforeAll(async () => {
     receiver = await startReceiver({ servers: [{ name: 'main', extra: { drill_query: 'select count(*), sum(id) from orders', drill_max_age: '1 day' } }] });
