@@ -60,7 +60,7 @@ function sourceOf(content: Map<string, string> = CONTENT, before?: (path: string
   };
 }
 
-async function refusal(write: Promise<void>, code: ErrorCode, message: RegExp): Promise<BarmanError> {
+async function refusal(write: Promise<unknown>, code: ErrorCode, message: RegExp): Promise<BarmanError> {
   const err = await write.then(() => undefined, (e: unknown) => e);
   expect(err).toBeInstanceOf(BarmanError);
   expect((err as BarmanError).code).toBe(code);
