@@ -34,8 +34,9 @@ program
   .option('-c, --config <file>', 'agent configuration file')
   .action((name: string, dest: string, opts: { config?: string }) =>
     runAction(async () => {
-      const { getWal } = await import('./commands/get-wal');
-      return (await getWal(await loadConfig(opts), name, dest)) ? ExitCode.OK : ExitCode.FAILED;
+      const { getWal, restoreCommandError } = await import('./commands/get-wal');
+      const config = await loadConfig(opts).catch((err: unknown) => Promise.reject(restoreCommandError(err)));
+      return (await getWal(config, name, dest, (text) => process.stderr.write(`WARNING: ${text}\n`))) ? ExitCode.OK : ExitCode.FAILED;
     }),
   );
 
