@@ -180,7 +180,7 @@ describe('agent/launcher.sh, get-wal from the spool without Node', () => {
     const { dir, spool, conf } = setup('spool_dir = SPOOL');
     const b = segment(NAME);
     const sum = sha(b);
-    b[2000] ^= 1;
+    b.writeUInt8(b.readUInt8(2000) ^ 1, 2000);
     writeFileSync(join(spool, `${NAME}-${sum}`), b);
     const r = runLauncher(['get-wal', '-c', conf, NAME, 'pg_wal/RECOVERYXLOG'], dir);
     expect(r.stdout).toMatch(/^node get-wal/);
