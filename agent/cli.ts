@@ -40,6 +40,18 @@ program
     }),
   );
 
+// started by get-wal in the background, never by a user: not in --help
+program
+  .command('prefetch-wal', { hidden: true })
+  .argument('<segment-size>')
+  .option('-c, --config <file>', 'agent configuration file')
+  .action((segmentSize: string, opts: { config?: string }) =>
+    runAction(async () => {
+      const { prefetchWal } = await import('./commands/get-wal');
+      await prefetchWal(await loadConfig(opts), Number(segmentSize));
+    }),
+  );
+
 program
   .command('check')
   .description('check the configuration, the receiver and the PostgreSQL settings')

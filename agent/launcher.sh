@@ -3,8 +3,10 @@
 # what it can without starting Node, and hands everything else to the Node program beside it,
 # dist/barman-agent.cjs, which can do all of it too (and may be run directly).
 #
-# Without Node: `get-wal <segment> <dest>` when an earlier get-wal fetched that segment ahead into
-# <spool_dir>/prefetch/<segment>-<sha256> (agent/wal/prefetch.ts). The file is moved next to <dest>,
+# Without Node: `get-wal <segment> <dest>` when the prefetcher fetched that segment ahead into
+# <spool_dir>/prefetch/<segment>-<sha256> (agent/wal/prefetch.ts), or is downloading it (then this
+# waits for it). It also records the segment asked for (.requested), which keeps the prefetcher
+# going. The file is moved next to <dest>,
 # read back against its SHA-256 and its page header (timeline, address, segment size: the bytes
 # must be the segment its name says), and only then renamed to <dest>; anything that does not
 # check out is removed and Node asks the receiver. Only POSIX sh and coreutils (sha256sum, od,
@@ -90,21 +92,56 @@ get_wal_from_spool() {
   fi
   [ -f "$config" ] && [ -r "$config" ] || return 1
   spool=$(spool_dir_of "$config") || return 1
-  for entry in "$spool/prefetch/$name"-*; do
+  dir=$spool/prefetch
+  [ -d "$dir" ] || return 1
+  # what PostgreSQL asks for now: the prefetcher keeps the segments after it coming
+  printf '%s\n' "$name" > "$dir/.requested.$$" 2>/dev/null && mv -f -- "$dir/.requested.$$" "$dir/.requested"
+  serve_from "$dir" "$name" "$dest"
+  [ $? -eq 1 ] || return 1
+  # not there yet, but the prefetcher is downloading it: wait for it (at most 30 s)
+  i=0
+  while [ $i -lt 3000 ] && downloading "$dir" "$name" && prefetcher_alive "$dir"; do
+    sleep 0.01
+    i=$((i + 1))
+  done
+  serve_from "$dir" "$name" "$dest"
+  return 1
+}
+
+# serves segment $2 from spool folder $1 into $3 and exits 0; returns 1 when the spool has no copy,
+# 2 when its copy did not check out (it is removed)
+serve_from() {
+  for entry in "$1/$2"-*; do
     [ -f "$entry" ] && [ ! -L "$entry" ] || continue
     sum=${entry##*-}
     case $sum in *[!0-9a-f]*) continue ;; esac
     [ ${#sum} -eq 64 ] || continue
-    case $dest in */*) tmp=${dest%/*} ;; *) tmp=. ;; esac
-    tmp="$tmp/.$name.$$.spool"
-    mv -f -- "$entry" "$tmp" 2>/dev/null || return 1
-    if segment_ok "$tmp" "$name" "$sum" 2>/dev/null && mv -f -- "$tmp" "$dest"; then
+    case $3 in */*) tmp=${3%/*} ;; *) tmp=. ;; esac
+    tmp="$tmp/.$2.$$.spool"
+    mv -f -- "$entry" "$tmp" 2>/dev/null || return 2
+    if segment_ok "$tmp" "$2" "$sum" 2>/dev/null && mv -f -- "$tmp" "$3"; then
       exit 0
     fi
     rm -f -- "$tmp"
-    return 1
+    return 2
   done
   return 1
+}
+
+# a download of segment $2 is under way in spool folder $1
+downloading() {
+  for t in "$1/.$2".*.tmp; do
+    [ -e "$t" ] && return 0
+  done
+  return 1
+}
+
+# the prefetcher of spool folder $1 runs (its pid alive, its lock refreshed within 10 s)
+prefetcher_alive() {
+  pid=$(cat -- "$1/.prefetcher" 2>/dev/null) || return 1
+  case $pid in ''|*[!0-9]*) return 1 ;; esac
+  [ $(($(date +%s) - $(stat -c %Y -- "$1/.prefetcher" 2>/dev/null || echo 0))) -le 10 ] || return 1
+  kill -0 "$pid" 2>/dev/null
 }
 
 case " $* " in

@@ -4,9 +4,10 @@
 // <dest> and exits ABORT_RECOVERY: PostgreSQL then stops recovery instead of taking the damaged
 // segment for the end of WAL and promoting without the transactions that follow it.
 //
-// Fetch-ahead: a segment asked for is answered from the spool when an earlier call fetched it
-// (agent/wal/prefetch.ts; agent/launcher.sh answers such a hit without starting Node); otherwise it
-// is fetched, and then the next `prefetch` segments over the same connection into the spool.
+// Fetch-ahead: a segment asked for is answered from the spool when the prefetcher fetched it
+// (agent/wal/prefetch.ts; agent/launcher.sh answers such a hit without starting Node), or once the
+// prefetcher's download of it finishes; otherwise it is fetched here. Either way the prefetcher is
+// started (unless it runs) to keep the next `prefetch` segments coming while PostgreSQL replays.
 //
 // Any other failure (receiver unreachable, timeout, refused token) depends on what PostgreSQL
 // does with it: in one-shot archive recovery (recovery.signal in the data directory, which is the
@@ -19,9 +20,9 @@ import { existsSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { AgentConfig } from '../../shared/config/agent';
 import { asBarmanError, BarmanError, ErrorCode, ExitCode } from '../../shared/errors';
-import { isSegmentName, parseWalFileName } from '../../shared/wal/names';
+import { isSegmentName, isValidSegmentSize, parseWalFileName } from '../../shared/wal/names';
 import { AgentConnection } from '../../shared/protocol/client';
-import { segmentsAfter, segmentSizeOf, WalPrefetch } from '../wal/prefetch';
+import { PrefetchControl, runPrefetcher, segmentSizeOf, WalPrefetch } from '../wal/prefetch';
 
 export async function getWal(config: AgentConfig, name: string, dest: string, warn: (text: string) => void = () => undefined): Promise<boolean> {
   if (!parseWalFileName(name) || basename(name) !== name) {
@@ -48,29 +49,41 @@ export function inArchiveRecovery(cwd = process.cwd()): boolean {
 }
 
 async function fetchWal(config: AgentConfig, name: string, dest: string, warn: (text: string) => void): Promise<boolean> {
-  const prefetch = isSegmentName(name) && config.prefetch > 0 ? new WalPrefetch(config.spoolDir) : undefined;
-  if (prefetch && (await prefetch.take(name, dest, warn).catch(() => false))) return true;
+  const spool = isSegmentName(name) && config.prefetch > 0 ? new WalPrefetch(config.spoolDir) : undefined;
+  const control = spool && new PrefetchControl(spool);
+  if (spool && control) {
+    // the spool is an aid: a problem with it never fails the request, the receiver answers instead
+    const served = await (async () => {
+      await control.noteRequested(name);
+      if (await spool.take(name, dest, warn)) return true;
+      return (await control.waitFor(name, config.timeoutSeconds * 1000)) && spool.take(name, dest, warn);
+    })().catch(() => false);
+    if (served) {
+      await startPrefetcher(control, config, dest, warn);
+      return true;
+    }
+  }
   const conn = await AgentConnection.open(config, 'get');
   try {
     if (!(await conn.getFile(name, dest))) return false;
-    if (prefetch) await fetchAhead(conn, prefetch, name, dest, config.prefetch, warn);
-    return true;
   } finally {
     conn.close();
   }
+  if (control) await startPrefetcher(control, config, dest, warn);
+  return true;
 }
 
-/**
- * The `count` segments after `name` into the spool, all requested at once on the connection. A
- * failure here never fails the request PostgreSQL made: the segment asked for is in place already.
- */
-async function fetchAhead(conn: AgentConnection, spool: WalPrefetch, name: string, dest: string, count: number, warn: (text: string) => void): Promise<void> {
+async function startPrefetcher(control: PrefetchControl, config: AgentConfig, dest: string, warn: (text: string) => void): Promise<void> {
   try {
     const segmentSize = await segmentSizeOf(dest);
-    if (segmentSize === undefined) return;
-    await spool.clean(name, count);
-    await Promise.all(segmentsAfter(name, segmentSize, count).map((next) => spool.fill(conn, next)));
+    if (segmentSize !== undefined) await control.ensureRunning(config.file, segmentSize);
   } catch (err) {
-    warn(`fetching WAL ahead after ${name} failed (${asBarmanError(err).message}); the next segments are fetched as PostgreSQL asks for them`);
+    warn(`cannot start fetching WAL ahead (${asBarmanError(err).message}); segments are fetched as PostgreSQL asks for them`);
   }
+}
+
+/** `barman-agent prefetch-wal`: the background prefetcher get-wal starts (agent/wal/prefetch.ts). */
+export async function prefetchWal(config: AgentConfig, segmentSize: number): Promise<void> {
+  if (!isValidSegmentSize(segmentSize) || config.prefetch === 0) return;
+  await runPrefetcher(new WalPrefetch(config.spoolDir), () => AgentConnection.open(config, 'get'), segmentSize, config.prefetch);
 }

@@ -5,20 +5,32 @@
 // into place. Anything else (damaged, another timeline's bytes) is removed and never served; the
 // receiver is asked instead. agent/launcher.sh does the same in POSIX sh for a hit, without Node.
 //
-// The spool holds at most `prefetch` segments beyond the one asked for: each get-wal that goes to
-// the receiver first removes what PostgreSQL no longer needs (older segments, other timelines,
-// leftovers of a killed run).
+// Fetching ahead runs beside PostgreSQL's replay, in one background process per spool (the
+// prefetcher, `barman-agent prefetch-wal`, started by get-wal and holding .prefetcher): it keeps the
+// `prefetch` segments after the last one PostgreSQL asked for (.requested, written by every get-wal)
+// in the spool over one connection, removes what PostgreSQL no longer needs (older segments, other
+// timelines, leftovers of a killed run), and exits once PostgreSQL has stopped asking for a while.
+// A get-wal asking for a segment the prefetcher is downloading waits for it rather than fetching
+// it a second time.
 
 import { createHash } from 'node:crypto';
 import { constants, promises as fs } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { makeDirs } from '../../shared/dirs';
 import type { AgentConnection } from '../../shared/protocol/client';
 import { readLongHeader, LONG_HEADER_SIZE } from '../../shared/wal/header';
 import { isSegmentName, nextSegment, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
 
-/** the spool's folder below spool_dir (agent/launcher.sh spells it too) */
+/** the spool's folder below spool_dir (agent/launcher.sh spells it too, and the two names below) */
 export const PREFETCH_DIR = 'prefetch';
+/** the live prefetcher's pid; refreshed (mtime) while it works */
+const LOCK = '.prefetcher';
+/** the last segment PostgreSQL asked for */
+const REQUESTED = '.requested';
+/** a prefetcher that has not refreshed its lock for this long is gone */
+const LOCK_STALE_MS = 10_000;
+/** the prefetcher exits once PostgreSQL has asked for nothing new for this long */
+const IDLE_EXIT_MS = 3_000;
 /** a temporary file older than this is a killed run's leftover */
 const STALE_TMP_MS = 10 * 60 * 1000;
 
@@ -108,6 +120,109 @@ export class WalPrefetch {
     // no fsync: a spooled copy that a crash damaged fails its checksum and is fetched again
     await fs.rename(tmp, join(this.dir, `${name}-${hash.digest('hex')}`));
     return 'stored';
+  }
+}
+
+/** get-wal's side of the prefetcher: say what PostgreSQL asked for, start the prefetcher, wait for a download it has under way. */
+export class PrefetchControl {
+  constructor(readonly spool: WalPrefetch) {}
+
+  /** Records the segment PostgreSQL asked for (the prefetcher keeps the segments after it). */
+  async noteRequested(name: string): Promise<void> {
+    await makeDirs(this.spool.dir, 0o700);
+    const tmp = join(this.spool.dir, `${REQUESTED}.${process.pid}`);
+    await fs.writeFile(tmp, `${name}\n`, { mode: 0o600 });
+    await fs.rename(tmp, join(this.spool.dir, REQUESTED));
+  }
+
+  /** The pid of a prefetcher that is alive and working, if any. */
+  async alive(): Promise<number | undefined> {
+    return livePrefetcher(this.spool.dir);
+  }
+
+  /**
+   * Waits while the prefetcher downloads `name` (its temporary file is there); true once it is in
+   * the spool, false when there is nothing to wait for (or `timeoutMs` passed).
+   */
+  async waitFor(name: string, timeoutMs: number): Promise<boolean> {
+    const until = Date.now() + timeoutMs;
+    while (Date.now() < until) {
+      const files = await fs.readdir(this.spool.dir).catch(() => [] as string[]);
+      if (files.some((f) => f.startsWith(`${name}-`))) return true;
+      if (!files.some((f) => f.startsWith(`.${name}.`) && f.endsWith('.tmp')) || (await this.alive()) === undefined) return false;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return false;
+  }
+
+  /** Starts the prefetcher (detached: it outlives this get-wal) unless one runs. */
+  async ensureRunning(configFile: string, segmentSize: number): Promise<void> {
+    if ((await this.alive()) !== undefined) return;
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, [process.argv[1]!, 'prefetch-wal', String(segmentSize), '-c', resolve(configFile)], { detached: true, stdio: 'ignore', cwd: this.spool.dir });
+    child.unref();
+  }
+}
+
+async function livePrefetcher(dir: string): Promise<number | undefined> {
+  const lock = join(dir, LOCK);
+  const [text, st] = await Promise.all([fs.readFile(lock, 'utf8').catch(() => ''), fs.stat(lock).catch(() => undefined)]);
+  const pid = Number(text.trim());
+  if (!st || !Number.isInteger(pid) || pid <= 0 || Date.now() - st.mtimeMs > LOCK_STALE_MS) return undefined;
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM' ? pid : undefined;
+  }
+}
+
+/**
+ * The prefetcher: one per spool (a second one exits at once). Keeps the `count` segments after the
+ * last one PostgreSQL asked for in the spool, fetched over `conn` in order; stops fetching past a
+ * segment the receiver does not have (the end of the archive, for now); exits once PostgreSQL has
+ * asked for nothing new for a while, or `signal` aborts.
+ */
+export async function runPrefetcher(spool: WalPrefetch, open: () => Promise<AgentConnection>, segmentSize: number, count: number, signal?: AbortSignal): Promise<void> {
+  await makeDirs(spool.dir, 0o700);
+  const lock = join(spool.dir, LOCK);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await fs.writeFile(lock, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0 || (await livePrefetcher(spool.dir)) !== undefined) return;
+      await fs.rm(lock, { force: true });
+    }
+  }
+  let conn: AgentConnection | undefined;
+  try {
+    conn = await open();
+    let lastRequested = '';
+    let lastProgress = Date.now();
+    while (!signal?.aborted) {
+      const now = new Date();
+      await fs.utimes(lock, now, now);
+      const requested = (await fs.readFile(join(spool.dir, REQUESTED), 'utf8').catch(() => '')).trim();
+      if (isSegmentName(requested) && requested !== lastRequested) {
+        lastRequested = requested;
+        lastProgress = Date.now();
+        await spool.clean(requested, count);
+      }
+      if (!lastRequested || Date.now() - lastProgress > IDLE_EXIT_MS) return;
+      const have = new Set((await spool.entries()).map((e) => e.name));
+      const wanted = segmentsAfter(lastRequested, segmentSize, count).filter((n) => !have.has(n));
+      if (wanted.length === 0) {
+        await new Promise((r) => setTimeout(r, 20));
+        continue;
+      }
+      // all requested at once on the connection (they arrive in order); none past a missing one
+      const results = await Promise.all(wanted.map((n) => spool.fill(conn!, n)));
+      if (results.includes('missing')) await new Promise((r) => setTimeout(r, 200));
+    }
+  } finally {
+    conn?.close();
+    if ((await fs.readFile(lock, 'utf8').catch(() => '')).trim() === String(process.pid)) await fs.rm(lock, { force: true });
   }
 }
 

@@ -91,8 +91,9 @@ describe('get-wal with fetch-ahead, in archive recovery', () => {
     expect(applied).toContain(segmentOfRow.get(128));
     for (const name of applied) expect(sha256(readFileSync(join(seen, name))), name).toBe(receiver.walChecksum('main', name));
     // what PostgreSQL asked for is gone from the spool, and the spool is bounded
-    expect(readdirSync(spool).filter((f) => f.startsWith(second) || f.startsWith(third))).toEqual([]);
-    expect(readdirSync(spool).length).toBeLessThanOrEqual(8 + 2);
+    const spooled = readdirSync(spool).filter((f) => !f.startsWith('.'));
+    expect(spooled.filter((f) => f.startsWith(second) || f.startsWith(third))).toEqual([]);
+    expect(spooled.length).toBeLessThanOrEqual(8);
   });
 
   it('ends recovery at a segment missing from the archive, not earlier and not later, while the spool holds later ones', async () => {
@@ -111,7 +112,7 @@ describe('get-wal with fetch-ahead, in archive recovery', () => {
       expect(switchLsn > segmentStartLsn(segmentOfRow.get(63)!, SEGMENT_SIZE)).toBe(true);
       expect(switchLsn <= segmentStartLsn(gap, SEGMENT_SIZE)).toBe(true);
       // fetched ahead past the gap, never served
-      const ahead = readdirSync(spool).map((f) => f.slice(0, 24)).filter((n) => segmentNumber(n, SEGMENT_SIZE) > segmentNumber(gap, SEGMENT_SIZE));
+      const ahead = readdirSync(spool).filter((f) => !f.startsWith('.')).map((f) => f.slice(0, 24)).filter((n) => segmentNumber(n, SEGMENT_SIZE) > segmentNumber(gap, SEGMENT_SIZE));
       expect(ahead.length).toBeGreaterThan(0);
     } finally {
       renameSync(aside, stored);

@@ -38,6 +38,8 @@ function segment(name: string, over: { timeline?: number; size?: number } = {}):
 }
 
 const NAME = '000000010000000200000005';
+/** the spool's segment files (its dot files are the prefetcher's bookkeeping) */
+const entries = (dir: string) => readdirSync(dir).filter((f) => !f.startsWith('.'));
 
 describe('checkSpooled', () => {
   const spooled = (bytes: Buffer) => {
@@ -158,7 +160,9 @@ describe('agent/launcher.sh, get-wal from the spool without Node', () => {
     expect(r.status, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toBe('');
     expect(readFileSync(join(dir, 'pg_wal/RECOVERYXLOG')).equals(b)).toBe(true);
-    expect(readdirSync(spool)).toEqual([]);
+    expect(entries(spool)).toEqual([]);
+    // what PostgreSQL asked for, for the prefetcher
+    expect(readFileSync(join(spool, '.requested'), 'utf8')).toBe(`${NAME}\n`);
   });
 
   it.each<[string, (name: string) => Buffer, string]>([
@@ -172,8 +176,30 @@ describe('agent/launcher.sh, get-wal from the spool without Node', () => {
     const r = runLauncher(['get-wal', '-c', conf, name, 'pg_wal/RECOVERYXLOG'], dir);
     expect(r.stdout).toBe(`node get-wal -c ${conf} ${name} pg_wal/RECOVERYXLOG`);
     expect(existsSync(join(dir, 'pg_wal/RECOVERYXLOG'))).toBe(false);
-    expect(readdirSync(spool)).toEqual([]);
+    expect(entries(spool)).toEqual([]);
     expect(readdirSync(join(dir, 'pg_wal'))).toEqual([]);
+  });
+
+  it('waits for a segment the prefetcher is downloading, then serves it without Node', async () => {
+    const { dir, spool, conf } = setup('spool_dir = SPOOL');
+    writeFileSync(join(spool, '.prefetcher'), `${process.pid}\n`);
+    writeFileSync(join(spool, `.${NAME}.${process.pid}.tmp`), 'half a segment');
+    const b = segment(NAME);
+    const finish = setTimeout(() => {
+      writeFileSync(join(spool, `${NAME}-${sha(b)}`), b);
+      rmSync(join(spool, `.${NAME}.${process.pid}.tmp`));
+    }, 300);
+    const bin = fresh('bin');
+    writeFileSync(join(bin, 'barman-agent'), readFileSync(launcher), { mode: 0o755 });
+    writeFileSync(join(bin, 'barman-agent.cjs'), 'process.stdout.write("node"); process.exitCode = 9;\n');
+    const { spawn } = await import('node:child_process');
+    const child = spawn('sh', [join(bin, 'barman-agent'), 'get-wal', '-c', conf, NAME, 'pg_wal/RECOVERYXLOG'], { cwd: dir });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const code = await new Promise<number | null>((res) => child.on('close', res));
+    clearTimeout(finish);
+    expect({ code, out }).toEqual({ code: 0, out: '' });
+    expect(readFileSync(join(dir, 'pg_wal/RECOVERYXLOG')).equals(b)).toBe(true);
   });
 
   it('never serves damaged bytes', () => {
