@@ -62,6 +62,9 @@ async function fetchWal(config: AgentConfig, name: string, dest: string, warn: (
       await startPrefetcher(control, config, dest, warn);
       return true;
     }
+    // the prefetcher starts now (when the segment size is known), so the next segments come while this one does
+    const known = await control.knownSegmentSize().catch(() => undefined);
+    if (known !== undefined) await control.ensureRunning(config.file, known).catch(() => undefined);
   }
   const conn = await AgentConnection.open(config, 'get');
   try {

@@ -19,7 +19,7 @@ import { dirname, join, resolve } from 'node:path';
 import { makeDirs } from '../../shared/dirs';
 import type { AgentConnection } from '../../shared/protocol/client';
 import { readLongHeader, LONG_HEADER_SIZE } from '../../shared/wal/header';
-import { isSegmentName, nextSegment, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
+import { isSegmentName, isValidSegmentSize, nextSegment, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
 
 /** the spool's folder below spool_dir (agent/launcher.sh spells it too, and the two names below) */
 export const PREFETCH_DIR = 'prefetch';
@@ -27,6 +27,8 @@ export const PREFETCH_DIR = 'prefetch';
 const LOCK = '.prefetcher';
 /** the last segment PostgreSQL asked for */
 const REQUESTED = '.requested';
+/** the cluster's WAL segment size, as the first segment fetched stated it */
+const SEGMENT_SIZE = '.segment-size';
 /** a prefetcher that has not refreshed its lock for this long is gone */
 const LOCK_STALE_MS = 10_000;
 /** the prefetcher exits once PostgreSQL has asked for nothing new for this long */
@@ -87,10 +89,11 @@ export class WalPrefetch {
     const now = Date.now();
     for (const f of await fs.readdir(this.dir).catch(() => [] as string[])) {
       if (keepFiles.has(f)) continue;
+      // segments, and downloads a killed run left; the prefetcher's own files (.prefetcher, .requested, ...) stay
       if (f.endsWith('.tmp')) {
         const st = await fs.lstat(join(this.dir, f)).catch(() => undefined);
         if (st && now - st.mtimeMs < STALE_TMP_MS) continue;
-      }
+      } else if (!ENTRY.test(f)) continue;
       await fs.rm(join(this.dir, f), { force: true, recursive: true });
     }
   }
@@ -104,12 +107,11 @@ export class WalPrefetch {
     await makeDirs(this.dir, 0o700);
     const tmp = join(this.dir, `.${name}.${process.pid}.tmp`);
     const fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o600);
-    const hash = createHash('sha256');
+    // the checksum of what arrived, checked against the receiver's by fetch()
+    let sha256 = '';
     try {
-      for await (const chunk of conn.fetch((id) => ({ type: 'get', id, name }))) {
-        hash.update(chunk);
-        await fh.write(chunk);
-      }
+      for await (const chunk of conn.fetch((id) => ({ type: 'get', id, name }), (sha) => (sha256 = sha))) await fh.write(chunk);
+      if (!sha256) throw new Error(`${name}: the download ended without its checksum`);
     } catch (err) {
       await fh.close();
       await fs.rm(tmp, { force: true });
@@ -118,7 +120,7 @@ export class WalPrefetch {
     }
     await fh.close();
     // no fsync: a spooled copy that a crash damaged fails its checksum and is fetched again
-    await fs.rename(tmp, join(this.dir, `${name}-${hash.digest('hex')}`));
+    await fs.rename(tmp, join(this.dir, `${name}-${sha256}`));
     return 'stored';
   }
 }
@@ -155,8 +157,15 @@ export class PrefetchControl {
     return false;
   }
 
+  /** The segment size recorded by an earlier get-wal, if any. */
+  async knownSegmentSize(): Promise<number | undefined> {
+    const size = Number((await fs.readFile(join(this.spool.dir, SEGMENT_SIZE), 'utf8').catch(() => '')).trim());
+    return isValidSegmentSize(size) ? size : undefined;
+  }
+
   /** Starts the prefetcher (detached: it outlives this get-wal) unless one runs. */
   async ensureRunning(configFile: string, segmentSize: number): Promise<void> {
+    if ((await this.knownSegmentSize()) !== segmentSize) await fs.writeFile(join(this.spool.dir, SEGMENT_SIZE), `${segmentSize}\n`, { mode: 0o600 });
     if ((await this.alive()) !== undefined) return;
     const { spawn } = await import('node:child_process');
     const child = spawn(process.execPath, [process.argv[1]!, 'prefetch-wal', String(segmentSize), '-c', resolve(configFile)], { detached: true, stdio: 'ignore', cwd: this.spool.dir });
@@ -196,31 +205,44 @@ export async function runPrefetcher(spool: WalPrefetch, open: () => Promise<Agen
     }
   }
   let conn: AgentConnection | undefined;
+  /** downloads under way, by segment name: a sliding window, topped up as each one lands */
+  const inFlight = new Map<string, Promise<unknown>>();
+  let failure: unknown;
   try {
     conn = await open();
     let lastRequested = '';
     let lastProgress = Date.now();
-    while (!signal?.aborted) {
+    /** no segment at or after this one is asked for until PostgreSQL moves on (the receiver lacks it) */
+    let missingAt: string | undefined;
+    while (!signal?.aborted && failure === undefined) {
       const now = new Date();
       await fs.utimes(lock, now, now);
       const requested = (await fs.readFile(join(spool.dir, REQUESTED), 'utf8').catch(() => '')).trim();
       if (isSegmentName(requested) && requested !== lastRequested) {
         lastRequested = requested;
         lastProgress = Date.now();
+        missingAt = undefined;
         await spool.clean(requested, count);
       }
-      if (!lastRequested || Date.now() - lastProgress > IDLE_EXIT_MS) return;
+      if (!lastRequested || Date.now() - lastProgress > IDLE_EXIT_MS) break;
       const have = new Set((await spool.entries()).map((e) => e.name));
-      const wanted = segmentsAfter(lastRequested, segmentSize, count).filter((n) => !have.has(n));
-      if (wanted.length === 0) {
-        await new Promise((r) => setTimeout(r, 20));
-        continue;
+      const wanted = segmentsAfter(lastRequested, segmentSize, count).filter((n) => !have.has(n) && !inFlight.has(n) && (missingAt === undefined || n < missingAt));
+      for (const name of wanted) {
+        const c = conn;
+        const download = spool.fill(c, name).then(
+          (result) => {
+            if (result === 'missing' && (missingAt === undefined || name < missingAt)) missingAt = name;
+          },
+          (err: unknown) => {
+            failure ??= err;
+          },
+        ).finally(() => inFlight.delete(name));
+        inFlight.set(name, download);
       }
-      // all requested at once on the connection (they arrive in order); none past a missing one
-      const results = await Promise.all(wanted.map((n) => spool.fill(conn!, n)));
-      if (results.includes('missing')) await new Promise((r) => setTimeout(r, 200));
+      await Promise.race([...inFlight.values(), new Promise((r) => setTimeout(r, inFlight.size > 0 ? 50 : 20))]);
     }
   } finally {
+    await Promise.allSettled([...inFlight.values()]);
     conn?.close();
     if ((await fs.readFile(lock, 'utf8').catch(() => '')).trim() === String(process.pid)) await fs.rm(lock, { force: true });
   }
