@@ -5,8 +5,8 @@
 #
 # Without Node: `get-wal <segment> <dest>` when the prefetcher fetched that segment ahead into
 # <spool_dir>/prefetch/<segment>-<sha256> (agent/wal/prefetch.ts), or is downloading it (then this
-# waits for it). It also records the segment asked for (.requested), which keeps the prefetcher
-# going. The file is moved next to <dest>,
+# waits for it); a segment served is recorded as the one asked for (.requested), which keeps the
+# prefetcher going. The file is moved next to <dest>,
 # read back against its SHA-256 and its page header (timeline, address, segment size: the bytes
 # must be the segment its name says), and only then renamed to <dest>; anything that does not
 # check out is removed and Node asks the receiver. Only POSIX sh and coreutils (sha256sum, od,
@@ -94,8 +94,6 @@ get_wal_from_spool() {
   spool=$(spool_dir_of "$config") || return 1
   dir=$spool/prefetch
   [ -d "$dir" ] || return 1
-  # what PostgreSQL asks for now: the prefetcher keeps the segments after it coming
-  printf '%s\n' "$name" > "$dir/.requested.$$" 2>/dev/null && mv -f -- "$dir/.requested.$$" "$dir/.requested"
   serve_from "$dir" "$name" "$dest"
   [ $? -eq 1 ] || return 1
   # not there yet, but the prefetcher is downloading it: wait for it (at most 30 s)
@@ -120,6 +118,8 @@ serve_from() {
     tmp="$tmp/.$2.$$.spool"
     mv -f -- "$entry" "$tmp" 2>/dev/null || return 2
     if segment_ok "$tmp" "$2" "$sum" 2>/dev/null && mv -f -- "$tmp" "$3"; then
+      # what PostgreSQL asked for: the prefetcher keeps the segments after it coming (on a miss, Node records it)
+      printf '%s\n' "$2" > "$1/.requested.$$" 2>/dev/null && mv -f -- "$1/.requested.$$" "$1/.requested"
       exit 0
     fi
     rm -f -- "$tmp"

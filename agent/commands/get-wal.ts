@@ -53,8 +53,9 @@ async function fetchWal(config: AgentConfig, name: string, dest: string, warn: (
   const control = spool && new PrefetchControl(spool);
   if (spool && control) {
     // the spool is an aid: a problem with it never fails the request, the receiver answers instead
+    let askedAgain = false;
     const served = await (async () => {
-      await control.noteRequested(name);
+      askedAgain = (await control.noteRequested(name)) === name;
       if (await spool.take(name, dest, warn)) return true;
       return (await control.waitFor(name, config.timeoutSeconds * 1000)) && spool.take(name, dest, warn);
     })().catch(() => false);
@@ -62,8 +63,9 @@ async function fetchWal(config: AgentConfig, name: string, dest: string, warn: (
       await startPrefetcher(control, config, dest, warn);
       return true;
     }
-    // the prefetcher starts now (when the segment size is known), so the next segments come while this one does
-    const known = await control.knownSegmentSize().catch(() => undefined);
+    // the prefetcher starts now (when the segment size is known), so the next segments come while
+    // this one does; not for a segment asked for again (a standby at the end of the archive, polling)
+    const known = askedAgain ? undefined : await control.knownSegmentSize().catch(() => undefined);
     if (known !== undefined) await control.ensureRunning(config.file, known).catch(() => undefined);
   }
   const conn = await AgentConnection.open(config, 'get');

@@ -129,12 +129,14 @@ export class WalPrefetch {
 export class PrefetchControl {
   constructor(readonly spool: WalPrefetch) {}
 
-  /** Records the segment PostgreSQL asked for (the prefetcher keeps the segments after it). */
-  async noteRequested(name: string): Promise<void> {
+  /** Records the segment PostgreSQL asked for (the prefetcher keeps the segments after it); returns the one asked for before. */
+  async noteRequested(name: string): Promise<string> {
     await makeDirs(this.spool.dir, 0o700);
+    const before = (await fs.readFile(join(this.spool.dir, REQUESTED), 'utf8').catch(() => '')).trim();
     const tmp = join(this.spool.dir, `${REQUESTED}.${process.pid}`);
     await fs.writeFile(tmp, `${name}\n`, { mode: 0o600 });
     await fs.rename(tmp, join(this.spool.dir, REQUESTED));
+    return before;
   }
 
   /** The pid of a prefetcher that is alive and working, if any. */
