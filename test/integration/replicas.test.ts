@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type Cluster, createCluster, describeRun, expectFailure, expectSuccess, makeTempDir, type Receiver, runAgent, runReceiverCli, startReceiver, waitFor, writeAgentConfig,
 } from '../harness';
-import { backupAndWait, recoverInto, showBackupJson, waitBackupStatus } from '../harness/backups';
+import { backupAndWait, recoverInto, showBackupJson, waitBackupStatus, waitInCatalog as waitWalInCatalog } from '../harness/backups';
 import { startSqlLoad, type SqlLoad } from '../harness/load';
 import { agentHostEnv, type RecoveredCluster, startRecovered, verifyRecoveredDirectory } from '../harness/recovered';
 
@@ -27,14 +27,7 @@ describe('a standby seeded from the catalog', () => {
   let standby: RecoveredCluster;
   let standbyConfig: string;
 
-  const waitInCatalog = async (name: string, cluster: { psql(sql: string): Promise<string> }) => {
-    let polls = 0;
-    await waitFor(`${name} in the catalog`, async () => {
-      if (existsSync(receiver.walPath('main', name))) return true;
-      if (++polls % 20 === 0) await cluster.psql('select pg_reload_conf()');
-      return false;
-    }, { timeoutMs: 120_000, intervalMs: 100 });
-  };
+  const waitInCatalog = (name: string, cluster: { psql(sql: string): Promise<string> }) => waitWalInCatalog(receiver, 'main', name, cluster);
 
   /** the standby has replayed the row `id` of marks */
   const waitReplayed = (id: number) =>
