@@ -10,9 +10,9 @@ const common = {
   format: 'cjs',
   sourcemap: 'linked',
   legalComments: 'none',
-  // native speed-ups that ws and msgpackr load when present, and pino's worker-thread transports
-  // that we never use
-  external: ['bufferutil', 'utf-8-validate', 'msgpackr-extract', 'pg-native'],
+  // native speed-ups that ws and msgpackr load when present, pino's worker-thread transports
+  // that we never use, and the native compression bindings the receiver loads on first use
+  external: ['bufferutil', 'utf-8-validate', 'msgpackr-extract', 'pg-native', '@mongodb-js/zstd', 'lz4-napi'],
   banner: { js: '#!/usr/bin/env node' },
   logLevel: 'warning',
 };

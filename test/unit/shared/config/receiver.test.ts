@@ -1,6 +1,7 @@
 import { chmodSync, chownSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { COMPRESSIONS, loadReceiverConfig, parseListen } from '../../../../shared/config/receiver';
+import { SectionReader } from '../../../../shared/config/ini';
+import { COMPRESSIONS, loadReceiverConfig, parseListen, parseStorageConfig } from '../../../../shared/config/receiver';
 import { configErrorOf, tempFiles } from './files';
 
 const files = tempFiles();
@@ -214,6 +215,49 @@ retention_policy = RECOVERY WINDOW OF 7 DAYS
     });
   });
 
+  describe('running it for years: metrics, housekeeping, check thresholds, drills', () => {
+    it('leaves every one unset by default, housekeeping every hour', () => {
+      const c = loadReceiverConfig(conf(''));
+      expect(c.metricsListen).toBeUndefined();
+      expect(c.housekeepingIntervalSeconds).toBe(3600);
+      const main = c.servers.get('main')!;
+      for (const key of ['minFreeSpace', 'maxWalAgeSeconds', 'lastBackupMaximumAgeSeconds', 'drillMaxAgeSeconds', 'pgBindir', 'drillSchedule', 'drillQuery', 'drillDatabase'] as const) expect(main[key], key).toBeUndefined();
+    });
+
+    it('reads them in [barman] as defaults that a server section overrides', () => {
+      const c = loadReceiverConfig(conf(
+        'metrics_listen = 127.0.0.1:9187\nhousekeeping_interval = 15 min\nmin_free_space = 10GB\nmax_wal_age = 1 hour\nlast_backup_maximum_age = 1 WEEK\ndrill_max_age = 8 days',
+        'last_backup_maximum_age = 2 DAYS\nmin_free_space = 5%\ndrill_schedule = weekly\ndrill_query = select count(*) from orders\ndrill_database = shop\npg_bindir = /usr/lib/postgresql/15/bin',
+        `[other]\ntoken_file = ${tokenFile}\n`,
+      ));
+      expect(c.metricsListen).toEqual({ host: '127.0.0.1', port: 9187 });
+      expect(c.housekeepingIntervalSeconds).toBe(900);
+      expect(c.servers.get('main')).toMatchObject({
+        minFreeSpace: { kind: 'percent', percent: 5 }, maxWalAgeSeconds: 3600, lastBackupMaximumAgeSeconds: 2 * 86_400, drillMaxAgeSeconds: 8 * 86_400,
+        drillSchedule: 'weekly', drillQuery: 'select count(*) from orders', drillDatabase: 'shop', pgBindir: '/usr/lib/postgresql/15/bin',
+      });
+      expect(c.servers.get('other')).toMatchObject({ minFreeSpace: { kind: 'bytes', bytes: 10 * 1024 ** 3 }, maxWalAgeSeconds: 3600, lastBackupMaximumAgeSeconds: 7 * 86_400, drillMaxAgeSeconds: 8 * 86_400 });
+      expect(c.servers.get('other')?.drillSchedule).toBeUndefined();
+    });
+
+    it.each([
+      ['barman', 'housekeeping_interval = soon', /\[barman\] housekeeping_interval: "soon" is not a duration/],
+      ['barman', 'max_wal_age = 10', /\[barman\] max_wal_age: "10" is not a duration/],
+      ['main', 'drill_max_age = 1 fortnight', /\[main\] drill_max_age: "1 fortnight" is not a duration/],
+      ['main', 'min_free_space = plenty', /\[main\] min_free_space: "plenty" is not a size or a percentage/],
+      ['barman', 'metrics_listen = 9187', /\[barman\] metrics_listen: "9187" is not host:port/],
+      ['main', 'drill_schedule = hourly', /\[main\] drill_schedule: "hourly" is not valid; expected one of off, daily, weekly/],
+      ['main', 'pg_bindir = bin', /\[main\] pg_bindir: "bin" is not an absolute path/],
+    ])('refuses a malformed value in [%s]: %s', (section, line, message) => {
+      const e = configErrorOf(() => loadReceiverConfig(section === 'barman' ? conf(line) : conf('', line)));
+      expect(e.message).toMatch(message);
+    });
+
+    it('keeps the drill keys to server sections', () => {
+      expect(configErrorOf(() => loadReceiverConfig(conf('drill_schedule = daily'))).message).toMatch(/\[barman\] drill_schedule: unknown key/);
+    });
+  });
+
   describe('the shared secret', () => {
     it('comes from token_file, trimmed of the newline', () => {
       expect(loadReceiverConfig(conf('')).servers.get('main')?.token).toBe(TOKEN);
@@ -275,5 +319,60 @@ retention_policy = RECOVERY WINDOW OF 7 DAYS
         expectNoSecret(`${e.message}\n${e.hint}\n${e.toUserText()}`);
       }
     });
+  });
+});
+
+describe('storage settings', () => {
+  const ACCESS = 'AKIAEXAMPLE0000001';
+  const SECRET = 'wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY';
+  const credentials = files.write(`[default]\naws_access_key_id = ${ACCESS}\naws_secret_access_key = ${SECRET}\n`, 's3.credentials');
+  const ca = files.write('-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n', 'ca.pem');
+  const storageOf = (lines: string) => {
+    const r = new SectionReader('/etc/barman.conf', 'barman', Object.fromEntries(lines.split('\n').filter(Boolean).map((l) => l.split(/\s*=\s*/, 2) as [string, string])));
+    const storage = parseStorageConfig(r);
+    r.finish();
+    return storage;
+  };
+
+  it('is posix unless storage = s3', () => {
+    expect(storageOf('')).toEqual({ kind: 'posix' });
+    expect(storageOf('storage = posix')).toEqual({ kind: 'posix' });
+    expect(loadReceiverConfig(conf('')).storage).toEqual({ kind: 'posix' });
+  });
+
+  it('reads the s3 keys of the SPEC with their defaults', () => {
+    expect(storageOf(`storage = s3\ns3_bucket = barman\ns3_credentials_file = ${credentials}`)).toEqual({
+      kind: 's3', endpoint: undefined, bucket: 'barman', region: 'us-east-1', prefix: '', forcePathStyle: true, credentials: { accessKeyId: ACCESS, secretAccessKey: SECRET }, ca: undefined,
+    });
+    const full = storageOf(`storage = s3\ns3_endpoint = https://s3.example.com:7480/\ns3_bucket = barman\ns3_region = eu-west-1\ns3_prefix = prod\ns3_force_path_style = off\ns3_credentials_file = ${credentials}\ns3_ca_file = ${ca}`);
+    expect(full).toMatchObject({ endpoint: 'https://s3.example.com:7480', region: 'eu-west-1', prefix: 'prod/', forcePathStyle: false });
+    expect(full.kind === 's3' && full.ca).toContain('BEGIN CERTIFICATE');
+    // without a credentials file the SDK's own chain (environment, ~/.aws) applies
+    expect(storageOf('storage = s3\ns3_bucket = barman')).toMatchObject({ credentials: undefined });
+  });
+
+  it('refuses what cannot work, naming the key, without echoing a secret', () => {
+    const bad: [string, RegExp][] = [
+      ['storage = ceph', /storage: "ceph" is not valid/],
+      ['storage = s3', /s3_bucket: missing required key/],
+      ['storage = s3\ns3_bucket = Bad_Bucket', /s3_bucket: "Bad_Bucket" is not a valid bucket name/],
+      ['storage = s3\ns3_bucket = barman\ns3_endpoint = s3.example.com', /s3_endpoint: "s3.example.com" is not an http/],
+      ['storage = s3\ns3_bucket = barman\ns3_prefix = a//b', /s3_prefix/],
+      ['storage = s3\ns3_bucket = barman\ns3_force_path_style = maybe', /s3_force_path_style: "maybe" is not a boolean/],
+      [`storage = s3\ns3_bucket = barman\ns3_credentials_file = ${files.dir}/missing`, /s3_credentials_file: cannot read .*missing \(ENOENT\)/],
+      [`storage = s3\ns3_bucket = barman\ns3_credentials_file = ${files.write(`[other]\naws_access_key_id = ${ACCESS}\naws_secret_access_key = ${SECRET}\n`)}`, /has no \[default\] section/],
+      [`storage = s3\ns3_bucket = barman\ns3_ca_file = ${credentials}`, /s3_ca_file: .* holds no PEM certificate/],
+      ['s3_bucket = barman', /s3_bucket: is only used with storage = s3/],
+    ];
+    for (const [lines, message] of bad) {
+      const e = configErrorOf(() => storageOf(lines));
+      expect(e.message).toMatch(message);
+      expectNoSecret(`${e.message}\n${e.hint}`, SECRET);
+    }
+  });
+
+  it('is refused at start-up while the catalog cannot use it yet', () => {
+    const e = configErrorOf(() => loadReceiverConfig(conf(`storage = s3\ns3_bucket = barman\ns3_credentials_file = ${credentials}`)));
+    expect(e.message).toMatch(/storage: s3 is not available/);
   });
 });

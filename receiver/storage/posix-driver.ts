@@ -1,0 +1,322 @@
+// The storage driver for a local (POSIX) filesystem: a key is a path below the root directory.
+// A write goes to a temporary name in the key's own directory (so the same filesystem), is
+// fsynced, renamed to its final name, and the directory is fsynced: a crash at any moment leaves
+// either nothing or the whole object under the key. Temporary names start with '.', which no key
+// segment may, so listings never show them and `cleanup` finds them.
+
+import { randomBytes } from 'node:crypto';
+import { constants, promises as fs, type Dirent } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { Readable } from 'node:stream';
+import { BarmanError, ErrorCode } from '../../shared/errors';
+import { fsyncDir } from '../../shared/durable';
+import { type ByteRange, checkKey, checkPrefix, type DriverWriteOptions, noSpace, notFound, type ObjectInfo, type ObjectWriter, type StorageDriver, type WriteResult } from './storage';
+
+/** bytes written between early flushes, so the final fsync only waits for the tail */
+const EARLY_FLUSH_BYTES = 4 * 1024 * 1024;
+const TEMP = /^\..+\.[0-9a-f]{12}\.tmp$/;
+
+export class PosixDriver implements StorageDriver {
+  readonly kind = 'posix';
+
+  constructor(readonly root: string) {}
+
+  get location(): string {
+    return this.root;
+  }
+
+  private path(key: string): string {
+    return join(this.root, key);
+  }
+
+  /** Maps a filesystem error to a stable code; `key` names the object in the message. */
+  mapError(err: unknown, op: string, key: string): BarmanError {
+    if (err instanceof BarmanError) return err;
+    const e = err as NodeJS.ErrnoException;
+    const where = `${op} ${key} in ${this.root}`;
+    switch (e?.code) {
+      case 'ENOENT':
+        return new BarmanError(ErrorCode.STORAGE_NOT_FOUND, `${where}: no such file or directory`, 'Check that barman_home exists and is the directory this catalog was written to.', { cause: err });
+      case 'EACCES':
+      case 'EPERM':
+      case 'EROFS':
+        return new BarmanError(ErrorCode.STORAGE_PERMISSION, `${where}: ${e.code === 'EROFS' ? 'read-only filesystem' : 'permission denied'}`, 'Give the user running barman-receiver read and write access to barman_home (and make sure the filesystem is mounted read-write).', { cause: err });
+      case 'ENOSPC':
+      case 'EDQUOT':
+        return noSpace(this.root, err);
+      default:
+        return new BarmanError(ErrorCode.STORAGE, `${where}: ${e instanceof Error ? e.message : String(err)}`, 'Check the receiver host: the filesystem of barman_home, its health and its mount.', { cause: err });
+    }
+  }
+
+  async read(key: string, range?: ByteRange): Promise<Readable> {
+    checkKey(key);
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(this.path(key), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(key, this.root);
+      throw this.mapError(err, 'reading', key);
+    }
+    const start = range?.start ?? 0;
+    const end = range?.end;
+    if (end !== undefined && end <= start) {
+      await fh.close();
+      return Readable.from([]);
+    }
+    // closes the handle when the stream ends or is destroyed
+    return fh.createReadStream({ start, end: end === undefined ? undefined : end - 1, highWaterMark: 1024 * 1024 });
+  }
+
+  async openWrite(key: string, options: DriverWriteOptions = {}): Promise<ObjectWriter> {
+    checkKey(key);
+    const final = this.path(key);
+    try {
+      await this.ensureDir(dirname(final));
+      const tmp = join(dirname(final), `.${key.slice(key.lastIndexOf('/') + 1)}.${randomBytes(6).toString('hex')}.tmp`);
+      const fh = await fs.open(tmp, 'wx', 0o640);
+      return new PosixWriter(this, key, final, tmp, fh, options.sync ?? true);
+    } catch (err) {
+      throw this.mapError(err, 'writing', key);
+    }
+  }
+
+  async putIfAbsent(key: string, bytes: Uint8Array): Promise<boolean> {
+    checkKey(key);
+    const final = this.path(key);
+    const tmp = join(dirname(final), `.${key.slice(key.lastIndexOf('/') + 1)}.${randomBytes(6).toString('hex')}.tmp`);
+    try {
+      await this.ensureDir(dirname(final));
+      await fs.writeFile(tmp, bytes, { flag: 'wx', mode: 0o640, flush: true });
+      // link() fails when the name exists: an atomic create-if-absent with the whole content
+      await fs.link(tmp, final);
+      await fsyncDir(dirname(final));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw this.mapError(err, 'writing', key);
+    } finally {
+      await fs.rm(tmp, { force: true });
+    }
+  }
+
+  async stat(key: string): Promise<ObjectInfo | undefined> {
+    checkKey(key);
+    try {
+      const st = await fs.stat(this.path(key));
+      return st.isFile() ? { key, size: st.size, mtime: st.mtime } : undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+      throw this.mapError(err, 'looking up', key);
+    }
+  }
+
+  async exists(key: string): Promise<boolean> {
+    return (await this.stat(key)) !== undefined;
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    checkPrefix(prefix);
+    const slash = prefix.lastIndexOf('/');
+    const dir = prefix.slice(0, slash + 1);
+    const namePrefix = prefix.slice(slash + 1);
+    yield* this.walk(dir, namePrefix);
+  }
+
+  /** Files below `dir` (a key prefix ending in '/' or empty), in byte order of their keys. */
+  private async *walk(dir: string, namePrefix: string): AsyncIterable<ObjectInfo> {
+    let entries: Dirent[];
+    try {
+      entries = await fs.readdir(join(this.root, dir), { withFileTypes: true });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if ((code === 'ENOENT' || code === 'ENOTDIR') && dir !== '') return;
+      throw this.mapError(err, 'listing', dir || '/');
+    }
+    // "a/b" sorts after "a-c" as keys ('/' > '-'): sort directories as if their names ended in '/'
+    const named = entries
+      .filter((e) => !e.name.startsWith('.') && e.name.startsWith(namePrefix) && (e.isFile() || e.isDirectory()))
+      .map((e) => ({ e, sortKey: e.isDirectory() ? `${e.name}/` : e.name }))
+      .sort((a, b) => (a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : 0));
+    for (const { e } of named) {
+      const key = dir + e.name;
+      if (e.isDirectory()) {
+        yield* this.walk(`${key}/`, '');
+      } else {
+        try {
+          const st = await fs.stat(join(this.root, key));
+          yield { key, size: st.size, mtime: st.mtime };
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw this.mapError(err, 'listing', key); // removed meanwhile
+        }
+      }
+    }
+  }
+
+  async remove(key: string): Promise<void> {
+    checkKey(key);
+    try {
+      await fs.rm(this.path(key), { force: true });
+    } catch (err) {
+      throw this.mapError(err, 'removing', key);
+    }
+  }
+
+  async removePrefix(prefix: string): Promise<number> {
+    checkPrefix(prefix);
+    let removed = 0;
+    const dirs = new Set<string>();
+    for await (const info of this.list(prefix)) {
+      await this.remove(info.key);
+      dirs.add(dirname(info.key));
+      removed++;
+    }
+    // leave no empty directories below the prefix behind (deepest first)
+    for (const dir of [...dirs].sort((a, b) => b.length - a.length)) {
+      for (let d = dir; d !== '.' && `${d}/`.startsWith(prefix); d = dirname(d)) {
+        try {
+          await fs.rmdir(join(this.root, d));
+        } catch {
+          break; // not empty (or gone): its parents are not empty either
+        }
+      }
+    }
+    return removed;
+  }
+
+  async sync(keys: readonly string[]): Promise<void> {
+    const dirs = new Set<string>();
+    let next = 0;
+    const syncOne = async (key: string) => {
+      const fh = await fs.open(this.path(checkKey(key)), 'r');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      dirs.add(dirname(this.path(key)));
+    };
+    try {
+      await Promise.all(Array.from({ length: 8 }, async () => {
+        while (next < keys.length) await syncOne(keys[next++]!);
+      }));
+      for (const d of dirs) await fsyncDir(d);
+    } catch (err) {
+      throw this.mapError(err, 'syncing', keys[Math.max(0, next - 1)] ?? '');
+    }
+  }
+
+  async cleanup(before: Date): Promise<number> {
+    let removed = 0;
+    const visit = async (dir: string): Promise<void> => {
+      let entries: Dirent[];
+      try {
+        entries = await fs.readdir(dir, { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of entries) {
+        const p = join(dir, e.name);
+        if (e.isDirectory() && !e.name.startsWith('.')) await visit(p);
+        else if (e.isFile() && TEMP.test(e.name)) {
+          const st = await fs.stat(p).catch(() => undefined);
+          if (st && st.mtime < before) {
+            await fs.rm(p, { force: true });
+            removed++;
+          }
+        }
+      }
+    };
+    await visit(this.root);
+    return removed;
+  }
+
+  async check(): Promise<void> {
+    try {
+      const st = await fs.stat(this.root);
+      if (!st.isDirectory()) throw new BarmanError(ErrorCode.STORAGE, `${this.root} is not a directory`, 'Point barman_home at a directory.');
+      await fs.access(this.root, constants.W_OK);
+    } catch (err) {
+      throw this.mapError(err, 'checking', '/');
+    }
+  }
+
+  async close(): Promise<void> {
+    // nothing held open between calls
+  }
+
+  /** mkdir -p that fsyncs the parent of each directory it creates, so new entries survive a crash. */
+  async ensureDir(path: string): Promise<void> {
+    try {
+      await fs.mkdir(path, { mode: 0o750 });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') return;
+      if (code !== 'ENOENT' || path === this.root) throw err;
+      await this.ensureDir(dirname(path));
+      try {
+        await fs.mkdir(path, { mode: 0o750 });
+      } catch (again) {
+        if ((again as NodeJS.ErrnoException).code !== 'EEXIST') throw again;
+        return;
+      }
+    }
+    await fsyncDir(dirname(path));
+  }
+}
+
+class PosixWriter implements ObjectWriter {
+  private written = 0;
+  private flushedUpTo = 0;
+  private earlyFlush: Promise<void> | undefined;
+  private flushError: unknown;
+  private state: 'open' | 'committed' | 'aborted' = 'open';
+
+  constructor(private readonly driver: PosixDriver, readonly key: string, private readonly final: string, private readonly tmp: string, private readonly fh: fs.FileHandle, private readonly durable: boolean) {}
+
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.state !== 'open') throw new BarmanError(ErrorCode.INTERNAL, `write to ${this.key} after it was ${this.state}`, 'This is a bug in barman-ts; please report it.');
+    try {
+      let off = 0;
+      while (off < chunk.length) off += (await this.fh.write(chunk, off, chunk.length - off)).bytesWritten;
+    } catch (err) {
+      throw this.driver.mapError(err, 'writing', this.key);
+    }
+    this.written += chunk.length;
+    if (this.durable && this.written - this.flushedUpTo >= EARLY_FLUSH_BYTES) {
+      // write back what we have while the rest arrives; one flush in flight at a time
+      this.flushedUpTo = this.written;
+      this.earlyFlush ??= this.fh
+        .datasync()
+        .catch((err: unknown) => {
+          this.flushError ??= err;
+        })
+        .finally(() => (this.earlyFlush = undefined));
+    }
+  }
+
+  async commit(): Promise<WriteResult> {
+    if (this.state !== 'open') throw new BarmanError(ErrorCode.INTERNAL, `commit of ${this.key} after it was ${this.state}`, 'This is a bug in barman-ts; please report it.');
+    try {
+      await this.earlyFlush;
+      if (this.flushError) throw this.flushError;
+      if (this.durable) await this.fh.sync();
+      await this.fh.close();
+      await fs.rename(this.tmp, this.final);
+      if (this.durable) await fsyncDir(dirname(this.final));
+    } catch (err) {
+      await this.abort();
+      throw this.driver.mapError(err, 'writing', this.key);
+    }
+    this.state = 'committed';
+    return { key: this.key, size: this.written, storedSize: this.written };
+  }
+
+  async abort(): Promise<void> {
+    if (this.state !== 'open') return;
+    this.state = 'aborted';
+    await this.earlyFlush;
+    await this.fh.close().catch(() => undefined);
+    await fs.rm(this.tmp, { force: true });
+  }
+}

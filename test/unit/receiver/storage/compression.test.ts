@@ -1,0 +1,79 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BLOCK_SIZE, COMPRESSIONS, type Compression, compressor, decompressor, parseStoredKey, storedKey } from '../../../../receiver/storage/compression';
+import { BarmanError, ErrorCode } from '../../../../shared/errors';
+
+async function through(stream: ReturnType<typeof compressor>, input: Buffer, piece = 65_536): Promise<Buffer> {
+  if (!stream) return input;
+  const out: Buffer[] = [];
+  const pieces = function* () {
+    for (let i = 0; i < input.length; i += piece) yield input.subarray(i, i + piece);
+  };
+  await pipeline(Readable.from(pieces()), stream, async (source: AsyncIterable<Buffer>) => {
+    for await (const c of source) out.push(c);
+  });
+  return Buffer.concat(out);
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'barman-unit-compression-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** bytes that compress: WAL-like pages with some noise */
+const sample = (n: number) => {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i += 8192) randomBytes(Math.min(512, n - i)).copy(b, i);
+  return b;
+};
+
+describe('stored keys say how an object is stored', () => {
+  it.each([
+    ['none', 'main/wals/0000000100000000/000000010000000000000001', 'main/wals/0000000100000000/000000010000000000000001'],
+    ['gzip', 'main/wals/x', 'main/wals/x.gz'],
+    ['lz4', 'main/wals/x', 'main/wals/x.lz4'],
+    ['zstd', 'main/wals/00000002.history', 'main/wals/00000002.history.zst'],
+  ] as const)('%s', (compression, key, stored) => {
+    expect(storedKey(key, compression)).toBe(stored);
+    expect(parseStoredKey(stored)).toEqual({ key, compression });
+  });
+});
+
+describe.each(COMPRESSIONS.filter((c) => c !== 'none').map((c) => ({ c })))('$c', ({ c }: { c: Compression }) => {
+  it.each([0, 1, 1000, BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE + 12345])('round-trips %i bytes, whatever the piece sizes', async (n) => {
+    const plain = sample(n);
+    const packed = await through(compressor(c), plain, 100_003);
+    // stored bytes arrive in pieces that cut frames anywhere
+    for (const piece of [1, 4093, 1 << 20]) {
+      if (piece === 1 && packed.length > 50_000) continue;
+      expect((await through(decompressor(c, 'test'), packed, piece)).equals(plain)).toBe(true);
+    }
+  });
+
+  it('writes what the standard tool reads, and reads what it writes', async () => {
+    const plain = sample(2 * BLOCK_SIZE + 777);
+    const tool = { gzip: ['gzip', '-1'], lz4: ['lz4', '-1'], zstd: ['zstd', '-1'] }[c as 'gzip' | 'lz4' | 'zstd'];
+    const packedPath = join(dir, `ours.${c}`);
+    writeFileSync(packedPath, await through(compressor(c), plain));
+    expect(execFileSync(tool[0]!, ['-d', '-c', packedPath], { maxBuffer: 64 << 20 }).equals(plain)).toBe(true);
+    const theirs = execFileSync(tool[0]!, [tool[1]!, '-c'], { input: plain, maxBuffer: 64 << 20 });
+    expect((await through(decompressor(c, 'test'), theirs)).equals(plain)).toBe(true);
+  });
+
+  it('refuses damaged and truncated data with STORAGE_CORRUPT', async () => {
+    const packed = await through(compressor(c), sample(BLOCK_SIZE + 5000));
+    const flipped = Buffer.from(packed);
+    flipped[0]! ^= 0xff;
+    const truncated = packed.subarray(0, packed.length - 7);
+    for (const bad of [flipped, truncated]) {
+      const err = await through(decompressor(c, 'main/wals/x'), bad).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(BarmanError);
+      expect((err as BarmanError).code).toBe(ErrorCode.STORAGE_CORRUPT);
+      expect((err as BarmanError).message).toContain('main/wals/x');
+    }
+  });
+});
