@@ -191,20 +191,21 @@ command('verify-backup', 'read every file of a backup back and check it against 
 addRecoveryOptions(command('recover', 'write a startable PostgreSQL data directory from a backup and its WAL'))
   .argument('<server>')
   .argument('<id>', 'backup ID, latest or oldest')
-  .argument('<dest>', 'destination directory (new or empty)')
+  .argument('<dest>', 'destination directory (new or empty; with --delta an existing data directory)')
   .option('--owner <user>', 'owner of the recovered files (default: the destination parent\'s owner, or postgres when run as root)')
   .action((server: string, id: string, dest: string, opts: Opts & Record<string, string | boolean | string[] | undefined>) =>
     runAction(async () => {
-      const [{ recover }, { recoveryOptionsFromCli }, { Progress, recoveryProgress }] = await Promise.all([import('./commands/recover'), import('../shared/recovery/cli-options'), import('../shared/progress')]);
+      const [{ recover }, { recoveryOptionsFromCli, recoverySummary, writeOptionsFromCli }, { Progress, recoveryProgress }] = await Promise.all([import('./commands/recover'), import('../shared/recovery/cli-options'), import('../shared/progress')]);
       const started = Date.now();
       const progress = new Progress();
+      const write = writeOptionsFromCli(opts);
       const plan = await recover(await loadConfig(opts), server, id, dest, {
         ...recoveryOptionsFromCli(opts),
+        ...write,
         owner: opts.owner as string | undefined,
         pgBindir: opts.pgBindir as string | undefined,
       }, recoveryProgress(progress)).finally(() => progress.end());
-      process.stdout.write(`Recovered backup ${plan.backupId} of ${server} into ${dest} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
-      process.stdout.write(`Start it with: pg_ctl -D ${dest} start\n`);
+      process.stdout.write(recoverySummary('Recovered', plan, dest, (Date.now() - started) / 1000, write.delta));
     }),
   );
 

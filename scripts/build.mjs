@@ -1,7 +1,7 @@
 // Bundles each program into one CommonJS file under dist/: fast to start (one file to read and
 // compile, no module resolution) and easy to copy where the postgres user can run it.
 import { build } from 'esbuild';
-import { chmod } from 'node:fs/promises';
+import { chmod, copyFile } from 'node:fs/promises';
 
 const common = {
   bundle: true,
@@ -21,3 +21,8 @@ for (const [entry, out] of [['agent/cli.ts', 'dist/barman-agent.cjs'], ['receive
   await build({ ...common, entryPoints: [entry], outfile: out });
   await chmod(out, 0o755);
 }
+
+// the installed `barman-agent`: a POSIX sh launcher that answers get-wal from the fetch-ahead spool
+// without starting Node and runs barman-agent.cjs (beside it) for everything else
+await copyFile('agent/launcher.sh', 'dist/barman-agent');
+await chmod('dist/barman-agent', 0o755);

@@ -201,6 +201,8 @@ export class BackupCatalog {
         size,
         fileCount: files.length,
         symlinks: stop.symlinks,
+        // PostgreSQL's own word for where the backup was taken
+        fromStandby: /^BACKUP FROM: standby$/m.test(stop.backupLabel),
       };
       await this.write(done);
       return done;

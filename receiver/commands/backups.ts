@@ -74,7 +74,7 @@ export function formatBackupLine(server: string, b: MarkedBackup): string {
 export function formatBackupDetails(server: string, b: MarkedBackup): string {
   const rows: Array<[string, string | number]> = [
     ['Backup', b.backupId], ['Server', server], ['Status', b.status + (b.error ? ` (${b.error})` : '')], ['PostgreSQL version', b.pgVersion ? `${versionText(b.pgVersion)} (${b.pgVersion})` : ''],
-    ['System identifier', b.systemIdentifier], ['PGDATA directory', b.pgdata], ['Timeline', b.timeline],
+    ['System identifier', b.systemIdentifier], ['PGDATA directory', b.pgdata], ['Taken from', b.fromStandby ? 'a standby' : 'the primary'], ['Timeline', b.timeline],
     ['Begin time', displayTime(b.beginTime)], ['End time', displayTime(b.endTime)], ['Begin LSN', b.beginLsn], ['End LSN', b.endLsn],
     ['Begin WAL', b.beginWal], ['End WAL', b.endWal], ['Size', `${humanSize(b.size)} (${b.size} bytes, ${b.fileCount} files)`],
     ['Tablespaces', b.tablespaces.map((t) => `${t.name} (oid ${t.oid}) ${t.location}`).join(', ') || 'none'], ['Keep', b.keep ? 'yes' : 'no'],

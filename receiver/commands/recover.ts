@@ -8,7 +8,7 @@ import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { checkRecoveryBinaries } from '../../shared/postgres/binaries';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
-import { type WriteOptions, writeRecovery } from '../../shared/recovery/writer';
+import { checkDestination, type WriteOptions, type WriteSummary, writeRecovery } from '../../shared/recovery/writer';
 import { BackupCatalog } from '../catalog/backups';
 import { ServerCatalog } from '../catalog/catalog';
 import { planRecovery, requireTablespaceLocations } from '../recovery/plan';
@@ -43,18 +43,19 @@ async function decideOwner(dest: string, owner: string | undefined): Promise<{ u
   }
 }
 
-export async function recover(config: ReceiverConfig, server: string, backupRef: string, destArg: string, opts: RecoveryOptions & { owner?: string; pgBindir?: string }, progress?: WriteOptions['progress']): Promise<RecoveryPlan> {
+export async function recover(config: ReceiverConfig, server: string, backupRef: string, destArg: string, opts: RecoveryOptions & { owner?: string; pgBindir?: string } & Pick<WriteOptions, 'delta' | 'primaryConninfo'>, progress?: WriteOptions['progress']): Promise<RecoveryPlan & { summary: WriteSummary }> {
   const s = requireServer(config, server);
   const catalog = new ServerCatalog(config.barmanHome, s.name);
   const backups = new BackupCatalog(catalog);
   const dest = resolve(destArg);
+  await checkDestination(dest, 'destination', opts.delta === true);
   const plan = await planRecovery(catalog, backups, backupRef, opts);
   checkRecoveryBinaries(plan.backupId, plan.pgVersion, opts.pgBindir);
   requireTablespaceLocations(plan, opts.tablespaces, dest);
   const dataDir = backups.dataDir(plan.backupId);
-  await writeRecovery(plan, dest, {
+  const summary = await writeRecovery(plan, dest, {
     dataFile: (path) => readChunks(join(dataDir, path)),
     walFile: (name) => recoveryWal(catalog, name),
-  }, { owner: await decideOwner(dest, opts.owner), progress, protectedPaths: [{ path: config.barmanHome, what: 'the catalog (barman_home)' }] });
-  return plan;
+  }, { owner: await decideOwner(dest, opts.owner), progress, protectedPaths: [{ path: config.barmanHome, what: 'the catalog (barman_home)' }], delta: opts.delta, primaryConninfo: opts.primaryConninfo });
+  return { ...plan, summary };
 }

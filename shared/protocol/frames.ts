@@ -195,7 +195,7 @@ const backupStart = record({
   startLsn: lsn, timeline: uint, startTime: iso, systemIdentifier: (v) => typeof v === 'string' && /^\d{1,20}$/.test(v),
   pgVersion: uint, segmentSize: uint, pgdata: str(4096), tablespaces: arrayOf(record({ oid: (v) => typeof v === 'string' && /^\d{1,10}$/.test(v), name: str(64), location: str(4096) }), 1000),
 });
-const RECOVERY_OPTION_KEYS = ['targetTime', 'targetXid', 'targetLsn', 'targetName', 'targetImmediate', 'targetTli', 'targetAction', 'exclusive', 'tablespaces'];
+const RECOVERY_OPTION_KEYS = ['targetTime', 'targetXid', 'targetLsn', 'targetName', 'targetImmediate', 'targetTli', 'targetAction', 'exclusive', 'tablespaces', 'standby'];
 const recoveryOptions: Check = (v) => {
   if (v === null || typeof v !== 'object' || Array.isArray(v)) return false;
   return Object.entries(v as Record<string, unknown>).every(([k, x]) => {
