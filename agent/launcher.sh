@@ -3,64 +3,98 @@
 # what it can without starting Node, and hands everything else to the Node program beside it,
 # dist/barman-agent.cjs, which can do all of it too (and may be run directly).
 #
-# Without Node: `get-wal <segment> <dest>` when the prefetcher fetched that segment ahead into
-# <spool_dir>/prefetch/<segment>-<sha256> (agent/wal/prefetch.ts), or is downloading it (then this
-# waits for it); a segment served is recorded as the one asked for (.requested), which keeps the
-# prefetcher going. The file is moved next to <dest>,
-# read back against its SHA-256 and its page header (timeline, address, segment size: the bytes
-# must be the segment its name says), and only then renamed to <dest>; anything that does not
-# check out is removed and Node asks the receiver. Only POSIX sh and coreutils (sha256sum, od,
-# stat, mv, readlink); any configuration or argument this script does not fully understand goes
-# to Node, which is always right.
+# Without Node:
+# - `push <path>` (archive_command) when the daemon has pushed that segment already: its ack in
+#   <spool_dir>/acked/<segment> (agent/wal/spool.ts) must name this server and receiver, and the
+#   file the daemon read: the same device, inode, size, mtime and ctime (to the nanosecond) as
+#   `stat` prints now, and the system identifier in the page header now (a page header that
+#   also matches the name: timeline, address, segment size). Anything not acked yet is waited
+#   for while a daemon connected to the receiver lives (<spool_dir>/acked/.daemon, and no
+#   <segment>.failed); otherwise, and for every mismatch, Node pushes the file itself.
+# - `get-wal <segment> <dest>` when the prefetcher fetched that segment ahead into
+#   <spool_dir>/prefetch/<segment>-<sha256> (agent/wal/prefetch.ts), or is downloading it (then this
+#   waits for it); a segment served is recorded as the one asked for (.requested), which keeps the
+#   prefetcher going. The file is moved next to <dest>,
+#   read back against its SHA-256 and its page header (timeline, address, segment size: the bytes
+#   must be the segment its name says), and only then renamed to <dest>; anything that does not
+#   check out is removed and Node asks the receiver.
+# Only POSIX sh and coreutils (sha256sum, od, stat, mv, readlink, sleep, date); any configuration
+# or argument this script does not fully understand goes to Node, which is always right.
 
-bundle=$(readlink -f -- "$0" 2>/dev/null) || bundle=$0
-bundle="${bundle%/*}/barman-agent.cjs"
-
-# trim leading and trailing blanks of $1
+# $1 without leading and trailing blanks, into $trimmed (no subshell: this runs for every line
+# of the configuration, on the path PostgreSQL waits on)
 trim() {
-  set -- "${1#"${1%%[![:space:]]*}"}"
-  printf '%s' "${1%"${1##*[![:space:]]}"}"
+  trimmed=${1#"${1%%[![:space:]]*}"}
+  trimmed=${trimmed%"${trimmed##*[![:space:]]}"}
 }
 
-# spool_dir of the [agent] section of config file $1 (default /var/lib/barman-agent); fails on
-# anything Node's INI reader might read differently (quotes, escapes)
-spool_dir_of() {
-  section='' spool=''
+# the configuration file as Node finds it: $1 (-c), else $BARMAN_AGENT_CONFIG, ~/.barman-agent.conf,
+# /etc/barman-agent.conf; sets cfg_file
+find_config() {
+  cfg_file=$1
+  if [ -z "$cfg_file" ]; then
+    if [ -n "${BARMAN_AGENT_CONFIG:-}" ]; then cfg_file=$BARMAN_AGENT_CONFIG
+    elif [ -n "${HOME:-}" ] && [ -e "$HOME/.barman-agent.conf" ]; then cfg_file=$HOME/.barman-agent.conf
+    elif [ -e /etc/barman-agent.conf ]; then cfg_file=/etc/barman-agent.conf
+    else return 1
+    fi
+  fi
+  [ -f "$cfg_file" ] && [ -r "$cfg_file" ]
+}
+
+# spool_dir (default /var/lib/barman-agent), server and receiver of the [agent] section of config
+# file $1 into cfg_spool, cfg_server, cfg_receiver; fails on anything Node's INI reader might read
+# differently (quotes, escapes)
+read_config() {
+  section='' cfg_spool='' cfg_server='' cfg_receiver=''
   while IFS= read -r line || [ -n "$line" ]; do
-    line=$(trim "${line%%[;#]*}")
+    trim "${line%%[;#]*}"; line=$trimmed
     case $line in
       '') ;;
-      '['*']') section=$(trim "${line#[}"); section=$(trim "${section%]}") ;;
+      '['*']') trim "${line#[}"; trim "${trimmed%]}"; section=$trimmed ;;
       *=*)
         [ "$section" = agent ] || continue
-        [ "$(trim "${line%%=*}")" = spool_dir ] || continue
-        spool=$(trim "${line#*=}")
-        case $spool in *[\"\'\\]*) return 1 ;; esac
+        trim "${line%%=*}"; key=$trimmed
+        case $key in spool_dir|server|receiver) ;; *) continue ;; esac
+        trim "${line#*=}"; value=$trimmed
+        case $value in *[\"\'\\]*) return 1 ;; esac
+        case $key in
+          spool_dir) cfg_spool=$value ;;
+          server) cfg_server=$value ;;
+          receiver) cfg_receiver=$value ;;
+        esac
         ;;
     esac
   done < "$1"
-  printf '%s' "${spool:-/var/lib/barman-agent}"
+  cfg_spool=${cfg_spool:-/var/lib/barman-agent}
 }
 
-# file $1 has SHA-256 $3 and is a whole WAL segment named $2
-segment_ok() {
-  file=$1 name=$2 sum=$3
-  actual=$(sha256sum -b < "$file") || return 1
-  [ "${actual%% *}" = "$sum" ] || return 1
+# file $1 starts with the long page header of the WAL segment named $2, of $3 bytes (the header
+# says the segment size); sets hdr_sysid (16 hex digits)
+header_ok() {
+  file=$1 name=$2 size=$3
   # long page header, host byte order as PostgreSQL writes it: magic|info, tli, pageaddr lo, hi,
   # rem_len, pad, sysid lo, hi, seg_size, blcksz
   # shellcheck disable=SC2046
   set -- $(od -An -v -tu4 -N40 -- "$file") || return 1
   [ $# -eq 10 ] || return 1
   magic=$(($1 & 65535)) info=$(($1 >> 16)) tli=$2 lo=$3 hi=$4 segsize=$9
+  hdr_sysid=$(printf '%08x%08x' "$8" "$7")
   [ $((magic >> 12)) -eq 13 ] && [ $((info & 2)) -eq 2 ] || return 1
   [ "$segsize" -ge 1048576 ] && [ "$segsize" -le 1073741824 ] && [ $((segsize & (segsize - 1))) -eq 0 ] || return 1
-  [ "$(stat -c %s -- "$file")" = "$segsize" ] || return 1
+  [ "$size" = "$segsize" ] || return 1
   rest=${name#????????} ; ntli=${name%"$rest"} ; nseg=${rest#????????} ; nlog=${rest%"$nseg"}
   [ "$tli" -eq $((0x$ntli)) ] || return 1
   [ $((0x$nseg)) -lt $((4294967296 / segsize)) ] || return 1
   addr=$((0x$nseg * segsize))
   [ "$hi" -eq $((0x$nlog + addr / 4294967296)) ] && [ "$lo" -eq $((addr % 4294967296)) ]
+}
+
+# file $1 has SHA-256 $3 and is a whole WAL segment named $2
+segment_ok() {
+  actual=$(sha256sum -b < "$1") || return 1
+  [ "${actual%% *}" = "$3" ] || return 1
+  header_ok "$1" "$2" "$(stat -c %s -- "$1")"
 }
 
 # get-wal from the spool; returns (to hand over to Node) unless it served the segment
@@ -83,15 +117,9 @@ get_wal_from_spool() {
   [ "$cmd" = get-wal ] && [ $n -eq 2 ] && [ -n "$dest" ] || return 1
   case $name in *[!0-9A-F]*|'') return 1 ;; esac
   [ ${#name} -eq 24 ] || return 1
-  if [ -z "$config" ]; then
-    if [ -n "${BARMAN_AGENT_CONFIG:-}" ]; then config=$BARMAN_AGENT_CONFIG
-    elif [ -n "${HOME:-}" ] && [ -e "$HOME/.barman-agent.conf" ]; then config=$HOME/.barman-agent.conf
-    elif [ -e /etc/barman-agent.conf ]; then config=/etc/barman-agent.conf
-    else return 1
-    fi
-  fi
-  [ -f "$config" ] && [ -r "$config" ] || return 1
-  spool=$(spool_dir_of "$config") || return 1
+  find_config "$config" || return 1
+  read_config "$cfg_file" || return 1
+  spool=$cfg_spool
   dir=$spool/prefetch
   [ -d "$dir" ] || return 1
   serve_from "$dir" "$name" "$dest"
@@ -144,7 +172,85 @@ prefetcher_alive() {
   kill -0 "$pid" 2>/dev/null
 }
 
+# push from the daemon's ack; returns (to hand over to Node) unless the segment is acked
+push_from_ack() {
+  config='' cmd='' path='' n=0
+  while [ $# -gt 0 ]; do
+    case $1 in
+      -c|--config) [ $# -ge 2 ] || return 1; config=$2; shift ;;
+      --config=*) config=${1#--config=} ;;
+      -*) return 1 ;;
+      *)
+        if [ -z "$cmd" ]; then cmd=$1
+        elif [ $n -eq 0 ]; then path=$1 n=1
+        else return 1
+        fi ;;
+    esac
+    shift
+  done
+  [ "$cmd" = push ] && [ $n -eq 1 ] && [ -n "$path" ] || return 1
+  name=${path##*/}
+  case $name in *[!0-9A-F]*|'') return 1 ;; esac
+  [ ${#name} -eq 24 ] || return 1
+  find_config "$config" || return 1
+  read_config "$cfg_file" || return 1
+  [ -n "$cfg_server" ] && [ -n "$cfg_receiver" ] || return 1
+  dir=$cfg_spool/acked
+  [ -d "$dir" ] && [ -f "$path" ] || return 1
+  # what the file is now; the ack must say the same of the file the daemon read
+  # shellcheck disable=SC2046
+  set -- $(stat -L -c '%d %i %s %.9Y %.9Z' -- "$path") || return 1
+  [ $# -eq 5 ] || return 1
+  header_ok "$path" "$name" "$3" || return 1
+  now="name=$name size=$3 dev=$1 ino=$2 mtime=$4 ctime=$5 sysid=$hdr_sysid"
+  acked "$dir/$name" && exit 0
+  # not acked (yet): wait while a daemon connected to the receiver lives and has not given up on
+  # it (at most 60 s; the daemon pushes the oldest segments first, as PostgreSQL asks for them).
+  # Polls every 5 ms at first, then less often (each poll starts a `sleep`): the CPU goes to the daemon
+  waited=0 step=5 alive_at=0
+  while [ $waited -lt 60000 ]; do
+    [ -e "$dir/$name.failed" ] && return 1
+    if [ $waited -ge $alive_at ]; then
+      daemon_alive "$dir" || return 1
+      alive_at=$((waited + 500))
+    fi
+    case $step in 5) sleep 0.005 ;; 10) sleep 0.01 ;; 20) sleep 0.02 ;; *) sleep 0.05 ;; esac
+    waited=$((waited + step))
+    case $step in 5) step=10 ;; 10) step=20 ;; *) step=50 ;; esac
+    acked "$dir/$name" && exit 0
+  done
+  return 1
+}
+
+# ack file $1 is for this server and receiver and for the file as it is now ($now)
+acked() {
+  [ -f "$1" ] || return 1
+  line=''
+  read -r line < "$1" 2>/dev/null || return 1
+  sum=${line##* sha256=}
+  case $sum in *[!0-9a-f]*) return 1 ;; esac
+  [ ${#sum} -eq 64 ] || return 1
+  # the receiver as Node spells it (URL.href) or as the configuration does
+  for r in "$cfg_receiver/" "$cfg_receiver"; do
+    [ "$line" = "barman-ack-1 server=$cfg_server receiver=$r $now sha256=$sum" ] && return 0
+  done
+  return 1
+}
+
+# a daemon connected to the receiver runs: the pid in spool folder $1/.daemon is alive and it
+# refreshed the file within 10 s
+daemon_alive() {
+  [ -f "$1/.daemon" ] || return 1
+  pid=''
+  read -r pid < "$1/.daemon" 2>/dev/null || return 1
+  case $pid in ''|*[!0-9]*) return 1 ;; esac
+  kill -0 "$pid" 2>/dev/null || return 1
+  [ $(($(date +%s) - $(stat -c %Y -- "$1/.daemon" 2>/dev/null || echo 0))) -le 10 ]
+}
+
 case " $* " in
+  *' push '*) push_from_ack "$@" ;;
   *' get-wal '*) get_wal_from_spool "$@" ;;
 esac
-exec node "$bundle" "$@"
+bundle=$(readlink -f -- "$0" 2>/dev/null) || bundle=$0
+exec node "${bundle%/*}/barman-agent.cjs" "$@"

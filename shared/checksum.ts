@@ -2,7 +2,7 @@
 // accept it, and with SHA-NI it hashes faster than the disk reads).
 
 import { createHash, type Hash } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 
 export function newHash(): Hash {
   return createHash('sha256');
@@ -35,4 +35,17 @@ export async function sha256File(path: string): Promise<{ sha256: string; size: 
     size += chunk.length;
   }
   return { sha256: hash.digest('hex'), size };
+}
+
+/** SHA-256 of an open file's bytes, by positioned reads (the file position stays where it is). */
+export async function sha256Handle(fh: FileHandle): Promise<string> {
+  const hash = newHash();
+  const buf = Buffer.allocUnsafeSlow(1024 * 1024);
+  for (let pos = 0; ;) {
+    const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+    if (bytesRead === 0) break;
+    hash.update(buf.subarray(0, bytesRead));
+    pos += bytesRead;
+  }
+  return hash.digest('hex');
 }

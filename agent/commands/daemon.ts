@@ -47,7 +47,7 @@ export async function runDaemon(config: AgentConfig, signal: AbortSignal, option
   const log = createLogger(config.logLevel, 'barman-agent').child({ server: config.server });
   const pgdata = config.pgdata ?? (await dataDirectory(config));
   const spool = new AckSpool(config.spoolDir);
-  const archiver = new AsyncArchiver(pgdata, spool, log);
+  const archiver = new AsyncArchiver(pgdata, spool, { server: config.server, receiver: config.receiver.href }, log);
   const instance = randomUUID();
   let takeover = options.takeover ?? false;
   await archiver.start();
@@ -75,7 +75,7 @@ export async function runDaemon(config: AgentConfig, signal: AbortSignal, option
       takeover = false;
       attempt = 0;
       log.info({ session: conn.sessionId, receiver: config.receiver.href }, 'connected to the receiver');
-      const ended = await serveConnection(conn, config, log, archiver, spool, signal);
+      const ended = await serveConnection(conn, config, log, archiver, signal);
       if (ended === 'replaced') {
         // reconnecting would push the other daemon out in turn: this one stops, and exits 0 so
         // that its systemd unit leaves it stopped
@@ -112,7 +112,7 @@ async function connect(config: AgentConfig, signal: AbortSignal, claim: { instan
 }
 
 /** Serves one attached connection until it ends ('closed'), another daemon takes over ('replaced') or `signal` aborts ('stopped'). */
-async function serveConnection(conn: AgentConnection, config: AgentConfig, log: Logger, archiver: AsyncArchiver, spool: AckSpool, signal: AbortSignal): Promise<'closed' | 'replaced' | 'stopped'> {
+async function serveConnection(conn: AgentConnection, config: AgentConfig, log: Logger, archiver: AsyncArchiver, signal: AbortSignal): Promise<'closed' | 'replaced' | 'stopped'> {
   let backup: { abort: AbortController; done: Promise<void> } | undefined;
   conn.onRequest((frame) => {
     if (frame.type === 'pg-probe-request') {
@@ -138,7 +138,7 @@ async function serveConnection(conn: AgentConnection, config: AgentConfig, log: 
   });
   archiver.attach(conn);
   const streamStop = new AbortController();
-  const streaming = config.streaming ? keepStreaming(config, conn, log, streamStop.signal, spool) : Promise.resolve();
+  const streaming = config.streaming ? keepStreaming(config, conn, log, streamStop.signal, archiver) : Promise.resolve();
   const stopping = whenAborted(signal);
   const reason = await Promise.race([conn.closed, stopping.promise]);
   stopping.dispose();
@@ -164,21 +164,22 @@ async function serveConnection(conn: AgentConnection, config: AgentConfig, log: 
 }
 
 /** Streams WAL for as long as this connection lives, restarting (with a short backoff) after failures and timeline ends. */
-async function keepStreaming(config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal, spool: AckSpool): Promise<void> {
-  // the receiver's ack of a streamed segment is as good as a pushed one's: record it, so neither
-  // the async archiver nor PostgreSQL's push sends those 16 MB again
-  const onArchived = (segment: string, sha256: string) => {
-    spool.record(segment, sha256).catch((err: unknown) => log.warn({ wal: segment, err: String(err) }, 'cannot record the ack of a streamed segment'));
-  };
+async function keepStreaming(config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal, archiver: AsyncArchiver): Promise<void> {
+  // the receiver's ack of a streamed segment is as good as a pushed one's: the archiver compares
+  // the local file with it instead of sending those 16 MB again
+  const onArchived = (segment: string, sha256: string) => archiver.streamedSegment(segment, sha256);
+  const onStarted = (timeline: number, start: bigint, segmentSize: number) => archiver.streamStarted(timeline, start, segmentSize);
   let delay = BACKOFF_MIN_MS;
   while (!signal.aborted) {
     const started = Date.now();
     try {
-      await streamWal(config, conn, log, signal, onArchived);
+      await streamWal(config, conn, log, signal, onArchived, onStarted);
     } catch (err) {
       const e = asBarmanError(err);
       if (signal.aborted) break;
       log.warn({ code: e.code, retryInMs: delay }, `WAL streaming stopped: ${e.message}`);
+    } finally {
+      archiver.streamStopped();
     }
     if (Date.now() - started > STREAM_HEALTHY_MS) delay = BACKOFF_MIN_MS;
     await sleep(delay, signal);

@@ -8,6 +8,7 @@ import { BarmanError, ErrorCode } from '../../shared/errors';
 import { parseWalFileName } from '../../shared/wal/names';
 import { sha256File } from '../../shared/checksum';
 import { AgentConnection } from '../../shared/protocol/client';
+import { checkSpooled } from '../wal/prefetch';
 import { AckSpool } from '../wal/spool';
 
 export async function pushWal(config: AgentConfig, path: string): Promise<'stored' | 'duplicate'> {
@@ -16,12 +17,18 @@ export async function pushWal(config: AgentConfig, path: string): Promise<'store
   if (!parsed) {
     throw new BarmanError(ErrorCode.INVALID_NAME, `"${name}" is not a WAL segment, .history or .backup file name`, 'Set archive_command = \'barman-agent push %p\'; PostgreSQL then passes the right path.', { exitCode: 1 });
   }
-  // the daemon may have pushed it already: its durable ack names the bytes it sent
-  const spool = new AckSpool(config.spoolDir);
-  const acked = await spool.lookup(name);
-  if (acked) {
-    const { sha256 } = await sha256File(resolve(path)).catch(() => ({ sha256: '' }));
-    if (sha256 === acked) return 'duplicate';
+  // the daemon may have pushed it already: its ack names the bytes the receiver confirmed, for
+  // this server on this receiver (the launcher answers from it without Node where the file's
+  // identity proves it unchanged; here the bytes are hashed and compared)
+  const acked = await new AckSpool(config.spoolDir).lookup(name);
+  if (acked && acked.server === config.server && acked.receiver === config.receiver.href) {
+    // a segment's bytes must also be the segment its name says (page header), as the receiver would check
+    if (parsed.kind === 'segment') {
+      if ((await checkSpooled(resolve(path), name, acked.sha256).catch(() => 'unreadable')) === undefined) return 'duplicate';
+    } else {
+      const local = await sha256File(resolve(path)).catch(() => undefined);
+      if (local && local.sha256 === acked.sha256 && local.size === acked.size) return 'duplicate';
+    }
   }
   const conn = await AgentConnection.open(config, 'push');
   try {

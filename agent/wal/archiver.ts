@@ -1,18 +1,52 @@
 // Asynchronous archiving: the daemon watches pg_wal/archive_status/ for .ready files (chokidar;
 // not pg_wal/ itself, where PostgreSQL recycles segments by renaming them) and pushes those
-// segments ahead of PostgreSQL, a few at once, over its one connection. Each durable ack goes
-// into the spool, so PostgreSQL's own `barman-agent push` finds it and returns at once.
+// segments ahead of PostgreSQL over its one connection. Each durable ack goes into the spool
+// (agent/wal/spool.ts) with the identity of the file it read, so PostgreSQL's own
+// `barman-agent push` finds it and returns at once, without starting Node (agent/launcher.sh).
+//
+// The backlog is a pipeline, oldest first (the order PostgreSQL asks in): one file is sent at a
+// time, and the next starts as soon as its last byte is on the socket, while the receiver still
+// flushes the one before; up to IN_FLIGHT files wait for their ack. So the receiver's fsyncs
+// overlap the transfers, and the file PostgreSQL waits for is never slowed by the ones behind it.
+//
+// A segment that the WAL stream delivers whole (streaming = on, from where the stream started)
+// is not sent a second time: the receiver's ack of the streamed segment names its checksum, and
+// the local file is only hashed and compared. A .done file (PostgreSQL archived the segment)
+// retires its ack.
 
+import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { asBarmanError } from '../../shared/errors';
+import { sha256Handle } from '../../shared/checksum';
+import { asBarmanError, ErrorCode } from '../../shared/errors';
 import type { AgentConnection } from '../../shared/protocol/client';
-import { parseWalFileName } from '../../shared/wal/names';
-import type { AckSpool } from './spool';
+import { LONG_HEADER_SIZE, readLongHeader } from '../../shared/wal/header';
+import type { Lsn } from '../../shared/wal/lsn';
+import { isSegmentName, parseWalFileName, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
+import { type Ack, type AckSpool, DAEMON_BEAT_MS, identityOf, sameIdentity, sysidHex } from './spool';
 
-const PARALLEL_PUSHES = 4;
+/** files sent and not yet acknowledged */
+const IN_FLIGHT = 8;
+/** files being sent at once (their chunks share the connection) */
+const SENDING = 1;
 /** re-scan for .ready files now and then: a missed event must not stall archiving */
 const RESCAN_MS = 10_000;
+/** how long a segment the stream is about to complete waits for the stream's ack before it is sent anyway */
+const STREAM_WAIT_MS = 3_000;
+
+/** Whom the acks are for: written into each, compared by the launcher with its configuration. */
+export interface AckScope {
+  server: string;
+  /** the receiver's URL.href */
+  receiver: string;
+}
+
+/** What the WAL stream told the archiver: where it started, and the segments it completed. */
+interface StreamView {
+  timeline: number;
+  start: Lsn;
+  segmentSize: number;
+}
 
 export class AsyncArchiver {
   private conn: AgentConnection | undefined;
@@ -20,9 +54,18 @@ export class AsyncArchiver {
   private readonly running = new Set<string>();
   private watcher: { close(): Promise<void> } | undefined;
   private rescanTimer: NodeJS.Timeout | undefined;
+  private beatTimer: NodeJS.Timeout | undefined;
+  private sendSlots = SENDING;
+  private readonly sendWaiters: Array<() => void> = [];
+  private stream: StreamView | undefined;
+  /** checksums of segments the stream completed (receiver-acknowledged), until their .ready is handled */
+  private readonly streamed = new Map<string, string>();
+  private readonly streamWaiters = new Map<string, () => void>();
   pushed = 0;
+  /** segments answered by hashing the local copy of a streamed segment */
+  matchedStream = 0;
 
-  constructor(private readonly pgdata: string, private readonly spool: AckSpool, private readonly log: Logger) {}
+  constructor(private readonly pgdata: string, private readonly spool: AckSpool, private readonly scope: AckScope, private readonly log: Logger) {}
 
   private get statusDir(): string {
     return join(this.pgdata, 'pg_wal', 'archive_status');
@@ -30,9 +73,10 @@ export class AsyncArchiver {
 
   async start(): Promise<void> {
     await this.spool.ensure();
+    await this.spool.clearFailures();
     const { watch } = await import('chokidar');
     const watcher = watch(this.statusDir, { depth: 0, ignoreInitial: false });
-    watcher.on('add', (path: string) => this.onReady(path));
+    watcher.on('add', (path: string) => this.onStatusFile(path));
     watcher.on('error', (err: unknown) => this.log.warn({ err: String(err) }, 'watching archive_status failed'));
     this.watcher = watcher;
     this.rescanTimer = setInterval(() => this.rescan().catch((err: unknown) => this.log.warn({ err: String(err) }, 'rescanning archive_status failed')), RESCAN_MS);
@@ -41,28 +85,69 @@ export class AsyncArchiver {
 
   async stop(): Promise<void> {
     clearInterval(this.rescanTimer);
+    this.attach(undefined);
     await this.watcher?.close();
   }
 
   /** The daemon's connection came up (or went away: undefined). */
   attach(conn: AgentConnection | undefined): void {
     this.conn = conn;
-    if (conn) this.pump();
+    clearInterval(this.beatTimer);
+    this.beatTimer = undefined;
+    this.stream = undefined;
+    if (conn) {
+      const beat = () => void this.spool.beat().catch((err: unknown) => this.log.warn({ err: String(err) }, 'cannot refresh the daemon file in the spool'));
+      beat();
+      this.beatTimer = setInterval(beat, DAEMON_BEAT_MS);
+      this.beatTimer.unref();
+      this.pump();
+    } else {
+      // PostgreSQL's push must not wait for a daemon that cannot push
+      void this.spool.unbeat().catch(() => undefined);
+      for (const wake of this.streamWaiters.values()) wake();
+    }
   }
 
-  private onReady(path: string): void {
-    const m = /([^/]+)\.ready$/.exec(path);
+  /** The WAL stream started (on `timeline`, at `start`): segments from there on arrive whole through it. */
+  streamStarted(timeline: number, start: Lsn, segmentSize: number): void {
+    this.stream = { timeline, start: start - (start % BigInt(segmentSize)), segmentSize };
+  }
+
+  /** The stream ended: nothing more comes through it until it starts again. */
+  streamStopped(): void {
+    this.stream = undefined;
+    for (const wake of this.streamWaiters.values()) wake();
+  }
+
+  /** The receiver archived a streamed segment with this checksum. */
+  streamedSegment(name: string, sha256: string): void {
+    this.streamed.set(name, sha256);
+    this.streamWaiters.get(name)?.();
+    // the .ready may have come first: then its push is waiting for this; else the .ready will
+  }
+
+  private onStatusFile(path: string): void {
+    const m = /([^/]+)\.(ready|done)$/.exec(path);
     if (!m || !parseWalFileName(m[1]!)) return;
-    this.pending.add(m[1]!);
+    const name = m[1]!;
+    if (m[2] === 'done') {
+      // PostgreSQL has archived it: its ack has served
+      this.pending.delete(name);
+      this.streamed.delete(name);
+      if (!this.running.has(name)) void this.spool.remove(name).catch(() => undefined);
+      return;
+    }
+    this.pending.add(name);
     this.pump();
   }
 
   private async rescan(): Promise<void> {
-    const { readdir } = await import('node:fs/promises');
-    for (const f of await readdir(this.statusDir).catch(() => [] as string[])) this.onReady(join(this.statusDir, f));
-    // acks PostgreSQL has used (its .done exists) are no longer needed
-    const done = new Set((await readdir(this.statusDir).catch(() => [] as string[])).filter((f) => f.endsWith('.done')).map((f) => f.slice(0, -5)));
-    for (const name of await this.spool.list()) if (done.has(name)) await this.spool.remove(name);
+    const files = await fs.readdir(this.statusDir).catch(() => [] as string[]);
+    for (const f of files) this.onStatusFile(join(this.statusDir, f));
+    // acks PostgreSQL no longer needs: archived (.done), or gone altogether (recycled, removed)
+    const ready = new Set(files.filter((f) => f.endsWith('.ready')).map((f) => f.slice(0, -6)));
+    for (const name of await this.spool.list()) if (!ready.has(name) && !this.running.has(name)) await this.spool.remove(name);
+    for (const name of this.streamed.keys()) if (!ready.has(name) && !this.running.has(name)) this.streamed.delete(name);
   }
 
   private pump(): void {
@@ -71,30 +156,104 @@ export class AsyncArchiver {
     // history files first, then oldest segments: the order PostgreSQL itself archives in
     const order = [...this.pending].filter((n) => !this.running.has(n)).sort((a, b) => Number(b.endsWith('.history')) - Number(a.endsWith('.history')) || a.localeCompare(b));
     for (const name of order) {
-      if (this.running.size >= PARALLEL_PUSHES) return;
+      if (this.running.size >= IN_FLIGHT) return;
       this.pending.delete(name);
       this.running.add(name);
-      void this.pushOne(conn, name).finally(() => {
+      void this.archiveOne(conn, name).finally(() => {
         this.running.delete(name);
         this.pump();
       });
     }
   }
 
-  private async pushOne(conn: AgentConnection, name: string): Promise<void> {
-    if (await this.spool.lookup(name)) return;
+  private async archiveOne(conn: AgentConnection, name: string): Promise<void> {
+    const path = join(this.pgdata, 'pg_wal', name);
+    let fh: fs.FileHandle;
     try {
-      const ack = await conn.putFile({ kind: 'wal', name }, join(this.pgdata, 'pg_wal', name));
-      if (!ack) return;
-      await this.spool.record(name, ack.sha256);
+      fh = await fs.open(path, 'r');
+    } catch {
+      return; // archived by PostgreSQL and recycled meanwhile, or removed: nothing to do
+    }
+    try {
+      const before = identityOf(await fh.stat({ bigint: true }));
+      const known = await this.spool.lookup(name);
+      if (known?.identity && sameIdentity(known.identity, before) && this.inScope(known)) return;
+      const sysid = isSegmentName(name) ? await readSysid(fh) : undefined;
+      const streamedSha = await this.streamedChecksum(name);
+      if (streamedSha !== undefined) {
+        const local = await sha256Handle(fh);
+        const after = identityOf(await fh.stat({ bigint: true }));
+        if (local === streamedSha && sameIdentity(before, after)) {
+          await this.spool.record({ ...this.scope, name, size: Number(before.size), identity: before, sysid, sha256: local });
+          this.matchedStream++;
+          return;
+        }
+        this.log.warn({ wal: name }, 'the local segment differs from the one streamed to the receiver; pushing it (the receiver decides)');
+      }
+      await this.acquireSendSlot();
+      const ack = await conn.putOpened({ kind: 'wal', name }, fh, path, { onSent: () => this.releaseSendSlot() });
+      const after = identityOf(await fh.stat({ bigint: true }));
+      if (!sameIdentity(before, after)) {
+        this.log.warn({ wal: name }, 'the file changed while it was pushed; no ack recorded, PostgreSQL\'s push sends it again');
+        return;
+      }
+      await this.spool.record({ ...this.scope, name, size: Number(before.size), identity: before, sysid, sha256: ack.sha256 });
       this.pushed++;
       this.log.debug({ wal: name, status: ack.status }, 'WAL pushed ahead of PostgreSQL');
     } catch (err) {
       const e = asBarmanError(err);
-      // a segment already archived by PostgreSQL (and recycled) is gone: nothing to do
-      if (e.code === 'LOCAL_FILE') return;
       this.log.warn({ wal: name, code: e.code }, `async push failed: ${e.message}`);
-      // PostgreSQL's own push will retry it; the next rescan picks it up again too
+      // PostgreSQL's own push does not wait for this one: it pushes itself (and reports the error)
+      if (e.code !== ErrorCode.CONNECTION_LOST) await this.spool.markFailed(name, `${e.code}: ${e.message}`).catch(() => undefined);
+    } finally {
+      await fh.close();
     }
   }
+
+  private inScope(ack: Ack): boolean {
+    return ack.server === this.scope.server && ack.receiver === this.scope.receiver;
+  }
+
+  /**
+   * The checksum of `name` as the stream delivered it: at once when known, after a short wait
+   * when the stream is about to complete it (it started at or before the segment's start, on its
+   * timeline), else undefined (the segment is pushed).
+   */
+  private async streamedChecksum(name: string): Promise<string | undefined> {
+    const known = this.streamed.get(name);
+    if (known !== undefined || !isSegmentName(name)) return known;
+    const s = this.stream;
+    if (!s || segmentTimeline(name) !== s.timeline || segmentStartLsn(name, s.segmentSize) < s.start) return undefined;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, STREAM_WAIT_MS);
+      this.streamWaiters.set(name, () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    this.streamWaiters.delete(name);
+    return this.streamed.get(name);
+  }
+
+  private acquireSendSlot(): Promise<void> {
+    if (this.sendSlots > 0) {
+      this.sendSlots--;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.sendWaiters.push(resolve));
+  }
+
+  private releaseSendSlot(): void {
+    const next = this.sendWaiters.shift();
+    if (next) next();
+    else this.sendSlots++;
+  }
+}
+
+/** The system identifier in a segment's page header, as the ack spells it; undefined when the header is not a WAL one. */
+async function readSysid(fh: fs.FileHandle): Promise<string | undefined> {
+  const buf = Buffer.alloc(LONG_HEADER_SIZE);
+  const { bytesRead } = await fh.read(buf, 0, LONG_HEADER_SIZE, 0);
+  const header = readLongHeader(buf.subarray(0, bytesRead));
+  return typeof header === 'string' ? undefined : sysidHex(header.systemIdentifier);
 }

@@ -13,6 +13,7 @@
 // A get-wal asking for a segment the prefetcher is downloading waits for it rather than fetching
 // it a second time.
 
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { constants, promises as fs } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -169,7 +170,6 @@ export class PrefetchControl {
   async ensureRunning(configFile: string, segmentSize: number): Promise<void> {
     if ((await this.knownSegmentSize()) !== segmentSize) await fs.writeFile(join(this.spool.dir, SEGMENT_SIZE), `${segmentSize}\n`, { mode: 0o600 });
     if ((await this.alive()) !== undefined) return;
-    const { spawn } = await import('node:child_process');
     const child = spawn(process.execPath, [process.argv[1]!, 'prefetch-wal', String(segmentSize), '-c', resolve(configFile)], { detached: true, stdio: 'ignore', cwd: this.spool.dir });
     child.unref();
   }
@@ -271,7 +271,10 @@ export async function segmentSizeOf(path: string): Promise<number | undefined> {
   }
 }
 
-/** Why a spooled file may not answer a request for `name`, or undefined when it may. */
+/**
+ * Why a file may not stand for segment `name` with checksum `sha256` (a spooled file answering
+ * get-wal, a local file answering push from the daemon's ack), or undefined when it may.
+ */
 export async function checkSpooled(path: string, name: string, sha256: string): Promise<string | undefined> {
   if (!isSegmentName(name)) return 'not a segment name';
   const fh = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);

@@ -33,7 +33,12 @@ export interface StreamerState {
 }
 
 /** Streams until PostgreSQL ends the timeline, either connection fails, or `signal` aborts. */
-export async function streamWal(config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal, onArchived?: (segment: string, sha256: string) => void): Promise<void> {
+export async function streamWal(
+  config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal,
+  onArchived?: (segment: string, sha256: string) => void,
+  /** the stream runs from `start` on `timeline`: complete segments from there on will be archived through it */
+  onStarted?: (timeline: number, start: Lsn, segmentSize: number) => void,
+): Promise<void> {
   const repl = await connectPostgres(config.conninfo, { replication: true, application_name: config.applicationName } as never);
   const state: StreamerState = { timeline: 0, forwarded: 0n, flushed: 0n };
   let channel: { id: number; close: () => void } | undefined;
@@ -98,6 +103,7 @@ export async function streamWal(config: AgentConfig, conn: AgentConnection, log:
     state.forwarded = parseLsn(startText);
     state.flushed = state.forwarded;
     log.info({ timeline: state.timeline, start: startText, slot: config.slotName }, 'streaming WAL');
+    onStarted?.(state.timeline, state.forwarded, segmentSize);
 
     const { both } = await import('pg-copy-streams');
     // one CopyData message per chunk: aligned alone is not enough, a byte-mode Readable hands a

@@ -129,16 +129,31 @@ export class AgentConnection {
    * when such a file vanished before open.
    */
   async putFile(target: PutTarget, path: string, statSize?: number): Promise<AckFrame | undefined> {
-    const asOfStat = statSize !== undefined;
-    const id = this.nextId++;
     let fh: fs.FileHandle;
     try {
       // a backup file is read where the walk found it, never through a link swapped in since
       fh = await fs.open(path, target.kind === 'backup-file' ? constants.O_RDONLY | constants.O_NOFOLLOW : 'r');
     } catch (err) {
-      if (asOfStat && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      if (statSize !== undefined && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw localFileError(path, err);
     }
+    try {
+      return await this.putOpened(target, fh, path, { statSize });
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /**
+   * putFile for a file the caller opened (and closes): the daemon's archiver reads the file's
+   * identity from the same descriptor before and after. `onSent` runs once the last byte and the
+   * end frame are handed to the socket, before the receiver's answer: a caller may start the next
+   * file then, so one file's transfer overlaps the previous one's fsync on the receiver.
+   */
+  async putOpened(target: PutTarget, fh: fs.FileHandle, path: string, options: { statSize?: number; onSent?: () => void } = {}): Promise<AckFrame> {
+    const { statSize, onSent } = options;
+    const asOfStat = statSize !== undefined;
+    const id = this.nextId++;
     const answer = this.expect<AckFrame>(id, (frame, settle) => {
       if (frame.type === 'ack') settle.resolve(frame);
       else if (frame.type === 'error') settle.reject(errorFromFrame(frame));
@@ -157,7 +172,7 @@ export class AgentConnection {
     } catch (err) {
       if (!answer.settled) throw err;
     } finally {
-      await fh.close();
+      onSent?.();
     }
     return answer.promise;
   }
