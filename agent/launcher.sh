@@ -28,6 +28,32 @@ trim() {
   trimmed=${trimmed%"${trimmed##*[![:space:]]}"}
 }
 
+# `[-c FILE] <command> [-c FILE] [<arg1> [<arg2>]]` into config, cmd, arg1, arg2 and nargs; fails
+# on any other option or a third argument
+parse_args() {
+  config='' cmd='' arg1='' arg2='' nargs=0
+  while [ $# -gt 0 ]; do
+    case $1 in
+      -c|--config) [ $# -ge 2 ] || return 1; config=$2; shift ;;
+      --config=*) config=${1#--config=} ;;
+      -*) return 1 ;;
+      *)
+        if [ -z "$cmd" ]; then cmd=$1
+        elif [ $nargs -eq 0 ]; then arg1=$1 nargs=1
+        elif [ $nargs -eq 1 ]; then arg2=$1 nargs=2
+        else return 1
+        fi ;;
+    esac
+    shift
+  done
+}
+
+# $1 is a WAL segment's name: 24 upper-case hex digits
+segment_name() {
+  case $1 in *[!0-9A-F]*|'') return 1 ;; esac
+  [ ${#1} -eq 24 ]
+}
+
 # the configuration file as Node finds it: $1 (-c), else $BARMAN_AGENT_CONFIG, ~/.barman-agent.conf,
 # /etc/barman-agent.conf; sets cfg_file
 find_config() {
@@ -99,24 +125,10 @@ segment_ok() {
 
 # get-wal from the spool; returns (to hand over to Node) unless it served the segment
 get_wal_from_spool() {
-  config='' cmd='' name='' dest='' n=0
-  while [ $# -gt 0 ]; do
-    case $1 in
-      -c|--config) [ $# -ge 2 ] || return 1; config=$2; shift ;;
-      --config=*) config=${1#--config=} ;;
-      -*) return 1 ;;
-      *)
-        if [ -z "$cmd" ]; then cmd=$1
-        elif [ $n -eq 0 ]; then name=$1 n=1
-        elif [ $n -eq 1 ]; then dest=$1 n=2
-        else return 1
-        fi ;;
-    esac
-    shift
-  done
-  [ "$cmd" = get-wal ] && [ $n -eq 2 ] && [ -n "$dest" ] || return 1
-  case $name in *[!0-9A-F]*|'') return 1 ;; esac
-  [ ${#name} -eq 24 ] || return 1
+  parse_args "$@" || return 1
+  [ "$cmd" = get-wal ] && [ $nargs -eq 2 ] && [ -n "$arg2" ] || return 1
+  name=$arg1 dest=$arg2
+  segment_name "$name" || return 1
   find_config "$config" || return 1
   read_config "$cfg_file" || return 1
   spool=$cfg_spool
@@ -166,32 +178,26 @@ downloading() {
 
 # the prefetcher of spool folder $1 runs (its pid alive, its lock refreshed within 10 s)
 prefetcher_alive() {
-  pid=$(cat -- "$1/.prefetcher" 2>/dev/null) || return 1
+  pid_file_alive "$1/.prefetcher"
+}
+
+# the pid in file $1 is alive, and the file was refreshed within 10 s (a pid reused by another
+# process after a crash does not pass for long)
+pid_file_alive() {
+  [ -f "$1" ] || return 1
+  pid=''
+  read -r pid < "$1" 2>/dev/null || return 1
   case $pid in ''|*[!0-9]*) return 1 ;; esac
-  [ $(($(date +%s) - $(stat -c %Y -- "$1/.prefetcher" 2>/dev/null || echo 0))) -le 10 ] || return 1
-  kill -0 "$pid" 2>/dev/null
+  kill -0 "$pid" 2>/dev/null || return 1
+  [ $(($(date +%s) - $(stat -c %Y -- "$1" 2>/dev/null || echo 0))) -le 10 ]
 }
 
 # push from the daemon's ack; returns (to hand over to Node) unless the segment is acked
 push_from_ack() {
-  config='' cmd='' path='' n=0
-  while [ $# -gt 0 ]; do
-    case $1 in
-      -c|--config) [ $# -ge 2 ] || return 1; config=$2; shift ;;
-      --config=*) config=${1#--config=} ;;
-      -*) return 1 ;;
-      *)
-        if [ -z "$cmd" ]; then cmd=$1
-        elif [ $n -eq 0 ]; then path=$1 n=1
-        else return 1
-        fi ;;
-    esac
-    shift
-  done
-  [ "$cmd" = push ] && [ $n -eq 1 ] && [ -n "$path" ] || return 1
-  name=${path##*/}
-  case $name in *[!0-9A-F]*|'') return 1 ;; esac
-  [ ${#name} -eq 24 ] || return 1
+  parse_args "$@" || return 1
+  [ "$cmd" = push ] && [ $nargs -eq 1 ] && [ -n "$arg1" ] || return 1
+  path=$arg1 name=${arg1##*/}
+  segment_name "$name" || return 1
   find_config "$config" || return 1
   read_config "$cfg_file" || return 1
   [ -n "$cfg_server" ] && [ -n "$cfg_receiver" ] || return 1
@@ -240,12 +246,7 @@ acked() {
 # a daemon connected to the receiver runs: the pid in spool folder $1/.daemon is alive and it
 # refreshed the file within 10 s
 daemon_alive() {
-  [ -f "$1/.daemon" ] || return 1
-  pid=''
-  read -r pid < "$1/.daemon" 2>/dev/null || return 1
-  case $pid in ''|*[!0-9]*) return 1 ;; esac
-  kill -0 "$pid" 2>/dev/null || return 1
-  [ $(($(date +%s) - $(stat -c %Y -- "$1/.daemon" 2>/dev/null || echo 0))) -le 10 ]
+  pid_file_alive "$1/.daemon"
 }
 
 case " $* " in
