@@ -1,11 +1,12 @@
 // A real PostgreSQL cluster in a temp folder, run by the postgres OS user: initdb (or
 // pg_basebackup of another cluster), its own port and socket folder, and, when asked, archiving
-// through the agent: archive_command = '<node> <bin>/barman-agent.cjs -c <agent.conf> push %p'.
+// through the agent as installed: archive_command = '<bin>/barman-agent -c <agent.conf> push %p'
+// (the sh launcher, which runs <bin>/barman-agent.cjs with the node on PATH when it cannot answer alone).
 
 import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type AgentConfigOptions, writeAgentConfig } from './agent';
-import { agentCommandLine } from './cli';
+import { archiveCommandLine } from './cli';
 import { chownTo, freePort, makeDir, makeTempDir, pgBinDir } from './env';
 import { listDir } from './fs';
 import { track } from './resources';
@@ -28,6 +29,8 @@ export interface ClusterOptions {
   walSegmentSizeMB?: number;
   /** the PostgreSQL binaries (initdb, pg_ctl, ...) of this cluster: pgBinDirFor(major); default pgBinDir(), the machine's */
   binDir?: string;
+  /** more environment for the postmaster, and so for its archive_command (PATH, say) */
+  env?: Record<string, string>;
 }
 
 export interface CloneOptions extends Omit<ClusterOptions, 'walSegmentSizeMB' | 'binDir'> {
@@ -55,6 +58,8 @@ export class Cluster {
   readonly socketDir: string;
   readonly logFile: string;
   agentConfigPath: string | undefined;
+  /** more environment for the postmaster (ClusterOptions.env) */
+  env: Record<string, string> | undefined;
 
   private constructor(readonly dir: string, readonly port: number, readonly binDir: string) {
     this.pgdata = join(dir, 'pgdata');
@@ -112,6 +117,7 @@ export class Cluster {
   }
 
   private configure(options: ClusterOptions, base: Record<string, ConfValue>): void {
+    this.env = options.env;
     if (options.agentConfig !== undefined) {
       this.agentConfigPath = typeof options.agentConfig === 'string'
         ? options.agentConfig
@@ -124,7 +130,7 @@ export class Cluster {
       listen_addresses: '',
       unix_socket_directories: this.socketDir,
       archive_mode: options.archive ? 'on' : 'off',
-      archive_command: options.archive ? agentCommandLine(this.agentConfigPath!, 'push %p') : '',
+      archive_command: options.archive ? archiveCommandLine(this.agentConfigPath!) : '',
       log_line_prefix: '%m [%p] %q%a ',
       ...options.extraConf,
     });
@@ -137,7 +143,7 @@ export class Cluster {
   }
 
   async start(): Promise<void> {
-    const r = await run(this.tool('pg_ctl'), ['-D', this.pgdata, '-l', this.logFile, '-w', '-t', '120', 'start'], { asPostgres: true, cwd: this.dir });
+    const r = await run(this.tool('pg_ctl'), ['-D', this.pgdata, '-l', this.logFile, '-w', '-t', '120', 'start'], { asPostgres: true, cwd: this.dir, env: this.env });
     if (r.code !== 0) throw new Error(`PostgreSQL did not start\n${describeRun(r)}\n--- ${this.logFile}\n${this.logTail()}`);
   }
 

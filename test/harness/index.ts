@@ -2,7 +2,7 @@
 // Nothing is mocked; every process is tracked and stopped when its test (or file) ends.
 
 export { type AgentConfigFile, type AgentConfigOptions, writeAgentConfig } from './agent';
-export { agentCommandLine, runAgent, runReceiverCli } from './cli';
+export { agentCommandLine, archiveCommandLine, runAgent, runReceiverCli } from './cli';
 export { type ArchiverStats, cloneCluster, type CloneOptions, Cluster, type ClusterOptions, createCluster, postmasterPidOf, type StopMode } from './cluster';
 export { freePort, makeDir, makeTempDir, pgBin, pgBinDir, pgBinDirFor, pgMajorOf, postgresUser, runPaths } from './env';
 export { expectCatalogMatchesCluster, expectFailure, expectSuccess } from './expect';
