@@ -168,7 +168,7 @@ async function keepStreaming(config: AgentConfig, conn: AgentConnection, log: Lo
   // the receiver's ack of a streamed segment is as good as a pushed one's: the archiver compares
   // the local file with it instead of sending those 16 MB again
   const onArchived = (segment: string, sha256: string) => archiver.streamedSegment(segment, sha256);
-  const onStarted = (timeline: number, start: bigint, segmentSize: number) => archiver.streamStarted(timeline, start, segmentSize);
+  const onStarted = (timeline: number, segmentSize: number, position: () => bigint) => archiver.streamStarted(timeline, segmentSize, position);
   let delay = BACKOFF_MIN_MS;
   while (!signal.aborted) {
     const started = Date.now();

@@ -9,10 +9,12 @@
 // flushes the one before; up to IN_FLIGHT files wait for their ack. So the receiver's fsyncs
 // overlap the transfers, and the file PostgreSQL waits for is never slowed by the ones behind it.
 //
-// A segment that the WAL stream delivers whole (streaming = on, from where the stream started)
-// is not sent a second time: the receiver's ack of the streamed segment names its checksum, and
-// the local file is only hashed and compared. A .done file (PostgreSQL archived the segment)
-// retires its ack.
+// A segment the WAL stream is completing right now (streaming = on, the stream's position inside it
+// or just past it) is not sent a second time: the receiver's ack of the streamed segment names its
+// checksum, and the local file is only hashed and compared. Segments the stream has yet to reach
+// (a backlog it catches up on after an outage) are pushed at once; the stream sends them again
+// when it gets there, and the receiver finds them archived. A .done file (PostgreSQL archived the
+// segment) retires its ack.
 
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
@@ -41,11 +43,12 @@ export interface AckScope {
   receiver: string;
 }
 
-/** What the WAL stream told the archiver: where it started, and the segments it completed. */
+/** The WAL stream, as the archiver sees it: its timeline and where it is now. */
 interface StreamView {
   timeline: number;
-  start: Lsn;
   segmentSize: number;
+  /** the end of what it has forwarded to the receiver */
+  position: () => Lsn;
 }
 
 export class AsyncArchiver {
@@ -108,9 +111,9 @@ export class AsyncArchiver {
     }
   }
 
-  /** The WAL stream started (on `timeline`, at `start`): segments from there on arrive whole through it. */
-  streamStarted(timeline: number, start: Lsn, segmentSize: number): void {
-    this.stream = { timeline, start: start - (start % BigInt(segmentSize)), segmentSize };
+  /** The WAL stream started on `timeline`; `position` says how far it has come. */
+  streamStarted(timeline: number, segmentSize: number, position: () => Lsn): void {
+    this.stream = { timeline, segmentSize, position };
   }
 
   /** The stream ended: nothing more comes through it until it starts again. */
@@ -216,14 +219,17 @@ export class AsyncArchiver {
 
   /**
    * The checksum of `name` as the stream delivered it: at once when known, after a short wait
-   * when the stream is about to complete it (it started at or before the segment's start, on its
+   * when the stream is completing it (its position inside the segment or just past it, on its
    * timeline), else undefined (the segment is pushed).
    */
   private async streamedChecksum(name: string): Promise<string | undefined> {
     const known = this.streamed.get(name);
     if (known !== undefined || !isSegmentName(name)) return known;
     const s = this.stream;
-    if (!s || segmentTimeline(name) !== s.timeline || segmentStartLsn(name, s.segmentSize) < s.start) return undefined;
+    if (!s || segmentTimeline(name) !== s.timeline) return undefined;
+    const start = segmentStartLsn(name, s.segmentSize);
+    const at = s.position();
+    if (at < start || at >= start + 2n * BigInt(s.segmentSize)) return undefined;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, STREAM_WAIT_MS);
       this.streamWaiters.set(name, () => {

@@ -36,8 +36,8 @@ export interface StreamerState {
 export async function streamWal(
   config: AgentConfig, conn: AgentConnection, log: Logger, signal: AbortSignal,
   onArchived?: (segment: string, sha256: string) => void,
-  /** the stream runs from `start` on `timeline`: complete segments from there on will be archived through it */
-  onStarted?: (timeline: number, start: Lsn, segmentSize: number) => void,
+  /** the stream runs on `timeline`; `position` tells how far it has forwarded WAL to the receiver */
+  onStarted?: (timeline: number, segmentSize: number, position: () => Lsn) => void,
 ): Promise<void> {
   const repl = await connectPostgres(config.conninfo, { replication: true, application_name: config.applicationName } as never);
   const state: StreamerState = { timeline: 0, forwarded: 0n, flushed: 0n };
@@ -103,7 +103,7 @@ export async function streamWal(
     state.forwarded = parseLsn(startText);
     state.flushed = state.forwarded;
     log.info({ timeline: state.timeline, start: startText, slot: config.slotName }, 'streaming WAL');
-    onStarted?.(state.timeline, state.forwarded, segmentSize);
+    onStarted?.(state.timeline, segmentSize, () => state.forwarded);
 
     const { both } = await import('pg-copy-streams');
     // one CopyData message per chunk: aligned alone is not enough, a byte-mode Readable hands a
