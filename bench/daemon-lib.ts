@@ -9,7 +9,7 @@ import { createWriteStream, existsSync, readdirSync, readFileSync } from 'node:f
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
-import { type Cleanup, postgresDir, runOk } from './lib';
+import { type BenchReceiver, type Cleanup, postgresAgentConfig, postgresDir, runOk } from './lib';
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 /** the bench clock, ms */
@@ -179,4 +179,20 @@ export function percentile(samples: number[], p: number): number {
   if (samples.length === 0) return Number.NaN;
   const sorted = [...samples].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+/**
+ * The agent configuration of a bench cluster in `clusterDir` (BenchCluster: socket/, pgdata/, port
+ * 5432) for `barman-agent daemon` with streaming on through slot barman_<server>.
+ */
+export function streamingAgentConfig(receiver: BenchReceiver, agentDir: string, clusterDir: string, server: string, values: Record<string, string> = {}): string {
+  return postgresAgentConfig(receiver, agentDir, server, {
+    conninfo: `host=${join(clusterDir, 'socket')} port=5432 user=postgres dbname=postgres`,
+    pgdata: join(clusterDir, 'pgdata'),
+    streaming: 'on',
+    slot_name: `barman_${server}`,
+    create_slot: 'auto',
+    log_level: 'info',
+    ...values,
+  });
 }

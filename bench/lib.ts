@@ -424,3 +424,32 @@ export function findFiles(dir: string, name: string): string[] {
   }
   return found;
 }
+
+// ---- CPU profiles ----------------------------------------------------------------------------
+
+/**
+ * The functions a process spent its CPU in, from the .cpuprofile files `node --cpu-prof` wrote
+ * into `dir`: self time per function (name, file:line), largest first, with the total busy time
+ * (idle excluded).
+ */
+export function cpuProfileTop(dir: string, count: number): { busyMs: number; top: Array<{ what: string; ms: number }> } {
+  const self = new Map<string, number>();
+  let busyMs = 0;
+  for (const file of existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')) : []) {
+    const profile = JSON.parse(readFileSync(join(dir, file), 'utf8')) as {
+      nodes: Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number } }>;
+      samples: number[];
+      timeDeltas: number[];
+    };
+    const byId = new Map(profile.nodes.map((n) => [n.id, n.callFrame]));
+    profile.samples.forEach((id, i) => {
+      const frame = byId.get(id)!;
+      if (frame.functionName === '(idle)') return;
+      const ms = (profile.timeDeltas[i] ?? 0) / 1000;
+      const what = `${frame.functionName || '(anonymous)'}${frame.url ? ` ${frame.url.split('/').pop()}:${frame.lineNumber + 1}` : ''}`;
+      self.set(what, (self.get(what) ?? 0) + ms);
+      busyMs += ms;
+    });
+  }
+  return { busyMs, top: [...self].sort((a, b) => b[1] - a[1]).slice(0, count).map(([what, ms]) => ({ what, ms })) };
+}

@@ -5,12 +5,14 @@
 // those). KEEP_TMP=1 keeps the temp folder; BENCH_DIR chooses where it goes (default the system
 // temp folder). BENCH_BACKUP_SCALE and BENCH_BACKUP_ROUNDS shrink the backup section for trials;
 // BENCH_DAEMON_SCALE, BENCH_DAEMON_SECONDS, BENCH_DAEMON_PROBES and BENCH_DAEMON_BACKLOG the daemon section;
+// BENCH_ARCHIVE_BACKLOG, BENCH_ARCHIVE_ROUNDS and BENCH_ARCHIVE_LOAD_SECONDS the archive section;
 // BENCH_REPLAY_* and BENCH_DELTA_* the replicas section (bench/replicas.ts).
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type BenchContext, Cleanup, loadAverage, machineInfo, makeWorkDir, markdownTable, pgBinDir, type SectionResult, serverVersionsUsed } from './lib';
+import { archiveSection } from './archive';
 import { backupSection } from './backup';
 import { daemonSection } from './daemon';
 import { pushSection } from './push';
@@ -18,6 +20,7 @@ import { replicasSection } from './replicas';
 
 const SECTIONS: Record<string, (ctx: BenchContext) => Promise<SectionResult>> = {
   push: pushSection,
+  archive: archiveSection,
   backup: backupSection,
   daemon: daemonSection,
   replicas: replicasSection,
