@@ -86,7 +86,7 @@ export async function runDaemon(config: AgentConfig, signal: AbortSignal, option
   } finally {
     await archiver.stop();
   }
-  log.info({ pushed: archiver.pushed }, 'daemon stopped');
+  log.info({ pushed: archiver.pushed, matchedStream: archiver.matchedStream }, 'daemon stopped');
 }
 
 /** Opens a connection and attaches it as the server's daemon; a SIGTERM meanwhile ends the wait. */

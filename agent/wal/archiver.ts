@@ -146,7 +146,7 @@ export class AsyncArchiver {
 
   private async rescan(): Promise<void> {
     const files = await fs.readdir(this.statusDir).catch(() => [] as string[]);
-    for (const f of files) this.onStatusFile(join(this.statusDir, f));
+    for (const f of files) if (f.endsWith('.ready')) this.onStatusFile(join(this.statusDir, f));
     // acks PostgreSQL no longer needs: archived (.done), or gone altogether (recycled, removed)
     const ready = new Set(files.filter((f) => f.endsWith('.ready')).map((f) => f.slice(0, -6)));
     for (const name of await this.spool.list()) if (!ready.has(name) && !this.running.has(name)) await this.spool.remove(name);
@@ -206,8 +206,10 @@ export class AsyncArchiver {
     } catch (err) {
       const e = asBarmanError(err);
       this.log.warn({ wal: name, code: e.code }, `async push failed: ${e.message}`);
-      // PostgreSQL's own push does not wait for this one: it pushes itself (and reports the error)
-      if (e.code !== ErrorCode.CONNECTION_LOST) await this.spool.markFailed(name, `${e.code}: ${e.message}`).catch(() => undefined);
+      // the connection went: pushed again once it is back; any other failure: PostgreSQL's own
+      // push does not wait for this one, it pushes itself (and reports the error)
+      if (e.code === ErrorCode.CONNECTION_LOST) this.pending.add(name);
+      else await this.spool.markFailed(name, `${e.code}: ${e.message}`).catch(() => undefined);
     } finally {
       await fh.close();
     }
