@@ -81,6 +81,8 @@ function describeHolder(r: LeaseRecord): string {
 
 export class Lease {
   private timer: NodeJS.Timeout | undefined;
+  /** the keep-alive's renewal in flight, if any: a release waits for it (else both race for one generation) */
+  private renewing: Promise<unknown> | undefined;
 
   private constructor(private readonly driver: StorageDriver, readonly key: string, private current: LeaseRecord) {}
 
@@ -150,6 +152,7 @@ export class Lease {
   /** Gives the lease up at once (a claimant need not wait for expiry). */
   async release(): Promise<void> {
     this.stopKeepAlive();
+    await this.renewing?.catch(() => undefined);
     const next = Lease.record(this.current.owner, this.current.generation + 1, this.current.acquiredAt, Date.now(), this.current.ttlMs, true);
     // lost already: nothing of ours to release
     if (await Lease.create(this.driver, this.key, next)) this.current = next;
@@ -165,7 +168,7 @@ export class Lease {
     this.timer = setInterval(() => {
       if (busy) return;
       busy = true;
-      this.renew()
+      this.renewing = this.renew()
         .catch((err: unknown) => {
           if (err instanceof BarmanError && err.code === ErrorCode.LEASE_LOST) return onLost(err);
           if (Date.parse(this.current.expiresAt) <= Date.now()) {
@@ -174,7 +177,10 @@ export class Lease {
           }
           // else: try again at the next tick, while the lease still holds
         })
-        .finally(() => (busy = false));
+        .finally(() => {
+          busy = false;
+          this.renewing = undefined;
+        });
     }, intervalMs);
     this.timer.unref();
   }

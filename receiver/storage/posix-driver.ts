@@ -123,6 +123,24 @@ export class PosixDriver implements StorageDriver {
     yield* this.walk(dir, namePrefix);
   }
 
+  async *listDirs(prefix: string): AsyncIterable<string> {
+    checkPrefix(prefix);
+    let entries: Dirent[];
+    try {
+      entries = await fs.readdir(join(this.root, prefix), { withFileTypes: true });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if ((code === 'ENOENT' || code === 'ENOTDIR') && prefix !== '') return;
+      throw this.mapError(err, 'listing', prefix || '/');
+    }
+    const names = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    for (const name of names) {
+      // a directory left empty (its objects removed) holds no object: not named, as on s3
+      const empty = (await fs.readdir(join(this.root, prefix, name)).catch(() => [] as string[])).every((n) => n.startsWith('.'));
+      if (!empty) yield name;
+    }
+  }
+
   /** Files below `dir` (a key prefix ending in '/' or empty), in byte order of their keys. */
   private async *walk(dir: string, namePrefix: string): AsyncIterable<ObjectInfo> {
     let entries: Dirent[];

@@ -295,6 +295,33 @@ describe.each(drivers)('$name driver', (driver) => {
     expect(await keysOf(storage, 'other/')).toEqual(['other/wals/00000002.history']);
   });
 
+  it('names the "directories" one level below a prefix, and none that holds nothing any more', async () => {
+    const { storage } = await driver.fresh();
+    for (const k of ['main/base/20260102T000000/backup.info', 'main/base/20260101T000000/data/base/1/1249', 'main/base/x-file', 'main/base/20260103T000000/backup.info', 'main/wals/00000002.history']) await storage.put(k, Buffer.from(k));
+    const dirsOf = async (prefix: string) => {
+      const out: string[] = [];
+      for await (const d of storage.listDirs(prefix)) out.push(d);
+      return out;
+    };
+    expect(await dirsOf('main/base/')).toEqual(['20260101T000000', '20260102T000000', '20260103T000000']);
+    expect(await dirsOf('main/')).toEqual(['base', 'wals']);
+    expect(await dirsOf('')).toEqual(['main']);
+    expect(await dirsOf('nothing/')).toEqual([]);
+    await storage.removePrefix('main/base/20260102T000000/');
+    await storage.remove('main/base/20260103T000000/backup.info');
+    expect(await dirsOf('main/base/')).toEqual(['20260101T000000']);
+  });
+
+  it('copies an object as it is stored, compressed and all, to a new key', async () => {
+    const { storage } = await driver.fresh();
+    const plain = randomBytes(3 * MiB);
+    const { key } = await storage.put('main/wals/0000000100000000/000000010000000000000001', plain, { compression: 'zstd' });
+    const copied = await storage.copy(key, 'main/errors/000000010000000000000001.20260101T000000.damaged');
+    expect(copied).toBe('main/errors/000000010000000000000001.20260101T000000.damaged.zst');
+    expectBytes(await bytesOf(storage, copied), plain);
+    expect(await storage.exists(key)).toBe(true);
+  });
+
   it('finds a key whatever compression stored it, and makes deferred writes durable on sync', async () => {
     const { storage } = await driver.fresh();
     const gz = await storage.put('main/wals/0000000100000000/000000010000000000000001', Buffer.alloc(1000, 1), { compression: 'gzip' });
@@ -378,6 +405,19 @@ describe.each(drivers)('$name driver', (driver) => {
     expect(lost.map((e) => e.code)).toEqual([ErrorCode.LEASE_LOST]);
     expect(lost[0]!.message).toContain('other');
     await other.release();
+  });
+
+  it('releases a kept-alive lease even while a renewal is on its way: the next holder gets it at once', async () => {
+    const { storage } = await driver.fresh();
+    for (let round = 0; round < 10; round++) {
+      const lease = await storage.acquireLease('main/lock', ownerOfThisProcess(`serve-${round}`), 60_000);
+      // renewing all the time: the release lands while a renewal is in flight
+      lease.keepAlive(() => undefined, 1);
+      await new Promise((r) => setTimeout(r, 5 + round * 3));
+      await lease.release();
+      expect((await storage.readLease('main/lock'))?.released, `round ${round}`).toBe(true);
+    }
+    await (await storage.acquireLease('main/lock', ownerOfThisProcess('next'), 60_000)).release();
   });
 
   it('says STORAGE_NOT_FOUND for a missing object', async () => {
