@@ -1,7 +1,8 @@
 // Bundles each program into one CommonJS file under dist/: fast to start (one file to read and
 // compile, no module resolution) and easy to copy where the postgres user can run it.
 import { build } from 'esbuild';
-import { chmod } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { chmod, cp, rm } from 'node:fs/promises';
 
 const common = {
   bundle: true,
@@ -20,4 +21,15 @@ const common = {
 for (const [entry, out] of [['agent/cli.ts', 'dist/barman-agent.cjs'], ['receiver/cli.ts', 'dist/barman-receiver.cjs']]) {
   await build({ ...common, entryPoints: [entry], outfile: out });
   await chmod(out, 0o755);
+}
+
+// The receiver loads its compression bindings from node_modules beside the bundle: each with its
+// prebuilt binary package for this platform (an optional dependency). dist/ is then complete:
+// copy it, node_modules included, wherever the receiver runs.
+await rm('dist/node_modules', { recursive: true, force: true });
+for (const mod of ['@mongodb-js/zstd', 'lz4-napi']) {
+  const pkg = JSON.parse(readFileSync(`node_modules/${mod}/package.json`, 'utf8'));
+  for (const dep of [mod, ...Object.keys(pkg.optionalDependencies ?? {}), ...Object.keys(pkg.dependencies ?? {})]) {
+    if (existsSync(`node_modules/${dep}`)) await cp(`node_modules/${dep}`, `dist/node_modules/${dep}`, { recursive: true, dereference: true });
+  }
 }

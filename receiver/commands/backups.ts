@@ -1,32 +1,29 @@
 // The backup catalog commands: list-backups, show-backup, delete, keep, verify-backup, and
 // `backup`, which asks the server's connected agent daemon through the running service.
 
-import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { type BackupInfo, displayTime, localIsoTime } from '../../shared/backup/info';
 import { parseManifest } from '../../shared/backup/manifest';
-import { sha256File } from '../../shared/checksum';
+import { newHash } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { versionText } from '../../shared/postgres/version';
 import type { BackupProgressFrame } from '../../shared/protocol/frames';
 import { humanSize } from '../../shared/progress';
 import { type SnakeKeys, snakeKeys } from '../../shared/snake-case';
-import { BackupCatalog } from '../catalog/backups';
-import { ServerCatalog } from '../catalog/catalog';
+import { type OpenServer, withServer } from '../catalog/open';
 import { backupSegments, verifyWalFiles } from '../catalog/wal-integrity';
 import { openAdmin } from './admin';
 import { changeCatalog } from './catalog-change';
 import { requireServer } from './servers';
 
-export function openBackups(config: ReceiverConfig, server: string): BackupCatalog {
-  const s = requireServer(config, server);
-  return new BackupCatalog(new ServerCatalog(config.barmanHome, s.name));
+/** Runs `fn` with the backups of a configured server. */
+export function withBackups<T>(config: ReceiverConfig, server: string, fn: (open: OpenServer) => Promise<T>): Promise<T> {
+  return withServer(config, requireServer(config, server), fn);
 }
 
 /** Newest first, in Barman's format plus size and status. */
 export async function listBackups(config: ReceiverConfig, server: string): Promise<BackupInfo[]> {
-  return (await openBackups(config, server).list()).reverse();
+  return withBackups(config, server, async ({ backups }) => (await backups.list()).reverse());
 }
 
 /** What `list-backups --json` and `show-backup --json` print for one backup: backup.info's keys (snake_case), times in local ISO 8601. */
@@ -53,7 +50,7 @@ export function formatBackupDetails(server: string, b: BackupInfo): string {
 }
 
 export async function showBackup(config: ReceiverConfig, server: string, id: string): Promise<BackupInfo> {
-  return openBackups(config, server).resolve(id);
+  return withBackups(config, server, ({ backups }) => backups.resolve(id));
 }
 
 /** Exempts a backup from retention (or releases it), as the catalog's one writer. */
@@ -81,45 +78,48 @@ export interface VerifyResult {
  * checksum recorded when it was stored.
  */
 export async function verifyBackup(config: ReceiverConfig, server: string, id: string): Promise<VerifyResult> {
-  const backups = openBackups(config, server);
-  const info = await backups.resolve(id);
-  const problems: string[] = [];
-  let manifestText: string;
-  try {
-    manifestText = await fs.readFile(backups.manifestPath(info.backupId), 'utf8');
-  } catch {
-    return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: ['backup_manifest is missing'] };
-  }
-  let files;
-  try {
-    const manifest = parseManifest(manifestText);
-    files = manifest.files;
-    if (manifest.systemIdentifier !== undefined && manifest.systemIdentifier !== info.systemIdentifier) {
-      problems.push(`backup_manifest names system identifier ${manifest.systemIdentifier}, the backup was taken of ${info.systemIdentifier}`);
-    }
-  } catch (err) {
-    return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
-  }
-  const dataDir = backups.dataDir(info.backupId);
-  for (const f of files) {
-    const path = join(dataDir, f.path);
+  return withBackups(config, server, async ({ catalog, backups }) => {
+    const info = await backups.resolve(id);
+    const problems: string[] = [];
+    const manifestText = await backups.manifest(info.backupId);
+    if (manifestText === undefined) return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: ['backup_manifest is missing'] };
+    let files;
     try {
-      const { sha256: sha, size } = await sha256File(path);
-      if (size !== f.size) problems.push(`${f.path}: size ${size}, manifest says ${f.size}`);
-      else if (sha !== f.sha256) problems.push(`${f.path}: checksum mismatch`);
+      const manifest = parseManifest(manifestText);
+      files = manifest.files;
+      if (manifest.systemIdentifier !== undefined && manifest.systemIdentifier !== info.systemIdentifier) {
+        problems.push(`backup_manifest names system identifier ${manifest.systemIdentifier}, the backup was taken of ${info.systemIdentifier}`);
+      }
     } catch (err) {
-      problems.push(`${f.path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : (err as Error).message}`);
+      return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
     }
-  }
-  let walChecked = 0;
-  // a backup still WAITING_FOR_WALS has its WAL on the way; a FAILED one never will
-  if (info.status === 'DONE') {
-    const segmentSize = await backups.catalog.segmentSize();
-    const wal = await verifyWalFiles(backups.catalog, backupSegments(info, segmentSize));
-    walChecked = wal.verified + wal.unchecked.length;
-    problems.push(...wal.problems.map((p) => `WAL ${p}`));
-  }
-  return { backupId: info.backupId, ok: problems.length === 0, checked: files.length, walChecked, problems };
+    const contents = await backups.contents(info.backupId);
+    for (const f of files) {
+      try {
+        const hash = newHash();
+        let size = 0;
+        for await (const chunk of await backups.readFile(info.backupId, contents, f.path)) {
+          hash.update(chunk as Buffer);
+          size += (chunk as Buffer).length;
+        }
+        if (size !== f.size) problems.push(`${f.path}: size ${size}, manifest says ${f.size}`);
+        else if (hash.digest('hex') !== f.sha256) problems.push(`${f.path}: checksum mismatch`);
+      } catch (err) {
+        const code = err instanceof BarmanError ? err.code : undefined;
+        const cause = (err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message;
+        problems.push(`${f.path}: ${code === ErrorCode.BACKUP_NOT_FOUND ? 'missing' : code === ErrorCode.CHECKSUM_MISMATCH ? `cannot be decompressed (${cause})` : (err as Error).message}`);
+      }
+    }
+    let walChecked = 0;
+    // a backup still WAITING_FOR_WALS has its WAL on the way; a FAILED one never will
+    if (info.status === 'DONE') {
+      const segmentSize = await catalog.segmentSize();
+      const wal = await verifyWalFiles(catalog, backupSegments(info, segmentSize));
+      walChecked = wal.verified + wal.unchecked.length;
+      problems.push(...wal.problems.map((p) => `WAL ${p}`));
+    }
+    return { backupId: info.backupId, ok: problems.length === 0, checked: files.length, walChecked, problems };
+  });
 }
 
 export interface BackupStatusUpdate { backupId: string; status: string; reason?: string }

@@ -7,8 +7,7 @@
 import type { BackupInfo } from '../../shared/backup/info';
 import type { ReceiverConfig, ServerConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import { BackupCatalog } from '../catalog/backups';
-import { ServerCatalog } from '../catalog/catalog';
+import { withServer } from '../catalog/open';
 import { type CatalogLock, CatalogLockedError, type LockPurpose } from '../catalog/lock';
 import { applyCatalogChange, type CatalogChange, type CronReport } from '../catalog/maintenance';
 import { openAdmin } from './admin';
@@ -19,31 +18,36 @@ const WAIT_FOR_COMMAND_MS = 30_000;
 
 export async function changeCatalog(config: ReceiverConfig, serverName: string, change: CatalogChange, now = new Date()): Promise<BackupInfo | CronReport> {
   const server = requireServer(config, serverName);
-  const catalog = new ServerCatalog(config.barmanHome, server.name);
-  const purpose: LockPurpose = change.action === 'release' ? 'keep' : change.action;
-  const deadline = Date.now() + WAIT_FOR_COMMAND_MS;
-  let lock: CatalogLock;
-  for (;;) {
-    try {
-      lock = await catalog.locker().acquire(purpose);
-      break;
-    } catch (err) {
-      if (!(err instanceof CatalogLockedError)) throw err;
-      if (err.holder?.purpose === 'serve') return askServe(config, server, change, err);
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 250));
+  return withServer(config, server, async ({ catalog, backups }) => {
+    const purpose: LockPurpose = change.action === 'release' ? 'keep' : change.action;
+    const deadline = Date.now() + WAIT_FOR_COMMAND_MS;
+    let lock: CatalogLock;
+    for (;;) {
+      try {
+        lock = await catalog.locker().acquire(purpose);
+        break;
+      } catch (err) {
+        if (!(err instanceof CatalogLockedError)) throw err;
+        if (err.holder?.purpose === 'serve') return askServe(config, server, change, err, () => catalog.readChangeKey());
+        if (Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 250));
+      }
     }
-  }
-  try {
-    // the lock makes this process the only writer: no commits of others to wait for
-    return await applyCatalogChange(server, new BackupCatalog(catalog), { withCommitLock: (fn) => fn() }, change, now);
-  } finally {
-    await lock.release();
-  }
+    let lost: BarmanError | undefined;
+    lock.watch((err) => (lost = err));
+    try {
+      // the lock makes this process the only writer: no commits of others to wait for
+      const result = await applyCatalogChange(server, backups, { withCommitLock: (fn) => fn() }, change, now);
+      if (lost) throw lost;
+      return result;
+    } finally {
+      await lock.release();
+    }
+  });
 }
 
 /** The serve that holds the catalog makes the change; its answer is the change's result as JSON. */
-async function askServe(config: ReceiverConfig, server: ServerConfig, change: CatalogChange, locked: CatalogLockedError): Promise<BackupInfo | CronReport> {
+async function askServe(config: ReceiverConfig, server: ServerConfig, change: CatalogChange, locked: CatalogLockedError, readKey: () => Promise<string | undefined>): Promise<BackupInfo | CronReport> {
   let conn;
   try {
     conn = await openAdmin(config, server.name, 10);
@@ -53,7 +57,7 @@ async function askServe(config: ReceiverConfig, server: ServerConfig, change: Ca
   }
   try {
     const parts: Uint8Array[] = [];
-    const key = (await new ServerCatalog(config.barmanHome, server.name).readChangeKey()) ?? '0'.repeat(64);
+    const key = (await readKey()) ?? '0'.repeat(64);
     for await (const chunk of conn.fetch((id) => ({ type: 'catalog-change', id, action: change.action, backup: change.action === 'cron' ? '' : change.backup, key }))) parts.push(chunk);
     return JSON.parse(Buffer.concat(parts).toString('utf8')) as BackupInfo | CronReport;
   } finally {

@@ -7,12 +7,12 @@
 // (wal-verify.json in the server's directory), so every needed segment is read back in turn.
 // `--verify-wal` hashes all of them now. verify-backup always hashes a backup's own range.
 
-import { constants, promises as fs } from 'node:fs';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { type CheckResult, runCheck } from '../../shared/check';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import { BackupCatalog } from '../catalog/backups';
-import { ServerCatalog } from '../catalog/catalog';
+import type { BackupCatalog } from '../catalog/backups';
+import type { ServerCatalog } from '../catalog/catalog';
+import { withServer } from '../catalog/open';
 import { neededSegments, shareToVerify, timelineStarts, verifyWalFiles } from '../catalog/wal-integrity';
 import { requireServer } from './servers';
 import { serverStatus } from './status';
@@ -26,8 +26,8 @@ export interface CheckOptions {
 }
 
 /** Missing or damaged WAL in the span the DONE backups need; returns what was verified. */
-async function checkWalIntegrity(catalog: ServerCatalog, server: string, verifyAll: boolean): Promise<string> {
-  const done = (await new BackupCatalog(catalog).list()).filter((b) => b.status === 'DONE');
+async function checkWalIntegrity(catalog: ServerCatalog, backups: BackupCatalog, server: string, verifyAll: boolean): Promise<string> {
+  const done = (await backups.list()).filter((b) => b.status === 'DONE');
   const identity = await catalog.identity();
   if (done.length === 0 || !identity) return 'no DONE backup needs WAL yet';
   const { firstSegmentOf, problems: historyProblems } = await timelineStarts(catalog, identity.segmentSize);
@@ -56,36 +56,37 @@ async function checkWalIntegrity(catalog: ServerCatalog, server: string, verifyA
 
 export async function checkServer(config: ReceiverConfig, name: string, now = new Date(), options: CheckOptions = {}): Promise<CheckResult[]> {
   const server = requireServer(config, name);
-  const catalog = new ServerCatalog(config.barmanHome, server.name);
-  const results: CheckResult[] = [{ name: 'configuration', ok: true, detail: config.file }];
-  results.push(
-    await runCheck('barman_home writable', async () => {
-      await catalog.ensureLayout();
-      await fs.access(catalog.incomingDir, constants.W_OK);
-      return catalog.root;
-    }, `Create ${config.barmanHome} and make it writable by the user that runs barman-receiver.`),
-  );
-  results.push(
-    await runCheck('WAL archive', async () => {
-      const last = await catalog.lastSegment();
-      if (!last) throw new BarmanError(ErrorCode.WAL_NOT_FOUND, 'no WAL received yet', "Set archive_command = 'barman-agent push %p' on the PostgreSQL host, then run SELECT pg_switch_wal() there.");
-      const age = Math.max(0, Math.round((now.getTime() - last.receivedAt.getTime()) / 1000));
-      return `last ${last.name}, ${age} s ago`;
-    }, ''),
-  );
-  results.push(await runCheck('WAL integrity', () => checkWalIntegrity(catalog, server.name, options.verifyWal ?? false), ''));
-  const streaming = await streamingCheck(config, server.name, catalog, now);
-  if (streaming) results.push(streaming);
-  results.push(
-    await runCheck('minimum redundancy requirements', async () => {
-      const done = (await new BackupCatalog(catalog).list()).filter((b) => b.status === 'DONE').length;
-      if (done < server.minimumRedundancy) {
-        throw new BarmanError(ErrorCode.RETENTION, `have ${done} backups, expected at least ${server.minimumRedundancy}`, `Take a backup: barman-receiver backup ${server.name} --wait (or barman-agent backup on the PostgreSQL host).`);
-      }
-      return `have ${done} backups, expected at least ${server.minimumRedundancy}`;
-    }, ''),
-  );
-  return results;
+  return withServer(config, server, async ({ catalog, backups }) => {
+    const results: CheckResult[] = [{ name: 'configuration', ok: true, detail: config.file }];
+    // a missing bucket, refused credentials or an unreachable endpoint fail here, with their hint
+    const storage = await runCheck('storage', async () => {
+      await catalog.storage.check();
+      return `${catalog.storage.driver.kind}: ${catalog.storage.location}`;
+    }, `Create ${config.barmanHome} and make it writable by the user that runs barman-receiver.`);
+    results.push(storage);
+    if (!storage.ok) return results;
+    results.push(
+      await runCheck('WAL archive', async () => {
+        const last = await catalog.lastSegment();
+        if (!last) throw new BarmanError(ErrorCode.WAL_NOT_FOUND, 'no WAL received yet', "Set archive_command = 'barman-agent push %p' on the PostgreSQL host, then run SELECT pg_switch_wal() there.");
+        const age = Math.max(0, Math.round((now.getTime() - last.receivedAt.getTime()) / 1000));
+        return `last ${last.name}, ${age} s ago`;
+      }, ''),
+    );
+    results.push(await runCheck('WAL integrity', () => checkWalIntegrity(catalog, backups, server.name, options.verifyWal ?? false), ''));
+    const streaming = await streamingCheck(config, server.name, catalog, now);
+    if (streaming) results.push(streaming);
+    results.push(
+      await runCheck('minimum redundancy requirements', async () => {
+        const done = (await backups.list()).filter((b) => b.status === 'DONE').length;
+        if (done < server.minimumRedundancy) {
+          throw new BarmanError(ErrorCode.RETENTION, `have ${done} backups, expected at least ${server.minimumRedundancy}`, `Take a backup: barman-receiver backup ${server.name} --wait (or barman-agent backup on the PostgreSQL host).`);
+        }
+        return `have ${done} backups, expected at least ${server.minimumRedundancy}`;
+      }, ''),
+    );
+    return results;
+  });
 }
 
 /**
@@ -94,7 +95,7 @@ export async function checkServer(config: ReceiverConfig, name: string, now = ne
  */
 async function streamingCheck(config: ReceiverConfig, name: string, catalog: ServerCatalog, now: Date): Promise<CheckResult | undefined> {
   if (!(await catalog.streamingRecord())) return undefined;
-  const turnOff = `if streaming was turned off on purpose, remove ${catalog.streamingRecordPath}`;
+  const turnOff = `if streaming was turned off on purpose, remove ${catalog.streamingRecordLocation}`;
   return runCheck('WAL streaming', async () => {
     const s = await serverStatus(config, name, now);
     const rpo = s.rpo_seconds === null ? '' : `; RPO ${s.rpo_seconds} s`;

@@ -2,15 +2,13 @@
 // this host. Plan (every refusal, binaries of another major version included) first, then write.
 
 import { promises as fs, readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { readChunks } from '../../shared/checksum';
+import { dirname, resolve } from 'node:path';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { checkRecoveryBinaries } from '../../shared/postgres/binaries';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
 import { type WriteOptions, writeRecovery } from '../../shared/recovery/writer';
-import { BackupCatalog } from '../catalog/backups';
-import { ServerCatalog } from '../catalog/catalog';
+import { withServer } from '../catalog/open';
 import { planRecovery, requireTablespaceLocations } from '../recovery/plan';
 import { recoveryWal } from '../recovery/wal-source';
 import { requireServer } from './servers';
@@ -45,16 +43,21 @@ async function decideOwner(dest: string, owner: string | undefined): Promise<{ u
 
 export async function recover(config: ReceiverConfig, server: string, backupRef: string, destArg: string, opts: RecoveryOptions & { owner?: string; pgBindir?: string }, progress?: WriteOptions['progress']): Promise<RecoveryPlan> {
   const s = requireServer(config, server);
-  const catalog = new ServerCatalog(config.barmanHome, s.name);
-  const backups = new BackupCatalog(catalog);
-  const dest = resolve(destArg);
-  const plan = await planRecovery(catalog, backups, backupRef, opts);
-  checkRecoveryBinaries(plan.backupId, plan.pgVersion, opts.pgBindir);
-  requireTablespaceLocations(plan, opts.tablespaces, dest);
-  const dataDir = backups.dataDir(plan.backupId);
-  await writeRecovery(plan, dest, {
-    dataFile: (path) => readChunks(join(dataDir, path)),
-    walFile: (name) => recoveryWal(catalog, name),
-  }, { owner: await decideOwner(dest, opts.owner), progress, protectedPaths: [{ path: config.barmanHome, what: 'the catalog (barman_home)' }] });
-  return plan;
+  return withServer(config, s, async ({ catalog, backups }) => {
+    const dest = resolve(destArg);
+    const plan = await planRecovery(catalog, backups, backupRef, opts);
+    checkRecoveryBinaries(plan.backupId, plan.pgVersion, opts.pgBindir);
+    requireTablespaceLocations(plan, opts.tablespaces, dest);
+    const contents = await backups.contents(plan.backupId);
+    await writeRecovery(plan, dest, {
+      dataFile: (path) => readBackupFile(() => backups.readFile(plan.backupId, contents, path)),
+      walFile: (name) => recoveryWal(catalog, name),
+    }, { owner: await decideOwner(dest, opts.owner), progress, protectedPaths: [{ path: config.barmanHome, what: 'the catalog (barman_home)' }] });
+    return plan;
+  });
+}
+
+/** A backup file's plain bytes, opened when the writer first asks for them. */
+async function* readBackupFile(open: () => Promise<AsyncIterable<unknown>>): AsyncGenerator<Buffer> {
+  for await (const chunk of await open()) yield chunk as Buffer;
 }

@@ -4,8 +4,7 @@
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import type { StreamingState } from '../../shared/protocol/frames';
 import { parseLsn } from '../../shared/wal/lsn';
-import { BackupCatalog } from '../catalog/backups';
-import { ServerCatalog } from '../catalog/catalog';
+import { withServer } from '../catalog/open';
 import { estimateRpoSeconds } from '../server/stream-health';
 import { openAdmin } from './admin';
 import { requireServer } from './servers';
@@ -39,12 +38,13 @@ export interface ServerStatus {
 
 export async function serverStatus(config: ReceiverConfig, name: string, now = new Date()): Promise<ServerStatus> {
   const server = requireServer(config, name);
-  const catalog = new ServerCatalog(config.barmanHome, server.name);
-  const all = await new BackupCatalog(catalog).list();
+  const { all, last, identity, inUse } = await withServer(config, server, async ({ catalog, backups }) => ({
+    all: await backups.list(),
+    last: await catalog.lastSegment(),
+    identity: await catalog.identity(),
+    inUse: (await catalog.streamingRecord()) !== undefined,
+  }));
   const done = all.filter((b) => b.status === 'DONE');
-  const last = await catalog.lastSegment();
-  const identity = await catalog.identity();
-  const inUse = (await catalog.streamingRecord()) !== undefined;
   let live: { agentConnected: boolean; agentSince: string; backupRunning: string; streaming: StreamingState } | undefined;
   try {
     const conn = await openAdmin(config, server.name, 5);

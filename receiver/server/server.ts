@@ -15,6 +15,8 @@ import { CloseCode, FrameConnection } from '../../shared/protocol/connection';
 import { MAX_FRAME_BYTES } from '../../shared/protocol/frames';
 import { Admission } from './admission';
 import { type CatalogLock, CatalogLockedError } from '../catalog/lock';
+import { openCatalogStorage } from '../catalog/open';
+import type { Storage } from '../storage/storage';
 import { ServerContext } from './context';
 import { Session } from './session';
 
@@ -33,20 +35,31 @@ export class ReceiverService {
   /** the catalog lock of every server served, held from start to stop: one writer per catalog */
   private readonly locks: Array<{ ctx: ServerContext; lock: CatalogLock }> = [];
 
+  /** the catalog's storage, opened at start */
+  private storage: Storage | undefined;
+
   constructor(readonly config: ReceiverConfig, private readonly log: Logger) {
     this.admission = new Admission(log);
-    for (const server of config.servers.values()) this.servers.set(server.name, new ServerContext(config.barmanHome, server, config.compression, log));
   }
 
   async start(): Promise<AddressInfo> {
     try {
+      const storage = await openCatalogStorage(this.config);
+      this.storage = storage;
+      // a missing bucket, refused credentials or an unreachable endpoint stop the start, with their hint
+      await storage.check();
+      for (const server of this.config.servers.values()) this.servers.set(server.name, new ServerContext(storage, this.config, server, this.log));
       for (const ctx of this.servers.values()) {
-        this.locks.push({ ctx, lock: await this.lockCatalog(ctx) });
+        const lock = await this.lockCatalog(ctx);
+        this.locks.push({ ctx, lock });
+        // fail closed: a receiver that lost its lease writes nothing more for that server
+        lock.watch((err) => ctx.fence(err));
         await ctx.openForChanges();
       }
       return await this.open();
     } catch (err) {
       await this.releaseLocks();
+      await this.storage?.close().catch(() => undefined);
       throw err;
     }
   }
@@ -54,7 +67,6 @@ export class ReceiverService {
   /** With every catalog locked: tidies them up after a stop, then listens. */
   private async open(): Promise<AddressInfo> {
     for (const ctx of this.servers.values()) {
-      await ctx.catalog.ensureLayout();
       const failed = await ctx.backups.failInterrupted();
       if (failed.length) this.log.warn({ server: ctx.config.name, backups: failed }, 'backups interrupted by a receiver stop marked FAILED');
       await ctx.walStored();
@@ -148,6 +160,7 @@ export class ReceiverService {
     http.closeAllConnections?.();
     await closed;
     await this.releaseLocks();
+    await this.storage?.close().catch(() => undefined);
     this.log.info('receiver stopped');
   }
 }

@@ -3,9 +3,6 @@
 // belongs to; no request names a server, so a session cannot reach another server's catalog.
 
 import { randomBytes, randomUUID } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
@@ -192,7 +189,7 @@ export class Session implements Peer {
           const t = frame.target;
           if (t.kind === 'wal') {
             this.allow(['push', 'daemon', 'backup'], 'archive WAL');
-            this.uploads.set(frame.id, await server.openUpload(() => server.walArchive.begin(t.name, frame.size)));
+            this.uploads.set(frame.id, await server.openUpload(() => server.walArchive.begin(t.name, frame.size, t.sha256)));
           } else {
             this.allow(['daemon', 'backup'], 'send backup files');
             this.uploads.set(frame.id, await server.openUpload(() => server.backupFile(this, t.backupId, t.path, frame.size, t.mtime)));
@@ -471,7 +468,7 @@ export class Session implements Peer {
       throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `${name.slice(0, 80)} is not in the catalog of ${server.config.name}`, 'The segment was never archived, or retention removed it.');
     }
     if (stored.sha256 === undefined) this.log.warn({ wal: name }, 'sending a WAL file stored without a checksum (by an older version): it cannot be verified; barman-receiver cron records one');
-    const size = stored.compression === 'none' ? (await stat(stored.path)).size : await server.catalog.segmentSize();
+    const size = stored.compression === 'none' ? stored.size : await server.catalog.segmentSize();
     // checked as it is read: a damaged file ends in an error frame, never in the `end` that would make it whole
     await this.sendStream(id, name, size, readStoredWal(server.catalog, stored));
   }
@@ -486,10 +483,10 @@ export class Session implements Peer {
   private async sendBackupFile(id: number, backupId: string, path: string, server: ServerContext): Promise<void> {
     const info = await server.backups.resolve(backupId);
     if (info.status !== 'DONE') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${backupId} is ${info.status}, not DONE`, 'Restore from a DONE backup (list-backups).');
-    const full = join(server.backups.dataDir(info.backupId), readableBackupPath(path));
-    const st = await stat(full).catch(() => undefined);
-    if (!st?.isFile()) throw new BarmanError(ErrorCode.BACKUP_NOT_FOUND, `backup ${backupId} has no file ${path.slice(0, 200)}`, `Run barman-receiver verify-backup ${server.config.name} ${backupId}.`);
-    await this.sendStream(id, path, st.size, createReadStream(full, { highWaterMark: 1 << 20 }));
+    const contents = await server.backups.contents(info.backupId);
+    const rel = readableBackupPath(path);
+    const source = await server.backups.readFile(info.backupId, contents, rel);
+    await this.sendStream(id, path, contents.files[rel]!.size, source);
   }
 
   private async sendRestorePlan(id: number, backup: string, options: RecoveryOptions, server: ServerContext): Promise<void> {
