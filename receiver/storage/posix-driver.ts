@@ -189,9 +189,15 @@ export class PosixDriver implements StorageDriver {
       dirs.add(dirname(info.key));
       removed++;
     }
+    // a "directory" prefix: what interrupted writes left below it goes too, and so do the
+    // directories (object stores have no leftovers to keep a prefix alive either)
+    if (prefix.endsWith('/')) {
+      await this.removeTempFilesBelow(prefix.slice(0, -1));
+      dirs.add(prefix.slice(0, -1));
+    }
     // leave no empty directories below the prefix behind (deepest first)
     for (const dir of [...dirs].sort((a, b) => b.length - a.length)) {
-      for (let d = dir; d !== '.' && `${d}/`.startsWith(prefix); d = dirname(d)) {
+      for (let d = dir; d !== '.' && d !== '' && `${d}/`.startsWith(prefix); d = dirname(d)) {
         try {
           await fs.rmdir(join(this.root, d));
         } catch {
@@ -200,6 +206,32 @@ export class PosixDriver implements StorageDriver {
       }
     }
     return removed;
+  }
+
+  /** Removes temporary files below directory `dir` (a key prefix without its '/') and the directories they leave empty. */
+  private async removeTempFilesBelow(dir: string): Promise<void> {
+    const visit = async (rel: string): Promise<void> => {
+      let entries: Dirent[];
+      try {
+        entries = await fs.readdir(join(this.root, rel), { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of entries) {
+        const child = `${rel}/${e.name}`;
+        if (e.isDirectory()) {
+          await visit(child);
+          await fs.rmdir(join(this.root, child)).catch(() => undefined); // only when empty
+        } else if (TEMP.test(e.name)) {
+          await fs.rm(join(this.root, child), { force: true });
+        }
+      }
+    };
+    try {
+      await visit(dir);
+    } catch (err) {
+      throw this.mapError(err, 'removing', `${dir}/`);
+    }
   }
 
   async sync(keys: readonly string[]): Promise<void> {

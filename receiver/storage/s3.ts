@@ -276,6 +276,14 @@ export class S3Driver implements StorageDriver {
       if (batch.length === 1000) await flush();
     }
     await flush();
+    if (prefix.endsWith('/')) {
+      // interrupted writes below the prefix: their incomplete multipart uploads go too
+      try {
+        for (const u of await this.incompleteUploads(prefix)) await this.abortUpload(this.objectKey(u.key), u.uploadId);
+      } catch (err) {
+        throw this.mapError(err, `removing ${prefix}`);
+      }
+    }
     return removed;
   }
 
@@ -304,9 +312,9 @@ export class S3Driver implements StorageDriver {
     return aborted;
   }
 
-  /** Incomplete multipart uploads under the prefix (what a crash mid-upload leaves). */
-  async incompleteUploads(): Promise<{ key: string; uploadId: string; initiated?: Date }[]> {
-    const out = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.options.bucket, Prefix: this.options.prefix || undefined })).catch((err: unknown) => {
+  /** Incomplete multipart uploads under the prefix (what a crash mid-upload leaves), below `below` when given. */
+  async incompleteUploads(below = ''): Promise<{ key: string; uploadId: string; initiated?: Date }[]> {
+    const out = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.options.bucket, Prefix: this.objectKey(below) || undefined })).catch((err: unknown) => {
       throw this.mapError(err, 'listing multipart uploads');
     });
     return (out.Uploads ?? []).map((u) => ({ key: (u.Key ?? '').slice(this.options.prefix.length), uploadId: u.UploadId ?? '', initiated: u.Initiated }));

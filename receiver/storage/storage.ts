@@ -81,7 +81,10 @@ export interface StorageDriver {
   listDirs(prefix: string): AsyncIterable<string>;
   /** Removes one object; a missing one is not an error. */
   remove(key: string): Promise<void>;
-  /** Removes every object whose key starts with `prefix`; returns how many. */
+  /**
+   * Removes every object whose key starts with `prefix`; returns how many. A prefix ending in
+   * '/' also loses what interrupted writes left below it (temporary files, incomplete uploads).
+   */
   removePrefix(prefix: string): Promise<number>;
   /** Makes objects written with `sync: false` durable. */
   sync(keys: readonly string[]): Promise<void>;

@@ -295,6 +295,26 @@ describe.each(drivers)('$name driver', (driver) => {
     expect(await keysOf(storage, 'other/')).toEqual(['other/wals/00000002.history']);
   });
 
+  it('removes with a "directory" prefix what interrupted writes left below it too', async () => {
+    const { storage, leftovers } = await driver.fresh();
+    await storage.put('main/base/20260101T000000/backup.info', Buffer.from('status=FAILED\n'));
+    await storage.put('main/base/20260101T000000/data/global/pg_control', randomBytes(8192));
+    // a write cut off by a crash: never committed nor aborted (past one part on s3: a multipart upload)
+    const cut = await storage.openWrite('main/base/20260101T000000/data/base/1/1259', { sync: false });
+    for await (const chunk of payload(PART + MiB)) await cut.write(chunk);
+    await waitFor('the interrupted write to leave something behind', async () => (await leftovers()).length > 0);
+    const other = await storage.openWrite('main/base/20260102T000000/data/base/1/1259');
+    await other.write(randomBytes(1000));
+    expect(await storage.removePrefix('main/base/20260101T000000/data/')).toBe(1);
+    expect(await keysOf(storage, 'main/base/')).toEqual(['main/base/20260101T000000/backup.info']);
+    const left = await leftovers();
+    expect(left.filter((l) => l.includes('20260101T000000'))).toEqual([]);
+    // another prefix's write in progress is not touched
+    await other.commit();
+    expect(await keysOf(storage, 'main/base/20260102T000000/')).toEqual(['main/base/20260102T000000/data/base/1/1259']);
+    await cut.abort().catch(() => undefined);
+  });
+
   it('names the "directories" one level below a prefix, and none that holds nothing any more', async () => {
     const { storage } = await driver.fresh();
     for (const k of ['main/base/20260102T000000/backup.info', 'main/base/20260101T000000/data/base/1/1249', 'main/base/x-file', 'main/base/20260103T000000/backup.info', 'main/wals/00000002.history']) await storage.put(k, Buffer.from(k));
