@@ -25,7 +25,7 @@
 
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { parseWalFileName, walDirectoryOf } from '../../shared/wal/names';
+import { isWalDirectory, parseWalFileName, walDirectoryOf } from '../../shared/wal/names';
 import { isBackupId } from '../../shared/backup/info';
 import type { Compression } from '../storage/compression';
 import type { StoredObject } from '../storage/storage';
@@ -102,7 +102,7 @@ export class CatalogLayout {
 
   /** The directories of segments (timeline + log), as listed under walPrefix. */
   isSegmentDir(name: string): boolean {
-    return /^[0-9A-F]{16}$/.test(name);
+    return isWalDirectory(name);
   }
 
   /** What a stored object under wals/ holds, or undefined when it is no WAL file of this catalog. */

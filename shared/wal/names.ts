@@ -97,6 +97,11 @@ export function walDirectoryOf(name: string): string {
   return name.slice(0, 16);
 }
 
+/** Whether `name` is such a directory (what walDirectoryOf makes). */
+export function isWalDirectory(name: string): boolean {
+  return /^[0-9A-F]{16}$/.test(name);
+}
+
 export function historyFileName(timeline: number): string {
   return `${timeline.toString(16).toUpperCase().padStart(8, '0')}.history`;
 }
