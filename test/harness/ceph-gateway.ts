@@ -1,20 +1,22 @@
-// A real S3 endpoint for tests: a throw-away single-node Ceph cluster (one monitor, one OSD on
-// memstore, one RADOS Gateway) in a temp folder, on free loopback ports, started without systemd
-// and stopped by PID. The gateway alone can be killed and started again (the data stays in the
-// OSD's memory), which is how tests make "the object store went away in the middle of an upload".
-// Needs Debian's ceph-mon, ceph-osd and radosgw (.ci/run installs them).
+// A real S3 endpoint for tests and benchmarks: a throw-away single-node Ceph cluster (one
+// monitor, one OSD on memstore, one RADOS Gateway) in a folder it is given, on loopback ports it
+// is given, started without systemd and stopped by PID. The gateway alone can be killed and
+// started again (the data stays in the OSD's memory), which is how tests make "the object store
+// went away in the middle of an upload". Needs Debian's ceph-mon, ceph-osd and radosgw (.ci/run
+// installs them). Free of the test runner, so bench/ starts it too; tests use ceph.ts.
 
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import type { StorageConfig } from '../../shared/config/receiver';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { freePort, makeTempDir, productEnv } from './env';
+import { promisify } from 'node:util';
 import { track, untrack } from './resources';
-import { runOk } from './run';
 import { waitFor } from './wait';
+
+const execFileAsync = promisify(execFile);
 
 export const CEPH_PROGRAMS = ['ceph-mon', 'ceph-osd', 'radosgw', 'radosgw-admin', 'ceph-authtool', 'monmaptool', 'ceph'];
 
@@ -52,7 +54,7 @@ export class CephGateway {
   private readonly conf: string;
   private readonly logDir: string;
 
-  private constructor(readonly dir: string, private readonly monPort: number, readonly port: number) {
+  private constructor(readonly dir: string, private readonly monPort: number, readonly port: number, private readonly env: Record<string, string>) {
     this.endpoint = `http://127.0.0.1:${port}`;
     this.conf = join(dir, 'ceph.conf');
     this.logDir = join(dir, 'log');
@@ -69,10 +71,12 @@ export class CephGateway {
 
   private readonly untrackMe: () => void;
 
-  /** Bootstraps monitor, OSD and gateway; resolves once a signed S3 request can be made. */
-  static async start(): Promise<CephGateway> {
-    const dir = makeTempDir('ceph');
-    const gw = new CephGateway(dir, await freePort(), await freePort());
+  /**
+   * Bootstraps monitor, OSD and gateway in `dir` (an empty folder) on loopback ports `ports`, the
+   * programs run with environment `env`; resolves once a signed S3 request can be made.
+   */
+  static async start(dir: string, ports: { mon: number; gateway: number }, env: Record<string, string>): Promise<CephGateway> {
+    const gw = new CephGateway(dir, ports.mon, ports.gateway, env);
     try {
       await gw.bootstrap();
     } catch (err) {
@@ -89,7 +93,14 @@ export class CephGateway {
     const fsid = randomUUID();
     const keyring = join(dir, 'keyring');
     writeFileSync(this.conf, cephConf({ dir, fsid, monPort: this.monPort, rgwPort: this.port, keyring }));
-    const tool = (prog: string, args: string[]) => runOk(prog, args, { cwd: dir, timeoutMs: 60_000 });
+    const tool = async (prog: string, args: string[]) => {
+      try {
+        await execFileAsync(prog, args, { cwd: dir, env: this.env, timeout: 60_000 });
+      } catch (err) {
+        const e = err as { stderr?: string; stdout?: string; message: string };
+        throw new Error(`${prog} ${args.join(' ')} failed: ${e.message}\n${e.stderr ?? ''}${e.stdout ?? ''}`, { cause: err });
+      }
+    };
 
     await tool('ceph-authtool', ['--create-keyring', keyring, '--gen-key', '-n', 'mon.', '--cap', 'mon', 'allow *']);
     const caps: Record<string, string[]> = {
@@ -117,6 +128,11 @@ export class CephGateway {
     if (this.daemons.has('client.rgw.0')) throw new Error('the gateway is already running');
     this.spawnDaemon('client.rgw.0', 'radosgw', ['-f', '-c', this.conf, '-n', 'client.rgw.0']);
     await waitFor(`radosgw answering on ${this.endpoint}`, () => this.answers(), { timeoutMs: 90_000, intervalMs: 100 });
+  }
+
+  /** Whether the gateway runs now (it was started and not killed). */
+  async gatewayRunning(): Promise<boolean> {
+    return this.daemons.has('client.rgw.0');
   }
 
   /** Kills the gateway (SIGKILL: a crash, not a shutdown) and waits until it is gone. */
@@ -152,7 +168,7 @@ export class CephGateway {
 
   private spawnDaemon(name: string, program: string, args: string[]): void {
     const log = openSync(join(this.logDir, `${name}.stdout`), 'a');
-    const child = spawn(program, args, { cwd: this.dir, env: productEnv(), stdio: ['ignore', log, log] });
+    const child = spawn(program, args, { cwd: this.dir, env: this.env, stdio: ['ignore', log, log] });
     closeSync(log);
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     child.once('error', () => undefined);
@@ -247,8 +263,4 @@ rgw data = ${dir}/rgw
 rgw gc obj min wait = 30
 rgw gc processor period = 30
 `;
-}
-
-export function startCeph(): Promise<CephGateway> {
-  return CephGateway.start();
 }
