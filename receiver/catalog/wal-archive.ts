@@ -125,6 +125,14 @@ export async function verifyStoredWal(catalog: ServerCatalog, stored: StoredWal)
   return 'sha256' in damage && damage.sha256 === stored.sha256 ? { state: 'ok' } : { state: 'damaged', damage };
 }
 
+/** Where the bytes of a duplicate go: nowhere (they are hashed and checked all the same). */
+const DISCARD: ObjectWriter = {
+  key: '',
+  write: async () => undefined,
+  commit: () => Promise.reject(new BarmanError(ErrorCode.INTERNAL, 'a discarded WAL upload was committed', 'This is a bug in barman-ts; please report it.')),
+  abort: async () => undefined,
+};
+
 /** Segments and .partial segments are made of WAL pages and get the page header checks. */
 function hasPages(file: WalFileName): boolean {
   return file.kind === 'segment' || file.kind === 'partial';
@@ -160,12 +168,17 @@ export class WalArchive {
     // are archived under this name already, the conflict's in errors/ (PostgreSQL retries a
     // refused file every minute: the first retry after a race is kept there)
     const existing = await this.catalog.findWal(name);
-    const conflicting = existing !== undefined && (existing.sha256 ?? (await hashStoredWal(this.catalog, existing))) !== sha256;
     const layout = this.catalog.layout;
+    if (existing?.sha256 === sha256 && (await hashStoredWal(this.catalog, existing)) === sha256) {
+      // the same bytes are stored, intact (a file arrives two or three times: streamed, pushed
+      // ahead by the daemon, pushed by PostgreSQL): these are checked as they arrive, not stored
+      return new WalUpload(this, parsed, size, sha256, { kind: 'duplicate', of: existing }, DISCARD);
+    }
+    const conflicting = existing !== undefined && (existing.sha256 ?? (await hashStoredWal(this.catalog, existing))) !== sha256;
     const key = conflicting ? layout.conflictKey(name, sha256) : layout.walKey(name, sha256);
     const compression = this.compressionFor(parsed);
     const writer = await this.catalog.storage.openWrite(key, { compression, sizeHint: compression === 'none' ? size : undefined });
-    return new WalUpload(this, parsed, size, sha256, key, conflicting, writer);
+    return new WalUpload(this, parsed, size, sha256, conflicting ? { kind: 'conflict', key } : { kind: 'store', key }, writer);
   }
 
   /** Runs fn with the server's commit lock held. */
@@ -253,10 +266,8 @@ export class WalUpload implements Upload {
     readonly size: number,
     /** what the sender declared before the bytes */
     private readonly declaredSha256: string,
-    /** the catalog key the bytes are written to */
-    private readonly key: string,
-    /** different bytes are archived under this name: these go to errors/ */
-    private readonly conflicting: boolean,
+    /** where the bytes go: the catalog key they are written to, errors/ for a conflict, nowhere for a duplicate of an intact copy */
+    private readonly target: { kind: 'store' | 'conflict'; key: string } | { kind: 'duplicate'; of: StoredWal },
     private readonly writer: ObjectWriter,
   ) {}
 
@@ -355,7 +366,14 @@ export class WalUpload implements Upload {
       throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: checksum of the bytes received (${sha256.slice(0, 12)}…) differs from the agent's (${(sha256 !== senderSha256 ? senderSha256 : this.declaredSha256).slice(0, 12)}…)`, 'The file changed while it was read or was damaged in transit; the push is retried by PostgreSQL.');
     }
     await this.checkContent();
-    if (this.conflicting) return this.keepConflict(sha256);
+    const target = this.target;
+    if (target.kind === 'conflict') return this.keepConflict(target.key, sha256);
+    if (target.kind === 'duplicate') {
+      // still there (retention may have removed it meanwhile; these bytes were not kept)
+      const now = await this.archive.withCommitLock(() => catalog.findWal(name));
+      if (now?.sha256 === sha256) return 'duplicate';
+      throw new BarmanError(ErrorCode.STORAGE, `${name} left the catalog while an identical copy arrived; that copy was not kept`, 'Retention removed it meanwhile. PostgreSQL retries archive_command, and the retry stores it again.');
+    }
     const result = await this.archive.store(name, sha256, {
       beforePlace: async () => {
         // a concurrent upload may have recorded the identity since the header was checked
@@ -365,7 +383,7 @@ export class WalUpload implements Upload {
         }
       },
       place: async (key) => {
-        if (key !== this.key) throw new BarmanError(ErrorCode.INTERNAL, `${name}: written to ${this.key}, to be stored under ${key}`, 'This is a bug in barman-ts; please report it.');
+        if (key !== target.key) throw new BarmanError(ErrorCode.INTERNAL, `${name}: written to ${target.key}, to be stored under ${key}`, 'This is a bug in barman-ts; please report it.');
         await this.writer.commit();
       },
       drop: () => this.writer.abort(),
@@ -379,9 +397,9 @@ export class WalUpload implements Upload {
   }
 
   /** Different bytes are archived under this name: these are kept under errors/ (once per content), and refused. */
-  private async keepConflict(sha256: string): Promise<never> {
+  private async keepConflict(key: string, sha256: string): Promise<never> {
     const catalog = this.archive.catalog;
-    const existing = await catalog.storage.find(this.key);
+    const existing = await catalog.storage.find(key);
     const aside = existing?.key ?? (await this.writer.commit()).key;
     throw new BarmanError(ErrorCode.WAL_CONFLICT, `${this.file.name} is already archived with different content; the new copy (SHA-256 ${sha256.slice(0, 12)}…) was kept as ${catalog.where(aside)}`, 'Two clusters may be archiving into the same server section, or a restored copy still has archive_command set. Compare the two files before deleting either.');
   }
