@@ -56,6 +56,8 @@ export class WalStream {
   onSegment: ((name: string, sha256: string) => Promise<void>) | undefined;
   /** the open segment's hash when the stream closed: a reconnect within this process goes on with it */
   private parked: SegmentHash | undefined;
+  /** complete segments being stored into the catalog, in order */
+  private storing: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly catalog: ServerCatalog, private readonly log: Logger, private readonly archive: WalArchive) {}
 
@@ -136,6 +138,7 @@ export class WalStream {
   async close(): Promise<void> {
     this.active = false;
     await this.flushing;
+    await this.storing;
     if (this.current) {
       const { name, hash, hashed, broken } = this.current;
       this.parked = { name, hash, hashed, broken };
@@ -225,6 +228,15 @@ export class WalStream {
       this.lastFlushAt = new Date();
       this.onFlushed?.(this.timeline, this.flushed);
     }
+    // into the catalog beside the stream, one segment after the other: compressing and storing
+    // it (or reading a pushed copy back to compare) must not hold up the next segment's bytes
+    // on the daemon's connection. Until stored it stays here; archive_command delivers it too.
+    const run = this.storing.then(() => this.storeSegment(seg));
+    this.storing = run.catch((err: unknown) => this.log.error({ wal: seg.name, err: String(err) }, 'storing the streamed segment into the catalog failed; it stays in streaming/ and archive_command delivers it'));
+  }
+
+  /** A complete segment's local file into the catalog: checked, through the same door as pushes. */
+  private async storeSegment(seg: SegmentHash & { start: Lsn }): Promise<void> {
     const partialPath = this.partialPath(seg.name);
     let sha256: string;
     if (seg.broken || seg.hashed !== this.segmentSize) {

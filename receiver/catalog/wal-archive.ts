@@ -125,14 +125,6 @@ export async function verifyStoredWal(catalog: ServerCatalog, stored: StoredWal)
   return 'sha256' in damage && damage.sha256 === stored.sha256 ? { state: 'ok' } : { state: 'damaged', damage };
 }
 
-/** Where the bytes of a duplicate go: nowhere (they are hashed and checked all the same). */
-const DISCARD: ObjectWriter = {
-  key: '',
-  write: async () => undefined,
-  commit: () => Promise.reject(new BarmanError(ErrorCode.INTERNAL, 'a discarded WAL upload was committed', 'This is a bug in barman-ts; please report it.')),
-  abort: async () => undefined,
-};
-
 /** Segments and .partial segments are made of WAL pages and get the page header checks. */
 function hasPages(file: WalFileName): boolean {
   return file.kind === 'segment' || file.kind === 'partial';
@@ -164,21 +156,9 @@ export class WalArchive {
     } else if (size > MAX_SMALL_WAL_FILE) {
       throw invalidWal(`${name}: ${size} bytes is too large for a .${parsed.kind} file`);
     }
-    // the bytes go straight to the key they will have: the final one, or, when different bytes
-    // are archived under this name already, the conflict's in errors/ (PostgreSQL retries a
-    // refused file every minute: the first retry after a race is kept there)
-    const existing = await this.catalog.findWal(name);
-    const layout = this.catalog.layout;
-    if (existing?.sha256 === sha256 && (await hashStoredWal(this.catalog, existing)) === sha256) {
-      // the same bytes are stored, intact (a file arrives two or three times: streamed, pushed
-      // ahead by the daemon, pushed by PostgreSQL): these are checked as they arrive, not stored
-      return new WalUpload(this, parsed, size, sha256, { kind: 'duplicate', of: existing }, DISCARD);
-    }
-    const conflicting = existing !== undefined && (existing.sha256 ?? (await hashStoredWal(this.catalog, existing))) !== sha256;
-    const key = conflicting ? layout.conflictKey(name, sha256) : layout.walKey(name, sha256);
-    const compression = this.compressionFor(parsed);
-    const writer = await this.catalog.storage.openWrite(key, { compression, sizeHint: compression === 'none' ? size : undefined });
-    return new WalUpload(this, parsed, size, sha256, conflicting ? { kind: 'conflict', key } : { kind: 'store', key }, writer);
+    // where the bytes go is looked up beside the transfer (a session's frames must not wait on
+    // the storage): WalUpload.prepare
+    return new WalUpload(this, parsed, size, sha256);
   }
 
   /** Runs fn with the server's commit lock held. */
@@ -260,16 +240,46 @@ export class WalUpload implements Upload {
   /** where a damaged stored copy went when this upload replaced it (for the log) */
   replacedDamaged: string | undefined;
 
+  /** where the bytes go, decided beside the transfer (see prepare) */
+  private readonly prepared: Promise<Destination>;
+
   constructor(
     private readonly archive: WalArchive,
     readonly file: WalFileName,
     readonly size: number,
     /** what the sender declared before the bytes */
     private readonly declaredSha256: string,
-    /** where the bytes go: the catalog key they are written to, errors/ for a conflict, nowhere for a duplicate of an intact copy */
-    private readonly target: { kind: 'store' | 'conflict'; key: string } | { kind: 'duplicate'; of: StoredWal },
-    private readonly writer: ObjectWriter,
-  ) {}
+  ) {
+    this.prepared = this.prepare();
+    this.prepared.catch(() => undefined); // reported by the first write or by finish
+  }
+
+  /**
+   * Where the bytes go: straight to the key they will have (the final one, or, when different
+   * bytes are archived under this name already, the conflict's in errors/: PostgreSQL retries a
+   * refused file every minute, and the first retry after a race is kept there). When the same
+   * bytes are stored already (a file arrives two or three times: streamed, pushed ahead by the
+   * daemon, pushed by PostgreSQL), the stored copy is read back meanwhile: once it proves intact
+   * the new bytes are only hashed, no longer compressed and written; a damaged copy gets them.
+   */
+  private async prepare(): Promise<Destination> {
+    const { catalog } = this.archive;
+    const name = this.file.name;
+    const sha256 = this.declaredSha256;
+    const existing = await catalog.findWal(name);
+    const conflicting = existing !== undefined && existing.sha256 !== sha256 && (existing.sha256 ?? (await hashStoredWal(catalog, existing))) !== sha256;
+    const key = conflicting ? catalog.layout.conflictKey(name, sha256) : catalog.layout.walKey(name, sha256);
+    const compression = this.archive.compressionFor(this.file);
+    const writer = await catalog.storage.openWrite(key, { compression, sizeHint: compression === 'none' ? this.size : undefined });
+    const dest: Destination = { kind: conflicting ? 'conflict' : 'store', key, writer };
+    if (existing?.sha256 === sha256) {
+      dest.intact = hashStoredWal(catalog, existing).then((h) => h === sha256, () => false);
+      void dest.intact.then((intact) => {
+        if (intact) dest.discard = true;
+      });
+    }
+    return dest;
+  }
 
   get label(): string {
     return this.file.name;
@@ -286,7 +296,15 @@ export class WalUpload implements Upload {
     if (!hasPages(this.file)) this.content.push(Buffer.from(chunk));
     this.received += chunk.length;
     this.hash.update(chunk);
-    await this.writer.write(chunk);
+    const dest = await this.prepared;
+    if (dest.discard) {
+      if (!dest.aborted) {
+        dest.aborted = true;
+        await dest.writer.abort();
+      }
+      return;
+    }
+    await dest.writer.write(chunk);
   }
 
   private async checkHeader(): Promise<void> {
@@ -346,15 +364,16 @@ export class WalUpload implements Upload {
 
   /** Completes the upload; resolves only when the file is durable under its final key. */
   async finish(senderSha256: string): Promise<StoreResult> {
+    const dest = await this.prepared;
     try {
-      return await this.complete(senderSha256);
+      return await this.complete(senderSha256, dest);
     } finally {
       // whatever was not committed leaves nothing behind (a no-op after commit)
-      await this.writer.abort().catch(() => undefined);
+      await dest.writer.abort().catch(() => undefined);
     }
   }
 
-  private async complete(senderSha256: string): Promise<StoreResult> {
+  private async complete(senderSha256: string, dest: Destination): Promise<StoreResult> {
     const name = this.file.name;
     if (this.received !== this.size) {
       throw invalidWal(`${name}: received ${this.received} of ${this.size} bytes`, 'The transfer was cut short; PostgreSQL will retry.');
@@ -366,13 +385,13 @@ export class WalUpload implements Upload {
       throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: checksum of the bytes received (${sha256.slice(0, 12)}…) differs from the agent's (${(sha256 !== senderSha256 ? senderSha256 : this.declaredSha256).slice(0, 12)}…)`, 'The file changed while it was read or was damaged in transit; the push is retried by PostgreSQL.');
     }
     await this.checkContent();
-    const target = this.target;
-    if (target.kind === 'conflict') return this.keepConflict(target.key, sha256);
-    if (target.kind === 'duplicate') {
-      // still there (retention may have removed it meanwhile; these bytes were not kept)
+    if (dest.kind === 'conflict') return this.keepConflict(dest, sha256);
+    if (await dest.intact) {
+      // an intact identical copy is stored: these bytes were checked, not kept; is it still there?
+      // (retention may have removed it meanwhile)
       const now = await this.archive.withCommitLock(() => catalog.findWal(name));
       if (now?.sha256 === sha256) return 'duplicate';
-      throw new BarmanError(ErrorCode.STORAGE, `${name} left the catalog while an identical copy arrived; that copy was not kept`, 'Retention removed it meanwhile. PostgreSQL retries archive_command, and the retry stores it again.');
+      if (dest.aborted) throw new BarmanError(ErrorCode.STORAGE, `${name} left the catalog while an identical copy arrived; that copy was not kept`, 'Retention removed it meanwhile. PostgreSQL retries archive_command, and the retry stores it again.');
     }
     const result = await this.archive.store(name, sha256, {
       beforePlace: async () => {
@@ -383,10 +402,10 @@ export class WalUpload implements Upload {
         }
       },
       place: async (key) => {
-        if (key !== target.key) throw new BarmanError(ErrorCode.INTERNAL, `${name}: written to ${target.key}, to be stored under ${key}`, 'This is a bug in barman-ts; please report it.');
-        await this.writer.commit();
+        if (key !== dest.key || dest.aborted) throw new BarmanError(ErrorCode.INTERNAL, `${name}: written to ${dest.key}, to be stored under ${key}`, 'This is a bug in barman-ts; please report it.');
+        await dest.writer.commit();
       },
-      drop: () => this.writer.abort(),
+      drop: () => dest.writer.abort(),
     });
     if (result.outcome === 'conflict') {
       // different bytes were stored under this name while these arrived: the next retry keeps them
@@ -397,14 +416,28 @@ export class WalUpload implements Upload {
   }
 
   /** Different bytes are archived under this name: these are kept under errors/ (once per content), and refused. */
-  private async keepConflict(key: string, sha256: string): Promise<never> {
+  private async keepConflict(dest: Destination, sha256: string): Promise<never> {
     const catalog = this.archive.catalog;
-    const existing = await catalog.storage.find(key);
-    const aside = existing?.key ?? (await this.writer.commit()).key;
+    const existing = await catalog.storage.find(dest.key);
+    const aside = existing?.key ?? (await dest.writer.commit()).key;
     throw new BarmanError(ErrorCode.WAL_CONFLICT, `${this.file.name} is already archived with different content; the new copy (SHA-256 ${sha256.slice(0, 12)}…) was kept as ${catalog.where(aside)}`, 'Two clusters may be archiving into the same server section, or a restored copy still has archive_command set. Compare the two files before deleting either.');
   }
 
   async abort(): Promise<void> {
-    await this.writer.abort();
+    await this.prepared.then((dest) => dest.writer.abort(), () => undefined);
   }
+}
+
+/** Where an upload's bytes go (WalUpload.prepare). */
+interface Destination {
+  kind: 'store' | 'conflict';
+  /** the catalog key they are written to */
+  key: string;
+  writer: ObjectWriter;
+  /** the same bytes are stored already: resolves true once that copy read back intact */
+  intact?: Promise<boolean>;
+  /** from here on the bytes are only hashed (the stored copy is intact) */
+  discard?: boolean;
+  /** the writer was aborted for that */
+  aborted?: boolean;
 }
