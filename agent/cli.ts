@@ -34,8 +34,21 @@ program
   .option('-c, --config <file>', 'agent configuration file')
   .action((name: string, dest: string, opts: { config?: string }) =>
     runAction(async () => {
-      const { getWal } = await import('./commands/get-wal');
-      return (await getWal(await loadConfig(opts), name, dest)) ? ExitCode.OK : ExitCode.FAILED;
+      const { getWal, restoreCommandError } = await import('./commands/get-wal');
+      const config = await loadConfig(opts).catch((err: unknown) => Promise.reject(restoreCommandError(err)));
+      return (await getWal(config, name, dest, (text) => process.stderr.write(`WARNING: ${text}\n`))) ? ExitCode.OK : ExitCode.FAILED;
+    }),
+  );
+
+// started by get-wal in the background, never by a user: not in --help
+program
+  .command('prefetch-wal', { hidden: true })
+  .argument('<segment-size>')
+  .option('-c, --config <file>', 'agent configuration file')
+  .action((segmentSize: string, opts: { config?: string }) =>
+    runAction(async () => {
+      const { prefetchWal } = await import('./commands/get-wal');
+      await prefetchWal(await loadConfig(opts), Number(segmentSize));
     }),
   );
 
@@ -85,16 +98,16 @@ addRecoveryOptions(program
   .command('restore')
   .description('pull a backup and its WAL from the receiver and write a startable data directory here')
   .argument('<id>', 'backup ID, latest or oldest')
-  .argument('<pgdata>', 'destination directory (new or empty)')
+  .argument('<pgdata>', 'destination directory (new or empty; with --delta an existing data directory)')
   .option('-c, --config <file>', 'agent configuration file'))
   .action((id: string, pgdata: string, opts: Record<string, string | boolean | string[] | undefined> & { config?: string }) =>
     runAction(async () => {
-      const [{ restore }, { recoveryOptionsFromCli }, { Progress, recoveryProgress }] = await Promise.all([import('./commands/restore'), import('../shared/recovery/cli-options'), import('../shared/progress')]);
+      const [{ restore }, { recoveryOptionsFromCli, recoverySummary, writeOptionsFromCli }, { Progress, recoveryProgress }] = await Promise.all([import('./commands/restore'), import('../shared/recovery/cli-options'), import('../shared/progress')]);
       const started = Date.now();
       const progress = new Progress();
-      const plan = await restore(await loadConfig(opts), id, pgdata, recoveryOptionsFromCli(opts), recoveryProgress(progress), opts.pgBindir as string | undefined).finally(() => progress.end());
-      process.stdout.write(`Restored backup ${plan.backupId} of ${plan.server} into ${pgdata} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
-      process.stdout.write(`Start it with: pg_ctl -D ${pgdata} start\n`);
+      const write = writeOptionsFromCli(opts);
+      const plan = await restore(await loadConfig(opts), id, pgdata, recoveryOptionsFromCli(opts), recoveryProgress(progress), opts.pgBindir as string | undefined, write).finally(() => progress.end());
+      process.stdout.write(recoverySummary('Restored', plan, pgdata, (Date.now() - started) / 1000, write.delta));
     }),
   );
 

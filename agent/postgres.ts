@@ -117,3 +117,64 @@ export async function slotRestartLsn(versionNum: number, repl: Client, conninfo:
     await pg.end().catch(() => undefined);
   }
 }
+
+/** What PostgreSQL says of itself for `check` (barman-agent check here, barman-receiver check through the daemon). */
+export interface ServerFacts {
+  serverVersionNum: number;
+  serverVersion: string;
+  systemIdentifier: string;
+  inRecovery: boolean;
+  walLevel: string;
+  archiveMode: string;
+  archiveCommand: string;
+  /** pg_current_wal_lsn(); '' on a standby */
+  currentLsn: string;
+  /** the segment a forced switch completed; '' when none was asked */
+  switchedSegment: string;
+  /** the daemon's replication slot, when asked for one */
+  slot: { name: string; exists: boolean; active: boolean; restartLsn: string; walStatus: string } | undefined;
+}
+
+/**
+ * Reads the settings archiving depends on, the system identifier and the WAL position; with
+ * `slotName` the state of that replication slot; with `switchWal` (a primary only) it first
+ * forces a WAL switch, as Barman's `switch-wal --force` does: a CHECKPOINT writes WAL even on an
+ * idle server, so pg_switch_wal() then completes a segment for archive_command to send.
+ */
+export async function serverFacts(client: Client, options: { slotName?: string; switchWal?: boolean } = {}): Promise<ServerFacts> {
+  const settings = new Map<string, string>();
+  const { rows } = await client.query<{ name: string; setting: string }>("select name, setting from pg_settings where name in ('wal_level','archive_mode','archive_command','server_version','server_version_num')");
+  for (const r of rows) settings.set(r.name, r.setting);
+  const head = (await client.query<{ recovery: boolean; sysid: string }>('select pg_is_in_recovery() as recovery, system_identifier::text as sysid from pg_control_system()')).rows[0]!;
+  let switchedSegment = '';
+  if (options.switchWal && !head.recovery) {
+    try {
+      await client.query('CHECKPOINT');
+    } catch {
+      // without the right to checkpoint, the switch below still completes a segment that has WAL in it
+    }
+    try {
+      switchedSegment = (await client.query<{ name: string }>('select pg_walfile_name(pg_switch_wal()) as name')).rows[0]!.name;
+    } catch (err) {
+      throw new BarmanError(ErrorCode.POSTGRES, `cannot switch WAL (${(err as Error).message})`, "Let the agent's PostgreSQL user run pg_switch_wal() (superuser, or GRANT EXECUTE ON FUNCTION pg_switch_wal() TO that user).", { cause: err });
+    }
+  }
+  const currentLsn = head.recovery ? '' : (await client.query<{ lsn: string }>('select pg_current_wal_lsn()::text as lsn')).rows[0]!.lsn;
+  let slot: ServerFacts['slot'];
+  if (options.slotName) {
+    const row = (await client.query<{ active: boolean; restart_lsn: string | null; wal_status: string | null }>('select active, restart_lsn::text as restart_lsn, wal_status from pg_replication_slots where slot_name = $1', [options.slotName])).rows[0];
+    slot = { name: options.slotName, exists: row !== undefined, active: row?.active ?? false, restartLsn: row?.restart_lsn ?? '', walStatus: row?.wal_status ?? '' };
+  }
+  return {
+    serverVersionNum: Number(settings.get('server_version_num') ?? 0),
+    serverVersion: settings.get('server_version') ?? '',
+    systemIdentifier: head.sysid,
+    inRecovery: head.recovery,
+    walLevel: settings.get('wal_level') ?? '',
+    archiveMode: settings.get('archive_mode') ?? '',
+    archiveCommand: settings.get('archive_command') ?? '',
+    currentLsn,
+    switchedSegment,
+    slot,
+  };
+}

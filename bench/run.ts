@@ -4,7 +4,8 @@
 // `npm run bench -- push` runs only the named sections (and still rewrites results.md with only
 // those). KEEP_TMP=1 keeps the temp folder; BENCH_DIR chooses where it goes (default the system
 // temp folder). BENCH_BACKUP_SCALE and BENCH_BACKUP_ROUNDS shrink the backup section for trials;
-// BENCH_DAEMON_SCALE, BENCH_DAEMON_SECONDS, BENCH_DAEMON_PROBES and BENCH_DAEMON_BACKLOG the daemon section.
+// BENCH_DAEMON_SCALE, BENCH_DAEMON_SECONDS, BENCH_DAEMON_PROBES and BENCH_DAEMON_BACKLOG the daemon section;
+// BENCH_REPLAY_* and BENCH_DELTA_* the replicas section (bench/replicas.ts).
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,11 +14,13 @@ import { type BenchContext, Cleanup, loadAverage, machineInfo, makeWorkDir, mark
 import { backupSection } from './backup';
 import { daemonSection } from './daemon';
 import { pushSection } from './push';
+import { replicasSection } from './replicas';
 
 const SECTIONS: Record<string, (ctx: BenchContext) => Promise<SectionResult>> = {
   push: pushSection,
   backup: backupSection,
   daemon: daemonSection,
+  replicas: replicasSection,
 };
 
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));

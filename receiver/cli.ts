@@ -51,15 +51,21 @@ command('show-server', 'configuration and paths of a server')
     }),
   );
 
-command('check', 'check a server: configuration, storage, WAL arriving and intact')
+command('check', 'check a server: storage, agent and PostgreSQL, WAL arriving and intact, backups, drills')
   .argument('<server>')
   .option('--json', 'one JSON document on stdout')
+  .option('--nagios', 'one line in the Nagios plugin format (BARMAN OK|WARNING|CRITICAL - ...), exit 0, 1 or 2')
   .option('--verify-wal', 'read back every WAL file the backups need now (else a bounded share per run)')
-  .action((server: string, opts: Opts & { verifyWal?: boolean }) =>
+  .action((server: string, opts: Opts & { verifyWal?: boolean; nagios?: boolean }) =>
     runAction(async () => {
-      const [{ checkServer }, { formatChecks }] = await Promise.all([import('./commands/check'), import('../shared/check')]);
+      const [{ checkServer }, { formatChecks, formatNagios }] = await Promise.all([import('./commands/check'), import('../shared/check')]);
       const results = await checkServer(await loadConfig(opts), server, new Date(), { verifyWal: Boolean(opts.verifyWal) });
-      if (opts.json) printJson({ server, ok: results.every((r) => r.ok), checks: results });
+      if (opts.nagios) {
+        const { line, exitCode } = formatNagios(server, results);
+        process.stdout.write(line);
+        return exitCode;
+      }
+      if (opts.json) printJson({ server, ok: results.every((r) => r.ok), checks: results.map((r) => ({ ...r, severity: r.severity ?? 'critical' })) });
       else process.stdout.write(formatChecks(`Server ${server}:`, results));
       return results.every((r) => r.ok) ? ExitCode.OK : ExitCode.FAILED;
     }),
@@ -94,6 +100,7 @@ command('list-backups', 'one line per backup, newest first')
   .action((server: string, opts: Opts) =>
     runAction(async () => {
       const { listBackups, formatBackupLine, backupJson } = await import('./commands/backups');
+      // (obsolete: what the retention policy deletes at the next housekeeping; drilled: the last restore drill)
       const backups = await listBackups(await loadConfig(opts), server);
       if (opts.json) printJson(backups.map(backupJson));
       else for (const b of backups) process.stdout.write(formatBackupLine(server, b) + '\n');
@@ -184,20 +191,41 @@ command('verify-backup', 'read every file of a backup back and check it against 
 addRecoveryOptions(command('recover', 'write a startable PostgreSQL data directory from a backup and its WAL'))
   .argument('<server>')
   .argument('<id>', 'backup ID, latest or oldest')
-  .argument('<dest>', 'destination directory (new or empty)')
+  .argument('<dest>', 'destination directory (new or empty; with --delta an existing data directory)')
   .option('--owner <user>', 'owner of the recovered files (default: the destination parent\'s owner, or postgres when run as root)')
   .action((server: string, id: string, dest: string, opts: Opts & Record<string, string | boolean | string[] | undefined>) =>
     runAction(async () => {
-      const [{ recover }, { recoveryOptionsFromCli }, { Progress, recoveryProgress }] = await Promise.all([import('./commands/recover'), import('../shared/recovery/cli-options'), import('../shared/progress')]);
+      const [{ recover }, { recoveryOptionsFromCli, recoverySummary, writeOptionsFromCli }, { Progress, recoveryProgress }] = await Promise.all([import('./commands/recover'), import('../shared/recovery/cli-options'), import('../shared/progress')]);
       const started = Date.now();
       const progress = new Progress();
+      const write = writeOptionsFromCli(opts);
       const plan = await recover(await loadConfig(opts), server, id, dest, {
         ...recoveryOptionsFromCli(opts),
+        ...write,
         owner: opts.owner as string | undefined,
         pgBindir: opts.pgBindir as string | undefined,
       }, recoveryProgress(progress)).finally(() => progress.end());
-      process.stdout.write(`Recovered backup ${plan.backupId} of ${server} into ${dest} (target: ${plan.targetDescription}; ${plan.files.length} files, ${plan.wals.length} WAL files) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
-      process.stdout.write(`Start it with: pg_ctl -D ${dest} start\n`);
+      process.stdout.write(recoverySummary('Recovered', plan, dest, (Date.now() - started) / 1000, write.delta));
+    }),
+  );
+
+command('drill', 'restore a backup into a scratch directory, start it, check it, record the result and the RTO, clean up')
+  .argument('<server>')
+  .argument('[id]', 'backup ID, latest or oldest (default latest)')
+  .option('--target-time <time>', 'recover to this time (ISO 8601) instead of the end of WAL')
+  .option('--json', 'one JSON document on stdout')
+  .action((server: string, id: string | undefined, opts: Opts & { targetTime?: string }) =>
+    runAction(async () => {
+      const [{ drillCommand }, { formatChecks }] = await Promise.all([import('./commands/drill'), import('../shared/check')]);
+      const config = await loadConfig(opts);
+      if (!opts.json) process.stderr.write(`restore drill of ${server} ${id ?? 'latest'}: restoring, starting and checking a copy on this host...\n`);
+      const r = await drillCommand(config, server, { backup: id, targetTime: opts.targetTime });
+      if (opts.json) printJson({ server, backup_id: r.backupId, passed: r.passed, rto_seconds: r.rtoSeconds, checks: r.checks, error: r.error, at: r.at });
+      else {
+        process.stdout.write(formatChecks(`Drill of backup ${r.backupId} of ${server}:`, r.checks));
+        process.stdout.write(r.passed ? `Drill passed: RTO ${r.rtoSeconds} s\n` : `Drill FAILED: ${r.error}\n`);
+      }
+      if (!r.passed) throw new BarmanError(ErrorCode.DRILL_FAILED, `the restore drill of backup ${r.backupId} of ${server} failed: ${r.error}`, `Fix what the failed check names and run the drill again (barman-receiver drill ${server}${id ? ` ${id}` : ''}); until then this backup is not proven recoverable.`);
     }),
   );
 

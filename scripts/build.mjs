@@ -2,7 +2,7 @@
 // compile, no module resolution) and easy to copy where the postgres user can run it.
 import { build } from 'esbuild';
 import { existsSync, readFileSync } from 'node:fs';
-import { chmod, cp, rm } from 'node:fs/promises';
+import { chmod, copyFile, cp, rm } from 'node:fs/promises';
 
 const common = {
   bundle: true,
@@ -33,3 +33,8 @@ for (const mod of ['@mongodb-js/zstd', 'lz4-napi']) {
     if (existsSync(`node_modules/${dep}`)) await cp(`node_modules/${dep}`, `dist/node_modules/${dep}`, { recursive: true, dereference: true });
   }
 }
+
+// the installed `barman-agent`: a POSIX sh launcher that answers get-wal from the fetch-ahead spool
+// without starting Node and runs barman-agent.cjs (beside it) for everything else
+await copyFile('agent/launcher.sh', 'dist/barman-agent');
+await chmod('dist/barman-agent', 0o755);

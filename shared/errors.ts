@@ -58,6 +58,8 @@ export const ErrorCode = {
   STORAGE_CORRUPT: 'STORAGE_CORRUPT',
   LEASE_HELD: 'LEASE_HELD',
   LEASE_LOST: 'LEASE_LOST',
+  /** a restore drill did not pass: the backup did not restore, start, recover or pass its checks on the backup host */
+  DRILL_FAILED: 'DRILL_FAILED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -4,6 +4,7 @@
 // Imported only by the commands that show progress: archive_command's `push` never loads it.
 
 import { SingleBar } from 'cli-progress';
+import type { RecoveryProgressEvent } from './recovery/writer';
 
 /** Where a phase stands: files (and bytes) done of how many, and for how long. */
 export interface PhaseCounts {
@@ -128,15 +129,20 @@ export class BackupReport {
 
 /**
  * The recovery writer's events (data files, then WAL files) as both programs show them: a bar per
- * phase on a terminal, and one closing line per phase, `data files: 967/967 files, 120.3 MiB in 2.1 s (...)`.
+ * phase on a terminal (by bytes against the manifest's total, with rate and ETA), and one closing
+ * line per phase, `data files: 967/967 files, 120.3 MiB in 2.1 s (...)` (a delta adds how many of
+ * them were found unchanged and not written).
  */
-export function recoveryProgress(progress: Progress): (e: { phase: 'files' | 'wal'; done: number; total: number; bytes: number }) => void {
+export function recoveryProgress(progress: Progress): (e: RecoveryProgressEvent) => void {
   let phaseStart = Date.now();
+  const closed = new Set<string>();
   return (e) => {
+    if (closed.has(e.phase)) return;
     const label = e.phase === 'files' ? 'data files' : 'WAL files';
-    const counts = { label, done: e.done, total: e.total, bytes: e.bytes, seconds: (Date.now() - phaseStart) / 1000 };
+    const counts = { label, done: e.done, total: e.total, bytes: e.bytes, totalBytes: e.totalBytes, seconds: (Date.now() - phaseStart) / 1000 };
     if (e.done < e.total) return progress.update(counts);
-    progress.line(`${label}: ${countsLine(counts)}`);
+    closed.add(e.phase);
+    progress.line(`${label}: ${countsLine(counts)}${e.unchanged !== undefined ? `, ${e.unchanged} of them unchanged (not written)` : ''}`);
     phaseStart = Date.now();
   };
 }

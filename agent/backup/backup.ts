@@ -42,9 +42,13 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     calls = backupCalls(version);
     const segmentSize = await walSegmentSize(pg);
     const pgdata = (await pg.query<{ d: string }>("select current_setting('data_directory') as d")).rows[0]!.d;
-    if ((await pg.query<{ r: boolean }>('select pg_is_in_recovery() as r')).rows[0]!.r) {
-      throw new BarmanError(ErrorCode.POSTGRES, 'PostgreSQL is in recovery (a standby); backups are taken from the primary', 'Point conninfo = at the primary.');
-    }
+    // a hot standby is backed up like a primary (non-exclusive backups work there), with three
+    // differences: the timeline comes from its last restartpoint (pg_walfile_name() is refused
+    // during recovery), pg_backup_stop switches no WAL segment (the backup's last segment is
+    // archived by the primary, whose archiving feeds the catalog: the backup waits for it as
+    // WAITING_FOR_WALS), and its end is the standby's minimum recovery point, which is why
+    // global/pg_control goes last (as it does anyway)
+    const standby = (await pg.query<{ r: boolean }>('select pg_is_in_recovery() as r')).rows[0]!.r;
     const sysid = (await pg.query<{ s: string }>('select system_identifier::text as s from pg_control_system()')).rows[0]!.s;
     const tablespaces = (await pg.query<{ oid: string; name: string; location: string }>(
       "select oid::text as oid, spcname as name, pg_tablespace_location(oid) as location from pg_tablespace where spcname not in ('pg_default', 'pg_global') order by oid",
@@ -52,9 +56,12 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     const label = `barman-ts ${new Date().toISOString()}`;
     const startLsn = (await pg.query<{ lsn: string }>(calls.start, [label])).rows[0]!.lsn;
     inBackup = true;
-    // the timeline of the WAL being written now (pg_control_checkpoint() lags after a promotion)
-    const meta = (await pg.query<{ wal: string; now: Date }>('select pg_walfile_name($1::pg_lsn) as wal, now() as now', [startLsn])).rows[0]!;
-    const start: BackupStart = { startLsn, timeline: parseInt(meta.wal.slice(0, 8), 16), startTime: meta.now.toISOString(), systemIdentifier: sysid, pgVersion: version, segmentSize, pgdata, tablespaces };
+    // the timeline of the WAL being written now (pg_control_checkpoint() lags after a promotion);
+    // on a standby the timeline of the restartpoint the backup starts from
+    const meta = standby
+      ? (await pg.query<{ tli: number; now: Date }>('select timeline_id as tli, now() as now from pg_control_checkpoint()')).rows[0]!
+      : (await pg.query<{ wal: string; now: Date }>('select pg_walfile_name($1::pg_lsn) as wal, now() as now', [startLsn])).rows.map((r) => ({ tli: parseInt(r.wal.slice(0, 8), 16), now: r.now }))[0]!;
+    const start: BackupStart = { startLsn, timeline: meta.tli, startTime: meta.now.toISOString(), systemIdentifier: sysid, pgVersion: version, segmentSize, pgdata, tablespaces };
     backupId = await conn.call(
       (id) => ({ type: 'backup-begin', id, start, ...(requestId !== undefined ? { requestId } : {}) }),
       (f) => (f.type === 'backup-accepted' ? f.backupId : undefined),
@@ -97,6 +104,10 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     // pg_backup_stop on a primary switches to a new WAL segment itself, so the segment holding
     // the stop LSN is archived (and the backup can become DONE) even on an idle server
     inBackup = false;
+    const labelTimeline = /^START TIMELINE: (\d+)$/m.exec(stopped.labelfile)?.[1];
+    if (labelTimeline !== undefined && Number(labelTimeline) !== start.timeline) {
+      throw new BarmanError(ErrorCode.BACKUP_FAILED, `the backup started on timeline ${labelTimeline}, not ${start.timeline} as read when it began (the standby changed timeline meanwhile)`, 'Take the backup again.');
+    }
     const stopTime = (await pg.query<{ now: Date }>('select clock_timestamp() as now')).rows[0]!.now.toISOString();
     progress?.({ phase: 'stopped', stopLsn: stopped.lsn });
     if (signal?.aborted) throw signal.reason;

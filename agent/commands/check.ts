@@ -1,9 +1,11 @@
-// `barman-agent check`: configuration, receiver reachable, token accepted, the PostgreSQL version
-// (13 and newer) and the settings archiving depends on.
+// `barman-agent check`: the PostgreSQL-side half of `check`, from the database host:
+// configuration, receiver reachable, token accepted, the PostgreSQL version (13 and newer), the
+// settings archiving depends on, and with streaming on, the replication slot.
 
 import type { AgentConfig } from '../../shared/config/agent';
 import { type CheckResult, runCheck } from '../../shared/check';
-import { connectPostgres } from '../postgres';
+import { connectPostgres, type ServerFacts, serverFacts } from '../postgres';
+import { archiveSettingChecks, slotCheck } from '../../shared/postgres/settings';
 import { OLDEST_SUPPORTED_MAJOR, requireSupportedVersion, versionText } from '../../shared/postgres/version';
 import { AgentConnection } from '../../shared/protocol/client';
 
@@ -16,35 +18,26 @@ export async function checkAgent(config: AgentConfig): Promise<CheckResult[]> {
       return `${config.receiver.href}, token accepted`;
     }, 'Start barman-receiver serve and check receiver = and token_file.'),
   );
-  const settings = new Map<string, string>();
+  let facts: ServerFacts | undefined;
   results.push(
     await runCheck('PostgreSQL connection', async () => {
       const client = await connectPostgres(config.conninfo);
       try {
-        const { rows } = await client.query<{ name: string; setting: string }>("select name, setting from pg_settings where name in ('wal_level','archive_mode','archive_command','server_version','server_version_num')");
-        for (const r of rows) settings.set(r.name, r.setting);
-        return `PostgreSQL ${settings.get('server_version')}`;
+        facts = await serverFacts(client, { slotName: config.streaming ? config.slotName : undefined });
+        return `PostgreSQL ${facts.serverVersion}`;
       } finally {
         await client.end();
       }
     }, 'Check conninfo = in the agent configuration and that PostgreSQL runs.'),
   );
-  if (settings.size > 0) {
-    const versionNum = Number(settings.get('server_version_num'));
+  if (facts) {
+    const versionNum = facts.serverVersionNum;
     results.push(await runCheck('PostgreSQL version', async () => {
       requireSupportedVersion(versionNum);
       return versionText(versionNum);
     }, `Use PostgreSQL ${OLDEST_SUPPORTED_MAJOR} or newer.`));
-    const walLevel = settings.get('wal_level') ?? '';
-    const archiveMode = settings.get('archive_mode') ?? '';
-    const archiveCommand = settings.get('archive_command') ?? '';
-    results.push(setting('wal_level', ['replica', 'logical'].includes(walLevel), walLevel, 'Set wal_level = replica in postgresql.conf and restart PostgreSQL.'));
-    results.push(setting('archive_mode', ['on', 'always'].includes(archiveMode), archiveMode, 'Set archive_mode = on in postgresql.conf and restart PostgreSQL.'));
-    results.push(setting('archive_command', /barman-agent\b.*\bpush\b/.test(archiveCommand), archiveCommand || 'not set', "Set archive_command = 'barman-agent push %p' and reload PostgreSQL."));
+    results.push(...archiveSettingChecks(facts));
+    if (facts.slot) results.push(slotCheck(facts.slot, { streaming: false, createdByDaemon: config.createSlot === 'auto' }));
   }
   return results;
-}
-
-function setting(name: string, ok: boolean, value: string, hint: string): CheckResult {
-  return ok ? { name, ok, detail: value } : { name, ok, detail: `is ${value}`, hint };
 }

@@ -20,7 +20,7 @@ import { errorFrame } from '../../shared/protocol/connection';
 import { createLogger } from '../../shared/log';
 import { takeBackup } from '../backup/backup';
 import { AgentConnection } from '../../shared/protocol/client';
-import { connectPostgres } from '../postgres';
+import { connectPostgres, serverFacts } from '../postgres';
 import { AsyncArchiver } from '../wal/archiver';
 import { streamWal } from '../wal/streamer';
 import { AckSpool } from '../wal/spool';
@@ -115,6 +115,10 @@ async function connect(config: AgentConfig, signal: AbortSignal, claim: { instan
 async function serveConnection(conn: AgentConnection, config: AgentConfig, log: Logger, archiver: AsyncArchiver, spool: AckSpool, signal: AbortSignal): Promise<'closed' | 'replaced' | 'stopped'> {
   let backup: { abort: AbortController; done: Promise<void> } | undefined;
   conn.onRequest((frame) => {
+    if (frame.type === 'pg-probe-request') {
+      void answerProbe(conn, config, frame.id, frame.switchWal, log);
+      return;
+    }
     if (frame.type !== 'backup-request' || backup || signal.aborted) return;
     log.info('backup requested by the receiver');
     const abort = new AbortController();
@@ -179,6 +183,30 @@ async function keepStreaming(config: AgentConfig, conn: AgentConnection, log: Lo
     if (Date.now() - started > STREAM_HEALTHY_MS) delay = BACKOFF_MIN_MS;
     await sleep(delay, signal);
     delay = Math.min(STREAM_RETRY_MAX_MS, delay * 2);
+  }
+}
+
+/** The receiver's `check` asks what PostgreSQL says now (and, for an idle server, to switch WAL): answered from a connection of our own. */
+async function answerProbe(conn: AgentConnection, config: AgentConfig, id: number, switchWal: boolean, log: Logger): Promise<void> {
+  try {
+    const pg = await connectPostgres(config.conninfo, { application_name: 'barman-agent daemon' });
+    let facts;
+    try {
+      facts = await serverFacts(pg, { slotName: config.streaming ? config.slotName : undefined, switchWal });
+    } finally {
+      await pg.end().catch(() => undefined);
+    }
+    if (facts.switchedSegment) log.info({ wal: facts.switchedSegment }, 'WAL switched for the receiver\'s check');
+    const slot = facts.slot;
+    await conn.send({
+      type: 'pg-probe', id, serverVersionNum: facts.serverVersionNum, systemIdentifier: facts.systemIdentifier, inRecovery: facts.inRecovery,
+      walLevel: facts.walLevel, archiveMode: facts.archiveMode, archiveCommand: facts.archiveCommand.slice(0, 4096), currentLsn: facts.currentLsn, switchedSegment: facts.switchedSegment,
+      slotName: slot?.name ?? '', slotExists: slot?.exists ?? false, slotActive: slot?.active ?? false, slotRestartLsn: slot?.restartLsn ?? '', slotWalStatus: slot?.walStatus ?? '',
+    });
+  } catch (err) {
+    const e = asBarmanError(err);
+    log.warn({ code: e.code }, `cannot answer the receiver about PostgreSQL: ${e.message}`);
+    await conn.send(errorFrame(e, id)).catch(() => undefined);
   }
 }
 

@@ -8,11 +8,12 @@ import { BarmanError, ErrorCode } from '../../shared/errors';
 import { checkRecoveryBinaries } from '../../shared/postgres/binaries';
 import { AgentConnection } from '../../shared/protocol/client';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
-import { checkEmptyDestination, type WriteOptions, writeRecovery } from '../../shared/recovery/writer';
+import { checkDestination, type WriteOptions, type WriteSummary, writeRecovery } from '../../shared/recovery/writer';
 
-export async function restore(config: AgentConfig, backup: string, pgdataArg: string, options: RecoveryOptions, progress?: WriteOptions['progress'], pgBindir?: string): Promise<RecoveryPlan> {
+export async function restore(config: AgentConfig, backup: string, pgdataArg: string, options: RecoveryOptions, progress?: WriteOptions['progress'], pgBindir?: string, write: Pick<WriteOptions, 'delta' | 'primaryConninfo'> = {}): Promise<RecoveryPlan & { summary: WriteSummary }> {
   const dest = resolve(pgdataArg);
-  await checkEmptyDestination(dest, 'destination');
+  // refused before anything is asked of the receiver: a running PostgreSQL, a non-empty directory without --delta
+  await checkDestination(dest, 'destination', write.delta === true);
   const conn = await AgentConnection.open(config, 'restore');
   try {
     const parts: Uint8Array[] = [];
@@ -25,11 +26,11 @@ export async function restore(config: AgentConfig, backup: string, pgdataArg: st
     }
     // this host's PostgreSQL will start the result: it must be the backup's major version
     checkRecoveryBinaries(plan.backupId, plan.pgVersion, pgBindir);
-    await writeRecovery(plan, dest, {
+    const summary = await writeRecovery(plan, dest, {
       dataFile: (path) => conn.fetch((id) => ({ type: 'get-backup-file', id, backupId: plan.backupId, path })),
       walFile: (name) => conn.fetch((id) => ({ type: 'get', id, name })),
-    }, { progress });
-    return plan;
+    }, { progress, ...write });
+    return { ...plan, summary };
   } finally {
     conn.close();
   }

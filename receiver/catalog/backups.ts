@@ -236,6 +236,8 @@ export class BackupCatalog {
       size,
       fileCount: files.length,
       symlinks: stop.symlinks,
+      // PostgreSQL's own word for where the backup was taken
+      fromStandby: /^BACKUP FROM: standby$/m.test(stop.backupLabel),
     };
     // the commit: from here on the backup is complete in the catalog
     await this.write(done);

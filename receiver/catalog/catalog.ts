@@ -33,6 +33,24 @@ export interface ClusterIdentity {
 /** What one source (a segment's header, a stream's start, a backup's start) tells of the cluster. */
 export type SeenIdentity = Omit<ClusterIdentity, 'firstSeenAt' | 'pgVersion'> & { pgVersion?: number };
 
+/** One restore drill: a backup recovered, started and checked on the backup host (receiver/drill/). */
+export interface DrillRecord {
+  /** ISO 8601: when it started */
+  at: string;
+  backupId: string;
+  passed: boolean;
+  /** seconds from the start of the restore to a ready, checked cluster; null when it never got there */
+  rtoSeconds: number | null;
+  /** --target-time, when one was given */
+  targetTime?: string;
+  checks: Array<{ name: string; ok: boolean; detail: string }>;
+  /** why it failed (the file or the check), null when it passed */
+  error: string | null;
+}
+
+/** drills.json keeps this many, newest last */
+const MAX_DRILLS_KEPT = 100;
+
 /** A stream was opened for the server once: `check` then expects a live one. */
 export interface StreamingRecord {
   firstOpenedAt: string;
@@ -272,6 +290,76 @@ export class ServerCatalog {
 
   async saveStreamingRecord(record: StreamingRecord): Promise<void> {
     await this.writeJson(this.layout.streamingRecordKey, record);
+  }
+
+  // ---- the catalog as a whole, for check, metrics and drills ------------------------------------
+  // What running a server for years asks of its catalog beyond WAL and backups: what it weighs at
+  // rest, the room left where it is stored, what waits in errors/, and the record of restore drills.
+
+  /** Bytes of every object of this catalog at rest (compressed as stored). A listing of the whole catalog: callers cache it. */
+  async bytesAtRest(): Promise<number> {
+    let total = 0;
+    for await (const obj of this.storage.list(this.layout.root)) total += obj.size;
+    return total;
+  }
+
+  /**
+   * Free space (for an unprivileged writer) and size of the filesystem that holds the catalog;
+   * undefined on object storage, which has no such figure (its quota is the store's to say).
+   */
+  async space(): Promise<{ availableBytes: number; totalBytes: number } | undefined> {
+    if (this.storage.driver.kind !== 'posix') return undefined;
+    const st = await fs.statfs(this.storage.location);
+    return { availableBytes: st.bavail * st.bsize, totalBytes: st.blocks * st.bsize };
+  }
+
+  /** Where a DBA moves files of errors/ once dealt with: kept, no longer reported. */
+  get reviewedErrorsLocation(): string {
+    return this.where(this.layout.reviewedErrorsPrefix);
+  }
+
+  /**
+   * Files in errors/ nobody has dealt with yet (not moved to errors/reviewed/), oldest first, with
+   * the WAL file each is a copy of and why it is there, as layout.errorKey and conflictKey name them
+   * (`damaged`, `conflict`, `streamed-invalid`, `streamed-conflict`; undefined for a file named otherwise).
+   */
+  async unreviewedErrors(): Promise<Array<{ file: string; wal: string | undefined; reason: string | undefined; at: Date }>> {
+    const out: Array<{ file: string; wal: string | undefined; reason: string | undefined; at: Date }> = [];
+    const prefix = this.layout.errorsPrefix;
+    for await (const obj of this.storage.list(prefix)) {
+      const file = obj.key.slice(prefix.length);
+      if (file.includes('/')) continue; // errors/reviewed/ and anything below
+      const aside = this.layout.parseErrorKey(obj.plainKey);
+      out.push({ file, wal: aside?.wal, reason: aside?.reason, at: obj.mtime });
+    }
+    return out.sort((a, b) => a.at.getTime() - b.at.getTime() || a.file.localeCompare(b.file));
+  }
+
+  /** Where agent.json is, for a DBA who retires the daemon for good and removes it. */
+  get agentRecordLocation(): string {
+    return this.where(this.layout.agentRecordKey);
+  }
+
+  /** agent.json: present once an agent daemon attached for this server (remove it when the daemon is retired for good). */
+  async agentRecord(): Promise<{ firstAttachedAt: string; host: string } | undefined> {
+    const read = await this.readJson<{ firstAttachedAt: string; host: string }>(this.layout.agentRecordKey);
+    return read === 'damaged' ? { firstAttachedAt: '', host: '' } : read; // damaged, but there: a daemon is still expected
+  }
+
+  async saveAgentRecord(record: { firstAttachedAt: string; host: string }): Promise<void> {
+    await this.writeJson(this.layout.agentRecordKey, record);
+  }
+
+  /** The restore drills recorded for this server, oldest first. */
+  async drills(): Promise<DrillRecord[]> {
+    const read = await this.readJson<unknown>(this.layout.drillsKey);
+    return Array.isArray(read) ? (read as DrillRecord[]) : [];
+  }
+
+  /** Appends a drill's outcome (the catalog's writer only); the newest MAX_DRILLS_KEPT are kept. */
+  async recordDrill(record: DrillRecord): Promise<void> {
+    const all = [...(await this.drills()), record].slice(-MAX_DRILLS_KEPT);
+    await this.storage.put(this.layout.drillsKey, Buffer.from(JSON.stringify(all, null, 1) + '\n'));
   }
 
   // ---- the one writer ----

@@ -12,7 +12,10 @@
 //   <srv>/base/<id>/contents.json                 the backup's directories, and where each file is stored
 //   <srv>/base/<id>/data/<path>                   the backup's files, each under its final key
 //   <srv>/errors/<name>.<when>.<reason>           refused, conflicting or damaged copies, kept
+//   <srv>/errors/reviewed/                        those a DBA has dealt with (moved there: check no longer reports them)
 //   <srv>/identity.json, <srv>/streaming.json     what the catalog learned of its cluster
+//   <srv>/agent.json                              written when an agent daemon first attached: from then on one is expected
+//   <srv>/drills.json                             the restore drills run of this server's backups, newest last
 //   <srv>/lock/<generation>                       the lease of the one writer (storage = s3)
 //
 // Room for bundling small files into one object: readers find a backup's files through
@@ -130,6 +133,18 @@ export class CatalogLayout {
     return `${this.errorsPrefix}${name}.${stamp}.${reason}`;
   }
 
+  /** errors/ files a DBA has dealt with */
+  get reviewedErrorsPrefix(): string {
+    return `${this.errorsPrefix}reviewed/`;
+  }
+
+  /** The WAL file a key of errors/ holds a copy of, and why it is there (as errorKey and conflictKey name them). */
+  parseErrorKey(plainKey: string): { wal: string; reason: string } | undefined {
+    if (!plainKey.startsWith(this.errorsPrefix)) return undefined;
+    const m = /^(.+)\.(?:\d{8}T\d{6}|[0-9a-f]{16})\.([a-z-]+)$/.exec(baseName(plainKey));
+    return m && parseWalFileName(m[1]!) ? { wal: m[1]!, reason: m[2]! } : undefined;
+  }
+
   /** Where a conflicting copy of `name` is kept: one per distinct content. */
   conflictKey(name: string, sha256: string): string {
     return `${this.errorsPrefix}${name}.${sha256.slice(0, 16)}.conflict`;
@@ -143,6 +158,14 @@ export class CatalogLayout {
 
   get streamingRecordKey(): string {
     return `${this.server}/streaming.json`;
+  }
+
+  get agentRecordKey(): string {
+    return `${this.server}/agent.json`;
+  }
+
+  get drillsKey(): string {
+    return `${this.server}/drills.json`;
   }
 
   /** the lease of the catalog's one writer (object storage) */

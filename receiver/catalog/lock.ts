@@ -26,7 +26,7 @@ import { ownerOfThisProcess } from '../storage/lease';
 import type { Storage } from '../storage/storage';
 
 /** What a holder uses the catalog for: serve for its whole life, the others for one change. */
-export type LockPurpose = 'serve' | 'keep' | 'delete' | 'cron';
+export type LockPurpose = 'serve' | 'keep' | 'delete' | 'cron' | 'drill';
 
 export interface LockHolder {
   pid: number;
@@ -234,5 +234,5 @@ export class LeaseCatalogLocker implements CatalogLocker {
 
 function purposeOf(ownerId: string): LockPurpose {
   const p = ownerId.split('.')[0];
-  return p === 'keep' || p === 'delete' || p === 'cron' ? p : 'serve';
+  return p === 'keep' || p === 'delete' || p === 'cron' || p === 'drill' ? p : 'serve';
 }

@@ -10,47 +10,86 @@ import { versionText } from '../../shared/postgres/version';
 import type { BackupProgressFrame } from '../../shared/protocol/frames';
 import { humanSize } from '../../shared/progress';
 import { type SnakeKeys, snakeKeys } from '../../shared/snake-case';
+import type { DrillRecord, ServerCatalog } from '../catalog/catalog';
 import { type OpenServer, withServer } from '../catalog/open';
+import { applyRetention } from '../catalog/retention';
 import { backupSegments, verifyWalFiles } from '../catalog/wal-integrity';
 import { openAdmin } from './admin';
 import { changeCatalog } from './catalog-change';
 import { requireServer } from './servers';
 
-/** Runs `fn` with the backups of a configured server. */
+/** Runs `fn` with the catalog of a configured server. */
 export function withBackups<T>(config: ReceiverConfig, server: string, fn: (open: OpenServer) => Promise<T>): Promise<T> {
   return withServer(config, requireServer(config, server), fn);
 }
 
-/** Newest first, in Barman's format plus size and status. */
-export async function listBackups(config: ReceiverConfig, server: string): Promise<BackupInfo[]> {
-  return withBackups(config, server, async ({ backups }) => (await backups.list()).reverse());
+/** What the catalog says of a backup beyond its backup.info: whether the retention policy will delete it, and its last restore drill. */
+export interface BackupMarks {
+  /** the retention policy no longer needs it: the next housekeeping (or cron) deletes it */
+  obsolete: boolean;
+  drill: DrillRecord | undefined;
 }
 
-/** What `list-backups --json` and `show-backup --json` print for one backup: backup.info's keys (snake_case), times in local ISO 8601. */
-export type BackupJson = SnakeKeys<BackupInfo>;
+export type MarkedBackup = BackupInfo & BackupMarks;
 
-export function backupJson(info: BackupInfo): BackupJson {
-  return snakeKeys({ ...info, beginTime: localIsoTime(info.beginTime), endTime: localIsoTime(info.endTime) });
+/** Each backup with its marks: OBSOLETE by the same decision retention makes (receiver/catalog/retention.ts), and its newest drill. */
+async function markBackups(catalog: ServerCatalog, s: OpenServer['config'], all: BackupInfo[], now: Date): Promise<Map<string, BackupMarks>> {
+  const doomed = new Set(applyRetention(all, s.retentionPolicy, s.minimumRedundancy, now).remove.map((b) => b.backupId));
+  const drills = await catalog.drills();
+  const marks = new Map<string, BackupMarks>();
+  for (const b of all) marks.set(b.backupId, { obsolete: doomed.has(b.backupId), drill: drills.filter((d) => d.backupId === b.backupId).pop() });
+  return marks;
 }
 
-export function formatBackupLine(server: string, b: BackupInfo): string {
-  return `${server} - ${b.backupId} - ${displayTime(b.beginTime)} - Size: ${humanSize(b.size)} - ${b.status}${b.keep ? ' - KEEP' : ''}${b.error ? ` (${b.error})` : ''}`;
+/** Newest first, in Barman's format plus size and status, and what retention and drills say of each. */
+export async function listBackups(config: ReceiverConfig, server: string, now = new Date()): Promise<MarkedBackup[]> {
+  return withBackups(config, server, async ({ config: s, catalog, backups }) => {
+    const all = await backups.list();
+    const marks = await markBackups(catalog, s, all, now);
+    return all.reverse().map((b) => ({ ...b, ...marks.get(b.backupId)! }));
+  });
 }
 
-export function formatBackupDetails(server: string, b: BackupInfo): string {
+/**
+ * What `list-backups --json` and `show-backup --json` print for one backup: backup.info's keys
+ * (snake_case), times in local ISO 8601, `obsolete`, and its last drill (`drill`, null when none).
+ */
+export type BackupJson = SnakeKeys<BackupInfo> & { obsolete: boolean; drill: { at: string; passed: boolean; rto_seconds: number | null } | null };
+
+export function backupJson(b: MarkedBackup): BackupJson {
+  const { obsolete, drill, ...info } = b;
+  return {
+    ...snakeKeys({ ...info, beginTime: localIsoTime(info.beginTime), endTime: localIsoTime(info.endTime) }),
+    obsolete,
+    drill: drill ? { at: drill.at, passed: drill.passed, rto_seconds: drill.rtoSeconds } : null,
+  };
+}
+
+export function formatBackupLine(server: string, b: MarkedBackup): string {
+  const drill = b.drill ? (b.drill.passed ? ` - DRILLED (${displayTime(b.drill.at).slice(0, 19)}${b.drill.rtoSeconds === null ? '' : `, RTO ${b.drill.rtoSeconds} s`})` : ` - DRILL FAILED (${displayTime(b.drill.at).slice(0, 19)})`) : '';
+  return `${server} - ${b.backupId} - ${displayTime(b.beginTime)} - Size: ${humanSize(b.size)} - ${b.status}${b.keep ? ' - KEEP' : ''}${b.obsolete ? ' - OBSOLETE' : ''}${drill}${b.error ? ` (${b.error})` : ''}`;
+}
+
+export function formatBackupDetails(server: string, b: MarkedBackup): string {
   const rows: Array<[string, string | number]> = [
     ['Backup', b.backupId], ['Server', server], ['Status', b.status + (b.error ? ` (${b.error})` : '')], ['PostgreSQL version', b.pgVersion ? `${versionText(b.pgVersion)} (${b.pgVersion})` : ''],
-    ['System identifier', b.systemIdentifier], ['PGDATA directory', b.pgdata], ['Timeline', b.timeline],
+    ['System identifier', b.systemIdentifier], ['PGDATA directory', b.pgdata], ['Taken from', b.fromStandby ? 'a standby' : 'the primary'], ['Timeline', b.timeline],
     ['Begin time', displayTime(b.beginTime)], ['End time', displayTime(b.endTime)], ['Begin LSN', b.beginLsn], ['End LSN', b.endLsn],
     ['Begin WAL', b.beginWal], ['End WAL', b.endWal], ['Size', `${humanSize(b.size)} (${b.size} bytes, ${b.fileCount} files)`],
     ['Tablespaces', b.tablespaces.map((t) => `${t.name} (oid ${t.oid}) ${t.location}`).join(', ') || 'none'], ['Keep', b.keep ? 'yes' : 'no'],
     ['Symlinks', b.symlinks.map((l) => `${l.path} -> ${l.target}`).join(', ') || 'none'],
+    ['Retention policy', b.obsolete ? 'OBSOLETE (the next housekeeping deletes it)' : b.keep ? 'KEEP' : 'VALID'],
+    ['Last drill', b.drill ? `${b.drill.passed ? 'passed' : `FAILED: ${b.drill.error}`} ${displayTime(b.drill.at)}${b.drill.rtoSeconds === null ? '' : `, RTO ${b.drill.rtoSeconds} s`}` : 'none'],
   ];
   return `Backup ${b.backupId}:\n` + rows.map(([k, v]) => `  ${k.padEnd(20)}: ${v}`).join('\n') + '\n';
 }
 
-export async function showBackup(config: ReceiverConfig, server: string, id: string): Promise<BackupInfo> {
-  return withBackups(config, server, ({ backups }) => backups.resolve(id));
+export async function showBackup(config: ReceiverConfig, server: string, id: string, now = new Date()): Promise<MarkedBackup> {
+  return withBackups(config, server, async ({ config: s, catalog, backups }) => {
+    const info = await backups.resolve(id);
+    const marks = await markBackups(catalog, s, await backups.list(), now);
+    return { ...info, ...(marks.get(info.backupId) ?? { obsolete: false, drill: undefined }) };
+  });
 }
 
 /** Exempts a backup from retention (or releases it), as the catalog's one writer. */
@@ -99,8 +138,8 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
         const hash = newHash();
         let size = 0;
         for await (const chunk of await backups.readFile(info.backupId, contents, f.path)) {
-          hash.update(chunk as Buffer);
-          size += (chunk as Buffer).length;
+          hash.update(chunk);
+          size += chunk.length;
         }
         if (size !== f.size) problems.push(`${f.path}: size ${size}, manifest says ${f.size}`);
         else if (hash.digest('hex') !== f.sha256) problems.push(`${f.path}: checksum mismatch`);

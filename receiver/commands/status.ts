@@ -2,11 +2,11 @@
 // WAL and its age, streaming, backups, and the RPO that follows.
 
 import type { ReceiverConfig } from '../../shared/config/receiver';
-import type { StreamingState } from '../../shared/protocol/frames';
-import { parseLsn } from '../../shared/wal/lsn';
+import type { StatusFrame } from '../../shared/protocol/frames';
 import { withServer } from '../catalog/open';
-import { estimateRpoSeconds } from '../server/stream-health';
-import { openAdmin } from './admin';
+import { liveProtection } from '../server/stream-health';
+import { ServiceLink } from './admin';
+import { BarmanError } from '../../shared/errors';
 import { requireServer } from './servers';
 
 export interface ServerStatus {
@@ -34,36 +34,42 @@ export interface ServerStatus {
   rpo_seconds: number | null;
   /** the same in bytes, when PostgreSQL's position is known: WAL it had sent that is not flushed here */
   rpo_bytes: number | null;
+  /** the last restore drill (null before the first) */
+  drill: { at: string; backup_id: string; passed: boolean; rto_seconds: number | null } | null;
 }
 
-export async function serverStatus(config: ReceiverConfig, name: string, now = new Date()): Promise<ServerStatus> {
+/** What the running service says of the server now (a status frame); null when it does not run. */
+export type LiveStatus = Pick<StatusFrame, 'agentConnected' | 'agentSince' | 'backupRunning' | 'streaming'>;
+
+/** Asks the running service; undefined when it cannot be reached. */
+async function askLive(config: ReceiverConfig, server: string): Promise<LiveStatus | undefined> {
+  const link = await ServiceLink.open(config, server, 5);
+  if (link instanceof BarmanError) return undefined;
+  try {
+    return await link.status();
+  } catch {
+    return undefined;
+  } finally {
+    link.close();
+  }
+}
+
+/** `live`: what the service said, when the caller asked it already (null: it is not running); else it is asked here. */
+export async function serverStatus(config: ReceiverConfig, name: string, now = new Date(), given?: LiveStatus | null): Promise<ServerStatus> {
   const server = requireServer(config, name);
-  const { all, last, identity, inUse } = await withServer(config, server, async ({ catalog, backups }) => ({
+  const { all, last, identity, inUse, lastDrill } = await withServer(config, server, async ({ catalog, backups }) => ({
     all: await backups.list(),
     last: await catalog.lastSegment(),
     identity: await catalog.identity(),
     inUse: (await catalog.streamingRecord()) !== undefined,
+    lastDrill: (await catalog.drills()).pop(),
   }));
   const done = all.filter((b) => b.status === 'DONE');
-  let live: { agentConnected: boolean; agentSince: string; backupRunning: string; streaming: StreamingState } | undefined;
-  try {
-    const conn = await openAdmin(config, server.name, 5);
-    try {
-      live = await conn.call((id) => ({ type: 'status-request', id }), (f) => (f.type === 'status' ? f : undefined));
-    } finally {
-      conn.close();
-    }
-  } catch {
-    live = undefined;
-  }
+  const live = given === undefined ? await askLive(config, server.name) : (given ?? undefined);
   const age = last ? Math.max(0, Math.round((now.getTime() - last.receivedAt.getTime()) / 1000)) : null;
   const st = live?.streaming;
-  const lag = st?.serverLsn && st.flushLsn ? Number(parseLsn(st.serverLsn) - parseLsn(st.flushLsn)) : null;
-  // a stream expected but not open on the service (restarted since, or not running): no word from it
-  let state = st?.state ?? 'off';
-  if (state === 'off' && inUse) state = live?.agentConnected ? 'stale' : 'disconnected';
-  const date = (iso: string | undefined) => (iso ? new Date(iso) : undefined);
-  const rpo = estimateRpoSeconds(now, { state, lagBytes: lag, lastFlushAt: date(st?.lastFlushAt), caughtUpAt: date(st?.caughtUpAt), lastArchivedAt: last?.receivedAt });
+  const p = liveProtection(now, { streaming: st, agentConnected: live?.agentConnected ?? false, streamInUse: inUse, lastArchivedAt: last?.receivedAt });
+  const { state, lagBytes: lag } = p;
   return {
     server: server.name,
     description: server.description,
@@ -75,9 +81,10 @@ export async function serverStatus(config: ReceiverConfig, name: string, now = n
       lag_bytes: lag, last_flush_at: st?.lastFlushAt || null, last_heard_at: st?.lastHeardAt || null,
     },
     backups: { count: done.length, first_id: done[0]?.backupId ?? null, last_id: done[done.length - 1]?.backupId ?? null, running: live?.backupRunning || null, failed: all.filter((b) => b.status === 'FAILED').length },
-    rpo_seconds: rpo,
+    rpo_seconds: p.rpoSeconds,
     cluster: { pg_major_version: identity?.pgVersion ?? null, system_identifier: identity?.systemIdentifier ?? null, wal_segment_size: identity?.segmentSize ?? null },
-    rpo_bytes: state === 'off' ? null : lag === null ? null : Math.max(0, lag),
+    rpo_bytes: p.rpoBytes,
+    drill: lastDrill ? { at: lastDrill.at, backup_id: lastDrill.backupId, passed: lastDrill.passed, rto_seconds: lastDrill.rtoSeconds } : null,
   };
 }
 
@@ -91,6 +98,7 @@ export function formatStatus(s: ServerStatus): string {
     ['Backups (DONE)', `${s.backups.count}${s.backups.last_id ? `, first ${s.backups.first_id}, last ${s.backups.last_id}` : ''}${s.backups.failed ? `; ${s.backups.failed} FAILED` : ''}`],
     ['Backup running', s.backups.running ?? 'no'],
     ['RPO estimate', s.rpo_seconds === null ? 'unknown (no WAL yet)' : `${s.rpo_seconds} s${s.rpo_bytes ? `, ${s.rpo_bytes} bytes` : ''}`],
+    ['Last drill', s.drill === null ? 'none' : `${s.drill.passed ? 'passed' : 'FAILED'} ${s.drill.at}, backup ${s.drill.backup_id}${s.drill.rto_seconds === null ? '' : `, RTO ${s.drill.rto_seconds} s`}`],
     ['Cluster', s.cluster.system_identifier === null ? 'not seen yet' : `PostgreSQL ${s.cluster.pg_major_version ?? '?'}, system identifier ${s.cluster.system_identifier}, WAL segments of ${s.cluster.wal_segment_size! / 1048576} MiB`],
   ];
   return `Server ${s.server}:\n` + rows.map(([k, v]) => `\t${k}: ${v}`).join('\n') + '\n';

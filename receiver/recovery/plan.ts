@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type { BackupInfo } from '../../shared/backup/info';
 import { parseManifest } from '../../shared/backup/manifest';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import { type RecoveryOptions, type RecoveryPlan, RECOVERY_WAL_DIR } from '../../shared/recovery/plan';
+import { type RecoveryOptions, type RecoveryPlan, RECOVERY_WAL_DIR, STANDBY_RESTORE_COMMAND } from '../../shared/recovery/plan';
 import { parseHistory } from '../../shared/wal/history';
 import { formatLsn, isLsn, type Lsn, parseLsn } from '../../shared/wal/lsn';
 import { historyFileName, nextSegment, segmentNumber, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
@@ -53,6 +53,8 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   if (opts.targetLsn !== undefined && !isLsn(opts.targetLsn)) throw new BarmanError(ErrorCode.USAGE, `--target-lsn "${opts.targetLsn}" is not an LSN`, 'Write it as PostgreSQL prints it, e.g. 0/3000060.');
   if (opts.targetXid !== undefined && !/^\d+$/.test(opts.targetXid)) throw new BarmanError(ErrorCode.USAGE, `--target-xid "${opts.targetXid}" is not a transaction ID`, 'Give the number txid_current() returned.');
   const targetLsn = opts.targetLsn !== undefined ? parseLsn(opts.targetLsn) : undefined;
+  if (opts.standby && targets.length > 0) throw new BarmanError(ErrorCode.USAGE, '--standby takes no recovery target: a standby replays everything and keeps following', 'Leave out the --target-* option, or recover without --standby to stop at a target.');
+  if (opts.standby && (opts.targetTli ?? 'latest') !== 'latest') throw new BarmanError(ErrorCode.USAGE, `--standby follows the latest timeline; --target-tli ${opts.targetTli} does not apply`, 'Leave out --target-tli with --standby.');
 
   const done = (await backups.list()).filter((b) => b.status === 'DONE');
   let backup: BackupInfo;
@@ -153,10 +155,12 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   }
   const lastOnBackupTli = segments.filter((seg) => segmentTimeline(seg) === backup.timeline).pop();
   const gap = lastOnBackupTli ? firstMissing(backup.endWal, lastOnBackupTli) : undefined;
-  if (gap && (targetLsn === undefined || targetLsn >= segmentStartLsn(gap, segSize)) && !opts.targetImmediate) {
+  // a standby is not stopped by a hole: it streams what the archive lacks from its primary (primary_conninfo)
+  if (gap && (targetLsn === undefined || targetLsn >= segmentStartLsn(gap, segSize)) && !opts.targetImmediate && !opts.standby) {
     throw targetError(`WAL segment ${gap} is missing from the catalog: recovery from backup ${backup.backupId} would stop there, before the target (${opts.targetTime ?? opts.targetXid ?? opts.targetLsn ?? opts.targetName ?? 'end of WAL'})`, `Recover to a point before ${formatLsn(segmentStartLsn(gap, segSize))} (--target-lsn), or find the missing segment (the catalog's errors/, the primary's pg_wal) and archive it with barman-agent push.`);
   }
-  const wals = [...[...chain].filter((t) => t > 1 && histories.has(t)).map(historyFileName), ...segments];
+  // a standby fetches its WAL through restore_command (get-wal) as it goes: nothing is copied ahead
+  const wals = opts.standby ? [] : [...[...chain].filter((t) => t > 1 && histories.has(t)).map(historyFileName), ...segments];
 
   const manifest = await backups.manifest(backup.backupId);
   if (manifest === undefined) throw new BarmanError(ErrorCode.BACKUP_NOT_FOUND, `backup ${backup.backupId} of ${server} has no backup_manifest`, `Run barman-receiver verify-backup ${server} ${backup.backupId}, and recover from another backup.`);
@@ -170,6 +174,16 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
 
   const hasTarget = targets.length > 0;
   const q = (v: string) => `'${v.replace(/'/g, "''")}'`;
+  if (opts.standby) {
+    // archive_mode/archive_command stay as the cluster had them: a standby archives nothing until it
+    // is promoted, and then archives its new timeline into the catalog
+    const settings = [
+      `# barman-ts: standby from backup ${backup.backupId} of ${server}, written ${now.toISOString()}`,
+      `restore_command = ${q(STANDBY_RESTORE_COMMAND)}`,
+      `recovery_target_timeline = 'latest'`,
+    ];
+    return { server, backupId: backup.backupId, pgVersion: backup.pgVersion, files, directories, tablespaces, symlinks: backup.symlinks, wals, settings: settings.join('\n') + '\n', manifest, targetDescription: 'standby (follows the catalog, latest timeline)', standby: true };
+  }
   const lines = [
     `# barman-ts: recovery of backup ${backup.backupId} of ${server}, written ${now.toISOString()}`,
     `restore_command = ${q(`cp ${RECOVERY_WAL_DIR}/%f %p`)}`,

@@ -8,8 +8,8 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { BackupInfo } from '../../shared/backup/info';
 import type { ManifestFile } from '../../shared/backup/manifest';
 import type { ReceiverConfig, ServerConfig } from '../../shared/config/receiver';
-import { BarmanError, ErrorCode } from '../../shared/errors';
-import type { BackupStart, BackupStop, Frame, Role, StreamingState, StreamKeepaliveFrame, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
+import { asBarmanError, BarmanError, ErrorCode } from '../../shared/errors';
+import type { BackupStart, BackupStop, Frame, PgProbeFrame, Role, StreamingState, StreamKeepaliveFrame, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
 import { type Lsn, parseLsn } from '../../shared/wal/lsn';
 import type { Logger } from 'pino';
 import { WalStream } from '../catalog/streaming';
@@ -21,6 +21,8 @@ import { applyCatalogChange, type CatalogChange, type CronReport } from '../cata
 import type { Upload } from '../catalog/upload';
 import { WalArchive } from '../catalog/wal-archive';
 import { StreamHealth } from './stream-health';
+import type { DrillRecord } from '../catalog/catalog';
+import type { DrillOptions } from '../drill/drill';
 
 /** The side of a session the server context needs: a way to talk to it and to name it. */
 export interface Peer {
@@ -82,6 +84,16 @@ interface RunningBackup {
   total?: { files: number; bytes: number };
 }
 
+/** What happened to a server that its metrics count or follow (receiver/server/metrics.ts). */
+export type ServerEvent =
+  | { kind: 'wal-archived'; name: string; bytes: number }
+  | { kind: 'archive-failed'; reason: string }
+  /** backups, retention or drills changed what the catalog holds */
+  | { kind: 'catalog-changed' };
+
+/** What a drill is asked for: a backup (ID, latest, oldest; default latest) and an optional target time. */
+export type DrillRequest = Pick<DrillOptions, 'backup' | 'targetTime'>;
+
 /** receiver-originated request ids live high, apart from the agent's own counter */
 let nextRequestId = 1 << 30;
 
@@ -100,6 +112,8 @@ export class ServerContext {
   private attaching: Promise<void> = Promise.resolve();
   /** whether the stream is heard from, and when the receiver last had all of it */
   private readonly streamHealth = new StreamHealth();
+  /** agent.json exists: a daemon attached for this server once */
+  private agentRecorded = false;
   /** streaming.json exists: a stream was opened for this server */
   private streamingRecorded = false;
   private running: RunningBackup | undefined;
@@ -119,6 +133,13 @@ export class ServerContext {
   private readonly log: Logger;
   /** catalog changes (keep, delete, cron) asked of this service run one at a time */
   private changes: Promise<unknown> = Promise.resolve();
+  private readonly eventListeners = new Set<(event: ServerEvent) => void>();
+  /** runs a restore drill of this server (set by the service: receiver/drill/drill.ts); undefined outside serve */
+  drillRunner: ((options: DrillRequest) => Promise<DrillRecord>) | undefined;
+  /** the drill running now, if any */
+  private drilling: Promise<DrillRecord> | undefined;
+  /** PostgreSQL probes sent to the daemon, by request id */
+  private readonly probes = new Map<number, (result: PgProbeFrame | BarmanError) => void>();
 
   /** set when this receiver lost the catalog's lock: it writes nothing more, and says why */
   private fenced: BarmanError | undefined;
@@ -130,7 +151,7 @@ export class ServerContext {
     this.stream = new WalStream(this.catalog, log.child({ server: config.name, component: 'streaming' }), this.walArchive);
     this.stream.onSegment = async (name, sha256) => {
       this.onStreamSegment?.(name, sha256);
-      await this.walStored();
+      await this.walArchived(name, await this.catalog.segmentSize());
     };
   }
 
@@ -185,7 +206,12 @@ export class ServerContext {
   async appendStream(owner: Peer, frame: WalDataFrame): Promise<void> {
     this.writable();
     if (this.streamOwner?.id !== owner.id) throw new BarmanError(ErrorCode.PROTOCOL, 'WAL data on a session that does not own the stream', 'Restart the agent daemon.');
-    await this.stream.append(frame.timeline, parseLsn(frame.startLsn), parseLsn(frame.walEnd), frame.data);
+    try {
+      await this.stream.append(frame.timeline, parseLsn(frame.startLsn), parseLsn(frame.walEnd), frame.data);
+    } catch (err) {
+      this.archiveFailed(err);
+      throw err;
+    }
     this.streamHealth.heard(new Date(), this.stream.caughtUp);
   }
 
@@ -237,6 +263,15 @@ export class ServerContext {
     this.daemon = peer;
     this.daemonSince = new Date();
     this.daemonClaim = claim;
+    // from now on `check` expects this server's daemon connected (as streaming.json does for a stream)
+    if (!this.agentRecorded) {
+      try {
+        if (!(await this.catalog.agentRecord())) await this.catalog.saveAgentRecord({ firstAttachedAt: this.daemonSince.toISOString(), host: claim.host });
+        this.agentRecorded = true;
+      } catch (err) {
+        this.log.warn({ err: String(err) }, 'cannot record that an agent daemon attached (agent.json); trying again at its next attach');
+      }
+    }
   }
 
   /**
@@ -298,6 +333,8 @@ export class ServerContext {
       this.daemon = undefined;
       this.daemonSince = undefined;
       this.daemonClaim = undefined;
+      const gone = new BarmanError(ErrorCode.AGENT_NOT_CONNECTED, `the agent daemon of ${this.config.name} went away before it answered`, 'It reconnects by itself; ask again.');
+      for (const cb of [...this.probes.values()]) cb(gone);
     }
     if (this.running?.owner.id === peer.id) {
       const { backupId } = this.running;
@@ -438,13 +475,124 @@ export class ServerContext {
   /** A change the DBA asked for (keep, delete, cron), made by this service as the catalog's one writer. */
   changeCatalog(change: CatalogChange, key: string): Promise<BackupInfo | CronReport> {
     if (this.fenced) return Promise.reject(this.fenced);
+    const refused = this.refuseWithoutKey(key, 'a catalog change');
+    if (refused) return Promise.reject(refused);
+    return this.asWriter(() => applyCatalogChange(this.config, this.backups, this.walArchive, change));
+  }
+
+  /** The key check of changeCatalog: an agent's token opens an admin session, never a change. */
+  private refuseWithoutKey(key: string, what: string): BarmanError | undefined {
     const given = Buffer.from(key, 'hex');
-    if (!this.changeKey || given.length !== this.changeKey.length || !timingSafeEqual(given, this.changeKey)) {
-      return Promise.reject(new BarmanError(ErrorCode.AUTH_FAILED, `a catalog change for ${this.config.name} came without the key this receiver keeps in barman_home`, 'keep, delete and cron are run on the backup host, by a user that can read barman_home; an agent cannot change the catalog.'));
-    }
-    const run = this.changes.then(() => applyCatalogChange(this.config, this.backups, this.walArchive, change));
+    if (this.changeKey && given.length === this.changeKey.length && timingSafeEqual(given, this.changeKey)) return undefined;
+    return new BarmanError(ErrorCode.AUTH_FAILED, `${what} for ${this.config.name} came without the key this receiver keeps in barman_home`, 'keep, delete, cron and drill are run on the backup host, by a user that can read barman_home; an agent cannot change the catalog.');
+  }
+
+  /** Runs a change of the catalog after the ones before it (one writer, one change at a time); its metrics follow. */
+  private asWriter<T>(change: () => Promise<T>): Promise<T> {
+    const run = this.changes.then(() => {
+      this.writable();
+      return change();
+    });
     this.changes = run.catch(() => undefined);
-    return run;
+    return run.finally(() => this.emit({ kind: 'catalog-changed' }));
+  }
+
+  /** serve's housekeeping: what `cron` does (retention, stale temporary files), by the same code, as the catalog's writer. */
+  housekeep(now = new Date()): Promise<CronReport> {
+    return this.asWriter(async () => (await applyCatalogChange(this.config, this.backups, this.walArchive, { action: 'cron' }, now)) as CronReport);
+  }
+
+  /** A drill the DBA asked for over an admin connection (`drill` while serve runs), with the key of barman_home. */
+  requestDrill(options: DrillRequest, key: string): Promise<DrillRecord> {
+    const refused = this.refuseWithoutKey(key, 'a drill');
+    if (refused) return Promise.reject(refused);
+    return this.drill(options);
+  }
+
+  /**
+   * Runs a restore drill (one at a time per server; the runner also takes turns with other
+   * servers') and records its outcome as the catalog's writer. The drill itself only reads the
+   * catalog, so WAL and backups keep arriving meanwhile.
+   */
+  async drill(options: DrillRequest): Promise<DrillRecord> {
+    if (!this.drillRunner) throw new BarmanError(ErrorCode.INTERNAL, 'this service runs no drills', 'Run barman-receiver drill on the backup host.');
+    if (this.drilling) throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `a restore drill of ${this.config.name} is already running`, 'Wait for it to finish (barman-receiver status shows the last drill), then run another.');
+    const run = this.drillRunner(options);
+    this.drilling = run;
+    try {
+      const record = await run;
+      await this.asWriter(() => this.catalog.recordDrill(record));
+      return record;
+    } finally {
+      this.drilling = undefined;
+    }
+  }
+
+  get drillRunning(): boolean {
+    return this.drilling !== undefined;
+  }
+
+  // ---- what metrics follow ----------------------------------------------------------------------
+
+  onEvent(listener: (event: ServerEvent) => void): () => void {
+    this.eventListeners.add(listener);
+    return () => this.eventListeners.delete(listener);
+  }
+
+  private emit(event: ServerEvent): void {
+    for (const l of [...this.eventListeners]) {
+      try {
+        l(event);
+      } catch (err) {
+        this.log.warn({ err: String(err) }, 'a metrics listener failed');
+      }
+    }
+  }
+
+  /** A segment was archived (pushed or streamed, `bytes` its plain size): counted, and backups waiting for it may be DONE. */
+  async walArchived(name: string, bytes: number): Promise<void> {
+    this.emit({ kind: 'wal-archived', name, bytes });
+    await this.walStored();
+  }
+
+  /** Archiving WAL failed here (a push refused, a stream that could not be written): counted by its error code. */
+  archiveFailed(err: unknown): void {
+    this.emit({ kind: 'archive-failed', reason: err instanceof BarmanError ? err.code : ErrorCode.INTERNAL });
+  }
+
+  // ---- PostgreSQL, asked through the daemon -----------------------------------------------------
+
+  /**
+   * Asks the connected daemon what PostgreSQL says now (settings, system identifier, slot; with
+   * `switchWal`, after a forced WAL switch). Answers within `timeoutMs` or fails.
+   */
+  async probePostgres(switchWal: boolean, timeoutMs: number): Promise<PgProbeFrame> {
+    const daemon = this.daemon;
+    if (!daemon) {
+      throw new BarmanError(ErrorCode.AGENT_NOT_CONNECTED, `no agent daemon of server ${this.config.name} is connected, so PostgreSQL cannot be asked`, 'Start one on the PostgreSQL host: barman-agent daemon (systemctl start barman-agent).');
+    }
+    const id = nextRequestId++;
+    return new Promise<PgProbeFrame>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.probes.delete(id);
+        reject(new BarmanError(ErrorCode.TIMEOUT, `the agent daemon of ${this.config.name} did not answer about PostgreSQL within ${Math.round(timeoutMs / 1000)} s`, 'Look at the daemon\'s log on the PostgreSQL host; an older barman-agent does not answer this request.'));
+      }, timeoutMs);
+      this.probes.set(id, (result) => {
+        clearTimeout(timer);
+        this.probes.delete(id);
+        if (result instanceof BarmanError) reject(result);
+        else resolve(result);
+      });
+      daemon.send({ type: 'pg-probe-request', id, switchWal }).catch((err: unknown) => this.probes.get(id)?.(asBarmanError(err)));
+    });
+  }
+
+  /** The daemon's answer to a probe; false when it answers nothing this service asked (or from another session). */
+  probeAnswered(from: Peer, frame: PgProbeFrame | { id: number; error: BarmanError }): boolean {
+    const cb = this.probes.get(frame.id);
+    if (!cb || this.daemon?.id !== from.id) return false;
+    cb('error' in frame ? frame.error : frame);
+    return true;
   }
 
   /** The backup in progress, if any. */
@@ -471,6 +619,7 @@ export class ServerContext {
   }
 
   private notify(info: BackupInfo): void {
+    this.emit({ kind: 'catalog-changed' });
     for (const l of [...this.listeners]) l(info);
   }
 }

@@ -37,6 +37,9 @@ export interface SessionOptions {
   onAuthenticated?: () => void;
 }
 
+/** how long the daemon has to answer a PostgreSQL probe (a forced WAL switch runs a CHECKPOINT first) */
+const PG_PROBE_TIMEOUT_MS = 60_000;
+
 /** how often an admin waiting on a backup hears how far its files are */
 const PROGRESS_INTERVAL_MS = 1000;
 
@@ -189,7 +192,11 @@ export class Session implements Peer {
           const t = frame.target;
           if (t.kind === 'wal') {
             this.allow(['push', 'daemon', 'backup'], 'archive WAL');
-            this.uploads.set(frame.id, await server.openUpload(() => server.walArchive.begin(t.name, frame.size, t.sha256)));
+            const upload = await server.openUpload(() => server.walArchive.begin(t.name, frame.size, t.sha256)).catch((err: unknown) => {
+              server.archiveFailed(err);
+              throw err;
+            });
+            this.uploads.set(frame.id, upload);
           } else {
             this.allow(['daemon', 'backup'], 'send backup files');
             this.uploads.set(frame.id, await server.openUpload(() => server.backupFile(this, t.backupId, t.path, frame.size, t.mtime)));
@@ -220,7 +227,7 @@ export class Session implements Peer {
           if (upload instanceof WalUpload) {
             this.log.info({ wal: upload.label, status }, status === 'stored' ? 'WAL archived' : 'WAL already archived with identical content');
             if (upload.replacedDamaged) this.log.warn({ wal: upload.label, aside: upload.replacedDamaged }, 'the stored copy was damaged; replaced by this identical push, the damaged copy kept aside');
-            if (status === 'stored' && upload.file.kind === 'segment') await server.walStored();
+            if (status === 'stored' && upload.file.kind === 'segment') await server.walArchived(upload.file.name, upload.size);
           }
         }, upload)
           .catch((err: unknown) => void this.conn.fail(asBarmanError(err)))
@@ -309,9 +316,28 @@ export class Session implements Peer {
           this.allow(['admin'], 'ask for status');
           await this.conn.send({ type: 'status', id: frame.id, agentConnected: server.daemon !== undefined, agentSince: server.daemonSince?.toISOString() ?? '', backupRunning: server.runningBackup ?? '', streaming: server.streamingState() });
         });
+      case 'pg-probe-request':
+        return this.answer(frame.id, async () => {
+          this.allow(['admin'], 'ask PostgreSQL');
+          const facts = await server.probePostgres(frame.switchWal, PG_PROBE_TIMEOUT_MS);
+          await this.conn.send({ ...facts, id: frame.id });
+        });
+      case 'pg-probe':
+        this.allow(['daemon'], 'answer for PostgreSQL');
+        if (!server.probeAnswered(this, frame)) this.log.debug({ id: frame.id }, 'a PostgreSQL probe answered that nobody waits for');
+        return;
+      case 'drill-request':
+        return this.answer(frame.id, async () => {
+          this.allow(['admin'], 'run restore drills');
+          this.log.info({ backup: frame.backup, targetTime: frame.targetTime || undefined }, 'restore drill asked');
+          const record = await server.requestDrill({ backup: frame.backup || undefined, targetTime: frame.targetTime || undefined }, frame.key);
+          const json = Buffer.from(JSON.stringify(record));
+          await this.sendStream(frame.id, 'drill.json', json.length, Readable.from([json]));
+        });
       case 'error':
-        // the daemon's answer to a request of ours (a backup request it could not run)
+        // the daemon's answer to a request of ours (a backup request it could not run, a PostgreSQL probe)
         if (frame.id !== undefined && server.requestFailed(frame.id, errorFromFrame(frame))) return;
+        if (frame.id !== undefined && server.probeAnswered(this, { id: frame.id, error: errorFromFrame(frame) })) return;
         this.log.warn({ code: frame.code }, `agent reported: ${frame.message}`);
         return;
       default:
@@ -444,6 +470,7 @@ export class Session implements Peer {
       // put too: its sender streams chunks before the refusal reaches it. Marked before any await:
       // frames keep arriving while this answer is on its way
       if (open || opensUpload) this.failedUploads.add(id);
+      if (open instanceof WalUpload && this.state.phase === 'ready') this.state.server.archiveFailed(e);
       if (open) {
         this.uploads.delete(id);
         this.writes.delete(id);

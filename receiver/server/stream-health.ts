@@ -3,6 +3,10 @@
 // answers through the daemon when it has nothing to send. Silent for longer than the daemon's
 // timeout it is "stale" (the daemon is there, PostgreSQL is not answering: killed, stopped, cut
 // off); with no daemon at all it is "disconnected". Pure decisions, unit-tested on their own.
+// `liveProtection` is the one place the RPO is worked out: `status` and `/metrics` both ask it.
+
+import type { StreamingState } from '../../shared/protocol/frames';
+import { parseLsn } from '../../shared/wal/lsn';
 
 export type StreamLiveState = 'off' | 'streaming' | 'stale' | 'disconnected';
 
@@ -58,4 +62,31 @@ export function estimateRpoSeconds(now: Date, s: { state: string; lagBytes: numb
   const known = [s.caughtUpAt, s.lastFlushAt, s.lastArchivedAt].filter((d): d is Date => d !== undefined && !Number.isNaN(d.getTime()));
   if (known.length === 0) return null;
   return since(new Date(Math.max(...known.map((d) => d.getTime()))));
+}
+
+/** What a loss of the primary would cost now: the stream's state, its lag, and the RPO in seconds and bytes. */
+export interface Protection {
+  /** off | streaming | stale | disconnected */
+  state: StreamLiveState | string;
+  /** WAL PostgreSQL has sent that is not flushed here (null when PostgreSQL's position is unknown) */
+  lagBytes: number | null;
+  rpoSeconds: number | null;
+  /** the lag while a stream is expected; null when streaming is off or the lag is unknown */
+  rpoBytes: number | null;
+}
+
+/**
+ * The RPO from what the service knows live of the stream (undefined when the service is not
+ * running) and what the catalog says: whether a stream was ever opened for the server and when
+ * the newest segment arrived. A stream expected but not open on the service (restarted since,
+ * or not running) counts as stale with a daemon connected, disconnected without one.
+ */
+export function liveProtection(now: Date, s: { streaming: StreamingState | undefined; agentConnected: boolean; streamInUse: boolean; lastArchivedAt: Date | undefined }): Protection {
+  const st = s.streaming;
+  const lagBytes = st?.serverLsn && st.flushLsn ? Number(parseLsn(st.serverLsn) - parseLsn(st.flushLsn)) : null;
+  let state = st?.state ?? 'off';
+  if (state === 'off' && s.streamInUse) state = s.agentConnected ? 'stale' : 'disconnected';
+  const date = (iso: string | undefined) => (iso ? new Date(iso) : undefined);
+  const rpoSeconds = estimateRpoSeconds(now, { state, lagBytes, lastFlushAt: date(st?.lastFlushAt), caughtUpAt: date(st?.caughtUpAt), lastArchivedAt: s.lastArchivedAt });
+  return { state, lagBytes, rpoSeconds, rpoBytes: state === 'off' || lagBytes === null ? null : Math.max(0, lagBytes) };
 }

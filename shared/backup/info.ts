@@ -30,6 +30,8 @@ export interface BackupInfo {
   keep: boolean;
   /** JSON: [{path, target}], the data directory's symlinks (backup_manifest lists files only); recovery recreates them as links */
   symlinks: BackupSymlink[];
+  /** taken from a hot standby (backup_label: BACKUP FROM: standby); its WAL came from the primary's archiving */
+  fromStandby: boolean;
 }
 
 const NUMERIC: ReadonlySet<keyof BackupInfo> = new Set(['timeline', 'pgVersion', 'size', 'fileCount']);
@@ -58,7 +60,7 @@ export function parseBackupInfo(text: string): BackupInfo {
       info[key] = template[key];
     } else if (JSON_KEYS.has(key)) {
       info[key] = JSON.parse(value || '[]');
-    } else if (key === 'keep') {
+    } else if (key === 'keep' || key === 'fromStandby') {
       info[key] = value === 'true';
     } else {
       info[key] = NUMERIC.has(key) ? Number(value) : value;
@@ -70,7 +72,7 @@ export function parseBackupInfo(text: string): BackupInfo {
 export function emptyInfo(backupId: string): BackupInfo {
   return {
     backupId, status: 'STARTED', error: '', beginTime: '', endTime: '', beginLsn: '', endLsn: '', beginWal: '', endWal: '',
-    timeline: 0, pgVersion: 0, systemIdentifier: '', pgdata: '', size: 0, fileCount: 0, tablespaces: [], keep: false, symlinks: [],
+    timeline: 0, pgVersion: 0, systemIdentifier: '', pgdata: '', size: 0, fileCount: 0, tablespaces: [], keep: false, symlinks: [], fromStandby: false,
   };
 }
 

@@ -21,7 +21,12 @@ export interface AgentConfig {
   logLevel: LogLevel;
   /** seconds to wait for the receiver to answer before giving up */
   timeoutSeconds: number;
+  /** WAL segments get-wal fetches ahead into spool_dir (0: none) */
+  prefetch: number;
 }
+
+/** the most segments get-wal may hold ahead in spool_dir */
+export const MAX_PREFETCH = 64;
 
 export function loadAgentConfig(explicit?: string): AgentConfig {
   const file = locateConfig(explicit, 'BARMAN_AGENT_CONFIG', 'barman-agent.conf', existsSync);
@@ -56,6 +61,8 @@ export function loadAgentConfig(explicit?: string): AgentConfig {
   const applicationName = s.string('application_name', `barman_receive_${server}`)!;
   const logLevel = s.oneOf('log_level', LOG_LEVELS, 'info');
   const timeoutSeconds = s.integer('timeout', 30, 1);
+  const prefetch = s.integer('prefetch', 8, 0);
+  if (prefetch > MAX_PREFETCH) throw configError(file, 'agent', 'prefetch', `${prefetch} is more than ${MAX_PREFETCH}`, `Set prefetch to at most ${MAX_PREFETCH} segments (each waits in spool_dir until PostgreSQL asks for it).`);
   s.finish();
-  return { file, receiver, server, token, caFile, pgdata, conninfo, spoolDir, streaming, slotName, createSlot, applicationName, logLevel, timeoutSeconds };
+  return { file, receiver, server, token, caFile, pgdata, conninfo, spoolDir, streaming, slotName, createSlot, applicationName, logLevel, timeoutSeconds, prefetch };
 }

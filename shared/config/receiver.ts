@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import { parse } from 'ini';
 import { configError, locateConfig, readIni, SectionReader, SERVER_NAME } from './ini';
+import { readHousekeepingInterval, readServerOperations, readThresholds, type ServerOperations } from './operations';
 import { parseRetentionPolicy, type RetentionPolicy } from './retention';
 
 export const COMPRESSIONS = ['none', 'gzip', 'lz4', 'zstd'] as const;
@@ -91,7 +92,8 @@ function readS3Credentials(file: string, section: string, path: string): { acces
   return { accessKeyId, secretAccessKey };
 }
 
-export interface ServerConfig {
+/** ServerOperations: drill keys and check thresholds (shared/config/operations.ts), all optional. */
+export interface ServerConfig extends ServerOperations {
   name: string;
   description: string;
   /** the shared secret; never log or print it */
@@ -113,12 +115,16 @@ export interface ReceiverConfig {
   timeoutSeconds: number;
   storage: StorageConfig;
   servers: Map<string, ServerConfig>;
+  /** where GET /metrics and /healthz are served when not on `listen` */
+  metricsListen?: { host: string; port: number };
+  /** seconds between two housekeeping runs of serve (retention, stale temporary files, scheduled drills) */
+  housekeepingIntervalSeconds: number;
 }
 
-export function parseListen(file: string, text: string): { host: string; port: number } {
+export function parseListen(file: string, text: string, key = 'listen'): { host: string; port: number } {
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
   const port = m ? Number(m[2]) : NaN;
-  if (!m || port > 65535) throw configError(file, 'barman', 'listen', `"${text}" is not host:port`, 'Use for example listen = 127.0.0.1:7480 (port 0 picks a free one).');
+  if (!m || port > 65535) throw configError(file, 'barman', key, `"${text}" is not host:port`, `Use for example ${key} = 127.0.0.1:${key === 'listen' ? 7480 : 9187} (port 0 picks a free one).`);
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
@@ -140,6 +146,11 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
   const compression = r.oneOf('compression', COMPRESSIONS, 'zstd');
   const timeoutSeconds = r.integer('timeout', 30, 1);
   const storage = parseStorageConfig(r);
+  // running it for years: metrics, housekeeping, check thresholds (defaults for every server)
+  const metricsText = r.string('metrics_listen');
+  const metricsListen = metricsText === undefined ? undefined : parseListen(file, metricsText, 'metrics_listen');
+  const housekeepingIntervalSeconds = readHousekeepingInterval(r);
+  const thresholds = readThresholds(r);
   r.finish();
 
   const servers = new Map<string, ServerConfig>();
@@ -156,8 +167,9 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
     }
     const minimumRedundancy = s.integer('minimum_redundancy', 0);
     const serverCompression = s.oneOf('compression', COMPRESSIONS, compression);
+    const operations = readServerOperations(s, thresholds);
     s.finish();
-    servers.set(name, { name, description, token, retentionPolicy, minimumRedundancy, compression: serverCompression });
+    servers.set(name, { name, description, token, retentionPolicy, minimumRedundancy, compression: serverCompression, ...operations });
   }
-  return { file, barmanHome, listen, tls: cert && key ? { cert, key } : undefined, logLevel, compression, timeoutSeconds, storage, servers };
+  return { file, barmanHome, listen, tls: cert && key ? { cert, key } : undefined, logLevel, compression, timeoutSeconds, storage, servers, metricsListen, housekeepingIntervalSeconds };
 }

@@ -52,15 +52,15 @@ export function localServerBinaries(): ServerBinaries[] {
 /**
  * Refuses (PG_VERSION_MISMATCH) to recover backup `backupId` of server_version_num `pgVersion`
  * where the binaries that would start it are another major version (see the top of this file).
- * `named` is --pg-bindir; $PG_BINDIR stands in when it is not given. Returns the binaries that
- * will do, when known.
+ * `named` is --pg-bindir (or, spelled `namedAs`, another way to name them: a drill's pg_bindir);
+ * $PG_BINDIR stands in when it is not given. Returns the binaries that will do, when known.
  */
-export function checkRecoveryBinaries(backupId: string, pgVersion: number, named: string | undefined, env: NodeJS.ProcessEnv = process.env): ServerBinaries | undefined {
+export function checkRecoveryBinaries(backupId: string, pgVersion: number, named: string | undefined, env: NodeJS.ProcessEnv = process.env, namedAs = '--pg-bindir'): ServerBinaries | undefined {
   const needed = majorOf(pgVersion);
   const backup = `backup ${backupId} was taken of PostgreSQL ${versionText(pgVersion)}`;
   const explicit = named ?? (env.PG_BINDIR || undefined);
   if (explicit !== undefined) {
-    const how = named !== undefined ? `--pg-bindir ${named}` : `PG_BINDIR=${explicit}`;
+    const how = named !== undefined ? `${namedAs} ${named}` : `PG_BINDIR=${explicit}`;
     const major = serverBinariesMajor(explicit);
     if (major === undefined) {
       throw new BarmanError(ErrorCode.USAGE, `${how}: no PostgreSQL server (postgres) runs from that folder`, `Name the folder of PostgreSQL ${needed}'s programs, e.g. /usr/lib/postgresql/${needed}/bin.`);

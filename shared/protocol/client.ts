@@ -225,7 +225,7 @@ export class AgentConnection {
     return this.conn.send(frame);
   }
 
-  /** Requests the receiver sends this agent (backup-request), with a handler that answers them. */
+  /** Requests the receiver sends this agent (backup-request, pg-probe-request), with a handler that answers them. */
   onRequest(handler: (frame: Frame) => void): void {
     this.requestHandler = handler;
   }
@@ -243,9 +243,10 @@ export class AgentConnection {
   /**
    * Streams a file the receiver sends in answer to `build` (file → chunk* → end), verifying its
    * size and SHA-256 at the end. At most a few chunks wait in memory: the connection stops
-   * reading while the consumer is behind.
+   * reading while the consumer is behind. `onVerified` hears the checksum once it has matched
+   * (before the last chunk is handed over), so a caller need not hash the bytes a second time.
    */
-  async *fetch(build: (id: number) => Frame): AsyncGenerator<Uint8Array> {
+  async *fetch(build: (id: number) => Frame, onVerified?: (sha256: string) => void): AsyncGenerator<Uint8Array> {
     const id = this.nextId++;
     const queue: Uint8Array[] = [];
     const hash = newHash();
@@ -277,7 +278,7 @@ export class AgentConnection {
         const sha = hash.digest('hex');
         if (received !== expected || sha !== frame.sha256) {
           failure = new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${build(id).type}: received ${received} of ${expected} bytes, checksum ${sha === frame.sha256 ? 'matches' : 'differs'}`, 'Retry; if it persists, run verify-backup on the receiver host.');
-        }
+        } else onVerified?.(sha);
         finished = true;
       } else if (frame.type === 'error') failure = errorFromFrame(frame);
       else failure = unexpected(frame, build(id).type);
@@ -352,7 +353,7 @@ export class AgentConnection {
   }
 
   private async route(frame: Frame): Promise<void> {
-    if (frame.type === 'backup-request') {
+    if (frame.type === 'backup-request' || frame.type === 'pg-probe-request') {
       this.requestHandler?.(frame);
       return;
     }

@@ -134,13 +134,39 @@ export interface StreamingState {
 }
 export interface StatusFrame { type: 'status'; id: number; agentConnected: boolean; agentSince: string; backupRunning: string; streaming: StreamingState }
 
+/**
+ * admin → receiver → daemon: what PostgreSQL says now, asked by `check` through the daemon's own
+ * connection; with `switchWal` the daemon first forces a WAL switch (CHECKPOINT, pg_switch_wal()),
+ * so an idle server archives a segment. Answered by pg-probe (or an error frame).
+ */
+export interface PgProbeRequestFrame { type: 'pg-probe-request'; id: number; switchWal: boolean }
+/** daemon → receiver → admin: PostgreSQL's settings and position; slot fields are '' / false when the daemon does not stream */
+export interface PgProbeFrame {
+  type: 'pg-probe'; id: number;
+  serverVersionNum: number; systemIdentifier: string; inRecovery: boolean;
+  walLevel: string; archiveMode: string; archiveCommand: string;
+  /** pg_current_wal_lsn() ('' on a standby) */
+  currentLsn: string;
+  /** the segment the forced switch completed ('' when none was asked or nothing was switched) */
+  switchedSegment: string;
+  slotName: string; slotExists: boolean; slotActive: boolean; slotRestartLsn: string; slotWalStatus: string;
+}
+
+/**
+ * admin → receiver: run a restore drill of the server's backup `backup` (ID, latest, oldest), to
+ * `targetTime` when not '', and record it; `key` as for catalog-change. Answered like get, with
+ * the drill's record as a JSON document, once the drill is over.
+ */
+export interface DrillRequestFrame { type: 'drill-request'; id: number; backup: string; targetTime: string; key: string }
+
 export type Frame =
   | HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame
   | BackupBeginFrame | BackupAcceptedFrame | BackupEndFrame | BackupAbortFrame | BackupRequestFrame | BackupStartFrame | BackupStatusFrame
   | BackupTotalFrame | BackupProgressFrame
   | StatusRequestFrame | StatusFrame | GetBackupFileFrame | RestorePlanRequestFrame
   | StreamOpenFrame | StreamPositionFrame | WalDataFrame | StreamFlushedFrame | StreamSegmentFrame
-  | StreamKeepaliveFrame | DaemonAttachFrame | DaemonAttachedFrame | CatalogChangeFrame;
+  | StreamKeepaliveFrame | DaemonAttachFrame | DaemonAttachedFrame | CatalogChangeFrame
+  | PgProbeRequestFrame | PgProbeFrame | DrillRequestFrame;
 export type FrameType = Frame['type'];
 
 // ---- validation -----------------------------------------------------------------------------
@@ -156,6 +182,7 @@ const int: Check = (v) => typeof v === 'number' && Number.isSafeInteger(v);
 const backupId = (v: unknown) => typeof v === 'string' && /^\d{8}T\d{6}$/.test(v);
 const lsn = (v: unknown) => typeof v === 'string' && /^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/.test(v);
 const iso = (v: unknown) => typeof v === 'string' && v.length <= 40 && !Number.isNaN(Date.parse(v));
+const bool: Check = (v) => typeof v === 'boolean';
 
 /** A map with exactly these keys, each passing its check. */
 const record = (fields: Record<string, Check>): Check => (v) => {
@@ -172,7 +199,7 @@ const backupStart = record({
   startLsn: lsn, timeline: uint, startTime: iso, systemIdentifier: (v) => typeof v === 'string' && /^\d{1,20}$/.test(v),
   pgVersion: uint, segmentSize: uint, pgdata: str(4096), tablespaces: arrayOf(record({ oid: (v) => typeof v === 'string' && /^\d{1,10}$/.test(v), name: str(64), location: str(4096) }), 1000),
 });
-const RECOVERY_OPTION_KEYS = ['targetTime', 'targetXid', 'targetLsn', 'targetName', 'targetImmediate', 'targetTli', 'targetAction', 'exclusive', 'tablespaces'];
+const RECOVERY_OPTION_KEYS = ['targetTime', 'targetXid', 'targetLsn', 'targetName', 'targetImmediate', 'targetTli', 'targetAction', 'exclusive', 'tablespaces', 'standby'];
 const recoveryOptions: Check = (v) => {
   if (v === null || typeof v !== 'object' || Array.isArray(v)) return false;
   return Object.entries(v as Record<string, unknown>).every(([k, x]) => {
@@ -224,6 +251,15 @@ const SHAPES: Record<FrameType, Shape> = {
   'restore-plan-request': { required: { id: uint, backup: str(32), options: recoveryOptions } },
   'catalog-change': { required: { id: uint, action: oneOf('keep', 'release', 'delete', 'cron'), backup: str(32), key: hex64 } },
   status: { required: { id: uint, agentConnected: (v) => typeof v === 'boolean', agentSince: str(40), backupRunning: str(16), streaming: streamingState } },
+  'pg-probe-request': { required: { id: uint, switchWal: bool } },
+  'pg-probe': {
+    required: {
+      id: uint, serverVersionNum: uint, systemIdentifier: (v) => v === '' || (typeof v === 'string' && /^\d{1,20}$/.test(v)), inRecovery: bool,
+      walLevel: str(32), archiveMode: str(32), archiveCommand: str(4096), currentLsn: (v) => v === '' || lsn(v), switchedSegment: (v) => v === '' || (typeof v === 'string' && /^[0-9A-F]{24}$/.test(v)),
+      slotName: str(64), slotExists: bool, slotActive: bool, slotRestartLsn: (v) => v === '' || lsn(v), slotWalStatus: str(32),
+    },
+  },
+  'drill-request': { required: { id: uint, backup: str(32), targetTime: str(64), key: hex64 } },
 };
 
 /** Returns the frame typed, or a reason it is malformed. Unknown keys are malformed too. */

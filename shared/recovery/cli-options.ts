@@ -3,7 +3,8 @@
 
 import type { Command } from 'commander';
 import { usageError } from '../cli';
-import type { RecoveryOptions, TargetAction } from './plan';
+import type { RecoveryOptions, RecoveryPlan, TargetAction } from './plan';
+import type { WriteSummary } from './writer';
 
 export function recoveryOptionsFromCli(opts: Record<string, string | boolean | string[] | undefined>): RecoveryOptions {
   const action = opts.targetAction as string | undefined;
@@ -27,7 +28,15 @@ export function recoveryOptionsFromCli(opts: Record<string, string | boolean | s
     targetAction: action as TargetAction | undefined,
     exclusive: Boolean(opts.exclusive),
     tablespaces,
+    ...(opts.standby ? { standby: true } : {}),
   };
+}
+
+/** How the recovery is written on this host (never sent to the receiver: primary_conninfo may hold a password). */
+export function writeOptionsFromCli(opts: Record<string, string | boolean | string[] | undefined>): { delta: boolean; primaryConninfo?: string } {
+  const primaryConninfo = opts.primaryConninfo as string | undefined;
+  if (primaryConninfo !== undefined && !opts.standby) throw usageError('--primary-conninfo is for a standby', 'Add --standby, or leave out --primary-conninfo.');
+  return { delta: Boolean(opts.delta), ...(primaryConninfo !== undefined ? { primaryConninfo } : {}) };
 }
 
 /** The target options, defined once for recover and restore. */
@@ -42,5 +51,20 @@ export function addRecoveryOptions(command: Command): Command {
     .option('--target-action <action>', 'pause, promote or shutdown (default promote when a target is given)')
     .option('--exclusive', 'stop just before the target instead of just after it')
     .option('--tablespace <name:location...>', 'where a tablespace goes, an absolute path (repeatable; recover on the backup host needs one for each tablespace)')
+    .option('--standby', 'a standby that keeps following the catalog: standby.signal, restore_command = barman-agent get-wal, the latest timeline')
+    .option('--primary-conninfo <conninfo>', "with --standby: primary_conninfo, to stream from the primary too (stored in postgresql.auto.conf, never printed; keep a password in the postgres user's ~/.pgpass)")
+    .option('--delta', 'into an existing data directory: write only the files that differ from the backup, remove what it does not have (also completes an interrupted restore)')
     .option('--pg-bindir <dir>', "PostgreSQL binaries that will start the result: refused unless they are the backup's major version (default $PG_BINDIR, else this host's own are checked)");
+}
+
+/** What recover and restore print on stdout once the directory is written. */
+export function recoverySummary(verb: 'Recovered' | 'Restored', plan: RecoveryPlan & { summary: WriteSummary }, dest: string, seconds: number, delta: boolean): string {
+  const s = plan.summary;
+  const what = delta
+    ? `${plan.files.length} files: ${s.written} written, ${s.unchanged} unchanged, ${s.removed} removed that the backup does not have`
+    : `${plan.files.length} files`;
+  const lines = [`${verb} backup ${plan.backupId} of ${plan.server} into ${dest}${delta ? ' (delta)' : ''} (target: ${plan.targetDescription}; ${what}, ${plan.wals.length} WAL files) in ${seconds.toFixed(1)} s`];
+  if (plan.standby) lines.push("A standby: standby.signal, restore_command = 'barman-agent get-wal %f %p' (the agent configuration must be where barman-agent finds it for the postgres user: $BARMAN_AGENT_CONFIG, ~/.barman-agent.conf or /etc/barman-agent.conf).");
+  lines.push(`Start it with: pg_ctl -D ${dest} start`);
+  return lines.join('\n') + '\n';
 }

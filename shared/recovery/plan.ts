@@ -20,6 +20,8 @@ export interface RecoveryOptions {
   exclusive?: boolean;
   /** tablespace name -> new location */
   tablespaces?: Record<string, string>;
+  /** a standby that keeps following the catalog: standby.signal, restore_command = get-wal, timeline latest */
+  standby?: boolean;
 }
 
 export interface PlannedTablespace {
@@ -49,7 +51,19 @@ export interface RecoveryPlan {
   manifest: string;
   /** human summary of the target, for messages */
   targetDescription: string;
+  /** write standby.signal (a standby that keeps following the catalog) instead of recovery.signal */
+  standby?: boolean;
 }
 
 /** The folder recovery adds beside pg_wal/ (pg_verifybackup -i barman_wal accepts the directory). */
 export const RECOVERY_WAL_DIR = 'barman_wal';
+
+/**
+ * Present in a data directory while a restore writes it, removed only once global/pg_control (written
+ * last) is durable: PostgreSQL cannot start a directory without pg_control, and `--delta` completes one
+ * that still has this marker.
+ */
+export const RESTORE_MARKER = 'barman_restore.incomplete';
+
+/** The restore_command of a standby: it keeps following the catalog through the agent. */
+export const STANDBY_RESTORE_COMMAND = 'barman-agent get-wal %f %p';

@@ -1,7 +1,14 @@
 // Carrying out a recovery plan: writes the data directory, the tablespaces, barman_wal/, the
-// recovery settings and recovery.signal into an empty destination. Every data file is checked
-// against the backup's manifest as it is written; a mismatch stops the recovery and removes
-// what it wrote, so a damaged catalog copy never turns into a cluster that starts.
+// recovery settings and recovery.signal (standby.signal) into an empty destination, or, with
+// `delta`, into an existing one, writing only the files that differ from the backup and removing
+// what the backup does not have. Every data file is checked against the backup's manifest as it is
+// written; a mismatch stops the recovery (a full one removes what it wrote), so a damaged catalog
+// copy never turns into a cluster that starts.
+//
+// A restore that stops half-way (killed, power lost) must not leave a directory PostgreSQL would
+// start as if complete: barman_restore.incomplete is written first and global/pg_control (removed
+// first by a delta) last, after everything else is durable; PostgreSQL refuses a directory without
+// pg_control, and a later `--delta` completes it. A directory with a live postmaster is refused.
 //
 // What a backup names came from a database host, which may be compromised, so the writer trusts
 // none of it: every path is checked before a byte is written (relative, no `..`, links never
@@ -15,10 +22,10 @@ import { constants, promises as fs } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { checkSymlinks, readableBackupPath, safeRelativePath } from '../backup/paths';
 import { makeDirs as makeMissingDirs } from '../dirs';
-import { fsyncTree } from '../durable';
+import { fsyncDir, fsyncTree } from '../durable';
 import { BarmanError, ErrorCode } from '../errors';
 import { parseWalFileName } from '../wal/names';
-import { type PlannedTablespace, type RecoveryPlan, RECOVERY_WAL_DIR } from './plan';
+import { type PlannedTablespace, type RecoveryPlan, RECOVERY_WAL_DIR, RESTORE_MARKER } from './plan';
 
 export interface RecoverySource {
   /** plain bytes of a data file of the backup (path as in the manifest) */
@@ -27,13 +34,37 @@ export interface RecoverySource {
   walFile(name: string): AsyncIterable<Uint8Array>;
 }
 
+/** How far the writer is: data files (checked or written), then WAL files. */
+export interface RecoveryProgressEvent {
+  phase: 'files' | 'wal';
+  done: number;
+  total: number;
+  bytes: number;
+  /** bytes of the phase's files, when known (the data files' sizes from the manifest) */
+  totalBytes?: number;
+  /** with delta: files found identical to the backup's, not written */
+  unchanged?: number;
+}
+
 export interface WriteOptions {
   /** chown everything written to this user (when running as root) */
   owner?: { uid: number; gid: number };
   parallel?: number;
-  progress?: (e: { phase: 'files' | 'wal'; done: number; total: number; bytes: number }) => void;
+  progress?: (e: RecoveryProgressEvent) => void;
   /** places neither the destination nor a tablespace may be in or contain (the catalog, on the backup host) */
   protectedPaths?: Array<{ path: string; what: string }>;
+  /** into an existing data directory: write only the files that differ from the backup, remove what it does not have */
+  delta?: boolean;
+  /** a standby's primary_conninfo: appended to postgresql.auto.conf here, so it (and its password) never leaves this host */
+  primaryConninfo?: string;
+}
+
+/** What a recovery did: files written, files a delta found identical, entries it removed. */
+export interface WriteSummary {
+  written: number;
+  writtenBytes: number;
+  unchanged: number;
+  removed: number;
 }
 
 /** a new file, never an existing one nor through a link */
@@ -47,8 +78,53 @@ export async function checkEmptyDestination(path: string, what: string): Promise
     throw new BarmanError(ErrorCode.DESTINATION, `cannot read ${what} ${path} (${err.code})`, 'Check the path and permissions.');
   });
   if (entries.length > 0) {
-    throw new BarmanError(ErrorCode.DESTINATION, `${what} ${path} exists and is not empty`, 'Recover into a new or empty directory (move the old one aside first); barman-ts never overwrites a data directory.');
+    if ((entries as string[]).includes(RESTORE_MARKER)) {
+      throw new BarmanError(ErrorCode.DESTINATION, `${what} ${path} holds a restore that did not finish (${RESTORE_MARKER})`, 'Complete it: run the same command again with --delta (only what is missing or differs is written), or remove the directory and restore again.');
+    }
+    throw new BarmanError(ErrorCode.DESTINATION, `${what} ${path} exists and is not empty`, 'Recover into a new or empty directory (move the old one aside first), or add --delta to bring this data directory to the backup, writing only the files that differ.');
   }
+}
+
+/** The pid of a live postmaster that postmaster.pid in `dir` names; undefined when none (a stale file included). */
+export async function livePostmaster(dir: string): Promise<number | undefined> {
+  let text: string;
+  try {
+    const fh = await fs.open(join(dir, 'postmaster.pid'), constants.O_RDONLY | constants.O_NOFOLLOW);
+    try {
+      text = (await fh.read(Buffer.alloc(64), 0, 64, 0)).buffer.toString('utf8');
+    } finally {
+      await fh.close();
+    }
+  } catch {
+    return undefined;
+  }
+  const pid = Number(/^\s*(\d{1,10})\s*(\n|$)/.exec(text)?.[1] ?? 0);
+  if (!pid || pid === process.pid) return undefined;
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch (err) {
+    // another user's process (PostgreSQL run by postgres, we by someone else) is alive too
+    return (err as NodeJS.ErrnoException).code === 'EPERM' ? pid : undefined;
+  }
+}
+
+/**
+ * What a destination must be before anything is fetched: never a directory a live postmaster runs
+ * in; empty (or absent), unless `delta`, when it must be a directory (or absent).
+ */
+export async function checkDestination(path: string, what: string, delta: boolean): Promise<void> {
+  if (!isAbsolute(path)) throw new BarmanError(ErrorCode.DESTINATION, `${what} ${path} is not an absolute path`, 'Give an absolute path.');
+  const pid = await livePostmaster(path);
+  if (pid !== undefined) {
+    throw new BarmanError(ErrorCode.DESTINATION, `${what} ${path} belongs to a running PostgreSQL (postmaster.pid names process ${pid}, which is alive)`, `Stop it first (pg_ctl -D ${path} stop), then run this again.`);
+  }
+  if (!delta) return checkEmptyDestination(path, what);
+  const st = await fs.stat(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw new BarmanError(ErrorCode.DESTINATION, `cannot read ${what} ${path} (${err.code})`, 'Check the path and permissions.');
+  });
+  if (st && !st.isDirectory()) throw new BarmanError(ErrorCode.DESTINATION, `${what} ${path} is not a directory`, 'Give the data directory to bring to the backup.');
 }
 
 /** The path as the kernel would reach it: every symlink in the part that exists resolved. */
@@ -116,12 +192,20 @@ async function checkPlan(plan: RecoveryPlan, dest: string, protectedPaths: Array
   return tablespaces;
 }
 
-export async function writeRecovery(plan: RecoveryPlan, destArg: string, source: RecoverySource, opts: WriteOptions = {}): Promise<void> {
-  await checkEmptyDestination(destArg, 'destination');
+/** the file PostgreSQL cannot start without: written last, once everything else is durable */
+const CONTROL_FILE = 'global/pg_control';
+
+export async function writeRecovery(plan: RecoveryPlan, destArg: string, source: RecoverySource, opts: WriteOptions = {}): Promise<WriteSummary> {
+  const delta = opts.delta === true;
+  await checkDestination(destArg, 'destination', delta);
   const dest = resolve(destArg);
   const tablespaces = await checkPlan(plan, dest, opts.protectedPaths ?? []);
   const tablespaceByOid = new Map(tablespaces.map((t) => [t.oid, t]));
-  for (const t of tablespaces) await checkEmptyDestination(t.location, `tablespace ${t.name} location`);
+  for (const t of tablespaces) await checkDestination(t.location, `tablespace ${t.name} location`, delta);
+  if (opts.primaryConninfo !== undefined && /[\0\r\n]/.test(opts.primaryConninfo)) {
+    throw new BarmanError(ErrorCode.USAGE, '--primary-conninfo holds a line break or NUL character', 'Give the connection string on one line, e.g. --primary-conninfo "host=primary.example user=replicator".');
+  }
+  const summary: WriteSummary = { written: 0, writtenBytes: 0, unchanged: 0, removed: 0 };
   const created: string[] = [];
   const own = async (p: string) => {
     if (opts.owner) await fs.lchown(p, opts.owner.uid, opts.owner.gid);
@@ -167,6 +251,10 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     if (ts) return { root: ts.location, rel: m![2] ?? '' };
     return { root: dest, rel };
   };
+  const absolute = (rel: string): string => {
+    const t = target(rel);
+    return t.rel ? join(t.root, t.rel) : t.root;
+  };
   /** Creates a new file at `rel` (its directories made first) and returns its handle and path. */
   const createFile = async (rel: string): Promise<{ fh: fs.FileHandle; path: string }> => {
     const t = target(rel);
@@ -175,9 +263,86 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     const path = join(t.root, t.rel);
     return { fh: await fs.open(path, CREATE_NEW, 0o600), path };
   };
+  const control = plan.files.find((f) => f.path === CONTROL_FILE);
+  const files = plan.files.filter((f) => f !== control);
+  const totalBytes = files.reduce((n, f) => n + f.size, 0);
+  /** Fetches one data file of the backup into a new file, checked against the manifest. */
+  const fetchFile = async (file: RecoveryPlan['files'][number]): Promise<string> => {
+    const { fh, path } = await createFile(file.path);
+    const hash = createHash('sha256');
+    let size = 0;
+    try {
+      for await (const chunk of source.dataFile(file.path)) {
+        hash.update(chunk);
+        size += chunk.length;
+        await fh.write(chunk);
+        onBytes(chunk.length);
+      }
+    } finally {
+      await fh.close();
+    }
+    const sha = hash.digest('hex');
+    if (size !== file.size || (file.sha256 && sha !== file.sha256)) {
+      throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${file.path} in the catalog does not match its manifest (${size} bytes, sha256 ${sha.slice(0, 12)}…; manifest: ${file.size} bytes, ${file.sha256.slice(0, 12)}…)`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId}; recover from another backup (list-backups).`);
+    }
+    await own(path);
+    summary.written++;
+    summary.writtenBytes += size;
+    return path;
+  };
+  let done = 0;
+  let bytes = 0;
+  let lastReport = 0;
+  const report = (force = false) => {
+    const now = Date.now();
+    if (!force && now - lastReport < 200) return;
+    lastReport = now;
+    opts.progress?.({ phase: 'files', done, total: files.length, bytes, totalBytes, ...(delta ? { unchanged: summary.unchanged } : {}) });
+  };
+  const onBytes = (n: number) => {
+    bytes += n;
+    report();
+  };
   try {
     await makeRoot(dest);
     await fs.chmod(dest, 0o700);
+    // first of all: the directory says it is incomplete, and PostgreSQL cannot start it
+    await removeEntry(join(dest, RESTORE_MARKER));
+    await writeSmall(join(dest, RESTORE_MARKER), `barman-ts: restore of backup ${plan.backupId} of ${plan.server} into this directory began ${new Date().toISOString()} and has not finished.\nPostgreSQL cannot start it (global/pg_control is written last). Complete it by running the restore again with --delta.\n`, own);
+    // a delta takes pg_control away before it changes anything (when global/ is a planted link, the
+    // sweep below removes the link itself: nothing is removed through it)
+    if (delta && (await fs.lstat(join(dest, 'global')).catch(() => undefined))?.isDirectory()) {
+      await removeEntry(join(dest, CONTROL_FILE));
+      await fsyncDir(join(dest, 'global'));
+    }
+
+    // with delta: what the backup does not have goes, and so does anything where a file or
+    // directory of the backup is not a real file or directory (a planted link above all); nothing
+    // here is followed or opened through a link
+    const keep = new Set<string>();
+    const expectedDirs = new Set<string>([dest, ...tablespaces.map((t) => t.location)]);
+    for (const d of plan.directories) expectedDirs.add(absolute(d));
+    const expectedFiles = new Map<string, RecoveryPlan['files'][number]>();
+    for (const f of files) {
+      expectedFiles.set(absolute(f.path), f);
+      for (let d = dirname(f.path); d !== '.'; d = dirname(d)) expectedDirs.add(absolute(d));
+    }
+    const sweep = async (dir: string): Promise<void> => {
+      for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
+        const p = join(dir, entry.name);
+        if (dir === dest && entry.name === RESTORE_MARKER) continue;
+        if (entry.isDirectory() && expectedDirs.has(p) && !tablespaces.some((t) => t.location === p)) {
+          await sweep(p);
+        } else if (entry.isFile() && expectedFiles.has(p)) {
+          keep.add(p);
+        } else {
+          await fs.rm(p, { recursive: true, force: true });
+          summary.removed++;
+        }
+      }
+    };
+    if (delta) for (const root of [dest, ...tablespaces.map((t) => t.location)]) if (await isRealDir(root)) await sweep(root);
+
     for (const t of tablespaces) {
       await makeRoot(t.location);
       await makeDirs(dest, 'pg_tblspc');
@@ -190,67 +355,68 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
       if (t.rel) await makeDirs(t.root, t.rel);
     }
 
-    let done = 0;
-    let bytes = 0;
-    let next = 0;
     const copyOne = async (file: RecoveryPlan['files'][number]) => {
-      const { fh, path } = await createFile(file.path);
-      const hash = createHash('sha256');
-      let size = 0;
-      try {
-        for await (const chunk of source.dataFile(file.path)) {
-          hash.update(chunk);
-          size += chunk.length;
-          await fh.write(chunk);
+      const path = absolute(file.path);
+      if (keep.has(path)) {
+        let read = 0;
+        const same = await sameAsBackup(path, file, opts.owner, (n) => {
+          read += n;
+          onBytes(n);
+        });
+        if (same) {
+          summary.unchanged++;
+          done++;
+          return;
         }
-      } finally {
-        await fh.close();
+        // the file is fetched instead: its bytes count once
+        bytes -= read;
+        await fs.unlink(path);
       }
-      const sha = hash.digest('hex');
-      if (size !== file.size || (file.sha256 && sha !== file.sha256)) {
-        throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${file.path} in the catalog does not match its manifest (${size} bytes, sha256 ${sha.slice(0, 12)}…; manifest: ${file.size} bytes, ${file.sha256.slice(0, 12)}…)`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId}; recover from another backup (list-backups).`);
-      }
-      await own(path);
+      await fetchFile(file);
       done++;
-      bytes += size;
-      if (done % 200 === 0 || done === plan.files.length) opts.progress?.({ phase: 'files', done, total: plan.files.length, bytes });
     };
     // the first failure stops every worker, and all of them have stopped before the clean-up
     // below runs (Promise.all would reject at once while the others kept writing files)
     let failure: { err: unknown } | undefined;
+    let next = 0;
     await Promise.all(Array.from({ length: opts.parallel ?? 4 }, async () => {
       try {
-        while (!failure && next < plan.files.length) await copyOne(plan.files[next++]!);
+        while (!failure && next < files.length) await copyOne(files[next++]!);
       } catch (err) {
         failure ??= { err };
       }
     }));
     if (failure) throw failure.err;
+    report(true);
 
-    await makeDirs(dest, RECOVERY_WAL_DIR);
-    let walDone = 0;
-    let walBytes = 0;
-    for (const name of plan.wals) {
-      const { fh, path } = await createFile(`${RECOVERY_WAL_DIR}/${name}`);
-      try {
-        for await (const chunk of source.walFile(name)) {
-          walBytes += chunk.length;
-          await fh.write(chunk);
+    if (plan.wals.length > 0) {
+      await makeDirs(dest, RECOVERY_WAL_DIR);
+      let walDone = 0;
+      let walBytes = 0;
+      for (const name of plan.wals) {
+        const { fh, path } = await createFile(`${RECOVERY_WAL_DIR}/${name}`);
+        try {
+          for await (const chunk of source.walFile(name)) {
+            walBytes += chunk.length;
+            await fh.write(chunk);
+          }
+        } finally {
+          await fh.close();
         }
-      } finally {
-        await fh.close();
+        await own(path);
+        walDone++;
+        opts.progress?.({ phase: 'wal', done: walDone, total: plan.wals.length, bytes: walBytes });
       }
-      await own(path);
-      walDone++;
-      opts.progress?.({ phase: 'wal', done: walDone, total: plan.wals.length, bytes: walBytes });
     }
 
     await writeSmall(join(dest, 'backup_manifest'), plan.manifest, own);
     const autoConf = join(dest, 'postgresql.auto.conf');
     const existing = await fs.readFile(autoConf, 'utf8').catch(() => '');
-    await writeSmall(autoConf, `${existing}${existing && !existing.endsWith('\n') ? '\n' : ''}${plan.settings}`, own, true);
-    await writeSmall(join(dest, 'recovery.signal'), '', own);
+    const primary = opts.primaryConninfo !== undefined ? `primary_conninfo = ${confQuote(opts.primaryConninfo)}\n` : '';
+    await writeSmall(autoConf, `${existing}${existing && !existing.endsWith('\n') ? '\n' : ''}${plan.settings}${primary}`, own, true);
+    await writeSmall(join(dest, plan.standby ? 'standby.signal' : 'recovery.signal'), '', own);
     // the backup's symlinks last: nothing is written after them, so nothing is written through them
+    // (pg_control below goes into global/, a real directory no link can be: checked by makeDirs)
     for (const link of plan.symlinks ?? []) {
       const t = target(link.path);
       const dir = dirname(t.rel);
@@ -260,9 +426,20 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
       await own(path);
     }
     // one pass at the end: the files were written without fsync, so the kernel could write them
-    // back in bulk meanwhile; recovery.signal is last in, and nothing is reported done before this
+    // back in bulk meanwhile; nothing is reported done before this
     for (const root of [dest, ...tablespaces.map((t) => t.location)]) await fsyncTree(root);
+    // and only now the file that makes the directory startable, then the marker goes
+    if (control) {
+      const path = await fetchFile(control);
+      await fsyncFile(path);
+      await fsyncDir(dirname(path));
+    }
+    await fs.unlink(join(dest, RESTORE_MARKER));
+    await fsyncDir(dest);
+    return summary;
   } catch (err) {
+    // a delta leaves the directory as it is: incomplete (the marker, no pg_control), for the next --delta to complete
+    if (delta) throw err;
     // leave nothing half-recovered behind: remove what this run wrote (an empty dest stays, empty)
     for (const root of [dest, ...tablespaces.map((t) => t.location)]) {
       for (const e of await fs.readdir(root).catch(() => [] as string[])) await fs.rm(join(root, e), { recursive: true, force: true }).catch(() => undefined);
@@ -270,6 +447,66 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     for (const p of created.reverse()) await fs.rm(p, { recursive: true, force: true }).catch(() => undefined);
     throw err;
   }
+}
+
+/** A directory itself, not a link to one (a root the user named may be a link: it is followed by stat, not here). */
+async function isRealDir(path: string): Promise<boolean> {
+  const st = await fs.stat(path).catch(() => undefined);
+  return st?.isDirectory() === true;
+}
+
+/** Removes whatever is at `path` (a file, a link, a directory tree), following no link. */
+async function removeEntry(path: string): Promise<void> {
+  await fs.rm(path, { recursive: true, force: true });
+}
+
+/**
+ * A file a delta found where the backup has one: identical (size and SHA-256 of the manifest)?
+ * Opened without following a link (the caller saw a regular file, but it is checked again on the
+ * handle); an identical file gets the mode (and owner) a fresh one would have.
+ */
+async function sameAsBackup(path: string, file: RecoveryPlan['files'][number], owner: WriteOptions['owner'], onBytes: (n: number) => void): Promise<boolean> {
+  if (!file.sha256) return false;
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile() || st.size !== file.size) return false;
+    const hash = createHash('sha256');
+    const buf = Buffer.allocUnsafe(Math.min(1 << 20, Math.max(1, file.size)));
+    let pos = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+      if (bytesRead === 0) break;
+      hash.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+      onBytes(bytesRead);
+    }
+    if (pos !== file.size || hash.digest('hex') !== file.sha256) return false;
+    if ((st.mode & 0o7777) !== 0o600) await fh.chmod(0o600);
+    if (owner && (st.uid !== owner.uid || st.gid !== owner.gid)) await fh.chown(owner.uid, owner.gid);
+    return true;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function fsyncFile(path: string): Promise<void> {
+  const fh = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** A value for postgresql.auto.conf as ALTER SYSTEM writes it: quotes and backslashes doubled. */
+function confQuote(value: string): string {
+  return `'${value.replace(/['\\]/g, (c) => c + c)}'`;
 }
 
 async function writeSmall(path: string, content: string, own: (p: string) => Promise<void>, replace = false): Promise<void> {

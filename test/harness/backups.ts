@@ -9,6 +9,7 @@ import type { Cluster } from './cluster';
 import { makeTempDir } from './env';
 import { expectSuccess } from './expect';
 import type { Receiver } from './receiver';
+import { existsSync } from 'node:fs';
 import { describeRun, type RunResult } from './run';
 import { waitFor } from './wait';
 
@@ -66,4 +67,17 @@ export async function recoverInto(receiver: Receiver, server: string, id: string
   const dest = join(dir, 'pgdata');
   const result = await runReceiverCli(['recover', '-c', receiver.configPath, server, id, dest, ...options], env ? { env } : {});
   return { dest, dir, result };
+}
+
+/**
+ * Waits until `name` (a WAL file) is in the catalog of `server`; wakes `cluster`'s archiver now
+ * and then (after a failure it sleeps up to a minute).
+ */
+export async function waitInCatalog(receiver: Receiver, server: string, name: string, cluster: { psql(sql: string): Promise<string> }): Promise<void> {
+  let polls = 0;
+  await waitFor(`${name} in the catalog`, async () => {
+    if (existsSync(receiver.walPath(server, name))) return true;
+    if (++polls % 20 === 0) await cluster.psql('select pg_reload_conf()');
+    return false;
+  }, { timeoutMs: 120_000, intervalMs: 100 });
 }

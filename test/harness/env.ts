@@ -18,6 +18,8 @@ export function runPaths(): { runRoot: string; binDir: string } {
 }
 
 export const agentBin = (): string => join(runPaths().binDir, 'barman-agent.cjs');
+/** The installed `barman-agent`: the sh launcher (get-wal from the fetch-ahead spool without Node), which runs agentBin() for the rest. */
+export const agentLauncher = (): string => join(runPaths().binDir, 'barman-agent');
 export const receiverBin = (): string => join(runPaths().binDir, 'barman-receiver.cjs');
 
 let pgBinDirCache: string | undefined;

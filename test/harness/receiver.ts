@@ -55,10 +55,11 @@ export class Receiver {
   readonly configPath: string;
   readonly tokens = new Map<string, string>();
   private child: ChildProcess | undefined;
-  /** the configuration file's sections, as written */
-  private sections: Array<[string, Record<string, string | number | undefined>]> = [];
   private exited: Promise<number | null> = Promise.resolve(null);
   private output = '';
+  /** the configuration file's sections, as written */
+  private readonly sections: Array<[string, Record<string, string | number | undefined>]>;
+  private variants = 0;
 
   private constructor(readonly dir: string, readonly port: number, readonly options: ReceiverOptions) {
     this.barmanHome = join(dir, 'barman_home');
@@ -73,8 +74,8 @@ export class Receiver {
       const tokenFile = writeTokenFile(join(tokenDir, `${s.name}.token`), token, 'root');
       sections.push([s.name, { description: s.description ?? `${s.name} PostgreSQL server`, token_file: tokenFile, ...s.extra }]);
     }
-    this.sections = sections;
     writeFileSync(this.configPath, iniText(sections), { mode: 0o644 });
+    this.sections = sections;
     track({
       what: `receiver in ${dir}`,
       dispose: async () => {
@@ -85,14 +86,40 @@ export class Receiver {
   }
 
   static async start(options: ReceiverOptions): Promise<Receiver> {
-    const dir = makeTempDir('receiver', 'root', 0o755);
-    const receiver = new Receiver(dir, await freePort(), options);
+    const receiver = await Receiver.create(options);
     await receiver.start();
     return receiver;
   }
 
+  /** Its configuration and folders, not started yet (a test prepares barman_home first, then calls start()). */
+  static async create(options: ReceiverOptions): Promise<Receiver> {
+    const dir = makeTempDir('receiver', 'root', 0o755);
+    return new Receiver(dir, await freePort(), options);
+  }
+
   get url(): string {
     return `${this.options.tls ? 'wss' : 'ws'}://${this.host}:${this.port}`;
+  }
+
+  /** Where plain HTTP(S) requests reach the service on `listen` (GET /metrics, /healthz). */
+  get httpUrl(): string {
+    return `${this.options.tls ? 'https' : 'http'}://${this.host}:${this.port}`;
+  }
+
+  /**
+   * Another configuration file for the same service and catalogs, with keys of some sections
+   * changed (a command run with other thresholds, say); returns its path.
+   */
+  configVariant(changes: Record<string, Record<string, string | undefined>>): string {
+    const path = join(this.dir, `barman-${++this.variants}.conf`);
+    writeFileSync(path, iniText(this.sections.map(([name, values]) => [name, { ...values, ...changes[name] }])), { mode: 0o644 });
+    return path;
+  }
+
+  /** Changes keys of some sections in the configuration file itself (read again at the next start). */
+  rewriteConfig(changes: Record<string, Record<string, string | undefined>>): void {
+    for (const [name, values] of this.sections) Object.assign(values, changes[name]);
+    writeFileSync(this.configPath, iniText(this.sections), { mode: 0o644 });
   }
 
   get pid(): number | undefined {
@@ -155,12 +182,6 @@ export class Receiver {
   private async signal(signal: NodeJS.Signals): Promise<number | null> {
     if (this.running) this.child!.kill(signal);
     return this.exited;
-  }
-
-  /** Rewrites [barman] compression (undefined: the default) for the next start; stored files keep theirs. */
-  setCompression(compression: ReceiverOptions['compression']): void {
-    this.sections[0]![1].compression = compression;
-    writeFileSync(this.configPath, iniText(this.sections), { mode: 0o644 });
   }
 
   /** <barman_home>/<server>, spelled from docs/catalog.md (not from the catalog module it checks). */

@@ -46,11 +46,15 @@ export class RecoveredCluster {
    * `binDir` the PostgreSQL binaries to run it with (default the machine's, pgBinDir()).
    * Resolves once pg_ctl sees it accepting connections (in recovery or not).
    */
-  static async start(pgdata: string, dir: string, options: string[] = [], binDir = pgBinDir()): Promise<RecoveredCluster> {
+  static async start(pgdata: string, dir: string, options: string[] = [], binDir = pgBinDir(), env?: Record<string, string>): Promise<RecoveredCluster> {
     const cluster = new RecoveredCluster(pgdata, dir, await freePort(), binDir);
+    cluster.env = env;
     await cluster.start(options);
     return cluster;
   }
+
+  /** more environment for the postmaster (and so its restore_command and archive_command) */
+  env: Record<string, string> | undefined;
 
   get conninfo(): string {
     return `host=${this.socketDir} port=${this.port} user=postgres dbname=postgres`;
@@ -58,7 +62,7 @@ export class RecoveredCluster {
 
   async start(options: string[] = []): Promise<void> {
     const postgresOptions = ['-p', String(this.port), '-k', this.socketDir, '-c', "listen_addresses=''", ...options].join(' ');
-    const r = await run(join(this.binDir, 'pg_ctl'), ['-D', this.pgdata, '-l', this.logFile, '-o', postgresOptions, '-w', '-t', '120', 'start'], { asPostgres: true, cwd: this.dir });
+    const r = await run(join(this.binDir, 'pg_ctl'), ['-D', this.pgdata, '-l', this.logFile, '-o', postgresOptions, '-w', '-t', '120', 'start'], { asPostgres: true, cwd: this.dir, env: this.env });
     if (r.code !== 0) throw new Error(`the recovered cluster did not start\n${describeRun(r)}\n--- ${this.logFile}\n${this.logTail()}`);
   }
 
@@ -75,6 +79,11 @@ export class RecoveredCluster {
 
   async psql(sql: string, database = 'postgres'): Promise<string> {
     return sqlText({ binDir: this.binDir, socketDir: this.socketDir, port: this.port, cwd: this.dir }, sql, database);
+  }
+
+  /** pg_ctl promote (a standby becomes a primary on a new timeline); waitPromoted() then waits for it. */
+  async promote(): Promise<void> {
+    await runOk(join(this.binDir, 'pg_ctl'), ['-D', this.pgdata, '-w', '-t', '120', 'promote'], { asPostgres: true, cwd: this.dir });
   }
 
   /** Waits until recovery has ended and the cluster was promoted (pg_is_in_recovery() = false). */
@@ -105,8 +114,17 @@ export class RecoveredCluster {
   }
 }
 
-export function startRecovered(pgdata: string, dir: string, options: string[] = [], binDir?: string): Promise<RecoveredCluster> {
-  return RecoveredCluster.start(pgdata, dir, options, binDir);
+export function startRecovered(pgdata: string, dir: string, options: string[] = [], binDir?: string, env?: Record<string, string>): Promise<RecoveredCluster> {
+  return RecoveredCluster.start(pgdata, dir, options, binDir, env);
+}
+
+/**
+ * The environment of a PostgreSQL host where barman-agent is installed: the launcher on PATH as
+ * `barman-agent` (so `restore_command = 'barman-agent get-wal %f %p'` runs as written) and the
+ * agent configuration found through $BARMAN_AGENT_CONFIG.
+ */
+export function agentHostEnv(agentConfigPath: string): Record<string, string> {
+  return { PATH: `${runPaths().binDir}:${process.env.PATH ?? '/usr/bin:/bin'}`, BARMAN_AGENT_CONFIG: agentConfigPath };
 }
 
 /** A program left running while the test does other things; its whole process group is signalled. */

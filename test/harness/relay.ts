@@ -6,7 +6,8 @@
 // link slow (agent → receiver at most so many bytes a second). New connections go through
 // normally. `interceptNext()` makes the relay a man in the middle on ws:// for one connection: it
 // reads the protocol's frames both ways, may rewrite or drop what the client sends, and may send
-// requests of its own on the session (the hello rewriter an attacker would use).
+// requests of its own on the session (the hello rewriter an attacker would use). `limitReplies()`
+// slows the other way (receiver → agent: a restore that takes long enough to be killed half-way).
 
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { decodeFrame, encodeFrame } from '../../shared/protocol/codec';
@@ -41,6 +42,8 @@ export class TcpRelay {
   private nextInterception: Interception | undefined;
   /** agent → receiver bytes per second on every connection; undefined: as fast as loopback goes */
   private bytesPerSecond: number | undefined;
+  /** receiver → agent bytes per second on every connection (a restore's downloads); undefined: no limit */
+  private replyBytesPerSecond: number | undefined;
 
   private constructor(private readonly server: Server, readonly port: number, readonly target: { host: string; port: number }) {
     track({ what: `TCP relay 127.0.0.1:${port} → ${target.host}:${target.port}`, dispose: () => this.close() });
@@ -106,6 +109,11 @@ export class TcpRelay {
     this.bytesPerSecond = bytesPerSecond;
   }
 
+  /** From now on, every connection carries at most `bytesPerSecond` from the receiver (undefined: no limit). */
+  limitReplies(bytesPerSecond: number | undefined): void {
+    this.replyBytesPerSecond = bytesPerSecond;
+  }
+
   async close(): Promise<void> {
     for (const pair of [...this.pairs]) this.drop(pair, false);
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -132,7 +140,7 @@ export class TcpRelay {
     this.forward(pair, client, upstream, (n) => (pair.sent += n), () => this.bytesPerSecond);
     this.forward(pair, upstream, client, () => {
       if (pair.sent >= pair.silenceAfter) this.silence(pair);
-    });
+    }, () => this.replyBytesPerSecond);
   }
 
   /** Forwards frame by frame, handing each to the interception (no backpressure: a test's few frames). */

@@ -152,6 +152,7 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
       pg_version: Number(await cluster.psql("select current_setting('server_version_num')")),
       system_identifier: await cluster.systemIdentifier(),
       keep: false,
+      from_standby: false,
     });
     expect(info.begin_lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
     expect(info.end_lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);

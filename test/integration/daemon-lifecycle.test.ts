@@ -70,14 +70,17 @@ describe('the agent daemon tells the truth, keeps one writer per server, and sto
     expect(r.stdout, describeRun(r)).not.toMatch(/FAILED/);
   }
 
-  /** `check` fails (exit 1) on the streaming line, and only there. */
-  async function expectCheckFailsOnStreaming(why: RegExp): Promise<void> {
+  /**
+   * `check` fails (exit 1) on the streaming line, why, and on exactly the other lines the same
+   * cause takes down (`alsoFailing`: the daemon and PostgreSQL, which check asks through it).
+   */
+  async function expectCheckFailsOnStreaming(why: RegExp, alsoFailing: string[]): Promise<void> {
     const r = await receiverCheck(receiver, SERVER);
     expect(r.code, describeRun(r)).toBe(1);
     const failed = r.stdout.split('\n').filter((l) => /: FAILED/.test(l));
-    expect(failed, describeRun(r)).toHaveLength(1);
-    expect(failed[0], describeRun(r)).toMatch(/^\s*WAL streaming: FAILED \(/);
-    expect(failed[0], describeRun(r)).toMatch(why);
+    expect(failed.map((l) => l.trim().split(': FAILED')[0]).sort(), describeRun(r)).toEqual(['WAL streaming', ...alsoFailing].sort());
+    const streaming = failed.find((l) => /^\s*WAL streaming: FAILED \(/.test(l));
+    expect(streaming, describeRun(r)).toMatch(why);
   }
 
   it('says stale, lets the RPO grow and fails check when PostgreSQL is killed; streams again with RPO 0 once it is back', async () => {
@@ -91,7 +94,7 @@ describe('the agent daemon tells the truth, keeps one writer per server, and sto
     const lost = await waitStreamLost(['stale']);
     // the daemon is still connected: it is PostgreSQL that went quiet
     expect(lost.agent.connected).toBe(true);
-    await expectCheckFailsOnStreaming(/stale|nothing/i);
+    await expectCheckFailsOnStreaming(/stale|nothing/i, ['PostgreSQL']);
 
     await cluster.start();
     await daemon.waitStreaming(streams, { timeoutMs: 90_000 });
@@ -107,7 +110,7 @@ describe('the agent daemon tells the truth, keeps one writer per server, and sto
     expect(await daemon.stop(), daemon.output().slice(-4000)).toBe(0);
     const lost = await waitStreamLost(['disconnected']);
     expect(lost.agent.connected).toBe(false);
-    await expectCheckFailsOnStreaming(/no agent daemon/i);
+    await expectCheckFailsOnStreaming(/no agent daemon/i, ['agent connected', 'PostgreSQL']);
 
     daemon.restart();
     await daemon.waitStreaming();

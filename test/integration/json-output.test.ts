@@ -39,7 +39,7 @@ describe('every --json output speaks snake_case', () => {
     backupId = await backupAndWait(receiver, 'main', cluster);
   });
 
-  it('in list-servers, show-server, check, status, list-backups, show-backup, verify-backup and cron', async () => {
+  it('in list-servers, show-server, check, status, list-backups, show-backup, verify-backup, cron and drill', async () => {
     const conf = ['-c', receiver.configPath];
     const documents: Record<string, string[]> = {
       'list-servers': ['list-servers', ...conf, '--json'],
@@ -50,6 +50,7 @@ describe('every --json output speaks snake_case', () => {
       'show-backup': ['show-backup', ...conf, 'main', backupId, '--json'],
       'verify-backup': ['verify-backup', ...conf, 'main', backupId, '--json'],
       cron: ['cron', ...conf, '--json'],
+      drill: ['drill', ...conf, 'main', '--json'],
     };
     expect(await commandsWithJson((args) => runReceiverCli(args))).toEqual(Object.keys(documents).sort());
     // the agent has no --json output today; one that appears must be added here

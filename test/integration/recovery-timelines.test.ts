@@ -8,9 +8,9 @@ import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
-  agentCommandLine, type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeTempDir, type Receiver, runAgent, startReceiver, waitFor,
+  agentCommandLine, type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeTempDir, type Receiver, runAgent, startReceiver,
 } from '../harness';
-import { backupAndWait, recoverInto } from '../harness/backups';
+import { backupAndWait, recoverInto, waitInCatalog as waitWalInCatalog } from '../harness/backups';
 import { type RecoveredCluster, startRecovered, verifyRecoveredDirectory } from '../harness/recovered';
 
 /** rows with ids first..last, one transaction */
@@ -28,15 +28,7 @@ describe("a DBA's day: recovery after recovery, across timelines", () => {
   let mistakeAt = '';
   let onTimeline2At = '';
 
-  const waitInCatalog = async (name: string, cluster: { psql(sql: string): Promise<string> }) => {
-    let polls = 0;
-    await waitFor(`${name} in the catalog`, async () => {
-      if (existsSync(receiver.walPath('main', name))) return true;
-      // wake the archiver: after a failure it sleeps up to a minute
-      if (++polls % 20 === 0) await cluster.psql('select pg_reload_conf()');
-      return false;
-    }, { timeoutMs: 120_000, intervalMs: 100 });
-  };
+  const waitInCatalog = (name: string, cluster: { psql(sql: string): Promise<string> }) => waitWalInCatalog(receiver, 'main', name, cluster);
 
   beforeAll(async () => {
     receiver = await startReceiver({ servers: [{ name: 'main' }] });

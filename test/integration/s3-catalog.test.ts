@@ -201,7 +201,7 @@ describe.skipIf(!cephInstalled())('a DBA\'s day with the catalog on object stora
       // nothing on its way to the receiver while it restarts (a failed push puts PostgreSQL's archiver to sleep)
       await cluster.waitArchiverIdle();
       await receiver.stop();
-      receiver.setCompression(compression);
+      receiver.rewriteConfig({ barman: { compression } });
       await receiver.start();
       await cluster.psql(`insert into marks (id) select generate_series(${3000 + segments.length * 100}, ${3099 + segments.length * 100})`);
       const segment = await cluster.switchWal();

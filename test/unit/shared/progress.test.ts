@@ -85,6 +85,17 @@ describe('recoveryProgress', () => {
     show({ phase: 'wal', done: 2, total: 2, bytes: 32 * MiB });
     expect(out.text()).toMatch(/^data files: 967\/967 files, 50\.0 MiB in [\d.]+ s \([^)]+\)\nWAL files: 2\/2 files, 32\.0 MiB in [\d.]+ s \([^)]+\)\n$/);
   });
+
+  it('on a terminal measures the data files by bytes against the backup\'s total, with an ETA; a delta says how many were unchanged, once', () => {
+    const out = stream(true);
+    const show = recoveryProgress(new Progress(out));
+    show({ phase: 'files', done: 10, total: 967, bytes: 10 * MiB, totalBytes: 40 * MiB, unchanged: 8 });
+    show({ phase: 'files', done: 967, total: 967, bytes: 40 * MiB, totalBytes: 40 * MiB, unchanged: 920 });
+    show({ phase: 'files', done: 967, total: 967, bytes: 40 * MiB, totalBytes: 40 * MiB, unchanged: 920 });
+    const text = out.text();
+    expect(text).toMatch(/data files \[[=-]{20}\] 25% {2}10\/967 files {2}10\.0 MiB {2}(-|[\d.]+ \S*B\/s) {2}ETA/);
+    expect(text.match(/data files: 967\/967 files, 40\.0 MiB in [\d.]+ s \([^)]+\), 920 of them unchanged \(not written\)\n/g)).toHaveLength(1);
+  });
 });
 
 describe('sizes for people', () => {

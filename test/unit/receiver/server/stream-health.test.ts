@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_STREAM_TIMEOUT_MS, estimateRpoSeconds, StreamHealth, streamState } from '../../../../receiver/server/stream-health';
+import { DEFAULT_STREAM_TIMEOUT_MS, estimateRpoSeconds, liveProtection, StreamHealth, streamState } from '../../../../receiver/server/stream-health';
 
 const at = (s: number) => new Date(Date.UTC(2026, 10, 30, 12, 0, s));
 
@@ -60,5 +60,29 @@ describe('RPO estimate', () => {
   it('without streaming, is the age of the newest archived segment', () => {
     expect(estimateRpoSeconds(at(45), { state: 'off', lagBytes: null, lastArchivedAt: at(5) })).toBe(40);
     expect(estimateRpoSeconds(at(45), { state: 'off', lagBytes: null })).toBeNull();
+  });
+});
+
+describe('liveProtection: the one RPO status and /metrics report', () => {
+  const streaming = { state: 'streaming', timeline: 1, receivedLsn: '0/3000100', flushLsn: '0/3000100', serverLsn: '0/3000100', lastFlushAt: at(10).toISOString(), lastHeardAt: at(10).toISOString(), caughtUpAt: at(10).toISOString() };
+
+  it('is 0 s and 0 bytes while streaming is caught up', () => {
+    expect(liveProtection(at(20), { streaming, agentConnected: true, streamInUse: true, lastArchivedAt: at(0) })).toEqual({ state: 'streaming', lagBytes: 0, rpoSeconds: 0, rpoBytes: 0 });
+  });
+
+  it('is the lag, and the time since the last flush, while streaming behind', () => {
+    const behind = { ...streaming, serverLsn: '0/3000200' };
+    expect(liveProtection(at(20), { streaming: behind, agentConnected: true, streamInUse: true, lastArchivedAt: at(0) })).toEqual({ state: 'streaming', lagBytes: 256, rpoSeconds: 10, rpoBytes: 256 });
+  });
+
+  it('counts a stream expected but not open on the service as stale (daemon there) or disconnected (no daemon)', () => {
+    const off = { ...streaming, state: 'off', serverLsn: '', flushLsn: '', lastFlushAt: '', caughtUpAt: '' };
+    expect(liveProtection(at(30), { streaming: off, agentConnected: true, streamInUse: true, lastArchivedAt: at(0) })).toMatchObject({ state: 'stale', rpoSeconds: 30, rpoBytes: null });
+    expect(liveProtection(at(30), { streaming: undefined, agentConnected: false, streamInUse: true, lastArchivedAt: at(0) })).toMatchObject({ state: 'disconnected', rpoSeconds: 30 });
+  });
+
+  it('is the age of the newest segment when archiving only; unknown before any WAL', () => {
+    expect(liveProtection(at(45), { streaming: undefined, agentConnected: false, streamInUse: false, lastArchivedAt: at(5) })).toEqual({ state: 'off', lagBytes: null, rpoSeconds: 40, rpoBytes: null });
+    expect(liveProtection(at(45), { streaming: undefined, agentConnected: false, streamInUse: false, lastArchivedAt: undefined }).rpoSeconds).toBeNull();
   });
 });

@@ -25,5 +25,8 @@ describe('backup times as shown', () => {
     expect(text).toMatch(/^begin_lsn=0\/2000028$/m);
     expect(text).toMatch(/^file_count=3$/m);
     expect(parseBackupInfo(text)).toEqual(info);
+    const fromStandby = { ...info, fromStandby: true };
+    expect(formatBackupInfo(fromStandby)).toMatch(/^from_standby=true$/m);
+    expect(parseBackupInfo(formatBackupInfo(fromStandby))).toEqual(fromStandby);
   });
 });

@@ -29,6 +29,7 @@ describe('loadAgentConfig', () => {
       applicationName: 'barman_receive_main',
       logLevel: 'info',
       timeoutSeconds: 30,
+      prefetch: 8,
     });
   });
 
@@ -121,6 +122,13 @@ application_name = barman_receive_main
     expect(loadAgentConfig(conf('timeout = 5')).timeoutSeconds).toBe(5);
     expect(configErrorOf(() => loadAgentConfig(conf('timeout = 0'))).message).toMatch(/\[agent\] timeout: "0" is not a whole number >= 1/);
     expect(configErrorOf(() => loadAgentConfig(conf('timeout = 2.5'))).message).toMatch(/\[agent\] timeout/);
+  });
+
+  it('reads prefetch as whole segments from 0 to 64', () => {
+    expect(loadAgentConfig(conf('prefetch = 0')).prefetch).toBe(0);
+    expect(loadAgentConfig(conf('prefetch = 64')).prefetch).toBe(64);
+    expect(configErrorOf(() => loadAgentConfig(conf('prefetch = 65'))).message).toMatch(/\[agent\] prefetch: 65 is more than 64/);
+    expect(configErrorOf(() => loadAgentConfig(conf('prefetch = -1'))).message).toMatch(/\[agent\] prefetch: "-1" is not a whole number >= 0/);
   });
 
   describe('the shared secret', () => {

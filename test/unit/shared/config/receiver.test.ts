@@ -218,6 +218,49 @@ retention_policy = RECOVERY WINDOW OF 7 DAYS
     });
   });
 
+  describe('running it for years: metrics, housekeeping, check thresholds, drills', () => {
+    it('leaves every one unset by default, housekeeping every hour', () => {
+      const c = loadReceiverConfig(conf(''));
+      expect(c.metricsListen).toBeUndefined();
+      expect(c.housekeepingIntervalSeconds).toBe(3600);
+      const main = c.servers.get('main')!;
+      for (const key of ['minFreeSpace', 'maxWalAgeSeconds', 'lastBackupMaximumAgeSeconds', 'drillMaxAgeSeconds', 'pgBindir', 'drillSchedule', 'drillQuery', 'drillDatabase'] as const) expect(main[key], key).toBeUndefined();
+    });
+
+    it('reads them in [barman] as defaults that a server section overrides', () => {
+      const c = loadReceiverConfig(conf(
+        'metrics_listen = 127.0.0.1:9187\nhousekeeping_interval = 15 min\nmin_free_space = 10GB\nmax_wal_age = 1 hour\nlast_backup_maximum_age = 1 WEEK\ndrill_max_age = 8 days',
+        'last_backup_maximum_age = 2 DAYS\nmin_free_space = 5%\ndrill_schedule = weekly\ndrill_query = select count(*) from orders\ndrill_database = shop\npg_bindir = /usr/lib/postgresql/15/bin',
+        `[other]\ntoken_file = ${tokenFile}\n`,
+      ));
+      expect(c.metricsListen).toEqual({ host: '127.0.0.1', port: 9187 });
+      expect(c.housekeepingIntervalSeconds).toBe(900);
+      expect(c.servers.get('main')).toMatchObject({
+        minFreeSpace: { kind: 'percent', percent: 5 }, maxWalAgeSeconds: 3600, lastBackupMaximumAgeSeconds: 2 * 86_400, drillMaxAgeSeconds: 8 * 86_400,
+        drillSchedule: 'weekly', drillQuery: 'select count(*) from orders', drillDatabase: 'shop', pgBindir: '/usr/lib/postgresql/15/bin',
+      });
+      expect(c.servers.get('other')).toMatchObject({ minFreeSpace: { kind: 'bytes', bytes: 10 * 1024 ** 3 }, maxWalAgeSeconds: 3600, lastBackupMaximumAgeSeconds: 7 * 86_400, drillMaxAgeSeconds: 8 * 86_400 });
+      expect(c.servers.get('other')?.drillSchedule).toBeUndefined();
+    });
+
+    it.each([
+      ['barman', 'housekeeping_interval = soon', /\[barman\] housekeeping_interval: "soon" is not a duration/],
+      ['barman', 'max_wal_age = 10', /\[barman\] max_wal_age: "10" is not a duration/],
+      ['main', 'drill_max_age = 1 fortnight', /\[main\] drill_max_age: "1 fortnight" is not a duration/],
+      ['main', 'min_free_space = plenty', /\[main\] min_free_space: "plenty" is not a size or a percentage/],
+      ['barman', 'metrics_listen = 9187', /\[barman\] metrics_listen: "9187" is not host:port/],
+      ['main', 'drill_schedule = hourly', /\[main\] drill_schedule: "hourly" is not valid; expected one of off, daily, weekly/],
+      ['main', 'pg_bindir = bin', /\[main\] pg_bindir: "bin" is not an absolute path/],
+    ])('refuses a malformed value in [%s]: %s', (section, line, message) => {
+      const e = configErrorOf(() => loadReceiverConfig(section === 'barman' ? conf(line) : conf('', line)));
+      expect(e.message).toMatch(message);
+    });
+
+    it('keeps the drill keys to server sections', () => {
+      expect(configErrorOf(() => loadReceiverConfig(conf('drill_schedule = daily'))).message).toMatch(/\[barman\] drill_schedule: unknown key/);
+    });
+  });
+
   describe('the shared secret', () => {
     it('comes from token_file, trimmed of the newline', () => {
       expect(loadReceiverConfig(conf('')).servers.get('main')?.token).toBe(TOKEN);

@@ -69,6 +69,13 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
   'stream-keepalive': { type: 'stream-keepalive', id: 19, timeline: 2, serverLsn: '0/5000060' },
   'daemon-attach': { type: 'daemon-attach', id: 20, instance: '6f1c2a9e-3b0d-4e59-9a57-0d2f4c1b8e21', takeover: false, host: 'db1', pid: 4242 },
   'daemon-attached': { type: 'daemon-attached', id: 20 },
+  'pg-probe-request': { type: 'pg-probe-request', id: 22, switchWal: true },
+  'pg-probe': {
+    type: 'pg-probe', id: 22, serverVersionNum: 150018, systemIdentifier: '7712075971341596236', inRecovery: false, walLevel: 'replica', archiveMode: 'on',
+    archiveCommand: 'barman-agent push %p', currentLsn: '0/5000060', switchedSegment: '000000010000000000000004',
+    slotName: 'barman_main', slotExists: true, slotActive: true, slotRestartLsn: '0/5000000', slotWalStatus: 'reserved',
+  },
+  'drill-request': { type: 'drill-request', id: 23, backup: 'latest', targetTime: '', key: SHA },
 };
 
 /** Fields a frame kind may leave out. */

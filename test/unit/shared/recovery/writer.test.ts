@@ -60,7 +60,7 @@ function sourceOf(content: Map<string, string> = CONTENT, before?: (path: string
   };
 }
 
-async function refusal(write: Promise<void>, code: ErrorCode, message: RegExp): Promise<BarmanError> {
+async function refusal(write: Promise<unknown>, code: ErrorCode, message: RegExp): Promise<BarmanError> {
   const err = await write.then(() => undefined, (e: unknown) => e);
   expect(err).toBeInstanceOf(BarmanError);
   expect((err as BarmanError).code).toBe(code);
@@ -179,5 +179,109 @@ describe('writeRecovery', () => {
     await refusal(writeRecovery(plan, dest, sourceOf(new Map([['PG_VERSION', '15\n'], ['base/2/16390', 'x']]), plant), { parallel: 1 }), ErrorCode.DESTINATION, /base\/2 is a symbolic link/);
     expect(readdirSync(outside)).toEqual([]);
     expect(existsSync(dest)).toBe(false);
+  });
+});
+
+describe('writeRecovery into an existing directory (delta) and its safety rules', () => {
+  /** every entry below `root`: files with content, links with target, directories */
+  const tree = (root: string): Record<string, string> => {
+    const out: Record<string, string> = {};
+    const walk = (rel: string) => {
+      for (const name of readdirSync(join(root, rel))) {
+        const r = rel ? `${rel}/${name}` : name;
+        const st = lstatSync(join(root, r));
+        if (st.isSymbolicLink()) out[r] = `-> ${readlinkSync(join(root, r))}`;
+        else if (st.isDirectory()) {
+          out[r] = 'dir';
+          walk(r);
+        } else out[r] = `${st.mode & 0o777}:${readFileSync(join(root, r), 'utf8')}`;
+      }
+    };
+    walk('');
+    return out;
+  };
+  const settingsFree = (t: Record<string, string>) => ({ ...t, 'postgresql.auto.conf': 'settings' });
+
+  it('brings a drifted directory to what a full restore writes, through none of the links planted in it', async () => {
+    const full = join(fresh('full'), 'pgdata');
+    const plan = planOf({ symlinks: [{ path: 'pg_logical_link', target: '/nowhere' }] });
+    await writeRecovery(plan, full, sourceOf());
+    const dest = join(fresh('delta'), 'pgdata');
+    await writeRecovery(plan, dest, sourceOf());
+    const outside = fresh('outside');
+    writeFileSync(join(outside, 'keep.txt'), 'must stay as it is');
+    // drift: a changed file, a deleted one, an added one, a link where a file goes, a link where a directory goes
+    writeFileSync(join(dest, 'PG_VERSION'), '14\n');
+    rmSync(join(dest, 'backup_label'));
+    writeFileSync(join(dest, 'base', 'extra'), 'not in the backup');
+    rmSync(join(dest, 'base/1/1259'));
+    symlinkSync(join(outside, 'keep.txt'), join(dest, 'base/1/1259'));
+    rmSync(join(dest, 'global'), { recursive: true });
+    symlinkSync(outside, join(dest, 'global'));
+
+    const summary = await writeRecovery(plan, dest, sourceOf(), { delta: true });
+    expect(settingsFree(tree(dest))).toEqual(settingsFree(tree(full)));
+    expect(readdirSync(outside)).toEqual(['keep.txt']);
+    expect(readFileSync(join(outside, 'keep.txt'), 'utf8')).toBe('must stay as it is');
+    // PG_VERSION, backup_label, base/1/1259, global/pg_control; nothing else was fetched
+    expect(summary).toMatchObject({ written: 4, unchanged: 0 });
+    expect(summary.removed).toBeGreaterThanOrEqual(3);
+  });
+
+  it('writes global/pg_control last, after the WAL and the settings, and removes the marker only then', async () => {
+    const dest = join(fresh('order'), 'pgdata');
+    const seen: string[] = [];
+    const source = sourceOf(CONTENT, (path) => {
+      seen.push(path);
+      if (path === 'global/pg_control') {
+        expect(existsSync(join(dest, 'recovery.signal'))).toBe(true);
+        expect(existsSync(join(dest, 'barman_restore.incomplete'))).toBe(true);
+      }
+    });
+    await writeRecovery(planOf(), dest, source, { parallel: 1 });
+    expect(seen[seen.length - 1]).toBe('global/pg_control');
+    expect(existsSync(join(dest, 'barman_restore.incomplete'))).toBe(false);
+  });
+
+  it('a delta that fails leaves the directory marked incomplete and without pg_control; the next delta completes it', async () => {
+    const dest = join(fresh('resume'), 'pgdata');
+    await writeRecovery(planOf(), dest, sourceOf());
+    writeFileSync(join(dest, 'base/1/1259'), 'drifted');
+    const failing = sourceOf(CONTENT, (path) => {
+      if (path === 'base/1/1259') throw new Error('the connection dropped');
+    });
+    await expect(writeRecovery(planOf(), dest, failing, { delta: true })).rejects.toThrow(/connection dropped/);
+    expect(existsSync(join(dest, 'barman_restore.incomplete'))).toBe(true);
+    expect(existsSync(join(dest, 'global/pg_control'))).toBe(false);
+    await refusal(writeRecovery(planOf(), dest, sourceOf()), ErrorCode.DESTINATION, /holds a restore that did not finish/);
+    await writeRecovery(planOf(), dest, sourceOf(), { delta: true });
+    expect(readFileSync(join(dest, 'global/pg_control'), 'utf8')).toBe('control');
+    expect(readFileSync(join(dest, 'base/1/1259'), 'utf8')).toBe('a relation');
+    expect(existsSync(join(dest, 'barman_restore.incomplete'))).toBe(false);
+  });
+
+  it('refuses a directory whose postmaster.pid names a live process, with or without delta, and touches nothing', async () => {
+    const dest = join(fresh('live'), 'pgdata');
+    await writeRecovery(planOf(), dest, sourceOf());
+    writeFileSync(join(dest, 'postmaster.pid'), `${process.ppid}\n${dest}\n`);
+    const before = tree(dest);
+    for (const delta of [false, true]) {
+      await refusal(writeRecovery(planOf(), dest, sourceOf(), { delta }), ErrorCode.DESTINATION, new RegExp(`running PostgreSQL \\(postmaster.pid names process ${process.ppid}`));
+    }
+    expect(tree(dest)).toEqual(before);
+    // a stale postmaster.pid (no such process) is no obstacle to a delta
+    writeFileSync(join(dest, 'postmaster.pid'), '999999999\n');
+    await writeRecovery(planOf(), dest, sourceOf(), { delta: true });
+    expect(existsSync(join(dest, 'postmaster.pid'))).toBe(false);
+  });
+
+  it('writes standby.signal for a standby plan and appends primary_conninfo quoted as ALTER SYSTEM does', async () => {
+    const dest = join(fresh('standby'), 'pgdata');
+    await writeRecovery(planOf({ standby: true, wals: [] }), dest, sourceOf(), { primaryConninfo: "host=p password=it's\\x" });
+    expect(existsSync(join(dest, 'standby.signal'))).toBe(true);
+    expect(existsSync(join(dest, 'recovery.signal'))).toBe(false);
+    expect(existsSync(join(dest, 'barman_wal'))).toBe(false);
+    expect(readFileSync(join(dest, 'postgresql.auto.conf'), 'utf8')).toContain("primary_conninfo = 'host=p password=it''s\\\\x'\n");
+    await refusal(writeRecovery(planOf({ standby: true }), join(fresh('standby'), 'pgdata'), sourceOf(), { primaryConninfo: 'host=p\nrestore_command=evil' }), ErrorCode.USAGE, /line break/);
   });
 });
