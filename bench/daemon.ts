@@ -14,14 +14,17 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from 'pg';
+import type { OpenServer } from '../receiver/catalog/open';
 import { Background, CpuBusy, freePort, now, percentile, readyCount, sleep, sqlSession, startRecoveredCopy, tailMatching, value } from './daemon-lib';
 import {
   BenchCluster,
   type BenchContext,
+  copyStoredWal,
   fmtMs,
   fmtRatio,
   loadAverage,
   markdownTable,
+  openCatalog,
   postgresAgentConfig,
   postgresDir,
   procCpuSeconds,
@@ -140,7 +143,8 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
   const receiverCli = join(ctx.repoRoot, 'dist', 'barman-receiver.cjs');
   const pgbench = join(ctx.pgBin, 'pgbench');
 
-  const receiver = await startReceiver(join(dir, 'receiver'), ctx.repoRoot, ctx.cleanup, SERVER, { listen: `127.0.0.1:${await freePort()}` });
+  const receiver = await startReceiver(join(dir, 'receiver'), ctx.repoRoot, ctx.cleanup, SERVER, { listen: `127.0.0.1:${await freePort()}`, compression: 'none' });
+  const catalog = await openCatalog(receiver, SERVER, ctx.cleanup);
   const clusterDir = join(dir, 'cluster');
   const agentConf = postgresAgentConfig(receiver, join(dir, 'agent'), SERVER, {
     conninfo: `host=${join(clusterDir, 'socket')} port=5432 user=postgres dbname=postgres`,
@@ -215,7 +219,6 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
     cp: `cp %p ${postgresDir(join(dir, 'cp-archive'))}/%f && sync`,
   };
 
-  const catalogWals = join(receiver.barmanHome, SERVER, 'wals');
   const startDaemon = async () => {
     ctx.log('daemon: starting barman-agent daemon (streaming = on)');
     daemon = new Background(node, [agent, 'daemon', '-c', agentConf], { cwd: join(dir, 'agent'), asPostgres: true, cleanup: ctx.cleanup, what: 'barman-agent daemon', logFile: join(dir, 'agent', 'daemon.log') });
@@ -248,7 +251,7 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
     for (;;) {
       const t = now() - started;
       if (durableMs === undefined && key !== 'cp') {
-        const stored = walNames(catalogWals);
+        const stored = new Set(await catalog.catalog.listSegments());
         if (names.every((n) => stored.has(n))) durableMs = t;
       }
       const st = await archiverStats();
@@ -332,8 +335,8 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
     const name = '000000FF00000000000000FF';
     const probeDir = postgresDir(join(dir, 'ack-probe'));
     const seg = join(probeDir, name);
-    const source = [...walNames(catalogWals)].find((n) => /^[0-9A-F]{24}$/.test(n))!;
-    copyFileSync(join(catalogWals, source.slice(0, 16), source), seg);
+    const source = (await catalog.catalog.listSegments())[0]!;
+    await copyStoredWal(catalog, source, seg);
     const ackDir = postgresDir(join(dir, 'agent', 'spool', 'acked'));
     writeFileSync(join(ackDir, name), `${createHash('sha256').update(readFileSync(seg)).digest('hex')}\n`, { mode: 0o600 });
     await runOk('chown', ['postgres:postgres', seg, join(ackDir, name)]);
@@ -344,7 +347,7 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
     }
     rmSync(join(ackDir, name), { force: true });
   }
-  const catalogCheck = checkCatalog(catalogWals, segmentBytes, [...modes, ...capacities].filter((m) => m.key !== 'cp').map((m) => ('archivedTotal' in m ? m.archivedTotal : m.segments)));
+  const catalogCheck = await checkCatalog(catalog, segmentBytes, [...modes, ...capacities].filter((m) => m.key !== 'cp').map((m) => ('archivedTotal' in m ? m.archivedTotal : m.segments)));
 
   // ---- (d) streaming lag under a light steady load ----------------------------------------------
   ctx.log(`daemon: streaming lag, ${LAG_PROBES} probe commits under pgbench -R ${LIGHT_RATE}`);
@@ -451,32 +454,19 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
   };
 }
 
-/** Names of the WAL files below the catalog's wals/ folder (plain, compression none). */
-function walNames(walsDir: string): Set<string> {
-  const names = new Set<string>();
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(join(d, e.name));
-      else names.add(e.name);
-    }
-  };
-  if (existsSync(walsDir)) walk(walsDir);
-  return names;
-}
-
 /** The catalog holds at least as many segments as the push and daemon modes archived, each a whole segment. */
-function checkCatalog(walsDir: string, segmentBytes: number, counts: number[]): string {
-  const segments = [...walNames(walsDir)].filter((n) => /^[0-9A-F]{24}$/.test(n));
+async function checkCatalog(open: OpenServer, segmentBytes: number, counts: number[]): Promise<string> {
+  const segments = await open.catalog.listSegments();
   const archived = counts.reduce((a, b) => a + b, 0);
   if (segments.length < archived) throw new Error(`the catalog holds ${segments.length} WAL segments, PostgreSQL archived ${archived} through push in the push and daemon modes`);
-  const wrong = segments.filter((n) => findSize(walsDir, n) !== segmentBytes);
+  const wrong: string[] = [];
+  for (const name of segments) {
+    // stored plain (compression none): the stored size is the segment's
+    const stored = await open.catalog.findWal(name);
+    if (stored?.compression !== 'none' || stored.size !== segmentBytes) wrong.push(name);
+  }
   if (wrong.length > 0) throw new Error(`catalog segments of the wrong size: ${wrong.slice(0, 5).join(', ')}`);
   return `the catalog holds ${segments.length} whole WAL segments (PostgreSQL archived ${archived} through \`push\` in modes (a) and (b), the rest came before them)`;
-}
-
-function findSize(walsDir: string, name: string): number | undefined {
-  const path = join(walsDir, name.slice(0, 16), name);
-  return existsSync(path) ? statSync(path).size : undefined;
 }
 
 function report(modes: ModeRun[], capacities: CapacityRun[], ackProbe: AckPushRun, lag: LagRun, rpo: RpoRun, extra: { segmentBytes: number; catalogCheck: string; daemonExit: number | string; daemonStopMs: number; daemonPushed: number | undefined }): string {

@@ -8,7 +8,7 @@ import { copyFileSync, mkdirSync, readdirSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BenchCluster, type BenchContext, fmtMs, fmtRatio, findFiles, markdownTable, runOk, type SectionResult, startReceiver, stats, type Stats } from './lib';
+import { BenchCluster, type BenchContext, copyStoredWal, fmtMs, fmtRatio, markdownTable, openCatalog, runOk, type SectionResult, startReceiver, stats, type Stats } from './lib';
 
 const SEGMENTS = 64;
 const NODE_RUNS = 20;
@@ -48,7 +48,7 @@ export async function pushSection(ctx: BenchContext): Promise<SectionResult> {
   // write back what the copy-out left dirty, so it does not land in the first measurements
   await runOk('sync', []);
 
-  const receiver = await startReceiver(join(ctx.workDir, 'receiver'), ctx.repoRoot, ctx.cleanup, 'main');
+  const receiver = await startReceiver(join(ctx.workDir, 'receiver'), ctx.repoRoot, ctx.cleanup, 'main', { compression: 'none' });
   const agent = join(ctx.repoRoot, 'dist', 'barman-agent.cjs');
   const node = process.execPath;
 
@@ -78,11 +78,12 @@ export async function pushSection(ctx: BenchContext): Promise<SectionResult> {
   }
 
   // the figures only count if the receiver really holds every segment, byte for byte
+  const catalog = await openCatalog(receiver, 'main', ctx.cleanup);
+  const check = join(ctx.workDir, 'read-back');
   for (const seg of segments) {
     const name = seg.slice(segDir.length + 1);
-    const stored = findFiles(join(receiver.barmanHome, 'main', 'wals'), name);
-    if (stored.length !== 1) throw new Error(`receiver holds ${stored.length} copies of ${name} under ${receiver.barmanHome}`);
-    if ((await sha256(stored[0]!)) !== (await sha256(seg))) throw new Error(`stored ${name} differs from the pushed segment`);
+    await copyStoredWal(catalog, name, check);
+    if ((await sha256(check)) !== (await sha256(seg))) throw new Error(`stored ${name} differs from the pushed segment`);
   }
   await receiver.stop();
 
