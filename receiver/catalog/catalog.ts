@@ -79,9 +79,9 @@ export class ServerCatalog {
     await fs.mkdir(this.localDir, { recursive: true, mode: 0o750 });
   }
 
-  /** A key as a DBA finds it: a path under barman_home, or an object in the bucket. */
+  /** A key (or a prefix: a directory) as a DBA finds it: a path under barman_home, or an object (a prefix) in the bucket. */
   where(key: string): string {
-    return this.storage.driver.kind === 'posix' ? `${this.storage.location}/${key}` : `${key} in ${this.storage.location}`;
+    return this.storage.driver.kind === 'posix' ? `${this.storage.location}/${key.replace(/\/$/, '')}` : `${key} in ${this.storage.location}`;
   }
 
   // ---- WAL ----

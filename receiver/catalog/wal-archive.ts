@@ -130,9 +130,20 @@ function hasPages(file: WalFileName): boolean {
   return file.kind === 'segment' || file.kind === 'partial';
 }
 
+/** how long a stored copy this process wrote or read back intact is trusted without reading it again */
+const KNOWN_INTACT_MS = 10 * 60 * 1000;
+const KNOWN_INTACT_MAX = 4096;
+
 export class WalArchive {
   /** commits of one server are serialised: identity is set once, duplicates are detected reliably */
   private commitLock: Promise<unknown> = Promise.resolve();
+  /**
+   * Stored copies this process wrote, or read back and found intact, a moment ago: key → the
+   * copy's mtime then and when. A file arrives two or three times within seconds (streamed,
+   * pushed ahead by the daemon, pushed by PostgreSQL); reading the copy back for each costs a
+   * decompression and a hash. A copy written since (its mtime moved) is read back again.
+   */
+  private readonly knownIntact = new Map<string, { mtimeMs: number; at: number }>();
 
   constructor(readonly catalog: ServerCatalog) {}
 
@@ -161,6 +172,29 @@ export class WalArchive {
     return new WalUpload(this, parsed, size, sha256);
   }
 
+  /** Whether a stored copy still holds bytes hashing to `sha256`: read back, unless this process just did or wrote it. */
+  async intact(stored: StoredWal, sha256: string): Promise<boolean> {
+    const known = this.knownIntact.get(stored.key);
+    if (stored.sha256 === sha256 && known && known.mtimeMs === stored.mtime.getTime() && Date.now() - known.at < KNOWN_INTACT_MS) return true;
+    const ok = (await hashStoredWal(this.catalog, stored)) === sha256;
+    if (ok && stored.sha256 === sha256) this.remember(stored);
+    else this.knownIntact.delete(stored.key);
+    return ok;
+  }
+
+  private remember(stored: StoredWal): void {
+    this.knownIntact.delete(stored.key);
+    this.knownIntact.set(stored.key, { mtimeMs: stored.mtime.getTime(), at: Date.now() });
+    if (this.knownIntact.size > KNOWN_INTACT_MAX) this.knownIntact.delete(this.knownIntact.keys().next().value!);
+  }
+
+  /** After a commit: the copy just written is known intact (looked up beside, not waited for). */
+  private rememberStored(name: string, sha256: string): void {
+    void this.catalog.findWal(name).then((stored) => {
+      if (stored?.sha256 === sha256) this.remember(stored);
+    }, () => undefined);
+  }
+
   /** Runs fn with the server's commit lock held. */
   withCommitLock<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.commitLock.then(fn, fn);
@@ -184,6 +218,7 @@ export class WalArchive {
     const place = async () => {
       await bytes.beforePlace?.();
       await bytes.place(key);
+      this.rememberStored(name, sha256);
     };
     const first = await this.withCommitLock(async () => {
       const existing = await catalog.findWal(name);
@@ -200,14 +235,14 @@ export class WalArchive {
       return existing.sha256 === sha256 ? { outcome: 'verify' as const, existing } : { outcome: 'conflict' as const };
     });
     if (first.outcome !== 'verify') return first;
-    if ((await hashStoredWal(catalog, first.existing)) === sha256) {
+    if (await this.intact(first.existing, sha256)) {
       await bytes.drop();
       return { outcome: 'duplicate' };
     }
     return this.withCommitLock(async () => {
       // read again under the lock: another identical copy may have repaired it meanwhile
       const now = await catalog.findWal(name);
-      if (now?.sha256 === sha256 && (await hashStoredWal(catalog, now)) === sha256) {
+      if (now?.sha256 === sha256 && (await this.intact(now, sha256))) {
         await bytes.drop();
         return { outcome: 'duplicate' as const };
       }
@@ -273,7 +308,7 @@ export class WalUpload implements Upload {
     const writer = await catalog.storage.openWrite(key, { compression, sizeHint: compression === 'none' ? this.size : undefined });
     const dest: Destination = { kind: conflicting ? 'conflict' : 'store', key, writer };
     if (existing?.sha256 === sha256) {
-      dest.intact = hashStoredWal(catalog, existing).then((h) => h === sha256, () => false);
+      dest.intact = this.archive.intact(existing, sha256).catch(() => false);
       void dest.intact.then((intact) => {
         if (intact) dest.discard = true;
       });
@@ -283,6 +318,17 @@ export class WalUpload implements Upload {
 
   get label(): string {
     return this.file.name;
+  }
+
+  /**
+   * Whether the catalog holds these very bytes already: an intact copy whose recorded checksum is
+   * the one declared. Then there is nothing to receive (the sender's bytes hash to that checksum).
+   */
+  async alreadyStored(): Promise<boolean> {
+    const dest = await this.prepared;
+    if (!dest.intact || !(await dest.intact)) return false;
+    const now = await this.archive.withCommitLock(() => this.archive.catalog.findWal(this.file.name));
+    return now?.sha256 === this.declaredSha256;
   }
 
   async write(chunk: Uint8Array): Promise<void> {

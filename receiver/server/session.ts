@@ -197,6 +197,7 @@ export class Session implements Peer {
               throw err;
             });
             this.uploads.set(frame.id, upload);
+            if (upload instanceof WalUpload) void this.answerIfStored(frame.id, upload, t.sha256);
           } else {
             this.allow(['daemon', 'backup'], 'send backup files');
             this.uploads.set(frame.id, await server.openUpload(() => server.backupFile(this, t.backupId, t.path, frame.size, t.mtime)));
@@ -450,6 +451,25 @@ export class Session implements Peer {
       const seconds = Math.round(this.options.idleMs / 1000);
       this.failOpenUpload(id, upload, new BarmanError(ErrorCode.TIMEOUT, `${upload.label}: no data for ${seconds} s, the upload is aborted`, 'The sender stalled or the network path drops packets; the agent retries (PostgreSQL retries archive_command), and a failed backup can be taken again.'));
     }
+  }
+
+  /**
+   * A WAL file whose declared checksum is that of an intact copy the catalog holds is answered
+   * `duplicate` at once, without waiting for its bytes: the sender stops sending (its bytes hash
+   * to what the catalog holds), and the rest of its frames are dropped by id. A file arrives two
+   * or three times (streamed, pushed ahead by the daemon, pushed by PostgreSQL).
+   */
+  private async answerIfStored(id: number, upload: WalUpload, sha256: string): Promise<void> {
+    const stored = await upload.alreadyStored().catch(() => false);
+    // answered meanwhile by its end (or failed): nothing to do
+    if (!stored || this.uploads.get(id) !== upload) return;
+    this.uploads.delete(id);
+    this.writes.delete(id);
+    this.failedUploads.add(id);
+    await upload.abort().catch(() => undefined);
+    this.release(upload);
+    this.log.info({ wal: upload.label, status: 'duplicate' }, 'WAL already archived with identical content');
+    await this.conn.send({ type: 'ack', id, status: 'duplicate', sha256 }).catch(() => undefined);
   }
 
   /** An upload is over (stored, failed or aborted): its slot of the server's limit is free. */
