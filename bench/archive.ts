@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import type { Client } from 'pg';
 import { Background, freePort, now, readyCount, sleep, sqlSession, streamingAgentConfig, value } from './daemon-lib';
 import {
-  BenchCluster, type BenchContext, cpuProfileTop, fmtRatio, loadAverage, markdownTable, postgresDir, procCpuSeconds, procStatusKb,
+  BenchCluster, type BenchContext, cpuProfileTop, fmtRatio, loadAverage, markdownTable, openCatalog, postgresDir, procCpuSeconds, procStatusKb,
   RssWatch, runOk, type SectionResult, startReceiver,
 } from './lib';
 
@@ -294,7 +294,7 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
   if (!PROFILE) for (const mode of modes) loads.push(await underLoad(mode));
 
   // the figures only count if the catalog holds every segment PostgreSQL archived through barman
-  const catalogSegments = countSegments(join(receiver.barmanHome, SERVER, 'wals'));
+  const catalogSegments = (await (await openCatalog(receiver, SERVER, ctx.cleanup)).catalog.listSegments()).length;
   const barmanArchived = drains.filter((d) => d.mode === 'barman').reduce((a, d) => a + d.segments, 0);
   if (catalogSegments < barmanArchived) throw new Error(`the catalog holds ${catalogSegments} segments, PostgreSQL archived ${barmanArchived} through barman`);
   await cluster.stop('fast');
@@ -322,18 +322,6 @@ function profileReport(receiverDir: string, daemonDir: string): string {
     '',
     markdownTable(['receiver: function', 'ms', 'daemon: function', 'ms'], rows),
   ].join('\n');
-}
-
-function countSegments(walsDir: string): number {
-  let n = 0;
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(join(d, e.name));
-      else if (/^[0-9A-F]{24}/.test(e.name)) n++;
-    }
-  };
-  if (existsSync(walsDir)) walk(walsDir);
-  return n;
 }
 
 function median(xs: number[]): number {

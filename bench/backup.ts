@@ -10,16 +10,18 @@
 
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import type { OpenServer } from '../receiver/catalog/open';
 import {
   BenchCluster,
   type BenchContext,
-  type BenchReceiver,
+  copyStoredWal,
   fmtMs,
   fmtRatio,
   freeBytes,
   loadAverage,
   markdownTable,
   mbPerSecond,
+  openCatalog,
   postgresAgentConfig,
   postgresDir,
   procCpuSeconds,
@@ -106,7 +108,8 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
   }
   ctx.log(`backup: ${(free / 1e9).toFixed(1)} GB free below ${dir}; pgbench scale ${scale}, ${ROUNDS} rounds`);
 
-  const receiver = await startReceiver(join(dir, 'receiver'), ctx.repoRoot, ctx.cleanup, SERVER);
+  const receiver = await startReceiver(join(dir, 'receiver'), ctx.repoRoot, ctx.cleanup, SERVER, { compression: 'none' });
+  const catalog = await openCatalog(receiver, SERVER, ctx.cleanup);
   const clusterDir = join(dir, 'cluster');
   const agentConf = postgresAgentConfig(receiver, join(dir, 'agent'), SERVER, {
     conninfo: `host=${join(clusterDir, 'socket')} port=5432 user=postgres dbname=postgres`,
@@ -117,7 +120,6 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
     max_wal_size: "'2GB'",
     checkpoint_timeout: "'1h'",
   });
-  const catalogWals = join(receiver.barmanHome, SERVER, 'wals');
 
   ctx.log(`backup: pgbench -i -s ${scale}`);
   const init = await runOk(join(ctx.pgBin, 'pgbench'), ['-i', '-s', String(scale), '-h', cluster.socketDir, '-p', String(cluster.port), '-U', 'postgres', 'postgres'], { asPostgres: true, cwd: cluster.dir });
@@ -173,7 +175,7 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
       throw new Error(`${err.message}\n--- receiver log\n${receiver.logTail()}`);
     });
     const id = run.stdout.trim();
-    const doneMs = (await waitForDone(receiver, id)) - started;
+    const doneMs = (await waitForDone(catalog, id)) - started;
     const receiverPeakKb = watch.stop();
     const receiverCpu = procCpuSeconds(receiver.pid) - cpuBefore;
     const info = JSON.parse((await runOk(node, [receiverCli, 'show-backup', '-c', receiver.config, SERVER, id, '--json'])).stdout) as { size: number; fileCount: number; status: string };
@@ -219,8 +221,8 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
     const wal = postgresDir(join(work, `plain-wal-${round}`));
     const startWal = /START WAL LOCATION: .* \(file ([0-9A-F]{24})\)/.exec(readFileSync(join(plain, 'backup_label'), 'utf8'))?.[1];
     if (!startWal) throw new Error(`no START WAL LOCATION in ${join(plain, 'backup_label')}`);
-    const segments = catalogSegments(catalogWals).filter((s) => s.name >= startWal);
-    await runOk('cp', ['-t', wal, ...segments.map((s) => s.path)]);
+    const segments = (await catalog.catalog.listSegments()).filter((s) => s >= startWal);
+    for (const name of segments) await copyStoredWal(catalog, name, join(wal, name));
     await runOk('chown', ['-R', 'postgres:postgres', wal]);
     await runOk('sync', []);
     const dest = join(work, `recovered-plain-${round}`);
@@ -283,28 +285,18 @@ async function waitForArchiver(pgdata: string, timeoutMs = 600_000): Promise<voi
   }
 }
 
-/** Polls the catalog's backup.info until the backup is DONE; returns when (bench clock, ms). */
-async function waitForDone(receiver: BenchReceiver, id: string, timeoutMs = 600_000): Promise<number> {
-  const infoPath = join(receiver.barmanHome, SERVER, 'base', id, 'backup.info');
+/** Polls the catalog (its backup.info, as the receiver reads it) until the backup is DONE; returns when (bench clock, ms). */
+async function waitForDone(open: OpenServer, id: string, timeoutMs = 600_000): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const status = /^status=(.*)$/m.exec(existsSync(infoPath) ? readFileSync(infoPath, 'utf8') : '')?.[1];
-    if (status === 'DONE') return now();
-    if (status === 'FAILED') throw new Error(`backup ${id} FAILED:\n${readFileSync(infoPath, 'utf8')}`);
-    if (Date.now() > deadline) throw new Error(`backup ${id} still ${status ?? 'missing'} after ${timeoutMs / 1000} s`);
+    const info = await open.backups.read(id).catch(() => undefined);
+    if (info?.status === 'DONE') return now();
+    if (info?.status === 'FAILED') throw new Error(`backup ${id} FAILED: ${info.error}`);
+    if (Date.now() > deadline) throw new Error(`backup ${id} still ${info?.status ?? 'missing'} after ${timeoutMs / 1000} s`);
     await sleep(10);
   }
 }
 
-/** Plain WAL segments in the catalog (compression none), by name. */
-function catalogSegments(walsDir: string): Array<{ name: string; path: string }> {
-  const out: Array<{ name: string; path: string }> = [];
-  for (const sub of readdirSync(walsDir, { withFileTypes: true })) {
-    if (!sub.isDirectory()) continue;
-    for (const name of readdirSync(join(walsDir, sub.name))) if (/^[0-9A-F]{24}$/.test(name)) out.push({ name, path: join(walsDir, sub.name, name) });
-  }
-  return out.sort((a, b) => (a.name < b.name ? -1 : 1));
-}
 
 function report(header: string[], ours: BackupRun[], base: BaseBackupRun[], oursRec: RecoverRun[], baseRec: RecoverRun[], receiverKb: { idleKb: number; loadKb: number; lifeKb: number }, loads: string[]): string {
   const med = (xs: number[]) => stats(xs).median;

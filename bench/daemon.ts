@@ -11,8 +11,9 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from 'pg';
+import type { OpenServer } from '../receiver/catalog/open';
 import { Background, freePort, now, percentile, readyCount, sleep, sqlSession, startRecoveredCopy, streamingAgentConfig, tailMatching, value } from './daemon-lib';
-import { BenchCluster, type BenchContext, fmtMs, markdownTable, postgresDir, runOk, type SectionResult, startReceiver } from './lib';
+import { BenchCluster, type BenchContext, fmtMs, markdownTable, openCatalog, postgresDir, runOk, type SectionResult, startReceiver } from './lib';
 
 const SERVER = 'main';
 const APPLICATION_NAME = 'barman_receive_main';
@@ -68,7 +69,8 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
   const receiverCli = join(ctx.repoRoot, 'dist', 'barman-receiver.cjs');
   const pgbench = join(ctx.pgBin, 'pgbench');
 
-  const receiver = await startReceiver(join(dir, 'receiver'), ctx.repoRoot, ctx.cleanup, SERVER, { listen: `127.0.0.1:${await freePort()}` });
+  const receiver = await startReceiver(join(dir, 'receiver'), ctx.repoRoot, ctx.cleanup, SERVER, { listen: `127.0.0.1:${await freePort()}`, compression: 'none' });
+  const catalog = await openCatalog(receiver, SERVER, ctx.cleanup);
   const clusterDir = join(dir, 'cluster');
   const agentConf = streamingAgentConfig(receiver, join(dir, 'agent'), clusterDir, SERVER, { application_name: APPLICATION_NAME });
   const cluster = await BenchCluster.start(clusterDir, ctx.pgBin, ctx.cleanup, {
@@ -202,7 +204,7 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
   const daemonStopMs = now() - termStarted;
   const pushedLine = agentDaemon.output().split('\n').find((l) => l.includes('"msg":"daemon stopped"'));
   const daemonPushed = pushedLine ? (JSON.parse(pushedLine) as { pushed?: number }).pushed : undefined;
-  const catalogCheck = checkCatalog(join(receiver.barmanHome, SERVER, 'wals'), join(cluster.pgdata, 'pg_wal', 'archive_status'));
+  const catalogCheck = await checkCatalog(await openCatalog(receiver, SERVER, ctx.cleanup), join(cluster.pgdata, 'pg_wal', 'archive_status'));
   await runOk(pgCtl, ['-D', cluster.pgdata, '-m', 'fast', '-w', 'stop'], { asPostgres: true, cwd: clusterDir });
   await receiver.stop();
 
@@ -213,22 +215,9 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
   };
 }
 
-/** Segments below the catalog's wals/ folder, by name (stored as <name>-<sha256>[.ext], docs/catalog.md). */
-function catalogSegments(walsDir: string): Set<string> {
-  const names = new Set<string>();
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(join(d, e.name));
-      else if (/^[0-9A-F]{24}-[0-9a-f]{64}/.test(e.name)) names.add(e.name.slice(0, 24));
-    }
-  };
-  if (existsSync(walsDir)) walk(walsDir);
-  return names;
-}
-
-/** Every segment PostgreSQL still marks archived (.done) is in the catalog. */
-function checkCatalog(walsDir: string, statusDir: string): string {
-  const stored = catalogSegments(walsDir);
+/** Every segment PostgreSQL still marks archived (.done) is in the catalog (as the catalog itself lists them). */
+async function checkCatalog(open: OpenServer, statusDir: string): Promise<string> {
+  const stored = new Set(await open.catalog.listSegments());
   const done = readdirSync(statusDir).filter((f) => /^[0-9A-F]{24}\.done$/.test(f)).map((f) => f.slice(0, 24));
   const missing = done.filter((n) => !stored.has(n));
   if (missing.length > 0) throw new Error(`PostgreSQL counts ${missing.length} segments archived that the catalog lacks: ${missing.slice(0, 5).join(', ')}`);

@@ -8,6 +8,12 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createWriteStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
+import { type OpenServer, openCatalogStorage, serverOn } from '../receiver/catalog/open';
+import { readStoredWal } from '../receiver/catalog/wal-archive';
+import { loadReceiverConfig } from '../shared/config/receiver';
 
 // ---- sections --------------------------------------------------------------------------------
 
@@ -413,16 +419,22 @@ export function postgresAgentConfig(receiver: BenchReceiver, dir: string, server
   return config;
 }
 
-/** Every file below `dir` whose name is `name`, searched recursively (the catalog's layout is not ours to spell). */
-export function findFiles(dir: string, name: string): string[] {
-  if (!existsSync(dir)) return [];
-  const found: string[] = [];
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) found.push(...findFiles(path, name));
-    else if (entry.name === name) found.push(path);
-  }
-  return found;
+/**
+ * A bench receiver's catalog as the receiver itself reads it (receiver/catalog/open.ts): WAL and
+ * backups are found by the catalog's own functions, never by a file-name pattern. Read-only use.
+ */
+export async function openCatalog(receiver: BenchReceiver, server: string, cleanup: Cleanup): Promise<OpenServer> {
+  const config = loadReceiverConfig(receiver.config);
+  const storage = await openCatalogStorage(config);
+  cleanup.add(`close the catalog storage of ${receiver.config}`, () => storage.close());
+  return serverOn(storage, config, config.servers.get(server)!);
+}
+
+/** Writes the plain bytes of archived WAL file `name` to `path` (checked against its stored checksum). */
+export async function copyStoredWal(open: OpenServer, name: string, path: string): Promise<void> {
+  const stored = await open.catalog.findWal(name);
+  if (!stored) throw new Error(`${name} is not in the catalog of ${open.config.name}`);
+  await pipeline(Readable.from(readStoredWal(open.catalog, stored)), createWriteStream(path));
 }
 
 // ---- CPU profiles ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BenchCluster, type BenchContext, fmtMs, fmtRatio, markdownTable, procCpuSeconds, runMeasured, runOk, type SectionResult, startReceiver, stats, type Stats } from './lib';
+import { BenchCluster, type BenchContext, copyStoredWal, fmtMs, fmtRatio, markdownTable, openCatalog, procCpuSeconds, runMeasured, runOk, type SectionResult, startReceiver, stats, type Stats } from './lib';
 
 const SEGMENTS = 64;
 /** rounds (spread over the run) that also time the start-up steps */
@@ -45,20 +45,6 @@ async function sha256(path: string): Promise<string> {
   return createHash('sha256').update(await readFile(path)).digest('hex');
 }
 
-/** WAL files stored below a catalog's wals/ (docs/catalog.md: <name>-<sha256 of the plain bytes>[.ext]). */
-function storedWal(walsDir: string): Array<{ name: string; sha256: string }> {
-  const out: Array<{ name: string; sha256: string }> = [];
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(join(d, e.name));
-      const m = /^([0-9A-F]{24})-([0-9a-f]{64})(\.\w+)?$/.exec(e.name);
-      if (m) out.push({ name: m[1]!, sha256: m[2]! });
-    }
-  };
-  if (existsSync(walsDir)) walk(walsDir);
-  return out;
-}
-
 interface Side {
   ms: number[];
   cpu: number[];
@@ -74,7 +60,7 @@ export async function pushSection(ctx: BenchContext): Promise<SectionResult> {
   // write back what the copy-out left dirty, so it does not land in the first measurements
   await runOk('sync', []);
 
-  const receiver = await startReceiver(join(ctx.workDir, 'receiver'), ctx.repoRoot, ctx.cleanup, 'main');
+  const receiver = await startReceiver(join(ctx.workDir, 'receiver'), ctx.repoRoot, ctx.cleanup, 'main', { compression: 'none' });
   const launcher = join(ctx.repoRoot, 'dist', 'barman-agent');
   const agent = join(ctx.repoRoot, 'dist', 'barman-agent.cjs');
   // the same agent without its code cache beside it: what compiling the bundle from source costs
@@ -131,13 +117,13 @@ export async function pushSection(ctx: BenchContext): Promise<SectionResult> {
     await measure(cp, 'sh', ['-c', 'cp "$1" "$2" && sync', 'sh', seg, cpDir]);
   }
 
-  // the figures only count if the receiver really holds every segment, with its checksum
-  const stored = storedWal(join(receiver.barmanHome, 'main', 'wals'));
+  // the figures only count if the receiver really holds every segment, byte for byte
+  const catalog = await openCatalog(receiver, 'main', ctx.cleanup);
+  const check = join(ctx.workDir, 'read-back');
   for (const seg of segments) {
     const name = seg.slice(segDir.length + 1);
-    const copies = stored.filter((s) => s.name === name);
-    if (copies.length !== 1) throw new Error(`receiver holds ${copies.length} copies of ${name} under ${receiver.barmanHome}`);
-    if (copies[0]!.sha256 !== (await sha256(seg))) throw new Error(`stored ${name} is not recorded with the pushed segment's checksum`);
+    await copyStoredWal(catalog, name, check);
+    if ((await sha256(check)) !== (await sha256(seg))) throw new Error(`stored ${name} differs from the pushed segment`);
   }
   await receiver.stop();
 

@@ -6,7 +6,8 @@
 // temp folder). BENCH_BACKUP_SCALE and BENCH_BACKUP_ROUNDS shrink the backup section for trials;
 // BENCH_DAEMON_SCALE, BENCH_DAEMON_SECONDS, BENCH_DAEMON_PROBES and BENCH_DAEMON_BACKLOG the daemon section;
 // BENCH_ARCHIVE_BACKLOG, BENCH_ARCHIVE_ROUNDS and BENCH_ARCHIVE_LOAD_SECONDS the archive section;
-// BENCH_REPLAY_* and BENCH_DELTA_* the replicas section (bench/replicas.ts).
+// BENCH_REPLAY_* and BENCH_DELTA_* the replicas section (bench/replicas.ts);
+// BENCH_STORAGE_SEGMENTS and BENCH_STORAGE_SCALE the storage section (bench/storage.ts).
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,12 +18,14 @@ import { backupSection } from './backup';
 import { daemonSection } from './daemon';
 import { pushSection } from './push';
 import { replicasSection } from './replicas';
+import { storageSection } from './storage';
 
 const SECTIONS: Record<string, (ctx: BenchContext) => Promise<SectionResult>> = {
   push: pushSection,
   archive: archiveSection,
   backup: backupSection,
   daemon: daemonSection,
+  storage: storageSection,
   replicas: replicasSection,
 };
 

@@ -3,7 +3,8 @@
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmod, copyFile, readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { chmod, copyFile, cp, readFile, rm, writeFile } from 'node:fs/promises';
 
 const common = {
   bundle: true,
@@ -46,6 +47,17 @@ try {
   });
 } catch {
   // the push fails, as it should: the cache is written on the way out
+}
+
+// The receiver loads its compression bindings from node_modules beside the bundle: each with its
+// prebuilt binary package for this platform (an optional dependency). dist/ is then complete:
+// copy it, node_modules included, wherever the receiver runs.
+await rm('dist/node_modules', { recursive: true, force: true });
+for (const mod of ['@mongodb-js/zstd', 'lz4-napi']) {
+  const pkg = JSON.parse(readFileSync(`node_modules/${mod}/package.json`, 'utf8'));
+  for (const dep of [mod, ...Object.keys(pkg.optionalDependencies ?? {}), ...Object.keys(pkg.dependencies ?? {})]) {
+    if (existsSync(`node_modules/${dep}`)) await cp(`node_modules/${dep}`, `dist/node_modules/${dep}`, { recursive: true, dereference: true });
+  }
 }
 
 // the installed `barman-agent`: a POSIX sh launcher that answers push from the daemon's acks and

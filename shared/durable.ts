@@ -41,3 +41,17 @@ export async function fsyncTree(root: string, parallel = 8): Promise<void> {
   }));
   for (const d of dirs.reverse()) await fsyncDir(d);
 }
+
+/** A small file (JSON state, a key) written whole: temp name, fsync, rename, directory fsync. */
+export async function writeFileDurably(path: string, content: string | Uint8Array, mode = 0o640): Promise<void> {
+  const tmp = `${path}.${process.pid}.tmp`;
+  const fh = await fs.open(tmp, 'w', mode);
+  try {
+    await fh.writeFile(content);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, path);
+  await fsyncDir(join(path, '..'));
+}

@@ -1,58 +1,66 @@
-// The backups of one server: base/<id>/{backup.info, backup_manifest, tablespace_map, data/}.
-// A backup is written into incoming/<id>.backup/ while it runs; at its end every file is
-// fsynced, the directory renamed to base/<id>/data in one step, the manifest written, and only
-// then is the backup WAITING_FOR_WALS. It is DONE once every WAL segment from its begin to its
-// end is archived. Anything that stops it on the way leaves it FAILED, with the reason.
+// The backups of one server: base/<id>/{backup.info, backup_manifest, tablespace_map,
+// contents.json, data/} (layout.ts). Nothing is renamed, so a backup commits the same way on a
+// disk and in a bucket: backup.info is written first (STARTED), every file goes straight to its
+// final key (compressed as the server says), and at the end the files are made durable, then
+// contents.json (the catalog's record of the backup's directories and of where each file is
+// stored) and the manifest are written, and only then backup.info says WAITING_FOR_WALS. It is
+// DONE once every WAL segment from its begin to its end is archived. Until then it is never
+// offered for recovery; anything that stops it on the way leaves it FAILED, with the reason, and
+// its files removed. A removal takes backup.info away first: a crash halfway leaves files no
+// backup.info names, which cron removes.
 
-import { promises as fs, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import { type BackupInfo, type BackupStatus, backupIdFor, emptyInfo, formatBackupInfo, isBackupId, parseBackupInfo } from '../../shared/backup/info';
-import { buildManifest, type ManifestFile } from '../../shared/backup/manifest';
+import { buildManifest, type ManifestFile, parseManifest } from '../../shared/backup/manifest';
 import { checkSymlinks, safeRelativePath } from '../../shared/backup/paths';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
 import { parseLsn } from '../../shared/wal/lsn';
 import { majorOf } from '../../shared/postgres/version';
 import { nextSegment, segmentForLsn, segmentNumber } from '../../shared/wal/names';
-import { ensureDir, exists, fsyncDir, fsyncTree, IncomingFile, storageError } from '../storage/posix';
-import { type ServerCatalog, writeFileDurably } from './catalog';
+import { newHash } from '../../shared/checksum';
+import type { Readable } from 'node:stream';
+import type { ServerCatalog } from './catalog';
 import type { Upload } from './upload';
 
+/** Where each file of a backup is stored, and its directories (object storage has no empty ones). */
+export interface BackupContents {
+  directories: string[];
+  /** path inside the data directory → the storage key holding its plain bytes (compression suffix included) and their size */
+  files: Record<string, { key: string; size: number }>;
+}
+
+/** What a running backup has received so far (in memory: one writer per catalog). */
+interface Receiving {
+  files: Map<string, { key: string; size: number }>;
+  /** every ancestor directory of a received file: a file may not be sent where one is */
+  parents: Set<string>;
+  /** keys written without their own fsync, made durable together at the end */
+  unsynced: string[];
+}
+
 export class BackupCatalog {
-  /** staging directories known to exist (most files of a backup share a few directories) */
-  private readonly madeDirs = new Set<string>();
+  private readonly receiving = new Map<string, Receiving>();
 
   constructor(readonly catalog: ServerCatalog) {}
 
-  dir(id: string): string {
-    return join(this.catalog.baseDir, id);
+  private get layout() {
+    return this.catalog.layout;
   }
 
-  dataDir(id: string): string {
-    return join(this.dir(id), 'data');
+  private get storage() {
+    return this.catalog.storage;
   }
 
-  manifestPath(id: string): string {
-    return join(this.dir(id), 'backup_manifest');
-  }
-
-  tablespaceMapPath(id: string): string {
-    return join(this.dir(id), 'tablespace_map');
-  }
-
-  stagingDir(id: string): string {
-    return join(this.catalog.incomingDir, `${id}.backup`);
+  /** Backup IDs with something stored under them, oldest first. */
+  private async ids(): Promise<string[]> {
+    const ids: string[] = [];
+    for await (const d of this.storage.listDirs(this.layout.backupsPrefix)) if (this.layout.isBackupDir(d)) ids.push(d);
+    return ids.sort();
   }
 
   async list(): Promise<BackupInfo[]> {
-    let ids: string[];
-    try {
-      ids = (await fs.readdir(this.catalog.baseDir)).filter(isBackupId).sort();
-    } catch {
-      return [];
-    }
     const out: BackupInfo[] = [];
-    for (const id of ids) {
+    for (const id of await this.ids()) {
       const info = await this.read(id).catch(() => undefined);
       if (info) out.push(info);
     }
@@ -60,12 +68,11 @@ export class BackupCatalog {
   }
 
   async read(id: string): Promise<BackupInfo> {
-    return parseBackupInfo(await fs.readFile(join(this.dir(id), 'backup.info'), 'utf8'));
+    return parseBackupInfo((await this.storage.readAll(this.layout.backupInfoKey(id), 1 << 20)).toString('utf8'));
   }
 
   async write(info: BackupInfo): Promise<void> {
-    await ensureDir(this.dir(info.backupId));
-    await writeFileDurably(join(this.dir(info.backupId), 'backup.info'), formatBackupInfo(info));
+    await this.storage.put(this.layout.backupInfoKey(info.backupId), Buffer.from(formatBackupInfo(info)));
   }
 
   /** An ID, or `latest` / `oldest` (among DONE backups). */
@@ -80,7 +87,8 @@ export class BackupCatalog {
     if (!isBackupId(idOrAlias)) throw new BarmanError(ErrorCode.USAGE, `"${idOrAlias}" is not a backup ID`, 'Use YYYYMMDDTHHMMSS as list-backups prints it, or latest / oldest.');
     try {
       return await this.read(idOrAlias);
-    } catch {
+    } catch (err) {
+      if (!(err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND)) throw err;
       throw new BarmanError(ErrorCode.BACKUP_NOT_FOUND, `server ${server} has no backup ${idOrAlias}`, `List them with: barman-receiver list-backups ${server}`);
     }
   }
@@ -92,18 +100,18 @@ export class BackupCatalog {
    * backup dated in the future) is not waited for: the wait is always a second or two at most.
    */
   async begin(start: BackupStart): Promise<BackupInfo> {
-    await this.catalog.ensureLayout();
     const running = (await this.list()).find((b) => b.status === 'STARTED');
     if (running) {
       throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${running.backupId} of ${this.catalog.server} is still running`, 'Wait for it to finish (barman-receiver list-backups), then start another.');
     }
     checkClockSkew(start.startTime, Date.now());
-    const newest = (await fs.readdir(this.catalog.baseDir)).filter(isBackupId).sort().pop();
+    const taken = new Set(await this.ids());
+    const newest = [...taken].pop();
     let when = wholeSecond(Date.now());
     let id = backupIdFor(when);
     for (let attempt = 0; ; attempt++) {
       const justTaken = newest !== undefined && id <= newest && newest <= backupIdFor(new Date(when.getTime() + ID_WAIT_LIMIT_MS));
-      if (!justTaken && !(await exists(this.dir(id)))) break;
+      if (!justTaken && !taken.has(id)) break;
       if (attempt >= 3) {
         throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `no free backup ID for ${this.catalog.server} near ${id}`, 'Backups are being started in a tight loop; wait a few seconds and retry.');
       }
@@ -125,97 +133,137 @@ export class BackupCatalog {
       pgdata: start.pgdata,
       tablespaces: start.tablespaces,
     };
-    await fs.rm(this.stagingDir(id), { recursive: true, force: true });
-    await ensureDir(this.stagingDir(id));
+    // whatever an earlier attempt under this ID left (it never had a backup.info) goes first
+    await this.storage.removePrefix(this.layout.backupPrefix(id));
     await this.write(info);
+    this.receiving.set(id, { files: new Map(), parents: new Set(), unsynced: [] });
     return info;
+  }
+
+  private receivingOf(id: string): Receiving {
+    const r = this.receiving.get(id);
+    if (!r) throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} is not running on this receiver`, 'Start a new backup; an interrupted one cannot be resumed.');
+    return r;
+  }
+
+  /** Claims a path of the running backup: refused when sent before, or where a file and a directory of the backup collide. */
+  private claim(r: Receiving, rel: string): void {
+    if (r.files.has(rel)) throw new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} was already sent in this backup`, 'Each file of a backup is sent once; check what sends backups to this receiver.');
+    if (r.parents.has(rel)) throw new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} is a directory of this backup, not a file`, 'A path of a backup cannot be both a file and a directory; check what sends backups to this receiver.');
+    const parts = rel.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      if (r.files.has(parts.slice(0, i).join('/'))) throw new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} lies below a file of this backup`, 'A path of a backup cannot be both a file and a directory; check what sends backups to this receiver.');
+    }
+    for (let i = 1; i < parts.length; i++) r.parents.add(parts.slice(0, i).join('/'));
+    r.files.set(rel, { key: '', size: 0 });
   }
 
   /** Opens one file of the running backup `id` at its relative path (validated: no escaping the backup); the caller, ServerContext, knows it is running. */
   async beginFile(id: string, path: string, size: number, mtime: number, manifest: ManifestFile[]): Promise<Upload> {
-    const staging = this.stagingDir(id);
+    const r = this.receivingOf(id);
     const rel = safeRelativePath(path);
-    const full = join(staging, rel);
-    const dir = dirname(full);
-    let file: IncomingFile;
+    this.claim(r, rel);
+    const compression = this.catalog.compression;
+    let writer;
     try {
-      if (!this.madeDirs.has(dir)) {
-        await ensureDir(dir);
-        this.madeDirs.add(dir);
-      }
-      file = await IncomingFile.createAt(full, 'none');
+      writer = await this.storage.openWrite(this.layout.backupFileKey(id, rel), { compression, sync: false, sizeHint: compression === 'none' ? size : undefined });
     } catch (err) {
-      throw pathConflict(err, rel, full) ?? storageError(err, `cannot create ${rel} in backup ${id}`);
+      r.files.delete(rel);
+      throw err;
     }
+    const hash = newHash();
+    let received = 0;
     return {
       label: `${id}:${rel}`,
       write: async (chunk) => {
-        if (file.size + chunk.length > size) throw new BarmanError(ErrorCode.PROTOCOL, `${rel}: more bytes than the ${size} announced`, 'Agent and receiver must run compatible versions.');
-        await file.write(chunk);
+        if (received + chunk.length > size) throw new BarmanError(ErrorCode.PROTOCOL, `${rel}: more bytes than the ${size} announced`, 'Agent and receiver must run compatible versions.');
+        received += chunk.length;
+        hash.update(chunk);
+        await writer.write(chunk);
       },
       finish: async (sha256) => {
-        if (file.size !== size) throw new BarmanError(ErrorCode.BACKUP_FAILED, `${rel}: received ${file.size} of ${size} bytes`, 'The transfer was cut short; take the backup again.');
-        const got = await file.finish(false);
-        if (got !== sha256) throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${rel}: checksum differs from the agent's`, 'Take the backup again; check the network path and memory of both hosts if it repeats.');
+        try {
+          if (received !== size) throw new BarmanError(ErrorCode.BACKUP_FAILED, `${rel}: received ${received} of ${size} bytes`, 'The transfer was cut short; take the backup again.');
+          if (hash.digest('hex') !== sha256) throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${rel}: checksum differs from the agent's`, 'Take the backup again; check the network path and memory of both hosts if it repeats.');
+          const { key } = await writer.commit();
+          r.files.set(rel, { key, size });
+          r.unsynced.push(key);
+        } finally {
+          await writer.abort().catch(() => undefined);
+        }
         manifest.push({ path: rel, size, mtime, sha256 });
         return 'stored';
       },
-      abort: () => file.discard(),
+      abort: () => writer.abort(),
     };
   }
 
-  /** Completes the backup's files: backup_label in, fsync, rename, manifest. Returns the new status. */
+  /** Completes the backup's files: backup_label in, everything durable, contents and manifest written, then the new status. */
   async end(id: string, stop: BackupStop, manifest: ManifestFile[]): Promise<BackupInfo> {
     const info = await this.resolve(id);
     if (info.status !== 'STARTED') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} is ${info.status}, not running`, 'Start a new backup.');
-    const staging = this.stagingDir(id);
+    const r = this.receivingOf(id);
     // symlinks are recorded, never created in the catalog; refused here if they could ever lead
     // a recovery's writes astray (a link where a file or directory of the backup goes)
     checkSymlinks(stop.symlinks, ['backup_label', ...manifest.map((f) => f.path)], stop.directories);
-    try {
-      const label = Buffer.from(stop.backupLabel);
-      const labelFile = await IncomingFile.createAt(join(staging, 'backup_label'), 'none');
-      await labelFile.write(label);
-      const labelSha = await labelFile.finish(false);
-      const stopSeconds = Math.floor(Date.parse(stop.stopTime) / 1000);
-      const files: ManifestFile[] = [{ path: 'backup_label', size: label.length, mtime: stopSeconds, sha256: labelSha }, ...manifest.filter((f) => f.path !== 'global/pg_control')];
-      const control = manifest.find((f) => f.path === 'global/pg_control');
-      if (!control) throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} has no global/pg_control`, 'The agent sent an incomplete data directory; check pgdata = in its configuration.');
-      files.push(control); // last, as pg_basebackup lists it
-      for (const dir of stop.directories) await ensureDir(join(staging, safeRelativePath(dir)));
-      await fsyncTree(staging);
-      this.madeDirs.clear();
-      await fs.rename(staging, this.dataDir(id));
-      await fsyncDir(this.dir(id));
-      await fsyncDir(this.catalog.incomingDir);
-      if (stop.tablespaceMap) await writeFileDurably(this.tablespaceMapPath(id), stop.tablespaceMap);
-      const walRanges = [{ timeline: info.timeline, startLsn: info.beginLsn, endLsn: stop.stopLsn }];
-      await writeFileDurably(this.manifestPath(id), buildManifest(info, files, walRanges));
-      const size = files.reduce((n, f) => n + f.size, 0);
-      const done: BackupInfo = {
-        ...info,
-        status: 'WAITING_FOR_WALS',
-        endTime: stop.stopTime,
-        endLsn: stop.stopLsn,
-        endWal: segmentForLsn(info.timeline, parseLsn(stop.stopLsn), await this.catalog.segmentSize()),
-        size,
-        fileCount: files.length,
-        symlinks: stop.symlinks,
-        // PostgreSQL's own word for where the backup was taken
-        fromStandby: /^BACKUP FROM: standby$/m.test(stop.backupLabel),
-      };
-      await this.write(done);
-      return done;
-    } catch (err) {
-      throw storageError(err, `cannot complete backup ${id}`);
+    const directories = stop.directories.map((d) => safeRelativePath(d));
+    for (const d of directories) {
+      if (r.files.has(d)) throw new BarmanError(ErrorCode.INVALID_NAME, `${d.slice(0, 200)} is a file of this backup, not a directory`, 'A path of a backup cannot be both a file and a directory; check what sends backups to this receiver.');
     }
+    const control = manifest.find((f) => f.path === 'global/pg_control');
+    if (!control) throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} has no global/pg_control`, 'The agent sent an incomplete data directory; check pgdata = in its configuration.');
+    const label = Buffer.from(stop.backupLabel);
+    const labelWrite = await this.storage.put(this.layout.backupFileKey(id, 'backup_label'), label, { compression: this.catalog.compression, sync: false });
+    r.unsynced.push(labelWrite.key);
+    const labelSha = newHash().update(label).digest('hex');
+    const stopSeconds = Math.floor(Date.parse(stop.stopTime) / 1000);
+    const files: ManifestFile[] = [{ path: 'backup_label', size: label.length, mtime: stopSeconds, sha256: labelSha }, ...manifest.filter((f) => f.path !== 'global/pg_control')];
+    files.push(control); // last, as pg_basebackup lists it
+    await this.storage.sync(r.unsynced);
+    if (stop.tablespaceMap) await this.storage.put(this.layout.tablespaceMapKey(id), Buffer.from(stop.tablespaceMap));
+    const contents: BackupContents = { directories, files: { backup_label: { key: labelWrite.key, size: label.length } } };
+    for (const [path, where] of r.files) if (where.key) contents.files[path] = where;
+    await this.storage.put(this.layout.contentsKey(id), Buffer.from(JSON.stringify(contents) + '\n'));
+    const walRanges = [{ timeline: info.timeline, startLsn: info.beginLsn, endLsn: stop.stopLsn }];
+    await this.storage.put(this.layout.manifestKey(id), Buffer.from(buildManifest(info, files, walRanges)));
+    const size = files.reduce((n, f) => n + f.size, 0);
+    const done: BackupInfo = {
+      ...info,
+      status: 'WAITING_FOR_WALS',
+      endTime: stop.stopTime,
+      endLsn: stop.stopLsn,
+      endWal: segmentForLsn(info.timeline, parseLsn(stop.stopLsn), await this.catalog.segmentSize()),
+      size,
+      fileCount: files.length,
+      symlinks: stop.symlinks,
+      // PostgreSQL's own word for where the backup was taken
+      fromStandby: /^BACKUP FROM: standby$/m.test(stop.backupLabel),
+    };
+    // the commit: from here on the backup is complete in the catalog
+    await this.write(done);
+    this.receiving.delete(id);
+    return done;
   }
 
   async fail(id: string, reason: string): Promise<void> {
+    this.receiving.delete(id);
     const info = await this.read(id).catch(() => undefined);
     if (!info || info.status === 'DONE' || info.status === 'FAILED') return;
     await this.write({ ...info, status: 'FAILED', error: reason.replace(/\n/g, ' ') });
-    await fs.rm(this.stagingDir(id), { recursive: true, force: true });
+    await this.removeFiles(id);
+  }
+
+  /** A failed backup's files, manifest and contents go; its backup.info stays to say why it failed. */
+  private async removeFiles(id: string): Promise<number> {
+    let removed = await this.storage.removePrefix(this.layout.backupDataPrefix(id));
+    for (const key of [this.layout.contentsKey(id), this.layout.manifestKey(id), this.layout.tablespaceMapKey(id)]) {
+      const found = await this.storage.find(key);
+      if (found) {
+        await this.storage.remove(found.key);
+        removed++;
+      }
+    }
+    return removed;
   }
 
   async setStatus(info: BackupInfo, status: BackupStatus): Promise<BackupInfo> {
@@ -252,7 +300,7 @@ export class BackupCatalog {
   async failInterrupted(): Promise<string[]> {
     const failed: string[] = [];
     for (const info of await this.list()) {
-      if (info.status === 'STARTED') {
+      if (info.status === 'STARTED' && !this.receiving.has(info.backupId)) {
         await this.fail(info.backupId, 'the receiver stopped while the backup was running');
         failed.push(info.backupId);
       }
@@ -260,12 +308,79 @@ export class BackupCatalog {
     return failed;
   }
 
+  /**
+   * What interrupted work left (cron): files of FAILED backups (a write that committed after its
+   * backup failed), and whole prefixes no backup.info names (a removal cut short). Returns how many objects went.
+   */
+  async removeLeftovers(): Promise<number> {
+    let removed = 0;
+    for (const id of await this.ids()) {
+      const info = await this.read(id).catch((err: unknown) => (err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND ? undefined : 'unreadable'));
+      if (info === undefined) removed += await this.storage.removePrefix(this.layout.backupPrefix(id));
+      else if (info !== 'unreadable' && info.status === 'FAILED') removed += await this.removeFiles(id);
+    }
+    return removed;
+  }
+
   async remove(id: string): Promise<void> {
-    // rename first so a crash never leaves a half-deleted backup under its ID
-    const doomed = join(this.catalog.incomingDir, `${id}.deleting`);
-    await fs.rename(this.dir(id), doomed);
-    await fsyncDir(this.catalog.baseDir);
-    await fs.rm(doomed, { recursive: true, force: true });
+    // backup.info first: from that moment the backup is gone from every listing, whatever follows
+    await this.storage.remove(this.layout.backupInfoKey(id));
+    await this.storage.removePrefix(this.layout.backupPrefix(id));
+  }
+
+  // ---- reading a backup back ----
+
+  /** The backup's manifest (plain JSON), or undefined when it has none. */
+  async manifest(id: string): Promise<string | undefined> {
+    try {
+      return (await this.storage.readAll(this.layout.manifestKey(id), 256 * 1024 * 1024)).toString('utf8');
+    } catch (err) {
+      if (err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND) return undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * Where the backup's files are and its directories. Backups written before contents.json
+   * existed are listed instead (their empty directories are then not known).
+   */
+  async contents(id: string): Promise<BackupContents> {
+    try {
+      return JSON.parse((await this.storage.readAll(this.layout.contentsKey(id), 256 * 1024 * 1024)).toString('utf8')) as BackupContents;
+    } catch (err) {
+      if (!(err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND)) throw err;
+    }
+    const manifest = await this.manifest(id);
+    const contents: BackupContents = { directories: [], files: {} };
+    const stored = new Map<string, string>();
+    for await (const obj of this.storage.list(this.layout.backupDataPrefix(id))) stored.set(obj.plainKey, obj.key);
+    const dirs = new Set<string>();
+    for (const f of manifest ? parseManifest(manifest).files : []) {
+      const key = stored.get(this.layout.backupFileKey(id, f.path));
+      if (key) contents.files[f.path] = { key, size: f.size };
+      const parts = f.path.split('/');
+      for (let i = 1; i < parts.length; i++) dirs.add(parts.slice(0, i).join('/'));
+    }
+    contents.directories = [...dirs].sort();
+    return contents;
+  }
+
+  /**
+   * The plain bytes of one file of a backup, as recorded in `contents`: BACKUP_NOT_FOUND when it
+   * has no such file, CHECKSUM_MISMATCH when its stored bytes no longer decompress (damaged).
+   */
+  async readFile(id: string, contents: BackupContents, path: string): Promise<AsyncIterable<Buffer>> {
+    const where = Object.hasOwn(contents.files, path) ? contents.files[path] : undefined;
+    const missing = () => new BarmanError(ErrorCode.BACKUP_NOT_FOUND, `backup ${id} has no file ${path.slice(0, 200)}`, `Run barman-receiver verify-backup ${this.catalog.server} ${id}.`);
+    if (!where) throw missing();
+    let stream: Readable;
+    try {
+      stream = await this.storage.read(where.key);
+    } catch (err) {
+      if (err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND) throw missing();
+      throw err;
+    }
+    return damageSaysSo(stream, id, path, this.catalog.server);
   }
 }
 
@@ -293,21 +408,13 @@ export function checkClockSkew(reported: string, now: number): void {
   );
 }
 
-/** Two paths of one backup that cannot both exist (sent twice, or a file where a directory is): the agent's mistake, not the disk's. */
-function pathConflict(err: unknown, rel: string, full: string): BarmanError | undefined {
-  const cause = err instanceof BarmanError ? err.cause : err;
-  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
-  if (code === 'EEXIST' || code === 'EISDIR') {
-    if (statSync(full, { throwIfNoEntry: false })?.isDirectory()) {
-      return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} is a directory of this backup, not a file`, 'A path of a backup cannot be both a file and a directory; check what sends backups to this receiver.');
-    }
-    return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} was already sent in this backup`, 'Each file of a backup is sent once; check what sends backups to this receiver.');
+
+/** A backup file's bytes; a stored copy that no longer decompresses is a damaged file, said as such. */
+async function* damageSaysSo(stream: Readable, id: string, path: string, server: string): AsyncGenerator<Buffer> {
+  try {
+    for await (const chunk of stream) yield chunk as Buffer;
+  } catch (err) {
+    if (!(err instanceof BarmanError && err.code === ErrorCode.STORAGE_CORRUPT)) throw err;
+    throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${id}: ${path} in the catalog does not match its manifest: it no longer decompresses (${err.message})`, `Run barman-receiver verify-backup ${server} ${id}; recover from another backup (list-backups).`, { cause: err });
   }
-  if (code === 'ENOTDIR') {
-    return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 200)} lies below a file of this backup`, 'A path of a backup cannot be both a file and a directory; check what sends backups to this receiver.');
-  }
-  if (code === 'ENAMETOOLONG') {
-    return new BarmanError(ErrorCode.INVALID_NAME, `${rel.slice(0, 100)}…: name too long`, 'PostgreSQL never names files like this; check what sends backups to this receiver.');
-  }
-  return undefined;
 }

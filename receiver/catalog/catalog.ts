@@ -1,32 +1,23 @@
-// The catalog of one PostgreSQL server under <barman_home>/<server>/ (docs/catalog.md). This is the only
-// code that builds catalog paths:
-//   wals/<first 16 hex>/<segment>-<sha256>[.gz]   archived segments (and .partial segments)
-//   wals/<tli>.history-<sha256>, wals/<seg>.<off>.backup-<sha256>
-//   streaming/                           the current partial segment (streaming)
-//   base/<backup id>/                    backups
-//   incoming/                            files not yet complete (temporary names only)
-//   errors/                              rejected, conflicting or damaged files, kept, never dropped
-//   identity.json                        system identifier, WAL segment size, PostgreSQL major version and
-//                                        WAL magic of the cluster: learned from the first segment, stream or
-//                                        backup, never assumed (segment names and sizes follow it)
-//   streaming.json                       written when WAL was first streamed: from then on a stream is expected
-//   drills.json                          the restore drills run of this server's backups, newest last
-//   agent.json                           written when an agent daemon first attached: from then on one is expected
-//   errors/reviewed/                     files of errors/ a DBA has dealt with (check no longer reports them)
-//   catalog.lock                         who writes this catalog now (receiver/catalog/lock.ts)
+// The catalog of one PostgreSQL server, on the storage layer (receiver/storage/storage.ts): the
+// only code that reads or writes catalog data. Where each thing is kept is layout.ts's to say;
+// how bytes are kept (a directory or a bucket, compressed or not) is the storage's. Every
+// receiver command reaches a server's catalog through openServerCatalog (open.ts).
 //
-// A stored WAL file's name carries the SHA-256 of its plain bytes: file and checksum appear
+// A stored WAL file's key carries the SHA-256 of its plain bytes: file and checksum appear
 // together in one rename (one PUT on an object store), nothing can update one without the
 // other, and a second push is compared by name. Files stored by versions before checksums
 // (<segment>[.gz], <tli>.history, ...) are still found; they have no checksum until `cron` records one.
 
 import { promises as fs } from 'node:fs';
-import { dirname, join } from 'node:path';
 import type { Compression } from '../../shared/config/receiver';
+import { writeFileDurably } from '../../shared/durable';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import { parseWalFileName, walDirectoryOf } from '../../shared/wal/names';
-import { ensureDir, fsyncDir } from '../storage/posix';
-import { type CatalogLocker, PosixCatalogLocker } from './lock';
+import { parseWalFileName, segmentPosition } from '../../shared/wal/names';
+import type { Storage } from '../storage/storage';
+import { CatalogLayout, type StoredWal } from './layout';
+import { type CatalogLocker, LeaseCatalogLocker, PosixCatalogLocker } from './lock';
+
+export type { StoredWal } from './layout';
 
 export interface ClusterIdentity {
   systemIdentifier: string;
@@ -41,8 +32,6 @@ export interface ClusterIdentity {
 
 /** What one source (a segment's header, a stream's start, a backup's start) tells of the cluster. */
 export type SeenIdentity = Omit<ClusterIdentity, 'firstSeenAt' | 'pgVersion'> & { pgVersion?: number };
-
-const COMPRESSED_EXT: Record<Exclude<Compression, 'none'>, string> = { gzip: '.gz', lz4: '.lz4', zstd: '.zst' };
 
 /** One restore drill: a backup recovered, started and checked on the backup host (receiver/drill/). */
 export interface DrillRecord {
@@ -67,205 +56,185 @@ export interface StreamingRecord {
   firstOpenedAt: string;
 }
 
-export interface StoredWal {
-  /** the WAL file name, as PostgreSQL names it */
-  name: string;
-  path: string;
-  compression: Compression;
-  /** SHA-256 of the plain bytes, recorded with the file; undefined for a file stored before checksums */
-  sha256: string | undefined;
-}
-
-const SHA256_SUFFIX = /-([0-9a-f]{64})$/;
-
-/** What a file in wals/ holds: the WAL file name, its recorded checksum, how it is stored. */
-export function parseStoredWalFile(file: string): Omit<StoredWal, 'path'> | undefined {
-  let rest = file;
-  let compression: Compression = 'none';
-  for (const [c, ext] of Object.entries(COMPRESSED_EXT) as Array<[Exclude<Compression, 'none'>, string]>) {
-    if (rest.endsWith(ext)) {
-      rest = rest.slice(0, -ext.length);
-      compression = c;
-      break;
-    }
-  }
-  const m = SHA256_SUFFIX.exec(rest);
-  const sha256 = m?.[1];
-  if (m) rest = rest.slice(0, m.index);
-  return parseWalFileName(rest) ? { name: rest, sha256, compression } : undefined;
-}
-
 export class ServerCatalog {
-  readonly root: string;
-  readonly walsDir: string;
-  readonly incomingDir: string;
-  readonly errorsDir: string;
-  readonly streamingDir: string;
-  readonly baseDir: string;
+  readonly layout: CatalogLayout;
   private identityCache: ClusterIdentity | undefined;
   /** learnIdentity calls run one at a time: each merges into what the one before saved */
   private identityLock: Promise<unknown> = Promise.resolve();
 
-  constructor(barmanHome: string, readonly server: string) {
-    this.root = join(barmanHome, server);
-    this.walsDir = join(this.root, 'wals');
-    this.incomingDir = join(this.root, 'incoming');
-    this.errorsDir = join(this.root, 'errors');
-    this.streamingDir = join(this.root, 'streaming');
-    this.baseDir = join(this.root, 'base');
+  /**
+   * `compression`: how this server's WAL and backup files are stored from now on (stored files
+   * keep theirs). `barmanHome`: where this host keeps the server's local state.
+   */
+  constructor(readonly storage: Storage, readonly barmanHome: string, readonly server: string, readonly compression: Compression) {
+    this.layout = new CatalogLayout(server);
   }
 
-  async ensureLayout(): Promise<void> {
-    for (const dir of [this.walsDir, this.incomingDir, this.errorsDir, this.streamingDir, this.baseDir]) await ensureDir(dir);
+  /** The receiver host's own directory for this server (streaming, lock, keys); made on demand. */
+  get localDir(): string {
+    return this.layout.localDir(this.barmanHome);
   }
 
-  /** The directory of a WAL file: segments (and .partial) below their 16-hex directory, others in wals/. */
-  private walDirOf(name: string): string {
-    const parsed = parseWalFileName(name);
-    if (!parsed) throw new RangeError(`not an archivable WAL file name: ${name}`);
-    if (parsed.kind === 'history' || parsed.kind === 'backup') return this.walsDir;
-    return join(this.walsDir, walDirectoryOf(name));
+  async ensureLocalDir(): Promise<void> {
+    await fs.mkdir(this.localDir, { recursive: true, mode: 0o750 });
   }
 
-  /** Where a WAL file with these plain bytes' SHA-256 is stored, compressed or not. */
-  walPath(name: string, sha256: string, compression: Compression = 'none'): string {
-    if (!/^[0-9a-f]{64}$/.test(sha256)) throw new RangeError(`not a SHA-256: ${sha256}`);
-    const ext = compression !== 'none' ? COMPRESSED_EXT[compression] : '';
-    return join(this.walDirOf(name), `${name}-${sha256}${ext}`);
+  /** A key (or a prefix: a directory) as a DBA finds it: a path under barman_home, or an object (a prefix) in the bucket. */
+  where(key: string): string {
+    return this.storage.driver.kind === 'posix' ? `${this.storage.location}/${key.replace(/\/$/, '')}` : `${key} in ${this.storage.location}`;
+  }
+
+  // ---- WAL ----
+
+  /** Every stored copy of WAL file `name` (normally one). */
+  private async walCopies(name: string): Promise<StoredWal[]> {
+    const copies: StoredWal[] = [];
+    for await (const obj of this.storage.list(this.layout.walCopiesPrefix(name))) {
+      const stored = this.layout.parseWal(obj);
+      if (stored?.name === name) copies.push(stored);
+    }
+    return copies;
   }
 
   /** The stored copy of an archived WAL file, whatever compression it was written with. */
   async findWal(name: string): Promise<StoredWal | undefined> {
     if (!parseWalFileName(name)) return undefined;
-    const dir = this.walDirOf(name);
-    const copies: StoredWal[] = [];
-    for (const f of await fs.readdir(dir).catch(() => [] as string[])) {
-      if (!f.startsWith(name)) continue;
-      const stored = parseStoredWalFile(f);
-      if (stored?.name === name) copies.push({ ...stored, path: join(dir, f) });
-    }
+    const copies = await this.walCopies(name);
     // one copy per name; should a crash leave a copy from before checksums beside its successor, the successor wins
     return copies.find((c) => c.sha256 !== undefined) ?? copies[0];
+  }
+
+  /** The WAL files directly in wals/ (history and backup history files). */
+  private async *topLevelWal(): AsyncIterable<StoredWal> {
+    const prefix = this.layout.walPrefix;
+    for await (const obj of this.storage.list(prefix)) {
+      if (obj.plainKey.indexOf('/', prefix.length) >= 0) continue;
+      const stored = this.layout.parseWal(obj);
+      if (stored) yield stored;
+    }
   }
 
   /** The archived timeline history files, by timeline. */
   async histories(): Promise<Map<number, StoredWal>> {
     const out = new Map<number, StoredWal>();
-    for (const f of await fs.readdir(this.walsDir).catch(() => [] as string[])) {
-      const stored = parseStoredWalFile(f);
-      const parsed = stored && parseWalFileName(stored.name);
+    for await (const stored of this.topLevelWal()) {
+      const parsed = parseWalFileName(stored.name);
       if (parsed?.kind !== 'history') continue;
-      if (!out.has(parsed.timeline) || stored!.sha256 !== undefined) out.set(parsed.timeline, { ...stored!, path: join(this.walsDir, f) });
+      if (!out.has(parsed.timeline) || stored.sha256 !== undefined) out.set(parsed.timeline, stored);
     }
     return out;
+  }
+
+  /** The segment directories (timeline + log), oldest first. */
+  private async segmentDirs(): Promise<string[]> {
+    const dirs: string[] = [];
+    for await (const d of this.storage.listDirs(this.layout.walPrefix)) if (this.layout.isSegmentDir(d)) dirs.push(d);
+    return dirs.sort();
+  }
+
+  /** Every stored WAL file, segment directories first (oldest first), then wals/ itself. */
+  private async *allWal(): AsyncIterable<StoredWal> {
+    for await (const obj of this.storage.list(this.layout.walPrefix)) {
+      const stored = this.layout.parseWal(obj);
+      if (stored) yield stored;
+    }
   }
 
   /** Every stored WAL file without a recorded checksum (written before checksums existed). */
   async uncheckedWal(): Promise<StoredWal[]> {
     const out: StoredWal[] = [];
-    for (const dir of [this.walsDir, ...(await this.segmentDirs()).map((d) => join(this.walsDir, d))]) {
-      for (const f of await fs.readdir(dir).catch(() => [] as string[])) {
-        const stored = parseStoredWalFile(f);
-        if (stored && stored.sha256 === undefined) out.push({ ...stored, path: join(dir, f) });
-      }
-    }
+    for await (const stored of this.allWal()) if (stored.sha256 === undefined) out.push(stored);
     return out;
   }
 
-  /** Records the checksum of a file stored before checksums: renamed to its checksummed name. */
+  /** Records the checksum of a file stored before checksums: stored again under its checksummed key, the old key removed. */
   async recordChecksum(stored: StoredWal, sha256: string): Promise<StoredWal> {
-    const path = this.walPath(stored.name, sha256, stored.compression);
-    await fs.rename(stored.path, path);
-    await fsyncDir(dirname(path));
-    return { ...stored, path, sha256 };
+    const key = await this.storage.copy(stored.key, this.layout.walKey(stored.name, sha256));
+    await this.storage.remove(stored.key);
+    return { ...stored, key, sha256 };
   }
 
-  /** Moves a stored WAL file out of the way into errors/ (a damaged copy about to be replaced). */
+  /** Moves a stored WAL file out of the way into errors/ (a damaged copy about to be replaced); returns where it went. */
   async setAside(stored: StoredWal, reason: string): Promise<string> {
-    await ensureDir(this.errorsDir);
-    const aside = this.errorPath(stored.name, reason);
-    await fs.rename(stored.path, aside);
-    await fsyncDir(this.errorsDir);
-    await fsyncDir(dirname(stored.path));
-    return aside;
+    const aside = await this.storage.copy(stored.key, this.layout.errorKey(stored.name, reason));
+    await this.storage.remove(stored.key);
+    return this.where(aside);
   }
 
-  errorPath(name: string, reason: string): string {
-    const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '');
-    return join(this.errorsDir, `${name}.${stamp}.${reason}`);
+  /** Every archived segment name, sorted (timeline, log, segment order = text order). */
+  async listSegments(): Promise<string[]> {
+    const out = new Set<string>();
+    for (const d of await this.segmentDirs()) {
+      for await (const obj of this.storage.list(`${this.layout.walPrefix}${d}/`)) {
+        const name = this.layout.parseWal(obj)?.name;
+        if (name && parseWalFileName(name)?.kind === 'segment') out.add(name);
+      }
+    }
+    return [...out].sort();
   }
 
-  /** Where a conflicting copy of `name` is kept: one file per distinct content. */
-  conflictPath(name: string, sha256: string): string {
-    return join(this.errorsDir, `${name}.${sha256.slice(0, 16)}.conflict`);
-  }
-
-  /** Who writes this catalog now: a lock file beside it (receiver/catalog/lock.ts). */
-  get lockPath(): string {
-    return join(this.root, 'catalog.lock');
+  /** The newest archived segment and when it arrived. */
+  async lastSegment(): Promise<{ name: string; receivedAt: Date } | undefined> {
+    const dirs = await this.segmentDirs();
+    for (let i = dirs.length - 1; i >= 0; i--) {
+      let last: StoredWal | undefined;
+      for await (const obj of this.storage.list(`${this.layout.walPrefix}${dirs[i]}/`)) {
+        // whole segments only: a .partial (a promotion's leftover) sorts after its segment
+        const stored = this.layout.parseWal(obj);
+        if (stored && parseWalFileName(stored.name)?.kind === 'segment' && (!last || stored.name >= last.name)) last = stored;
+      }
+      if (last) return { name: last.name, receivedAt: last.mtime };
+    }
+    return undefined;
   }
 
   /**
-   * The key a running serve accepts catalog changes (keep, delete, cron) with: it lives in
-   * barman_home, so only the backup host can use it, never an agent, whose token also opens an
-   * admin connection. Written by serve once it holds the lock, removed when it stops.
+   * Removes archived segments (and .partial and .backup files) whose log/segment number is below
+   * `oldest`'s, on every timeline; .history files always stay. Returns how many files went.
    */
-  private get changeKeyPath(): string {
-    return join(this.root, 'catalog.key');
+  async removeWalBefore(oldest: string): Promise<number> {
+    let removed = 0;
+    const cut = segmentPosition(oldest);
+    if (!cut) throw new RangeError(`not a segment name: ${oldest}`);
+    for await (const stored of this.allWal()) {
+      const position = segmentPosition(stored.name);
+      if (position === undefined || position >= cut) continue;
+      await this.storage.remove(stored.key);
+      removed++;
+    }
+    return removed;
   }
 
-  async writeChangeKey(key: string): Promise<void> {
-    await writeFileDurably(this.changeKeyPath, key + '\n', 0o600);
-  }
+  // ---- small records in the catalog ----
 
-  async readChangeKey(): Promise<string | undefined> {
-    return fs.readFile(this.changeKeyPath, 'utf8').then((t) => t.trim(), () => undefined);
-  }
-
-  async removeChangeKey(): Promise<void> {
-    await fs.rm(this.changeKeyPath, { force: true });
-  }
-
-  /** The one-writer lock of this catalog. */
-  locker(): CatalogLocker {
-    return new PosixCatalogLocker(this.server, this.root, this.lockPath);
-  }
-
-  /** Where `check` resumes its bounded WAL verification (local state, not catalog content). */
-  private get walVerifyCursorPath(): string {
-    return join(this.root, 'wal-verify.json');
-  }
-
-  /** The last segment `check` verified, if it stopped part-way through the WAL backups need. */
-  async walVerifyCursor(): Promise<string | undefined> {
+  private async readJson<T>(key: string): Promise<T | undefined | 'damaged'> {
+    const found = await this.storage.find(key);
+    if (!found) return undefined;
     try {
-      const { last } = JSON.parse(await fs.readFile(this.walVerifyCursorPath, 'utf8')) as { last?: unknown };
-      return typeof last === 'string' ? last : undefined;
-    } catch {
-      return undefined;
+      return JSON.parse((await this.storage.readAll(found.key, 1024 * 1024)).toString('utf8')) as T;
+    } catch (err) {
+      if (err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND) return undefined;
+      if (err instanceof SyntaxError) return 'damaged';
+      throw err;
     }
   }
 
-  async saveWalVerifyCursor(last: string): Promise<void> {
-    await writeFileDurably(this.walVerifyCursorPath, JSON.stringify({ last, at: new Date().toISOString() }) + '\n');
-  }
-
-  private get identityPath(): string {
-    return join(this.root, 'identity.json');
+  private async writeJson(key: string, value: unknown): Promise<void> {
+    await this.storage.put(key, Buffer.from(JSON.stringify(value, null, 2) + '\n'));
   }
 
   async identity(): Promise<ClusterIdentity | undefined> {
     if (this.identityCache) return this.identityCache;
-    try {
-      this.identityCache = JSON.parse(await fs.readFile(this.identityPath, 'utf8')) as ClusterIdentity;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    const read = await this.readJson<ClusterIdentity>(this.layout.identityKey);
+    if (read === 'damaged') {
+      throw new BarmanError(ErrorCode.STORAGE_CORRUPT, `${this.where(this.layout.identityKey)} is not valid JSON`, 'Restore it from another copy of the catalog, or move it away: the next WAL file or backup records the cluster again.');
     }
+    this.identityCache = read;
     return this.identityCache;
   }
 
   async saveIdentity(identity: ClusterIdentity): Promise<void> {
-    await writeFileDurably(this.identityPath, JSON.stringify(identity, null, 2) + '\n');
+    await this.writeJson(this.layout.identityKey, identity);
     this.identityCache = identity;
   }
 
@@ -284,8 +253,6 @@ export class ServerCatalog {
     const known = await this.identity();
     if (!known) {
       const identity: ClusterIdentity = { ...seen, pgVersion: seen.pgVersion, firstSeenAt: new Date().toISOString() };
-      // the first thing a server's catalog ever hears may be a stream's start: nothing is laid out yet
-      await this.ensureLayout();
       await this.saveIdentity(identity);
       return identity;
     }
@@ -310,199 +277,131 @@ export class ServerCatalog {
     return identity.segmentSize;
   }
 
-  /** streaming.json: present once WAL was streamed for this server (remove it when streaming is turned off for good). */
-  get streamingRecordPath(): string {
-    return join(this.root, 'streaming.json');
+  /** Where the streaming record is, for a DBA who turns streaming off for good and removes it. */
+  get streamingRecordLocation(): string {
+    return this.where(this.layout.streamingRecordKey);
   }
 
+  /** Present once WAL was streamed for this server (remove it when streaming is turned off for good). */
   async streamingRecord(): Promise<StreamingRecord | undefined> {
-    let text: string;
-    try {
-      text = await fs.readFile(this.streamingRecordPath, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-    try {
-      return JSON.parse(text) as StreamingRecord;
-    } catch {
-      return { firstOpenedAt: '' }; // damaged, but there: streaming is still in use
-    }
+    const read = await this.readJson<StreamingRecord>(this.layout.streamingRecordKey);
+    return read === 'damaged' ? { firstOpenedAt: '' } : read; // damaged, but there: streaming is still in use
   }
 
   async saveStreamingRecord(record: StreamingRecord): Promise<void> {
-    await writeFileDurably(this.streamingRecordPath, JSON.stringify(record, null, 2) + '\n');
+    await this.writeJson(this.layout.streamingRecordKey, record);
   }
-
-  /** The wals/<first 16 hex>/ directories, oldest first. */
-  private async segmentDirs(): Promise<string[]> {
-    const dirs = await fs.readdir(this.walsDir).catch(() => [] as string[]);
-    return dirs.filter((d) => /^[0-9A-F]{16}$/.test(d)).sort();
-  }
-
-  /** Every archived segment name, sorted (timeline, log, segment order = text order). */
-  async listSegments(): Promise<string[]> {
-    const out: string[] = [];
-    for (const d of await this.segmentDirs()) {
-      for (const f of await fs.readdir(join(this.walsDir, d))) {
-        const name = parseStoredWalFile(f)?.name;
-        if (name && parseWalFileName(name)?.kind === 'segment') out.push(name);
-      }
-    }
-    return [...new Set(out)].sort();
-  }
-
-  /** The newest archived segment and when it arrived. */
-  async lastSegment(): Promise<{ name: string; receivedAt: Date } | undefined> {
-    const dirs = await this.segmentDirs();
-    for (let i = dirs.length - 1; i >= 0; i--) {
-      // whole segments only: a .partial (a promotion's leftover) sorts after its segment
-      const files = (await fs.readdir(join(this.walsDir, dirs[i]!))).filter((f) => parseWalFileName(parseStoredWalFile(f)?.name ?? '')?.kind === 'segment').sort();
-      const last = files[files.length - 1];
-      if (last) {
-        const st = await fs.stat(join(this.walsDir, dirs[i]!, last));
-        return { name: parseStoredWalFile(last)!.name, receivedAt: st.mtime };
-      }
-    }
-    return undefined;
-  }
-
-  /**
-   * Removes archived segments (and .partial and .backup files) whose log/segment number is below
-   * `oldest`'s, on every timeline; .history files always stay. Returns how many files went.
-   */
-  async removeWalBefore(oldest: string): Promise<number> {
-    let removed = 0;
-    const cut = oldest.slice(8); // log + segment: a new timeline's segments continue the numbering
-    for (const dir of await this.segmentDirs()) {
-      const path = join(this.walsDir, dir);
-      let changed = false;
-      for (const f of await fs.readdir(path)) {
-        const segment = parseWalFileName(parseStoredWalFile(f)?.name ?? '')?.segment;
-        if (!segment || segment.slice(8) >= cut) continue;
-        await fs.rm(join(path, f));
-        removed++;
-        changed = true;
-      }
-      if (changed) {
-        if ((await fs.readdir(path)).length === 0) await fs.rmdir(path);
-        await fsyncDir(this.walsDir);
-      }
-    }
-    for (const f of await fs.readdir(this.walsDir).catch(() => [] as string[])) {
-      const parsed = parseWalFileName(parseStoredWalFile(f)?.name ?? '');
-      if (parsed?.kind === 'backup' && parsed.segment!.slice(8) < cut) {
-        await fs.rm(join(this.walsDir, f));
-        removed++;
-      }
-    }
-    return removed;
-  }
-
 
   // ---- the catalog as a whole, for check, metrics and drills ------------------------------------
   // What running a server for years asks of its catalog beyond WAL and backups: what it weighs at
-  // rest, the room left on its filesystem, what waits in errors/, and the record of restore drills.
+  // rest, the room left where it is stored, what waits in errors/, and the record of restore drills.
 
-  /** Bytes of every file of this catalog at rest (compressed as stored). A walk of the whole catalog: callers cache it. */
+  /** Bytes of every object of this catalog at rest (compressed as stored). A listing of the whole catalog: callers cache it. */
   async bytesAtRest(): Promise<number> {
     let total = 0;
-    const walk = async (dir: string): Promise<void> => {
-      for (const e of await fs.readdir(dir, { withFileTypes: true }).catch(() => [])) {
-        const path = join(dir, e.name);
-        if (e.isDirectory()) await walk(path);
-        else if (e.isFile()) total += (await fs.lstat(path).catch(() => undefined))?.size ?? 0;
-      }
-    };
-    await walk(this.root);
+    for await (const obj of this.storage.list(this.layout.root)) total += obj.size;
     return total;
   }
 
-  /** Free space (for an unprivileged writer) and size of the filesystem that holds the catalog. */
-  async space(): Promise<{ availableBytes: number; totalBytes: number }> {
-    const st = await fs.statfs(this.root);
+  /**
+   * Free space (for an unprivileged writer) and size of the filesystem that holds the catalog;
+   * undefined on object storage, which has no such figure (its quota is the store's to say).
+   */
+  async space(): Promise<{ availableBytes: number; totalBytes: number } | undefined> {
+    if (this.storage.driver.kind !== 'posix') return undefined;
+    const st = await fs.statfs(this.storage.location);
     return { availableBytes: st.bavail * st.bsize, totalBytes: st.blocks * st.bsize };
   }
 
   /** Where a DBA moves files of errors/ once dealt with: kept, no longer reported. */
-  get reviewedErrorsDir(): string {
-    return join(this.errorsDir, 'reviewed');
+  get reviewedErrorsLocation(): string {
+    return this.where(this.layout.reviewedErrorsPrefix);
   }
 
   /**
    * Files in errors/ nobody has dealt with yet (not moved to errors/reviewed/), oldest first, with
-   * the WAL file each is a copy of and why it is there, as errorPath and conflictPath name them
+   * the WAL file each is a copy of and why it is there, as layout.errorKey and conflictKey name them
    * (`damaged`, `conflict`, `streamed-invalid`, `streamed-conflict`; undefined for a file named otherwise).
    */
   async unreviewedErrors(): Promise<Array<{ file: string; wal: string | undefined; reason: string | undefined; at: Date }>> {
     const out: Array<{ file: string; wal: string | undefined; reason: string | undefined; at: Date }> = [];
-    for (const e of await fs.readdir(this.errorsDir, { withFileTypes: true }).catch(() => [])) {
-      if (!e.isFile()) continue;
-      const st = await fs.stat(join(this.errorsDir, e.name)).catch(() => undefined);
-      if (!st) continue;
-      const m = /^(.+)\.(?:\d{8}T\d{6}|[0-9a-f]{16})\.([a-z-]+)$/.exec(e.name);
-      const wal = m && parseWalFileName(m[1]!) ? m[1] : undefined;
-      out.push({ file: e.name, wal, reason: wal ? m![2] : undefined, at: st.mtime });
+    const prefix = this.layout.errorsPrefix;
+    for await (const obj of this.storage.list(prefix)) {
+      const file = obj.key.slice(prefix.length);
+      if (file.includes('/')) continue; // errors/reviewed/ and anything below
+      const aside = this.layout.parseErrorKey(obj.plainKey);
+      out.push({ file, wal: aside?.wal, reason: aside?.reason, at: obj.mtime });
     }
     return out.sort((a, b) => a.at.getTime() - b.at.getTime() || a.file.localeCompare(b.file));
   }
 
-  get agentRecordPath(): string {
-    return join(this.root, 'agent.json');
+  /** Where agent.json is, for a DBA who retires the daemon for good and removes it. */
+  get agentRecordLocation(): string {
+    return this.where(this.layout.agentRecordKey);
   }
 
   /** agent.json: present once an agent daemon attached for this server (remove it when the daemon is retired for good). */
   async agentRecord(): Promise<{ firstAttachedAt: string; host: string } | undefined> {
-    try {
-      return JSON.parse(await fs.readFile(this.agentRecordPath, 'utf8')) as { firstAttachedAt: string; host: string };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      return { firstAttachedAt: '', host: '' }; // damaged, but there: a daemon is still expected
-    }
+    const read = await this.readJson<{ firstAttachedAt: string; host: string }>(this.layout.agentRecordKey);
+    return read === 'damaged' ? { firstAttachedAt: '', host: '' } : read; // damaged, but there: a daemon is still expected
   }
 
   async saveAgentRecord(record: { firstAttachedAt: string; host: string }): Promise<void> {
-    await writeFileDurably(this.agentRecordPath, JSON.stringify(record, null, 2) + '\n');
-  }
-
-  private get drillsPath(): string {
-    return join(this.root, 'drills.json');
+    await this.writeJson(this.layout.agentRecordKey, record);
   }
 
   /** The restore drills recorded for this server, oldest first. */
   async drills(): Promise<DrillRecord[]> {
-    let text: string;
-    try {
-      text = await fs.readFile(this.drillsPath, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw err;
-    }
-    try {
-      const records = JSON.parse(text) as unknown;
-      return Array.isArray(records) ? (records as DrillRecord[]) : [];
-    } catch {
-      return [];
-    }
+    const read = await this.readJson<unknown>(this.layout.drillsKey);
+    return Array.isArray(read) ? (read as DrillRecord[]) : [];
   }
 
   /** Appends a drill's outcome (the catalog's writer only); the newest MAX_DRILLS_KEPT are kept. */
   async recordDrill(record: DrillRecord): Promise<void> {
     const all = [...(await this.drills()), record].slice(-MAX_DRILLS_KEPT);
-    await writeFileDurably(this.drillsPath, JSON.stringify(all, null, 1) + '\n');
+    await this.storage.put(this.layout.drillsKey, Buffer.from(JSON.stringify(all, null, 1) + '\n'));
   }
-}
 
-/** Small files (JSON state, labels): temp + fsync + rename + directory fsync. */
-export async function writeFileDurably(path: string, content: string | Uint8Array, mode = 0o640): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
-  const fh = await fs.open(tmp, 'w', mode);
-  try {
-    await fh.writeFile(content);
-    await fh.sync();
-  } finally {
-    await fh.close();
+  // ---- the one writer ----
+
+  /** The one-writer lock of this catalog: on this host (posix), or a lease in the bucket (s3). */
+  locker(): CatalogLocker {
+    if (this.storage.driver.kind === 's3') return new LeaseCatalogLocker(this.server, this.storage, this.layout.leaseKey);
+    return new PosixCatalogLocker(this.server, this.localDir, this.layout.lockPath(this.barmanHome));
   }
-  await fs.rename(tmp, path);
-  await fsyncDir(join(path, '..'));
+
+  /**
+   * The key a running serve accepts catalog changes (keep, delete, cron) with: it lives in
+   * barman_home, so only the backup host can use it, never an agent, whose token also opens an
+   * admin connection. Written by serve once it holds the lock, removed when it stops.
+   */
+  async writeChangeKey(key: string): Promise<void> {
+    await this.ensureLocalDir();
+    await writeFileDurably(this.layout.changeKeyPath(this.barmanHome), key + '\n', 0o600);
+  }
+
+  async readChangeKey(): Promise<string | undefined> {
+    return fs.readFile(this.layout.changeKeyPath(this.barmanHome), 'utf8').then((t) => t.trim(), () => undefined);
+  }
+
+  async removeChangeKey(): Promise<void> {
+    await fs.rm(this.layout.changeKeyPath(this.barmanHome), { force: true });
+  }
+
+  // ---- check's cursor (local state, not catalog content) ----
+
+  /** The last segment `check` verified, if it stopped part-way through the WAL backups need. */
+  async walVerifyCursor(): Promise<string | undefined> {
+    try {
+      const { last } = JSON.parse(await fs.readFile(this.layout.walVerifyCursorPath(this.barmanHome), 'utf8')) as { last?: unknown };
+      return typeof last === 'string' ? last : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async saveWalVerifyCursor(last: string): Promise<void> {
+    await this.ensureLocalDir();
+    await writeFileDurably(this.layout.walVerifyCursorPath(this.barmanHome), JSON.stringify({ last, at: new Date().toISOString() }) + '\n');
+  }
 }

@@ -21,7 +21,9 @@ import { createServer, type Server } from 'node:net';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import { ensureDir, fsyncDir } from '../storage/posix';
+import { fsyncDir } from '../../shared/durable';
+import { ownerOfThisProcess } from '../storage/lease';
+import type { Storage } from '../storage/storage';
 
 /** What a holder uses the catalog for: serve for its whole life, the others for one change. */
 export type LockPurpose = 'serve' | 'keep' | 'delete' | 'cron' | 'drill';
@@ -41,6 +43,12 @@ export interface LockHolder {
 export interface CatalogLock {
   readonly holder: LockHolder;
   release(): Promise<void>;
+  /**
+   * `onLost` hears, once, that the lock is no longer this process's (a lease that could not be
+   * renewed in time, or was taken over): from then on it must not write the catalog. A lock that
+   * cannot be lost while its process lives (posix) never calls it.
+   */
+  watch(onLost: (err: BarmanError) => void): void;
 }
 
 /** Takes a catalog's lock; refuses with CatalogLockedError while another live process holds it. */
@@ -50,15 +58,17 @@ export interface CatalogLocker {
 
 /** The refusal: the catalog is held, by `holder` when known. */
 export class CatalogLockedError extends BarmanError {
-  constructor(readonly server: string, readonly holder: LockHolder | undefined, lockPath: string) {
+  /** `expiresAt`: when a lease on object storage lapses unless renewed (a dead holder's can be taken over then) */
+  constructor(readonly server: string, readonly holder: LockHolder | undefined, lockPath: string, expiresAt?: string) {
     const who = holder ? `barman-receiver ${holder.purpose} (pid ${holder.pid} on host ${holder.host}, since ${holder.since})` : 'another barman-receiver process on this host';
     const sameHost = !holder || holder.host === hostname();
+    const gone = expiresAt ? ` If that process is gone, its lease lapses at ${expiresAt}; start this one again after that.` : ` If that process is gone, remove ${lockPath}.`;
     super(
       ErrorCode.CATALOG_LOCKED,
       `the catalog of server ${server} is in use by ${who}; one writer per catalog`,
       holder?.purpose === 'serve' || !holder
-        ? `Stop the other receiver first${holder ? ` (kill ${holder.pid}${sameHost ? '' : ` on ${holder.host}`})` : ''}, or give this one its own barman_home.${sameHost ? '' : ` If that process is gone, remove ${lockPath}.`}`
-        : `Wait for that command to finish and run this again.${sameHost ? '' : ` If that process is gone, remove ${lockPath}.`}`,
+        ? `Stop the other receiver first${holder ? ` (kill ${holder.pid}${sameHost ? '' : ` on ${holder.host}`})` : ''}, or give this one its own ${expiresAt ? 's3_prefix' : 'barman_home'}.${sameHost && !expiresAt ? '' : gone}`
+        : `Wait for that command to finish and run this again.${sameHost && !expiresAt ? '' : gone}`,
     );
     this.name = 'CatalogLockedError';
   }
@@ -122,7 +132,7 @@ export class PosixCatalogLocker implements CatalogLocker {
   constructor(private readonly server: string, private readonly root: string, private readonly lockPath: string) {}
 
   async acquire(purpose: LockPurpose): Promise<CatalogLock> {
-    await ensureDir(this.root);
+    await fs.mkdir(this.root, { recursive: true, mode: 0o750 });
     const real = await fs.realpath(this.root);
     const socket = await bindLockSocket(`\0barman-ts/catalog/${createHash('sha256').update(real).digest('hex').slice(0, 40)}`);
     if (!socket) throw new CatalogLockedError(this.server, await readHolder(this.lockPath).catch(() => undefined), this.lockPath);
@@ -146,6 +156,7 @@ export class PosixCatalogLocker implements CatalogLocker {
           }
           await new Promise<void>((resolve) => socket.close(() => resolve()));
         },
+        watch: () => undefined,
       };
     } catch (err) {
       socket.close();
@@ -184,4 +195,44 @@ export class PosixCatalogLocker implements CatalogLocker {
       await fs.rm(tmp, { force: true });
     }
   }
+}
+
+/** how long a lease on object storage lives without renewal; renewed every third of it */
+export const LEASE_TTL_MS = 30_000;
+
+/**
+ * The lock on object storage: a lease under the catalog (receiver/storage/lease.ts), so two
+ * receivers on different hosts pointed at one bucket and prefix cannot both write a server's
+ * catalog. A holder that dies leaves a lease that expires after LEASE_TTL_MS; the next receiver
+ * then takes it over. Clocks of the receivers must agree (NTP) to well within that.
+ */
+export class LeaseCatalogLocker implements CatalogLocker {
+  constructor(private readonly server: string, private readonly storage: Storage, private readonly key: string, private readonly ttlMs = LEASE_TTL_MS) {}
+
+  async acquire(purpose: LockPurpose): Promise<CatalogLock> {
+    // the purpose travels in the owner's id, so a refusal can name what holds the catalog
+    const owner = ownerOfThisProcess(`${purpose}.${randomBytes(8).toString('hex')}`);
+    let lease;
+    try {
+      lease = await this.storage.acquireLease(this.key, owner, this.ttlMs);
+    } catch (err) {
+      if (err instanceof BarmanError && err.code === ErrorCode.LEASE_HELD) {
+        const record = await this.storage.readLease(this.key).catch(() => undefined);
+        const holder: LockHolder | undefined = record && { pid: record.owner.pid, host: record.owner.host, purpose: purposeOf(record.owner.id), since: record.acquiredAt };
+        throw new CatalogLockedError(this.server, holder, `${this.key} in ${this.storage.location}`, record?.expiresAt);
+      }
+      throw err;
+    }
+    const holder: LockHolder = { pid: process.pid, host: hostname(), purpose, since: lease.record.acquiredAt };
+    return {
+      holder,
+      release: () => lease.release(),
+      watch: (onLost) => lease.keepAlive(onLost),
+    };
+  }
+}
+
+function purposeOf(ownerId: string): LockPurpose {
+  const p = ownerId.split('.')[0];
+  return p === 'keep' || p === 'delete' || p === 'cron' || p === 'drill' ? p : 'serve';
 }

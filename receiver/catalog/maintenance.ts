@@ -1,10 +1,8 @@
 // Changes a DBA asks of a server's catalog: keep (or release) a backup, delete one, and cron's
-// housekeeping (promote, retention, WAL no backup needs, stale temporary files, checksums of files
-// stored before checksums). Run by the catalog's one writer (lock.ts): `serve` when it runs,
+// housekeeping (promote, retention, WAL no backup needs, what interrupted writes left in the
+// storage, checksums of files stored before checksums). Run by the catalog's one writer (lock.ts): `serve` when it runs,
 // asked over its admin connection, else the command itself with the catalog lock held.
 
-import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
 import type { BackupInfo } from '../../shared/backup/info';
 import type { ServerConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
@@ -12,8 +10,8 @@ import type { BackupCatalog } from './backups';
 import { applyRetention, oldestNeededSegment } from './retention';
 import { hashStoredWal, type WalArchive } from './wal-archive';
 
-/** temporary files younger than this may belong to a transfer in progress */
-const STALE_INCOMING_MS = 24 * 3600 * 1000;
+/** interrupted writes younger than this may belong to a transfer in progress */
+const STALE_WRITE_MS = 24 * 3600 * 1000;
 
 /** What a DBA asks of a catalog; `backup` is an ID, latest or oldest. */
 export type CatalogChange = { action: 'keep' | 'release' | 'delete'; backup: string } | { action: 'cron' };
@@ -24,6 +22,7 @@ export interface CronReport {
   promoted: string[];
   removedBackups: string[];
   removedWals: number;
+  /** temporary files or incomplete uploads interrupted writes left, and files of failed or half-removed backups */
   removedTemp: number;
   /** WAL files stored by versions before checksums whose checksum was recorded now */
   checksumsRecorded: number;
@@ -79,36 +78,22 @@ async function cron(server: ServerConfig, backups: BackupCatalog, archive: Pick<
   // WAL: only when a policy is set (without one the catalog keeps everything) and a backup remains
   const oldest = server.retentionPolicy ? oldestNeededSegment(remaining) : undefined;
   if (oldest) report.removedWals = await archive.withCommitLock(() => catalog.removeWalBefore(oldest));
-  report.removedTemp = await removeStaleIncoming(backups, now);
+  report.removedTemp = (await catalog.storage.cleanup(new Date(now.getTime() - STALE_WRITE_MS))) + (await backups.removeLeftovers());
   // files stored before checksums get theirs recorded, once: what they hold now is trusted from
   // here on (whether they changed before cannot be known), and every later read is checked
   for (const stored of await catalog.uncheckedWal()) {
-    const sha256 = await hashStoredWal(stored);
+    const sha256 = await hashStoredWal(catalog, stored);
     if (!sha256) {
       report.notes.push(`${stored.name} was stored without a checksum and no longer decompresses; left as it is`);
       continue;
     }
     const recorded = await archive.withCommitLock(async () => {
       // a duplicate push may have recorded it meanwhile
-      if ((await catalog.findWal(stored.name))?.path !== stored.path) return false;
+      if ((await catalog.findWal(stored.name))?.key !== stored.key) return false;
       await catalog.recordChecksum(stored, sha256);
       return true;
     });
     if (recorded) report.checksumsRecorded++;
   }
   return report;
-}
-
-async function removeStaleIncoming(backups: BackupCatalog, now: Date): Promise<number> {
-  const dir = backups.catalog.incomingDir;
-  let removed = 0;
-  for (const f of await fs.readdir(dir).catch(() => [] as string[])) {
-    const path = join(dir, f);
-    const st = await fs.stat(path).catch(() => undefined);
-    if (st && now.getTime() - st.mtimeMs > STALE_INCOMING_MS && (f.endsWith('.tmp') || f.endsWith('.deleting') || f.endsWith('.backup'))) {
-      await fs.rm(path, { recursive: true, force: true });
-      removed++;
-    }
-  }
-  return removed;
 }

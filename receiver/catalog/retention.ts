@@ -3,6 +3,7 @@
 
 import type { BackupInfo } from '../../shared/backup/info';
 import type { RetentionPolicy } from '../../shared/config/retention';
+import { segmentPosition } from '../../shared/wal/names';
 
 export interface RetentionDecision {
   keep: BackupInfo[];
@@ -62,5 +63,6 @@ export function applyRetention(backups: BackupInfo[], policy: RetentionPolicy | 
 export function oldestNeededSegment(remaining: BackupInfo[]): string | undefined {
   const begins = remaining.filter((b) => b.status === 'DONE' || b.status === 'WAITING_FOR_WALS' || b.status === 'STARTED').map((b) => b.beginWal).filter(Boolean);
   // compare by log/segment (the last 16 hex digits): a new timeline's segments continue the numbering
-  return begins.sort((a, b) => a.slice(8).localeCompare(b.slice(8)))[0];
+  const position = (name: string) => segmentPosition(name) ?? '';
+  return begins.sort((a, b) => position(a).localeCompare(position(b)))[0];
 }

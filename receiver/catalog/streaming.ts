@@ -1,22 +1,23 @@
 // Streamed WAL on the receiver: the bytes the agent daemon reads from PostgreSQL's replication
 // protocol are appended to streaming/<segment>.partial and fsynced; the position flushed is what
 // the agent reports to PostgreSQL as the standby's flush LSN, so the replication slot (and a
-// synchronous commit) only moves past WAL that is durable here. A segment filled to its end is
-// checked and moved into wals/ (or compared with the copy archive_command already delivered).
+// synchronous commit) only moves past WAL that is durable here. The partial segment is local state
+// of this receiver host (barman_home/<srv>/streaming/, whatever the storage): a segment filled to
+// its end is checked and stored into the catalog, compressed as the server says, through the same
+// door as a push (or compared with the copy archive_command already delivered), then removed here.
 // Its checksum is of the bytes as they arrived, hashed while they were written, not of a re-read
 // of the file; only bytes an earlier receiver process wrote are read back, once, on resuming.
 
 import type { Hash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { createReadStream, promises as fs } from 'node:fs';
+import { fsyncDir } from '../../shared/durable';
 import type { Logger } from 'pino';
 import { newHash, readChunks } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { StreamingState } from '../../shared/protocol/frames';
 import { readLongHeader } from '../../shared/wal/header';
 import { formatLsn, type Lsn } from '../../shared/wal/lsn';
-import { parseWalFileName, segmentForLsn, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
-import { ensureDir, fsyncDir } from '../storage/posix';
+import { segmentForLsn, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
 import type { ServerCatalog } from './catalog';
 import { readStoredWal, type WalArchive } from './wal-archive';
 
@@ -55,6 +56,8 @@ export class WalStream {
   onSegment: ((name: string, sha256: string) => Promise<void>) | undefined;
   /** the open segment's hash when the stream closed: a reconnect within this process goes on with it */
   private parked: SegmentHash | undefined;
+  /** complete segments being stored into the catalog, in order */
+  private storing: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly catalog: ServerCatalog, private readonly log: Logger, private readonly archive: WalArchive) {}
 
@@ -81,23 +84,22 @@ export class WalStream {
       throw new BarmanError(ErrorCode.WAL_FOREIGN, `the streaming cluster has system identifier ${systemIdentifier}, this server's WAL comes from ${identity.systemIdentifier}`, `Check that the agent's server = ${this.catalog.server} is right; a new cluster needs its own server section.`);
     }
     await this.close();
-    await ensureDir(this.catalog.streamingDir);
+    await fs.mkdir(this.dir, { recursive: true, mode: 0o750 });
     this.segmentSize = segmentSize;
     this.serverLsn = serverLsn;
-    const partials = (await fs.readdir(this.catalog.streamingDir)).filter((f) => parseWalFileName(f)?.kind === 'partial').sort();
+    const partials = (await this.partialSegments()).map((p) => p.segment);
     const onTimeline = partials.filter((p) => segmentTimeline(p) === timeline);
     const newestArchived = (await this.catalog.listSegments()).filter((s) => segmentTimeline(s) === timeline).pop();
     let resume: Lsn | undefined;
     if (newestArchived) resume = segmentStartLsn(newestArchived, segmentSize) + BigInt(segmentSize);
     const partial = onTimeline[onTimeline.length - 1];
     if (partial) {
-      const seg = partial.slice(0, 24);
-      const size = (await fs.stat(join(this.catalog.streamingDir, partial))).size;
-      const end = segmentStartLsn(seg, segmentSize) + BigInt(size);
+      const size = (await fs.stat(this.partialPath(partial))).size;
+      const end = segmentStartLsn(partial, segmentSize) + BigInt(size);
       if (resume === undefined || end > resume) resume = end;
     }
     // partials whose segment is archived meanwhile are done with
-    for (const p of partials) if (p !== partial && (await this.catalog.findWal(p.slice(0, 24)))) await fs.rm(join(this.catalog.streamingDir, p), { force: true });
+    for (const p of partials) if (p !== partial && (await this.catalog.findWal(p))) await fs.rm(this.partialPath(p), { force: true });
     // a new timeline starts at its branch point, inside a segment whose beginning is the parent's
     this.prefix = undefined;
     if (resume === undefined && branch && branch.switchLsn % BigInt(segmentSize) !== 0n) {
@@ -136,6 +138,7 @@ export class WalStream {
   async close(): Promise<void> {
     this.active = false;
     await this.flushing;
+    await this.storing;
     if (this.current) {
       const { name, hash, hashed, broken } = this.current;
       this.parked = { name, hash, hashed, broken };
@@ -147,15 +150,28 @@ export class WalStream {
 
   /** The partial segment (if any) recovery may use for `segment`: its path, or undefined. */
   async partialFor(segment: string): Promise<string | undefined> {
-    const path = join(this.catalog.streamingDir, `${segment}.partial`);
+    const path = this.partialPath(segment);
     return (await fs.stat(path).catch(() => undefined)) ? path : undefined;
+  }
+
+  private get dir(): string {
+    return this.catalog.layout.streamingDir(this.catalog.barmanHome);
+  }
+
+  private partialPath(segment: string): string {
+    return this.catalog.layout.streamingPartialPath(this.catalog.barmanHome, segment);
+  }
+
+  /** The streamed partial segments on this host, oldest first (also what recovery replays last). */
+  partialSegments(): Promise<StreamedPartial[]> {
+    return streamedPartials(this.catalog);
   }
 
   private async segmentFor(lsn: Lsn): Promise<OpenSegment> {
     const name = segmentForLsn(this.timeline, lsn, this.segmentSize);
     if (this.current?.name === name) return this.current;
     if (this.current) await this.close().then(() => (this.active = true));
-    const path = join(this.catalog.streamingDir, `${name}.partial`);
+    const path = this.partialPath(name);
     const fh = await fs.open(path, 'a+', 0o640).then(async (h) => {
       await h.close();
       return fs.open(path, 'r+');
@@ -176,7 +192,7 @@ export class WalStream {
       for await (const chunk of readChunks(path)) hashAt(hashed, chunk, hashed.hashed);
     }
     this.parked = undefined;
-    await fsyncDir(this.catalog.streamingDir);
+    await fsyncDir(this.dir);
     this.current = { ...hashed, start: segmentStartLsn(name, this.segmentSize), fh };
     return this.current;
   }
@@ -212,7 +228,16 @@ export class WalStream {
       this.lastFlushAt = new Date();
       this.onFlushed?.(this.timeline, this.flushed);
     }
-    const partialPath = join(this.catalog.streamingDir, `${seg.name}.partial`);
+    // into the catalog beside the stream, one segment after the other: compressing and storing
+    // it (or reading a pushed copy back to compare) must not hold up the next segment's bytes
+    // on the daemon's connection. Until stored it stays here; archive_command delivers it too.
+    const run = this.storing.then(() => this.storeSegment(seg));
+    this.storing = run.catch((err: unknown) => this.log.error({ wal: seg.name, err: String(err) }, 'storing the streamed segment into the catalog failed; it stays in streaming/ and archive_command delivers it'));
+  }
+
+  /** A complete segment's local file into the catalog: checked, through the same door as pushes. */
+  private async storeSegment(seg: SegmentHash & { start: Lsn }): Promise<void> {
+    const partialPath = this.partialPath(seg.name);
     let sha256: string;
     if (seg.broken || seg.hashed !== this.segmentSize) {
       this.log.warn({ wal: seg.name }, 'the streamed segment was not written in order; hashing the file instead of the bytes as received');
@@ -228,29 +253,32 @@ export class WalStream {
     await fh.close();
     const header = readLongHeader(head);
     const identity = await this.catalog.identity();
+    const storage = this.catalog.storage;
+    const compression = this.archive.compressionFor({ kind: 'segment', name: seg.name, timeline: this.timeline, segment: seg.name });
+    /** the segment's bytes from the local file into the catalog, under `key` */
+    const upload = async (key: string) => {
+      await storage.put(key, createReadStream(partialPath, { highWaterMark: 1 << 20 }), { compression, sizeHint: compression === 'none' ? this.segmentSize : undefined });
+      await fs.rm(partialPath, { force: true });
+      await fsyncDir(this.dir);
+    };
     if (typeof header === 'string' || header.pageAddress !== seg.start || (identity && identity.systemIdentifier !== header.systemIdentifier)) {
-      const aside = this.catalog.errorPath(seg.name, 'streamed-invalid');
-      await fs.rename(partialPath, aside);
-      this.log.error({ wal: seg.name, aside }, `streamed segment failed its header check (${typeof header === 'string' ? header : 'address or system identifier'}); kept aside`);
+      const aside = this.catalog.layout.errorKey(seg.name, 'streamed-invalid');
+      await upload(aside);
+      this.log.error({ wal: seg.name, aside: this.catalog.where(aside) }, `streamed segment failed its header check (${typeof header === 'string' ? header : 'address or system identifier'}); kept aside`);
       return;
     }
     // through the same door as pushes of the same server: never two copies under one name
-    const result = await this.archive.store(seg.name, sha256, 'none', {
+    const result = await this.archive.store(seg.name, sha256, {
       beforePlace: async () => {
         await this.catalog.learnIdentity({ systemIdentifier: header.systemIdentifier, segmentSize: header.segmentSize, walMagic: header.magic, pgVersion: header.pgVersion });
       },
-      place: async (finalPath) => {
-        await ensureDir(dirname(finalPath));
-        await fs.rename(partialPath, finalPath);
-        await fsyncDir(dirname(finalPath));
-        await fsyncDir(this.catalog.streamingDir);
-      },
-      drop: () => fs.rm(partialPath),
+      place: upload,
+      drop: () => fs.rm(partialPath, { force: true }),
     });
     if (result.outcome === 'conflict') {
-      const aside = this.catalog.errorPath(seg.name, 'streamed-conflict');
-      await fs.rename(partialPath, aside);
-      this.log.error({ wal: seg.name, aside }, 'streamed segment differs from the archived one; kept aside');
+      const aside = this.catalog.layout.errorKey(seg.name, 'streamed-conflict');
+      await upload(aside);
+      this.log.error({ wal: seg.name, aside: this.catalog.where(aside) }, 'streamed segment differs from the archived one; kept aside');
       return;
     }
     if (result.damagedAside) this.log.warn({ wal: seg.name, aside: result.damagedAside }, 'the stored copy was damaged; replaced by the identical streamed segment, the damaged copy kept aside');
@@ -266,7 +294,7 @@ export class WalStream {
    * written, or undefined when none of them is here yet.
    */
   private async copyPrefix(fh: fs.FileHandle, prefix: { parentSegment: string; bytes: number }): Promise<Buffer | undefined> {
-    const sources: Array<() => AsyncIterable<Buffer>> = [() => readChunks(join(this.catalog.streamingDir, `${prefix.parentSegment}.partial`))];
+    const sources: Array<() => AsyncIterable<Buffer>> = [() => readChunks(this.partialPath(prefix.parentSegment))];
     for (const name of [`${prefix.parentSegment}.partial`, prefix.parentSegment]) {
       const stored = await this.catalog.findWal(name);
       if (stored) sources.push(() => readStoredWal(this.catalog, stored));
@@ -316,4 +344,30 @@ async function writeAt(fh: fs.FileHandle, data: Uint8Array, position: number): P
     const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
     off += bytesWritten;
   }
+}
+
+export interface StreamedPartial {
+  segment: string;
+  /** bytes streamed so far */
+  size: number;
+  modifiedAt: Date;
+}
+
+/** The streamed partial segments this host holds for a server (streaming/<segment>.partial), oldest first. */
+export async function streamedPartials(catalog: ServerCatalog): Promise<StreamedPartial[]> {
+  const layout = catalog.layout;
+  const dir = layout.streamingDir(catalog.barmanHome);
+  const out: StreamedPartial[] = [];
+  for (const f of (await fs.readdir(dir).catch(() => [] as string[])).sort()) {
+    const segment = layout.streamingPartialSegment(f);
+    if (!segment) continue;
+    const st = await fs.stat(layout.streamingPartialPath(catalog.barmanHome, segment)).catch(() => undefined);
+    if (st) out.push({ segment, size: st.size, modifiedAt: st.mtime });
+  }
+  return out;
+}
+
+/** What streaming received of `segment` so far, from this host's partial segment (ENOENT when there is none). */
+export function readStreamedPartial(catalog: ServerCatalog, segment: string): AsyncIterable<Buffer> {
+  return createReadStream(catalog.layout.streamingPartialPath(catalog.barmanHome, segment), { highWaterMark: 1 << 20 });
 }

@@ -1,13 +1,15 @@
-// Where a WAL file becomes durable, and the only way one is read back. An upload is validated as
-// it arrives (name, size, page header, system identifier; a .history or .backup file's content,
-// which must be one PostgreSQL can read), hashed, written to incoming/, fsynced, compared with
-// the sender's checksum, and only then renamed into wals/ under a name that carries that
-// checksum. Identical re-sends are a success (and repair a stored copy that went bad); different
-// bytes under an existing name are refused and kept under errors/. Every read checks the bytes
-// against the recorded checksum.
+// Where a WAL file becomes durable, and the only way one is read back. The sender declares the
+// SHA-256 of the plain bytes before it sends them (hash-first): the key a WAL file is stored under
+// carries that checksum and must be known when the write opens, for an object store has no
+// rename. An upload is validated as it arrives (name, size, page header, system identifier; a
+// .history or .backup file's content, which must be one PostgreSQL can read), hashed, and
+// written through the storage (compressed as the server says) under that key, invisible until
+// the hash of what arrived equals the declared one and the storage has committed it. Identical
+// re-sends are a success (and repair a stored copy that went bad); different bytes under an
+// existing name are refused and kept under errors/. Every read checks the bytes against the
+// recorded checksum.
 
-import { createReadStream } from 'node:fs';
-import { createGunzip } from 'node:zlib';
+import { createHash, type Hash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
@@ -17,7 +19,7 @@ import { LONG_HEADER_SIZE, readLongHeader } from '../../shared/wal/header';
 import { validateHistory } from '../../shared/wal/history';
 import { formatLsn } from '../../shared/wal/lsn';
 import { isValidSegmentSize, parseWalFileName, segmentStartLsn, type WalFileName } from '../../shared/wal/names';
-import { exists, IncomingFile, storageError } from '../storage/posix';
+import type { ObjectWriter } from '../storage/storage';
 import type { ServerCatalog, StoredWal } from './catalog';
 import type { StoreResult, Upload } from './upload';
 
@@ -43,34 +45,41 @@ export function damagedWal(catalog: ServerCatalog, stored: StoredWal, damage: Da
   );
 }
 
-/** A stored WAL file's bytes as stored (compressed or not), unchecked: for hashing. */
-function openStoredBytes(stored: StoredWal): Readable {
-  const raw = createReadStream(stored.path, { highWaterMark: 1024 * 1024 });
-  if (stored.compression === 'none') return raw;
-  if (stored.compression === 'gzip') return raw.pipe(createGunzip());
-  throw new BarmanError(ErrorCode.STORAGE, `${stored.path} uses ${stored.compression}, which this receiver cannot read`, 'Run a barman-ts version with that compression, or set compression = gzip.');
+/** A WAL file that was listed a moment ago and is gone now (retention removed it meanwhile). */
+function vanished(catalog: ServerCatalog, stored: StoredWal, cause: unknown): BarmanError {
+  return new BarmanError(ErrorCode.WAL_NOT_FOUND, `${stored.name} is no longer in the catalog of ${catalog.server}`, 'Retention removed it while it was being read; recover from a newer backup.', { cause });
 }
 
-/** A decompression failure (zlib's Z_* codes): the stored bytes are damaged, not the disk unreadable. */
-function isDecodeError(err: unknown): err is Error {
-  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' && (err as NodeJS.ErrnoException).code!.startsWith('Z_');
+/** A stored WAL file's plain bytes (decompressed as its key says), unchecked. */
+function openStoredBytes(catalog: ServerCatalog, stored: StoredWal): Promise<Readable> {
+  return catalog.storage.read(stored.key);
+}
+
+/** A decompression failure: the stored bytes are damaged, not the storage unreachable. */
+function isDecodeError(err: unknown): err is BarmanError {
+  return err instanceof BarmanError && err.code === ErrorCode.STORAGE_CORRUPT;
+}
+
+function isGone(err: unknown): boolean {
+  return err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND;
 }
 
 /** SHA-256 of a stored WAL file's plain bytes as they are now, or why they cannot be decompressed. */
-async function hashStored(stored: StoredWal): Promise<Damage> {
+async function hashStored(catalog: ServerCatalog, stored: StoredWal): Promise<Damage> {
   const hash = newHash();
   try {
-    for await (const chunk of openStoredBytes(stored)) hash.update(chunk as Buffer);
+    for await (const chunk of await openStoredBytes(catalog, stored)) hash.update(chunk as Buffer);
   } catch (err) {
     if (isDecodeError(err)) return { unreadable: err.message };
+    if (isGone(err)) throw vanished(catalog, stored, err);
     throw err;
   }
   return { sha256: hash.digest('hex') };
 }
 
 /** SHA-256 of a stored WAL file's plain bytes as they are now ('' when they no longer decompress). */
-export async function hashStoredWal(stored: StoredWal): Promise<string> {
-  const h = await hashStored(stored);
+export async function hashStoredWal(catalog: ServerCatalog, stored: StoredWal): Promise<string> {
+  const h = await hashStored(catalog, stored);
   return 'sha256' in h ? h.sha256 : '';
 }
 
@@ -84,7 +93,7 @@ export async function* readStoredWal(catalog: ServerCatalog, stored: StoredWal):
   const hash = newHash();
   let held: Buffer | undefined;
   try {
-    for await (const chunk of openStoredBytes(stored)) {
+    for await (const chunk of await openStoredBytes(catalog, stored)) {
       const buf = chunk as Buffer;
       hash.update(buf);
       if (held) yield held;
@@ -92,6 +101,7 @@ export async function* readStoredWal(catalog: ServerCatalog, stored: StoredWal):
     }
   } catch (err) {
     if (isDecodeError(err)) throw damagedWal(catalog, stored, { unreadable: err.message });
+    if (isGone(err)) throw vanished(catalog, stored, err);
     throw err;
   }
   if (stored.sha256 !== undefined) {
@@ -109,9 +119,9 @@ export async function readSmallStoredWal(catalog: ServerCatalog, stored: StoredW
 }
 
 /** Checks a stored WAL file against its recorded checksum: 'ok', 'damaged' (with the actual hash) or 'unchecked' (stored before checksums). */
-export async function verifyStoredWal(stored: StoredWal): Promise<{ state: 'ok' } | { state: 'unchecked' } | { state: 'damaged'; damage: Damage }> {
+export async function verifyStoredWal(catalog: ServerCatalog, stored: StoredWal): Promise<{ state: 'ok' } | { state: 'unchecked' } | { state: 'damaged'; damage: Damage }> {
   if (stored.sha256 === undefined) return { state: 'unchecked' };
-  const damage = await hashStored(stored);
+  const damage = await hashStored(catalog, stored);
   return 'sha256' in damage && damage.sha256 === stored.sha256 ? { state: 'ok' } : { state: 'damaged', damage };
 }
 
@@ -120,13 +130,30 @@ function hasPages(file: WalFileName): boolean {
   return file.kind === 'segment' || file.kind === 'partial';
 }
 
+/** how long a stored copy this process wrote or read back intact is trusted without reading it again */
+const KNOWN_INTACT_MS = 10 * 60 * 1000;
+const KNOWN_INTACT_MAX = 4096;
+
 export class WalArchive {
   /** commits of one server are serialised: identity is set once, duplicates are detected reliably */
   private commitLock: Promise<unknown> = Promise.resolve();
+  /**
+   * Stored copies this process wrote, or read back and found intact, a moment ago: key → the
+   * copy's mtime then and when. A file arrives two or three times within seconds (streamed,
+   * pushed ahead by the daemon, pushed by PostgreSQL); reading the copy back for each costs a
+   * decompression and a hash. A copy written since (its mtime moved) is read back again.
+   */
+  private readonly knownIntact = new Map<string, { mtimeMs: number; at: number }>();
 
-  constructor(readonly catalog: ServerCatalog, private readonly compression: Compression) {}
+  constructor(readonly catalog: ServerCatalog) {}
 
-  async begin(name: string, size: number): Promise<WalUpload> {
+  /** How a WAL file is stored: segments as the server's compression says, .history and .backup files plain. */
+  compressionFor(file: WalFileName): Compression {
+    return file.kind === 'segment' ? this.catalog.compression : 'none';
+  }
+
+  /** Opens the upload of WAL file `name`, `size` bytes whose SHA-256 the sender declares as `sha256`. */
+  async begin(name: string, size: number, sha256: string): Promise<WalUpload> {
     const parsed = parseWalFileName(name);
     if (!parsed) {
       throw new BarmanError(ErrorCode.INVALID_NAME, `"${name.slice(0, 80)}" is not a WAL file name`, NAME_HINT);
@@ -140,15 +167,32 @@ export class WalArchive {
     } else if (size > MAX_SMALL_WAL_FILE) {
       throw invalidWal(`${name}: ${size} bytes is too large for a .${parsed.kind} file`);
     }
-    await this.catalog.ensureLayout();
-    const compression = parsed.kind === 'segment' ? this.compression : 'none';
-    try {
-      const incoming = await IncomingFile.create(this.catalog.incomingDir, name, compression);
-      incoming.syncEarly = true;
-      return new WalUpload(this, parsed, size, compression, incoming);
-    } catch (err) {
-      throw storageError(err, `cannot create a file in ${this.catalog.incomingDir}`);
-    }
+    // where the bytes go is looked up beside the transfer (a session's frames must not wait on
+    // the storage): WalUpload.prepare
+    return new WalUpload(this, parsed, size, sha256);
+  }
+
+  /** Whether a stored copy still holds bytes hashing to `sha256`: read back, unless this process just did or wrote it. */
+  async intact(stored: StoredWal, sha256: string): Promise<boolean> {
+    const known = this.knownIntact.get(stored.key);
+    if (stored.sha256 === sha256 && known && known.mtimeMs === stored.mtime.getTime() && Date.now() - known.at < KNOWN_INTACT_MS) return true;
+    const ok = (await hashStoredWal(this.catalog, stored)) === sha256;
+    if (ok && stored.sha256 === sha256) this.remember(stored);
+    else this.knownIntact.delete(stored.key);
+    return ok;
+  }
+
+  private remember(stored: StoredWal): void {
+    this.knownIntact.delete(stored.key);
+    this.knownIntact.set(stored.key, { mtimeMs: stored.mtime.getTime(), at: Date.now() });
+    if (this.knownIntact.size > KNOWN_INTACT_MAX) this.knownIntact.delete(this.knownIntact.keys().next().value!);
+  }
+
+  /** After a commit: the copy just written is known intact (looked up beside, not waited for). */
+  private rememberStored(name: string, sha256: string): void {
+    void this.catalog.findWal(name).then((stored) => {
+      if (stored?.sha256 === sha256) this.remember(stored);
+    }, () => undefined);
   }
 
   /** Runs fn with the server's commit lock held. */
@@ -160,19 +204,21 @@ export class WalArchive {
 
   /**
    * Puts a complete WAL file (plain bytes hashing to `sha256`) into the catalog unless it is
-   * there already; `file` moves the new bytes to a path (`place`) or drops them. Outcomes:
+   * there already; `bytes` makes them durable under a key (`place`) or drops them. Outcomes:
    * - 'stored': nothing was there (or only a damaged copy, now in errors/: `damagedAside`);
    * - 'duplicate': the same bytes are there (a copy stored before checksums gets its checksum recorded);
    * - 'conflict': different bytes are there; the new bytes are left to the caller.
-   * The comparison is by the checksum in the stored name, under the commit lock. A duplicate's
+   * The comparison is by the checksum in the stored key, under the commit lock. A duplicate's
    * stored copy is then read back outside the lock (other commits and the stream go on
-   * meanwhile), so that an identical push repairs a copy that went bad on disk.
+   * meanwhile), so that an identical push repairs a copy that went bad.
    */
-  async store(name: string, sha256: string, compression: Compression, file: StoreSteps): Promise<{ outcome: 'stored' | 'duplicate' | 'conflict'; damagedAside?: string }> {
+  async store(name: string, sha256: string, bytes: WalBytes): Promise<{ outcome: 'stored' | 'duplicate' | 'conflict'; damagedAside?: string }> {
     const catalog = this.catalog;
+    const key = catalog.layout.walKey(name, sha256);
     const place = async () => {
-      await file.beforePlace?.();
-      await file.place(catalog.walPath(name, sha256, compression));
+      await bytes.beforePlace?.();
+      await bytes.place(key);
+      this.rememberStored(name, sha256);
     };
     const first = await this.withCommitLock(async () => {
       const existing = await catalog.findWal(name);
@@ -181,23 +227,23 @@ export class WalArchive {
         return { outcome: 'stored' as const };
       }
       if (existing.sha256 === undefined) {
-        if ((await hashStoredWal(existing)) !== sha256) return { outcome: 'conflict' as const };
+        if ((await hashStoredWal(catalog, existing)) !== sha256) return { outcome: 'conflict' as const };
         await catalog.recordChecksum(existing, sha256);
-        await file.drop();
+        await bytes.drop();
         return { outcome: 'duplicate' as const };
       }
       return existing.sha256 === sha256 ? { outcome: 'verify' as const, existing } : { outcome: 'conflict' as const };
     });
     if (first.outcome !== 'verify') return first;
-    if ((await hashStoredWal(first.existing)) === sha256) {
-      await file.drop();
+    if (await this.intact(first.existing, sha256)) {
+      await bytes.drop();
       return { outcome: 'duplicate' };
     }
     return this.withCommitLock(async () => {
       // read again under the lock: another identical copy may have repaired it meanwhile
       const now = await catalog.findWal(name);
-      if (now?.sha256 === sha256 && (await hashStoredWal(now)) === sha256) {
-        await file.drop();
+      if (now?.sha256 === sha256 && (await this.intact(now, sha256))) {
+        await bytes.drop();
         return { outcome: 'duplicate' as const };
       }
       const damagedAside = now ? await catalog.setAside(now, 'damaged') : undefined;
@@ -207,11 +253,12 @@ export class WalArchive {
   }
 }
 
-/** How WalArchive.store moves a new WAL file's bytes: into the catalog, or away. */
-export interface StoreSteps {
+/** How WalArchive.store gets a new WAL file's bytes into the catalog, or away. */
+export interface WalBytes {
   /** just before the bytes go in, with the commit lock held (record the cluster's identity) */
   beforePlace?(): Promise<void>;
-  place(finalPath: string): Promise<void>;
+  /** makes the bytes durable under `key` (the catalog key, without compression suffix) */
+  place(key: string): Promise<void>;
   drop(): Promise<void>;
 }
 
@@ -221,19 +268,71 @@ export class WalUpload implements Upload {
   private systemIdentifier: string | undefined;
   private walMagic = 0;
   private pgVersion: number | undefined;
+  private received = 0;
+  private readonly hash: Hash = createHash('sha256');
   /** a .history or .backup file's bytes, checked before it is stored (at most MAX_SMALL_WAL_FILE) */
   private readonly content: Buffer[] = [];
   /** where a damaged stored copy went when this upload replaced it (for the log) */
   replacedDamaged: string | undefined;
 
-  constructor(private readonly archive: WalArchive, readonly file: WalFileName, readonly size: number, private readonly compression: Compression, private readonly incoming: IncomingFile) {}
+  /** where the bytes go, decided beside the transfer (see prepare) */
+  private readonly prepared: Promise<Destination>;
+
+  constructor(
+    private readonly archive: WalArchive,
+    readonly file: WalFileName,
+    readonly size: number,
+    /** what the sender declared before the bytes */
+    private readonly declaredSha256: string,
+  ) {
+    this.prepared = this.prepare();
+    this.prepared.catch(() => undefined); // reported by the first write or by finish
+  }
+
+  /**
+   * Where the bytes go: straight to the key they will have (the final one, or, when different
+   * bytes are archived under this name already, the conflict's in errors/: PostgreSQL retries a
+   * refused file every minute, and the first retry after a race is kept there). When the same
+   * bytes are stored already (a file arrives two or three times: streamed, pushed ahead by the
+   * daemon, pushed by PostgreSQL), the stored copy is read back meanwhile: once it proves intact
+   * the new bytes are only hashed, no longer compressed and written; a damaged copy gets them.
+   */
+  private async prepare(): Promise<Destination> {
+    const { catalog } = this.archive;
+    const name = this.file.name;
+    const sha256 = this.declaredSha256;
+    const existing = await catalog.findWal(name);
+    const conflicting = existing !== undefined && existing.sha256 !== sha256 && (existing.sha256 ?? (await hashStoredWal(catalog, existing))) !== sha256;
+    const key = conflicting ? catalog.layout.conflictKey(name, sha256) : catalog.layout.walKey(name, sha256);
+    const compression = this.archive.compressionFor(this.file);
+    const writer = await catalog.storage.openWrite(key, { compression, sizeHint: compression === 'none' ? this.size : undefined });
+    const dest: Destination = { kind: conflicting ? 'conflict' : 'store', key, writer };
+    if (existing?.sha256 === sha256) {
+      dest.intact = this.archive.intact(existing, sha256).catch(() => false);
+      void dest.intact.then((intact) => {
+        if (intact) dest.discard = true;
+      });
+    }
+    return dest;
+  }
 
   get label(): string {
     return this.file.name;
   }
 
+  /**
+   * Whether the catalog holds these very bytes already: an intact copy whose recorded checksum is
+   * the one declared. Then there is nothing to receive (the sender's bytes hash to that checksum).
+   */
+  async alreadyStored(): Promise<boolean> {
+    const dest = await this.prepared;
+    if (!dest.intact || !(await dest.intact)) return false;
+    const now = await this.archive.withCommitLock(() => this.archive.catalog.findWal(this.file.name));
+    return now?.sha256 === this.declaredSha256;
+  }
+
   async write(chunk: Uint8Array): Promise<void> {
-    if (this.incoming.size + chunk.length > this.size) {
+    if (this.received + chunk.length > this.size) {
       throw invalidWal(`${this.file.name}: more bytes than the ${this.size} announced`, 'Agent and receiver must run compatible versions; retry the push.');
     }
     if (hasPages(this.file) && !this.headerChecked) {
@@ -241,11 +340,17 @@ export class WalUpload implements Upload {
       if (this.head.length >= LONG_HEADER_SIZE) await this.checkHeader();
     }
     if (!hasPages(this.file)) this.content.push(Buffer.from(chunk));
-    try {
-      await this.incoming.write(chunk);
-    } catch (err) {
-      throw storageError(err, `cannot write ${this.incoming.tmpPath}`);
+    this.received += chunk.length;
+    this.hash.update(chunk);
+    const dest = await this.prepared;
+    if (dest.discard) {
+      if (!dest.aborted) {
+        dest.aborted = true;
+        await dest.writer.abort();
+      }
+      return;
     }
+    await dest.writer.write(chunk);
   }
 
   private async checkHeader(): Promise<void> {
@@ -303,31 +408,38 @@ export class WalUpload implements Upload {
     }
   }
 
-  /** Completes the upload; resolves only when the file is durable under its final name. */
+  /** Completes the upload; resolves only when the file is durable under its final key. */
   async finish(senderSha256: string): Promise<StoreResult> {
+    const dest = await this.prepared;
+    try {
+      return await this.complete(senderSha256, dest);
+    } finally {
+      // whatever was not committed leaves nothing behind (a no-op after commit)
+      await dest.writer.abort().catch(() => undefined);
+    }
+  }
+
+  private async complete(senderSha256: string, dest: Destination): Promise<StoreResult> {
     const name = this.file.name;
-    if (this.incoming.size !== this.size) {
-      throw invalidWal(`${name}: received ${this.incoming.size} of ${this.size} bytes`, 'The transfer was cut short; PostgreSQL will retry.');
+    if (this.received !== this.size) {
+      throw invalidWal(`${name}: received ${this.received} of ${this.size} bytes`, 'The transfer was cut short; PostgreSQL will retry.');
     }
     if (hasPages(this.file) && !this.headerChecked) throw invalidWal(`${name}: too short for a WAL page header`);
-    let sha256: string;
-    try {
-      sha256 = await this.incoming.finish();
-    } catch (err) {
-      throw storageError(err, `cannot flush ${this.incoming.tmpPath}`);
-    }
+    const sha256 = this.hash.digest('hex');
     const catalog = this.archive.catalog;
-    if (sha256 !== senderSha256) {
-      await this.incoming.discard();
-      throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: checksum of the bytes received (${sha256.slice(0, 12)}…) differs from the agent's (${senderSha256.slice(0, 12)}…)`, 'The file changed while it was read or was damaged in transit; the push is retried by PostgreSQL.');
+    if (sha256 !== senderSha256 || sha256 !== this.declaredSha256) {
+      throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: checksum of the bytes received (${sha256.slice(0, 12)}…) differs from the agent's (${(sha256 !== senderSha256 ? senderSha256 : this.declaredSha256).slice(0, 12)}…)`, 'The file changed while it was read or was damaged in transit; the push is retried by PostgreSQL.');
     }
-    try {
-      await this.checkContent();
-    } catch (err) {
-      await this.incoming.discard();
-      throw err;
+    await this.checkContent();
+    if (dest.kind === 'conflict') return this.keepConflict(dest, sha256);
+    if (await dest.intact) {
+      // an intact identical copy is stored: these bytes were checked, not kept; is it still there?
+      // (retention may have removed it meanwhile)
+      const now = await this.archive.withCommitLock(() => catalog.findWal(name));
+      if (now?.sha256 === sha256) return 'duplicate';
+      if (dest.aborted) throw new BarmanError(ErrorCode.STORAGE, `${name} left the catalog while an identical copy arrived; that copy was not kept`, 'Retention removed it meanwhile. PostgreSQL retries archive_command, and the retry stores it again.');
     }
-    const result = await this.archive.store(name, sha256, this.compression, {
+    const result = await this.archive.store(name, sha256, {
       beforePlace: async () => {
         // a concurrent upload may have recorded the identity since the header was checked
         await this.checkIdentity();
@@ -335,30 +447,43 @@ export class WalUpload implements Upload {
           await catalog.learnIdentity({ systemIdentifier: this.systemIdentifier, segmentSize: this.size, walMagic: this.walMagic, pgVersion: this.pgVersion });
         }
       },
-      place: async (finalPath) => {
-        try {
-          await this.incoming.commit(finalPath);
-        } catch (err) {
-          throw storageError(err, `cannot store ${name}`);
-        }
+      place: async (key) => {
+        if (key !== dest.key || dest.aborted) throw new BarmanError(ErrorCode.INTERNAL, `${name}: written to ${dest.key}, to be stored under ${key}`, 'This is a bug in barman-ts; please report it.');
+        await dest.writer.commit();
       },
-      drop: () => this.incoming.discard(),
-    }).catch(async (err: unknown) => {
-      await this.incoming.discard();
-      throw err;
+      drop: () => dest.writer.abort(),
     });
     if (result.outcome === 'conflict') {
-      // named by content: PostgreSQL retries the same file every minute, one copy is enough
-      const aside = catalog.conflictPath(name, sha256);
-      if (await exists(aside)) await this.incoming.discard();
-      else await this.incoming.commit(aside);
-      throw new BarmanError(ErrorCode.WAL_CONFLICT, `${name} is already archived with different content; the new copy was kept as ${aside}`, 'Two clusters may be archiving into the same server section, or a restored copy still has archive_command set. Compare the two files before deleting either.');
+      // different bytes were stored under this name while these arrived: the next retry keeps them
+      throw new BarmanError(ErrorCode.WAL_CONFLICT, `${name} was archived with different content while this copy arrived; this copy was not kept`, 'Two clusters may be archiving into the same server section, or a restored copy still has archive_command set. PostgreSQL retries: that copy is then kept under errors/ for comparison.');
     }
     this.replacedDamaged = result.damagedAside;
     return result.outcome;
   }
 
-  async abort(): Promise<void> {
-    await this.incoming.discard();
+  /** Different bytes are archived under this name: these are kept under errors/ (once per content), and refused. */
+  private async keepConflict(dest: Destination, sha256: string): Promise<never> {
+    const catalog = this.archive.catalog;
+    const existing = await catalog.storage.find(dest.key);
+    const aside = existing?.key ?? (await dest.writer.commit()).key;
+    throw new BarmanError(ErrorCode.WAL_CONFLICT, `${this.file.name} is already archived with different content; the new copy (SHA-256 ${sha256.slice(0, 12)}…) was kept as ${catalog.where(aside)}`, 'Two clusters may be archiving into the same server section, or a restored copy still has archive_command set. Compare the two files before deleting either.');
   }
+
+  async abort(): Promise<void> {
+    await this.prepared.then((dest) => dest.writer.abort(), () => undefined);
+  }
+}
+
+/** Where an upload's bytes go (WalUpload.prepare). */
+interface Destination {
+  kind: 'store' | 'conflict';
+  /** the catalog key they are written to */
+  key: string;
+  writer: ObjectWriter;
+  /** the same bytes are stored already: resolves true once that copy read back intact */
+  intact?: Promise<boolean>;
+  /** from here on the bytes are only hashed (the stored copy is intact) */
+  discard?: boolean;
+  /** the writer was aborted for that */
+  aborted?: boolean;
 }

@@ -108,7 +108,7 @@ export async function verifyWalFiles(catalog: ServerCatalog, names: string[]): P
     }
     let check: Awaited<ReturnType<typeof verifyStoredWal>>;
     try {
-      check = await verifyStoredWal(stored);
+      check = await verifyStoredWal(catalog, stored);
     } catch (err) {
       result.problems.push(`${name}: cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
       continue;

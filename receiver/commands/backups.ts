@@ -1,28 +1,26 @@
 // The backup catalog commands: list-backups, show-backup, delete, keep, verify-backup, and
 // `backup`, which asks the server's connected agent daemon through the running service.
 
-import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { type BackupInfo, displayTime, localIsoTime } from '../../shared/backup/info';
 import { parseManifest } from '../../shared/backup/manifest';
-import { sha256File } from '../../shared/checksum';
+import { newHash } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { versionText } from '../../shared/postgres/version';
 import type { BackupProgressFrame } from '../../shared/protocol/frames';
 import { humanSize } from '../../shared/progress';
 import { type SnakeKeys, snakeKeys } from '../../shared/snake-case';
-import { BackupCatalog } from '../catalog/backups';
-import { type DrillRecord, ServerCatalog } from '../catalog/catalog';
+import type { DrillRecord, ServerCatalog } from '../catalog/catalog';
+import { type OpenServer, withServer } from '../catalog/open';
 import { applyRetention } from '../catalog/retention';
 import { backupSegments, verifyWalFiles } from '../catalog/wal-integrity';
 import { openAdmin } from './admin';
 import { changeCatalog } from './catalog-change';
 import { requireServer } from './servers';
 
-export function openBackups(config: ReceiverConfig, server: string): BackupCatalog {
-  const s = requireServer(config, server);
-  return new BackupCatalog(new ServerCatalog(config.barmanHome, s.name));
+/** Runs `fn` with the catalog of a configured server. */
+export function withBackups<T>(config: ReceiverConfig, server: string, fn: (open: OpenServer) => Promise<T>): Promise<T> {
+  return withServer(config, requireServer(config, server), fn);
 }
 
 /** What the catalog says of a backup beyond its backup.info: whether the retention policy will delete it, and its last restore drill. */
@@ -35,10 +33,9 @@ export interface BackupMarks {
 export type MarkedBackup = BackupInfo & BackupMarks;
 
 /** Each backup with its marks: OBSOLETE by the same decision retention makes (receiver/catalog/retention.ts), and its newest drill. */
-async function markBackups(config: ReceiverConfig, server: string, all: BackupInfo[], now: Date): Promise<Map<string, BackupMarks>> {
-  const s = requireServer(config, server);
+async function markBackups(catalog: ServerCatalog, s: OpenServer['config'], all: BackupInfo[], now: Date): Promise<Map<string, BackupMarks>> {
   const doomed = new Set(applyRetention(all, s.retentionPolicy, s.minimumRedundancy, now).remove.map((b) => b.backupId));
-  const drills = await new ServerCatalog(config.barmanHome, s.name).drills();
+  const drills = await catalog.drills();
   const marks = new Map<string, BackupMarks>();
   for (const b of all) marks.set(b.backupId, { obsolete: doomed.has(b.backupId), drill: drills.filter((d) => d.backupId === b.backupId).pop() });
   return marks;
@@ -46,9 +43,11 @@ async function markBackups(config: ReceiverConfig, server: string, all: BackupIn
 
 /** Newest first, in Barman's format plus size and status, and what retention and drills say of each. */
 export async function listBackups(config: ReceiverConfig, server: string, now = new Date()): Promise<MarkedBackup[]> {
-  const all = await openBackups(config, server).list();
-  const marks = await markBackups(config, server, all, now);
-  return all.reverse().map((b) => ({ ...b, ...marks.get(b.backupId)! }));
+  return withBackups(config, server, async ({ config: s, catalog, backups }) => {
+    const all = await backups.list();
+    const marks = await markBackups(catalog, s, all, now);
+    return all.reverse().map((b) => ({ ...b, ...marks.get(b.backupId)! }));
+  });
 }
 
 /**
@@ -86,10 +85,11 @@ export function formatBackupDetails(server: string, b: MarkedBackup): string {
 }
 
 export async function showBackup(config: ReceiverConfig, server: string, id: string, now = new Date()): Promise<MarkedBackup> {
-  const backups = openBackups(config, server);
-  const info = await backups.resolve(id);
-  const marks = await markBackups(config, server, await backups.list(), now);
-  return { ...info, ...(marks.get(info.backupId) ?? { obsolete: false, drill: undefined }) };
+  return withBackups(config, server, async ({ config: s, catalog, backups }) => {
+    const info = await backups.resolve(id);
+    const marks = await markBackups(catalog, s, await backups.list(), now);
+    return { ...info, ...(marks.get(info.backupId) ?? { obsolete: false, drill: undefined }) };
+  });
 }
 
 /** Exempts a backup from retention (or releases it), as the catalog's one writer. */
@@ -117,45 +117,48 @@ export interface VerifyResult {
  * checksum recorded when it was stored.
  */
 export async function verifyBackup(config: ReceiverConfig, server: string, id: string): Promise<VerifyResult> {
-  const backups = openBackups(config, server);
-  const info = await backups.resolve(id);
-  const problems: string[] = [];
-  let manifestText: string;
-  try {
-    manifestText = await fs.readFile(backups.manifestPath(info.backupId), 'utf8');
-  } catch {
-    return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: ['backup_manifest is missing'] };
-  }
-  let files;
-  try {
-    const manifest = parseManifest(manifestText);
-    files = manifest.files;
-    if (manifest.systemIdentifier !== undefined && manifest.systemIdentifier !== info.systemIdentifier) {
-      problems.push(`backup_manifest names system identifier ${manifest.systemIdentifier}, the backup was taken of ${info.systemIdentifier}`);
-    }
-  } catch (err) {
-    return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
-  }
-  const dataDir = backups.dataDir(info.backupId);
-  for (const f of files) {
-    const path = join(dataDir, f.path);
+  return withBackups(config, server, async ({ catalog, backups }) => {
+    const info = await backups.resolve(id);
+    const problems: string[] = [];
+    const manifestText = await backups.manifest(info.backupId);
+    if (manifestText === undefined) return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: ['backup_manifest is missing'] };
+    let files;
     try {
-      const { sha256: sha, size } = await sha256File(path);
-      if (size !== f.size) problems.push(`${f.path}: size ${size}, manifest says ${f.size}`);
-      else if (sha !== f.sha256) problems.push(`${f.path}: checksum mismatch`);
+      const manifest = parseManifest(manifestText);
+      files = manifest.files;
+      if (manifest.systemIdentifier !== undefined && manifest.systemIdentifier !== info.systemIdentifier) {
+        problems.push(`backup_manifest names system identifier ${manifest.systemIdentifier}, the backup was taken of ${info.systemIdentifier}`);
+      }
     } catch (err) {
-      problems.push(`${f.path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : (err as Error).message}`);
+      return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
     }
-  }
-  let walChecked = 0;
-  // a backup still WAITING_FOR_WALS has its WAL on the way; a FAILED one never will
-  if (info.status === 'DONE') {
-    const segmentSize = await backups.catalog.segmentSize();
-    const wal = await verifyWalFiles(backups.catalog, backupSegments(info, segmentSize));
-    walChecked = wal.verified + wal.unchecked.length;
-    problems.push(...wal.problems.map((p) => `WAL ${p}`));
-  }
-  return { backupId: info.backupId, ok: problems.length === 0, checked: files.length, walChecked, problems };
+    const contents = await backups.contents(info.backupId);
+    for (const f of files) {
+      try {
+        const hash = newHash();
+        let size = 0;
+        for await (const chunk of await backups.readFile(info.backupId, contents, f.path)) {
+          hash.update(chunk);
+          size += chunk.length;
+        }
+        if (size !== f.size) problems.push(`${f.path}: size ${size}, manifest says ${f.size}`);
+        else if (hash.digest('hex') !== f.sha256) problems.push(`${f.path}: checksum mismatch`);
+      } catch (err) {
+        const code = err instanceof BarmanError ? err.code : undefined;
+        const cause = (err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message;
+        problems.push(`${f.path}: ${code === ErrorCode.BACKUP_NOT_FOUND ? 'missing' : code === ErrorCode.CHECKSUM_MISMATCH ? `cannot be decompressed (${cause})` : (err as Error).message}`);
+      }
+    }
+    let walChecked = 0;
+    // a backup still WAITING_FOR_WALS has its WAL on the way; a FAILED one never will
+    if (info.status === 'DONE') {
+      const segmentSize = await catalog.segmentSize();
+      const wal = await verifyWalFiles(catalog, backupSegments(info, segmentSize));
+      walChecked = wal.verified + wal.unchecked.length;
+      problems.push(...wal.problems.map((p) => `WAL ${p}`));
+    }
+    return { backupId: info.backupId, ok: problems.length === 0, checked: files.length, walChecked, problems };
+  });
 }
 
 export interface BackupStatusUpdate { backupId: string; status: string; reason?: string }

@@ -15,7 +15,6 @@
 // (wal-verify.json in the server's directory), so every needed segment is read back in turn.
 // `--verify-wal` hashes all of them now. verify-backup always hashes a backup's own range.
 
-import { constants, promises as fs } from 'node:fs';
 import type { BackupInfo } from '../../shared/backup/info';
 import type { ReceiverConfig, ServerConfig } from '../../shared/config/receiver';
 import { formatDuration, type SpaceThreshold } from '../../shared/config/units';
@@ -25,8 +24,9 @@ import { archiveSettingChecks, slotCheck } from '../../shared/postgres/settings'
 import { versionText } from '../../shared/postgres/version';
 import type { PgProbeFrame } from '../../shared/protocol/frames';
 import { humanSize } from '../../shared/progress';
-import { BackupCatalog } from '../catalog/backups';
-import { type DrillRecord, ServerCatalog } from '../catalog/catalog';
+import type { BackupCatalog } from '../catalog/backups';
+import type { DrillRecord, ServerCatalog } from '../catalog/catalog';
+import { withServer } from '../catalog/open';
 import { neededSegments, shareToVerify, timelineStarts, verifyWalFiles } from '../catalog/wal-integrity';
 import { ServiceLink } from './admin';
 import { requireServer } from './servers';
@@ -41,8 +41,8 @@ export interface CheckOptions {
 }
 
 /** Missing or damaged WAL in the span the DONE backups need; returns what was verified. */
-async function checkWalIntegrity(catalog: ServerCatalog, server: string, verifyAll: boolean): Promise<string> {
-  const done = (await new BackupCatalog(catalog).list()).filter((b) => b.status === 'DONE');
+async function checkWalIntegrity(catalog: ServerCatalog, backups: BackupCatalog, server: string, verifyAll: boolean): Promise<string> {
+  const done = (await backups.list()).filter((b) => b.status === 'DONE');
   const identity = await catalog.identity();
   if (done.length === 0 || !identity) return 'no DONE backup needs WAL yet';
   const { firstSegmentOf, problems: historyProblems } = await timelineStarts(catalog, identity.segmentSize);
@@ -74,16 +74,18 @@ const SWITCH_ARRIVAL_MS = 30_000;
 
 export async function checkServer(config: ReceiverConfig, name: string, now = new Date(), options: CheckOptions = {}): Promise<CheckResult[]> {
   const server = requireServer(config, name);
-  const catalog = new ServerCatalog(config.barmanHome, server.name);
-  const backups = new BackupCatalog(catalog);
+  return withServer(config, server, ({ catalog, backups }) => checkOn(config, server, catalog, backups, now, options));
+}
+
+async function checkOn(config: ReceiverConfig, server: ServerConfig, catalog: ServerCatalog, backups: BackupCatalog, now: Date, options: CheckOptions): Promise<CheckResult[]> {
   const results: CheckResult[] = [{ name: 'configuration', ok: true, detail: config.file }];
-  results.push(
-    await runCheck('barman_home writable', async () => {
-      await catalog.ensureLayout();
-      await fs.access(catalog.incomingDir, constants.W_OK);
-      return catalog.root;
-    }, `Create ${config.barmanHome} and make it writable by the user that runs barman-receiver.`),
-  );
+  // a missing bucket, refused credentials or an unreachable endpoint fail here, with their hint
+  const storage = await runCheck('storage', async () => {
+    await catalog.storage.check();
+    return `${catalog.storage.driver.kind}: ${catalog.storage.location}`;
+  }, `Create ${config.barmanHome} and make it writable by the user that runs barman-receiver.`);
+  results.push(storage);
+  if (!storage.ok) return results;
   if (server.minFreeSpace) results.push(await runCheck('free space', () => checkFreeSpace(catalog, server.minFreeSpace!), ''));
 
   const agentRecord = await catalog.agentRecord();
@@ -98,7 +100,7 @@ export async function checkServer(config: ReceiverConfig, name: string, now = ne
     let probe: PgProbeFrame | undefined;
     if (agentRecord) {
       const expected = `one first attached ${agentRecord.firstAttachedAt || 'earlier'}${agentRecord.host ? ` from host ${agentRecord.host}` : ''}`;
-      const retire = `if it was retired on purpose, remove ${catalog.agentRecordPath}`;
+      const retire = `if it was retired on purpose, remove ${catalog.agentRecordLocation}`;
       results.push(
         await runCheck('agent connected', async () => {
           if (!live) throw new BarmanError(ErrorCode.AGENT_NOT_CONNECTED, `cannot tell: ${notRunning ?? 'the receiver service did not answer'}`, 'Start it (barman-receiver serve, or systemctl start barman-receiver).');
@@ -118,7 +120,7 @@ export async function checkServer(config: ReceiverConfig, name: string, now = ne
     }
 
     results.push(await runCheck('WAL archive', () => checkArchiving(catalog, server, now, service && live?.agentConnected ? service : undefined, notRunning), ''));
-    results.push(await runCheck('WAL integrity', () => checkWalIntegrity(catalog, server.name, options.verifyWal ?? false), ''));
+    results.push(await runCheck('WAL integrity', () => checkWalIntegrity(catalog, backups, server.name, options.verifyWal ?? false), ''));
     if (streamingExpected) results.push(await streamingCheck(config, server.name, catalog, now, live ?? null));
     if (streamingExpected && probe?.slotName) {
       results.push(slotCheck({ name: probe.slotName, exists: probe.slotExists, active: probe.slotActive, restartLsn: probe.slotRestartLsn, walStatus: probe.slotWalStatus }, { streaming: true, createdByDaemon: false }));
@@ -162,10 +164,12 @@ function formatAge(seconds: number): string {
 }
 
 async function checkFreeSpace(catalog: ServerCatalog, threshold: SpaceThreshold): Promise<string> {
-  const { availableBytes, totalBytes } = await catalog.space();
+  const space = await catalog.space();
+  if (!space) return `not measured: the catalog is in ${catalog.storage.location}, whose room is the object store's to say`;
+  const { availableBytes, totalBytes } = space;
   const needed = threshold.kind === 'bytes' ? threshold.bytes : Math.ceil((totalBytes * threshold.percent) / 100);
   const wanted = threshold.kind === 'bytes' ? humanSize(threshold.bytes) : `${threshold.percent}% (${humanSize(needed)})`;
-  const text = `${humanSize(availableBytes)} free of ${humanSize(totalBytes)} where ${catalog.root} is, min_free_space ${wanted}`;
+  const text = `${humanSize(availableBytes)} free of ${humanSize(totalBytes)} where ${catalog.storage.location} is, min_free_space ${wanted}`;
   if (availableBytes < needed) {
     throw new BarmanError(ErrorCode.STORAGE, text, `Free space on that filesystem (retention: barman-receiver cron, or a tighter retention_policy) or grow it; WAL stops being archived when it is full.`);
   }
@@ -260,7 +264,7 @@ async function checkErrorsDirectory(catalog: ServerCatalog): Promise<string> {
   }
   if (open.length) {
     const shown = open.slice(-5).map((f) => `${f.file}${f.reason ? ` (${f.reason})` : ''}`).join(', ');
-    throw new BarmanError(ErrorCode.WAL_CONFLICT, `${open.length} file(s) in ${catalog.errorsDir} not dealt with: ${shown}${open.length > 5 ? ', ...' : ''}`, `Each is a WAL file the receiver refused or set aside, named after why (docs/catalog.md): compare it with the archived one and the server's pg_wal, then move it to ${catalog.reviewedErrorsDir} (kept, no longer reported).`);
+    throw new BarmanError(ErrorCode.WAL_CONFLICT, `${open.length} file(s) in ${catalog.where(catalog.layout.errorsPrefix)} not dealt with: ${shown}${open.length > 5 ? ', ...' : ''}`, `Each is a WAL file the receiver refused or set aside, named after why (docs/catalog.md): compare it with the archived one and the server's pg_wal, then move it to ${catalog.reviewedErrorsLocation} (kept, no longer reported).`);
   }
   return files.length ? `${repaired} damaged cop${repaired === 1 ? 'y' : 'ies'} kept aside, each replaced by an intact push` : 'none';
 }
@@ -283,7 +287,7 @@ function checkLastDrill(server: ServerConfig, drills: DrillRecord[], now: Date):
  * daemon is connected or its stream is stale. Run only for a server that streamed once.
  */
 async function streamingCheck(config: ReceiverConfig, name: string, catalog: ServerCatalog, now: Date, live: LiveStatus | null): Promise<CheckResult> {
-  const turnOff = `if streaming was turned off on purpose, remove ${catalog.streamingRecordPath}`;
+  const turnOff = `if streaming was turned off on purpose, remove ${catalog.streamingRecordLocation}`;
   return runCheck('WAL streaming', async () => {
     const s = await serverStatus(config, name, now, live);
     const rpo = s.rpo_seconds === null ? '' : `; RPO ${s.rpo_seconds} s`;

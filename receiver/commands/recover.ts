@@ -2,15 +2,13 @@
 // this host. Plan (every refusal, binaries of another major version included) first, then write.
 
 import { promises as fs, readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { readChunks } from '../../shared/checksum';
+import { dirname, resolve } from 'node:path';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { checkRecoveryBinaries } from '../../shared/postgres/binaries';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
 import { checkDestination, type WriteOptions, type WriteSummary, writeRecovery } from '../../shared/recovery/writer';
-import { BackupCatalog } from '../catalog/backups';
-import { ServerCatalog } from '../catalog/catalog';
+import { withServer } from '../catalog/open';
 import { planRecovery, requireTablespaceLocations } from '../recovery/plan';
 import { recoveryWal } from '../recovery/wal-source';
 import { requireServer } from './servers';
@@ -45,17 +43,22 @@ async function decideOwner(dest: string, owner: string | undefined): Promise<{ u
 
 export async function recover(config: ReceiverConfig, server: string, backupRef: string, destArg: string, opts: RecoveryOptions & { owner?: string; pgBindir?: string } & Pick<WriteOptions, 'delta' | 'primaryConninfo'>, progress?: WriteOptions['progress']): Promise<RecoveryPlan & { summary: WriteSummary }> {
   const s = requireServer(config, server);
-  const catalog = new ServerCatalog(config.barmanHome, s.name);
-  const backups = new BackupCatalog(catalog);
-  const dest = resolve(destArg);
-  await checkDestination(dest, 'destination', opts.delta === true);
-  const plan = await planRecovery(catalog, backups, backupRef, opts);
-  checkRecoveryBinaries(plan.backupId, plan.pgVersion, opts.pgBindir);
-  requireTablespaceLocations(plan, opts.tablespaces, dest);
-  const dataDir = backups.dataDir(plan.backupId);
-  const summary = await writeRecovery(plan, dest, {
-    dataFile: (path) => readChunks(join(dataDir, path)),
-    walFile: (name) => recoveryWal(catalog, name),
-  }, { owner: await decideOwner(dest, opts.owner), progress, protectedPaths: [{ path: config.barmanHome, what: 'the catalog (barman_home)' }], delta: opts.delta, primaryConninfo: opts.primaryConninfo });
-  return { ...plan, summary };
+  return withServer(config, s, async ({ catalog, backups }) => {
+    const dest = resolve(destArg);
+    await checkDestination(dest, 'destination', opts.delta === true);
+    const plan = await planRecovery(catalog, backups, backupRef, opts);
+    checkRecoveryBinaries(plan.backupId, plan.pgVersion, opts.pgBindir);
+    requireTablespaceLocations(plan, opts.tablespaces, dest);
+    const contents = await backups.contents(plan.backupId);
+    const summary = await writeRecovery(plan, dest, {
+      dataFile: (path) => readBackupFile(() => backups.readFile(plan.backupId, contents, path)),
+      walFile: (name) => recoveryWal(catalog, name),
+    }, { owner: await decideOwner(dest, opts.owner), progress, protectedPaths: [{ path: config.barmanHome, what: 'the catalog (barman_home)' }], delta: opts.delta, primaryConninfo: opts.primaryConninfo });
+    return { ...plan, summary };
+  });
+}
+
+/** A backup file's plain bytes, opened when the writer first asks for them. */
+async function* readBackupFile(open: () => Promise<AsyncIterable<Buffer>>): AsyncGenerator<Buffer> {
+  for await (const chunk of await open()) yield chunk;
 }

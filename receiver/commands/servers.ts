@@ -1,9 +1,10 @@
 // `list-servers` and `show-server`.
 
 import type { ReceiverConfig, ServerConfig } from '../../shared/config/receiver';
+import { join } from 'node:path';
 import { formatRetentionPolicy } from '../../shared/config/retention';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import { ServerCatalog } from '../catalog/catalog';
+import { CatalogLayout } from '../catalog/layout';
 
 export function requireServer(config: ReceiverConfig, name: string): ServerConfig {
   const server = config.servers.get(name);
@@ -20,18 +21,22 @@ export function listServers(config: ReceiverConfig): Array<{ name: string; descr
 
 export function showServer(config: ReceiverConfig, name: string): Record<string, string | number | boolean> {
   const server = requireServer(config, name);
-  const catalog = new ServerCatalog(config.barmanHome, server.name);
+  const layout = new CatalogLayout(server.name);
+  const storage = config.storage;
+  // where the catalog's parts are: directories under barman_home, or prefixes in the bucket
+  const at = (prefix: string) => (storage.kind === 'posix' ? join(config.barmanHome, prefix).replace(/\/$/, '') : `s3://${storage.bucket}/${storage.prefix}${prefix}`);
   return {
     name: server.name,
     description: server.description,
     barman_home: config.barmanHome,
-    server_directory: catalog.root,
-    wals_directory: catalog.walsDir,
-    basebackups_directory: catalog.baseDir,
-    streaming_wals_directory: catalog.streamingDir,
-    incoming_wals_directory: catalog.incomingDir,
-    errors_directory: catalog.errorsDir,
-    compression: config.compression,
+    storage: storage.kind,
+    ...(storage.kind === 's3' ? { s3_endpoint: storage.endpoint ?? '', s3_bucket: storage.bucket, s3_prefix: storage.prefix } : {}),
+    server_directory: at(layout.root),
+    wals_directory: at(layout.walPrefix),
+    basebackups_directory: at(layout.backupsPrefix),
+    streaming_wals_directory: layout.streamingDir(config.barmanHome),
+    errors_directory: at(layout.errorsPrefix),
+    compression: server.compression,
     retention_policy: server.retentionPolicy ? formatRetentionPolicy(server.retentionPolicy) : 'none',
     minimum_redundancy: server.minimumRedundancy,
     listen: `${config.listen.host}:${config.listen.port}`,

@@ -3,8 +3,7 @@
 
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import type { StatusFrame } from '../../shared/protocol/frames';
-import { BackupCatalog } from '../catalog/backups';
-import { ServerCatalog } from '../catalog/catalog';
+import { withServer } from '../catalog/open';
 import { liveProtection } from '../server/stream-health';
 import { ServiceLink } from './admin';
 import { BarmanError } from '../../shared/errors';
@@ -58,14 +57,15 @@ async function askLive(config: ReceiverConfig, server: string): Promise<LiveStat
 /** `live`: what the service said, when the caller asked it already (null: it is not running); else it is asked here. */
 export async function serverStatus(config: ReceiverConfig, name: string, now = new Date(), given?: LiveStatus | null): Promise<ServerStatus> {
   const server = requireServer(config, name);
-  const catalog = new ServerCatalog(config.barmanHome, server.name);
-  const all = await new BackupCatalog(catalog).list();
+  const { all, last, identity, inUse, lastDrill } = await withServer(config, server, async ({ catalog, backups }) => ({
+    all: await backups.list(),
+    last: await catalog.lastSegment(),
+    identity: await catalog.identity(),
+    inUse: (await catalog.streamingRecord()) !== undefined,
+    lastDrill: (await catalog.drills()).pop(),
+  }));
   const done = all.filter((b) => b.status === 'DONE');
-  const last = await catalog.lastSegment();
-  const identity = await catalog.identity();
-  const inUse = (await catalog.streamingRecord()) !== undefined;
   const live = given === undefined ? await askLive(config, server.name) : (given ?? undefined);
-  const lastDrill = (await catalog.drills()).pop();
   const age = last ? Math.max(0, Math.round((now.getTime() - last.receivedAt.getTime()) / 1000)) : null;
   const st = live?.streaming;
   const p = liveProtection(now, { streaming: st, agentConnected: live?.agentConnected ?? false, streamInUse: inUse, lastArchivedAt: last?.receivedAt });

@@ -23,8 +23,8 @@ import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import { checkRecoveryBinaries } from '../../shared/postgres/binaries';
 import { majorOf } from '../../shared/postgres/version';
 import { parseTargetTime } from '../recovery/plan';
-import { BackupCatalog } from '../catalog/backups';
-import { type DrillRecord, ServerCatalog } from '../catalog/catalog';
+import type { DrillRecord } from '../catalog/catalog';
+import { withServer } from '../catalog/open';
 import { lookupOwner, recover } from '../commands/recover';
 import { requireServer } from '../commands/servers';
 
@@ -81,11 +81,9 @@ function runTool(file: string, args: string[], user: ReturnType<typeof runAs>, c
 /** Recovers, starts, checks, stops and removes; returns what happened (a failed drill is a result, not an exception). */
 export async function drillBackup(config: ReceiverConfig, serverName: string, options: DrillOptions = {}): Promise<DrillRecord> {
   const server = requireServer(config, serverName);
-  const catalog = new ServerCatalog(config.barmanHome, server.name);
-  const backups = new BackupCatalog(catalog);
   // what is not a drill at all (no such backup, a malformed time) is refused, not recorded
   if (options.targetTime !== undefined) parseTargetTime(options.targetTime);
-  const info = await backups.resolve(options.backup ?? 'latest');
+  const info = await withServer(config, server, ({ backups }) => backups.resolve(options.backup ?? 'latest'));
   if (info.status !== 'DONE') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${info.backupId} is ${info.status}, not DONE`, `Drill a DONE backup (barman-receiver list-backups ${server.name}).`);
 
   const at = new Date();

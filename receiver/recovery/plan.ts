@@ -1,7 +1,6 @@
 // Deciding a recovery: which backup, which target, which WAL, which settings. Every refusal
 // happens here, before any byte is written, and names the backup or time that would serve.
 
-import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { BackupInfo } from '../../shared/backup/info';
 import { parseManifest } from '../../shared/backup/manifest';
@@ -12,18 +11,8 @@ import { formatLsn, isLsn, type Lsn, parseLsn } from '../../shared/wal/lsn';
 import { historyFileName, nextSegment, segmentNumber, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
 import type { BackupCatalog } from '../catalog/backups';
 import type { ServerCatalog } from '../catalog/catalog';
+import { streamedPartials } from '../catalog/streaming';
 import { readSmallStoredWal } from '../catalog/wal-archive';
-
-/** Streamed partial segments (streaming/<segment>.partial), oldest first. */
-async function streamedPartials(catalog: ServerCatalog): Promise<Array<{ segment: string; size: number; modifiedAt: Date }>> {
-  const out: Array<{ segment: string; size: number; modifiedAt: Date }> = [];
-  for (const f of (await fs.readdir(catalog.streamingDir).catch(() => [] as string[])).sort()) {
-    if (!/^[0-9A-F]{24}\.partial$/.test(f)) continue;
-    const st = await fs.stat(join(catalog.streamingDir, f)).catch(() => undefined);
-    if (st && st.size > 0) out.push({ segment: f.slice(0, 24), size: st.size, modifiedAt: st.mtime });
-  }
-  return out;
-}
 
 function targetError(message: string, hint: string): BarmanError {
   return new BarmanError(ErrorCode.RECOVERY_TARGET, message, hint);
@@ -90,7 +79,8 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   };
 
   const archivedLast = await catalog.lastSegment();
-  const streamed = await streamedPartials(catalog);
+  // streamed WAL this host holds (a partial segment is local state: another receiver host has none)
+  const streamed = (await streamedPartials(catalog)).filter((p) => p.size > 0);
   const newestPartial = streamed[streamed.length - 1];
   // the newest WAL here: the last archived segment, or a streamed partial written after it
   const last = newestPartial && (!archivedLast || newestPartial.modifiedAt > archivedLast.receivedAt) ? { name: `${newestPartial.segment}.partial`, receivedAt: newestPartial.modifiedAt } : archivedLast;
@@ -172,19 +162,10 @@ export async function planRecovery(catalog: ServerCatalog, backups: BackupCatalo
   // a standby fetches its WAL through restore_command (get-wal) as it goes: nothing is copied ahead
   const wals = opts.standby ? [] : [...[...chain].filter((t) => t > 1 && histories.has(t)).map(historyFileName), ...segments];
 
-  const manifest = await fs.readFile(backups.manifestPath(backup.backupId), 'utf8');
+  const manifest = await backups.manifest(backup.backupId);
+  if (manifest === undefined) throw new BarmanError(ErrorCode.BACKUP_NOT_FOUND, `backup ${backup.backupId} of ${server} has no backup_manifest`, `Run barman-receiver verify-backup ${server} ${backup.backupId}, and recover from another backup.`);
   const { files } = parseManifest(manifest);
-  const dataDir = backups.dataDir(backup.backupId);
-  const directories: string[] = [];
-  const walk = async (abs: string, rel: string) => {
-    for (const e of await fs.readdir(abs, { withFileTypes: true })) {
-      if (!e.isDirectory()) continue;
-      const r = rel ? `${rel}/${e.name}` : e.name;
-      directories.push(r);
-      await walk(join(abs, e.name), r);
-    }
-  };
-  await walk(dataDir, '');
+  const { directories } = await backups.contents(backup.backupId);
 
   const tablespaces = backup.tablespaces.map((t) => ({ ...t, location: opts.tablespaces?.[t.name] ?? t.location }));
   for (const name of Object.keys(opts.tablespaces ?? {})) {

@@ -3,10 +3,9 @@
 // with zeros to a whole segment (PostgreSQL restores whole segments only, and reads the zeros as
 // the end of WAL).
 
-import { createReadStream } from 'node:fs';
-import { join } from 'node:path';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { ServerCatalog } from '../catalog/catalog';
+import { readStreamedPartial } from '../catalog/streaming';
 import { readStoredWal } from '../catalog/wal-archive';
 
 export async function* recoveryWal(catalog: ServerCatalog, name: string): AsyncGenerator<Buffer> {
@@ -18,7 +17,7 @@ export async function* recoveryWal(catalog: ServerCatalog, name: string): AsyncG
   const segmentSize = await catalog.segmentSize();
   let size = 0;
   try {
-    for await (const chunk of createReadStream(join(catalog.streamingDir, `${name}.partial`), { highWaterMark: 1 << 20 })) {
+    for await (const chunk of readStreamedPartial(catalog, name)) {
       const buf = (chunk as Buffer).subarray(0, segmentSize - size);
       size += buf.length;
       yield buf;

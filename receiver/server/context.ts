@@ -7,14 +7,16 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { BackupInfo } from '../../shared/backup/info';
 import type { ManifestFile } from '../../shared/backup/manifest';
-import type { Compression, ServerConfig } from '../../shared/config/receiver';
+import type { ReceiverConfig, ServerConfig } from '../../shared/config/receiver';
 import { asBarmanError, BarmanError, ErrorCode } from '../../shared/errors';
 import type { BackupStart, BackupStop, Frame, PgProbeFrame, Role, StreamingState, StreamKeepaliveFrame, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
 import { type Lsn, parseLsn } from '../../shared/wal/lsn';
 import type { Logger } from 'pino';
 import { WalStream } from '../catalog/streaming';
-import { BackupCatalog } from '../catalog/backups';
-import { ServerCatalog } from '../catalog/catalog';
+import type { BackupCatalog } from '../catalog/backups';
+import type { ServerCatalog } from '../catalog/catalog';
+import { serverOn } from '../catalog/open';
+import type { Storage } from '../storage/storage';
 import { applyCatalogChange, type CatalogChange, type CronReport } from '../catalog/maintenance';
 import type { Upload } from '../catalog/upload';
 import { WalArchive } from '../catalog/wal-archive';
@@ -139,11 +141,13 @@ export class ServerContext {
   /** PostgreSQL probes sent to the daemon, by request id */
   private readonly probes = new Map<number, (result: PgProbeFrame | BarmanError) => void>();
 
-  constructor(barmanHome: string, readonly config: ServerConfig, compression: Compression, log: Logger) {
+  /** set when this receiver lost the catalog's lock: it writes nothing more, and says why */
+  private fenced: BarmanError | undefined;
+
+  constructor(storage: Storage, receiver: ReceiverConfig, readonly config: ServerConfig, log: Logger) {
     this.log = log.child({ server: config.name });
-    this.catalog = new ServerCatalog(barmanHome, config.name);
-    this.walArchive = new WalArchive(this.catalog, compression);
-    this.backups = new BackupCatalog(this.catalog);
+    ({ catalog: this.catalog, backups: this.backups } = serverOn(storage, receiver, config));
+    this.walArchive = new WalArchive(this.catalog);
     this.stream = new WalStream(this.catalog, log.child({ server: config.name, component: 'streaming' }), this.walArchive);
     this.stream.onSegment = async (name, sha256) => {
       this.onStreamSegment?.(name, sha256);
@@ -151,8 +155,32 @@ export class ServerContext {
     };
   }
 
+  /**
+   * The catalog's lock is no longer this receiver's (its lease lapsed or was taken over): from now
+   * on every write is refused with the reason, the stream is closed and a running backup fails.
+   * Fail closed: two receivers must never both acknowledge WAL of one server.
+   */
+  fence(err: BarmanError): void {
+    if (this.fenced) return;
+    this.fenced = new BarmanError(ErrorCode.CATALOG_LOCKED, `this receiver no longer holds the catalog of server ${this.config.name} and accepts no more writes for it: ${err.message}`, `${err.hint} Then restart this receiver (systemctl restart barman-receiver).`, { cause: err });
+    this.log.error({ code: err.code }, this.fenced.message);
+    const owner = this.streamOwner;
+    if (owner) {
+      this.streamOwner = undefined;
+      void this.stream.close();
+      owner.drop('the catalog lock was lost');
+    }
+    if (this.running) this.running.owner.drop('the catalog lock was lost');
+  }
+
+  /** Refuses any write once the lock is lost. */
+  private writable(): void {
+    if (this.fenced) throw this.fenced;
+  }
+
   /** The server's agent daemon starts streaming WAL; answers where to start. Only one stream (the daemon's). */
   async openStream(owner: Peer, frame: StreamOpenFrame, onFlushed: (timeline: number, lsn: Lsn) => void, onSegment: (name: string, sha256: string) => void): Promise<Lsn | undefined> {
+    this.writable();
     if (this.daemon?.id !== owner.id) {
       throw new BarmanError(ErrorCode.AGENT_NOT_CONNECTED, `this session is not the agent daemon of server ${this.config.name}; only that one streams WAL`, 'Restart the agent daemon (barman-agent daemon).');
     }
@@ -176,6 +204,7 @@ export class ServerContext {
   }
 
   async appendStream(owner: Peer, frame: WalDataFrame): Promise<void> {
+    this.writable();
     if (this.streamOwner?.id !== owner.id) throw new BarmanError(ErrorCode.PROTOCOL, 'WAL data on a session that does not own the stream', 'Restart the agent daemon.');
     try {
       await this.stream.append(frame.timeline, parseLsn(frame.startLsn), parseLsn(frame.walEnd), frame.data);
@@ -276,6 +305,7 @@ export class ServerContext {
 
   /** Opens an upload within the server's limit; its slot is held until releaseUpload. */
   async openUpload(open: () => Promise<Upload>): Promise<Upload> {
+    this.writable();
     if (this.uploads.size + this.uploadsOpening >= MAX_UPLOADS_PER_SERVER) {
       throw new BarmanError(ErrorCode.TOO_MANY_UPLOADS, `server ${this.config.name} already has ${MAX_UPLOADS_PER_SERVER} files being received`, `Retry later (PostgreSQL retries archive_command by itself). If it persists: ${tooManyHint(this.config.name)}`);
     }
@@ -335,6 +365,7 @@ export class ServerContext {
   }
 
   async beginBackup(owner: Peer, start: BackupStart, requestId: number | undefined): Promise<BackupInfo> {
+    this.writable();
     if (this.running) throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${this.running.backupId} of ${this.config.name} is still running`, 'Wait for it to finish, then start another.');
     const placeholder: RunningBackup = { backupId: '', manifest: [], owner, startedAt: Date.now(), files: 0, bytes: 0 };
     this.running = placeholder; // claimed before the first await: two begins cannot interleave
@@ -388,6 +419,7 @@ export class ServerContext {
 
   async endBackup(owner: Peer, backupId: string, stop: BackupStop): Promise<BackupInfo> {
     const running = this.ownRunning(owner, backupId);
+    this.writable();
     try {
       const info = await this.backups.end(backupId, stop, running.manifest);
       this.filesDone = progressOf(running);
@@ -416,6 +448,7 @@ export class ServerContext {
    * happens only while some backup may be WAITING_FOR_WALS, not for every segment archived.
    */
   async walStored(): Promise<void> {
+    if (this.fenced) return;
     if (this.noneWaitingAt === this.waitingGeneration) return;
     const generation = this.waitingGeneration;
     const { promoted, stillWaiting } = await this.backups.promoteComplete();
@@ -441,6 +474,7 @@ export class ServerContext {
 
   /** A change the DBA asked for (keep, delete, cron), made by this service as the catalog's one writer. */
   changeCatalog(change: CatalogChange, key: string): Promise<BackupInfo | CronReport> {
+    if (this.fenced) return Promise.reject(this.fenced);
     const refused = this.refuseWithoutKey(key, 'a catalog change');
     if (refused) return Promise.reject(refused);
     return this.asWriter(() => applyCatalogChange(this.config, this.backups, this.walArchive, change));
@@ -455,7 +489,10 @@ export class ServerContext {
 
   /** Runs a change of the catalog after the ones before it (one writer, one change at a time); its metrics follow. */
   private asWriter<T>(change: () => Promise<T>): Promise<T> {
-    const run = this.changes.then(change);
+    const run = this.changes.then(() => {
+      this.writable();
+      return change();
+    });
     this.changes = run.catch(() => undefined);
     return run.finally(() => this.emit({ kind: 'catalog-changed' }));
   }

@@ -17,6 +17,8 @@ import { CloseCode, FrameConnection } from '../../shared/protocol/connection';
 import { MAX_FRAME_BYTES } from '../../shared/protocol/frames';
 import { Admission } from './admission';
 import { type CatalogLock, CatalogLockedError } from '../catalog/lock';
+import { openCatalogStorage } from '../catalog/open';
+import type { Storage } from '../storage/storage';
 import { ServerContext } from './context';
 import { Session } from './session';
 import { drillBackup } from '../drill/drill';
@@ -40,18 +42,49 @@ export class ReceiverService {
   private readonly admission: Admission;
   /** the catalog lock of every server served, held from start to stop: one writer per catalog */
   private readonly locks: Array<{ ctx: ServerContext; lock: CatalogLock }> = [];
-  private readonly metrics: ReceiverMetrics;
-  private readonly housekeeping: Housekeeping;
+  /** made at start, with the servers' contexts (they need the storage open) */
+  private metrics!: ReceiverMetrics;
+  private housekeeping!: Housekeeping;
   /** GET /metrics and /healthz on metrics_listen, when set */
   private metricsHttp: Server | undefined;
   /** restore drills run one at a time across servers (each is a whole restore); stopped with the service */
   private drills: Promise<unknown> = Promise.resolve();
   private readonly drillAbort = new AbortController();
 
+  /** the catalog's storage, opened at start */
+  private storage: Storage | undefined;
+
   constructor(readonly config: ReceiverConfig, private readonly log: Logger) {
     this.admission = new Admission(log);
+  }
+
+  async start(): Promise<AddressInfo> {
+    try {
+      const storage = await openCatalogStorage(this.config);
+      this.storage = storage;
+      // a missing bucket, refused credentials or an unreachable endpoint stop the start, with their hint
+      await storage.check();
+      this.makeContexts(storage);
+      for (const ctx of this.servers.values()) {
+        const lock = await this.lockCatalog(ctx);
+        this.locks.push({ ctx, lock });
+        // fail closed: a receiver that lost its lease writes nothing more for that server
+        lock.watch((err) => ctx.fence(err));
+        await ctx.openForChanges();
+      }
+      return await this.open();
+    } catch (err) {
+      await this.releaseLocks();
+      await this.storage?.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Each server's context on the catalog's storage, with its drills, metrics and housekeeping. */
+  private makeContexts(storage: Storage): void {
+    const { config, log } = this;
     for (const server of config.servers.values()) {
-      const ctx = new ServerContext(config.barmanHome, server, config.compression, log);
+      const ctx = new ServerContext(storage, config, server, log);
       ctx.drillRunner = (options) => {
         const run = this.drills.then(() => drillBackup(config, server.name, { ...options, signal: this.drillAbort.signal, log }));
         this.drills = run.catch(() => undefined);
@@ -64,23 +97,9 @@ export class ReceiverService {
     this.housekeeping = new Housekeeping(contexts, config.housekeepingIntervalSeconds * 1000, log);
   }
 
-  async start(): Promise<AddressInfo> {
-    try {
-      for (const ctx of this.servers.values()) {
-        this.locks.push({ ctx, lock: await this.lockCatalog(ctx) });
-        await ctx.openForChanges();
-      }
-      return await this.open();
-    } catch (err) {
-      await this.releaseLocks();
-      throw err;
-    }
-  }
-
   /** With every catalog locked: tidies them up after a stop, then listens. */
   private async open(): Promise<AddressInfo> {
     for (const ctx of this.servers.values()) {
-      await ctx.catalog.ensureLayout();
       const failed = await ctx.backups.failInterrupted();
       if (failed.length) this.log.warn({ server: ctx.config.name, backups: failed }, 'backups interrupted by a receiver stop marked FAILED');
       await ctx.walStored();
@@ -218,6 +237,7 @@ export class ReceiverService {
     // a drill still restoring is not waited for long: what it leaves, the next drill removes
     await Promise.race([Promise.all([housekeepingDone, this.drills]), new Promise((r) => setTimeout(r, DRILL_STOP_WAIT_MS).unref())]);
     await this.releaseLocks();
+    await this.storage?.close().catch(() => undefined);
     this.log.info('receiver stopped');
   }
 }

@@ -3,9 +3,6 @@
 // belongs to; no request names a server, so a session cannot reach another server's catalog.
 
 import { randomBytes, randomUUID } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
@@ -195,11 +192,12 @@ export class Session implements Peer {
           const t = frame.target;
           if (t.kind === 'wal') {
             this.allow(['push', 'daemon', 'backup'], 'archive WAL');
-            const upload = await server.openUpload(() => server.walArchive.begin(t.name, frame.size)).catch((err: unknown) => {
+            const upload = await server.openUpload(() => server.walArchive.begin(t.name, frame.size, t.sha256)).catch((err: unknown) => {
               server.archiveFailed(err);
               throw err;
             });
             this.uploads.set(frame.id, upload);
+            if (upload instanceof WalUpload) void this.answerIfStored(frame.id, upload, t.sha256);
           } else {
             this.allow(['daemon', 'backup'], 'send backup files');
             this.uploads.set(frame.id, await server.openUpload(() => server.backupFile(this, t.backupId, t.path, frame.size, t.mtime)));
@@ -455,6 +453,25 @@ export class Session implements Peer {
     }
   }
 
+  /**
+   * A WAL file whose declared checksum is that of an intact copy the catalog holds is answered
+   * `duplicate` at once, without waiting for its bytes: the sender stops sending (its bytes hash
+   * to what the catalog holds), and the rest of its frames are dropped by id. A file arrives two
+   * or three times (streamed, pushed ahead by the daemon, pushed by PostgreSQL).
+   */
+  private async answerIfStored(id: number, upload: WalUpload, sha256: string): Promise<void> {
+    const stored = await upload.alreadyStored().catch(() => false);
+    // answered meanwhile by its end (or failed): nothing to do
+    if (!stored || this.uploads.get(id) !== upload) return;
+    this.uploads.delete(id);
+    this.writes.delete(id);
+    this.failedUploads.add(id);
+    await upload.abort().catch(() => undefined);
+    this.release(upload);
+    this.log.info({ wal: upload.label, status: 'duplicate' }, 'WAL already archived with identical content');
+    await this.conn.send({ type: 'ack', id, status: 'duplicate', sha256 }).catch(() => undefined);
+  }
+
   /** An upload is over (stored, failed or aborted): its slot of the server's limit is free. */
   private release(upload: Upload): void {
     if (this.state.phase === 'ready') this.state.server.releaseUpload(upload);
@@ -498,7 +515,7 @@ export class Session implements Peer {
       throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `${name.slice(0, 80)} is not in the catalog of ${server.config.name}`, 'The segment was never archived, or retention removed it.');
     }
     if (stored.sha256 === undefined) this.log.warn({ wal: name }, 'sending a WAL file stored without a checksum (by an older version): it cannot be verified; barman-receiver cron records one');
-    const size = stored.compression === 'none' ? (await stat(stored.path)).size : await server.catalog.segmentSize();
+    const size = stored.compression === 'none' ? stored.size : await server.catalog.segmentSize();
     // checked as it is read: a damaged file ends in an error frame, never in the `end` that would make it whole
     await this.sendStream(id, name, size, readStoredWal(server.catalog, stored));
   }
@@ -513,10 +530,10 @@ export class Session implements Peer {
   private async sendBackupFile(id: number, backupId: string, path: string, server: ServerContext): Promise<void> {
     const info = await server.backups.resolve(backupId);
     if (info.status !== 'DONE') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${backupId} is ${info.status}, not DONE`, 'Restore from a DONE backup (list-backups).');
-    const full = join(server.backups.dataDir(info.backupId), readableBackupPath(path));
-    const st = await stat(full).catch(() => undefined);
-    if (!st?.isFile()) throw new BarmanError(ErrorCode.BACKUP_NOT_FOUND, `backup ${backupId} has no file ${path.slice(0, 200)}`, `Run barman-receiver verify-backup ${server.config.name} ${backupId}.`);
-    await this.sendStream(id, path, st.size, createReadStream(full, { highWaterMark: 1 << 20 }));
+    const contents = await server.backups.contents(info.backupId);
+    const rel = readableBackupPath(path);
+    const source = await server.backups.readFile(info.backupId, contents, rel);
+    await this.sendStream(id, path, contents.files[rel]!.size, source);
   }
 
   private async sendRestorePlan(id: number, backup: string, options: RecoveryOptions, server: ServerContext): Promise<void> {

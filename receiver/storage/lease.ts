@@ -81,6 +81,10 @@ function describeHolder(r: LeaseRecord): string {
 
 export class Lease {
   private timer: NodeJS.Timeout | undefined;
+  /** the keep-alive's renewal in flight, if any: a release waits for it (else both race for one generation) */
+  private renewing: Promise<unknown> | undefined;
+  /** a renewal whose write failed without an answer: the next attempt at that generation reuses its nonce */
+  private pending: LeaseRecord | undefined;
 
   private constructor(private readonly driver: StorageDriver, readonly key: string, private current: LeaseRecord) {}
 
@@ -101,58 +105,82 @@ export class Lease {
       }
       const acquiredAt = new Date(now).toISOString();
       const record = Lease.record(owner, (current?.generation ?? 0) + 1, acquiredAt, now, ttlMs);
-      if (await Lease.create(driver, key, record)) return new Lease(driver, key, record);
+      const stored = await Lease.create(driver, key, record);
+      if (stored) return new Lease(driver, key, stored);
       // another claimant created that generation first: look again
     }
     throw new BarmanError(ErrorCode.LEASE_HELD, `${key} in ${driver.location} keeps changing hands`, 'Several receivers are competing for this server\'s catalog; run only one.');
   }
 
-  private static record(owner: LeaseOwner, generation: number, acquiredAt: string, now: number, ttlMs: number, released = false): LeaseRecord {
-    return { owner, generation, acquiredAt, renewedAt: new Date(now).toISOString(), expiresAt: new Date(released ? now : now + ttlMs).toISOString(), ttlMs, released, nonce: randomBytes(8).toString('hex') };
+  private static record(owner: LeaseOwner, generation: number, acquiredAt: string, now: number, ttlMs: number, released = false, nonce = randomBytes(8).toString('hex')): LeaseRecord {
+    return { owner, generation, acquiredAt, renewedAt: new Date(now).toISOString(), expiresAt: new Date(released ? now : now + ttlMs).toISOString(), ttlMs, released, nonce };
   }
 
-  /** Creates `record`'s generation; true when it is now the lease (the highest generation). */
-  private static async create(driver: StorageDriver, key: string, record: LeaseRecord): Promise<boolean> {
+  /**
+   * Creates `record`'s generation; the record that is now the lease (the highest generation):
+   * `record`, or the one an earlier attempt with the same nonce stored although its answer was
+   * lost (its times, not these). Undefined when another write took that generation.
+   */
+  private static async create(driver: StorageDriver, key: string, record: LeaseRecord): Promise<LeaseRecord | undefined> {
     const target = genKey(key, record.generation);
-    let created = await driver.putIfAbsent(target, Buffer.from(JSON.stringify(record)));
-    if (!created) {
+    let stored: LeaseRecord | undefined = record;
+    if (!(await driver.putIfAbsent(target, Buffer.from(JSON.stringify(record))))) {
       // our own earlier attempt may have landed although its answer was lost
       const existing = await readRecord(driver, target).catch(() => undefined);
-      created = existing?.nonce === record.nonce;
+      stored = existing?.nonce === record.nonce ? existing : undefined;
     }
-    if (!created) return false;
+    if (!stored) return undefined;
     const latest = await readLease(driver, key);
     if (latest?.generation !== record.generation) {
       // an old generation number, removed and made again by us: a newer lease exists
       await driver.remove(target);
-      return false;
+      return undefined;
     }
     // keep the previous generation for whoever is reading it right now
     for await (const info of driver.list(`${key}/`)) {
       const gen = Number(info.key.slice(key.length + 1));
       if (Number.isInteger(gen) && gen < record.generation - 1) await driver.remove(info.key).catch(() => undefined);
     }
-    return true;
+    return stored;
   }
 
   /** Extends the lease by its TTL from now; LEASE_LOST if it was taken over meanwhile. */
   async renew(): Promise<void> {
     const now = Date.now();
-    const next = Lease.record(this.current.owner, this.current.generation + 1, this.current.acquiredAt, now, this.current.ttlMs);
-    if (!(await Lease.create(this.driver, this.key, next))) {
+    const generation = this.current.generation + 1;
+    // a renewal that failed may have landed (its answer lost): the retry carries the same nonce,
+    // so it recognises its own write instead of taking it for another holder's
+    const nonce = this.pending?.generation === generation ? this.pending.nonce : undefined;
+    const next = Lease.record(this.current.owner, generation, this.current.acquiredAt, now, this.current.ttlMs, false, nonce);
+    this.pending = next;
+    const stored = await Lease.create(this.driver, this.key, next);
+    this.pending = undefined;
+    if (!stored) {
       const holder = await readLease(this.driver, this.key).catch(() => undefined);
       this.stopKeepAlive();
       throw new BarmanError(ErrorCode.LEASE_LOST, `${this.key} in ${this.driver.location} was taken over${holder ? ` by ${describeHolder(holder)}` : ''}`, 'This receiver stopped renewing in time (paused, or cut off from the storage) and another one took over; stop this one.');
     }
-    this.current = next;
+    this.current = stored;
   }
 
-  /** Gives the lease up at once (a claimant need not wait for expiry). */
+  /**
+   * Gives the lease up at once (a claimant need not wait for expiry): the latest generation, if
+   * it is this owner's (one of its writes may have landed unanswered), becomes a released one.
+   */
   async release(): Promise<void> {
     this.stopKeepAlive();
-    const next = Lease.record(this.current.owner, this.current.generation + 1, this.current.acquiredAt, Date.now(), this.current.ttlMs, true);
-    // lost already: nothing of ours to release
-    if (await Lease.create(this.driver, this.key, next)) this.current = next;
+    await this.renewing?.catch(() => undefined);
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const latest = await readLease(this.driver, this.key);
+      // lost already, or released: nothing of ours to give up
+      if (!latest || latest.owner.id !== this.current.owner.id || latest.released) return;
+      const next = Lease.record(this.current.owner, latest.generation + 1, this.current.acquiredAt, Date.now(), this.current.ttlMs, true);
+      const stored = await Lease.create(this.driver, this.key, next);
+      if (stored) {
+        this.current = stored;
+        return;
+      }
+    }
   }
 
   /**
@@ -165,7 +193,7 @@ export class Lease {
     this.timer = setInterval(() => {
       if (busy) return;
       busy = true;
-      this.renew()
+      this.renewing = this.renew()
         .catch((err: unknown) => {
           if (err instanceof BarmanError && err.code === ErrorCode.LEASE_LOST) return onLost(err);
           if (Date.parse(this.current.expiresAt) <= Date.now()) {
@@ -174,7 +202,10 @@ export class Lease {
           }
           // else: try again at the next tick, while the lease still holds
         })
-        .finally(() => (busy = false));
+        .finally(() => {
+          busy = false;
+          this.renewing = undefined;
+        });
     }, intervalMs);
     this.timer.unref();
   }

@@ -123,6 +123,24 @@ export class PosixDriver implements StorageDriver {
     yield* this.walk(dir, namePrefix);
   }
 
+  async *listDirs(prefix: string): AsyncIterable<string> {
+    checkPrefix(prefix);
+    let entries: Dirent[];
+    try {
+      entries = await fs.readdir(join(this.root, prefix), { withFileTypes: true });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if ((code === 'ENOENT' || code === 'ENOTDIR') && prefix !== '') return;
+      throw this.mapError(err, 'listing', prefix || '/');
+    }
+    const names = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    for (const name of names) {
+      // a directory left empty (its objects removed) holds no object: not named, as on s3
+      const empty = (await fs.readdir(join(this.root, prefix, name)).catch(() => [] as string[])).every((n) => n.startsWith('.'));
+      if (!empty) yield name;
+    }
+  }
+
   /** Files below `dir` (a key prefix ending in '/' or empty), in byte order of their keys. */
   private async *walk(dir: string, namePrefix: string): AsyncIterable<ObjectInfo> {
     let entries: Dirent[];
@@ -171,9 +189,15 @@ export class PosixDriver implements StorageDriver {
       dirs.add(dirname(info.key));
       removed++;
     }
+    // a "directory" prefix: what interrupted writes left below it goes too, and so do the
+    // directories (object stores have no leftovers to keep a prefix alive either)
+    if (prefix.endsWith('/')) {
+      await this.removeTempFilesBelow(prefix.slice(0, -1));
+      dirs.add(prefix.slice(0, -1));
+    }
     // leave no empty directories below the prefix behind (deepest first)
     for (const dir of [...dirs].sort((a, b) => b.length - a.length)) {
-      for (let d = dir; d !== '.' && `${d}/`.startsWith(prefix); d = dirname(d)) {
+      for (let d = dir; d !== '.' && d !== '' && `${d}/`.startsWith(prefix); d = dirname(d)) {
         try {
           await fs.rmdir(join(this.root, d));
         } catch {
@@ -182,6 +206,32 @@ export class PosixDriver implements StorageDriver {
       }
     }
     return removed;
+  }
+
+  /** Removes temporary files below directory `dir` (a key prefix without its '/') and the directories they leave empty. */
+  private async removeTempFilesBelow(dir: string): Promise<void> {
+    const visit = async (rel: string): Promise<void> => {
+      let entries: Dirent[];
+      try {
+        entries = await fs.readdir(join(this.root, rel), { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of entries) {
+        const child = `${rel}/${e.name}`;
+        if (e.isDirectory()) {
+          await visit(child);
+          await fs.rmdir(join(this.root, child)).catch(() => undefined); // only when empty
+        } else if (TEMP.test(e.name)) {
+          await fs.rm(join(this.root, child), { force: true });
+        }
+      }
+    };
+    try {
+      await visit(dir);
+    } catch (err) {
+      throw this.mapError(err, 'removing', `${dir}/`);
+    }
   }
 
   async sync(keys: readonly string[]): Promise<void> {

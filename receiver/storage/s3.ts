@@ -53,6 +53,8 @@ export interface S3Options {
 }
 
 export const DEFAULT_PART_SIZE = 8 * 1024 * 1024;
+/** the largest object a size hint turns into one PUT (a default-size WAL segment stored plain) */
+const ONE_PUT_LIMIT = 16 * 1024 * 1024 + 1;
 
 /** AWS's own hint names, for the errors a user can act on. */
 const CREDENTIAL_ERRORS = new Set(['InvalidAccessKeyId', 'SignatureDoesNotMatch', 'InvalidToken', 'ExpiredToken', 'CredentialsProviderError', 'InvalidClientTokenId']);
@@ -171,9 +173,13 @@ export class S3Driver implements StorageDriver {
     }
   }
 
-  async openWrite(key: string, _options: DriverWriteOptions = {}): Promise<ObjectWriter> {
+  async openWrite(key: string, options: DriverWriteOptions = {}): Promise<ObjectWriter> {
     checkKey(key);
-    return new S3Writer(this, this.client, key, this.options.bucket, this.objectKey(key), this.partSize, this.queueSize);
+    // an object that fits in one part of at most ONE_PUT_LIMIT goes as one PUT (lib-storage sends
+    // a body that ends within its first part with PutObject)
+    const hint = options.sizeHint ?? 0;
+    const partSize = hint >= this.partSize && hint < ONE_PUT_LIMIT ? hint + 1 : this.partSize;
+    return new S3Writer(this, this.client, key, this.options.bucket, this.objectKey(key), partSize, this.queueSize);
   }
 
   async putIfAbsent(key: string, bytes: Uint8Array): Promise<boolean> {
@@ -224,6 +230,22 @@ export class S3Driver implements StorageDriver {
     } while (token);
   }
 
+  async *listDirs(prefix: string): AsyncIterable<string> {
+    checkPrefix(prefix);
+    let token: string | undefined;
+    do {
+      let out;
+      try {
+        out = await this.client.send(new ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: this.objectKey(prefix), Delimiter: '/', ContinuationToken: token, MaxKeys: 1000 }));
+      } catch (err) {
+        throw this.mapError(err, `listing ${prefix || '/'}`);
+      }
+      const start = this.objectKey(prefix).length;
+      for (const p of out.CommonPrefixes ?? []) if (p.Prefix) yield p.Prefix.slice(start, -1);
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+    } while (token);
+  }
+
   async remove(key: string): Promise<void> {
     checkKey(key);
     try {
@@ -254,6 +276,14 @@ export class S3Driver implements StorageDriver {
       if (batch.length === 1000) await flush();
     }
     await flush();
+    if (prefix.endsWith('/')) {
+      // interrupted writes below the prefix: their incomplete multipart uploads go too
+      try {
+        for (const u of await this.incompleteUploads(prefix)) await this.abortUpload(this.objectKey(u.key), u.uploadId);
+      } catch (err) {
+        throw this.mapError(err, `removing ${prefix}`);
+      }
+    }
     return removed;
   }
 
@@ -282,9 +312,9 @@ export class S3Driver implements StorageDriver {
     return aborted;
   }
 
-  /** Incomplete multipart uploads under the prefix (what a crash mid-upload leaves). */
-  async incompleteUploads(): Promise<{ key: string; uploadId: string; initiated?: Date }[]> {
-    const out = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.options.bucket, Prefix: this.options.prefix || undefined })).catch((err: unknown) => {
+  /** Incomplete multipart uploads under the prefix (what a crash mid-upload leaves), below `below` when given. */
+  async incompleteUploads(below = ''): Promise<{ key: string; uploadId: string; initiated?: Date }[]> {
+    const out = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.options.bucket, Prefix: this.objectKey(below) || undefined })).catch((err: unknown) => {
       throw this.mapError(err, 'listing multipart uploads');
     });
     return (out.Uploads ?? []).map((u) => ({ key: (u.Key ?? '').slice(this.options.prefix.length), uploadId: u.UploadId ?? '', initiated: u.Initiated }));

@@ -36,6 +36,8 @@ export interface ByteRange {
 export interface DriverWriteOptions {
   /** make the object durable before commit() resolves (default true); false: `sync([key])` later */
   sync?: boolean;
+  /** bytes the object will probably have as stored, when known: lets s3 send one PUT instead of parts */
+  sizeHint?: number;
 }
 
 /** One object being written. Not visible under `key` before commit(). */
@@ -72,9 +74,17 @@ export interface StorageDriver {
   exists(key: string): Promise<boolean>;
   /** Every object whose key starts with `prefix`, in byte order of the keys, fetched page by page. */
   list(prefix: string): AsyncIterable<ObjectInfo>;
+  /**
+   * The names one level below `prefix` (empty or ending in '/') that have objects under them
+   * ("directories"), in byte order; objects directly at that level are not named.
+   */
+  listDirs(prefix: string): AsyncIterable<string>;
   /** Removes one object; a missing one is not an error. */
   remove(key: string): Promise<void>;
-  /** Removes every object whose key starts with `prefix`; returns how many. */
+  /**
+   * Removes every object whose key starts with `prefix`; returns how many. A prefix ending in
+   * '/' also loses what interrupted writes left below it (temporary files, incomplete uploads).
+   */
   removePrefix(prefix: string): Promise<number>;
   /** Makes objects written with `sync: false` durable. */
   sync(keys: readonly string[]): Promise<void>;
@@ -190,7 +200,7 @@ export class Storage {
       // it would read back as compressed: the layout must not give a plain object such a name
       throw new BarmanError(ErrorCode.INTERNAL, `storage key "${key.slice(0, 200)}" ends like a compressed object but is stored plain`, 'This is a bug in barman-ts; please report it with the command that failed.');
     }
-    const inner = await this.driver.openWrite(checkKey(storedKey(key, compression)), { sync: options.sync });
+    const inner = await this.driver.openWrite(checkKey(storedKey(key, compression)), { sync: options.sync, sizeHint: options.sizeHint });
     const filter = compressor(compression);
     return filter ? new FilteredWriter(inner, filter) : new CountingWriter(inner);
   }
@@ -239,6 +249,12 @@ export class Storage {
     }
   }
 
+  /** The "directories" directly below `prefix` (which ends in '/'), by name, in byte order. */
+  listDirs(prefix: string): AsyncIterable<string> {
+    if (prefix !== '' && !prefix.endsWith('/')) throw new BarmanError(ErrorCode.INTERNAL, `storage prefix "${prefix.slice(0, 200)}" names no directory`, 'This is a bug in barman-ts; please report it.');
+    return this.driver.listDirs(checkPrefix(prefix));
+  }
+
   /** The stored object holding `key` in whichever compression it was written, if any. */
   async find(key: string): Promise<StoredObject | undefined> {
     for await (const found of this.list(checkKey(key))) {
@@ -249,6 +265,23 @@ export class Storage {
 
   stat(stored: string): Promise<ObjectInfo | undefined> {
     return this.driver.stat(checkKey(stored));
+  }
+
+  /**
+   * Copies a stored object's bytes as they are (compressed or not, damaged or not) to the key
+   * `plainKey` with the same compression; returns the stored key written. Object stores have no
+   * rename: a move is this and a remove.
+   */
+  async copy(stored: string, plainKey: string): Promise<string> {
+    const { compression } = parseStoredKey(checkKey(stored));
+    const writer = await this.driver.openWrite(checkKey(storedKey(plainKey, compression)));
+    try {
+      for await (const chunk of await this.driver.read(stored)) await writer.write(chunk as Buffer);
+      return (await writer.commit()).key;
+    } catch (err) {
+      await writer.abort().catch(() => undefined);
+      throw err;
+    }
   }
 
   exists(stored: string): Promise<boolean> {

@@ -100,6 +100,8 @@ export interface ServerConfig extends ServerOperations {
   token: string;
   retentionPolicy: RetentionPolicy | undefined;
   minimumRedundancy: number;
+  /** how its WAL and backup files are stored from now on: its own `compression`, else [barman]'s */
+  compression: Compression;
 }
 
 export interface ReceiverConfig {
@@ -141,17 +143,9 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
     throw configError(file, 'barman', cert === undefined ? 'tls_cert' : 'tls_key', 'tls_cert and tls_key go together', 'Set both (for wss://) or neither (for ws://).');
   }
   const logLevel = r.oneOf('log_level', LOG_LEVELS, 'info');
-  const compression = r.oneOf('compression', COMPRESSIONS, 'none');
-  if (compression === 'lz4' || compression === 'zstd') {
-    // Node 20's zlib has neither; both are reserved until the catalog can stream them
-    throw configError(file, 'barman', 'compression', `${compression} is not available in this version of barman-ts`, 'Use compression = gzip (or none); stored files keep their format when this changes.');
-  }
+  const compression = r.oneOf('compression', COMPRESSIONS, 'zstd');
   const timeoutSeconds = r.integer('timeout', 30, 1);
   const storage = parseStorageConfig(r);
-  if (storage.kind === 's3') {
-    // the catalog is not yet built on receiver/storage; refuse rather than write to local disk
-    throw configError(file, 'barman', 'storage', 's3 is not available in this version of barman-ts', 'Use storage = posix (the default) for now.');
-  }
   // running it for years: metrics, housekeeping, check thresholds (defaults for every server)
   const metricsText = r.string('metrics_listen');
   const metricsListen = metricsText === undefined ? undefined : parseListen(file, metricsText, 'metrics_listen');
@@ -172,9 +166,10 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
       throw configError(file, name, 'retention_policy', `"${policyText}" is not a retention policy`, 'Use REDUNDANCY N or RECOVERY WINDOW OF N DAYS|WEEKS|MONTHS.');
     }
     const minimumRedundancy = s.integer('minimum_redundancy', 0);
+    const serverCompression = s.oneOf('compression', COMPRESSIONS, compression);
     const operations = readServerOperations(s, thresholds);
     s.finish();
-    servers.set(name, { name, description, token, retentionPolicy, minimumRedundancy, ...operations });
+    servers.set(name, { name, description, token, retentionPolicy, minimumRedundancy, compression: serverCompression, ...operations });
   }
   return { file, barmanHome, listen, tls: cert && key ? { cert, key } : undefined, logLevel, compression, timeoutSeconds, storage, servers, metricsListen, housekeepingIntervalSeconds };
 }

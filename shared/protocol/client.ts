@@ -26,6 +26,22 @@ const zeroMask = (mask: Buffer): void => {
   mask.fill(0);
 };
 
+/** What putFile sends: a WAL file (its checksum is computed here) or a backup's file. */
+export type PutRequest = Omit<Extract<PutTarget, { kind: 'wal' }>, 'sha256'> | Extract<PutTarget, { kind: 'backup-file' }>;
+
+/** SHA-256 of an open file's bytes, read with positioned reads (the file position stays where it is). */
+async function hashHandle(fh: fs.FileHandle): Promise<string> {
+  const hash = newHash();
+  const buf = Buffer.allocUnsafe(1024 * 1024);
+  for (let pos = 0; ; ) {
+    const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+    if (bytesRead === 0) break;
+    hash.update(buf.subarray(0, bytesRead));
+    pos += bytesRead;
+  }
+  return hash.digest('hex');
+}
+
 export class AgentConnection {
   private nextId = 1;
   private readonly waiters = new Map<number, Waiter>();
@@ -128,17 +144,17 @@ export class AgentConnection {
    * with zeros, as pg_basebackup does; WAL replay repairs whatever changed. Resolves undefined
    * when such a file vanished before open.
    */
-  async putFile(target: PutTarget, path: string, statSize?: number): Promise<AckFrame | undefined> {
+  async putFile(request: PutRequest, path: string, statSize?: number): Promise<AckFrame | undefined> {
     let fh: fs.FileHandle;
     try {
       // a backup file is read where the walk found it, never through a link swapped in since
-      fh = await fs.open(path, target.kind === 'backup-file' ? constants.O_RDONLY | constants.O_NOFOLLOW : 'r');
+      fh = await fs.open(path, request.kind === 'backup-file' ? constants.O_RDONLY | constants.O_NOFOLLOW : 'r');
     } catch (err) {
       if (statSize !== undefined && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw localFileError(path, err);
     }
     try {
-      return await this.putOpened(target, fh, path, { statSize });
+      return await this.putOpened(request, fh, path, { statSize });
     } finally {
       await fh.close();
     }
@@ -150,7 +166,7 @@ export class AgentConnection {
    * end frame are handed to the socket, before the receiver's answer: a caller may start the next
    * file then, so one file's transfer overlaps the previous one's fsync on the receiver.
    */
-  async putOpened(target: PutTarget, fh: fs.FileHandle, path: string, options: { statSize?: number; onSent?: () => void } = {}): Promise<AckFrame> {
+  async putOpened(request: PutRequest, fh: fs.FileHandle, path: string, options: { statSize?: number; onSent?: () => void } = {}): Promise<AckFrame> {
     const { statSize, onSent } = options;
     const asOfStat = statSize !== undefined;
     const id = this.nextId++;
@@ -162,6 +178,9 @@ export class AgentConnection {
     try {
       // a backup file's size is known from its walk: no second stat per file
       const size = statSize ?? (await fh.stat()).size;
+      // a WAL file is hashed before it is sent: the receiver stores it under a key that carries
+      // the checksum, and must know that key before the first byte (an object store has no rename)
+      const target: PutTarget = request.kind === 'wal' ? { ...request, sha256: await hashHandle(fh) } : request;
       await this.conn.send({ type: 'put', id, target, size });
       const source = asOfStat ? exactSize(fileSource(fh), size) : fileSource(fh);
       const sent = await sendChunks(this.conn, id, source, () => answer.settled || this.failure !== undefined);

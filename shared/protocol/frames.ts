@@ -8,8 +8,8 @@
 
 import type { BackupSymlink } from '../backup/paths';
 
-/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks */
-export const PROTOCOL_VERSION = 2;
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256 */
+export const PROTOCOL_VERSION = 3;
 /** bytes of file data per chunk frame */
 export const CHUNK_SIZE = 1024 * 1024;
 /** the largest WebSocket message either side accepts (a chunk plus its envelope, with room) */
@@ -20,8 +20,12 @@ export const SEND_HIGH_WATER = 4 * CHUNK_SIZE;
 export type Role = 'push' | 'get' | 'daemon' | 'backup' | 'restore' | 'admin';
 export const ROLES: readonly Role[] = ['push', 'get', 'daemon', 'backup', 'restore', 'admin'];
 
-/** What a put writes into: an archived WAL file, or one file of a backup in progress. */
-export type PutTarget = { kind: 'wal'; name: string } | { kind: 'backup-file'; backupId: string; path: string; mtime: number };
+/**
+ * What a put writes into: an archived WAL file, or one file of a backup in progress. A WAL file's
+ * SHA-256 is declared before its bytes (the catalog stores it under a key that carries it, and an
+ * object store has no rename); the end frame repeats it for the bytes actually sent.
+ */
+export type PutTarget = { kind: 'wal'; name: string; sha256: string } | { kind: 'backup-file'; backupId: string; path: string; mtime: number };
 
 export interface TablespaceInfo { oid: string; name: string; location: string }
 
@@ -189,7 +193,7 @@ const record = (fields: Record<string, Check>): Check => (v) => {
 };
 const arrayOf = (check: Check, max: number): Check => (v) => Array.isArray(v) && v.length <= max && v.every(check);
 const target: Check = (v) =>
-  record({ kind: oneOf('wal'), name: str(64) })(v) ||
+  record({ kind: oneOf('wal'), name: str(64), sha256: hex64 })(v) ||
   record({ kind: oneOf('backup-file'), backupId, path: str(1024), mtime: int })(v);
 const backupStart = record({
   startLsn: lsn, timeline: uint, startTime: iso, systemIdentifier: (v) => typeof v === 'string' && /^\d{1,20}$/.test(v),

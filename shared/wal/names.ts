@@ -82,9 +82,24 @@ export function nextSegment(name: string, segmentSize: number): string {
   return segmentName(segmentTimeline(name), segmentNumber(name, segmentSize) + 1n, segmentSize);
 }
 
+/**
+ * Where a segment (or the segment of a .partial or .backup file) lies regardless of timeline: its
+ * log and segment digits as text. A new timeline's segments continue the numbering, so WAL of all
+ * timelines before a point is what compares below that point's position.
+ */
+export function segmentPosition(name: string): string | undefined {
+  const segment = parseWalFileName(name)?.segment;
+  return segment?.slice(8);
+}
+
 /** The catalog's directory for a segment: its first 16 hex characters (timeline + log). */
 export function walDirectoryOf(name: string): string {
   return name.slice(0, 16);
+}
+
+/** Whether `name` is such a directory (what walDirectoryOf makes). */
+export function isWalDirectory(name: string): boolean {
+  return /^[0-9A-F]{16}$/.test(name);
 }
 
 export function historyFileName(timeline: number): string {

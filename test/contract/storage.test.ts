@@ -295,6 +295,53 @@ describe.each(drivers)('$name driver', (driver) => {
     expect(await keysOf(storage, 'other/')).toEqual(['other/wals/00000002.history']);
   });
 
+  it('removes with a "directory" prefix what interrupted writes left below it too', async () => {
+    const { storage, leftovers } = await driver.fresh();
+    await storage.put('main/base/20260101T000000/backup.info', Buffer.from('status=FAILED\n'));
+    await storage.put('main/base/20260101T000000/data/global/pg_control', randomBytes(8192));
+    // a write cut off by a crash: never committed nor aborted (past one part on s3: a multipart upload)
+    const cut = await storage.openWrite('main/base/20260101T000000/data/base/1/1259', { sync: false });
+    for await (const chunk of payload(PART + MiB)) await cut.write(chunk);
+    await waitFor('the interrupted write to leave something behind', async () => (await leftovers()).length > 0);
+    const other = await storage.openWrite('main/base/20260102T000000/data/base/1/1259');
+    await other.write(randomBytes(1000));
+    expect(await storage.removePrefix('main/base/20260101T000000/data/')).toBe(1);
+    expect(await keysOf(storage, 'main/base/')).toEqual(['main/base/20260101T000000/backup.info']);
+    const left = await leftovers();
+    expect(left.filter((l) => l.includes('20260101T000000'))).toEqual([]);
+    // another prefix's write in progress is not touched
+    await other.commit();
+    expect(await keysOf(storage, 'main/base/20260102T000000/')).toEqual(['main/base/20260102T000000/data/base/1/1259']);
+    await cut.abort().catch(() => undefined);
+  });
+
+  it('names the "directories" one level below a prefix, and none that holds nothing any more', async () => {
+    const { storage } = await driver.fresh();
+    for (const k of ['main/base/20260102T000000/backup.info', 'main/base/20260101T000000/data/base/1/1249', 'main/base/x-file', 'main/base/20260103T000000/backup.info', 'main/wals/00000002.history']) await storage.put(k, Buffer.from(k));
+    const dirsOf = async (prefix: string) => {
+      const out: string[] = [];
+      for await (const d of storage.listDirs(prefix)) out.push(d);
+      return out;
+    };
+    expect(await dirsOf('main/base/')).toEqual(['20260101T000000', '20260102T000000', '20260103T000000']);
+    expect(await dirsOf('main/')).toEqual(['base', 'wals']);
+    expect(await dirsOf('')).toEqual(['main']);
+    expect(await dirsOf('nothing/')).toEqual([]);
+    await storage.removePrefix('main/base/20260102T000000/');
+    await storage.remove('main/base/20260103T000000/backup.info');
+    expect(await dirsOf('main/base/')).toEqual(['20260101T000000']);
+  });
+
+  it('copies an object as it is stored, compressed and all, to a new key', async () => {
+    const { storage } = await driver.fresh();
+    const plain = randomBytes(3 * MiB);
+    const { key } = await storage.put('main/wals/0000000100000000/000000010000000000000001', plain, { compression: 'zstd' });
+    const copied = await storage.copy(key, 'main/errors/000000010000000000000001.20260101T000000.damaged');
+    expect(copied).toBe('main/errors/000000010000000000000001.20260101T000000.damaged.zst');
+    expectBytes(await bytesOf(storage, copied), plain);
+    expect(await storage.exists(key)).toBe(true);
+  });
+
   it('finds a key whatever compression stored it, and makes deferred writes durable on sync', async () => {
     const { storage } = await driver.fresh();
     const gz = await storage.put('main/wals/0000000100000000/000000010000000000000001', Buffer.alloc(1000, 1), { compression: 'gzip' });
@@ -378,6 +425,33 @@ describe.each(drivers)('$name driver', (driver) => {
     expect(lost.map((e) => e.code)).toEqual([ErrorCode.LEASE_LOST]);
     expect(lost[0]!.message).toContain('other');
     await other.release();
+  });
+
+  it('releases a kept-alive lease even while a renewal is on its way: the next holder gets it at once', async () => {
+    const { storage } = await driver.fresh();
+    for (let round = 0; round < 10; round++) {
+      const lease = await storage.acquireLease('main/lock', ownerOfThisProcess(`serve-${round}`), 60_000);
+      // renewing all the time: the release lands while a renewal is in flight
+      lease.keepAlive(() => undefined, 1);
+      await new Promise((r) => setTimeout(r, 5 + round * 3));
+      await lease.release();
+      expect((await storage.readLease('main/lock'))?.released, `round ${round}`).toBe(true);
+    }
+    await (await storage.acquireLease('main/lock', ownerOfThisProcess('next'), 60_000)).release();
+  });
+
+  it('releases a lease whose newest generation is its own, written by a renewal it never heard back from', async () => {
+    const { storage } = await driver.fresh();
+    const owner = ownerOfThisProcess('serve-1');
+    const lease = await storage.acquireLease('main/lock', owner, 60_000);
+    // the same owner writes the next generation behind this lease's back (what a renewal whose
+    // answer was lost leaves: the store has it, the holder does not know)
+    await storage.acquireLease('main/lock', owner, 60_000);
+    expect((await storage.readLease('main/lock'))?.generation).toBe(lease.record.generation + 1);
+    await lease.release();
+    expect((await storage.readLease('main/lock'))?.released).toBe(true);
+    // so the next receiver takes it at once
+    await (await storage.acquireLease('main/lock', ownerOfThisProcess('serve-2'), 60_000)).release();
   });
 
   it('says STORAGE_NOT_FOUND for a missing object', async () => {

@@ -30,7 +30,7 @@ export async function expectCatalogMatchesCluster(receiver: Receiver, server: st
   const archived = cluster.archiveStatus().done.filter((name) => /^[0-9A-F]{24}$/.test(name));
   expect(catalog).toEqual(archived.sort());
   for (const name of catalog) {
-    expect(await sha256Of(receiver.walPath(server, name)), name).toBe(await sha256Of(cluster.walFile(name)));
+    expect(receiver.walSha256(server, name), name).toBe(await sha256Of(cluster.walFile(name)));
   }
   return catalog;
 }

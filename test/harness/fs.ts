@@ -1,7 +1,8 @@
 // File helpers the tests compare catalogs with: hashes, byte-equality, tree snapshots.
 
 import { createHash } from 'node:crypto';
-import { existsSync, promises as fs, readdirSync, rmSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, promises as fs, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
 export function removeTree(path: string): void {
@@ -10,6 +11,21 @@ export function removeTree(path: string): void {
 
 export async function sha256Of(path: string): Promise<string> {
   return createHash('sha256').update(await fs.readFile(path)).digest('hex');
+}
+
+/**
+ * The plain bytes of a file stored compressed, as its suffix says (.zst, .lz4, .gz; none: as it
+ * is), decompressed by the standard command-line tools a DBA would use on a bad day.
+ */
+export function plainBytesOf(path: string): Buffer {
+  const tool = path.endsWith('.zst') ? 'zstd' : path.endsWith('.lz4') ? 'lz4' : path.endsWith('.gz') ? 'gzip' : undefined;
+  if (!tool) return readFileSync(path);
+  return execFileSync(tool, ['-dc', path], { maxBuffer: 2 * 1024 * 1024 * 1024 });
+}
+
+/** SHA-256 of a stored file's plain bytes (plainBytesOf). */
+export function plainSha256Of(path: string): string {
+  return createHash('sha256').update(plainBytesOf(path)).digest('hex');
 }
 
 export function sha256OfBytes(bytes: Uint8Array): string {
@@ -33,4 +49,18 @@ export async function snapshotTree(root: string): Promise<Map<string, { size: nu
 /** Names in a folder, sorted; empty when the folder does not exist. */
 export function listDir(dir: string): string[] {
   return existsSync(dir) ? readdirSync(dir).sort() : [];
+}
+
+/** Files below `root` whose name starts with '.' (a storage driver's temporary files), relative. */
+export function hiddenFiles(root: string): string[] {
+  const out: string[] = [];
+  const walk = (dir: string): void => {
+    for (const entry of existsSync(dir) ? readdirSync(dir, { withFileTypes: true }) : []) {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) walk(path);
+      else if (entry.name.startsWith('.')) out.push(relative(root, path));
+    }
+  };
+  walk(root);
+  return out.sort();
 }

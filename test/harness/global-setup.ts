@@ -5,7 +5,7 @@
 // run lives below it, so one `rm -rf` at the end removes whatever a test left behind.
 
 import { execFileSync } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { TestProject } from 'vitest/node';
@@ -47,15 +47,8 @@ export default function setup(project: TestProject): () => void {
     const src = join(REPO, 'node_modules', mod);
     if (existsSync(src)) copyReadable(src, join(binDir, 'node_modules', mod));
   }
-  // the receiver's compression bindings (external to the bundle), each with its prebuilt binary
-  // package for this platform (an optional dependency)
-  for (const mod of ['@mongodb-js/zstd', 'lz4-napi']) {
-    const pkg = JSON.parse(readFileSync(join(REPO, 'node_modules', mod, 'package.json'), 'utf8')) as { optionalDependencies?: Record<string, string> };
-    for (const dep of [mod, ...Object.keys(pkg.optionalDependencies ?? {})]) {
-      const src = join(REPO, 'node_modules', dep);
-      if (existsSync(src)) copyReadable(src, join(binDir, 'node_modules', dep));
-    }
-  }
+  // the receiver's compression bindings, which the build puts beside the bundles (dist/node_modules)
+  for (const mod of readdirSync(join(REPO, 'dist', 'node_modules'))) copyReadable(join(REPO, 'dist', 'node_modules', mod), join(binDir, 'node_modules', mod));
   chmodSync(binDir, 0o755);
   project.provide('barmanTest', { runRoot, binDir });
   return () => {

@@ -7,7 +7,7 @@ import { appendFileSync, chmodSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { basename, join } from 'node:path';
 import { freePort, makeDir, makeTempDir, type Owner, chownTo, productEnv, receiverBin } from './env';
-import { listDir } from './fs';
+import { hiddenFiles, listDir, plainSha256Of } from './fs';
 import { track } from './resources';
 import { waitFor } from './wait';
 
@@ -24,6 +24,7 @@ export interface ReceiverOptions {
   servers: ReceiverServerOptions[];
   /** PEM files; both set => wss:// */
   tls?: { cert: string; key: string };
+  /** [barman] compression; the product's default (zstd) when omitted */
   compression?: 'none' | 'gzip' | 'lz4' | 'zstd';
   logLevel?: string;
   /** more keys of [barman] */
@@ -65,7 +66,7 @@ export class Receiver {
     this.configPath = join(dir, 'barman.conf');
     const tokenDir = makeDir(join(dir, 'tokens'), 'root', 0o700);
     const sections: Array<[string, Record<string, string | number | undefined>]> = [
-      ['barman', { barman_home: this.barmanHome, listen: `${this.host}:${port}`, log_level: options.logLevel ?? 'info', compression: options.compression ?? 'none', tls_cert: options.tls?.cert, tls_key: options.tls?.key, ...options.extra }],
+      ['barman', { barman_home: this.barmanHome, listen: `${this.host}:${port}`, log_level: options.logLevel ?? 'info', compression: options.compression, tls_cert: options.tls?.cert, tls_key: options.tls?.key, ...options.extra }],
     ];
     for (const s of options.servers) {
       const token = s.token ?? newToken();
@@ -190,8 +191,8 @@ export class Receiver {
 
   /**
    * The stored file of an archived WAL file, where docs/catalog.md puts it: segments (and .partial) below
-   * wals/<first 16 hex>/, others in wals/, named <name>-<sha256 of the plain bytes>[.gz]. When
-   * there is none, the path a copy stored without a checksum would have.
+   * wals/<first 16 hex>/, others in wals/, named <name>-<sha256 of the plain bytes>[.zst|.lz4|.gz].
+   * When there is none, the path a copy stored without a checksum would have.
    */
   walPath(server: string, name: string): string {
     const wals = join(this.serverDir(server), 'wals');
@@ -203,6 +204,16 @@ export class Receiver {
   /** The SHA-256 an archived WAL file's stored name records (undefined when it has none). */
   walChecksum(server: string, name: string): string | undefined {
     return storedName(basename(this.walPath(server, name)))?.sha256;
+  }
+
+  /** SHA-256 of the plain bytes of an archived WAL file (decompressed as its name says). */
+  walSha256(server: string, name: string): string {
+    return plainSha256Of(this.walPath(server, name));
+  }
+
+  /** A storage driver's temporary files anywhere in a server's catalog: none once every write ended. */
+  tempFiles(server: string): string[] {
+    return hiddenFiles(this.serverDir(server));
   }
 
   /** Every archived segment name of a server, sorted. */

@@ -11,7 +11,7 @@ import { CHUNK_SIZE, type Frame } from '../../shared/protocol/frames';
 import {
   ClosedError, type Cluster, createCluster, expectCatalogMatchesCluster, expectFailure, expectSuccess, freePort, listDir, makeDir,
   makeSelfSignedCert, makeTempDir, newToken, RawClient, type Receiver, runAgent, runPaths, runReceiverCli, sha256Of,
-  sha256OfBytes, snapshotTree, startReceiver, waitFor, writeAgentConfig,
+  plainSha256Of, sha256OfBytes, snapshotTree, startReceiver, waitFor, writeAgentConfig,
 } from '../harness';
 
 const SEGMENT_SIZE = 16 * 1024 * 1024;
@@ -108,7 +108,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     const names = [`../../../../../../../../../../../..${tmpdir()}/${escape}`, `../other/${segs[3]}`, `../../other/wals/${segs[3]}`];
     for (const name of names) {
       const putId = id++;
-      writer.send({ type: 'put', id: putId, target: { kind: 'wal', name }, size: SEGMENT_SIZE });
+      writer.send({ type: 'put', id: putId, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE });
       // a client that ignores the refusal and sends the bytes anyway
       writer.send({ type: 'chunk', id: putId, data: segment.subarray(0, CHUNK_SIZE) });
       writer.send({ type: 'end', id: putId, sha256: sha256OfBytes(segment) });
@@ -140,7 +140,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     }
     // PostgreSQL's retry with the complete file then succeeds
     expectSuccess(await push(mainAgent, prod.walFile(name)));
-    expect(await sha256Of(receiver.walPath('main', name))).toBe(sha256OfBytes(whole));
+    expect(receiver.walSha256('main', name)).toBe(sha256OfBytes(whole));
   });
 
   it("refuses WAL from another cluster (another system identifier) in main's catalog", async () => {
@@ -150,10 +150,10 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     const names = [await foreign.switchWal(), await foreign.switchWal()];
     await foreign.stop();
     for (const name of names) {
-      const archivedBefore = existsSync(receiver.walPath('main', name)) ? await sha256Of(receiver.walPath('main', name)) : undefined;
+      const archivedBefore = existsSync(receiver.walPath('main', name)) ? receiver.walSha256('main', name) : undefined;
       const r = await push(mainAgent, foreign.walFile(name));
       expectFailure(r, 1, new RegExp(`^ERROR \\[WAL_FOREIGN\\]: ${name}: system identifier \\d+ is not this server's \\(${await prod.systemIdentifier()}\\)`, 'm'));
-      const archivedAfter = existsSync(receiver.walPath('main', name)) ? await sha256Of(receiver.walPath('main', name)) : undefined;
+      const archivedAfter = existsSync(receiver.walPath('main', name)) ? receiver.walSha256('main', name) : undefined;
       expect(archivedAfter, name).toBe(archivedBefore);
     }
     expect(receiver.logs()).toMatch(/"code":"WAL_FOREIGN"/);
@@ -161,17 +161,18 @@ describe('archiving faults: refused clearly, nothing lost', () => {
 
   it('refuses different content under an archived name, keeps the original, and keeps the rejected copy under errors/', async () => {
     const name = segs[0]!;
-    const original = await sha256Of(receiver.walPath('main', name));
+    const original = receiver.walSha256('main', name);
     const altered = readFileSync(prod.walFile(name));
     altered[100_000] = altered[100_000]! ^ 0xff;
     const r = await push(mainAgent, craft(name, altered));
     expectFailure(r, 1, new RegExp(`^ERROR \\[WAL_CONFLICT\\]: ${name} is already archived with different content`, 'm'));
-    expect(await sha256Of(receiver.walPath('main', name))).toBe(original);
+    expect(receiver.walSha256('main', name)).toBe(original);
     expect(original).toBe(await sha256Of(prod.walFile(name)));
     const errorsDir = join(receiver.serverDir('main'), 'errors');
     const kept = listDir(errorsDir).filter((f) => f.startsWith(name));
     expect(kept).toHaveLength(1);
-    expect(await sha256Of(join(errorsDir, kept[0]!))).toBe(sha256OfBytes(altered));
+    // stored as a segment is (compressed, its suffix says how): its plain bytes are the altered copy's
+    expect(plainSha256Of(join(errorsDir, kept[0]!))).toBe(sha256OfBytes(altered));
     // PostgreSQL retries the same file again and again: still refused, and still one copy kept
     expectFailure(await push(mainAgent, craft(name, altered)), 1, new RegExp(`^ERROR \\[WAL_CONFLICT\\]: ${name} is already archived with different content`, 'm'));
     expect(listDir(errorsDir).filter((f) => f.startsWith(name))).toEqual(kept);
@@ -182,7 +183,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     const errorsBefore = listDir(join(receiver.serverDir('main'), 'errors'));
     const r = await push(mainAgent, prod.walFile(name));
     expectSuccess(r);
-    expect(await sha256Of(receiver.walPath('main', name))).toBe(await sha256Of(prod.walFile(name)));
+    expect(receiver.walSha256('main', name)).toBe(await sha256Of(prod.walFile(name)));
     expect(listDir(join(receiver.serverDir('main'), 'errors'))).toEqual(errorsBefore);
   });
 
@@ -223,7 +224,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     expect(receiver.running).toBe(true);
     // other sessions carry on: a push and a get through the agent, a raw get
     expectSuccess(await push(mainAgent, prod.walFile(segs[4]!)));
-    expect(await sha256Of(receiver.walPath('main', segs[4]!))).toBe(await sha256Of(prod.walFile(segs[4]!)));
+    expect(receiver.walSha256('main', segs[4]!)).toBe(await sha256Of(prod.walFile(segs[4]!)));
     const dest = join(makeDir(join(prod.dir, 'restore-after-garbage'), 'postgres', 0o700), segs[4]!);
     expectSuccess(await runAgent(['get-wal', '-c', mainAgent, segs[4]!, dest]));
     expect(await sha256Of(dest)).toBe(await sha256Of(prod.walFile(segs[4]!)));
@@ -256,7 +257,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
 
     const trusting = writeAgentConfig({ receiver: secure, server: 'main', caFile: tls.cert }).path;
     expectSuccess(await push(trusting, prod.walFile(name)));
-    expect(await sha256Of(secure.walPath('main', name))).toBe(await sha256Of(prod.walFile(name)));
+    expect(secure.walSha256('main', name)).toBe(await sha256Of(prod.walFile(name)));
     const dest = join(makeDir(join(prod.dir, 'restore-tls'), 'postgres', 0o700), name);
     expectSuccess(await runAgent(['get-wal', '-c', trusting, name, dest]));
     expect(await sha256Of(dest)).toBe(await sha256Of(prod.walFile(name)));
@@ -295,9 +296,8 @@ describe('archiving faults: refused clearly, nothing lost', () => {
       }
     };
     await produce(8);
-    // kill while an upload is being written: a temp file in incoming/ means one is in flight
-    const incoming = join(crashy.serverDir('main'), 'incoming');
-    await waitFor('an upload in flight', () => listDir(incoming).some((f) => f.endsWith('.tmp')), { intervalMs: 2, timeoutMs: 60_000 });
+    // kill while an upload is being written: a temporary file in the catalog means one is in flight
+    await waitFor('an upload in flight', () => crashy.tempFiles('main').some((f) => f.endsWith('.tmp')), { intervalMs: 2, timeoutMs: 60_000 });
     await crashy.kill();
     expect(crashy.running).toBe(false);
 
@@ -315,8 +315,8 @@ describe('archiving faults: refused clearly, nothing lost', () => {
     // every segment is in, and none under a final name is half-written: each is PostgreSQL's, byte for byte
     const catalog = await expectCatalogMatchesCluster(crashy, 'main', busy);
     expect(catalog).toEqual(expect.arrayContaining(produced));
-    // an interrupted upload may leave a temporary file behind, never anything else
-    for (const f of listDir(incoming)) expect(f).toMatch(/\.tmp$/);
+    // an interrupted upload may leave a temporary file behind (cron removes it), never anything else
+    for (const f of crashy.tempFiles('main')) expect(f).toMatch(/\/\.[^/]+\.tmp$/);
     expect(listDir(join(crashy.serverDir('main'), 'errors'))).toEqual([]);
   });
 });

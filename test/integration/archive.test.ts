@@ -56,7 +56,7 @@ describe("a DBA's day: WAL archiving through the agent", () => {
     expect(catalog.length).toBe(stats.archivedCount);
     expect(catalog).toEqual(expect.arrayContaining(switched));
     // nothing left half-way
-    expect(listDir(join(receiver.serverDir('main'), 'incoming'))).toEqual([]);
+    expect(receiver.tempFiles('main')).toEqual([]);
     expect(listDir(join(receiver.serverDir('main'), 'errors'))).toEqual([]);
   });
 
@@ -107,7 +107,7 @@ describe("a DBA's day: WAL archiving through the agent", () => {
 
     const push = await runAgent(['push', '-c', agentConf, history]);
     expectSuccess(push);
-    expect(await sha256Of(receiver.walPath('main', '00000002.history'))).toBe(await sha256Of(history));
+    expect(receiver.walSha256('main', '00000002.history')).toBe(await sha256Of(history));
     // PostgreSQL retries a push it did not see acknowledged: the same bytes again are a success
     expectSuccess(await runAgent(['push', '-c', agentConf, history]));
 
@@ -124,7 +124,7 @@ describe("a DBA's day: WAL archiving through the agent", () => {
     const check = await runReceiverCli(['check', ...conf, 'main']);
     expectSuccess(check);
     expect(check.stdout).toMatch(/^\s*configuration: OK/m);
-    expect(check.stdout).toMatch(/^\s*barman_home writable: OK/m);
+    expect(check.stdout).toMatch(new RegExp(`^\\s*storage: OK \\(posix: ${receiver.barmanHome}\\)`, 'm'));
     expect(check.stdout).toMatch(/^\s*WAL archive: OK \(last [0-9A-F]{24}/m);
     expect(check.stdout).toMatch(/^\s*minimum redundancy requirements: OK \(have 0 backups, expected at least 0\)/m);
     expect(check.stdout).not.toMatch(/FAILED/);
@@ -144,7 +144,7 @@ describe("a DBA's day: WAL archiving through the agent", () => {
       expect(r.stdout).toContain(`wals_directory: ${walsDirectory}\n`);
     }
     const showJson = await runReceiverCli(['show-server', ...conf, 'main', '--json']);
-    expect(JSON.parse(showJson.stdout)).toMatchObject({ wals_directory: walsDirectory });
+    expect(JSON.parse(showJson.stdout)).toMatchObject({ wals_directory: walsDirectory, storage: 'posix', compression: 'zstd' });
 
     // Barman's forms, as `barman` (the same bundle)
     const seedList = await runReceiverCli(['list', ...conf]);

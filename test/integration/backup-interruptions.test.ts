@@ -24,29 +24,32 @@ async function fileCount(dir: string): Promise<number> {
 describe("a DBA's worse day: backups cut short, and a backup under load", () => {
   let receiver: Receiver;
   let cluster: Cluster;
-  let incoming: string;
   let base: string;
 
   /** Starts `barman-agent backup` and returns once its files are arriving on the backup host (mid-transfer). */
   const startBackupAndWaitForFiles = async () => {
     const agent = startAgentInBackground(['backup', '-c', cluster.agentConfigPath!]);
-    const id = await waitFor('backup files to arrive in incoming/', async () => {
+    const id = await waitFor('backup files to arrive in base/<id>/data/', async () => {
       if (!agent.running) throw new Error(`barman-agent backup exited early:\n${agent.output()}`);
-      const staging = listDir(incoming).find((d) => /^\d{8}T\d{6}\.backup$/.test(d));
-      return staging && (await fileCount(join(incoming, staging))) > 0 ? staging.replace(/\.backup$/, '') : false;
+      // a backup still sending: files under data/, no manifest yet (a FAILED one has neither)
+      for (const d of listDir(base).filter((d) => /^\d{8}T\d{6}$/.test(d) && !existsSync(join(base, d, 'backup_manifest')))) {
+        if ((await fileCount(join(base, d, 'data'))) > 0) return d;
+      }
+      return false;
     }, { intervalMs: 20 });
-    // still being sent: the backup's files have not been moved into base/<id>/data yet
-    expect(existsSync(join(base, id, 'data'))).toBe(false);
+    // still being sent: no manifest yet, and the backup is not offered as complete
+    expect(existsSync(join(base, id, 'backup_manifest'))).toBe(false);
+    expect((await showBackupJson(receiver, 'main', id)).status).toBe('STARTED');
     return { agent, id };
   };
 
-  /** What the catalog keeps of a FAILED backup: its backup.info, and nothing in incoming/. */
+  /** What the catalog keeps of a FAILED backup: its backup.info, and no file of it anywhere (nor a temporary one). */
   const expectFailedAndTidy = async (id: string, reason: RegExp) => {
     const info = await showBackupJson(receiver, 'main', id);
     expect(info.status).toBe('FAILED');
     expect(info.error).toMatch(reason);
     expect(listDir(join(base, id))).toEqual(['backup.info']);
-    expect(listDir(incoming).filter((f) => f.startsWith(id))).toEqual([]);
+    expect(receiver.tempFiles('main').filter((f) => f.includes(id))).toEqual([]);
     const list = await runReceiverCli(['list-backups', '-c', receiver.configPath, 'main']);
     expect(list.stdout, describeRun(list)).toMatch(new RegExp(`^main - ${id} - .* - FAILED`, 'm'));
     // never offered for recovery
@@ -57,7 +60,6 @@ describe("a DBA's worse day: backups cut short, and a backup under load", () => 
 
   beforeAll(async () => {
     receiver = await startReceiver({ servers: [{ name: 'main' }] });
-    incoming = join(receiver.serverDir('main'), 'incoming');
     base = join(receiver.serverDir('main'), 'base');
     cluster = await createCluster({ name: 'main', archive: true, agentConfig: { receiver, server: 'main' } });
     await cluster.start();

@@ -54,7 +54,7 @@ describe('one writer per catalog', () => {
     // the refused serve touched nothing: the backup it would have failed finishes, its staging included
     expect((await backup.exited).code, backup.output()).toBe(0);
     await waitBackupStatus(receiver, 'main', id, 'DONE', cluster);
-    expect(listDir(join(receiver.serverDir('main'), 'incoming'))).toEqual([]);
+    expect(receiver.tempFiles('main')).toEqual([]);
 
     // an agent pointed at the second receiver finds nobody there; the first archives on
     const strayConf = writeAgentConfig({ receiver: { url: `ws://127.0.0.1:${secondPort}`, tokens: receiver.tokens }, server: 'main' });

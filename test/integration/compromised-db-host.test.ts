@@ -200,6 +200,10 @@ describe('a backup whose recorded tablespace location points at ~/.ssh on the ba
     writeFileSync(join(backupDir, 'backup.info'), formatBackupInfo({ ...info, tablespaces: info.tablespaces.map((t) => ({ ...t, location: ssh })) }));
     const key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAttackerKeyAttackerKeyAttackerKey attacker\n';
     writeFileSync(join(backupDir, 'data', 'pg_tblspc', oid, 'authorized_keys'), key);
+    // as if the agent had sent it: the catalog's record of the backup's files names it too
+    const contents = JSON.parse(readFileSync(join(backupDir, 'contents.json'), 'utf8')) as { files: Record<string, { key: string; size: number }> };
+    contents.files[`pg_tblspc/${oid}/authorized_keys`] = { key: `main/base/${id}/data/pg_tblspc/${oid}/authorized_keys`, size: key.length };
+    writeFileSync(join(backupDir, 'contents.json'), JSON.stringify(contents));
     const manifest = parseManifest(readFileSync(join(backupDir, 'backup_manifest'), 'utf8'));
     const files = [...manifest.files, { path: `pg_tblspc/${oid}/authorized_keys`, size: key.length, mtime: 0, sha256: sha256OfBytes(Buffer.from(key)) }];
     writeFileSync(join(backupDir, 'backup_manifest'), buildManifest(info, files, manifest.walRanges));

@@ -66,7 +66,7 @@ describe("a DBA's day with the agent daemon: async archiving and WAL streaming",
     let compared = 0;
     for (const name of receiver.segments(SERVER)) {
       if (!/^[0-9A-F]{24}$/.test(name) || !existsSync(cluster.walFile(name))) continue;
-      expect(await sha256Of(receiver.walPath(SERVER, name)), `${name} in the catalog and in the primary's pg_wal`).toBe(await sha256Of(cluster.walFile(name)));
+      expect(receiver.walSha256(SERVER, name), `${name} in the catalog and in the primary's pg_wal`).toBe(await sha256Of(cluster.walFile(name)));
       compared++;
     }
     expect(listDir(join(serverDir(), 'errors')), 'files the receiver set aside').toEqual([]);
@@ -269,7 +269,7 @@ describe("a DBA's day with the agent daemon: async archiving and WAL streaming",
     // PostgreSQL retries; the segment is there, byte for byte
     expectSuccess(await runAgent(['push', '-c', config, cluster.walFile(segment)]));
     await waitFor(`${segment} in the catalog`, () => existsSync(receiver.walPath(SERVER, segment)));
-    expect(await sha256Of(receiver.walPath(SERVER, segment))).toBe(await sha256Of(cluster.walFile(segment)));
+    expect(receiver.walSha256(SERVER, segment)).toBe(await sha256Of(cluster.walFile(segment)));
   });
 
   it('with synchronous_standby_names, a commit does not return while the receiver is down, and returns once it is back', async () => {

@@ -87,7 +87,7 @@ describe('the receiver holds against a hostile or broken client', () => {
     await flood(100);
     const [during] = await Promise.all([push(agents.main!, prod.walFile(segs[2]!)), flood(100)]);
     expectSuccess(during);
-    expect(await sha256Of(receiver.walPath('main', segs[2]!))).toBe(await sha256Of(prod.walFile(segs[2]!)));
+    expect(receiver.walSha256('main', segs[2]!)).toBe(await sha256Of(prod.walFile(segs[2]!)));
 
     const flooded = memoryOf(pid);
     expect(flooded.peak - before.rss, `receiver memory: ${before.rss} kB before, peak ${flooded.peak} kB`).toBeLessThan(100 * 1024);
@@ -127,26 +127,25 @@ describe('the receiver holds against a hostile or broken client', () => {
     expect(r.stderr).toMatch(/^HINT: .*server = mian.*list-servers.*token_file/m);
   });
 
-  it('aborts an upload that stalls: the sender is told, nothing stays in incoming/, the session carries on', async () => {
+  it('aborts an upload that stalls: the sender is told, no temporary file stays behind, the session carries on', async () => {
     const client = await RawClient.authenticated(receiver.url, 'spare', receiver.tokens.get('spare')!, 'push');
     const name = segs[4]!;
     const segment = readFileSync(prod.walFile(name));
-    client.send({ type: 'put', id: 1, target: { kind: 'wal', name }, size: SEGMENT_SIZE });
+    client.send({ type: 'put', id: 1, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE });
     client.send({ type: 'chunk', id: 1, data: segment.subarray(0, CHUNK_SIZE) });
-    const incoming = join(receiver.serverDir('spare'), 'incoming');
-    await waitFor('the upload to be written to incoming/', () => listDir(incoming).some((f) => f.endsWith('.tmp')));
+    await waitFor('the upload to be written to a temporary file', () => receiver.tempFiles('spare').length > 0);
 
     const answer = await client.nextFrame(60_000);
     expect(answer).toMatchObject({ type: 'error', id: 1, code: 'TIMEOUT', message: `${name}: no data for ${TIMEOUT_SECONDS} s, the upload is aborted` });
-    expect(listDir(incoming)).toEqual([]);
+    await waitFor('the temporary file to be gone', () => receiver.tempFiles('spare').length === 0);
     expect(receiver.segments('spare')).toEqual([]);
 
     // the same session sends the whole segment now, and it is stored
-    client.send({ type: 'put', id: 2, target: { kind: 'wal', name }, size: SEGMENT_SIZE });
+    client.send({ type: 'put', id: 2, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE });
     for (let off = 0; off < SEGMENT_SIZE; off += CHUNK_SIZE) client.send({ type: 'chunk', id: 2, data: segment.subarray(off, off + CHUNK_SIZE) });
     client.send({ type: 'end', id: 2, sha256: sha256OfBytes(segment) });
     expect(await client.nextFrame()).toMatchObject({ type: 'ack', id: 2, status: 'stored' });
-    expect(await sha256Of(receiver.walPath('spare', name))).toBe(sha256OfBytes(segment));
+    expect(receiver.walSha256('spare', name)).toBe(sha256OfBytes(segment));
   });
 
   it("caps one server's files being received, with a clear error; the session carries on and the slot comes back", async () => {
@@ -159,7 +158,7 @@ describe('the receiver holds against a hostile or broken client', () => {
       const client = await RawClient.authenticated(receiver.url, 'spare', token, 'push');
       holders.push(client);
       for (let id = 1; id <= 16; id++) {
-        client.send({ type: 'put', id, target: { kind: 'wal', name }, size: SEGMENT_SIZE });
+        client.send({ type: 'put', id, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE });
         open.push({ client, id });
       }
     }
@@ -168,7 +167,7 @@ describe('the receiver holds against a hostile or broken client', () => {
       // frames are handled in order: once a get is answered, the puts before it are open
       for (const client of holders) expect(await client.get(100, `${name}.nosuch`)).toMatchObject({ type: 'error', id: 100 });
       const fifth = await RawClient.authenticated(receiver.url, 'spare', token, 'push');
-      fifth.send({ type: 'put', id: 1, target: { kind: 'wal', name }, size: SEGMENT_SIZE });
+      fifth.send({ type: 'put', id: 1, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE });
       const refused = await fifth.nextFrame();
       expect(refused).toMatchObject({ type: 'error', id: 1, code: 'TOO_MANY_UPLOADS', message: 'server spare already has 64 files being received' });
       expect((refused as ErrorFrame).hint).toMatch(/Retry later/);
@@ -177,8 +176,8 @@ describe('the receiver holds against a hostile or broken client', () => {
       holders[0]!.close();
       await holders[0]!.closed;
       await waitFor('a slot to be free', async () => {
-        fifth.send({ type: 'put', id: 3, target: { kind: 'wal', name: segs[4]! }, size: SEGMENT_SIZE });
         const all = readFileSync(prod.walFile(segs[4]!));
+        fifth.send({ type: 'put', id: 3, target: { kind: 'wal', name: segs[4]!, sha256: sha256OfBytes(all) }, size: SEGMENT_SIZE });
         for (let off = 0; off < SEGMENT_SIZE; off += CHUNK_SIZE) fifth.send({ type: 'chunk', id: 3, data: all.subarray(off, off + CHUNK_SIZE) });
         fifth.send({ type: 'end', id: 3, sha256: sha256OfBytes(all) });
         const frame = await fifth.nextFrame();
@@ -195,7 +194,7 @@ describe('the receiver holds against a hostile or broken client', () => {
     const hogs: RawClient[] = [];
     for (let i = 0; i < 32; i++) {
       const hog = await RawClient.authenticated(receiver.url, 'busy', token, 'push');
-      hog.send({ type: 'put', id: 1, target: { kind: 'wal', name: segs[3]! }, size: SEGMENT_SIZE });
+      hog.send({ type: 'put', id: 1, target: { kind: 'wal', name: segs[3]!, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE });
       hogs.push(hog);
     }
     // a client that keeps all 32 sessions busy: each one trickles its upload
@@ -221,9 +220,9 @@ describe('the receiver holds against a hostile or broken client', () => {
     // the client stalls: its uploads are aborted (their files removed), and its sessions, silent
     // now, make room for the server's own push
     for (const hog of hogs) expect(await hog.nextFrame(60_000)).toMatchObject({ type: 'error', id: 1, code: 'TIMEOUT' });
-    expect(listDir(join(receiver.serverDir('busy'), 'incoming'))).toEqual([]);
+    expect(receiver.tempFiles('busy')).toEqual([]);
     expectSuccess(await push(agents.busy!, prod.walFile(segs[1]!)));
-    expect(await sha256Of(receiver.walPath('busy', segs[1]!))).toBe(await sha256Of(prod.walFile(segs[1]!)));
+    expect(receiver.walSha256('busy', segs[1]!)).toBe(await sha256Of(prod.walFile(segs[1]!)));
     const told = hogs.flatMap((h) => h.pending()).filter((f): f is ErrorFrame => f.type === 'error' && f.code === 'TOO_MANY_SESSIONS');
     expect(told.length).toBeGreaterThan(0);
     expect(told[0]!.message).toMatch(/session closed by the receiver: silent for \d+ s while server busy is at its limit of 32 sessions/);

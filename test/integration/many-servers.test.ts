@@ -109,7 +109,7 @@ describe('one receiver, three servers: isolation and fault containment', () => {
       if (type === 'backup-start') f.wait = false;
       if (type !== 'put') return [f as unknown as Frame];
       // beta's own segment, whole, pushed on alpha's session
-      const put = { type: 'put', id: 1, target: { kind: 'wal', name: betaSegment }, size: betaSegmentBytes.length } as const;
+      const put = { type: 'put', id: 1, target: { kind: 'wal', name: betaSegment, sha256: betaSegmentSha }, size: betaSegmentBytes.length } as const;
       const chunks: Frame[] = [];
       for (let o = 0; o < betaSegmentBytes.length; o += CHUNK_SIZE) chunks.push({ type: 'chunk', id: 1, data: betaSegmentBytes.subarray(o, o + CHUNK_SIZE) });
       return [put, ...chunks, { type: 'end', id: 1, sha256: betaSegmentSha }];

@@ -10,7 +10,7 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
   challenge: { type: 'challenge', protocolVersion: 1, serverNonce: bytes(32, 2) },
   auth: { type: 'auth', proof: bytes(32, 3) },
   welcome: { type: 'welcome', sessionId: 's-1', proof: bytes(32, 4) },
-  put: { type: 'put', id: 1, target: { kind: 'wal', name: '000000010000000000000001' }, size: 16 * 1024 * 1024 },
+  put: { type: 'put', id: 1, target: { kind: 'wal', name: '000000010000000000000001', sha256: SHA }, size: 16 * 1024 * 1024 },
   file: { type: 'file', id: 2, name: 'base/16384/1259', size: 8192 },
   chunk: { type: 'chunk', id: 3, data: bytes(1000, 5) },
   end: { type: 'end', id: 4, sha256: SHA },

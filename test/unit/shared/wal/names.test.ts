@@ -13,6 +13,8 @@ import {
   segmentTimeline,
   segmentsPerXLogId,
   walDirectoryOf,
+  isWalDirectory,
+  segmentPosition,
 } from '../../../../shared/wal/names';
 
 const MB = 1024 * 1024;
@@ -199,8 +201,18 @@ describe('isValidSegmentSize', () => {
 });
 
 describe('small helpers', () => {
-  it('names the catalog directory after timeline + log', () => {
+  it('names the catalog directory after timeline + log, and knows one when it sees it', () => {
     expect(walDirectoryOf('0000000100000016000000B3')).toBe('0000000100000016');
+    expect(isWalDirectory('0000000100000016')).toBe(true);
+    for (const other of ['000000010000001', '00000001000000160', '000000010000001g', 'base']) expect(isWalDirectory(other), other).toBe(false);
+  });
+
+  it('places segments, .partial and .backup files by log and segment, whatever the timeline', () => {
+    expect(segmentPosition('0000000200000016000000B3')).toBe('00000016000000B3');
+    expect(segmentPosition('0000000100000016000000B3.partial')).toBe('00000016000000B3');
+    expect(segmentPosition('0000000100000016000000B3.00000028.backup')).toBe('00000016000000B3');
+    expect(segmentPosition('00000002.history')).toBeUndefined();
+    expect(segmentPosition('../etc/passwd')).toBeUndefined();
   });
 
   it('reads the timeline of a segment name', () => {
