@@ -15,7 +15,7 @@ import {
 import { chownTo } from '../harness/env';
 
 const HEALTHY = [
-  'configuration', 'barman_home writable', 'free space', 'agent connected', 'PostgreSQL', 'wal_level', 'archive_mode', 'archive_command', 'WAL archive', 'WAL integrity',
+  'configuration', 'storage', 'free space', 'agent connected', 'PostgreSQL', 'wal_level', 'archive_mode', 'archive_command', 'WAL archive', 'WAL integrity',
   'WAL streaming', 'replication slot', 'minimum redundancy requirements', 'backup maximum age', 'failed backups', 'system identifier', 'archiver errors', 'last drill',
 ];
 

@@ -109,10 +109,13 @@ describe('restore drills prove a backup comes back, and how fast', () => {
   it('fails on a backup with one damaged data file and names it by its path in the data directory', async () => {
     const file = await cluster.psql("select pg_relation_filepath('orders')");
     expect(file).toMatch(/^base\/\d+\/\d+$/);
-    const stored = join(receiver.serverDir('main'), 'base', backupId, 'data', file);
+    // as the catalog holds it: compressed (zstd, the default); a flipped byte in the middle either
+    // no longer decompresses or decompresses to other bytes, and the restore says so by the file's path
+    const stored = join(receiver.serverDir('main'), 'base', backupId, 'data', `${file}.zst`);
     const bytes = readFileSync(stored);
     const original = Buffer.from(bytes);
-    bytes[4096 + 100] = bytes[4096 + 100]! ^ 0xff;
+    const middle = Math.floor(bytes.length / 2);
+    bytes[middle] = bytes[middle]! ^ 0xff;
     writeFileSync(stored, bytes);
     try {
       const { r, result } = await drill(backupId);

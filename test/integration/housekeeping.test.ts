@@ -2,7 +2,7 @@
 // (list-backups marks what goes as OBSOLETE beforehand), temporary files a crash left behind,
 // and the restore drills drill_schedule asks for, recorded like any other drill.
 
-import { utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type Cluster, createCluster, describeRun, expectSuccess, listDir, type Receiver, runReceiverCli, startReceiver, waitFor } from '../harness';
@@ -24,7 +24,7 @@ describe('serve keeps the catalog on its own', () => {
     await cluster.psql('create table t (id int); insert into t select generate_series(1, 1000)');
   });
 
-  it('marks what the retention policy will delete as OBSOLETE, then deletes it, tidies incoming/ and runs the scheduled drill', async () => {
+  it('marks what the retention policy will delete as OBSOLETE, then deletes it, tidies what a crash left and runs the scheduled drill', async () => {
     const first = await backupAndWait(receiver, 'main', cluster);
     const second = await backupAndWait(receiver, 'main', cluster);
     // no housekeeping yet (every hour): the older backup is still there, marked
@@ -35,9 +35,11 @@ describe('serve keeps the catalog on its own', () => {
     expect((await listBackupsJson(receiver, 'main')).map((b) => [b.backup_id, b.obsolete])).toEqual([[second, false], [first, true]]);
     const shown = await runReceiverCli(['show-backup', '-c', receiver.configPath, 'main', first]);
     expect(shown.stdout).toMatch(/Retention policy\s+: OBSOLETE/);
-    // a temporary file a crash left two days ago
-    const incoming = join(receiver.serverDir('main'), 'incoming');
-    const stale = join(incoming, '000000010000000000000009.abcdef.tmp');
+    // a temporary file a crash left two days ago, beside the key it was being written to
+    const segmentDir = join(receiver.serverDir('main'), 'wals', '0000000100000000');
+    mkdirSync(segmentDir, { recursive: true });
+    const staleName = `.000000010000000000000009-${'ab'.repeat(32)}.zst.abcdef012345.tmp`;
+    const stale = join(segmentDir, staleName);
     writeFileSync(stale, 'half a segment');
     const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000);
     utimesSync(stale, twoDaysAgo, twoDaysAgo);
@@ -49,8 +51,9 @@ describe('serve keeps the catalog on its own', () => {
     await receiver.restart();
     await waitFor('serve to delete the obsolete backup', async () => (await listBackupsJson(receiver, 'main')).length === 1);
     expect((await listBackupsJson(receiver, 'main')).map((b) => [b.backup_id, b.obsolete])).toEqual([[second, false]]);
-    expect(listDir(incoming)).not.toContain('000000010000000000000009.abcdef.tmp');
-    expect(receiver.logs()).toMatch(new RegExp(`"removedBackups":\\["${first}"\\].*"msg":"housekeeping done"`));
+    // the same round goes on to what crashes left: once it is done, the stale file is gone
+    await waitFor('that housekeeping round to be done', () => new RegExp(`"removedBackups":\\["${first}"\\].*"msg":"housekeeping done"`).test(receiver.logs()));
+    expect(listDir(segmentDir)).not.toContain(staleName);
 
     // no drill had run: the schedule wants one now, of the newest backup
     const status = await waitFor('the scheduled drill to be recorded', async () => {

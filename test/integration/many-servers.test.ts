@@ -11,7 +11,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { BACKUP_STATUSES } from '../../shared/backup/info';
 import { CHUNK_SIZE, type Frame, ROLES } from '../../shared/protocol/frames';
 import {
-  type AgentDaemon, type Cluster, createCluster, describeRun, expectCatalogMatchesCluster, expectSuccess, RawClient, Receiver, runReceiverCli, snapshotTree,
+  type AgentDaemon, type Cluster, createCluster, describeRun, expectCatalogMatchesCluster, expectSuccess, plainBytesOf, RawClient, Receiver, runReceiverCli, snapshotTree,
   startDaemon, waitFor,
 } from '../harness';
 import { listBackupsJson, recoverInto } from '../harness/backups';
@@ -88,7 +88,7 @@ describe('one receiver, three servers: isolation and fault containment', () => {
     const betaDir = receiver.serverDir('beta');
     const betaBefore = await snapshotTree(betaDir);
     const betaSegment = receiver.segments('beta')[0]!;
-    const betaSegmentBytes = readFileSync(receiver.walPath('beta', betaSegment));
+    const betaSegmentBytes = plainBytesOf(receiver.walPath('beta', betaSegment));
     const betaSegmentSha = createHash('sha256').update(betaSegmentBytes).digest('hex');
     const betaKey = readFileSync(join(betaDir, 'catalog.key'), 'utf8').trim();
     const secrets = new Set([...betaBefore.values()].map((f) => f.sha256).filter((s) => s !== betaSegmentSha));
@@ -187,8 +187,8 @@ describe('one receiver, three servers: isolation and fault containment', () => {
       // alpha's segments are still not archived; the failures are counted by their reason
       expect(clusters.alpha.archiveStatus().ready).toEqual(expect.arrayContaining(alphaSegments));
       const m = await scrapeMetrics(receiver.httpUrl);
-      expect(sampleValue(m, 'barman_archive_failures_total', { server: 'alpha', reason: 'STORAGE' })).toBeGreaterThan(0);
-      expect(sampleValue(m, 'barman_archive_failures_total', { server: 'beta', reason: 'STORAGE' })).toBeUndefined();
+      expect(sampleValue(m, 'barman_archive_failures_total', { server: 'alpha', reason: 'STORAGE_NO_SPACE' })).toBeGreaterThan(0);
+      expect(sampleValue(m, 'barman_archive_failures_total', { server: 'beta', reason: 'STORAGE_NO_SPACE' })).toBeUndefined();
       for (const status of BACKUP_STATUSES) expect(sampleValue(m, 'barman_backups', { server: 'beta', status })).toBe(status === 'DONE' ? 2 : 0);
 
       // space comes back: alpha catches up by itself, byte for byte, nothing lost and nothing half-written left
@@ -196,8 +196,7 @@ describe('one receiver, three servers: isolation and fault containment', () => {
       await clusters.alpha.waitArchived(alphaSegments);
       await clusters.alpha.waitArchiverIdle();
       await expectCatalogMatchesCluster(receiver, 'alpha', clusters.alpha);
-      const incoming = join(receiver.serverDir('alpha'), 'incoming');
-      await waitFor('alpha\'s incoming/ to be empty', async () => (await snapshotTree(incoming)).size === 0);
+      await waitFor('no temporary file of alpha\'s to be left', () => receiver.tempFiles('alpha').length === 0);
     } finally {
       stopGarbage = true;
       freeUp(filler);
