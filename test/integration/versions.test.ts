@@ -223,7 +223,8 @@ describe('one receiver, every supported PostgreSQL version at once', () => {
       await copy.dispose();
     });
 
-    it.runIf(major === 13)('refuses to recover with binaries of another major version, naming the one needed', async () => {
+    // on one version (13, recovered with 15's binaries): registered there only, not skipped elsewhere
+    if (major === 13) it('refuses to recover with binaries of another major version, naming the one needed', async () => {
       const other = pgBinDirFor(15);
       const named = await recoverInto(receiver, server, backupId, ['--pg-bindir', other]);
       expectFailure(named.result, 1, new RegExp(`backup ${backupId} was taken of PostgreSQL 13\\.\\d+; the binaries of --pg-bindir ${other} are PostgreSQL 15, which cannot start it`));
