@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import WebSocket from 'ws';
 import type { AgentConfig } from '../config/agent';
 import { BarmanError, ErrorCode } from '../errors';
-import { newHash } from '../checksum';
+import { newHash, sha256Handle } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
 import { type ChunkSource, fileSource, sendChunks } from './chunks';
 import { CloseCode, FrameConnection, errorFromFrame } from './connection';
@@ -28,19 +28,6 @@ const zeroMask = (mask: Buffer): void => {
 
 /** What putFile sends: a WAL file (its checksum is computed here) or a backup's file. */
 export type PutRequest = Omit<Extract<PutTarget, { kind: 'wal' }>, 'sha256'> | Extract<PutTarget, { kind: 'backup-file' }>;
-
-/** SHA-256 of an open file's bytes, read with positioned reads (the file position stays where it is). */
-async function hashHandle(fh: fs.FileHandle): Promise<string> {
-  const hash = newHash();
-  const buf = Buffer.allocUnsafe(1024 * 1024);
-  for (let pos = 0; ; ) {
-    const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
-    if (bytesRead === 0) break;
-    hash.update(buf.subarray(0, bytesRead));
-    pos += bytesRead;
-  }
-  return hash.digest('hex');
-}
 
 export class AgentConnection {
   private nextId = 1;
@@ -180,7 +167,7 @@ export class AgentConnection {
       const size = statSize ?? (await fh.stat()).size;
       // a WAL file is hashed before it is sent: the receiver stores it under a key that carries
       // the checksum, and must know that key before the first byte (an object store has no rename)
-      const target: PutTarget = request.kind === 'wal' ? { ...request, sha256: await hashHandle(fh) } : request;
+      const target: PutTarget = request.kind === 'wal' ? { ...request, sha256: await sha256Handle(fh) } : request;
       await this.conn.send({ type: 'put', id, target, size });
       const source = asOfStat ? exactSize(fileSource(fh), size) : fileSource(fh);
       const sent = await sendChunks(this.conn, id, source, () => answer.settled || this.failure !== undefined);
