@@ -13,7 +13,8 @@ import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
 import { readStoredWal, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
-import { readableBackupPath } from '../catalog/backups';
+import { type BackupContents, readableBackupPath } from '../catalog/backups';
+import { parseManifest } from '../../shared/backup/manifest';
 import { planRecovery } from '../recovery/plan';
 import { recoveryWal } from '../recovery/wal-source';
 import type { RecoveryOptions } from '../../shared/recovery/plan';
@@ -70,6 +71,8 @@ export class Session implements Peer {
   private idleTimer: NodeJS.Timeout | undefined;
   /** requests being answered */
   private answering = 0;
+  /** the backup a restore on this connection reads, with its contents (sendBackupFile) */
+  private restoreContents: { backupId: string; server: ServerContext; value: RestoreContents } | undefined;
 
   constructor(private readonly conn: FrameConnection, private readonly lookup: (name: string) => ServerContext | undefined, baseLog: Logger, readonly remote: string, private readonly options: SessionOptions = { idleMs: 30_000 }) {
     this.log = baseLog.child({ session: this.id, remote });
@@ -520,20 +523,42 @@ export class Session implements Peer {
     await this.sendStream(id, name, size, readStoredWal(server.catalog, stored));
   }
 
-  /** Answers a request with a file: file frame, chunks (pooled, hashed), end frame with the SHA-256. */
-  private async sendStream(id: number, name: string, size: number, source: AsyncIterable<Buffer>): Promise<void> {
+  /**
+   * Answers a request with a file: file frame, chunks (pooled, hashed), end frame with the SHA-256.
+   * With `recorded` (the checksum the catalog recorded for these bytes) the bytes are not hashed
+   * here: the end frame carries the recorded checksum and the agent, which hashes what arrives,
+   * refuses the file unless they match — one check, end to end, of what left the catalog.
+   */
+  private async sendStream(id: number, name: string, size: number, source: AsyncIterable<Buffer>, recorded?: string): Promise<void> {
     await this.conn.send({ type: 'file', id, name, size });
-    const sent = await sendChunks(this.conn, id, streamSource(source));
-    await this.conn.send({ type: 'end', id, sha256: sent.sha256 });
+    const sent = await sendChunks(this.conn, id, streamSource(source), undefined, recorded === undefined);
+    await this.conn.send({ type: 'end', id, sha256: recorded ?? sent.sha256 });
   }
 
   private async sendBackupFile(id: number, backupId: string, path: string, server: ServerContext): Promise<void> {
+    const rel = readableBackupPath(path);
+    const { backupId: done, contents, recorded } = await this.doneBackupContents(backupId, server);
+    const source = await server.backups.readFile(done, contents, rel);
+    await this.sendStream(id, path, contents.files[rel]!.size, source, recorded.get(rel));
+  }
+
+  /**
+   * A DONE backup's contents, read once per restore session: a restore asks for each of its
+   * files in turn, and a DONE backup's contents never change (a removed backup's files are gone,
+   * and reading them fails).
+   */
+  private async doneBackupContents(backupId: string, server: ServerContext): Promise<RestoreContents> {
+    const cached = this.restoreContents;
+    if (cached && cached.backupId === backupId && cached.server === server) return cached.value;
     const info = await server.backups.resolve(backupId);
     if (info.status !== 'DONE') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${backupId} is ${info.status}, not DONE`, 'Restore from a DONE backup (list-backups).');
-    const contents = await server.backups.contents(info.backupId);
-    const rel = readableBackupPath(path);
-    const source = await server.backups.readFile(info.backupId, contents, rel);
-    await this.sendStream(id, path, contents.files[rel]!.size, source);
+    // each file's checksum as the manifest records it (a file without one is hashed as it is sent)
+    const recorded = new Map<string, string>();
+    const manifest = await server.backups.manifest(info.backupId);
+    if (manifest) for (const f of parseManifest(manifest).files) if (f.sha256) recorded.set(f.path, f.sha256);
+    const value = { backupId: info.backupId, contents: await server.backups.contents(info.backupId), recorded };
+    this.restoreContents = { backupId, server, value };
+    return value;
   }
 
   private async sendRestorePlan(id: number, backup: string, options: RecoveryOptions, server: ServerContext): Promise<void> {
@@ -542,6 +567,13 @@ export class Session implements Peer {
     this.log.info({ backup: plan.backupId, target: plan.targetDescription }, 'restore planned for the agent');
     await this.sendStream(id, 'restore-plan.json', json.length, Readable.from([json]));
   }
+}
+
+/** What a restore reads of one DONE backup: where its files are, and the checksum recorded for each. */
+interface RestoreContents {
+  backupId: string;
+  contents: BackupContents;
+  recorded: Map<string, string>;
 }
 
 /** Wrong token and unknown server alike: one message, one hint that names both things to check. */

@@ -1,0 +1,85 @@
+// Every byte that leaves the catalog for a recovery is checked against the checksum the catalog
+// recorded for it, on both ways out: `barman-receiver recover` (many files written at once on the
+// backup host) and `barman-agent restore` (the receiver sends the recorded checksum with each file,
+// the agent hashes what arrives and compares). The damage here is the kind no decompressor
+// notices: one plain byte flipped inside a stored file that is still valid zstd.
+
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { compress, decompress } from '@mongodb-js/zstd';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { type Cluster, createCluster, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, type Receiver, runAgent, runReceiverCli, startReceiver } from '../harness';
+import { backupAndWait } from '../harness/backups';
+import { startRecovered } from '../harness/recovered';
+
+describe('a recovery refuses a stored backup file whose bytes differ from the recorded checksum', () => {
+  let receiver: Receiver;
+  let cluster: Cluster;
+  let id: string;
+  let relation: string;
+  let stored: string;
+  let intact: Buffer;
+
+  beforeAll(async () => {
+    receiver = await startReceiver({ servers: [{ name: 'main' }] });
+    cluster = await createCluster({ name: 'main', archive: true, agentConfig: { receiver, server: 'main' } });
+    await cluster.start();
+    // a table of a few MB, so its file is read and written in several chunks, beside many small files
+    await cluster.psql("create table ledger (id int primary key, note text not null); insert into ledger select g, md5(g::text) from generate_series(1, 60000) g;");
+    id = await backupAndWait(receiver, 'main', cluster);
+    relation = await cluster.psql("select pg_relation_filepath('ledger')");
+    // the catalog's default compression is zstd
+    stored = join(receiver.serverDir('main'), 'base', id, 'data', `${relation}.zst`);
+    intact = readFileSync(stored);
+  });
+
+  /** the stored file, still valid zstd, with one plain byte flipped at `at` */
+  const flipPlainByte = async (at: number) => {
+    const plain = Buffer.from(await decompress(intact));
+    expect(plain.length).toBeGreaterThan(at);
+    plain[at] = plain[at]! ^ 0x01;
+    writeFileSync(stored, await compress(plain, 1));
+  };
+  const repair = () => writeFileSync(stored, intact);
+
+  it('recover names the file, writes no pg_control and leaves the destination empty', async () => {
+    await flipPlainByte(3 * 1024 * 1024 + 17);
+    try {
+      const dest = makeDir(join(makeTempDir('flipped-recover', 'postgres', 0o755), 'pgdata'), 'postgres', 0o700);
+      const r = await runReceiverCli(['recover', '-c', receiver.configPath, 'main', id, dest]);
+      expectFailure(r, 1, new RegExp(`${relation} in the catalog does not match its manifest`));
+      expect(r.stderr).toMatch(/verify-backup/);
+      expect(listDir(dest)).toEqual([]);
+    } finally {
+      repair();
+    }
+  });
+
+  it('agent restore names the file, writes no pg_control and leaves the destination empty', async () => {
+    await flipPlainByte(100);
+    try {
+      const dest = makeDir(join(makeTempDir('flipped-restore', 'postgres', 0o755), 'pgdata'), 'postgres', 0o700);
+      const r = await runAgent(['restore', '-c', cluster.agentConfigPath!, id, dest]);
+      expectFailure(r, 1, new RegExp(`backup ${id}: ${relation} does not match the checksum its manifest records`));
+      expect(r.stderr).toMatch(/verify-backup/);
+      expect(listDir(dest)).toEqual([]);
+    } finally {
+      repair();
+    }
+  });
+
+  it('with the stored file intact again, both ways write a cluster that starts with every row', async () => {
+    const expected = await cluster.psql('select count(*), sum(id) from ledger');
+    const dir = makeTempDir('intact', 'postgres', 0o755);
+    const viaRecover = join(dir, 'recovered');
+    expectSuccess(await runReceiverCli(['recover', '-c', receiver.configPath, 'main', id, viaRecover]));
+    const viaRestore = join(dir, 'restored');
+    expectSuccess(await runAgent(['restore', '-c', cluster.agentConfigPath!, id, viaRestore]));
+    for (const dest of [viaRecover, viaRestore]) {
+      const copy = await startRecovered(dest, dir);
+      await copy.waitPromoted();
+      expect(await copy.psql('select count(*), sum(id) from ledger')).toBe(expected);
+      await copy.dispose();
+    }
+  });
+});
