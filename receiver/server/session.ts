@@ -28,6 +28,8 @@ const DAEMON_HEARTBEAT_MS = 10_000;
 const WRITE_HIGH_WATER = 8 * 1024 * 1024;
 /** concurrent uploads one session may have open */
 const MAX_OPEN_UPLOADS = 16;
+/** backup files one restore session is sent at the same time (a restore asks for a few at a time) */
+const MAX_BACKUP_FILE_SENDS = 4;
 /** while the service stops, a session still receiving files is waited for only if it sent something this recently */
 const DRAIN_QUIET_MS = 2000;
 
@@ -71,6 +73,8 @@ export class Session implements Peer {
   private idleTimer: NodeJS.Timeout | undefined;
   /** requests being answered */
   private answering = 0;
+  /** backup files being sent, side by side (get-backup-file) */
+  private readonly backupFileSends = new Set<Promise<void>>();
   /** the backup a restore on this connection reads, with its contents (sendBackupFile) */
   private restoreContents: { backupId: string; server: ServerContext; value: RestoreContents } | undefined;
 
@@ -271,11 +275,20 @@ export class Session implements Peer {
           this.allow(['admin'], 'request backups');
           await this.startBackupFor(frame.id, frame.wait, server);
         });
-      case 'get-backup-file':
-        return this.answer(frame.id, async () => {
+      case 'get-backup-file': {
+        // answered side by side, up to MAX_BACKUP_FILE_SENDS at once (their chunks interleave on
+        // the wire, each carrying its request's id): a restore asks for several files at a time,
+        // and one big file must not hold back the small ones behind it. Beyond that many, the next
+        // request waits here, and the connection stops reading meanwhile.
+        const sending = this.answer(frame.id, async () => {
           this.allow(['restore', 'admin'], 'read backups');
           await this.sendBackupFile(frame.id, frame.backupId, frame.path, server);
-        });
+        }).catch((err: unknown) => void this.conn.fail(asBarmanError(err)));
+        this.backupFileSends.add(sending);
+        void sending.finally(() => this.backupFileSends.delete(sending));
+        while (this.backupFileSends.size >= MAX_BACKUP_FILE_SENDS) await Promise.race(this.backupFileSends);
+        return;
+      }
       case 'restore-plan-request':
         return this.answer(frame.id, async () => {
           this.allow(['restore', 'admin'], 'plan a restore');

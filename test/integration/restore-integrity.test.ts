@@ -4,12 +4,14 @@
 // the agent hashes what arrives and compares). The damage here is the kind no decompressor
 // notices: one plain byte flipped inside a stored file that is still valid zstd.
 
+import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compress, decompress } from '@mongodb-js/zstd';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type Cluster, createCluster, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, type Receiver, runAgent, runReceiverCli, startReceiver } from '../harness';
 import { backupAndWait } from '../harness/backups';
+import { RawClient } from '../harness/raw-client';
 import { startRecovered } from '../harness/recovered';
 
 describe('a recovery refuses a stored backup file whose bytes differ from the recorded checksum', () => {
@@ -24,8 +26,8 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
     receiver = await startReceiver({ servers: [{ name: 'main' }] });
     cluster = await createCluster({ name: 'main', archive: true, agentConfig: { receiver, server: 'main' } });
     await cluster.start();
-    // a table of a few MB, so its file is read and written in several chunks, beside many small files
-    await cluster.psql("create table ledger (id int primary key, note text not null); insert into ledger select g, md5(g::text) from generate_series(1, 60000) g;");
+    // a table of about 20 MB, so its file is read and written in many chunks, beside many small files
+    await cluster.psql("create table ledger (id int primary key, note text not null); insert into ledger select g, md5(g::text) from generate_series(1, 300000) g;");
     id = await backupAndWait(receiver, 'main', cluster);
     relation = await cluster.psql("select pg_relation_filepath('ledger')");
     // the catalog's default compression is zstd
@@ -65,6 +67,33 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
       expect(listDir(dest)).toEqual([]);
     } finally {
       repair();
+    }
+  });
+
+  it('serves the files of a restore side by side, each ending with the checksum its manifest records', async () => {
+    const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'restore');
+    try {
+      // the big table's file first, then a small one: the small one is not held back behind it
+      client.send({ type: 'get-backup-file', id: 1, backupId: id, path: relation });
+      client.send({ type: 'get-backup-file', id: 2, backupId: id, path: 'PG_VERSION' });
+      const hashes = new Map([[1, createHash('sha256')], [2, createHash('sha256')]]);
+      const ended: Array<{ id: number; sha256: string }> = [];
+      while (ended.length < 2) {
+        const frame = await client.nextFrame();
+        if (frame.type === 'chunk') hashes.get(frame.id)!.update(frame.data);
+        else if (frame.type === 'end') ended.push({ id: frame.id, sha256: frame.sha256 });
+        else expect(frame.type).toBe('file');
+      }
+      expect(ended.map((e) => e.id)).toEqual([2, 1]);
+      const manifest = JSON.parse(readFileSync(join(receiver.serverDir('main'), 'base', id, 'backup_manifest'), 'utf8')) as { Files: Array<{ Path: string; Checksum: string }> };
+      const recorded = (path: string) => manifest.Files.find((f) => f.Path === path)!.Checksum;
+      // the end frame says what the catalog recorded, and the bytes sent are those bytes
+      expect(ended.find((e) => e.id === 1)!.sha256).toBe(recorded(relation));
+      expect(ended.find((e) => e.id === 2)!.sha256).toBe(recorded('PG_VERSION'));
+      expect(hashes.get(1)!.digest('hex')).toBe(recorded(relation));
+      expect(hashes.get(2)!.digest('hex')).toBe(recorded('PG_VERSION'));
+    } finally {
+      client.close();
     }
   });
 
