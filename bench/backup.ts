@@ -31,7 +31,9 @@ import {
   runOk,
   type SectionResult,
   startReceiver,
+  startRecoveredCopy,
   stats,
+  waitForArchiver,
 } from './lib';
 
 const SCALE = Number(process.env.BENCH_BACKUP_SCALE ?? 50);
@@ -142,27 +144,8 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
   const baseRec: RecoverRun[] = [];
   const loads: string[] = [];
 
-  const startCopy = async (pgdata: string, name: string): Promise<{ ms: number; stop: () => Promise<void> }> => {
-    const pgCtl = join(ctx.pgBin, 'pg_ctl');
-    const stop = async () => {
-      if (existsSync(join(pgdata, 'postmaster.pid'))) await runOk(pgCtl, ['-D', pgdata, '-m', 'immediate', '-w', 'stop'], { asPostgres: true, cwd: work });
-    };
-    ctx.cleanup.add(`stop recovered copy ${pgdata}`, stop);
-    const started = now();
-    await runOk(pgCtl, ['-D', pgdata, '-l', join(work, `${name}.log`), '-o', `-p ${COPY_PORT} -k ${copySocket}`, '-w', '-t', '600', 'start'], { asPostgres: true, cwd: work });
-    const psql = (sql: string) => runOk(join(ctx.pgBin, 'psql'), ['-X', '-A', '-t', '-h', copySocket, '-p', String(COPY_PORT), '-U', 'postgres', '-d', 'postgres', '-c', sql], { asPostgres: true, cwd: work });
-    for (;;) {
-      const inRecovery = (await psql('select 1, pg_is_in_recovery()').catch(() => ({ stdout: '' }))).stdout.trim();
-      if (inRecovery === '1|f') break;
-      if (now() - started > 600_000) throw new Error(`${name}: not out of recovery after 10 minutes; see ${join(work, `${name}.log`)}`);
-      await sleep(20);
-    }
-    const ms = now() - started;
-    // the figures count only if the copy holds the data
-    const got = (await psql('select count(*) from pgbench_accounts')).stdout.trim();
-    if (got !== accounts) throw new Error(`${name}: recovered copy has ${got} pgbench_accounts rows, the source ${accounts}`);
-    return { ms, stop };
-  };
+  const startCopy = (pgdata: string, name: string) =>
+    startRecoveredCopy({ pgBin: ctx.pgBin, pgdata, name, work, socketDir: copySocket, port: COPY_PORT, accounts, cleanup: ctx.cleanup });
 
   const backupOurs = async (round: number): Promise<string> => {
     await settle();
@@ -271,18 +254,6 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
     'Every catalog backup reached DONE and every recovered copy was started and held the same pgbench_accounts row count as the source.',
   ];
   return { title: 'backup and recover: `barman-agent backup` vs `pg_basebackup`, `barman-receiver recover` vs `cp -a`', markdown: report(header, ours, base, oursRec, baseRec, { idleKb: receiverIdleKb, loadKb: receiverLoadKb, lifeKb: receiverLifeKb }, loads) };
-}
-
-/** Waits until PostgreSQL has no segment left to archive. */
-async function waitForArchiver(pgdata: string, timeoutMs = 600_000): Promise<void> {
-  const status = join(pgdata, 'pg_wal', 'archive_status');
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ready = readdirSync(status).filter((n) => n.endsWith('.ready'));
-    if (ready.length === 0) return;
-    if (Date.now() > deadline) throw new Error(`the archiver still has ${ready.length} segments to push after ${timeoutMs / 1000} s (${ready[0]} ...)`);
-    await sleep(50);
-  }
 }
 
 /** Polls the catalog (its backup.info, as the receiver reads it) until the backup is DONE; returns when (bench clock, ms). */

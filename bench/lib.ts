@@ -465,3 +465,45 @@ export function cpuProfileTop(dir: string, count: number): { busyMs: number; top
   }
   return { busyMs, top: [...self].sort((a, b) => b[1] - a[1]).slice(0, count).map(([what, ms]) => ({ what, ms })) };
 }
+
+// ---- recovered copies ------------------------------------------------------------------------
+
+/**
+ * Starts a recovered data directory as postgres (on `port`, its socket in `socketDir`), waits
+ * until a query answers and pg_is_in_recovery() is false, and checks that it holds `accounts`
+ * pgbench_accounts rows (the figures count only if the copy holds the data). Returns the time from
+ * `pg_ctl start` to out of recovery, and how to stop it (also registered with `cleanup`).
+ */
+export async function startRecoveredCopy(o: { pgBin: string; pgdata: string; name: string; work: string; socketDir: string; port: number; accounts: string; cleanup: Cleanup }): Promise<{ ms: number; stop: () => Promise<void> }> {
+  const pgCtl = join(o.pgBin, 'pg_ctl');
+  const stop = async () => {
+    if (existsSync(join(o.pgdata, 'postmaster.pid'))) await runOk(pgCtl, ['-D', o.pgdata, '-m', 'immediate', '-w', 'stop'], { asPostgres: true, cwd: o.work });
+  };
+  o.cleanup.add(`stop recovered copy ${o.pgdata}`, stop);
+  const now = () => Number(process.hrtime.bigint()) / 1e6;
+  const started = now();
+  await runOk(pgCtl, ['-D', o.pgdata, '-l', join(o.work, `${o.name}.log`), '-o', `-p ${o.port} -k ${o.socketDir}`, '-w', '-t', '600', 'start'], { asPostgres: true, cwd: o.work });
+  const psql = (sql: string) => runOk(join(o.pgBin, 'psql'), ['-X', '-A', '-t', '-h', o.socketDir, '-p', String(o.port), '-U', 'postgres', '-d', 'postgres', '-c', sql], { asPostgres: true, cwd: o.work });
+  for (;;) {
+    const inRecovery = (await psql('select 1, pg_is_in_recovery()').catch(() => ({ stdout: '' }))).stdout.trim();
+    if (inRecovery === '1|f') break;
+    if (now() - started > 600_000) throw new Error(`${o.name}: not out of recovery after 10 minutes; see ${join(o.work, `${o.name}.log`)}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  const ms = now() - started;
+  const got = (await psql('select count(*) from pgbench_accounts')).stdout.trim();
+  if (got !== o.accounts) throw new Error(`${o.name}: recovered copy has ${got} pgbench_accounts rows, the source ${o.accounts}`);
+  return { ms, stop };
+}
+
+/** Waits until PostgreSQL has no segment left to archive (no `.ready` file in pg_wal/archive_status). */
+export async function waitForArchiver(pgdata: string, timeoutMs = 600_000): Promise<void> {
+  const status = join(pgdata, 'pg_wal', 'archive_status');
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ready = readdirSync(status).filter((n) => n.endsWith('.ready'));
+    if (ready.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`the archiver still has ${ready.length} segments to push after ${timeoutMs / 1000} s (${ready[0]} ...)`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}

@@ -6,6 +6,7 @@
 // temp folder). BENCH_BACKUP_SCALE and BENCH_BACKUP_ROUNDS shrink the backup section for trials;
 // BENCH_DAEMON_SCALE, BENCH_DAEMON_SECONDS, BENCH_DAEMON_PROBES and BENCH_DAEMON_BACKLOG the daemon section;
 // BENCH_ARCHIVE_BACKLOG, BENCH_ARCHIVE_ROUNDS and BENCH_ARCHIVE_LOAD_SECONDS the archive section;
+// BENCH_RECOVER_SCALE, BENCH_RECOVER_ROUNDS and BENCH_RECOVER_PGBACKREST the recover section;
 // BENCH_REPLAY_* and BENCH_DELTA_* the replicas section (bench/replicas.ts);
 // BENCH_STORAGE_SEGMENTS and BENCH_STORAGE_SCALE the storage section (bench/storage.ts).
 
@@ -17,6 +18,7 @@ import { archiveSection } from './archive';
 import { backupSection } from './backup';
 import { daemonSection } from './daemon';
 import { pushSection } from './push';
+import { recoverSection } from './recover';
 import { replicasSection } from './replicas';
 import { storageSection } from './storage';
 
@@ -24,6 +26,7 @@ const SECTIONS: Record<string, (ctx: BenchContext) => Promise<SectionResult>> = 
   push: pushSection,
   archive: archiveSection,
   backup: backupSection,
+  recover: recoverSection,
   daemon: daemonSection,
   storage: storageSection,
   replicas: replicasSection,

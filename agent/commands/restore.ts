@@ -27,11 +27,30 @@ export async function restore(config: AgentConfig, backup: string, pgdataArg: st
     // this host's PostgreSQL will start the result: it must be the backup's major version
     checkRecoveryBinaries(plan.backupId, plan.pgVersion, pgBindir);
     const summary = await writeRecovery(plan, dest, {
-      dataFile: (path) => conn.fetch((id) => ({ type: 'get-backup-file', id, backupId: plan.backupId, path })),
+      // fetch() hashes what arrives (to match the receiver's checksum) and hands that hash on: the
+      // writer checks it against the manifest, and the bytes are hashed once on this host
+      dataFile: (path, hashed) => namingDamage(conn.fetch((id) => ({ type: 'get-backup-file', id, backupId: plan.backupId, path }), hashed), plan, path),
+      hashes: true,
+      // every chunk arrives in a buffer of its own (one WebSocket message each), never reused
+      freshChunks: true,
       walFile: (name) => conn.fetch((id) => ({ type: 'get', id, name })),
     }, { progress, ...write });
     return { ...plan, summary };
   } finally {
     conn.close();
+  }
+}
+
+/**
+ * A backup file as it arrives: the receiver's end frame carries the checksum the catalog recorded
+ * for it, so a mismatch found by fetch() is a damaged catalog copy (or a damaged transfer) of this
+ * file, and is said so, naming it.
+ */
+async function* namingDamage(bytes: AsyncIterable<Uint8Array>, plan: RecoveryPlan, path: string): AsyncGenerator<Uint8Array> {
+  try {
+    yield* bytes;
+  } catch (err) {
+    if (!(err instanceof BarmanError && err.code === ErrorCode.CHECKSUM_MISMATCH)) throw err;
+    throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${path} does not match the checksum its manifest records (${err.message})`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId} on the backup host; restore from another backup (list-backups) if it is damaged, or retry if it is not.`, { cause: err });
   }
 }

@@ -53,6 +53,8 @@ export async function recover(config: ReceiverConfig, server: string, backupRef:
     const summary = await writeRecovery(plan, dest, {
       dataFile: (path) => readBackupFile(() => backups.readFile(plan.backupId, contents, path)),
       walFile: (name) => recoveryWal(catalog, name),
+      // the storage hands out a new buffer for every chunk it reads or decompresses
+      freshChunks: true,
     }, { owner: await decideOwner(dest, opts.owner), progress, protectedPaths: [{ path: config.barmanHome, what: 'the catalog (barman_home)' }], delta: opts.delta, primaryConninfo: opts.primaryConninfo });
     return { ...plan, summary };
   });

@@ -13,7 +13,8 @@ import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
 import { readStoredWal, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
-import { readableBackupPath } from '../catalog/backups';
+import { type BackupContents, readableBackupPath } from '../catalog/backups';
+import { parseManifest } from '../../shared/backup/manifest';
 import { planRecovery } from '../recovery/plan';
 import { recoveryWal } from '../recovery/wal-source';
 import type { RecoveryOptions } from '../../shared/recovery/plan';
@@ -27,6 +28,8 @@ const DAEMON_HEARTBEAT_MS = 10_000;
 const WRITE_HIGH_WATER = 8 * 1024 * 1024;
 /** concurrent uploads one session may have open */
 const MAX_OPEN_UPLOADS = 16;
+/** backup files one restore session is sent at the same time (a restore asks for a few at a time) */
+const MAX_BACKUP_FILE_SENDS = 4;
 /** while the service stops, a session still receiving files is waited for only if it sent something this recently */
 const DRAIN_QUIET_MS = 2000;
 
@@ -70,6 +73,10 @@ export class Session implements Peer {
   private idleTimer: NodeJS.Timeout | undefined;
   /** requests being answered */
   private answering = 0;
+  /** backup files being sent, side by side (get-backup-file) */
+  private readonly backupFileSends = new Set<Promise<void>>();
+  /** the backup a restore on this connection reads, with its contents (sendBackupFile) */
+  private restoreContents: { backupId: string; server: ServerContext; value: RestoreContents } | undefined;
 
   constructor(private readonly conn: FrameConnection, private readonly lookup: (name: string) => ServerContext | undefined, baseLog: Logger, readonly remote: string, private readonly options: SessionOptions = { idleMs: 30_000 }) {
     this.log = baseLog.child({ session: this.id, remote });
@@ -268,11 +275,20 @@ export class Session implements Peer {
           this.allow(['admin'], 'request backups');
           await this.startBackupFor(frame.id, frame.wait, server);
         });
-      case 'get-backup-file':
-        return this.answer(frame.id, async () => {
+      case 'get-backup-file': {
+        // answered side by side, up to MAX_BACKUP_FILE_SENDS at once (their chunks interleave on
+        // the wire, each carrying its request's id): a restore asks for several files at a time,
+        // and one big file must not hold back the small ones behind it. Beyond that many, the next
+        // request waits here, and the connection stops reading meanwhile.
+        const sending = this.answer(frame.id, async () => {
           this.allow(['restore', 'admin'], 'read backups');
           await this.sendBackupFile(frame.id, frame.backupId, frame.path, server);
-        });
+        }).catch((err: unknown) => void this.conn.fail(asBarmanError(err)));
+        this.backupFileSends.add(sending);
+        void sending.finally(() => this.backupFileSends.delete(sending));
+        while (this.backupFileSends.size >= MAX_BACKUP_FILE_SENDS) await Promise.race(this.backupFileSends);
+        return;
+      }
       case 'restore-plan-request':
         return this.answer(frame.id, async () => {
           this.allow(['restore', 'admin'], 'plan a restore');
@@ -520,20 +536,42 @@ export class Session implements Peer {
     await this.sendStream(id, name, size, readStoredWal(server.catalog, stored));
   }
 
-  /** Answers a request with a file: file frame, chunks (pooled, hashed), end frame with the SHA-256. */
-  private async sendStream(id: number, name: string, size: number, source: AsyncIterable<Buffer>): Promise<void> {
+  /**
+   * Answers a request with a file: file frame, chunks (pooled, hashed), end frame with the SHA-256.
+   * With `recorded` (the checksum the catalog recorded for these bytes) the bytes are not hashed
+   * here: the end frame carries the recorded checksum and the agent, which hashes what arrives,
+   * refuses the file unless they match — one check, end to end, of what left the catalog.
+   */
+  private async sendStream(id: number, name: string, size: number, source: AsyncIterable<Buffer>, recorded?: string): Promise<void> {
     await this.conn.send({ type: 'file', id, name, size });
-    const sent = await sendChunks(this.conn, id, streamSource(source));
-    await this.conn.send({ type: 'end', id, sha256: sent.sha256 });
+    const sent = await sendChunks(this.conn, id, streamSource(source), undefined, recorded === undefined);
+    await this.conn.send({ type: 'end', id, sha256: recorded ?? sent.sha256 });
   }
 
   private async sendBackupFile(id: number, backupId: string, path: string, server: ServerContext): Promise<void> {
+    const rel = readableBackupPath(path);
+    const { backupId: done, contents, recorded } = await this.doneBackupContents(backupId, server);
+    const source = await server.backups.readFile(done, contents, rel);
+    await this.sendStream(id, path, contents.files[rel]!.size, source, recorded.get(rel));
+  }
+
+  /**
+   * A DONE backup's contents, read once per restore session: a restore asks for each of its
+   * files in turn, and a DONE backup's contents never change (a removed backup's files are gone,
+   * and reading them fails).
+   */
+  private async doneBackupContents(backupId: string, server: ServerContext): Promise<RestoreContents> {
+    const cached = this.restoreContents;
+    if (cached && cached.backupId === backupId && cached.server === server) return cached.value;
     const info = await server.backups.resolve(backupId);
     if (info.status !== 'DONE') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${backupId} is ${info.status}, not DONE`, 'Restore from a DONE backup (list-backups).');
-    const contents = await server.backups.contents(info.backupId);
-    const rel = readableBackupPath(path);
-    const source = await server.backups.readFile(info.backupId, contents, rel);
-    await this.sendStream(id, path, contents.files[rel]!.size, source);
+    // each file's checksum as the manifest records it (a file without one is hashed as it is sent)
+    const recorded = new Map<string, string>();
+    const manifest = await server.backups.manifest(info.backupId);
+    if (manifest) for (const f of parseManifest(manifest).files) if (f.sha256) recorded.set(f.path, f.sha256);
+    const value = { backupId: info.backupId, contents: await server.backups.contents(info.backupId), recorded };
+    this.restoreContents = { backupId, server, value };
+    return value;
   }
 
   private async sendRestorePlan(id: number, backup: string, options: RecoveryOptions, server: ServerContext): Promise<void> {
@@ -542,6 +580,13 @@ export class Session implements Peer {
     this.log.info({ backup: plan.backupId, target: plan.targetDescription }, 'restore planned for the agent');
     await this.sendStream(id, 'restore-plan.json', json.length, Readable.from([json]));
   }
+}
+
+/** What a restore reads of one DONE backup: where its files are, and the checksum recorded for each. */
+interface RestoreContents {
+  backupId: string;
+  contents: BackupContents;
+  recorded: Map<string, string>;
 }
 
 /** Wrong token and unknown server alike: one message, one hint that names both things to check. */

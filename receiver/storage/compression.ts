@@ -10,7 +10,7 @@
 // frame by frame. Memory stays bounded by a few blocks whatever the object's size, and the native
 // work runs on libuv's thread pool, PIPELINE blocks at a time, off the event loop.
 
-import { Transform, type TransformCallback } from 'node:stream';
+import { Transform, type TransformCallback, type TransformOptions } from 'node:stream';
 import { createGunzip, createGzip } from 'node:zlib';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
@@ -21,6 +21,8 @@ export { COMPRESSIONS, type Compression } from '../../shared/config/receiver';
 export const BLOCK_SIZE = 1024 * 1024;
 /** frames compressed or decompressed at the same time by one stream */
 const PIPELINE = 2;
+/** decompressed frames a reader may leave waiting before the decompressor stops taking input */
+const READ_AHEAD = 2;
 /** zstd level: 1 is as fast as copying on WAL and within a few percent of level 3's ratio */
 export const ZSTD_LEVEL = 1;
 const GZIP_LEVEL = 1;
@@ -179,8 +181,8 @@ function mapErrors(stream: Transform, map: (err: Error) => Error): Transform {
 abstract class Pipelined extends Transform {
   private readonly inFlight: Promise<Buffer>[] = [];
 
-  constructor() {
-    super({ highWaterMark: BLOCK_SIZE });
+  constructor(options: TransformOptions = { highWaterMark: BLOCK_SIZE }) {
+    super(options);
   }
 
   protected async enqueue(work: Promise<Buffer>): Promise<void> {
@@ -243,7 +245,10 @@ class FrameDecompressor extends Pipelined {
   private buffered: Buffer = Buffer.alloc(0);
 
   constructor(private readonly codec: Codec, private readonly format: string, private readonly what: string) {
-    super();
+    // each frame's plain bytes leave as one chunk, never concatenated with the next (a byte-mode
+    // readable joins whatever is buffered into one new buffer on every read: a copy of every byte);
+    // at most READ_AHEAD frames wait for the reader, so memory stays a few blocks
+    super({ writableHighWaterMark: BLOCK_SIZE, readableObjectMode: true, readableHighWaterMark: READ_AHEAD });
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {

@@ -12,6 +12,9 @@ import { BarmanError, ErrorCode } from '../../shared/errors';
 import { fsyncDir } from '../../shared/durable';
 import { type ByteRange, checkKey, checkPrefix, type DriverWriteOptions, noSpace, notFound, type ObjectInfo, type ObjectWriter, type StorageDriver, type WriteResult } from './storage';
 
+/** bytes per read of a stored object */
+const READ_CHUNK = 1024 * 1024;
+
 /** bytes written between early flushes, so the final fsync only waits for the tail */
 const EARLY_FLUSH_BYTES = 4 * 1024 * 1024;
 const TEMP = /^\..+\.[0-9a-f]{12}\.tmp$/;
@@ -64,8 +67,13 @@ export class PosixDriver implements StorageDriver {
       await fh.close();
       return Readable.from([]);
     }
+    // reads of up to 1 MiB, but never a buffer larger than what there is to read: most stored
+    // files are a few kB, and a 1 MiB buffer for each (kept alive by the slice handed out) made
+    // reading a backup's thousand small files allocate a gigabyte for the garbage collector
+    const size = (await fh.stat().catch(() => undefined))?.size;
+    const left = size === undefined ? READ_CHUNK : Math.max(1, (end ?? size) - start);
     // closes the handle when the stream ends or is destroyed
-    return fh.createReadStream({ start, end: end === undefined ? undefined : end - 1, highWaterMark: 1024 * 1024 });
+    return fh.createReadStream({ start, end: end === undefined ? undefined : end - 1, highWaterMark: Math.min(READ_CHUNK, left) });
   }
 
   async openWrite(key: string, options: DriverWriteOptions = {}): Promise<ObjectWriter> {

@@ -28,8 +28,18 @@ import { parseWalFileName } from '../wal/names';
 import { type PlannedTablespace, type RecoveryPlan, RECOVERY_WAL_DIR, RESTORE_MARKER } from './plan';
 
 export interface RecoverySource {
-  /** plain bytes of a data file of the backup (path as in the manifest) */
-  dataFile(path: string): AsyncIterable<Uint8Array>;
+  /**
+   * Plain bytes of a data file of the backup (path as in the manifest). A source that hashes the
+   * bytes itself (the agent's fetch hashes what arrives, to check it against the receiver's
+   * checksum) says so with `hashes` and calls `hashed` with the SHA-256 of exactly the bytes it
+   * yielded before its iteration ends; the writer then compares that one with the manifest instead
+   * of hashing the bytes a second time.
+   */
+  dataFile(path: string, hashed?: (sha256: string) => void): AsyncIterable<Uint8Array>;
+  /** dataFile() reports the SHA-256 of what it yielded through `hashed` */
+  hashes?: boolean;
+  /** dataFile() yields a new buffer every time, never reusing one: the writer may hold several while they are written */
+  freshChunks?: boolean;
   /** plain bytes of an archived WAL file */
   walFile(name: string): AsyncIterable<Uint8Array>;
 }
@@ -66,6 +76,9 @@ export interface WriteSummary {
   unchanged: number;
   removed: number;
 }
+
+/** chunks of one file a writer may have in the kernel's hands at once (a source with fresh chunks) */
+const WRITE_AHEAD = 4;
 
 /** a new file, never an existing one nor through a link */
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
@@ -266,30 +279,45 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
   const control = plan.files.find((f) => f.path === CONTROL_FILE);
   const files = plan.files.filter((f) => f !== control);
   const totalBytes = files.reduce((n, f) => n + f.size, 0);
-  /** Fetches one data file of the backup into a new file, checked against the manifest. */
+  /**
+   * Fetches one data file of the backup into a new file, checked against the manifest as the bytes
+   * stream (hashed while the previous chunk's write is in the kernel's hands: no second read).
+   * Each chunk is written before the next is asked for, so a source may reuse its buffers.
+   */
   const fetchFile = async (file: RecoveryPlan['files'][number]): Promise<string> => {
     const { fh, path } = await createFile(file.path);
-    const hash = createHash('sha256');
+    // the source's own hash of what it yielded when it has one, else ours
+    const hash = source.hashes ? undefined : createHash('sha256');
+    let reported: string | undefined;
     let size = 0;
+    const writes: Promise<void>[] = [];
     try {
-      for await (const chunk of source.dataFile(file.path)) {
-        hash.update(chunk);
+      for await (const chunk of source.dataFile(file.path, (sha256) => (reported = sha256))) {
+        if (size + chunk.length > file.size) throw mismatch(file, size + chunk.length);
+        const written = writeAll(fh, chunk, size).then(() => onBytes(chunk.length));
+        written.catch(() => undefined); // awaited below, in order; never an unhandled rejection meanwhile
+        writes.push(written);
+        hash?.update(chunk);
         size += chunk.length;
-        await fh.write(chunk);
-        onBytes(chunk.length);
+        // a source that may reuse its buffer gets it back only once written; one that never
+        // does keeps the kernel busy with up to WRITE_AHEAD chunks while the next is decoded
+        while (writes.length > (source.freshChunks ? WRITE_AHEAD : 0)) await writes.shift();
       }
+      while (writes.length > 0) await writes.shift();
+      const sha = hash ? hash.digest('hex') : reported;
+      if (sha === undefined) throw new BarmanError(ErrorCode.INTERNAL, `${file.path}: the restore's source gave no checksum for the bytes it sent`, 'This is a bug in barman-ts; please report it.');
+      if (size !== file.size || (file.sha256 && sha !== file.sha256)) throw mismatch(file, size, sha);
+      if (opts.owner) await fh.chown(opts.owner.uid, opts.owner.gid);
     } finally {
+      // never close a handle a write is still using
+      await Promise.allSettled(writes);
       await fh.close();
     }
-    const sha = hash.digest('hex');
-    if (size !== file.size || (file.sha256 && sha !== file.sha256)) {
-      throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${file.path} in the catalog does not match its manifest (${size} bytes, sha256 ${sha.slice(0, 12)}…; manifest: ${file.size} bytes, ${file.sha256.slice(0, 12)}…)`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId}; recover from another backup (list-backups).`);
-    }
-    await own(path);
     summary.written++;
     summary.writtenBytes += size;
     return path;
   };
+  const mismatch = (file: RecoveryPlan['files'][number], size: number, sha?: string) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${file.path} in the catalog does not match its manifest (${size > file.size && sha === undefined ? `more than its ${file.size} bytes` : `${size} bytes, sha256 ${sha?.slice(0, 12) ?? '?'}…`}; manifest: ${file.size} bytes, ${file.sha256.slice(0, 12)}…)`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId}; recover from another backup (list-backups).`);
   let done = 0;
   let bytes = 0;
   let lastReport = 0;
@@ -377,11 +405,14 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     };
     // the first failure stops every worker, and all of them have stopped before the clean-up
     // below runs (Promise.all would reject at once while the others kept writing files)
+    // largest first: the big relation segments start at once and the small files fill the other
+    // workers meanwhile, so no big file is left to finish alone at the end
+    const order = [...files].sort((a, b) => b.size - a.size);
     let failure: { err: unknown } | undefined;
     let next = 0;
     await Promise.all(Array.from({ length: opts.parallel ?? 4 }, async () => {
       try {
-        while (!failure && next < files.length) await copyOne(files[next++]!);
+        while (!failure && next < order.length) await copyOne(order[next++]!);
       } catch (err) {
         failure ??= { err };
       }
@@ -492,6 +523,14 @@ async function sameAsBackup(path: string, file: RecoveryPlan['files'][number], o
     return true;
   } finally {
     await fh.close();
+  }
+}
+
+/** Writes all of `chunk` at `position` (a short write is continued, never lost). */
+async function writeAll(fh: fs.FileHandle, chunk: Uint8Array, position: number): Promise<void> {
+  for (let off = 0; off < chunk.length; ) {
+    const { bytesWritten } = await fh.write(chunk, off, chunk.length - off, position + off);
+    off += bytesWritten;
   }
 }
 

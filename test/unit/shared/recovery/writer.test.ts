@@ -285,3 +285,101 @@ describe('writeRecovery into an existing directory (delta) and its safety rules'
     await refusal(writeRecovery(planOf({ standby: true }), join(fresh('standby'), 'pgdata'), sourceOf(), { primaryConninfo: 'host=p\nrestore_command=evil' }), ErrorCode.USAGE, /line break/);
   });
 });
+
+describe('writeRecovery, many files at once', () => {
+  /** a backup of `count` files of assorted sizes (some of several chunks), plus pg_control */
+  const many = (count: number) => {
+    const content = new Map<string, Buffer>();
+    for (let i = 0; i < count; i++) {
+      const size = [0, 1, 100, 8192, 300_000, 1_100_000][i % 6]!;
+      content.set(`base/1/${16384 + i}`, Buffer.alloc(size, i + 1));
+    }
+    content.set('global/pg_control', Buffer.from('control'));
+    const files = [...content].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, sha256: createHash('sha256').update(bytes).digest('hex') }));
+    return { content, plan: planOf({ files: [...files.filter((f) => f.path !== 'global/pg_control'), files.find((f) => f.path === 'global/pg_control')!], wals: [] }) };
+  };
+  /** yields a file in chunks of `chunk` bytes, all through ONE buffer it reuses (as readChunks does) */
+  const chunked = (content: Map<string, Buffer>, chunk = 64 * 1024, damage?: { path: string; at: number }): RecoverySource => ({
+    async *dataFile(path) {
+      const bytes = Buffer.from(content.get(path)!);
+      if (damage?.path === path) bytes[damage.at] = bytes[damage.at]! ^ 0x01;
+      const buf = Buffer.alloc(chunk);
+      for (let off = 0; off < bytes.length; off += chunk) {
+        const n = bytes.copy(buf, 0, off, off + chunk);
+        yield buf.subarray(0, n);
+      }
+    },
+    async *walFile() {},
+  });
+
+  it('writes every file byte for byte, whatever the order the workers take them in, from a source that reuses its buffer', async () => {
+    const { content, plan } = many(30);
+    const dest = join(fresh('many'), 'pgdata');
+    const summary = await writeRecovery(plan, dest, chunked(content), { parallel: 4 });
+    expect(summary.written).toBe(31);
+    for (const [path, bytes] of content) expect(readFileSync(join(dest, path)).equals(bytes), path).toBe(true);
+    expect(existsSync(join(dest, 'barman_restore.incomplete'))).toBe(false);
+  });
+
+  it('refuses a file with one flipped byte among many written at once, names it, and leaves nothing behind', async () => {
+    const { content, plan } = many(30);
+    const damaged = 'base/1/16388'; // 300 000 bytes: several chunks
+    const dest = fresh('flipped');
+    await refusal(writeRecovery(plan, dest, chunked(content, 64 * 1024, { path: damaged, at: 200_000 }), { parallel: 4 }), ErrorCode.CHECKSUM_MISMATCH, new RegExp(`${damaged} in the catalog does not match its manifest`));
+    // the destination stays, empty: no half-written cluster, and pg_control was never written
+    expect(readdirSync(dest)).toEqual([]);
+  });
+
+  it('a delta that meets a damaged file leaves the marker and no pg_control, however many workers were writing', async () => {
+    const { content, plan } = many(30);
+    const dest = join(fresh('flipped-delta'), 'pgdata');
+    await writeRecovery(plan, dest, chunked(content), { parallel: 4 });
+    rmSync(join(dest, 'base/1/16394'));
+    await refusal(writeRecovery(plan, dest, chunked(content, 64 * 1024, { path: 'base/1/16394', at: 5 }), { parallel: 4, delta: true }), ErrorCode.CHECKSUM_MISMATCH, /base\/1\/16394 in the catalog does not match its manifest/);
+    expect(existsSync(join(dest, 'barman_restore.incomplete'))).toBe(true);
+    expect(existsSync(join(dest, 'global/pg_control'))).toBe(false);
+  });
+
+  it('refuses a file that runs longer than its manifest says, before writing past its size', async () => {
+    const { content, plan } = many(6);
+    const longer = new Map(content);
+    longer.set('base/1/16386', Buffer.alloc(100 + 1, 3));
+    const dest = fresh('longer');
+    await refusal(writeRecovery(plan, dest, chunked(longer), { parallel: 2 }), ErrorCode.CHECKSUM_MISMATCH, /base\/1\/16386 in the catalog does not match its manifest \(more than its 100 bytes/);
+    expect(readdirSync(dest)).toEqual([]);
+  });
+
+  describe('a source that hashes what it yields itself (the agent, whose fetch checks the receiver\'s checksum)', () => {
+    const hashing = (content: Map<string, Buffer>, report: (path: string, actual: string) => string | undefined): RecoverySource => ({
+      hashes: true,
+      async *dataFile(path, hashed) {
+        const bytes = content.get(path)!;
+        const sha = report(path, createHash('sha256').update(bytes).digest('hex'));
+        if (sha !== undefined) hashed?.(sha);
+        yield bytes;
+      },
+      async *walFile() {},
+    });
+
+    it('has its checksum compared with the manifest: the right one writes the file', async () => {
+      const { content, plan } = many(6);
+      const dest = join(fresh('hashes-ok'), 'pgdata');
+      await writeRecovery(plan, dest, hashing(content, (_p, actual) => actual));
+      for (const [path, bytes] of content) expect(readFileSync(join(dest, path)).equals(bytes), path).toBe(true);
+    });
+
+    it('a checksum other than the manifest\'s is refused, naming the file', async () => {
+      const { content, plan } = many(6);
+      const dest = fresh('hashes-wrong');
+      await refusal(writeRecovery(plan, dest, hashing(content, (p, actual) => (p === 'base/1/16387' ? sha('other bytes') : actual))), ErrorCode.CHECKSUM_MISMATCH, /base\/1\/16387 in the catalog does not match its manifest/);
+      expect(readdirSync(dest)).toEqual([]);
+    });
+
+    it('no checksum at all is refused: nothing is written unchecked', async () => {
+      const { content, plan } = many(6);
+      const dest = fresh('hashes-none');
+      await refusal(writeRecovery(plan, dest, hashing(content, (p, actual) => (p === 'base/1/16385' ? undefined : actual))), ErrorCode.INTERNAL, /base\/1\/16385: the restore's source gave no checksum/);
+      expect(readdirSync(dest)).toEqual([]);
+    });
+  });
+});

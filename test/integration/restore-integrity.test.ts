@@ -1,0 +1,114 @@
+// Every byte that leaves the catalog for a recovery is checked against the checksum the catalog
+// recorded for it, on both ways out: `barman-receiver recover` (many files written at once on the
+// backup host) and `barman-agent restore` (the receiver sends the recorded checksum with each file,
+// the agent hashes what arrives and compares). The damage here is the kind no decompressor
+// notices: one plain byte flipped inside a stored file that is still valid zstd.
+
+import { createHash } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { compress, decompress } from '@mongodb-js/zstd';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { type Cluster, createCluster, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, type Receiver, runAgent, runReceiverCli, startReceiver } from '../harness';
+import { backupAndWait } from '../harness/backups';
+import { RawClient } from '../harness/raw-client';
+import { startRecovered } from '../harness/recovered';
+
+describe('a recovery refuses a stored backup file whose bytes differ from the recorded checksum', () => {
+  let receiver: Receiver;
+  let cluster: Cluster;
+  let id: string;
+  let relation: string;
+  let stored: string;
+  let intact: Buffer;
+
+  beforeAll(async () => {
+    receiver = await startReceiver({ servers: [{ name: 'main' }] });
+    cluster = await createCluster({ name: 'main', archive: true, agentConfig: { receiver, server: 'main' } });
+    await cluster.start();
+    // a table of about 20 MB, so its file is read and written in many chunks, beside many small files
+    await cluster.psql("create table ledger (id int primary key, note text not null); insert into ledger select g, md5(g::text) from generate_series(1, 300000) g;");
+    id = await backupAndWait(receiver, 'main', cluster);
+    relation = await cluster.psql("select pg_relation_filepath('ledger')");
+    // the catalog's default compression is zstd
+    stored = join(receiver.serverDir('main'), 'base', id, 'data', `${relation}.zst`);
+    intact = readFileSync(stored);
+  });
+
+  /** the stored file, still valid zstd, with one plain byte flipped at `at` */
+  const flipPlainByte = async (at: number) => {
+    const plain = Buffer.from(await decompress(intact));
+    expect(plain.length).toBeGreaterThan(at);
+    plain[at] = plain[at]! ^ 0x01;
+    writeFileSync(stored, await compress(plain, 1));
+  };
+  const repair = () => writeFileSync(stored, intact);
+
+  it('recover names the file, writes no pg_control and leaves the destination empty', async () => {
+    await flipPlainByte(3 * 1024 * 1024 + 17);
+    try {
+      const dest = makeDir(join(makeTempDir('flipped-recover', 'postgres', 0o755), 'pgdata'), 'postgres', 0o700);
+      const r = await runReceiverCli(['recover', '-c', receiver.configPath, 'main', id, dest]);
+      expectFailure(r, 1, new RegExp(`${relation} in the catalog does not match its manifest`));
+      expect(r.stderr).toMatch(/verify-backup/);
+      expect(listDir(dest)).toEqual([]);
+    } finally {
+      repair();
+    }
+  });
+
+  it('agent restore names the file, writes no pg_control and leaves the destination empty', async () => {
+    await flipPlainByte(100);
+    try {
+      const dest = makeDir(join(makeTempDir('flipped-restore', 'postgres', 0o755), 'pgdata'), 'postgres', 0o700);
+      const r = await runAgent(['restore', '-c', cluster.agentConfigPath!, id, dest]);
+      expectFailure(r, 1, new RegExp(`backup ${id}: ${relation} does not match the checksum its manifest records`));
+      expect(r.stderr).toMatch(/verify-backup/);
+      expect(listDir(dest)).toEqual([]);
+    } finally {
+      repair();
+    }
+  });
+
+  it('serves the files of a restore side by side, each ending with the checksum its manifest records', async () => {
+    const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'restore');
+    try {
+      // the big table's file first, then a small one: the small one is not held back behind it
+      client.send({ type: 'get-backup-file', id: 1, backupId: id, path: relation });
+      client.send({ type: 'get-backup-file', id: 2, backupId: id, path: 'PG_VERSION' });
+      const hashes = new Map([[1, createHash('sha256')], [2, createHash('sha256')]]);
+      const ended: Array<{ id: number; sha256: string }> = [];
+      while (ended.length < 2) {
+        const frame = await client.nextFrame();
+        if (frame.type === 'chunk') hashes.get(frame.id)!.update(frame.data);
+        else if (frame.type === 'end') ended.push({ id: frame.id, sha256: frame.sha256 });
+        else expect(frame.type).toBe('file');
+      }
+      expect(ended.map((e) => e.id)).toEqual([2, 1]);
+      const manifest = JSON.parse(readFileSync(join(receiver.serverDir('main'), 'base', id, 'backup_manifest'), 'utf8')) as { Files: Array<{ Path: string; Checksum: string }> };
+      const recorded = (path: string) => manifest.Files.find((f) => f.Path === path)!.Checksum;
+      // the end frame says what the catalog recorded, and the bytes sent are those bytes
+      expect(ended.find((e) => e.id === 1)!.sha256).toBe(recorded(relation));
+      expect(ended.find((e) => e.id === 2)!.sha256).toBe(recorded('PG_VERSION'));
+      expect(hashes.get(1)!.digest('hex')).toBe(recorded(relation));
+      expect(hashes.get(2)!.digest('hex')).toBe(recorded('PG_VERSION'));
+    } finally {
+      client.close();
+    }
+  });
+
+  it('with the stored file intact again, both ways write a cluster that starts with every row', async () => {
+    const expected = await cluster.psql('select count(*), sum(id) from ledger');
+    const dir = makeTempDir('intact', 'postgres', 0o755);
+    const viaRecover = join(dir, 'recovered');
+    expectSuccess(await runReceiverCli(['recover', '-c', receiver.configPath, 'main', id, viaRecover]));
+    const viaRestore = join(dir, 'restored');
+    expectSuccess(await runAgent(['restore', '-c', cluster.agentConfigPath!, id, viaRestore]));
+    for (const dest of [viaRecover, viaRestore]) {
+      const copy = await startRecovered(dest, dir);
+      await copy.waitPromoted();
+      expect(await copy.psql('select count(*), sum(id) from ledger')).toBe(expected);
+      await copy.dispose();
+    }
+  });
+});
