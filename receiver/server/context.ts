@@ -395,8 +395,8 @@ export class ServerContext {
         await upload.write(chunk);
         running.bytes += chunk.length;
       },
-      finish: async (sha256) => {
-        const status = await upload.finish(sha256);
+      finish: async (sha256, crc32c) => {
+        const status = await upload.finish(sha256, crc32c);
         running.files++;
         return status;
       },

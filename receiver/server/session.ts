@@ -223,7 +223,7 @@ export class Session implements Peer {
         this.finishing++;
         void this.answer(frame.id, async () => {
           await writes;
-          const status = await upload.finish(frame.sha256);
+          const status = await upload.finish(frame.sha256, frame.crc32c);
           await this.conn.send({ type: 'ack', id: frame.id, status, sha256: frame.sha256 });
           if (upload instanceof WalUpload) {
             this.log.info({ wal: upload.label, status }, status === 'stored' ? 'WAL archived' : 'WAL already archived with identical content');

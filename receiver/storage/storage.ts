@@ -17,6 +17,7 @@
 import { pipeline, Readable, Transform, type TransformCallback, Writable } from 'node:stream';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { type Compression, compressor, decompressor, parseStoredKey, storedKey } from './compression';
+export { compressWhole } from './compression';
 import { Lease, type LeaseOwner, type LeaseRecord, readLease } from './lease';
 
 export interface ObjectInfo {
@@ -227,6 +228,25 @@ export class Storage {
     // compressed frames do not say where plain offsets are: decompress and skip
     if (range) stages.push(new Slice(range.start, range.end ?? Infinity));
     return chain(raw, ...stages);
+  }
+
+  /**
+   * Opens a write of bytes already stored as `compression` says (bundles: members compressed
+   * one by one with compressWhole) under `storedKey(key, compression)`, as they are.
+   */
+  async openStoredWrite(key: string, compression: Compression, options: DriverWriteOptions = {}): Promise<ObjectWriter> {
+    return this.driver.openWrite(checkKey(storedKey(key, compression)), options);
+  }
+
+  /**
+   * The plain bytes of a part of a stored object that is whole in itself (a bundle member:
+   * `range` in stored bytes, on boundaries of the object's compressed frames).
+   */
+  async readPart(stored: string, range: ByteRange): Promise<Readable> {
+    const { compression } = parseStoredKey(checkKey(stored));
+    const raw = await this.driver.read(stored, range);
+    if (compression === 'none') return raw;
+    return chain(raw, decompressor(compression, `${stored} (bytes ${range.start}-${range.end ?? ''}) in ${this.location}`)!);
   }
 
   /** A small object whole (JSON documents, leases); refuses more than `limit` plain bytes. */

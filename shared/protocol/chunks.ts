@@ -3,7 +3,7 @@
 // pages are touched once (first-touch page faults dominated the cost of a push on this machine).
 
 import type { FileHandle } from 'node:fs/promises';
-import { newHash } from '../checksum';
+import { crc32c, crc32cHex, newHash } from '../checksum';
 import { CHUNK_HEADER_ROOM, encodeChunkInPlace } from './codec';
 import type { FrameConnection } from './connection';
 import { CHUNK_SIZE } from './frames';
@@ -36,6 +36,8 @@ export function chunkPool(): ChunkPool {
 
 export interface SentFile {
   sha256: string;
+  /** CRC-32C of the same bytes, when asked for */
+  crc32c?: string;
   size: number;
 }
 
@@ -77,9 +79,11 @@ export function streamSource(stream: AsyncIterable<Buffer>): ChunkSource {
  * Sends everything `source` yields as chunk frames of request `id`, hashing as it goes.
  * `stop()` is asked before each chunk: a peer that already refused the transfer is not fed more.
  */
-export async function sendChunks(conn: FrameConnection, id: number, source: ChunkSource, stop: () => boolean = () => false): Promise<SentFile> {
+export async function sendChunks(conn: FrameConnection, id: number, source: ChunkSource, stop: () => boolean = () => false, withCrc = false): Promise<SentFile> {
   const pool = chunkPool();
   const hash = newHash();
+  const crc = withCrc ? crc32c() : undefined;
+  let crcValue = 0;
   let size = 0;
   for (;;) {
     if (stop()) break;
@@ -95,7 +99,9 @@ export async function sendChunks(conn: FrameConnection, id: number, source: Chun
       pool.release(buf);
       break;
     }
-    hash.update(buf.subarray(CHUNK_HEADER_ROOM, CHUNK_HEADER_ROOM + n));
+    const data = buf.subarray(CHUNK_HEADER_ROOM, CHUNK_HEADER_ROOM + n);
+    hash.update(data);
+    if (crc) crcValue = crc(data, crcValue);
     size += n;
     try {
       await conn.sendEncoded(encodeChunkInPlace(buf, id, n), () => pool.release(buf));
@@ -104,5 +110,5 @@ export async function sendChunks(conn: FrameConnection, id: number, source: Chun
       throw err;
     }
   }
-  return { sha256: hash.digest('hex'), size };
+  return { sha256: hash.digest('hex'), size, ...(crc ? { crc32c: crc32cHex(crcValue) } : {}) };
 }

@@ -183,10 +183,13 @@ export class AgentConnection {
       const target: PutTarget = request.kind === 'wal' ? { ...request, sha256: await hashHandle(fh) } : request;
       await this.conn.send({ type: 'put', id, target, size });
       const source = asOfStat ? exactSize(fileSource(fh), size) : fileSource(fh);
-      const sent = await sendChunks(this.conn, id, source, () => answer.settled || this.failure !== undefined);
+      // a backup file's end carries a CRC-32C of the bytes too: the receiver checks the transfer
+      // with it and records this SHA-256, computed here where the bytes already are
+      const backupFile = request.kind === 'backup-file';
+      const sent = await sendChunks(this.conn, id, source, () => answer.settled || this.failure !== undefined, backupFile);
       if (!answer.settled && !this.failure) {
         if (sent.size !== size) throw new BarmanError(ErrorCode.LOCAL_FILE, `${path} changed size while being read (${size} → ${sent.size} bytes)`, "Something else writes the file; archive_command must be given PostgreSQL's %p.");
-        await this.conn.send({ type: 'end', id, sha256: sent.sha256 });
+        await this.conn.send({ type: 'end', id, sha256: sent.sha256, ...(sent.crc32c ? { crc32c: sent.crc32c } : {}) });
       }
     } catch (err) {
       if (!answer.settled) throw err;

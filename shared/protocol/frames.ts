@@ -8,8 +8,8 @@
 
 import type { BackupSymlink } from '../backup/paths';
 
-/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256 */
-export const PROTOCOL_VERSION = 3;
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C */
+export const PROTOCOL_VERSION = 4;
 /** bytes of file data per chunk frame */
 export const CHUNK_SIZE = 1024 * 1024;
 /** the largest WebSocket message either side accepts (a chunk plus its envelope, with room) */
@@ -63,7 +63,8 @@ export interface WelcomeFrame { type: 'welcome'; sessionId: string; proof: Uint8
 export interface PutFrame { type: 'put'; id: number; target: PutTarget; size: number }
 export interface FileFrame { type: 'file'; id: number; name: string; size: number }
 export interface ChunkFrame { type: 'chunk'; id: number; data: Uint8Array }
-export interface EndFrame { type: 'end'; id: number; sha256: string }
+/** `crc32c` (8 hex digits): what a backup file's end carries besides its SHA-256; the receiver checks that one */
+export interface EndFrame { type: 'end'; id: number; sha256: string; crc32c?: string }
 export interface GetFrame { type: 'get'; id: number; name: string }
 export interface AckFrame { type: 'ack'; id: number; status: 'stored' | 'duplicate' | 'sent'; sha256: string }
 export interface ErrorFrame { type: 'error'; id?: number; code: string; message: string; hint: string }
@@ -225,7 +226,7 @@ const SHAPES: Record<FrameType, Shape> = {
   put: { required: { id: uint, target, size: uint } },
   file: { required: { id: uint, name: str(255), size: uint } },
   chunk: { required: { id: uint, data: bytes(CHUNK_SIZE) } },
-  end: { required: { id: uint, sha256: hex64 } },
+  end: { required: { id: uint, sha256: hex64 }, optional: { crc32c: (v) => typeof v === 'string' && /^[0-9a-f]{8}$/.test(v) } },
   get: { required: { id: uint, name: str(255) } },
   ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent'), sha256: hex64 } },
   error: { required: { code: str(64), message: str(4096), hint: str(4096) }, optional: { id: uint } },
