@@ -336,6 +336,7 @@ async function backupAtScale(ctx: BenchContext, wantedScale: number): Promise<st
   // before the first backup: what it holds idle, and its peak while archiving the pgbench load's WAL
   const receiverIdleKb = procStatusKb(receiver.pid, 'VmRSS') ?? 0;
   const receiverLoadKb = procStatusKb(receiver.pid, 'VmHWM') ?? 0;
+  const agentIdleKb = procStatusKb(daemon.pid, 'VmRSS') ?? 0;
   for (let round = 1; round <= ROUNDS; round++) {
     loads.push(loadAverage());
     const plain = join(work, `pg_basebackup-${round}`);
@@ -368,7 +369,7 @@ async function backupAtScale(ctx: BenchContext, wantedScale: number): Promise<st
     `${ROUNDS} round${ROUNDS === 1 ? '' : 's'}, each: our backup, \`pg_basebackup\`${pgbackrest ? ' and `pgbackrest backup`' : ''} (the order rotating from round to round)${RECOVER ? ', then our recovery and the `cp -a` baseline (order alternating)' : ''}; before every measurement the archiver is idle and \`sync\` has written back the previous one's dirty pages.`,
     `Every catalog backup reached DONE${RECOVER ? ' and every recovered copy was started and held the same pgbench_accounts row count as the source' : ''}.`,
   ];
-  return report(header, ours, base, brest, oursRec, baseRec, { idleKb: receiverIdleKb, loadKb: receiverLoadKb, lifeKb: receiverLifeKb }, loads);
+  return report(header, ours, base, brest, oursRec, baseRec, { idleKb: receiverIdleKb, loadKb: receiverLoadKb, lifeKb: receiverLifeKb, agentIdleKb }, loads);
 }
 
 /** Waits until PostgreSQL has no segment left to archive. */
@@ -383,7 +384,7 @@ async function waitForArchiver(pgdata: string, timeoutMs = 600_000): Promise<voi
   }
 }
 
-function report(header: string[], ours: BackupRun[], base: BaseBackupRun[], brest: BaseBackupRun[], oursRec: RecoverRun[], baseRec: RecoverRun[], receiverKb: { idleKb: number; loadKb: number; lifeKb: number }, loads: string[]): string {
+function report(header: string[], ours: BackupRun[], base: BaseBackupRun[], brest: BaseBackupRun[], oursRec: RecoverRun[], baseRec: RecoverRun[], receiverKb: { idleKb: number; loadKb: number; lifeKb: number; agentIdleKb: number }, loads: string[]): string {
   const med = (xs: number[]) => stats(xs).median;
   const range = (xs: number[], fmt: (x: number) => string) => `${fmt(stats(xs).min)}–${fmt(stats(xs).max)}`;
   const mb = (x: number) => x.toFixed(0);
@@ -453,7 +454,7 @@ function report(header: string[], ours: BackupRun[], base: BaseBackupRun[], bres
     phaseTable,
     '',
     ...(recoverTable ? [recoverTable, ''] : []),
-    `Memory: the receiver service held ${mib(receiverKb.idleKb)} MiB before the first backup (peak ${mib(receiverKb.loadKb)} MiB while it archived the pgbench load's WAL), peaked at ${mib(med(ours.map((r) => r.receiverPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.receiverPeakKb)).max)}) while ${mb(bytes / 1e6)} MB went through it, and at ${mib(receiverKb.lifeKb)} MiB over the whole run; the agent daemon peaked at ${mib(med(ours.map((r) => r.agentPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.agentPeakKb)).max)}).`,
+    `Memory: the receiver service held ${mib(receiverKb.idleKb)} MiB before the first backup (peak ${mib(receiverKb.loadKb)} MiB while it archived the pgbench load's WAL), peaked at ${mib(med(ours.map((r) => r.receiverPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.receiverPeakKb)).max)}) while ${mb(bytes / 1e6)} MB went through it, and at ${mib(receiverKb.lifeKb)} MiB over the whole run; the agent daemon held ${mib(receiverKb.agentIdleKb)} MiB before the first backup and peaked at ${mib(med(ours.map((r) => r.agentPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.agentPeakKb)).max)}).`,
     'Peak RSS of the agent daemon and of the receiver service is their VmHWM, reset before each backup (`clear_refs`), and VmRSS sampled every 100 ms; that of `pg_basebackup`, `pgbackrest` (its largest process), `recover` and `cp` comes from GNU time (`%M`).',
     'CPU seconds are user + system: ours are the daemon\'s and the receiver\'s over the backup (from /proc); `pgbackrest` and its local worker processes from GNU time; PostgreSQL\'s own share (the backends reading, the walsender for pg_basebackup) is not counted on any side.',
     '',

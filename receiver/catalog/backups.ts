@@ -273,7 +273,8 @@ export class BackupCatalog {
     const compression = this.catalog.compression;
     let writer;
     try {
-      writer = await this.storage.openWrite(this.layout.backupFileKey(id, rel), { compression, sync: false, sizeHint: compression === 'none' ? size : undefined });
+      // chunks come from the connection, each in a buffer of its own that nothing reuses
+      writer = await this.storage.openWrite(this.layout.backupFileKey(id, rel), { compression, sync: false, sizeHint: compression === 'none' ? size : undefined, ownsChunks: true });
     } catch (err) {
       r.files.delete(rel);
       throw err;

@@ -134,17 +134,21 @@ const lz4Codec: Codec = {
   frameLength: lz4FrameLength,
 };
 
-/** Plain bytes in, stored bytes out; undefined for `none`. */
-export function compressor(compression: Compression): Transform | undefined {
+/**
+ * Plain bytes in, stored bytes out; undefined for `none`. `ownsChunks`: the writer hands each
+ * chunk over and never changes it afterwards, so a whole block of it is compressed where it is
+ * instead of being copied first.
+ */
+export function compressor(compression: Compression, ownsChunks = false): Transform | undefined {
   switch (compression) {
     case 'none':
       return undefined;
     case 'gzip':
       return createGzip({ level: GZIP_LEVEL });
     case 'zstd':
-      return new BlockCompressor(zstdCodec);
+      return new BlockCompressor(zstdCodec, ownsChunks);
     case 'lz4':
-      return new BlockCompressor(lz4Codec);
+      return new BlockCompressor(lz4Codec, ownsChunks);
   }
 }
 
@@ -223,7 +227,7 @@ class BlockCompressor extends Pipelined {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
 
-  constructor(private readonly codec: Codec) {
+  constructor(private readonly codec: Codec, private readonly ownsChunks = false) {
     super();
   }
 
@@ -244,6 +248,12 @@ class BlockCompressor extends Pipelined {
   private async addPlain(chunk: Buffer): Promise<void> {
     let offset = 0;
     while (offset < chunk.length) {
+      if (this.ownsChunks && this.pendingBytes === 0 && chunk.length - offset >= BLOCK_SIZE) {
+        // a whole block of a chunk nobody changes any more: compressed in place, no copy
+        await this.enqueue(this.codec.compress(chunk.subarray(offset, offset + BLOCK_SIZE)));
+        offset += BLOCK_SIZE;
+        continue;
+      }
       const n = Math.min(BLOCK_SIZE - this.pendingBytes, chunk.length - offset);
       this.pending.push(chunk.subarray(offset, offset + n));
       this.pendingBytes += n;

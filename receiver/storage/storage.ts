@@ -176,6 +176,8 @@ function chain(first: Readable, ...rest: Transform[]): Readable {
 export interface PutOptions extends DriverWriteOptions {
   /** how to store the bytes (default none); the stored key gets the compression's suffix */
   compression?: Compression;
+  /** the caller never changes a chunk after handing it to write(): the compressor may keep it instead of copying */
+  ownsChunks?: boolean;
 }
 
 export interface StoredObject extends ObjectInfo {
@@ -202,7 +204,7 @@ export class Storage {
       throw new BarmanError(ErrorCode.INTERNAL, `storage key "${key.slice(0, 200)}" ends like a compressed object but is stored plain`, 'This is a bug in barman-ts; please report it with the command that failed.');
     }
     const inner = await this.driver.openWrite(checkKey(storedKey(key, compression)), { sync: options.sync, sizeHint: options.sizeHint });
-    const filter = compressor(compression);
+    const filter = compressor(compression, options.ownsChunks);
     return filter ? new FilteredWriter(inner, filter) : new CountingWriter(inner);
   }
 
