@@ -19,14 +19,19 @@ let crc32cImpl: Crc32c | undefined;
  */
 export function crc32c(): Crc32c {
   if (crc32cImpl) return crc32cImpl;
+  crc32cImpl = requireOptional<{ crc32c: Crc32c }>('@node-rs/crc32')?.crc32c ?? crc32cJs;
+  return crc32cImpl;
+}
+
+/** A native package both programs can do without: its exports, or undefined where it cannot load. */
+export function requireOptional<T>(name: string): T | undefined {
   try {
     // the bundles are CommonJS (require is there); the sources run as ESM under tsx and vitest
     const req = typeof require === 'function' ? require : createRequire(join(process.cwd(), 'package.json'));
-    crc32cImpl = (req('@node-rs/crc32') as { crc32c: Crc32c }).crc32c;
+    return req(name) as T;
   } catch {
-    crc32cImpl = crc32cJs;
+    return undefined;
   }
-  return crc32cImpl;
 }
 
 let table: Uint32Array | undefined;

@@ -13,7 +13,7 @@ import { type BackupInfo, type BackupStatus, backupIdFor, emptyInfo, formatBacku
 import { buildManifest, type ManifestFile, parseManifest } from '../../shared/backup/manifest';
 import { checkSymlinks, safeRelativePath } from '../../shared/backup/paths';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
+import type { BackupStart, BackupStop, WireCompression } from '../../shared/protocol/frames';
 import { parseLsn } from '../../shared/wal/lsn';
 import { majorOf } from '../../shared/postgres/version';
 import { nextSegment, segmentForLsn, segmentNumber } from '../../shared/wal/names';
@@ -22,6 +22,8 @@ import type { Readable } from 'node:stream';
 import type { ServerCatalog } from './catalog';
 import type { Upload } from './upload';
 import { compressWhole, type ObjectWriter } from '../storage/storage';
+import { BLOCK_SIZE, checkZstdBlockFrame, zstdDecompressFrame } from '../storage/compression';
+import { nativeFrameDone } from '../../shared/protocol/chunks';
 
 /**
  * Where one file of a backup is stored: `key` (compression suffix included) holds its plain
@@ -71,6 +73,8 @@ interface Receiving {
   appending: Promise<void>;
   /** a failed append: the backup cannot complete */
   bundleFailure?: unknown;
+  /** the agent sends every file compressed so, in the frames stored as they are */
+  wire?: WireCompression;
 }
 
 export class BackupCatalog {
@@ -134,7 +138,7 @@ export class BackupCatalog {
    * within one second waits for the next second; an ID further ahead (a clock that went back, a
    * backup dated in the future) is not waited for: the wait is always a second or two at most.
    */
-  async begin(start: BackupStart): Promise<BackupInfo> {
+  async begin(start: BackupStart, canCompress: readonly WireCompression[] = []): Promise<BackupInfo> {
     const running = (await this.list()).find((b) => b.status === 'STARTED');
     if (running) {
       throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${running.backupId} of ${this.catalog.server} is still running`, 'Wait for it to finish (barman-receiver list-backups), then start another.');
@@ -171,8 +175,15 @@ export class BackupCatalog {
     // whatever an earlier attempt under this ID left (it never had a backup.info) goes first
     await this.storage.removePrefix(this.layout.backupPrefix(id));
     await this.write(info);
-    this.receiving.set(id, { files: new Map(), parents: new Set(), unsynced: [], bundles: 0, appending: Promise.resolve() });
+    // stored as zstd here and the agent can compress so: it does, and the bytes are stored as sent
+    const wire = this.catalog.compression === 'zstd' && canCompress.includes('zstd') ? 'zstd' : undefined;
+    this.receiving.set(id, { files: new Map(), parents: new Set(), unsynced: [], bundles: 0, appending: Promise.resolve(), wire });
     return info;
+  }
+
+  /** How the agent is to send the files of running backup `id`: compressed so, or plain (undefined). */
+  wireCompression(id: string): WireCompression | undefined {
+    return this.receiving.get(id)?.wire;
   }
 
   private receivingOf(id: string): Receiving {
@@ -237,19 +248,20 @@ export class BackupCatalog {
    * BUNDLE_FILE_LIMIT bytes, as announced), checked, compressed whole and appended to a bundle.
    */
   private bundledFile(id: string, r: Receiving, rel: string, size: number, mtime: number, manifest: ManifestFile[]): Upload {
-    const arrival = new Arrival(rel, size);
+    const arrival = new Arrival(rel, size, r.wire);
     let parts: Uint8Array[] = [];
     return {
       label: `${id}:${rel}`,
       write: async (chunk) => {
-        arrival.take(chunk);
+        await arrival.take(chunk);
         parts.push(chunk);
       },
       finish: async (sha256, senderCrc32c) => {
         try {
           arrival.check(senderCrc32c);
-          const plain = parts.length === 1 ? Buffer.from(parts[0]!.buffer, parts[0]!.byteOffset, parts[0]!.byteLength) : Buffer.concat(parts, size);
-          const member = await compressWhole(this.catalog.compression, plain);
+          const bytes = parts.length === 1 ? Buffer.from(parts[0]!.buffer, parts[0]!.byteOffset, parts[0]!.byteLength) : Buffer.concat(parts);
+          // compressed by the agent: its frames are the member as they are
+          const member = r.wire ? bytes : await compressWhole(this.catalog.compression, bytes);
           const { key, offset } = await this.appendToBundle(id, r, member, size);
           r.files.set(rel, { key, size, offset, length: member.length });
         } finally {
@@ -273,8 +285,10 @@ export class BackupCatalog {
     const compression = this.catalog.compression;
     let writer;
     try {
-      // chunks come from the connection, each in a buffer of its own that nothing reuses
-      writer = await this.storage.openWrite(this.layout.backupFileKey(id, rel), { compression, sync: false, sizeHint: compression === 'none' ? size : undefined, ownsChunks: true });
+      // chunks come from the connection, each in a buffer of its own that nothing reuses;
+      // compressed by the agent, they are stored as they are
+      if (r.wire) writer = await this.storage.openStoredWrite(this.layout.backupFileKey(id, rel), r.wire, { sync: false });
+      else writer = await this.storage.openWrite(this.layout.backupFileKey(id, rel), { compression, sync: false, sizeHint: compression === 'none' ? size : undefined, ownsChunks: true });
     } catch (err) {
       r.files.delete(rel);
       throw err;
@@ -282,11 +296,11 @@ export class BackupCatalog {
     // the transfer is checked with the CRC-32C the agent computed over the bytes it sent, beside
     // their SHA-256 (which the manifest records): the same bytes arrived, at a fraction of the
     // CPU a second SHA-256 would cost here
-    const arrival = new Arrival(rel, size);
+    const arrival = new Arrival(rel, size, r.wire);
     return {
       label: `${id}:${rel}`,
       write: async (chunk) => {
-        arrival.take(chunk);
+        await arrival.take(chunk);
         await writer.write(chunk);
       },
       finish: async (sha256, senderCrc32c) => {
@@ -512,13 +526,41 @@ class Arrival {
   private readonly crc = crc32c();
   private value = 0;
   private received = 0;
+  /** compressed frames received (a compressed transfer: one per chunk, one per BLOCK_SIZE plain bytes) */
+  private frames = 0;
 
-  constructor(private readonly rel: string, private readonly size: number) {}
+  constructor(private readonly rel: string, private readonly size: number, private readonly wire?: WireCompression) {}
 
-  take(chunk: Uint8Array): void {
-    if (this.received + chunk.length > this.size) throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: more bytes than the ${this.size} announced`, 'Agent and receiver must run compatible versions.');
-    this.received += chunk.length;
-    this.value = this.crc(chunk, this.value);
+  /** frames of BLOCK_SIZE plain bytes a file of `size` bytes is sent in */
+  private get expectedFrames(): number {
+    return Math.ceil(this.size / BLOCK_SIZE);
+  }
+
+  /**
+   * One chunk as it arrived. Compressed by the agent, it must be one whole frame (checked by its
+   * headers first) of BLOCK_SIZE plain bytes (the last one fewer); it is decompressed here, and
+   * the CRC-32C, like the count, is of the plain bytes: what is stored is known to give back
+   * exactly the bytes the agent read and hashed.
+   */
+  async take(chunk: Uint8Array): Promise<void> {
+    let plain = chunk;
+    if (this.wire) {
+      if (++this.frames > this.expectedFrames) throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: more compressed frames than its ${this.size} bytes make`, 'Agent and receiver must run compatible versions.');
+      try {
+        const frame = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+        checkZstdBlockFrame(frame);
+        plain = await zstdDecompressFrame(frame);
+        nativeFrameDone();
+      } catch (err) {
+        throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: a chunk is not a zstd frame as barman-ts makes them (${(err as Error).message})`, 'Agent and receiver must run compatible versions.');
+      }
+      const last = this.frames === this.expectedFrames;
+      if (last ? this.received + plain.length !== this.size : plain.length !== BLOCK_SIZE) {
+        throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${this.rel}: a compressed frame decompresses to ${plain.length} bytes, not the ${last ? this.size - this.received : BLOCK_SIZE} of its place in the file`, 'Take the backup again; check the memory of the PostgreSQL host if it repeats.');
+      }
+    } else if (this.received + chunk.length > this.size) throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: more bytes than the ${this.size} announced`, 'Agent and receiver must run compatible versions.');
+    this.received += plain.length;
+    this.value = this.crc(plain, this.value);
   }
 
   check(senderCrc32c: string | undefined): void {

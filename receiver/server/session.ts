@@ -243,9 +243,10 @@ export class Session implements Peer {
       case 'backup-begin':
         return this.answer(frame.id, async () => {
           this.allow(['daemon', 'backup'], 'take backups');
-          const info = await server.beginBackup(this, frame.start, frame.requestId);
+          const info = await server.beginBackup(this, frame.start, frame.requestId, frame.canCompress);
           this.log.info({ backup: info.backupId, lsn: info.beginLsn }, 'backup started');
-          await this.conn.send({ type: 'backup-accepted', id: frame.id, backupId: info.backupId });
+          const compression = server.backups.wireCompression(info.backupId);
+          await this.conn.send({ type: 'backup-accepted', id: frame.id, backupId: info.backupId, ...(compression ? { compression } : {}) });
         });
       case 'backup-end':
         return this.answer(frame.id, async () => {

@@ -128,6 +128,11 @@ async function lz4DecompressFrame(frame: Buffer): Promise<Buffer> {
   return out.length === 1 ? out[0]! : Buffer.concat(out);
 }
 
+/** The plain bytes of one zstd frame (checked by checkZstdBlockFrame first when it comes from elsewhere). */
+export function zstdDecompressFrame(frame: Buffer): Promise<Buffer> {
+  return zstdCodec.decompress(frame);
+}
+
 const lz4Codec: Codec = {
   compress: lz4CompressFrame,
   decompress: lz4DecompressFrame,
@@ -340,6 +345,38 @@ export function zstdFrameLength(buf: Buffer): number | undefined {
   }
   pos += checksum ? 4 : 0;
   return buf.length >= pos ? pos : undefined;
+}
+
+/** blocks one frame an agent sends may have: at most 128 KiB of plain bytes each, 8 MiB in all */
+const MAX_WIRE_BLOCKS = 64;
+
+/**
+ * Checks that `buf` is exactly one zstd frame of a shape the streaming compressor makes (what an
+ * agent sends compressed must be that too), by its headers alone, before anything decompresses
+ * it: a frame of another shape, or of so many blocks that it could decompress to more than a few
+ * MiB (a compression bomb), is refused. zstd blocks hold at most 128 KiB of plain bytes.
+ */
+export function checkZstdBlockFrame(buf: Buffer): void {
+  if (buf.length < 5 || buf.readUInt32LE(0) !== ZSTD_MAGIC) throw new Error('not a zstd frame');
+  const descriptor = buf[4]!;
+  const fcsFlag = descriptor >> 6;
+  const singleSegment = (descriptor >> 5) & 1;
+  if (descriptor & 0x0b) throw new Error('a zstd frame with a dictionary or reserved bits');
+  let pos = 5 + (singleSegment ? 0 : 1) + [singleSegment, 2, 4, 8][fcsFlag]!;
+  let blocks = 0;
+  for (;;) {
+    if (buf.length < pos + 3) throw new Error('a truncated zstd frame');
+    const header = buf[pos]! | (buf[pos + 1]! << 8) | (buf[pos + 2]! << 16);
+    const type = (header >> 1) & 3;
+    const size = header >>> 3;
+    if (type === 3 || size > 128 * 1024) throw new Error('an invalid zstd block');
+    pos += 3 + (type === 1 ? 1 : size);
+    // a BLOCK_SIZE frame is 8 or 9 blocks; the bound keeps what one frame can decompress to small
+    if (++blocks > MAX_WIRE_BLOCKS) throw new Error(`a zstd frame of more than ${MAX_WIRE_BLOCKS} blocks`);
+    if (header & 1) break;
+  }
+  pos += (descriptor >> 2) & 1 ? 4 : 0;
+  if (pos !== buf.length) throw new Error('not exactly one zstd frame');
 }
 
 export function lz4FrameLength(buf: Buffer): number | undefined {

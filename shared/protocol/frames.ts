@@ -69,9 +69,15 @@ export interface GetFrame { type: 'get'; id: number; name: string }
 export interface AckFrame { type: 'ack'; id: number; status: 'stored' | 'duplicate' | 'sent'; sha256: string }
 export interface ErrorFrame { type: 'error'; id?: number; code: string; message: string; hint: string }
 /** agent → receiver: a backup has started; `requestId` answers a backup-request */
-export interface BackupBeginFrame { type: 'backup-begin'; id: number; requestId?: number; start: BackupStart }
-/** receiver → agent: the backup's ID; files may now be put under it */
-export interface BackupAcceptedFrame { type: 'backup-accepted'; id: number; backupId: string }
+export interface BackupBeginFrame { type: 'backup-begin'; id: number; requestId?: number; start: BackupStart; canCompress?: WireCompression[] }
+/**
+ * receiver → agent: the backup's ID; files may now be put under it. With `compression`, every
+ * file of it is sent compressed so (each chunk one whole frame of at most CHUNK_SIZE plain
+ * bytes, the end's CRC-32C of the bytes sent), and the receiver stores those bytes as they are.
+ */
+export interface BackupAcceptedFrame { type: 'backup-accepted'; id: number; backupId: string; compression?: WireCompression }
+/** what an agent can compress a backup's files with before sending them */
+export type WireCompression = 'zstd';
 /** agent → receiver: every file is sent and PostgreSQL has stopped the backup */
 export interface BackupEndFrame { type: 'backup-end'; id: number; backupId: string; stop: BackupStop; fileCount: number }
 /** agent → receiver: the backup failed on the PostgreSQL host */
@@ -230,8 +236,8 @@ const SHAPES: Record<FrameType, Shape> = {
   get: { required: { id: uint, name: str(255) } },
   ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent'), sha256: hex64 } },
   error: { required: { code: str(64), message: str(4096), hint: str(4096) }, optional: { id: uint } },
-  'backup-begin': { required: { id: uint, start: backupStart }, optional: { requestId: uint } },
-  'backup-accepted': { required: { id: uint, backupId } },
+  'backup-begin': { required: { id: uint, start: backupStart }, optional: { requestId: uint, canCompress: arrayOf(oneOf('zstd'), 4) } },
+  'backup-accepted': { required: { id: uint, backupId }, optional: { compression: oneOf('zstd') } },
   'backup-end': { required: { id: uint, backupId, stop: backupStop, fileCount: uint } },
   'backup-abort': { required: { id: uint, backupId, reason: str(4096) } },
   'backup-request': { required: { id: uint } },

@@ -71,11 +71,11 @@ describe('a man in the middle on ws:// rewrites the hello', () => {
 });
 
 /** A receiver, and a raw backup session that has begun a backup there (frame by frame, as a hostile agent would). */
-async function beginRawBackup() {
+async function beginRawBackup(canCompress?: Array<'zstd'>) {
   const receiver = await startReceiver({ servers: [{ name: 'main' }] });
   const agent = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'backup');
   const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: '7312345678901234567', pgVersion: 150018, segmentSize: 16 * 1024 * 1024, pgdata: '/var/lib/postgresql/15/main', tablespaces: [] };
-  agent.send({ type: 'backup-begin', id: 1, start });
+  agent.send({ type: 'backup-begin', id: 1, start, ...(canCompress ? { canCompress } : {}) });
   const accepted = await agent.nextFrame();
   if (accepted.type !== 'backup-accepted') throw new Error(`expected backup-accepted, got ${JSON.stringify(accepted)}`);
   return { receiver, agent, accepted };
@@ -120,6 +120,45 @@ describe('an agent sends a backup file whose bytes do not match the CRC-32C at i
     let info;
     for (let i = 0; i < 100; i++) {
       info = (await listBackupsJson(receiver, 'main')).find((b) => b.backup_id === accepted.backupId);
+      if (info?.status === 'FAILED') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(info).toMatchObject({ status: 'FAILED' });
+  });
+});
+
+describe('an agent that compresses a backup\'s files itself sends frames that are not what it says', () => {
+  it('is refused: a frame that decompresses to other bytes, one too large, bytes that are no frame; a good one is stored', async () => {
+    const { receiver, agent, accepted } = await beginRawBackup(['zstd']);
+    // the receiver stores zstd (its default): the agent is to send zstd frames
+    expect(accepted).toMatchObject({ compression: 'zstd' });
+    const backupId = (accepted as Extract<Frame, { type: 'backup-accepted' }>).backupId;
+    type Zstd = { compress(b: Buffer, level?: number): Promise<Buffer> };
+    const loaded = (await import('@mongodb-js/zstd/bindings.js' as string)) as Zstd & { default?: Zstd };
+    const zstd = loaded.default ?? loaded;
+    let id = 10;
+    const put = async (path: string, plainSaid: Buffer, chunks: Buffer[]): Promise<Frame> => {
+      const putId = id++;
+      agent.send({ type: 'put', id: putId, target: { kind: 'backup-file', backupId, path, mtime: 0 }, size: plainSaid.length });
+      for (const data of chunks) agent.send({ type: 'chunk', id: putId, data });
+      agent.send({ type: 'end', id: putId, sha256: sha256OfBytes(plainSaid), crc32c: crc32cOfBytes(plainSaid) });
+      return agent.nextFrame();
+    };
+    const plain = Buffer.from('the bytes the agent read, '.repeat(100));
+    const other = Buffer.from(plain);
+    other[7]! ^= 0x20;
+    // a well-formed frame of other bytes than the CRC-32C at the end says
+    expect(await put('base/1/100', plain, [await zstd.compress(other, 1)])).toMatchObject({ type: 'error', code: 'CHECKSUM_MISMATCH', message: 'base/1/100: checksum differs from the agent\'s' });
+    // a frame of more plain bytes than the file has
+    expect(await put('base/1/101', plain.subarray(0, 100), [await zstd.compress(plain, 1)])).toMatchObject({ type: 'error', code: 'CHECKSUM_MISMATCH', message: expect.stringMatching(/base\/1\/101: a compressed frame decompresses to 2600 bytes, not the 100/) });
+    // the intact file is stored, and acknowledged
+    expect(await put('base/1/102', plain, [await zstd.compress(plain, 1)])).toMatchObject({ type: 'ack' });
+    // plain bytes where a frame belongs: a protocol violation, which ends the session
+    expect(await put('base/1/103', plain, [plain])).toMatchObject({ type: 'error', code: 'PROTOCOL', message: expect.stringMatching(/base\/1\/103: a chunk is not a zstd frame as barman-ts makes them/) });
+    agent.close();
+    let info;
+    for (let i = 0; i < 100; i++) {
+      info = (await listBackupsJson(receiver, 'main')).find((b) => b.backup_id === backupId);
       if (info?.status === 'FAILED') break;
       await new Promise((r) => setTimeout(r, 100));
     }
