@@ -183,8 +183,13 @@ async function backupAtScale(ctx: BenchContext, wantedScale: number): Promise<st
   const dbBytes = Number(await cluster.psql('select sum(pg_database_size(oid)) from pg_database'));
   ctx.log(`backup: initialised in ${(init.ms / 1000).toFixed(0)} s, ${(dbBytes / 1e6).toFixed(0)} MB; waiting for the archiver`);
 
-  // the agent daemon the receiver asks for backups (as a DBA runs it)
-  const daemon = new Background(node, [...(PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${postgresDir(join(PROFILE, 'agent'))}`] : []), agent, 'daemon', '-c', agentConf], { cwd: agentDir, asPostgres: true, cleanup: ctx.cleanup, what: 'barman-agent daemon', logFile: join(agentDir, 'daemon.log') });
+  // the agent daemon the receiver asks for backups, as a DBA runs it: the installed
+  // `barman-agent` (the launcher, which sets up what the daemon needs and execs node on
+  // barman-agent.cjs); node itself when profiling
+  const daemonOptions = { cwd: agentDir, asPostgres: true, cleanup: ctx.cleanup, what: 'barman-agent daemon', logFile: join(agentDir, 'daemon.log') };
+  const daemon = PROFILE
+    ? new Background(node, ['--cpu-prof', `--cpu-prof-dir=${postgresDir(join(PROFILE, 'agent'))}`, agent, 'daemon', '-c', agentConf], daemonOptions)
+    : new Background(join(ctx.repoRoot, 'dist', 'barman-agent'), ['daemon', '-c', agentConf], daemonOptions);
   await daemon.waitForLine(/"msg":"connected to the receiver"/, 60_000);
 
   // pgBackRest, where installed: its own repository on the same disk, 2 processes, zstd 1, bundles
