@@ -246,6 +246,8 @@ export class Storage {
    */
   async readPart(stored: string, range: ByteRange): Promise<Readable> {
     const { compression } = parseStoredKey(checkKey(stored));
+    // an empty member is no bytes at all (compressWhole), which gunzip would call truncated
+    if (range.end !== undefined && range.end <= range.start) return Readable.from([]);
     const raw = await this.driver.read(stored, range);
     if (compression === 'none') return raw;
     return chain(raw, decompressor(compression, `${stored} (bytes ${range.start}-${range.end ?? ''}) in ${this.location}`)!);
