@@ -1,21 +1,25 @@
 // Section "backup": a base backup and a recovery of one pgbench database, ours next to what a DBA
-// would do with PostgreSQL's own tools on the same cluster and disk:
-//   backup:  `barman-agent backup` (as postgres)   vs  `pg_basebackup -Fp -X none --checkpoint=fast`
-//   recover: `barman-receiver recover main latest` vs  `cp -a` of that plain backup (+ its WAL,
+// would do with PostgreSQL's own tools (and, where it is installed, pgBackRest) on the same
+// cluster and disk:
+//   backup:  `barman-receiver backup main --wait` (spawn to DONE; the agent daemon takes it)
+//            vs `pg_basebackup -Fp -X none --checkpoint=fast`
+//            vs `pgbackrest backup` (2 processes, zstd level 1, bundling) when pgbackrest is on PATH
+//   recover: `barman-receiver recover main latest` vs `cp -a` of that plain backup (+ its WAL,
 //            recovery.signal, restore_command) — each followed by `pg_ctl start` until the copy
 //            answers `select 1` and pg_is_in_recovery() is false.
 // The cluster archives through `barman-agent push` (so our backups become DONE); the receiver is a
-// real `barman-receiver serve` on this host. Rounds are interleaved, and each recovered copy is
-// checked (row count) before its figures count.
+// real `barman-receiver serve` on this host with its default compression (BENCH_BACKUP_COMPRESSION
+// overrides it; BENCH_BACKUP_PROFILE=<dir> has both write CPU profiles there). Rounds are interleaved, and each recovered copy is checked (row count) before its
+// figures count. BENCH_BACKUP_SCALES=50,200 runs the whole section once per pgbench scale (the
+// memory goals hold at every scale); BENCH_BACKUP_RECOVER=0 leaves the recoveries out.
 
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { OpenServer } from '../receiver/catalog/open';
+import { Background, freePort } from './daemon-lib';
 import {
   BenchCluster,
   type BenchContext,
   copyStoredWal,
-  fmtMs,
   fmtRatio,
   freeBytes,
   loadAverage,
@@ -36,12 +40,20 @@ import {
   waitForArchiver,
 } from './lib';
 
-const SCALE = Number(process.env.BENCH_BACKUP_SCALE ?? 50);
+const SCALES = (process.env.BENCH_BACKUP_SCALES ?? process.env.BENCH_BACKUP_SCALE ?? '50').split(',').map((s) => Number(s.trim())).filter((n) => n > 0);
 const SMALL_SCALE = 20;
 const ROUNDS = Number(process.env.BENCH_BACKUP_ROUNDS ?? 3);
+const RECOVER = process.env.BENCH_BACKUP_RECOVER !== '0';
+const COMPRESSION = process.env.BENCH_BACKUP_COMPRESSION;
+/** a folder: the receiver and the agent daemon write CPU profiles (node --cpu-prof) below it */
+const PROFILE = process.env.BENCH_BACKUP_PROFILE;
 /** port of the recovered copies (in their own socket folder, so nothing else can collide) */
 const COPY_PORT = 5433;
 const SERVER = 'main';
+/** the goals of the speed work: throughput against pg_basebackup, peak memory per side */
+const SPEED_GOAL = 1.5;
+const AGENT_RSS_GOAL_MIB = 100;
+const RECEIVER_RSS_GOAL_MIB = 200;
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const now = () => Number(process.hrtime.bigint()) / 1e6;
@@ -53,17 +65,20 @@ function lineAt(lines: Array<{ ms: number; text: string }>, re: RegExp, last = f
 }
 
 interface BackupRun {
+  /** spawn of `barman-receiver backup --wait` to its exit, which is status DONE */
   ms: number;
-  /** from the agent's progress on stderr: "backup <id> started" (connected, checkpoint done, catalog entry made) */
+  /** "backup <id> started" (the daemon connected to PostgreSQL, checkpoint done, catalog entry made) */
   startedMs?: number;
-  /** the last "<n>/<n> files" line: every file sent and acknowledged */
+  /** the "<n>/<n> files" line: every file is in on the receiver */
   filesMs?: number;
-  /** spawn to status DONE in the catalog */
-  doneMs: number;
+  /** "WAITING_FOR_WALS": files durable, manifest written, backup_stop done */
+  endedMs?: number;
   bytes: number;
+  /** bytes the catalog holds for the backup (compressed) */
+  storedBytes?: number;
   files: number;
-  agentPeakKb?: number;
-  agentCpu?: number;
+  agentPeakKb: number;
+  agentCpu: number;
   receiverPeakKb: number;
   receiverCpu: number;
 }
@@ -77,6 +92,7 @@ interface BaseBackupRun {
   /** "syncing data to disk" */
   syncStartMs?: number;
   bytes: number;
+  storedBytes?: number;
   peakKb?: number;
   cpu?: number;
 }
@@ -91,17 +107,49 @@ interface RecoverRun {
   walFiles: number;
 }
 
+/** Bytes of every file below `dir` (what a backup occupies at rest). */
+function duBytes(dir: string): number {
+  let n = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) {
+      try {
+        n += statSync(join(e.parentPath, e.name)).size;
+      } catch {
+        // removed meanwhile
+      }
+    }
+  }
+  return n;
+}
+
 export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
-  const dir = postgresDir(join(ctx.workDir, 'backup'));
+  const parts: string[] = [];
+  for (const scale of SCALES) parts.push(await backupAtScale(ctx, scale));
+  const compression = COMPRESSION ?? 'the default, zstd';
+  return {
+    title: `backup and recover: \`barman-receiver backup --wait\` vs \`pg_basebackup\`${pgbackrestPath() ? ' vs `pgbackrest backup`' : ''}, \`barman-receiver recover\` vs \`cp -a\` (compression ${compression})`,
+    markdown: parts.join('\n\n'),
+  };
+}
+
+/** pgbackrest on PATH, if any */
+function pgbackrestPath(): string | undefined {
+  for (const d of (process.env.PATH ?? '').split(':')) if (d && existsSync(join(d, 'pgbackrest'))) return join(d, 'pgbackrest');
+  return undefined;
+}
+
+async function backupAtScale(ctx: BenchContext, wantedScale: number): Promise<string> {
+  const dir = postgresDir(join(ctx.workDir, `backup-s${wantedScale}`));
   const node = process.execPath;
   const agent = join(ctx.repoRoot, 'dist', 'barman-agent.cjs');
   const receiverCli = join(ctx.repoRoot, 'dist', 'barman-receiver.cjs');
+  const pgbackrest = pgbackrestPath();
 
   // space: the cluster, its WAL, the archived WAL, one catalog backup per round, one plain backup
   // and one recovered copy at a time, about 16 MB per pgbench scale unit each, plus max_wal_size
   const need = (scale: number) => (5 + ROUNDS) * scale * 16e6 + 2e9;
   const free = freeBytes(dir);
-  let scale = SCALE;
+  let scale = wantedScale;
   let scaleNote = '';
   if (free < need(scale)) {
     if (free < need(SMALL_SCALE)) throw new Error(`backup: ${(free / 1e9).toFixed(1)} GB free below ${dir}, need about ${(need(SMALL_SCALE) / 1e9).toFixed(1)} GB even at scale ${SMALL_SCALE}; set BENCH_DIR to a roomier disk`);
@@ -110,11 +158,18 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
   }
   ctx.log(`backup: ${(free / 1e9).toFixed(1)} GB free below ${dir}; pgbench scale ${scale}, ${ROUNDS} rounds`);
 
-  const receiver = await startReceiver(join(dir, 'receiver'), ctx.repoRoot, ctx.cleanup, SERVER, { compression: 'none' });
+  const receiver = await startReceiver(join(dir, 'receiver'), ctx.repoRoot, ctx.cleanup, SERVER, {
+    // the CLI finds the service by the address in the configuration: a fixed port, not 0
+    listen: `127.0.0.1:${await freePort()}`,
+    ...(COMPRESSION ? { compression: COMPRESSION } : {}),
+  }, PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${postgresDir(join(PROFILE, 'receiver'))}`] : []);
   const catalog = await openCatalog(receiver, SERVER, ctx.cleanup);
   const clusterDir = join(dir, 'cluster');
-  const agentConf = postgresAgentConfig(receiver, join(dir, 'agent'), SERVER, {
+  const agentDir = join(dir, 'agent');
+  const agentConf = postgresAgentConfig(receiver, agentDir, SERVER, {
     conninfo: `host=${join(clusterDir, 'socket')} port=5432 user=postgres dbname=postgres`,
+    pgdata: join(clusterDir, 'pgdata'),
+    log_level: 'info',
   });
   const cluster = await BenchCluster.start(clusterDir, ctx.pgBin, ctx.cleanup, {
     archive_mode: 'on',
@@ -130,6 +185,30 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
   const dbBytes = Number(await cluster.psql('select sum(pg_database_size(oid)) from pg_database'));
   ctx.log(`backup: initialised in ${(init.ms / 1000).toFixed(0)} s, ${(dbBytes / 1e6).toFixed(0)} MB; waiting for the archiver`);
 
+  // the agent daemon the receiver asks for backups, as a DBA runs it: the installed
+  // `barman-agent` (the launcher, which sets up what the daemon needs and execs node on
+  // barman-agent.cjs); node itself when profiling
+  const daemonOptions = { cwd: agentDir, asPostgres: true, cleanup: ctx.cleanup, what: 'barman-agent daemon', logFile: join(agentDir, 'daemon.log') };
+  const daemon = PROFILE
+    ? new Background(node, ['--cpu-prof', `--cpu-prof-dir=${postgresDir(join(PROFILE, 'agent'))}`, agent, 'daemon', '-c', agentConf], daemonOptions)
+    : new Background(join(ctx.repoRoot, 'dist', 'barman-agent'), ['daemon', '-c', agentConf], daemonOptions);
+  await daemon.waitForLine(/"msg":"connected to the receiver"/, 60_000);
+
+  // pgBackRest, where installed: its own repository on the same disk, 2 processes, zstd 1, bundles
+  let pgbrConf: string | undefined;
+  if (pgbackrest) {
+    const base = postgresDir(join(dir, 'pgbackrest'));
+    for (const d of ['repo', 'log', 'lock', 'spool']) postgresDir(join(base, d));
+    pgbrConf = join(base, 'pgbackrest.conf');
+    writeFileSync(pgbrConf, [
+      '[global]', `repo1-path=${join(base, 'repo')}`, 'repo1-bundle=y', 'compress-type=zst', 'compress-level=1', 'process-max=2', 'start-fast=y',
+      // WAL goes to our catalog here (archive_command is ours): pgBackRest is not to wait for it in its repository
+      'archive-check=n', `log-path=${join(base, 'log')}`, `lock-path=${join(base, 'lock')}`, `spool-path=${join(base, 'spool')}`, 'log-level-console=warn', 'log-level-file=off',
+      `[${SERVER}]`, `pg1-path=${cluster.pgdata}`, `pg1-socket-path=${cluster.socketDir}`, `pg1-port=${cluster.port}`, 'pg1-user=postgres', '',
+    ].join('\n'), { mode: 0o644 });
+    await runOk(pgbackrest, [`--config=${pgbrConf}`, `--stanza=${SERVER}`, 'stanza-create'], { asPostgres: true, cwd: base });
+  }
+
   /** no measurement starts while the archiver or the kernel still has work from the last one */
   const settle = async () => {
     await waitForArchiver(cluster.pgdata);
@@ -140,6 +219,7 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
   const copySocket = postgresDir(join(dir, 'copy-socket'));
   const ours: BackupRun[] = [];
   const base: BaseBackupRun[] = [];
+  const brest: BaseBackupRun[] = [];
   const oursRec: RecoverRun[] = [];
   const baseRec: RecoverRun[] = [];
   const loads: string[] = [];
@@ -149,23 +229,29 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
 
   const backupOurs = async (round: number): Promise<string> => {
     await settle();
-    ctx.log(`backup: round ${round}: barman-agent backup`);
-    const watch = new RssWatch(receiver.pid);
-    const cpuBefore = procCpuSeconds(receiver.pid);
-    const started = now();
-    const run = await runMeasured(node, [agent, '-c', agentConf, 'backup'], work, { asPostgres: true, cwd: work }).catch((err: Error) => {
-      watch.stop();
-      throw new Error(`${err.message}\n--- receiver log\n${receiver.logTail()}`);
+    ctx.log(`backup: round ${round}: barman-receiver backup ${SERVER} --wait`);
+    const receiverWatch = new RssWatch(receiver.pid);
+    const agentWatch = new RssWatch(daemon.pid);
+    const receiverCpuBefore = procCpuSeconds(receiver.pid);
+    const agentCpuBefore = procCpuSeconds(daemon.pid);
+    const run = await runMeasured(node, [receiverCli, 'backup', '-c', receiver.config, SERVER, '--wait'], work, { cwd: work }).catch((err: Error) => {
+      receiverWatch.stop();
+      agentWatch.stop();
+      throw new Error(`${err.message}\n--- receiver log\n${receiver.logTail()}\n--- daemon\n${daemon.output().slice(-4000)}`);
     });
-    const id = run.stdout.trim();
-    const doneMs = (await waitForDone(catalog, id)) - started;
-    const receiverPeakKb = watch.stop();
-    const receiverCpu = procCpuSeconds(receiver.pid) - cpuBefore;
-    const info = JSON.parse((await runOk(node, [receiverCli, 'show-backup', '-c', receiver.config, SERVER, id, '--json'])).stdout) as { size: number; fileCount: number; status: string };
+    const receiverPeakKb = receiverWatch.stop();
+    const agentPeakKb = agentWatch.stop();
+    const receiverCpu = procCpuSeconds(receiver.pid) - receiverCpuBefore;
+    const agentCpu = procCpuSeconds(daemon.pid) - agentCpuBefore;
+    const id = run.stdout.trim().split('\n')[0]!;
+    const info = await catalog.backups.read(id);
     if (info.status !== 'DONE') throw new Error(`backup ${id} is ${info.status}`);
     const startedMs = lineAt(run.stderrLines, /^backup \S+ started/);
     const filesMs = lineAt(run.stderrLines, /^(\d+)\/\1 files/, true);
-    ours.push({ ms: run.ms, startedMs, filesMs, doneMs, bytes: info.size, files: info.fileCount, agentPeakKb: run.peakKb, agentCpu: run.cpuSeconds, receiverPeakKb, receiverCpu });
+    const endedMs = lineAt(run.stderrLines, /WAITING_FOR_WALS/);
+    let storedBytes = 0;
+    for await (const o of catalog.catalog.storage.list(`${catalog.catalog.layout.backupPrefix(id)}`)) storedBytes += o.size;
+    ours.push({ ms: run.ms, startedMs, filesMs, endedMs: endedMs ?? lineAt(run.stderrLines, /: DONE/), bytes: info.size, storedBytes, files: info.fileCount, agentPeakKb, agentCpu, receiverPeakKb, receiverCpu });
     return id;
   };
 
@@ -185,7 +271,20 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
     base.push({ ms: run.ms, checkpointMs, filesMs, syncStartMs, bytes: manifest.Files.reduce((n, f) => n + f.Size, 0), peakKb: run.peakKb, cpu: run.cpuSeconds });
   };
 
+  const backupPgbackrest = async (round: number): Promise<void> => {
+    if (!pgbackrest || !pgbrConf) return;
+    await settle();
+    ctx.log(`backup: round ${round}: pgbackrest backup`);
+    const repo = join(dir, 'pgbackrest', 'repo', 'backup', SERVER);
+    const before = existsSync(repo) ? duBytes(repo) : 0;
+    const run = await runMeasured(pgbackrest, [`--config=${pgbrConf}`, `--stanza=${SERVER}`, '--type=full', 'backup'], work, { asPostgres: true, cwd: work });
+    brest.push({ ms: run.ms, bytes: 0, storedBytes: duBytes(repo) - before, peakKb: run.peakKb, cpu: run.cpuSeconds });
+    // one backup at a time in its repository: the next round's full one replaces it
+    await runOk(pgbackrest, [`--config=${pgbrConf}`, `--stanza=${SERVER}`, '--repo1-retention-full=1', 'expire'], { asPostgres: true, cwd: work }).catch(() => undefined);
+  };
+
   const recoverOurs = async (round: number): Promise<void> => {
+    if (!RECOVER) return;
     await settle();
     ctx.log(`backup: round ${round}: barman-receiver recover + start`);
     const dest = join(work, `recovered-ours-${round}`);
@@ -198,6 +297,7 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
   };
 
   const recoverBase = async (round: number, plain: string): Promise<void> => {
+    if (!RECOVER) return;
     await settle();
     ctx.log(`backup: round ${round}: cp -a + start`);
     // the WAL a -X none backup needs, flat, as an archive would hold it (from the catalog; not timed)
@@ -224,52 +324,43 @@ export async function backupSection(ctx: BenchContext): Promise<SectionResult> {
   // before the first backup: what it holds idle, and its peak while archiving the pgbench load's WAL
   const receiverIdleKb = procStatusKb(receiver.pid, 'VmRSS') ?? 0;
   const receiverLoadKb = procStatusKb(receiver.pid, 'VmHWM') ?? 0;
+  const agentIdleKb = procStatusKb(daemon.pid, 'VmRSS') ?? 0;
   for (let round = 1; round <= ROUNDS; round++) {
     loads.push(loadAverage());
     const plain = join(work, `pg_basebackup-${round}`);
-    // the order alternates each round, so drift on the machine weighs on both sides alike
+    // the order rotates each round, so drift on the machine weighs on every side alike
+    const backups = [() => backupOurs(round), () => backupBase(round, plain), () => backupPgbackrest(round)];
+    for (let i = 0; i < backups.length; i++) await backups[(i + round - 1) % backups.length]!();
     if (round % 2 === 1) {
-      await backupOurs(round);
-      await backupBase(round, plain);
       await recoverOurs(round);
       await recoverBase(round, plain);
     } else {
-      await backupBase(round, plain);
-      await backupOurs(round);
       await recoverBase(round, plain);
       await recoverOurs(round);
     }
     rmSync(plain, { recursive: true, force: true });
+    // the catalog keeps the newest backup only (recovery reads `latest`): disk stays bounded at any scale
+    for (const b of (await catalog.backups.list()).slice(0, -1)) await runOk(node, [receiverCli, 'delete', '-c', receiver.config, SERVER, b.backupId]).catch(() => undefined);
   }
   loads.push(loadAverage());
   // the high-water mark is reset before each backup: the peak since the last one's start
   const receiverTailKb = procStatusKb(receiver.pid, 'VmHWM') ?? 0;
   const receiverLifeKb = Math.max(receiverLoadKb, receiverTailKb, ...ours.map((r) => r.receiverPeakKb));
+  await daemon.stop('SIGTERM');
   await receiver.stop();
   await cluster.stop('fast');
 
   const header = [
-    `pgbench database \`pgbench -i -s ${scale}\` (${accounts} accounts, ${(dbBytes / 1e6).toFixed(0)} MB of databases), PostgreSQL archiving through \`barman-agent push\` into a \`barman-receiver serve\` on this host (compression none).${scaleNote}`,
-    `${ROUNDS} round${ROUNDS === 1 ? '' : 's'}, each: our backup and \`pg_basebackup\`, then our recovery and the \`cp -a\` baseline, the order of each pair alternating from round to round; before every measurement the archiver is idle and \`sync\` has written back the previous one's dirty pages.`,
-    'Every catalog backup reached DONE and every recovered copy was started and held the same pgbench_accounts row count as the source.',
+    `### pgbench -s ${scale}`,
+    '',
+    `pgbench database \`pgbench -i -s ${scale}\` (${accounts} accounts, ${(dbBytes / 1e6).toFixed(0)} MB of databases), PostgreSQL archiving through \`barman-agent push\` into a \`barman-receiver serve\` on this host (compression ${COMPRESSION ?? 'default (zstd)'}); \`barman-agent daemon\` running, which takes the backups the receiver asks for.${scaleNote}`,
+    `${ROUNDS} round${ROUNDS === 1 ? '' : 's'}, each: our backup, \`pg_basebackup\`${pgbackrest ? ' and `pgbackrest backup`' : ''} (the order rotating from round to round)${RECOVER ? ', then our recovery and the `cp -a` baseline (order alternating)' : ''}; before every measurement the archiver is idle and \`sync\` has written back the previous one's dirty pages.`,
+    `Every catalog backup reached DONE${RECOVER ? ' and every recovered copy was started and held the same pgbench_accounts row count as the source' : ''}.`,
   ];
-  return { title: 'backup and recover: `barman-agent backup` vs `pg_basebackup`, `barman-receiver recover` vs `cp -a`', markdown: report(header, ours, base, oursRec, baseRec, { idleKb: receiverIdleKb, loadKb: receiverLoadKb, lifeKb: receiverLifeKb }, loads) };
+  return report(header, ours, base, brest, oursRec, baseRec, { idleKb: receiverIdleKb, loadKb: receiverLoadKb, lifeKb: receiverLifeKb, agentIdleKb }, loads);
 }
 
-/** Polls the catalog (its backup.info, as the receiver reads it) until the backup is DONE; returns when (bench clock, ms). */
-async function waitForDone(open: OpenServer, id: string, timeoutMs = 600_000): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const info = await open.backups.read(id).catch(() => undefined);
-    if (info?.status === 'DONE') return now();
-    if (info?.status === 'FAILED') throw new Error(`backup ${id} FAILED: ${info.error}`);
-    if (Date.now() > deadline) throw new Error(`backup ${id} still ${info?.status ?? 'missing'} after ${timeoutMs / 1000} s`);
-    await sleep(10);
-  }
-}
-
-
-function report(header: string[], ours: BackupRun[], base: BaseBackupRun[], oursRec: RecoverRun[], baseRec: RecoverRun[], receiverKb: { idleKb: number; loadKb: number; lifeKb: number }, loads: string[]): string {
+function report(header: string[], ours: BackupRun[], base: BaseBackupRun[], brest: BaseBackupRun[], oursRec: RecoverRun[], baseRec: RecoverRun[], receiverKb: { idleKb: number; loadKb: number; lifeKb: number; agentIdleKb: number }, loads: string[]): string {
   const med = (xs: number[]) => stats(xs).median;
   const range = (xs: number[], fmt: (x: number) => string) => `${fmt(stats(xs).min)}–${fmt(stats(xs).max)}`;
   const mb = (x: number) => x.toFixed(0);
@@ -277,70 +368,75 @@ function report(header: string[], ours: BackupRun[], base: BaseBackupRun[], ours
   const secs = (x: number | undefined) => (x === undefined ? '?' : x.toFixed(1));
   const opt = (xs: Array<number | undefined>) => xs.filter((x): x is number => x !== undefined);
   const medOpt = (xs: Array<number | undefined>) => (opt(xs).length ? med(opt(xs)) : undefined);
+  const met = (ok: boolean) => (ok ? 'met' : '**not met**');
 
-  const oursMbs = ours.map((r) => mbPerSecond(r.bytes, r.ms));
-  const oursDoneMbs = ours.map((r) => mbPerSecond(r.bytes, r.doneMs));
-  const baseMbs = base.map((r) => mbPerSecond(r.bytes, r.ms));
   const bytes = med(ours.map((r) => r.bytes));
+  const oursMbs = ours.map((r) => mbPerSecond(r.bytes, r.ms));
+  const baseMbs = base.map((r) => mbPerSecond(r.bytes, r.ms));
+  // pgBackRest backs up the same data directory: the same bytes, measured by pg_basebackup's manifest
+  const brestMbs = brest.map((r) => mbPerSecond(med(base.map((b) => b.bytes)), r.ms));
   const totalRec = (r: RecoverRun) => r.recoverMs + r.startMs;
   const oursRecMbs = oursRec.map((r) => mbPerSecond(bytes, r.recoverMs));
   const baseRecMbs = baseRec.map((r) => mbPerSecond(bytes, r.recoverMs));
+  const agentPeak = stats(ours.map((r) => r.agentPeakKb)).max / 1024;
+  const receiverPeak = stats(ours.map((r) => r.receiverPeakKb)).max / 1024;
+  const ratio = med(oursMbs) / med(baseMbs);
 
-  const backupTable = markdownTable(
-    ['backup', 'runs', 'median s', 'min–max s', 'MB', 'median MB/s', 'min–max MB/s', 'peak RSS MiB', 'CPU s (median)'],
-    [
-      ['`barman-agent backup` (spawn to exit)', String(ours.length), secs(med(ours.map((r) => r.ms)) / 1000), range(ours.map((r) => r.ms / 1000), secs), mb(bytes / 1e6), mb(med(oursMbs)), range(oursMbs, mb), `agent ${mib(medOpt(ours.map((r) => r.agentPeakKb)))}, receiver ${mib(med(ours.map((r) => r.receiverPeakKb)))}`, `agent ${secs(medOpt(ours.map((r) => r.agentCpu)))}, receiver ${secs(med(ours.map((r) => r.receiverCpu)))}`],
-      ['… until status DONE in the catalog', String(ours.length), secs(med(ours.map((r) => r.doneMs)) / 1000), range(ours.map((r) => r.doneMs / 1000), secs), mb(bytes / 1e6), mb(med(oursDoneMbs)), range(oursDoneMbs, mb), '', ''],
-      ['`pg_basebackup -Fp -X none --checkpoint=fast`', String(base.length), secs(med(base.map((r) => r.ms)) / 1000), range(base.map((r) => r.ms / 1000), secs), mb(med(base.map((r) => r.bytes)) / 1e6), mb(med(baseMbs)), range(baseMbs, mb), mib(medOpt(base.map((r) => r.peakKb))), `${secs(medOpt(base.map((r) => r.cpu)))} (client only)`],
-    ],
-  );
+  const rows: string[][] = [
+    ['`barman-receiver backup main --wait` (spawn to DONE)', String(ours.length), secs(med(ours.map((r) => r.ms)) / 1000), range(ours.map((r) => r.ms / 1000), secs), mb(bytes / 1e6), mb((medOpt(ours.map((r) => r.storedBytes)) ?? 0) / 1e6), mb(med(oursMbs)), range(oursMbs, mb), `agent ${mib(med(ours.map((r) => r.agentPeakKb)))}, receiver ${mib(med(ours.map((r) => r.receiverPeakKb)))}`, `agent ${secs(med(ours.map((r) => r.agentCpu)))} + receiver ${secs(med(ours.map((r) => r.receiverCpu)))}`],
+    ['`pg_basebackup -Fp -X none --checkpoint=fast`', String(base.length), secs(med(base.map((r) => r.ms)) / 1000), range(base.map((r) => r.ms / 1000), secs), mb(med(base.map((r) => r.bytes)) / 1e6), mb(med(base.map((r) => r.bytes)) / 1e6), mb(med(baseMbs)), range(baseMbs, mb), mib(medOpt(base.map((r) => r.peakKb))), `${secs(medOpt(base.map((r) => r.cpu)))} (client only)`],
+  ];
+  if (brest.length > 0) {
+    rows.push(['`pgbackrest backup` (full, process-max 2, zst level 1, repo-bundle)', String(brest.length), secs(med(brest.map((r) => r.ms)) / 1000), range(brest.map((r) => r.ms / 1000), secs), mb(med(base.map((r) => r.bytes)) / 1e6), mb((medOpt(brest.map((r) => r.storedBytes)) ?? 0) / 1e6), mb(med(brestMbs)), range(brestMbs, mb), mib(medOpt(brest.map((r) => r.peakKb))), `${secs(medOpt(brest.map((r) => r.cpu)))} (with its local processes)`]);
+  }
+  const backupTable = markdownTable(['backup', 'runs', 'median s', 'min–max s', 'MB', 'MB at rest', 'median MB/s', 'min–max MB/s', 'peak RSS MiB (median)', 'CPU s (median)'], rows);
   const diff = (xs: Array<[number | undefined, number | undefined]>) => medOpt(xs.map(([a, b]) => (a === undefined || b === undefined ? undefined : b - a)));
   const s2 = (ms: number | undefined) => (ms === undefined ? '?' : (ms / 1000).toFixed(1));
   const phaseTable = markdownTable(
-    ['where the backup time goes (median s)', '`barman-agent backup`', '`pg_basebackup`'],
+    ['where the backup time goes (median s)', 'ours', '`pg_basebackup`'],
     [
-      ['start: spawn, connect, checkpoint (ours: until "backup <id> started"; pg_basebackup: "checkpoint completed")', s2(medOpt(ours.map((r) => r.startedMs))), s2(medOpt(base.map((r) => r.checkpointMs)))],
-      ['files (ours: until every file is acknowledged; pg_basebackup: until the NOTICE "all required WAL segments have been archived", so waiting for the archiver is in it)', s2(diff(ours.map((r) => [r.startedMs, r.filesMs]))), s2(diff(base.map((r) => [r.checkpointMs, r.filesMs])))],
-      ['end (ours: pg_backup_stop, then the receiver fsyncs every file and writes the manifest; pg_basebackup: "syncing data to disk" to exit)', s2(diff(ours.map((r) => [r.filesMs, r.ms]))), s2(diff(base.map((r) => [r.syncStartMs, r.ms])))],
-      ['status DONE after the agent exited', s2(diff(ours.map((r) => [r.ms, r.doneMs]))), '–'],
+      ['start (ours: spawn until "backup <id> started": connect, ask the daemon, checkpoint, catalog entry; pg_basebackup: "checkpoint completed")', s2(medOpt(ours.map((r) => r.startedMs))), s2(medOpt(base.map((r) => r.checkpointMs)))],
+      ['files (ours: until every file is in on the receiver; pg_basebackup: until the NOTICE "all required WAL segments have been archived")', s2(diff(ours.map((r) => [r.startedMs, r.filesMs]))), s2(diff(base.map((r) => [r.checkpointMs, r.filesMs])))],
+      ['end (ours: pg_backup_stop, every file durable, manifest, until WAITING_FOR_WALS; pg_basebackup: "syncing data to disk" to exit)', s2(diff(ours.map((r) => [r.filesMs, r.endedMs]))), s2(diff(base.map((r) => [r.syncStartMs, r.ms])))],
+      ['ours: WAITING_FOR_WALS to DONE (the end segment archived) and exit', s2(diff(ours.map((r) => [r.endedMs, r.ms]))), '–'],
     ],
   );
-  const recoverTable = markdownTable(
+  const goals: string[][] = [
+    ['our backup MB/s / pg_basebackup MB/s (spawn to DONE)', fmtRatio(ratio), `≥ ${SPEED_GOAL}×`, met(ratio >= SPEED_GOAL)],
+    ['agent peak RSS (max over rounds)', `${agentPeak.toFixed(0)} MiB`, `< ${AGENT_RSS_GOAL_MIB} MiB`, met(agentPeak < AGENT_RSS_GOAL_MIB)],
+    ['receiver peak RSS (max over rounds)', `${receiverPeak.toFixed(0)} MiB`, `< ${RECEIVER_RSS_GOAL_MIB} MiB`, met(receiverPeak < RECEIVER_RSS_GOAL_MIB)],
+  ];
+  if (brest.length > 0) goals.push(['our backup MB/s / pgBackRest MB/s', fmtRatio(med(oursMbs) / med(brestMbs)), '> 1×', met(med(oursMbs) > med(brestMbs))]);
+  if (oursRec.length > 0) {
+    goals.push(['our recover write MB/s / cp -a MB/s', fmtRatio(med(oursRecMbs) / med(baseRecMbs)), '', '']);
+    goals.push(['cp -a + start-up time / our recover + start-up time', fmtRatio(med(baseRec.map(totalRec)) / med(oursRec.map(totalRec))), '', '']);
+  }
+  const goalTable = markdownTable(['ratio or peak (medians; ratio > 1 means we are faster)', 'value', 'goal', ''], goals);
+  const recoverTable = oursRec.length === 0 ? '' : markdownTable(
     ['recover', 'runs', 'write median s', 'write min–max s', 'write MB/s', 'start-up median s', 'total median s', 'peak RSS MiB', 'CPU s (median)', 'WAL files'],
     [
       ['`barman-receiver recover main latest <dest>` + start', String(oursRec.length), secs(med(oursRec.map((r) => r.recoverMs)) / 1000), range(oursRec.map((r) => r.recoverMs / 1000), secs), mb(med(oursRecMbs)), secs(med(oursRec.map((r) => r.startMs)) / 1000), secs(med(oursRec.map(totalRec)) / 1000), mib(medOpt(oursRec.map((r) => r.peakKb))), secs(medOpt(oursRec.map((r) => r.cpu))), String(med(oursRec.map((r) => r.walFiles)))],
       ['`cp -a` plain backup + WAL, settings, `sync` + start', String(baseRec.length), secs(med(baseRec.map((r) => r.recoverMs)) / 1000), range(baseRec.map((r) => r.recoverMs / 1000), secs), mb(med(baseRecMbs)), secs(med(baseRec.map((r) => r.startMs)) / 1000), secs(med(baseRec.map(totalRec)) / 1000), mib(medOpt(baseRec.map((r) => r.peakKb))), secs(medOpt(baseRec.map((r) => r.cpu))), String(med(baseRec.map((r) => r.walFiles)))],
     ],
   );
-  const ratios = markdownTable(
-    ['ratio (medians; > 1 means we are faster)', 'value', 'goal'],
-    [
-      ['our backup MB/s / pg_basebackup MB/s', fmtRatio(med(oursMbs) / med(baseMbs)), '≥ 1.5×'],
-      ['our backup until DONE MB/s / pg_basebackup MB/s', fmtRatio(med(oursDoneMbs) / med(baseMbs)), ''],
-      ['our recover write MB/s / cp -a MB/s', fmtRatio(med(oursRecMbs) / med(baseRecMbs)), ''],
-      ['cp -a + start-up time / our recover + start-up time', fmtRatio(med(baseRec.map(totalRec)) / med(oursRec.map(totalRec))), '≥ 1.5×'],
-    ],
-  );
-  const spread = (xs: number[]) => stats(xs).max / stats(xs).min;
+  const spread = (xs: number[]) => (xs.length ? fmtRatio(stats(xs).max / stats(xs).min) : '–');
   return [
     ...header,
+    '',
+    goalTable,
     '',
     backupTable,
     '',
     phaseTable,
     '',
-    recoverTable,
+    ...(recoverTable ? [recoverTable, ''] : []),
+    `Memory: the receiver service held ${mib(receiverKb.idleKb)} MiB before the first backup (peak ${mib(receiverKb.loadKb)} MiB while it archived the pgbench load's WAL), peaked at ${mib(med(ours.map((r) => r.receiverPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.receiverPeakKb)).max)}) while ${mb(bytes / 1e6)} MB went through it, and at ${mib(receiverKb.lifeKb)} MiB over the whole run; the agent daemon held ${mib(receiverKb.agentIdleKb)} MiB before the first backup and peaked at ${mib(med(ours.map((r) => r.agentPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.agentPeakKb)).max)}).`,
+    'Peak RSS of the agent daemon and of the receiver service is their VmHWM, reset before each backup (`clear_refs`), and VmRSS sampled every 100 ms; that of `pg_basebackup`, `pgbackrest` (its largest process), `recover` and `cp` comes from GNU time (`%M`).',
+    'CPU seconds are user + system: ours are the daemon\'s and the receiver\'s over the backup (from /proc); `pgbackrest` and its local worker processes from GNU time; PostgreSQL\'s own share (the backends reading, the walsender for pg_basebackup) is not counted on any side.',
     '',
-    ratios,
-    '',
-    `Memory: the receiver service held ${mib(receiverKb.idleKb)} MiB before the first backup (peak ${mib(receiverKb.loadKb)} MiB while it archived the pgbench load's WAL), peaked at ${mib(med(ours.map((r) => r.receiverPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.receiverPeakKb)).max)}) while ${mb(bytes / 1e6)} MB went through it, and at ${mib(receiverKb.lifeKb)} MiB over the whole run.`,
-    'Peak RSS of the agent, of `pg_basebackup`, of `recover` and of `cp` comes from GNU time (`%M`); the receiver\'s from its VmHWM, reset before each backup (`clear_refs`), and VmRSS sampled every 100 ms.',
-    'CPU seconds are user + system of that process alone (the receiver\'s from /proc over the backup); PostgreSQL\'s own share (the backends reading for the agent, the walsender for pg_basebackup) is not counted.',
-    '',
-    `Noise: max/min over the rounds is ${fmtRatio(spread(ours.map((r) => r.ms)))} for our backup, ${fmtRatio(spread(base.map((r) => r.ms)))} for pg_basebackup, ${fmtRatio(spread(oursRec.map(totalRec)))} for our recover + start-up, ${fmtRatio(spread(baseRec.map(totalRec)))} for cp -a + start-up; load average at the start of each round and at the end: ${loads.join(' → ')}.`,
-    'All files sit in the page cache (23 GiB of RAM, written just before), so reads are nearly free and the cost is CPU, the writes and their flush — both sides fsync (pg_basebackup syncs its output at the end, our receiver fsyncs every file before the backup counts; our recover fsyncs every file it writes, the baseline ends with `sync`).',
-    '`pg_basebackup -X none` against an archiving server waits, at its end, until the last WAL segment of the backup is archived (here by `barman-agent push`), so its time compares best with our "until DONE" row; our agent returns once its files are durable, and the backup becomes DONE when the archiver has pushed the segment holding its end.',
-    'The recover baseline gets the WAL it needs (from the backup\'s start segment on, copied flat out of the catalog beforehand, not timed) beside the data as `barman_wal/`, as our recover does, and `restore_command`, `archive_mode = off` and `recovery.signal`; the start-up then replays that WAL and promotes.',
-    'Only a few rounds fit in a run (each moves several GB), on a small VM shared with other work: treat differences of less than about 20 % as noise.',
+    `Noise: max/min over the rounds is ${spread(ours.map((r) => r.ms))} for our backup, ${spread(base.map((r) => r.ms))} for pg_basebackup${brest.length ? `, ${spread(brest.map((r) => r.ms))} for pgBackRest` : ''}${oursRec.length ? `, ${spread(oursRec.map(totalRec))} for our recover + start-up, ${spread(baseRec.map(totalRec))} for cp -a + start-up` : ''}; load average at the start of each round and at the end: ${loads.join(' → ')}.`,
+    'All files sit in the page cache (written just before), so reads are nearly free and the cost is CPU, the writes and their flush — every side makes its copy durable (pg_basebackup syncs its output at the end, our receiver fsyncs every file before the manifest is written and the backup counts, pgBackRest syncs its repository files).',
+    '`pg_basebackup -X none` against an archiving server waits, at its end, until the last WAL segment of the backup is archived (here by `barman-agent push`); ours is timed until DONE, which is the same point: the segment holding its end is archived. pgBackRest is told not to wait for WAL (`archive-check=n`: the cluster archives into our catalog), which spares it that wait.',
+    'Only a few rounds fit in a run, on a small VM shared with other work: treat differences of less than about 20 % as noise.',
   ].join('\n');
 }

@@ -3,7 +3,10 @@
 // next one to SECTIONS.
 // `npm run bench -- push` runs only the named sections (and still rewrites results.md with only
 // those). KEEP_TMP=1 keeps the temp folder; BENCH_DIR chooses where it goes (default the system
-// temp folder). BENCH_BACKUP_SCALE and BENCH_BACKUP_ROUNDS shrink the backup section for trials;
+// temp folder). BENCH_BACKUP_SCALE and BENCH_BACKUP_ROUNDS shrink the backup section for trials,
+// BENCH_BACKUP_SCALES=50,200 runs it at each scale, BENCH_BACKUP_RECOVER=0 leaves its recoveries
+// out, BENCH_BACKUP_COMPRESSION overrides the receiver's default, BENCH_BACKUP_PROFILE=<dir> takes
+// CPU profiles of the receiver and the agent daemon;
 // BENCH_DAEMON_SCALE, BENCH_DAEMON_SECONDS, BENCH_DAEMON_PROBES and BENCH_DAEMON_BACKLOG the daemon section;
 // BENCH_ARCHIVE_BACKLOG, BENCH_ARCHIVE_ROUNDS and BENCH_ARCHIVE_LOAD_SECONDS the archive section;
 // BENCH_RECOVER_SCALE, BENCH_RECOVER_ROUNDS and BENCH_RECOVER_PGBACKREST the recover section;

@@ -14,8 +14,9 @@ const common = {
   sourcemap: 'linked',
   legalComments: 'none',
   // native speed-ups that ws and msgpackr load when present, pino's worker-thread transports
-  // that we never use, and the native compression bindings the receiver loads on first use
-  external: ['bufferutil', 'utf-8-validate', 'msgpackr-extract', 'pg-native', '@mongodb-js/zstd', 'lz4-napi'],
+  // that we never use, the native compression bindings the receiver loads on first use, and the
+  // native CRC-32C both load when there (shared/checksum.ts falls back to JavaScript)
+  external: ['bufferutil', 'utf-8-validate', 'msgpackr-extract', 'pg-native', '@mongodb-js/zstd', 'lz4-napi', '@node-rs/crc32'],
   banner: { js: '#!/usr/bin/env node' },
   logLevel: 'warning',
 };
@@ -49,11 +50,11 @@ try {
   // the push fails, as it should: the cache is written on the way out
 }
 
-// The receiver loads its compression bindings from node_modules beside the bundle: each with its
+// The receiver loads its compression bindings (and both programs the CRC-32C one) from node_modules beside the bundle: each with its
 // prebuilt binary package for this platform (an optional dependency). dist/ is then complete:
 // copy it, node_modules included, wherever the receiver runs.
 await rm('dist/node_modules', { recursive: true, force: true });
-for (const mod of ['@mongodb-js/zstd', 'lz4-napi']) {
+for (const mod of ['@mongodb-js/zstd', 'lz4-napi', '@node-rs/crc32']) {
   const pkg = JSON.parse(readFileSync(`node_modules/${mod}/package.json`, 'utf8'));
   for (const dep of [mod, ...Object.keys(pkg.optionalDependencies ?? {}), ...Object.keys(pkg.dependencies ?? {})]) {
     if (existsSync(`node_modules/${dep}`)) await cp(`node_modules/${dep}`, `dist/node_modules/${dep}`, { recursive: true, dereference: true });

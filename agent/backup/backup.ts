@@ -11,6 +11,7 @@ import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
 import { backupCalls, connectPostgres, supportedServerVersion, walSegmentSize } from '../postgres';
 import type { AgentConnection } from '../../shared/protocol/client';
+import { wireCompressor } from '../../shared/protocol/chunks';
 import { type BackupFileEntry, walkDataDirectory } from './walk';
 
 /** files read and sent at once: most files of a cluster are small, each costs a round trip */
@@ -62,10 +63,15 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
       ? (await pg.query<{ tli: number; now: Date }>('select timeline_id as tli, now() as now from pg_control_checkpoint()')).rows[0]!
       : (await pg.query<{ wal: string; now: Date }>('select pg_walfile_name($1::pg_lsn) as wal, now() as now', [startLsn])).rows.map((r) => ({ tli: parseInt(r.wal.slice(0, 8), 16), now: r.now }))[0]!;
     const start: BackupStart = { startLsn, timeline: meta.tli, startTime: meta.now.toISOString(), systemIdentifier: sysid, pgVersion: version, segmentSize, pgdata, tablespaces };
-    backupId = await conn.call(
-      (id) => ({ type: 'backup-begin', id, start, ...(requestId !== undefined ? { requestId } : {}) }),
-      (f) => (f.type === 'backup-accepted' ? f.backupId : undefined),
+    // files compressed here, where they are read, when the receiver stores them so: it then
+    // writes the frames as they come instead of receiving every plain byte and compressing it
+    const canCompress = wireCompressor('zstd') ? (['zstd'] as const) : undefined;
+    const accepted = await conn.call(
+      (id) => ({ type: 'backup-begin', id, start, ...(requestId !== undefined ? { requestId } : {}), ...(canCompress ? { canCompress: [...canCompress] } : {}) }),
+      (f) => (f.type === 'backup-accepted' ? f : undefined),
     );
+    backupId = accepted.backupId;
+    const compress = accepted.compression ? wireCompressor(accepted.compression) : undefined;
     progress?.({ phase: 'started', backupId });
 
     const { files, directories, symlinks } = await walkDataDirectory(pgdata);
@@ -79,7 +85,7 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     let bytes = 0;
     let sent = 0;
     const send = async (file: BackupFileEntry) => {
-      const ack = await conn.putFile({ kind: 'backup-file', backupId: backupId!, path: file.path, mtime: file.mtime }, file.absolute, file.size);
+      const ack = await conn.putFile({ kind: 'backup-file', backupId: backupId!, path: file.path, mtime: file.mtime }, file.absolute, file.size, compress);
       done++;
       if (ack) {
         sent++;

@@ -13,29 +13,68 @@ import { type BackupInfo, type BackupStatus, backupIdFor, emptyInfo, formatBacku
 import { buildManifest, type ManifestFile, parseManifest } from '../../shared/backup/manifest';
 import { checkSymlinks, safeRelativePath } from '../../shared/backup/paths';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import type { BackupStart, BackupStop } from '../../shared/protocol/frames';
+import type { BackupStart, BackupStop, WireCompression } from '../../shared/protocol/frames';
 import { parseLsn } from '../../shared/wal/lsn';
 import { majorOf } from '../../shared/postgres/version';
 import { nextSegment, segmentForLsn, segmentNumber } from '../../shared/wal/names';
-import { newHash } from '../../shared/checksum';
+import { crc32c, crc32cHex, newHash } from '../../shared/checksum';
 import type { Readable } from 'node:stream';
 import type { ServerCatalog } from './catalog';
 import type { Upload } from './upload';
+import { compressWhole, type ObjectWriter } from '../storage/storage';
+import { BLOCK_SIZE, checkZstdBlockFrame, zstdDecompressFrame } from '../storage/compression';
+import { nativeFrameDone } from '../../shared/protocol/chunks';
+
+/**
+ * Where one file of a backup is stored: `key` (compression suffix included) holds its plain
+ * `size` bytes, or, for a bundled file, `key` is the bundle and bytes [offset, offset + length)
+ * of it are this file's own compressed frames.
+ */
+export interface StoredFile {
+  key: string;
+  size: number;
+  offset?: number;
+  length?: number;
+}
 
 /** Where each file of a backup is stored, and its directories (object storage has no empty ones). */
 export interface BackupContents {
   directories: string[];
-  /** path inside the data directory → the storage key holding its plain bytes (compression suffix included) and their size */
-  files: Record<string, { key: string; size: number }>;
+  /** path inside the data directory → where its plain bytes are stored */
+  files: Record<string, StoredFile>;
+}
+
+/** Files up to this size are bundled (pgBackRest's repo-bundle-limit is the same). */
+export const BUNDLE_FILE_LIMIT = 2 * 1024 * 1024;
+/** A bundle is closed once it holds this many plain bytes (pgBackRest's repo-bundle-size). */
+export const BUNDLE_SIZE = 20 * 1024 * 1024;
+/** Never bundled: the file that makes a data directory a cluster's stays an object of its own. */
+const UNBUNDLED = new Set(['global/pg_control']);
+
+/** The bundle being filled: members are appended one at a time, in the order they are complete. */
+interface OpenBundle {
+  key: string;
+  writer: ObjectWriter;
+  /** stored bytes so far (the next member's offset) */
+  stored: number;
+  plain: number;
 }
 
 /** What a running backup has received so far (in memory: one writer per catalog). */
 interface Receiving {
-  files: Map<string, { key: string; size: number }>;
+  files: Map<string, StoredFile>;
   /** every ancestor directory of a received file: a file may not be sent where one is */
   parents: Set<string>;
   /** keys written without their own fsync, made durable together at the end */
   unsynced: string[];
+  bundle?: OpenBundle;
+  bundles: number;
+  /** appends to the bundle, one after the other */
+  appending: Promise<void>;
+  /** a failed append: the backup cannot complete */
+  bundleFailure?: unknown;
+  /** the agent sends every file compressed so, in the frames stored as they are */
+  wire?: WireCompression;
 }
 
 export class BackupCatalog {
@@ -99,7 +138,7 @@ export class BackupCatalog {
    * within one second waits for the next second; an ID further ahead (a clock that went back, a
    * backup dated in the future) is not waited for: the wait is always a second or two at most.
    */
-  async begin(start: BackupStart): Promise<BackupInfo> {
+  async begin(start: BackupStart, canCompress: readonly WireCompression[] = []): Promise<BackupInfo> {
     const running = (await this.list()).find((b) => b.status === 'STARTED');
     if (running) {
       throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${running.backupId} of ${this.catalog.server} is still running`, 'Wait for it to finish (barman-receiver list-backups), then start another.');
@@ -136,8 +175,15 @@ export class BackupCatalog {
     // whatever an earlier attempt under this ID left (it never had a backup.info) goes first
     await this.storage.removePrefix(this.layout.backupPrefix(id));
     await this.write(info);
-    this.receiving.set(id, { files: new Map(), parents: new Set(), unsynced: [] });
+    // stored as zstd here and the agent can compress so: it does, and the bytes are stored as sent
+    const wire = this.catalog.compression === 'zstd' && canCompress.includes('zstd') ? 'zstd' : undefined;
+    this.receiving.set(id, { files: new Map(), parents: new Set(), unsynced: [], bundles: 0, appending: Promise.resolve(), wire });
     return info;
+  }
+
+  /** How the agent is to send the files of running backup `id`: compressed so, or plain (undefined). */
+  wireCompression(id: string): WireCompression | undefined {
+    return this.receiving.get(id)?.wire;
   }
 
   private receivingOf(id: string): Receiving {
@@ -158,33 +204,108 @@ export class BackupCatalog {
     r.files.set(rel, { key: '', size: 0 });
   }
 
+  /**
+   * Appends one small file's compressed bytes to the backup's open bundle (opening one when
+   * none is), after every member appended before; closes the bundle once it is full. Where the
+   * member lies in which bundle.
+   */
+  private appendToBundle(id: string, r: Receiving, member: Buffer, plainSize: number): Promise<{ key: string; offset: number }> {
+    const step = r.appending.then(async () => {
+      if (r.bundleFailure) throw r.bundleFailure;
+      try {
+        if (!r.bundle) {
+          const key = this.layout.backupBundleKey(id, ++r.bundles);
+          r.bundle = { key: '', writer: await this.storage.openStoredWrite(key, this.catalog.compression, { sync: false }), stored: 0, plain: 0 };
+          r.bundle.key = r.bundle.writer.key;
+        }
+        const b = r.bundle;
+        const offset = b.stored;
+        if (member.length > 0) await b.writer.write(member);
+        b.stored += member.length;
+        b.plain += plainSize;
+        if (b.plain >= BUNDLE_SIZE) await this.closeBundle(r);
+        return { key: b.key, offset };
+      } catch (err) {
+        r.bundleFailure ??= err;
+        throw err;
+      }
+    });
+    r.appending = step.then(() => undefined, () => undefined);
+    return step;
+  }
+
+  /** Commits the open bundle (durable at the backup's end, with the other files). */
+  private async closeBundle(r: Receiving): Promise<void> {
+    const b = r.bundle;
+    if (!b) return;
+    r.bundle = undefined;
+    await b.writer.commit();
+    r.unsynced.push(b.key);
+  }
+
+  /**
+   * A small file of the running backup: kept in memory while it arrives (at most
+   * BUNDLE_FILE_LIMIT bytes, as announced), checked, compressed whole and appended to a bundle.
+   */
+  private bundledFile(id: string, r: Receiving, rel: string, size: number, mtime: number, manifest: ManifestFile[]): Upload {
+    const arrival = new Arrival(rel, size, r.wire);
+    let parts: Uint8Array[] = [];
+    return {
+      label: `${id}:${rel}`,
+      write: async (chunk) => {
+        await arrival.take(chunk);
+        parts.push(chunk);
+      },
+      finish: async (sha256, senderCrc32c) => {
+        try {
+          arrival.check(senderCrc32c);
+          const bytes = parts.length === 1 ? Buffer.from(parts[0]!.buffer, parts[0]!.byteOffset, parts[0]!.byteLength) : Buffer.concat(parts);
+          // compressed by the agent: its frames are the member as they are
+          const member = r.wire ? bytes : await compressWhole(this.catalog.compression, bytes);
+          const { key, offset } = await this.appendToBundle(id, r, member, size);
+          r.files.set(rel, { key, size, offset, length: member.length });
+        } finally {
+          parts = [];
+        }
+        manifest.push({ path: rel, size, mtime, sha256 });
+        return 'stored';
+      },
+      abort: async () => {
+        parts = [];
+      },
+    };
+  }
+
   /** Opens one file of the running backup `id` at its relative path (validated: no escaping the backup); the caller, ServerContext, knows it is running. */
   async beginFile(id: string, path: string, size: number, mtime: number, manifest: ManifestFile[]): Promise<Upload> {
     const r = this.receivingOf(id);
     const rel = safeRelativePath(path);
     this.claim(r, rel);
+    if (size <= BUNDLE_FILE_LIMIT && !UNBUNDLED.has(rel)) return this.bundledFile(id, r, rel, size, mtime, manifest);
     const compression = this.catalog.compression;
     let writer;
     try {
-      writer = await this.storage.openWrite(this.layout.backupFileKey(id, rel), { compression, sync: false, sizeHint: compression === 'none' ? size : undefined });
+      // chunks come from the connection, each in a buffer of its own that nothing reuses;
+      // compressed by the agent, they are stored as they are
+      if (r.wire) writer = await this.storage.openStoredWrite(this.layout.backupFileKey(id, rel), r.wire, { sync: false });
+      else writer = await this.storage.openWrite(this.layout.backupFileKey(id, rel), { compression, sync: false, sizeHint: compression === 'none' ? size : undefined, ownsChunks: true });
     } catch (err) {
       r.files.delete(rel);
       throw err;
     }
-    const hash = newHash();
-    let received = 0;
+    // the transfer is checked with the CRC-32C the agent computed over the bytes it sent, beside
+    // their SHA-256 (which the manifest records): the same bytes arrived, at a fraction of the
+    // CPU a second SHA-256 would cost here
+    const arrival = new Arrival(rel, size, r.wire);
     return {
       label: `${id}:${rel}`,
       write: async (chunk) => {
-        if (received + chunk.length > size) throw new BarmanError(ErrorCode.PROTOCOL, `${rel}: more bytes than the ${size} announced`, 'Agent and receiver must run compatible versions.');
-        received += chunk.length;
-        hash.update(chunk);
+        await arrival.take(chunk);
         await writer.write(chunk);
       },
-      finish: async (sha256) => {
+      finish: async (sha256, senderCrc32c) => {
         try {
-          if (received !== size) throw new BarmanError(ErrorCode.BACKUP_FAILED, `${rel}: received ${received} of ${size} bytes`, 'The transfer was cut short; take the backup again.');
-          if (hash.digest('hex') !== sha256) throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${rel}: checksum differs from the agent's`, 'Take the backup again; check the network path and memory of both hosts if it repeats.');
+          arrival.check(senderCrc32c);
           const { key } = await writer.commit();
           r.files.set(rel, { key, size });
           r.unsynced.push(key);
@@ -219,6 +340,10 @@ export class BackupCatalog {
     const stopSeconds = Math.floor(Date.parse(stop.stopTime) / 1000);
     const files: ManifestFile[] = [{ path: 'backup_label', size: label.length, mtime: stopSeconds, sha256: labelSha }, ...manifest.filter((f) => f.path !== 'global/pg_control')];
     files.push(control); // last, as pg_basebackup lists it
+    // the last bundle is committed after every member appended before it
+    await r.appending;
+    if (r.bundleFailure) throw r.bundleFailure;
+    await this.closeBundle(r);
     await this.storage.sync(r.unsynced);
     if (stop.tablespaceMap) await this.storage.put(this.layout.tablespaceMapKey(id), Buffer.from(stop.tablespaceMap));
     const contents: BackupContents = { directories, files: { backup_label: { key: labelWrite.key, size: label.length } } };
@@ -246,7 +371,15 @@ export class BackupCatalog {
   }
 
   async fail(id: string, reason: string): Promise<void> {
+    const r = this.receiving.get(id);
     this.receiving.delete(id);
+    if (r) {
+      // the bundle being filled is dropped (nothing of it is left under its key)
+      r.bundleFailure ??= new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} failed`, 'Take the backup again.');
+      await r.appending;
+      await r.bundle?.writer.abort().catch(() => undefined);
+      r.bundle = undefined;
+    }
     const info = await this.read(id).catch(() => undefined);
     if (!info || info.status === 'DONE' || info.status === 'FAILED') return;
     await this.write({ ...info, status: 'FAILED', error: reason.replace(/\n/g, ' ') });
@@ -256,6 +389,7 @@ export class BackupCatalog {
   /** A failed backup's files, manifest and contents go; its backup.info stays to say why it failed. */
   private async removeFiles(id: string): Promise<number> {
     let removed = await this.storage.removePrefix(this.layout.backupDataPrefix(id));
+    removed += await this.storage.removePrefix(this.layout.backupBundlesPrefix(id));
     for (const key of [this.layout.contentsKey(id), this.layout.manifestKey(id), this.layout.tablespaceMapKey(id)]) {
       const found = await this.storage.find(key);
       if (found) {
@@ -375,12 +509,65 @@ export class BackupCatalog {
     if (!where) throw missing();
     let stream: Readable;
     try {
-      stream = await this.storage.read(where.key);
+      stream = where.offset === undefined ? await this.storage.read(where.key) : await this.storage.readPart(where.key, { start: where.offset, end: where.offset + (where.length ?? 0) });
     } catch (err) {
       if (err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND) throw missing();
       throw err;
     }
     return damageSaysSo(stream, id, path, this.catalog.server);
+  }
+}
+
+/**
+ * A backup file's bytes as they arrive: never more than announced, CRC-32C'd on the way; at its
+ * end, as many as announced and the CRC-32C the agent computed over what it sent.
+ */
+class Arrival {
+  private readonly crc = crc32c();
+  private value = 0;
+  private received = 0;
+  /** compressed frames received (a compressed transfer: one per chunk, one per BLOCK_SIZE plain bytes) */
+  private frames = 0;
+
+  constructor(private readonly rel: string, private readonly size: number, private readonly wire?: WireCompression) {}
+
+  /** frames of BLOCK_SIZE plain bytes a file of `size` bytes is sent in */
+  private get expectedFrames(): number {
+    return Math.ceil(this.size / BLOCK_SIZE);
+  }
+
+  /**
+   * One chunk as it arrived. Compressed by the agent, it must be one whole frame (checked by its
+   * headers first) of BLOCK_SIZE plain bytes (the last one fewer); it is decompressed here, and
+   * the CRC-32C, like the count, is of the plain bytes: what is stored is known to give back
+   * exactly the bytes the agent read and hashed.
+   */
+  async take(chunk: Uint8Array): Promise<void> {
+    let plain = chunk;
+    if (this.wire) {
+      if (++this.frames > this.expectedFrames) throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: more compressed frames than its ${this.size} bytes make`, 'Agent and receiver must run compatible versions.');
+      try {
+        const frame = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+        checkZstdBlockFrame(frame);
+        plain = await zstdDecompressFrame(frame);
+        nativeFrameDone();
+      } catch (err) {
+        throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: a chunk is not a zstd frame as barman-ts makes them (${(err as Error).message})`, 'Agent and receiver must run compatible versions.');
+      }
+      const last = this.frames === this.expectedFrames;
+      if (last ? this.received + plain.length !== this.size : plain.length !== BLOCK_SIZE) {
+        throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${this.rel}: a compressed frame decompresses to ${plain.length} bytes, not the ${last ? this.size - this.received : BLOCK_SIZE} of its place in the file`, 'Take the backup again; check the memory of the PostgreSQL host if it repeats.');
+      }
+    } else if (this.received + chunk.length > this.size) throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: more bytes than the ${this.size} announced`, 'Agent and receiver must run compatible versions.');
+    this.received += plain.length;
+    this.value = this.crc(plain, this.value);
+  }
+
+  check(senderCrc32c: string | undefined): void {
+    const rel = this.rel;
+    if (this.received !== this.size) throw new BarmanError(ErrorCode.BACKUP_FAILED, `${rel}: received ${this.received} of ${this.size} bytes`, 'The transfer was cut short; take the backup again.');
+    if (senderCrc32c === undefined) throw new BarmanError(ErrorCode.PROTOCOL, `${rel}: the end of a backup file carries no CRC-32C`, 'Agent and receiver must run compatible versions of barman-ts.');
+    if (crc32cHex(this.value) !== senderCrc32c) throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${rel}: checksum differs from the agent's`, 'Take the backup again; check the network path and memory of both hosts if it repeats.');
   }
 }
 

@@ -10,7 +10,8 @@
 //   <srv>/base/<id>/backup_manifest               PostgreSQL's manifest of the plain files (plain JSON)
 //   <srv>/base/<id>/tablespace_map
 //   <srv>/base/<id>/contents.json                 the backup's directories, and where each file is stored
-//   <srv>/base/<id>/data/<path>                   the backup's files, each under its final key
+//   <srv>/base/<id>/data/<path>                   the backup's larger files, each under its final key
+//   <srv>/base/<id>/bundles/<n>                   its small files, many to an object (offsets in contents.json)
 //   <srv>/errors/<name>.<when>.<reason>           refused, conflicting or damaged copies, kept
 //   <srv>/errors/reviewed/                        those a DBA has dealt with (moved there: check no longer reports them)
 //   <srv>/identity.json, <srv>/streaming.json     what the catalog learned of its cluster
@@ -18,9 +19,9 @@
 //   <srv>/drills.json                             the restore drills run of this server's backups, newest last
 //   <srv>/lock/<generation>                       the lease of the one writer (storage = s3)
 //
-// Room for bundling small files into one object: readers find a backup's files through
-// contents.json, never by guessing keys, so an entry there can one day name a bundle and an
-// offset instead of a key of its own.
+// Small files are bundled, many to an object: readers find a backup's files through
+// contents.json, never by guessing keys, and its entry of a bundled file names the bundle and
+// where in it the file's own compressed bytes are.
 //
 // Local state, always under barman_home/<srv>/ on the receiver host, never catalog content:
 // streaming/<segment>.partial (the segment being streamed), catalog.lock (posix lock holder),
@@ -208,6 +209,15 @@ export class CatalogLayout {
 
   backupDataPrefix(id: string): string {
     return `${this.backupPrefix(id)}data/`;
+  }
+
+  backupBundlesPrefix(id: string): string {
+    return `${this.backupPrefix(id)}bundles/`;
+  }
+
+  /** The key (without compression suffix) of the backup's `n`th bundle of small files (from 1). */
+  backupBundleKey(id: string, n: number): string {
+    return `${this.backupBundlesPrefix(id)}${String(n).padStart(6, '0')}`;
   }
 
   /** The key (without compression suffix) of a backup's file at relative path `path` (already checked safe). */

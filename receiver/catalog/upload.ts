@@ -7,7 +7,10 @@ export interface Upload {
   /** what to call it in logs */
   readonly label: string;
   write(chunk: Uint8Array): Promise<void>;
-  /** resolves once the bytes are where they belong (durable for WAL; for backup files, at the backup's end) */
-  finish(senderSha256: string): Promise<StoreResult>;
+  /**
+   * Resolves once the bytes are where they belong (durable for WAL; for backup files, at the
+   * backup's end). A backup file is checked against the sender's CRC-32C, a WAL file against its SHA-256.
+   */
+  finish(senderSha256: string, senderCrc32c?: string): Promise<StoreResult>;
   abort(): Promise<void>;
 }

@@ -9,7 +9,7 @@ import type { BackupInfo } from '../../shared/backup/info';
 import type { ManifestFile } from '../../shared/backup/manifest';
 import type { ReceiverConfig, ServerConfig } from '../../shared/config/receiver';
 import { asBarmanError, BarmanError, ErrorCode } from '../../shared/errors';
-import type { BackupStart, BackupStop, Frame, PgProbeFrame, Role, StreamingState, StreamKeepaliveFrame, StreamOpenFrame, WalDataFrame } from '../../shared/protocol/frames';
+import type { BackupStart, BackupStop, Frame, PgProbeFrame, Role, StreamingState, StreamKeepaliveFrame, StreamOpenFrame, WalDataFrame, WireCompression } from '../../shared/protocol/frames';
 import { type Lsn, parseLsn } from '../../shared/wal/lsn';
 import type { Logger } from 'pino';
 import { WalStream } from '../catalog/streaming';
@@ -364,13 +364,13 @@ export class ServerContext {
     return true;
   }
 
-  async beginBackup(owner: Peer, start: BackupStart, requestId: number | undefined): Promise<BackupInfo> {
+  async beginBackup(owner: Peer, start: BackupStart, requestId: number | undefined, canCompress: readonly WireCompression[] = []): Promise<BackupInfo> {
     this.writable();
     if (this.running) throw new BarmanError(ErrorCode.BACKUP_IN_PROGRESS, `backup ${this.running.backupId} of ${this.config.name} is still running`, 'Wait for it to finish, then start another.');
     const placeholder: RunningBackup = { backupId: '', manifest: [], owner, startedAt: Date.now(), files: 0, bytes: 0 };
     this.running = placeholder; // claimed before the first await: two begins cannot interleave
     try {
-      const info = await this.backups.begin(start);
+      const info = await this.backups.begin(start, canCompress);
       this.running = { ...placeholder, backupId: info.backupId };
       this.notify(info);
       if (requestId !== undefined) {
@@ -395,8 +395,8 @@ export class ServerContext {
         await upload.write(chunk);
         running.bytes += chunk.length;
       },
-      finish: async (sha256) => {
-        const status = await upload.finish(sha256);
+      finish: async (sha256, crc32c) => {
+        const status = await upload.finish(sha256, crc32c);
         running.files++;
         return status;
       },

@@ -230,7 +230,7 @@ export class Session implements Peer {
         this.finishing++;
         void this.answer(frame.id, async () => {
           await writes;
-          const status = await upload.finish(frame.sha256);
+          const status = await upload.finish(frame.sha256, frame.crc32c);
           await this.conn.send({ type: 'ack', id: frame.id, status, sha256: frame.sha256 });
           if (upload instanceof WalUpload) {
             this.log.info({ wal: upload.label, status }, status === 'stored' ? 'WAL archived' : 'WAL already archived with identical content');
@@ -250,9 +250,10 @@ export class Session implements Peer {
       case 'backup-begin':
         return this.answer(frame.id, async () => {
           this.allow(['daemon', 'backup'], 'take backups');
-          const info = await server.beginBackup(this, frame.start, frame.requestId);
+          const info = await server.beginBackup(this, frame.start, frame.requestId, frame.canCompress);
           this.log.info({ backup: info.backupId, lsn: info.beginLsn }, 'backup started');
-          await this.conn.send({ type: 'backup-accepted', id: frame.id, backupId: info.backupId });
+          const compression = server.backups.wireCompression(info.backupId);
+          await this.conn.send({ type: 'backup-accepted', id: frame.id, backupId: info.backupId, ...(compression ? { compression } : {}) });
         });
       case 'backup-end':
         return this.answer(frame.id, async () => {
@@ -544,7 +545,7 @@ export class Session implements Peer {
    */
   private async sendStream(id: number, name: string, size: number, source: AsyncIterable<Buffer>, recorded?: string): Promise<void> {
     await this.conn.send({ type: 'file', id, name, size });
-    const sent = await sendChunks(this.conn, id, streamSource(source), undefined, recorded === undefined);
+    const sent = await sendChunks(this.conn, id, streamSource(source), undefined, { hashing: recorded === undefined });
     await this.conn.send({ type: 'end', id, sha256: recorded ?? sent.sha256 });
   }
 

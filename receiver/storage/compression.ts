@@ -11,7 +11,8 @@
 // work runs on libuv's thread pool, PIPELINE blocks at a time, off the event loop.
 
 import { Transform, type TransformCallback, type TransformOptions } from 'node:stream';
-import { createGunzip, createGzip } from 'node:zlib';
+import { promisify } from 'node:util';
+import { createGunzip, createGzip, gzip } from 'node:zlib';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 
@@ -67,7 +68,9 @@ async function loadNative<T>(name: string, load: () => Promise<T & { default?: T
   }
 }
 
-const zstd = (): Promise<Zstd> => (zstdModule ??= loadNative<Zstd>('@mongodb-js/zstd', () => import('@mongodb-js/zstd')));
+// the package's own entry point drops the level argument (every frame came out at zstd's default,
+// level 3, about half as fast as level 1 here): its native binding takes it
+const zstd = (): Promise<Zstd> => (zstdModule ??= loadNative<Zstd>('@mongodb-js/zstd', () => import('@mongodb-js/zstd/bindings.js' as string) as Promise<Zstd & { default?: Zstd }>));
 const lz4 = (): Promise<Lz4> => (lz4Module ??= loadNative<Lz4>('lz4-napi', () => import('lz4-napi')));
 
 const zstdCodec: Codec = {
@@ -127,24 +130,50 @@ async function lz4DecompressFrame(frame: Buffer): Promise<Buffer> {
   return out.length === 1 ? out[0]! : Buffer.concat(out);
 }
 
+/** The plain bytes of one zstd frame (checked by checkZstdBlockFrame first when it comes from elsewhere). */
+export function zstdDecompressFrame(frame: Buffer): Promise<Buffer> {
+  return zstdCodec.decompress(frame);
+}
+
 const lz4Codec: Codec = {
   compress: lz4CompressFrame,
   decompress: lz4DecompressFrame,
   frameLength: lz4FrameLength,
 };
 
-/** Plain bytes in, stored bytes out; undefined for `none`. */
-export function compressor(compression: Compression): Transform | undefined {
+/**
+ * Plain bytes in, stored bytes out; undefined for `none`. `ownsChunks`: the writer hands each
+ * chunk over and never changes it afterwards, so a whole block of it is compressed where it is
+ * instead of being copied first.
+ */
+export function compressor(compression: Compression, ownsChunks = false): Transform | undefined {
   switch (compression) {
     case 'none':
       return undefined;
     case 'gzip':
       return createGzip({ level: GZIP_LEVEL });
     case 'zstd':
-      return new BlockCompressor(zstdCodec);
+      return new BlockCompressor(zstdCodec, ownsChunks);
     case 'lz4':
-      return new BlockCompressor(lz4Codec);
+      return new BlockCompressor(lz4Codec, ownsChunks);
   }
+}
+
+const gzipWhole = promisify(gzip);
+
+/**
+ * A whole small object (a bundle member) compressed at once: the same frames the streaming
+ * compressor makes (one per BLOCK_SIZE plain bytes; one gzip member), so decompressor() reads it,
+ * alone or as part of a bundle cut at its boundaries. Nothing for an empty one.
+ */
+export async function compressWhole(compression: Compression, plain: Buffer): Promise<Buffer> {
+  if (plain.length === 0 || compression === 'none') return plain;
+  if (compression === 'gzip') return gzipWhole(plain, { level: GZIP_LEVEL });
+  const codec = compression === 'zstd' ? zstdCodec : lz4Codec;
+  if (plain.length <= BLOCK_SIZE) return codec.compress(plain);
+  const frames: Promise<Buffer>[] = [];
+  for (let at = 0; at < plain.length; at += BLOCK_SIZE) frames.push(codec.compress(plain.subarray(at, at + BLOCK_SIZE)));
+  return Buffer.concat(await Promise.all(frames));
 }
 
 /** Stored bytes in, plain bytes out; undefined for `none`. `what` names the object in errors. */
@@ -205,7 +234,7 @@ class BlockCompressor extends Pipelined {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
 
-  constructor(private readonly codec: Codec) {
+  constructor(private readonly codec: Codec, private readonly ownsChunks = false) {
     super();
   }
 
@@ -226,6 +255,12 @@ class BlockCompressor extends Pipelined {
   private async addPlain(chunk: Buffer): Promise<void> {
     let offset = 0;
     while (offset < chunk.length) {
+      if (this.ownsChunks && this.pendingBytes === 0 && chunk.length - offset >= BLOCK_SIZE) {
+        // a whole block of a chunk nobody changes any more: compressed in place, no copy
+        await this.enqueue(this.codec.compress(chunk.subarray(offset, offset + BLOCK_SIZE)));
+        offset += BLOCK_SIZE;
+        continue;
+      }
       const n = Math.min(BLOCK_SIZE - this.pendingBytes, chunk.length - offset);
       this.pending.push(chunk.subarray(offset, offset + n));
       this.pendingBytes += n;
@@ -315,6 +350,38 @@ export function zstdFrameLength(buf: Buffer): number | undefined {
   }
   pos += checksum ? 4 : 0;
   return buf.length >= pos ? pos : undefined;
+}
+
+/** blocks one frame an agent sends may have: at most 128 KiB of plain bytes each, 8 MiB in all */
+const MAX_WIRE_BLOCKS = 64;
+
+/**
+ * Checks that `buf` is exactly one zstd frame of a shape the streaming compressor makes (what an
+ * agent sends compressed must be that too), by its headers alone, before anything decompresses
+ * it: a frame of another shape, or of so many blocks that it could decompress to more than a few
+ * MiB (a compression bomb), is refused. zstd blocks hold at most 128 KiB of plain bytes.
+ */
+export function checkZstdBlockFrame(buf: Buffer): void {
+  if (buf.length < 5 || buf.readUInt32LE(0) !== ZSTD_MAGIC) throw new Error('not a zstd frame');
+  const descriptor = buf[4]!;
+  const fcsFlag = descriptor >> 6;
+  const singleSegment = (descriptor >> 5) & 1;
+  if (descriptor & 0x0b) throw new Error('a zstd frame with a dictionary or reserved bits');
+  let pos = 5 + (singleSegment ? 0 : 1) + [singleSegment, 2, 4, 8][fcsFlag]!;
+  let blocks = 0;
+  for (;;) {
+    if (buf.length < pos + 3) throw new Error('a truncated zstd frame');
+    const header = buf[pos]! | (buf[pos + 1]! << 8) | (buf[pos + 2]! << 16);
+    const type = (header >> 1) & 3;
+    const size = header >>> 3;
+    if (type === 3 || size > 128 * 1024) throw new Error('an invalid zstd block');
+    pos += 3 + (type === 1 ? 1 : size);
+    // a BLOCK_SIZE frame is 8 or 9 blocks; the bound keeps what one frame can decompress to small
+    if (++blocks > MAX_WIRE_BLOCKS) throw new Error(`a zstd frame of more than ${MAX_WIRE_BLOCKS} blocks`);
+    if (header & 1) break;
+  }
+  pos += (descriptor >> 2) & 1 ? 4 : 0;
+  if (pos !== buf.length) throw new Error('not exactly one zstd frame');
 }
 
 export function lz4FrameLength(buf: Buffer): number | undefined {

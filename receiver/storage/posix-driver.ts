@@ -22,7 +22,15 @@ const TEMP = /^\..+\.[0-9a-f]{12}\.tmp$/;
 export class PosixDriver implements StorageDriver {
   readonly kind = 'posix';
 
+  /** directories this process made or wrote into (bounded: forgotten all at once past a limit) */
+  private readonly knownDirs = new Set<string>();
+
   constructor(readonly root: string) {}
+
+  private rememberDir(dir: string): void {
+    if (this.knownDirs.size >= 4096) this.knownDirs.clear();
+    this.knownDirs.add(dir);
+  }
 
   get location(): string {
     return this.root;
@@ -80,9 +88,21 @@ export class PosixDriver implements StorageDriver {
     checkKey(key);
     const final = this.path(key);
     try {
-      await this.ensureDir(dirname(final));
-      const tmp = join(dirname(final), `.${key.slice(key.lastIndexOf('/') + 1)}.${randomBytes(6).toString('hex')}.tmp`);
-      const fh = await fs.open(tmp, 'wx', 0o640);
+      const dir = dirname(final);
+      const tmp = join(dir, `.${key.slice(key.lastIndexOf('/') + 1)}.${randomBytes(6).toString('hex')}.tmp`);
+      // a backup writes a thousand files into a few hundred directories: each is made (and its
+      // parent fsynced) once, not asked for again per file; one removed since is made anew
+      if (!this.knownDirs.has(dir)) await this.ensureDir(dir);
+      let fh: fs.FileHandle;
+      try {
+        fh = await fs.open(tmp, 'wx', 0o640);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        this.knownDirs.clear();
+        await this.ensureDir(dir);
+        fh = await fs.open(tmp, 'wx', 0o640);
+      }
+      this.rememberDir(dir);
       return new PosixWriter(this, key, final, tmp, fh, options.sync ?? true);
     } catch (err) {
       throw this.mapError(err, 'writing', key);
@@ -190,6 +210,7 @@ export class PosixDriver implements StorageDriver {
 
   async removePrefix(prefix: string): Promise<number> {
     checkPrefix(prefix);
+    this.knownDirs.clear();
     let removed = 0;
     const dirs = new Set<string>();
     for await (const info of this.list(prefix)) {

@@ -17,6 +17,7 @@
 import { pipeline, Readable, Transform, type TransformCallback, Writable } from 'node:stream';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { type Compression, compressor, decompressor, parseStoredKey, storedKey } from './compression';
+export { compressWhole } from './compression';
 import { Lease, type LeaseOwner, type LeaseRecord, readLease } from './lease';
 
 export interface ObjectInfo {
@@ -175,6 +176,8 @@ function chain(first: Readable, ...rest: Transform[]): Readable {
 export interface PutOptions extends DriverWriteOptions {
   /** how to store the bytes (default none); the stored key gets the compression's suffix */
   compression?: Compression;
+  /** the caller never changes a chunk after handing it to write(): the compressor may keep it instead of copying */
+  ownsChunks?: boolean;
 }
 
 export interface StoredObject extends ObjectInfo {
@@ -201,7 +204,7 @@ export class Storage {
       throw new BarmanError(ErrorCode.INTERNAL, `storage key "${key.slice(0, 200)}" ends like a compressed object but is stored plain`, 'This is a bug in barman-ts; please report it with the command that failed.');
     }
     const inner = await this.driver.openWrite(checkKey(storedKey(key, compression)), { sync: options.sync, sizeHint: options.sizeHint });
-    const filter = compressor(compression);
+    const filter = compressor(compression, options.ownsChunks);
     return filter ? new FilteredWriter(inner, filter) : new CountingWriter(inner);
   }
 
@@ -227,6 +230,27 @@ export class Storage {
     // compressed frames do not say where plain offsets are: decompress and skip
     if (range) stages.push(new Slice(range.start, range.end ?? Infinity));
     return chain(raw, ...stages);
+  }
+
+  /**
+   * Opens a write of bytes already stored as `compression` says (bundles: members compressed
+   * one by one with compressWhole) under `storedKey(key, compression)`, as they are.
+   */
+  async openStoredWrite(key: string, compression: Compression, options: DriverWriteOptions = {}): Promise<ObjectWriter> {
+    return this.driver.openWrite(checkKey(storedKey(key, compression)), options);
+  }
+
+  /**
+   * The plain bytes of a part of a stored object that is whole in itself (a bundle member:
+   * `range` in stored bytes, on boundaries of the object's compressed frames).
+   */
+  async readPart(stored: string, range: ByteRange): Promise<Readable> {
+    const { compression } = parseStoredKey(checkKey(stored));
+    // an empty member is no bytes at all (compressWhole), which gunzip would call truncated
+    if (range.end !== undefined && range.end <= range.start) return Readable.from([]);
+    const raw = await this.driver.read(stored, range);
+    if (compression === 'none') return raw;
+    return chain(raw, decompressor(compression, `${stored} (bytes ${range.start}-${range.end ?? ''}) in ${this.location}`)!);
   }
 
   /** A small object whole (JSON documents, leases); refuses more than `limit` plain bytes. */

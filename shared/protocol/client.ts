@@ -9,7 +9,7 @@ import type { AgentConfig } from '../config/agent';
 import { BarmanError, ErrorCode } from '../errors';
 import { newHash, sha256Handle } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
-import { type ChunkSource, fileSource, sendChunks } from './chunks';
+import { type BlockCompress, type ChunkSource, fileSource, sendChunks, sendCompressedChunks } from './chunks';
 import { CloseCode, FrameConnection, errorFromFrame } from './connection';
 import { type AckFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role } from './frames';
 
@@ -131,7 +131,7 @@ export class AgentConnection {
    * with zeros, as pg_basebackup does; WAL replay repairs whatever changed. Resolves undefined
    * when such a file vanished before open.
    */
-  async putFile(request: PutRequest, path: string, statSize?: number): Promise<AckFrame | undefined> {
+  async putFile(request: PutRequest, path: string, statSize?: number, compress?: BlockCompress): Promise<AckFrame | undefined> {
     let fh: fs.FileHandle;
     try {
       // a backup file is read where the walk found it, never through a link swapped in since
@@ -141,7 +141,7 @@ export class AgentConnection {
       throw localFileError(path, err);
     }
     try {
-      return await this.putOpened(request, fh, path, { statSize });
+      return await this.putOpened(request, fh, path, { statSize, compress });
     } finally {
       await fh.close();
     }
@@ -153,8 +153,8 @@ export class AgentConnection {
    * end frame are handed to the socket, before the receiver's answer: a caller may start the next
    * file then, so one file's transfer overlaps the previous one's fsync on the receiver.
    */
-  async putOpened(request: PutRequest, fh: fs.FileHandle, path: string, options: { statSize?: number; onSent?: () => void } = {}): Promise<AckFrame> {
-    const { statSize, onSent } = options;
+  async putOpened(request: PutRequest, fh: fs.FileHandle, path: string, options: { statSize?: number; onSent?: () => void; compress?: BlockCompress } = {}): Promise<AckFrame> {
+    const { statSize, onSent, compress } = options;
     const asOfStat = statSize !== undefined;
     const id = this.nextId++;
     const answer = this.expect<AckFrame>(id, (frame, settle) => {
@@ -170,10 +170,15 @@ export class AgentConnection {
       const target: PutTarget = request.kind === 'wal' ? { ...request, sha256: await sha256Handle(fh) } : request;
       await this.conn.send({ type: 'put', id, target, size });
       const source = asOfStat ? exactSize(fileSource(fh), size) : fileSource(fh);
-      const sent = await sendChunks(this.conn, id, source, () => answer.settled || this.failure !== undefined);
+      // a backup file's end carries a CRC-32C of the bytes too: the receiver checks the transfer
+      // with it and records this SHA-256, computed here where the bytes already are
+      const backupFile = request.kind === 'backup-file';
+      const stop = () => answer.settled || this.failure !== undefined;
+      // a backup's files go compressed when the receiver asked for it (backup-accepted)
+      const sent = backupFile && compress ? await sendCompressedChunks(this.conn, id, source, compress, stop) : await sendChunks(this.conn, id, source, stop, { withCrc: backupFile });
       if (!answer.settled && !this.failure) {
         if (sent.size !== size) throw new BarmanError(ErrorCode.LOCAL_FILE, `${path} changed size while being read (${size} → ${sent.size} bytes)`, "Something else writes the file; archive_command must be given PostgreSQL's %p.");
-        await this.conn.send({ type: 'end', id, sha256: sent.sha256 });
+        await this.conn.send({ type: 'end', id, sha256: sent.sha256, ...(sent.crc32c ? { crc32c: sent.crc32c } : {}) });
       }
     } catch (err) {
       if (!answer.settled) throw err;

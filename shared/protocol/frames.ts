@@ -8,8 +8,8 @@
 
 import type { BackupSymlink } from '../backup/paths';
 
-/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256 */
-export const PROTOCOL_VERSION = 3;
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C */
+export const PROTOCOL_VERSION = 4;
 /** bytes of file data per chunk frame */
 export const CHUNK_SIZE = 1024 * 1024;
 /** the largest WebSocket message either side accepts (a chunk plus its envelope, with room) */
@@ -63,14 +63,21 @@ export interface WelcomeFrame { type: 'welcome'; sessionId: string; proof: Uint8
 export interface PutFrame { type: 'put'; id: number; target: PutTarget; size: number }
 export interface FileFrame { type: 'file'; id: number; name: string; size: number }
 export interface ChunkFrame { type: 'chunk'; id: number; data: Uint8Array }
-export interface EndFrame { type: 'end'; id: number; sha256: string }
+/** `crc32c` (8 hex digits): what a backup file's end carries besides its SHA-256; the receiver checks that one */
+export interface EndFrame { type: 'end'; id: number; sha256: string; crc32c?: string }
 export interface GetFrame { type: 'get'; id: number; name: string }
 export interface AckFrame { type: 'ack'; id: number; status: 'stored' | 'duplicate' | 'sent'; sha256: string }
 export interface ErrorFrame { type: 'error'; id?: number; code: string; message: string; hint: string }
 /** agent → receiver: a backup has started; `requestId` answers a backup-request */
-export interface BackupBeginFrame { type: 'backup-begin'; id: number; requestId?: number; start: BackupStart }
-/** receiver → agent: the backup's ID; files may now be put under it */
-export interface BackupAcceptedFrame { type: 'backup-accepted'; id: number; backupId: string }
+export interface BackupBeginFrame { type: 'backup-begin'; id: number; requestId?: number; start: BackupStart; canCompress?: WireCompression[] }
+/**
+ * receiver → agent: the backup's ID; files may now be put under it. With `compression`, every
+ * file of it is sent compressed so (each chunk one whole frame of at most CHUNK_SIZE plain
+ * bytes, the end's CRC-32C of the bytes sent), and the receiver stores those bytes as they are.
+ */
+export interface BackupAcceptedFrame { type: 'backup-accepted'; id: number; backupId: string; compression?: WireCompression }
+/** what an agent can compress a backup's files with before sending them */
+export type WireCompression = 'zstd';
 /** agent → receiver: every file is sent and PostgreSQL has stopped the backup */
 export interface BackupEndFrame { type: 'backup-end'; id: number; backupId: string; stop: BackupStop; fileCount: number }
 /** agent → receiver: the backup failed on the PostgreSQL host */
@@ -225,12 +232,12 @@ const SHAPES: Record<FrameType, Shape> = {
   put: { required: { id: uint, target, size: uint } },
   file: { required: { id: uint, name: str(255), size: uint } },
   chunk: { required: { id: uint, data: bytes(CHUNK_SIZE) } },
-  end: { required: { id: uint, sha256: hex64 } },
+  end: { required: { id: uint, sha256: hex64 }, optional: { crc32c: (v) => typeof v === 'string' && /^[0-9a-f]{8}$/.test(v) } },
   get: { required: { id: uint, name: str(255) } },
   ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent'), sha256: hex64 } },
   error: { required: { code: str(64), message: str(4096), hint: str(4096) }, optional: { id: uint } },
-  'backup-begin': { required: { id: uint, start: backupStart }, optional: { requestId: uint } },
-  'backup-accepted': { required: { id: uint, backupId } },
+  'backup-begin': { required: { id: uint, start: backupStart }, optional: { requestId: uint, canCompress: arrayOf(oneOf('zstd'), 4) } },
+  'backup-accepted': { required: { id: uint, backupId }, optional: { compression: oneOf('zstd') } },
   'backup-end': { required: { id: uint, backupId, stop: backupStop, fileCount: uint } },
   'backup-abort': { required: { id: uint, backupId, reason: str(4096) } },
   'backup-request': { required: { id: uint } },

@@ -9,7 +9,7 @@ import type { Cluster } from './cluster';
 import { makeTempDir } from './env';
 import { expectSuccess } from './expect';
 import type { Receiver } from './receiver';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { describeRun, type RunResult } from './run';
 import { waitFor } from './wait';
 
@@ -80,4 +80,18 @@ export async function waitInCatalog(receiver: Receiver, server: string, name: st
     if (++polls % 20 === 0) await cluster.psql('select pg_reload_conf()');
     return false;
   }, { timeoutMs: 120_000, intervalMs: 100 });
+}
+
+/**
+ * Where a posix catalog keeps one file of a backup, from the backup's contents.json
+ * (docs/catalog.md): the object on disk and the stored bytes that are this file's, all of the
+ * object for a file of its own, [offset, offset + length) of it for a bundled one.
+ */
+export function storedFileOf(receiver: Receiver, server: string, id: string, path: string): { file: string; offset: number; length: number; bundled: boolean } {
+  const contents = JSON.parse(readFileSync(join(receiver.serverDir(server), 'base', id, 'contents.json'), 'utf8')) as { files: Record<string, { key: string; size: number; offset?: number; length?: number }> };
+  const where = contents.files[path];
+  if (!where) throw new Error(`contents.json of backup ${id} has no file ${path}`);
+  const file = join(receiver.serverDir(server), '..', where.key);
+  if (where.offset === undefined) return { file, offset: 0, length: readFileSync(file).length, bundled: false };
+  return { file, offset: where.offset, length: where.length ?? 0, bundled: true };
 }

@@ -4,6 +4,7 @@ import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { existsSync, promises as fs, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { crc32cHex, crc32cJs } from '../../shared/checksum';
 
 export function removeTree(path: string): void {
   rmSync(path, { recursive: true, force: true, maxRetries: 3 });
@@ -30,6 +31,11 @@ export function plainSha256Of(path: string): string {
 
 export function sha256OfBytes(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** CRC-32C of `bytes` as a backup file's end frame carries it (8 hex digits). */
+export function crc32cOfBytes(bytes: Uint8Array): string {
+  return crc32cHex(crc32cJs(bytes));
 }
 
 /** Every file below `root` (relative path → size and SHA-256); folders are implied by their files. */

@@ -29,11 +29,11 @@ describe("a DBA's worse day: backups cut short, and a backup under load", () => 
   /** Starts `barman-agent backup` and returns once its files are arriving on the backup host (mid-transfer). */
   const startBackupAndWaitForFiles = async () => {
     const agent = startAgentInBackground(['backup', '-c', cluster.agentConfigPath!]);
-    const id = await waitFor('backup files to arrive in base/<id>/data/', async () => {
+    const id = await waitFor('backup files to arrive in base/<id>/data/ or bundles/', async () => {
       if (!agent.running) throw new Error(`barman-agent backup exited early:\n${agent.output()}`);
-      // a backup still sending: files under data/, no manifest yet (a FAILED one has neither)
+      // a backup still sending: files under data/ or bundles/, no manifest yet (a FAILED one has neither)
       for (const d of listDir(base).filter((d) => /^\d{8}T\d{6}$/.test(d) && !existsSync(join(base, d, 'backup_manifest')))) {
-        if ((await fileCount(join(base, d, 'data'))) > 0) return d;
+        if ((await fileCount(join(base, d, 'data'))) + (await fileCount(join(base, d, 'bundles'))) > 0) return d;
       }
       return false;
     }, { intervalMs: 20 });

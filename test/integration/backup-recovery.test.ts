@@ -12,7 +12,7 @@ import {
   agentCommandLine, type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, postgresUser,
   type Receiver, runAgent, runReceiverCli, type RunResult, snapshotTree, startReceiver, waitFor,
 } from '../harness';
-import { backupAndWait, listBackupsJson, recoverInto, showBackupJson, waitBackupStatus } from '../harness/backups';
+import { backupAndWait, listBackupsJson, recoverInto, showBackupJson, storedFileOf, waitBackupStatus } from '../harness/backups';
 import { type Background, startAgentInBackground, startRecovered, verifyRecoveredDirectory } from '../harness/recovered';
 
 const ROWS_PER_BATCH = 1000;
@@ -268,14 +268,16 @@ describe("a DBA's day: a base backup and point-in-time recovery to every kind of
     const latest = await backupAndWait(receiver, 'main', cluster);
     // the events table's file, as the catalog holds it (compressed, as the receiver's default says)
     const relation = await cluster.psql("select pg_relation_filepath('events')");
-    const damaged = join(receiver.serverDir('main'), 'base', latest, 'data', `${relation}.zst`);
-    // flip bytes in the middle of the table's file, keeping its size (silent corruption on disk)
-    const size = statSync(damaged).size;
-    expect(size).toBeGreaterThan(8192);
-    const fd = openSync(damaged, 'r+');
+    // a small table: its compressed bytes are a member of one of the backup's bundles
+    const stored = storedFileOf(receiver, 'main', latest, relation);
+    expect(stored.bundled).toBe(true);
+    expect(stored.file).toMatch(/\.zst$/);
+    // flip bytes in the middle of the table's own bytes in the bundle, keeping its size (silent corruption on disk)
+    expect(stored.length).toBeGreaterThan(8192);
+    const fd = openSync(stored.file, 'r+');
     const bytes = Buffer.alloc(16);
-    readSync(fd, bytes, 0, 16, 8192 + 100);
-    writeSync(fd, bytes.map((b) => b ^ 0xff), 0, 16, 8192 + 100);
+    readSync(fd, bytes, 0, 16, stored.offset + 8192 + 100);
+    writeSync(fd, bytes.map((b) => b ^ 0xff), 0, 16, stored.offset + 8192 + 100);
     closeSync(fd);
 
     const verify = await runReceiverCli(['verify-backup', ...conf, 'main', latest]);

@@ -12,7 +12,7 @@ import { buildManifest, parseManifest } from '../../shared/backup/manifest';
 import { type ErrorFrame, type Frame, PROTOCOL_VERSION } from '../../shared/protocol/frames';
 import {
   type Cluster, createCluster, describeRun, expectFailure, expectSuccess, makeDir, makeTempDir, RawClient, type Receiver, runAgent, runReceiverCli,
-  sha256OfBytes, startReceiver, startRelay,
+  crc32cOfBytes, sha256OfBytes, startReceiver, startRelay,
 } from '../harness';
 import { backupAndWait, listBackupsJson, recoverInto, showBackupJson } from '../harness/backups';
 import { startRecovered, verifyRecoveredDirectory } from '../harness/recovered';
@@ -70,18 +70,24 @@ describe('a man in the middle on ws:// rewrites the hello', () => {
   });
 });
 
+/** A receiver, and a raw backup session that has begun a backup there (frame by frame, as a hostile agent would). */
+async function beginRawBackup(canCompress?: Array<'zstd'>) {
+  const receiver = await startReceiver({ servers: [{ name: 'main' }] });
+  const agent = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'backup');
+  const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: '7312345678901234567', pgVersion: 150018, segmentSize: 16 * 1024 * 1024, pgdata: '/var/lib/postgresql/15/main', tablespaces: [] };
+  agent.send({ type: 'backup-begin', id: 1, start, ...(canCompress ? { canCompress } : {}) });
+  const accepted = await agent.nextFrame();
+  if (accepted.type !== 'backup-accepted') throw new Error(`expected backup-accepted, got ${JSON.stringify(accepted)}`);
+  return { receiver, agent, accepted };
+}
+
 describe('an agent with a valid token sends a backup whose symlinks would route writes', () => {
   it('is refused at its end, and the backup is FAILED with the reason', async () => {
-    const receiver = await startReceiver({ servers: [{ name: 'main' }] });
-    const agent = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'backup');
-    const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: '7312345678901234567', pgVersion: 150018, segmentSize: 16 * 1024 * 1024, pgdata: '/var/lib/postgresql/15/main', tablespaces: [] };
-    agent.send({ type: 'backup-begin', id: 1, start });
-    const accepted = await agent.nextFrame();
-    if (accepted.type !== 'backup-accepted') throw new Error(`expected backup-accepted, got ${JSON.stringify(accepted)}`);
+    const { receiver, agent, accepted } = await beginRawBackup();
     const control = Buffer.from('pg_control');
     agent.send({ type: 'put', id: 2, target: { kind: 'backup-file', backupId: accepted.backupId, path: 'global/pg_control', mtime: 0 }, size: control.length });
     agent.send({ type: 'chunk', id: 2, data: control });
-    agent.send({ type: 'end', id: 2, sha256: sha256OfBytes(control) });
+    agent.send({ type: 'end', id: 2, sha256: sha256OfBytes(control), crc32c: crc32cOfBytes(control) });
     expect(await agent.nextFrame()).toMatchObject({ type: 'ack', id: 2 });
     // `global` as a link to ~/.ssh: every file of global/ would be written through it on recovery
     const stop = { stopLsn: '0/2000100', stopTime: new Date().toISOString(), backupLabel: 'START WAL LOCATION: 0/2000028\n', tablespaceMap: '', directories: ['base'], symlinks: [{ path: 'global', target: '/root/.ssh' }] };
@@ -91,6 +97,72 @@ describe('an agent with a valid token sends a backup whose symlinks would route 
     const info = (await listBackupsJson(receiver, 'main')).find((b) => b.backup_id === accepted.backupId);
     expect(info).toMatchObject({ status: 'FAILED', error: expect.stringMatching(/"global" is not a valid symlink/) });
     expect(existsSync(join(receiver.serverDir('main'), 'base', accepted.backupId, 'data'))).toBe(false);
+  });
+});
+
+describe('an agent sends a backup file whose bytes do not match the CRC-32C at its end', () => {
+  it('is refused (CHECKSUM_MISMATCH), as is an end without one (PROTOCOL), and the backup never counts', async () => {
+    const { receiver, agent, accepted } = await beginRawBackup();
+    const sent = Buffer.from('the bytes the agent read');
+    const arrived = Buffer.from(sent);
+    arrived[5]! ^= 0x01; // one bit flipped on the way: the SHA-256 and CRC-32C at the end are of what was sent
+    agent.send({ type: 'put', id: 2, target: { kind: 'backup-file', backupId: accepted.backupId, path: 'base/1/100', mtime: 0 }, size: arrived.length });
+    agent.send({ type: 'chunk', id: 2, data: arrived });
+    agent.send({ type: 'end', id: 2, sha256: sha256OfBytes(sent), crc32c: crc32cOfBytes(sent) });
+    expect(await agent.nextFrame()).toMatchObject({ type: 'error', id: 2, code: 'CHECKSUM_MISMATCH', message: 'base/1/100: checksum differs from the agent\'s' });
+    agent.send({ type: 'put', id: 3, target: { kind: 'backup-file', backupId: accepted.backupId, path: 'base/1/101', mtime: 0 }, size: sent.length });
+    agent.send({ type: 'chunk', id: 3, data: sent });
+    agent.send({ type: 'end', id: 3, sha256: sha256OfBytes(sent) });
+    // a protocol violation ends the session (its answer names no request)
+    expect(await agent.nextFrame()).toMatchObject({ type: 'error', code: 'PROTOCOL', message: 'base/1/101: the end of a backup file carries no CRC-32C' });
+    agent.close();
+    // the session's loss fails the backup; nothing of it is offered for recovery
+    let info;
+    for (let i = 0; i < 100; i++) {
+      info = (await listBackupsJson(receiver, 'main')).find((b) => b.backup_id === accepted.backupId);
+      if (info?.status === 'FAILED') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(info).toMatchObject({ status: 'FAILED' });
+  });
+});
+
+describe('an agent that compresses a backup\'s files itself sends frames that are not what it says', () => {
+  it('is refused: a frame that decompresses to other bytes, one too large, bytes that are no frame; a good one is stored', async () => {
+    const { receiver, agent, accepted } = await beginRawBackup(['zstd']);
+    // the receiver stores zstd (its default): the agent is to send zstd frames
+    expect(accepted).toMatchObject({ compression: 'zstd' });
+    const backupId = (accepted as Extract<Frame, { type: 'backup-accepted' }>).backupId;
+    type Zstd = { compress(b: Buffer, level?: number): Promise<Buffer> };
+    const loaded = (await import('@mongodb-js/zstd/bindings.js' as string)) as Zstd & { default?: Zstd };
+    const zstd = loaded.default ?? loaded;
+    let id = 10;
+    const put = async (path: string, plainSaid: Buffer, chunks: Buffer[]): Promise<Frame> => {
+      const putId = id++;
+      agent.send({ type: 'put', id: putId, target: { kind: 'backup-file', backupId, path, mtime: 0 }, size: plainSaid.length });
+      for (const data of chunks) agent.send({ type: 'chunk', id: putId, data });
+      agent.send({ type: 'end', id: putId, sha256: sha256OfBytes(plainSaid), crc32c: crc32cOfBytes(plainSaid) });
+      return agent.nextFrame();
+    };
+    const plain = Buffer.from('the bytes the agent read, '.repeat(100));
+    const other = Buffer.from(plain);
+    other[7]! ^= 0x20;
+    // a well-formed frame of other bytes than the CRC-32C at the end says
+    expect(await put('base/1/100', plain, [await zstd.compress(other, 1)])).toMatchObject({ type: 'error', code: 'CHECKSUM_MISMATCH', message: 'base/1/100: checksum differs from the agent\'s' });
+    // a frame of more plain bytes than the file has
+    expect(await put('base/1/101', plain.subarray(0, 100), [await zstd.compress(plain, 1)])).toMatchObject({ type: 'error', code: 'CHECKSUM_MISMATCH', message: expect.stringMatching(/base\/1\/101: a compressed frame decompresses to 2600 bytes, not the 100/) });
+    // the intact file is stored, and acknowledged
+    expect(await put('base/1/102', plain, [await zstd.compress(plain, 1)])).toMatchObject({ type: 'ack' });
+    // plain bytes where a frame belongs: a protocol violation, which ends the session
+    expect(await put('base/1/103', plain, [plain])).toMatchObject({ type: 'error', code: 'PROTOCOL', message: expect.stringMatching(/base\/1\/103: a chunk is not a zstd frame as barman-ts makes them/) });
+    agent.close();
+    let info;
+    for (let i = 0; i < 100; i++) {
+      info = (await listBackupsJson(receiver, 'main')).find((b) => b.backup_id === backupId);
+      if (info?.status === 'FAILED') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(info).toMatchObject({ status: 'FAILED' });
   });
 });
 
@@ -199,6 +271,8 @@ describe('a backup whose recorded tablespace location points at ~/.ssh on the ba
     const info = parseBackupInfo(readFileSync(join(backupDir, 'backup.info'), 'utf8'));
     writeFileSync(join(backupDir, 'backup.info'), formatBackupInfo({ ...info, tablespaces: info.tablespaces.map((t) => ({ ...t, location: ssh })) }));
     const key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAttackerKeyAttackerKeyAttackerKey attacker\n';
+    // (the tablespace's own small files are in a bundle: its folder under data/ is made here)
+    mkdirSync(join(backupDir, 'data', 'pg_tblspc', oid), { recursive: true });
     writeFileSync(join(backupDir, 'data', 'pg_tblspc', oid, 'authorized_keys'), key);
     // as if the agent had sent it: the catalog's record of the backup's files names it too
     const contents = JSON.parse(readFileSync(join(backupDir, 'contents.json'), 'utf8')) as { files: Record<string, { key: string; size: number }> };

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type Cluster, createCluster, describeRun, expectSuccess, makeDir, type Receiver, runReceiverCli, snapshotTree, startReceiver, waitFor } from '../harness';
-import { backupAndWait, listBackupsJson } from '../harness/backups';
+import { backupAndWait, listBackupsJson, storedFileOf } from '../harness/backups';
 import { receiverStatus } from '../harness/daemon';
 import { drillScratchPrefix } from '../../receiver/drill/drill';
 
@@ -109,13 +109,13 @@ describe('restore drills prove a backup comes back, and how fast', () => {
   it('fails on a backup with one damaged data file and names it by its path in the data directory', async () => {
     const file = await cluster.psql("select pg_relation_filepath('orders')");
     expect(file).toMatch(/^base\/\d+\/\d+$/);
-    // as the catalog holds it: compressed (zstd, the default); a flipped byte in the middle either
-    // no longer decompresses or decompresses to other bytes, and the restore says so by the file's path
-    const stored = join(receiver.serverDir('main'), 'base', backupId, 'data', `${file}.zst`);
+    // where the catalog keeps the table's bytes (a bundle member, or an object of its own)
+    const where = storedFileOf(receiver, 'main', backupId, file);
+    const stored = where.file;
     const bytes = readFileSync(stored);
     const original = Buffer.from(bytes);
-    const middle = Math.floor(bytes.length / 2);
-    bytes[middle] = bytes[middle]! ^ 0xff;
+    const at = where.offset + Math.min(4096 + 100, where.length - 1);
+    bytes[at] = bytes[at]! ^ 0xff;
     writeFileSync(stored, bytes);
     try {
       const { r, result } = await drill(backupId);

@@ -10,7 +10,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { backupIdFor } from '../../shared/backup/info';
 import { CHUNK_SIZE, type ErrorFrame, type Frame } from '../../shared/protocol/frames';
 import {
-  type Cluster, createCluster, expectFailure, expectSuccess, listDir, makeTempDir, newToken, RawClient, type Receiver, runAgent,
+  type Cluster, crc32cOfBytes, createCluster, expectFailure, expectSuccess, listDir, makeTempDir, newToken, RawClient, type Receiver, runAgent,
   runReceiverCli, sha256Of, sha256OfBytes, startReceiver, waitFor, writeAgentConfig, writeTokenFile,
 } from '../harness';
 import { backupAndWait, showBackupJson } from '../harness/backups';
@@ -241,7 +241,7 @@ describe('the receiver holds against a hostile or broken client', () => {
       const putId = id++;
       client.send({ type: 'put', id: putId, target: { kind: 'backup-file', backupId, path, mtime: 0 }, size: data.length });
       client.send({ type: 'chunk', id: putId, data });
-      client.send({ type: 'end', id: putId, sha256: sha256OfBytes(data) });
+      client.send({ type: 'end', id: putId, sha256: sha256OfBytes(data), crc32c: crc32cOfBytes(data) });
       const frame = await client.nextFrame();
       expect(frame, path).toMatchObject({ id: putId });
       return frame;

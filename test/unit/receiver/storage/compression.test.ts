@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BLOCK_SIZE, COMPRESSIONS, type Compression, compressor, decompressor, parseStoredKey, storedKey } from '../../../../receiver/storage/compression';
+import { BLOCK_SIZE, checkZstdBlockFrame, COMPRESSIONS, type Compression, compressWhole, compressor, decompressor, parseStoredKey, storedKey } from '../../../../receiver/storage/compression';
+import { PosixDriver } from '../../../../receiver/storage/posix-driver';
+import { Storage } from '../../../../receiver/storage/storage';
 import { BarmanError, ErrorCode } from '../../../../shared/errors';
 
 async function through(stream: ReturnType<typeof compressor>, input: Buffer, piece = 65_536): Promise<Buffer> {
@@ -75,5 +77,56 @@ describe.each(COMPRESSIONS.filter((c) => c !== 'none').map((c) => ({ c })))('$c'
       expect((err as BarmanError).code).toBe(ErrorCode.STORAGE_CORRUPT);
       expect((err as BarmanError).message).toContain('main/wals/x');
     }
+  });
+});
+
+describe('bundle members: files compressed whole, one after the other in one object', () => {
+  const root = mkdtempSync(join(tmpdir(), 'barman-bundle-'));
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  for (const compression of COMPRESSIONS) {
+    it(`${compression}: each member reads back alone by its byte range, an empty one too`, async () => {
+      const storage = new Storage(new PosixDriver(root));
+      const files = [Buffer.alloc(0), Buffer.from('pg_filenode.map'), randomBytes(5000), Buffer.alloc(BLOCK_SIZE * 2 + 17, 3), Buffer.alloc(0)];
+      const writer = await storage.openStoredWrite(`b/${compression}`, compression);
+      const ranges: Array<{ start: number; end: number }> = [];
+      let at = 0;
+      for (const f of files) {
+        const member = await compressWhole(compression, f);
+        if (member.length > 0) await writer.write(member);
+        ranges.push({ start: at, end: at + member.length });
+        at += member.length;
+      }
+      const { key } = await writer.commit();
+      expect(key).toBe(storedKey(`b/${compression}`, compression));
+      for (const [i, f] of files.entries()) {
+        const parts: Buffer[] = [];
+        for await (const chunk of await storage.readPart(key, ranges[i]!)) parts.push(chunk as Buffer);
+        expect(Buffer.concat(parts).equals(f), `member ${i}`).toBe(true);
+      }
+      // the whole object is a valid stream of its kind: all members, in order
+      const whole: Buffer[] = [];
+      for await (const chunk of await storage.read(key)) whole.push(chunk as Buffer);
+      expect(Buffer.concat(whole).equals(Buffer.concat(files))).toBe(true);
+    });
+  }
+});
+
+describe('checkZstdBlockFrame: what an agent may send as one compressed chunk', () => {
+  it('takes a frame the compressor makes and refuses two frames, a truncated one, plain bytes and a frame of too many blocks', async () => {
+    const plain = randomBytes(BLOCK_SIZE);
+    const frame = await compressWhole('zstd', plain);
+    expect(() => checkZstdBlockFrame(frame)).not.toThrow();
+    expect(() => checkZstdBlockFrame(Buffer.concat([frame, frame]))).toThrow(/not exactly one zstd frame/);
+    expect(() => checkZstdBlockFrame(frame.subarray(0, frame.length - 1))).toThrow(/truncated/);
+    expect(() => checkZstdBlockFrame(plain)).toThrow(/not a zstd frame/);
+    // a bomb: 100 RLE blocks of 128 KiB each (4 bytes apiece on the wire)
+    const header = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x58]);
+    const rle = (last: boolean) => {
+      const h = ((128 * 1024) << 3) | (1 << 1) | (last ? 1 : 0);
+      return Buffer.from([h & 0xff, (h >> 8) & 0xff, (h >> 16) & 0xff, 0x41]);
+    };
+    const bomb = Buffer.concat([header, ...Array.from({ length: 100 }, (_, i) => rle(i === 99))]);
+    expect(() => checkZstdBlockFrame(bomb)).toThrow(/more than 64 blocks/);
   });
 });
