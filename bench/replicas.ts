@@ -152,7 +152,7 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       const rows = await copy.psql('select count(*) from bench_rows');
       if (rows !== expectedRows) throw new Error(`${v.key}: the replayed copy has ${rows} rows, the source had ${expectedRows}`);
       await copy.stop('fast');
-      rmSync(dir, { recursive: true, force: true });
+      rmSync(dir, { recursive: true, force: true, maxRetries: 50, retryDelay: 100 });
 
       // the restore_command alone, as PostgreSQL runs it: one fresh process per segment, in order, in the data directory
       const loopDir = postgresDir(join(work, `loop-${round}-${v.key}`));
@@ -166,7 +166,8 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       }
       loopMs.get(v.key)!.push(Number(process.hrtime.bigint() - loopStarted) / 1e6 / segmentsOnly.length);
       rmSync(pgwal, { recursive: true, force: true });
-      rmSync(loopDir, { recursive: true, force: true });
+      // the last get-wal's fetch-ahead may still be writing into its spool: retried until it is done
+      rmSync(loopDir, { recursive: true, force: true, maxRetries: 50, retryDelay: 100 });
     }
   }
   await receiver.stop();

@@ -58,7 +58,17 @@ async function main(): Promise<number> {
     const ctx: BenchContext = { workDir: makeWorkDir(cleanup, log), pgBin, repoRoot, cleanup, log };
     const info = machineInfo(pgBin);
     const results: SectionResult[] = [];
-    for (const name of names) results.push(await SECTIONS[name]!(ctx));
+    // a section that fails is reported as such, and the others still run and are written
+    const failed: string[] = [];
+    for (const name of names) {
+      try {
+        results.push(await SECTIONS[name]!(ctx));
+      } catch (err) {
+        log(`${name} failed: ${(err as Error).stack ?? String(err)}`);
+        failed.push(name);
+        results.push({ title: `${name}: failed`, markdown: ['```', String((err as Error).message ?? err).slice(0, 2000), '```'].join('\n') });
+      }
+    }
     info['PostgreSQL server measured (show server_version)'] = [...serverVersionsUsed].join(', ') || 'none started';
     info['load average at end (1/5/15 min)'] = loadAverage();
     const text = [
@@ -72,7 +82,7 @@ async function main(): Promise<number> {
     ].join('\n');
     writeFileSync(join(repoRoot, 'bench', 'results.md'), text);
     process.stdout.write(`${text}\n`);
-    return 0;
+    return failed.length > 0 ? 1 : 0;
   } catch (err) {
     log(`failed: ${(err as Error).stack ?? String(err)}`);
     log('bench/results.md was left as it was');
