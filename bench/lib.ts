@@ -13,6 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { type OpenServer, openCatalogStorage, serverOn } from '../receiver/catalog/open';
 import { readStoredWal } from '../receiver/catalog/wal-archive';
+import type { BackupInfo } from '../shared/backup/info';
 import { loadReceiverConfig } from '../shared/config/receiver';
 
 // ---- sections --------------------------------------------------------------------------------
@@ -428,6 +429,20 @@ export async function openCatalog(receiver: BenchReceiver, server: string, clean
   const storage = await openCatalogStorage(config);
   cleanup.add(`close the catalog storage of ${receiver.config}`, () => storage.close());
   return serverOn(storage, config, config.servers.get(server)!);
+}
+
+/**
+ * Waits until backup `id` is DONE in the catalog: a backup ends WAITING_FOR_WALS until the segment
+ * holding its end is archived, which PostgreSQL's archiver may still be pushing.
+ */
+export async function waitForBackupDone(open: OpenServer, id: string, timeoutMs = 600_000): Promise<BackupInfo> {
+  const deadline = Date.now() + timeoutMs;
+  for (let info = await open.backups.read(id); ; info = await open.backups.read(id)) {
+    if (info.status === 'DONE') return info;
+    if (info.status !== 'WAITING_FOR_WALS' && info.status !== 'STARTED') throw new Error(`backup ${id} is ${info.status}`);
+    if (Date.now() > deadline) throw new Error(`backup ${id} still ${info.status} after ${timeoutMs / 1000} s`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
 }
 
 /** Writes the plain bytes of archived WAL file `name` to `path` (checked against its stored checksum). */

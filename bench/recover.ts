@@ -36,6 +36,7 @@ import {
   startRecoveredCopy,
   stats,
   waitForArchiver,
+  waitForBackupDone,
 } from './lib';
 
 const SCALE = Number(process.env.BENCH_RECOVER_SCALE ?? 50);
@@ -47,7 +48,6 @@ const STANZA = 'bench';
 /** port of the recovered copies (in their own socket folder, so nothing else can collide) */
 const COPY_PORT = 5433;
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 type Way = 'recover' | 'restore' | 'cp' | 'pgbackrest';
 
@@ -153,7 +153,7 @@ export async function recoverSection(ctx: BenchContext): Promise<SectionResult> 
     await runOk(pgbackrest, [`--config=${brConf}`, `--stanza=${STANZA}`, '--type=full', 'backup'], { asPostgres: true, cwd: work });
   }
   await cluster.psql('select pg_switch_wal()');
-  await waitForDone(receiverCli, receiver.config, id);
+  await waitForBackupDone(catalog, id);
   await settle();
   // the plain copy's WAL, flat, as an archive would hold it (from the catalog, not timed)
   const plainWal = postgresDir(join(work, 'plain-wal'));
@@ -267,16 +267,4 @@ export async function recoverSection(ctx: BenchContext): Promise<SectionResult> 
     `Load average at the start of each round and at the end: ${loads.join(' → ')}. The machine is shared: compare the ratios of one run, not the seconds of different runs.`,
   ].join('\n');
   return { title: 'recover: `barman-receiver recover` and `barman-agent restore` + start-up vs `cp -a` + start-up (zstd at rest)', markdown };
-}
-
-/** Polls show-backup until the backup is DONE. */
-async function waitForDone(receiverCli: string, config: string, id: string, timeoutMs = 600_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const out = await runOk(process.execPath, [receiverCli, 'show-backup', '-c', config, SERVER, id, '--json']).catch(() => undefined);
-    const status = out ? (JSON.parse(out.stdout) as { status?: string }).status : undefined;
-    if (status === 'DONE') return;
-    if (Date.now() > deadline) throw new Error(`backup ${id} still ${status ?? 'unreadable'} after ${timeoutMs / 1000} s`);
-    await sleep(200);
-  }
 }

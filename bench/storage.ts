@@ -27,6 +27,7 @@ import {
   runOk,
   type SectionResult,
   startReceiver,
+  waitForBackupDone,
 } from './lib';
 
 const SERVER = 'main';
@@ -142,12 +143,7 @@ export async function storageSection(ctx: BenchContext): Promise<SectionResult> 
     ctx.log(`storage: ${label}: base backup of -s ${SCALE}`);
     const backup = await runOk(node, [agent, 'backup', '-c', agentConf], { asPostgres: true, cwd: agentDir });
     const id = backup.stdout.trim().split('\n').find((l) => /^\d{8}T\d{6}$/.test(l))!;
-    // DONE once the WAL up to its end is archived here (PostgreSQL's archiver may still be pushing it)
-    let info = await open.backups.read(id);
-    for (const deadline = Date.now() + 120_000; info.status === 'WAITING_FOR_WALS' && Date.now() < deadline; info = await open.backups.read(id)) {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    if (info.status !== 'DONE') throw new Error(`storage: ${label}: backup ${id} is ${info.status}`);
+    const info = await waitForBackupDone(open, id, 120_000);
     const stored = await storedUnder(open, open.catalog.layout.backupPrefix(id));
     // left running (cleanup stops it): PostgreSQL may still be archiving into it until the next one takes over
     return { label, walPlain, walStored: wal.bytes, walMs, backupPlain: info.size, backupStored: stored.bytes, backupMs: backup.ms, backupFiles: info.fileCount };
