@@ -533,8 +533,9 @@ export class Session implements Peer {
     }
     if (stored.sha256 === undefined) this.log.warn({ wal: name }, 'sending a WAL file stored without a checksum (by an older version): it cannot be verified; barman-receiver cron records one');
     const size = stored.compression === 'none' ? stored.size : await server.catalog.segmentSize();
-    // checked as it is read: a damaged file ends in an error frame, never in the `end` that would make it whole
-    await this.sendStream(id, name, size, readStoredWal(server.catalog, stored));
+    // checked as it is read: a damaged file ends in an error frame, never in the `end` that would make it whole;
+    // the end frame carries the recorded checksum, so the bytes are hashed once here (and once by the agent)
+    await this.sendStream(id, name, size, readStoredWal(server.catalog, stored), stored.sha256);
   }
 
   /**
