@@ -18,7 +18,7 @@
 // backup's own symlinks are made last, once nothing more is written.
 
 import { createHash, type Hash } from 'node:crypto';
-import { close, closeSync, constants, fchownSync, fsync, openSync, promises as fs, writeSync } from 'node:fs';
+import { close, closeSync, constants, fchownSync, fsync, open, promises as fs, writeSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { checkSymlinks, readableBackupPath, safeRelativePath } from '../backup/paths';
 import { makeDirs as makeMissingDirs } from '../dirs';
@@ -345,9 +345,10 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
   let syncFailure: { err: unknown } | undefined;
   /**
    * Fetches one small data file of the backup whole into memory, checks it against the manifest
-   * and only then writes it, with direct system calls: for a file of a few kB, open, write and
-   * close take microseconds each, less than one round trip through the thread pool. Its fsync
-   * runs on the thread pool meanwhile (SYNCS_IN_FLIGHT at most), and `syncing` holds it until done.
+   * and only then writes it: created on the thread pool, written (and chowned) with direct system
+   * calls (for a file of a few kB they take microseconds, less than a round trip through the
+   * thread pool), fsynced on the thread pool while the next file is fetched (SYNCS_IN_FLIGHT at
+   * most; `syncing` holds each until done), and closed then.
    */
   const fetchSmall = async (file: PlannedFile): Promise<void> => {
     const hash = source.hashes ? undefined : manifestDigest();
@@ -366,7 +367,9 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     const dir = dirname(t.rel);
     if (dir !== '.') await makeDirs(t.root, dir);
     while (syncing.size >= SYNCS_IN_FLIGHT) await Promise.race(syncing);
-    const fd = openSync(join(t.root, t.rel), CREATE_NEW, 0o600);
+    // created on the thread pool: a new directory entry may wait for the filesystem's journal,
+    // which must not stall this thread (it hashes and writes everything else)
+    const fd = await openFd(join(t.root, t.rel), CREATE_NEW, 0o600);
     try {
       let position = 0;
       for (const chunk of chunks) {
@@ -620,6 +623,11 @@ async function sameAsBackup(path: string, file: PlannedFile, owner: WriteOptions
   } finally {
     await fh.close();
   }
+}
+
+/** open(2) on the thread pool: a file descriptor, for direct system calls after it. */
+function openFd(path: string, flags: number, mode: number): Promise<number> {
+  return new Promise((resolve, reject) => open(path, flags, mode, (err, fd) => (err ? reject(err) : resolve(fd))));
 }
 
 /** Writes all of `chunk` at `position` (a short write is continued, never lost). */
