@@ -14,8 +14,11 @@ export async function fsyncDir(path: string): Promise<void> {
   }
 }
 
-/** fsyncs every file and directory below `root` (bounded parallelism), then `root` itself. */
-export async function fsyncTree(root: string, parallel = 8): Promise<void> {
+/**
+ * fsyncs every file and directory below `root` (bounded parallelism), then `root` itself; with
+ * `files: false` the directories only (the files were made durable one by one, as written).
+ */
+export async function fsyncTree(root: string, { parallel = 8, files: withFiles = true }: { parallel?: number; files?: boolean } = {}): Promise<void> {
   const dirs: string[] = [];
   const files: string[] = [];
   const walk = async (dir: string): Promise<void> => {
@@ -23,7 +26,7 @@ export async function fsyncTree(root: string, parallel = 8): Promise<void> {
     for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
       const p = join(dir, entry.name);
       if (entry.isDirectory()) await walk(p);
-      else if (entry.isFile()) files.push(p);
+      else if (entry.isFile() && withFiles) files.push(p);
     }
   };
   await walk(root);

@@ -10,6 +10,12 @@ import { AgentConnection } from '../../shared/protocol/client';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
 import { checkDestination, type WriteOptions, type WriteSummary, writeRecovery } from '../../shared/recovery/writer';
 
+/**
+ * Files fetched at once: each small one is a round trip to the receiver, so several are asked for
+ * while the big ones stream (the receiver answers up to 8 side by side).
+ */
+const RESTORE_PARALLEL = 8;
+
 export async function restore(config: AgentConfig, backup: string, pgdataArg: string, options: RecoveryOptions, progress?: WriteOptions['progress'], pgBindir?: string, write: Pick<WriteOptions, 'delta' | 'primaryConninfo'> = {}): Promise<RecoveryPlan & { summary: WriteSummary }> {
   const dest = resolve(pgdataArg);
   // refused before anything is asked of the receiver: a running PostgreSQL, a non-empty directory without --delta
@@ -34,7 +40,7 @@ export async function restore(config: AgentConfig, backup: string, pgdataArg: st
       // every chunk arrives in a buffer of its own (one WebSocket message each), never reused
       freshChunks: true,
       walFile: (name) => conn.fetch((id) => ({ type: 'get', id, name })),
-    }, { progress, ...write });
+    }, { progress, ...write, parallel: RESTORE_PARALLEL });
     return { ...plan, summary };
   } finally {
     conn.close();

@@ -18,11 +18,10 @@ import { parseLsn } from '../../shared/wal/lsn';
 import { majorOf } from '../../shared/postgres/version';
 import { nextSegment, segmentForLsn, segmentNumber } from '../../shared/wal/names';
 import { crc32c, crc32cHex, newHash } from '../../shared/checksum';
-import type { Readable } from 'node:stream';
 import type { ServerCatalog } from './catalog';
 import type { Upload } from './upload';
-import { compressWhole, type ObjectWriter } from '../storage/storage';
-import { BLOCK_SIZE, checkZstdBlockFrame, zstdDecompressFrame } from '../storage/compression';
+import { compressWhole, type ObjectWriter, type Storage } from '../storage/storage';
+import { BLOCK_SIZE, checkZstdBlockFrame, decompressWhole, parseStoredKey, zstdDecompressFrame } from '../storage/compression';
 import { nativeFrameDone } from '../../shared/protocol/chunks';
 
 /**
@@ -503,18 +502,69 @@ export class BackupCatalog {
    * The plain bytes of one file of a backup, as recorded in `contents`: BACKUP_NOT_FOUND when it
    * has no such file, CHECKSUM_MISMATCH when its stored bytes no longer decompress (damaged).
    */
-  async readFile(id: string, contents: BackupContents, path: string): Promise<AsyncIterable<Buffer>> {
+  async readFile(id: string, contents: BackupContents, path: string, bundles?: BundleReader): Promise<AsyncIterable<Buffer>> {
     const where = Object.hasOwn(contents.files, path) ? contents.files[path] : undefined;
     const missing = () => new BarmanError(ErrorCode.BACKUP_NOT_FOUND, `backup ${id} has no file ${path.slice(0, 200)}`, `Run barman-receiver verify-backup ${this.catalog.server} ${id}.`);
     if (!where) throw missing();
-    let stream: Readable;
+    let stream: AsyncIterable<Buffer> | Iterable<Buffer>;
     try {
-      stream = where.offset === undefined ? await this.storage.read(where.key) : await this.storage.readPart(where.key, { start: where.offset, end: where.offset + (where.length ?? 0) });
+      if (where.offset === undefined) stream = await this.storage.read(where.key);
+      else if (bundles) stream = await bundles.member(where);
+      else stream = await this.storage.readPart(where.key, { start: where.offset, end: where.offset + (where.length ?? 0) });
     } catch (err) {
       if (err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND) throw missing();
-      throw err;
+      throw damaged(err, id, path, this.catalog.server);
     }
     return damageSaysSo(stream, id, path, this.catalog.server);
+  }
+
+  /** A reader of this backup's bundles for one restore (readFile): each bundle read once. */
+  bundleReader(contents: BackupContents): BundleReader {
+    return new BundleReader(this.storage, contents);
+  }
+}
+
+/** bundles a BundleReader holds at once (members are asked for in the backup's order: one or two are in use) */
+const KEPT_BUNDLES = 3;
+/** a bundle's stored bytes: BUNDLE_SIZE plain and its last member, compressed (no larger), with room to spare */
+const MAX_BUNDLE_STORED = 2 * (BUNDLE_SIZE + BUNDLE_FILE_LIMIT);
+
+/**
+ * The bundle members of one backup for one restore: each bundle's stored bytes are read whole,
+ * once, and its members decompressed from memory (no ranged read, file handle and stream per
+ * small file). A bundle is let go once all its members have been asked for; at most KEPT_BUNDLES
+ * are held (the least recently used goes first, and a member of it asked for later reads it again),
+ * so memory stays a few bundles whatever the order of the requests.
+ */
+export class BundleReader {
+  private readonly kept = new Map<string, Promise<Buffer>>();
+  /** members of each bundle not yet asked for */
+  private readonly left = new Map<string, number>();
+
+  constructor(private readonly storage: Storage, contents: BackupContents) {
+    for (const f of Object.values(contents.files)) if (f.offset !== undefined) this.left.set(f.key, (this.left.get(f.key) ?? 0) + 1);
+  }
+
+  /** The plain bytes of the member `where` names, one buffer per compressed frame. */
+  async member(where: StoredFile): Promise<Buffer[]> {
+    const key = where.key;
+    const start = where.offset ?? 0;
+    const end = start + (where.length ?? 0);
+    const what = `${key} (bytes ${start}-${end}) in ${this.storage.location}`;
+    let bytes = this.kept.get(key);
+    this.kept.delete(key);
+    if (!bytes) {
+      bytes = this.storage.readStored(key, MAX_BUNDLE_STORED);
+      bytes.catch(() => undefined); // awaited below by every member that shares it
+    }
+    const left = (this.left.get(key) ?? 1) - 1;
+    this.left.set(key, left);
+    // most recently used last; one with nothing left to give goes at once
+    if (left > 0) this.kept.set(key, bytes);
+    for (const old of this.kept.keys()) if (this.kept.size > KEPT_BUNDLES) this.kept.delete(old);
+    const stored = await bytes;
+    if (end > stored.length) throw new BarmanError(ErrorCode.STORAGE_CORRUPT, `${what}: the bundle holds only ${stored.length} bytes`, 'The stored copy is damaged; restore it from another copy of the catalog, or take a new backup.');
+    return decompressWhole(parseStoredKey(key).compression, stored.subarray(start, end), what);
   }
 }
 
@@ -597,11 +647,16 @@ export function checkClockSkew(reported: string, now: number): void {
 
 
 /** A backup file's bytes; a stored copy that no longer decompresses is a damaged file, said as such. */
-async function* damageSaysSo(stream: Readable, id: string, path: string, server: string): AsyncGenerator<Buffer> {
+async function* damageSaysSo(stream: AsyncIterable<Buffer> | Iterable<Buffer>, id: string, path: string, server: string): AsyncGenerator<Buffer> {
   try {
-    for await (const chunk of stream) yield chunk as Buffer;
+    for await (const chunk of stream) yield chunk;
   } catch (err) {
-    if (!(err instanceof BarmanError && err.code === ErrorCode.STORAGE_CORRUPT)) throw err;
-    throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${id}: ${path} in the catalog does not match its manifest: it no longer decompresses (${err.message})`, `Run barman-receiver verify-backup ${server} ${id}; recover from another backup (list-backups).`, { cause: err });
+    throw damaged(err, id, path, server);
   }
+}
+
+/** A stored copy that no longer decompresses (STORAGE_CORRUPT) as the damaged backup file it is; any other error as it is. */
+function damaged(err: unknown, id: string, path: string, server: string): unknown {
+  if (!(err instanceof BarmanError && err.code === ErrorCode.STORAGE_CORRUPT)) return err;
+  return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${id}: ${path} in the catalog does not match its manifest: it no longer decompresses (${err.message})`, `Run barman-receiver verify-backup ${server} ${id}; recover from another backup (list-backups).`, { cause: err });
 }

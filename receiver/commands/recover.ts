@@ -50,8 +50,10 @@ export async function recover(config: ReceiverConfig, server: string, backupRef:
     checkRecoveryBinaries(plan.backupId, plan.pgVersion, opts.pgBindir);
     requireTablespaceLocations(plan, opts.tablespaces, dest);
     const contents = await backups.contents(plan.backupId);
+    // small files are read with their bundle, each bundle once
+    const bundles = backups.bundleReader(contents);
     const summary = await writeRecovery(plan, dest, {
-      dataFile: (path) => readBackupFile(() => backups.readFile(plan.backupId, contents, path)),
+      dataFile: (path) => readBackupFile(() => backups.readFile(plan.backupId, contents, path, bundles)),
       walFile: (name) => recoveryWal(catalog, name),
       // the storage hands out a new buffer for every chunk it reads or decompresses
       freshChunks: true,

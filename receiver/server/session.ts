@@ -13,7 +13,7 @@ import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
 import { readStoredWal, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
-import { type BackupContents, readableBackupPath } from '../catalog/backups';
+import { type BackupContents, type BundleReader, readableBackupPath } from '../catalog/backups';
 import { parseManifest } from '../../shared/backup/manifest';
 import { planRecovery } from '../recovery/plan';
 import { recoveryWal } from '../recovery/wal-source';
@@ -29,7 +29,7 @@ const WRITE_HIGH_WATER = 8 * 1024 * 1024;
 /** concurrent uploads one session may have open */
 const MAX_OPEN_UPLOADS = 16;
 /** backup files one restore session is sent at the same time (a restore asks for a few at a time) */
-const MAX_BACKUP_FILE_SENDS = 4;
+const MAX_BACKUP_FILE_SENDS = 8;
 /** while the service stops, a session still receiving files is waited for only if it sent something this recently */
 const DRAIN_QUIET_MS = 2000;
 
@@ -552,8 +552,8 @@ export class Session implements Peer {
 
   private async sendBackupFile(id: number, backupId: string, path: string, server: ServerContext): Promise<void> {
     const rel = readableBackupPath(path);
-    const { backupId: done, contents, recorded } = await this.doneBackupContents(backupId, server);
-    const source = await server.backups.readFile(done, contents, rel);
+    const { backupId: done, contents, recorded, bundles } = await this.doneBackupContents(backupId, server);
+    const source = await server.backups.readFile(done, contents, rel, bundles);
     await this.sendStream(id, path, contents.files[rel]!.size, source, recorded.get(rel));
   }
 
@@ -571,7 +571,8 @@ export class Session implements Peer {
     const recorded = new Map<string, string>();
     const manifest = await server.backups.manifest(info.backupId);
     if (manifest) for (const f of parseManifest(manifest).files) if (f.sha256) recorded.set(f.path, f.sha256);
-    const value = { backupId: info.backupId, contents: await server.backups.contents(info.backupId), recorded };
+    const contents = await server.backups.contents(info.backupId);
+    const value = { backupId: info.backupId, contents, recorded, bundles: server.backups.bundleReader(contents) };
     this.restoreContents = { backupId, server, value };
     return value;
   }
@@ -589,6 +590,8 @@ interface RestoreContents {
   backupId: string;
   contents: BackupContents;
   recorded: Map<string, string>;
+  /** its small files, read with their bundle, each bundle once */
+  bundles: BundleReader;
 }
 
 /** Wrong token and unknown server alike: one message, one hint that names both things to check. */

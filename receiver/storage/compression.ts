@@ -12,7 +12,7 @@
 
 import { Transform, type TransformCallback, type TransformOptions } from 'node:stream';
 import { promisify } from 'node:util';
-import { createGunzip, createGzip, gzip } from 'node:zlib';
+import { createGunzip, createGzip, gunzip, gzip } from 'node:zlib';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 
@@ -174,6 +174,40 @@ export async function compressWhole(compression: Compression, plain: Buffer): Pr
   const frames: Promise<Buffer>[] = [];
   for (let at = 0; at < plain.length; at += BLOCK_SIZE) frames.push(codec.compress(plain.subarray(at, at + BLOCK_SIZE)));
   return Buffer.concat(await Promise.all(frames));
+}
+
+const gunzipWhole = promisify(gunzip);
+
+/**
+ * The plain bytes of stored bytes held whole in memory (a bundle member, read with its bundle):
+ * its frames decompressed side by side on the thread pool, each frame's bytes one buffer, in
+ * order. `what` names the object in errors (STORAGE_CORRUPT, like decompressor()).
+ */
+export async function decompressWhole(compression: Compression, stored: Buffer, what: string): Promise<Buffer[]> {
+  if (stored.length === 0 || compression === 'none') return stored.length === 0 ? [] : [stored];
+  if (compression === 'gzip') {
+    try {
+      return [await gunzipWhole(stored)];
+    } catch (err) {
+      throw corrupt(what, 'gzip', err);
+    }
+  }
+  const codec = compression === 'zstd' ? zstdCodec : lz4Codec;
+  const work: Promise<Buffer>[] = [];
+  try {
+    for (let at = 0; at < stored.length; ) {
+      const length = codec.frameLength(stored.subarray(at));
+      if (length === undefined) throw new Error(`${stored.length - at} bytes at the end are not a whole frame (truncated?)`);
+      if (length > MAX_FRAME_BYTES) throw new Error(`a frame is longer than ${MAX_FRAME_BYTES} bytes`);
+      const frame = codec.decompress(stored.subarray(at, at + length));
+      frame.catch(() => undefined); // awaited below, all of them
+      work.push(frame);
+      at += length;
+    }
+    return (await Promise.all(work)).filter((b) => b.length > 0);
+  } catch (err) {
+    throw corrupt(what, compression, err);
+  }
 }
 
 /** Stored bytes in, plain bytes out; undefined for `none`. `what` names the object in errors. */

@@ -253,6 +253,21 @@ export class Storage {
     return chain(raw, decompressor(compression, `${stored} (bytes ${range.start}-${range.end ?? ''}) in ${this.location}`)!);
   }
 
+  /**
+   * The stored bytes of an object whole, as they are (still compressed): a bundle, whose members
+   * are then decompressed one by one (decompressWhole). Refuses more than `limit` bytes.
+   */
+  async readStored(stored: string, limit: number): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of await this.driver.read(checkKey(stored))) {
+      size += (chunk as Buffer).length;
+      if (size > limit) throw new BarmanError(ErrorCode.STORAGE_CORRUPT, `${stored} in ${this.location} is larger than ${limit} bytes`, 'The object is not what barman-ts wrote there; move it away and retry.');
+      parts.push(chunk as Buffer);
+    }
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+  }
+
   /** A small object whole (JSON documents, leases); refuses more than `limit` plain bytes. */
   async readAll(stored: string, limit = 16 * 1024 * 1024): Promise<Buffer> {
     const parts: Buffer[] = [];

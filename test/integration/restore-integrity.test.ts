@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { compress, decompress } from '@mongodb-js/zstd';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type Cluster, createCluster, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, type Receiver, runAgent, runReceiverCli, startReceiver } from '../harness';
-import { backupAndWait } from '../harness/backups';
+import { backupAndWait, storedFileOf } from '../harness/backups';
 import { RawClient } from '../harness/raw-client';
 import { startRecovered } from '../harness/recovered';
 
@@ -94,6 +94,32 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
       expect(hashes.get(2)!.digest('hex')).toBe(recorded('PG_VERSION'));
     } finally {
       client.close();
+    }
+  });
+
+  it('a damaged member of a bundle (read once for all its members) is named by both ways, and nothing is left behind', async () => {
+    // pg_class of the postgres database: a small file, stored as a member of a bundle
+    const member = await cluster.psql("select pg_relation_filepath('pg_class')");
+    const where = storedFileOf(receiver, 'main', id, member);
+    expect(where.bundled).toBe(true);
+    const bundle = readFileSync(where.file);
+    const damaged = Buffer.from(bundle);
+    // silent damage in the middle of its compressed bytes, its size kept (the members after it stay where they are)
+    const at = where.offset + Math.floor(where.length / 2);
+    for (let i = at; i < at + 16; i++) damaged[i] = damaged[i]! ^ 0xff;
+    writeFileSync(where.file, damaged);
+    try {
+      const dir = makeTempDir('bundle-damage', 'postgres', 0o755);
+      const recoverDest = makeDir(join(dir, 'recovered'), 'postgres', 0o700);
+      const recovered = await runReceiverCli(['recover', '-c', receiver.configPath, 'main', id, recoverDest]);
+      expectFailure(recovered, 1, new RegExp(`${member} in the catalog does not match its manifest`));
+      expect(listDir(recoverDest)).toEqual([]);
+      const restoreDest = makeDir(join(dir, 'restored'), 'postgres', 0o700);
+      const restored = await runAgent(['restore', '-c', cluster.agentConfigPath!, id, restoreDest]);
+      expectFailure(restored, 1, new RegExp(`backup ${id}: ${member} (in the catalog )?does not match`));
+      expect(listDir(restoreDest)).toEqual([]);
+    } finally {
+      writeFileSync(where.file, bundle);
     }
   });
 

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BLOCK_SIZE, checkZstdBlockFrame, COMPRESSIONS, type Compression, compressWhole, compressor, decompressor, parseStoredKey, storedKey } from '../../../../receiver/storage/compression';
+import { BLOCK_SIZE, checkZstdBlockFrame, COMPRESSIONS, type Compression, compressWhole, compressor, decompressor, decompressWhole, parseStoredKey, storedKey } from '../../../../receiver/storage/compression';
 import { PosixDriver } from '../../../../receiver/storage/posix-driver';
 import { Storage } from '../../../../receiver/storage/storage';
 import { BarmanError, ErrorCode } from '../../../../shared/errors';
@@ -104,12 +104,30 @@ describe('bundle members: files compressed whole, one after the other in one obj
         for await (const chunk of await storage.readPart(key, ranges[i]!)) parts.push(chunk as Buffer);
         expect(Buffer.concat(parts).equals(f), `member ${i}`).toBe(true);
       }
+      // read with the bundle whole (the stored bytes once, each member decompressed from memory): the same bytes
+      const stored = await storage.readStored(key, 1 << 30);
+      for (const [i, f] of files.entries()) {
+        const plain = await decompressWhole(compression, stored.subarray(ranges[i]!.start, ranges[i]!.end), 'member');
+        expect(Buffer.concat(plain).equals(f), `member ${i} from memory`).toBe(true);
+      }
       // the whole object is a valid stream of its kind: all members, in order
       const whole: Buffer[] = [];
       for await (const chunk of await storage.read(key)) whole.push(chunk as Buffer);
       expect(Buffer.concat(whole).equals(Buffer.concat(files))).toBe(true);
     });
   }
+});
+
+describe('decompressWhole: stored bytes held in memory', () => {
+  it.each(COMPRESSIONS.filter((c) => c !== 'none').map((c) => [c]))('%s: refuses a member cut short or not of its format with STORAGE_CORRUPT naming it', async (compression) => {
+    const member = await compressWhole(compression, sample(3 * BLOCK_SIZE + 99));
+    for (const bad of [member.subarray(0, member.length - 3), Buffer.concat([member, Buffer.from('trailing bytes')]), Buffer.from('not compressed at all')]) {
+      const err = await decompressWhole(compression, bad, 'bundle 7 (bytes 10-20)').catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(BarmanError);
+      expect((err as BarmanError).code).toBe(ErrorCode.STORAGE_CORRUPT);
+      expect((err as BarmanError).message).toContain('bundle 7 (bytes 10-20)');
+    }
+  });
 });
 
 describe('checkZstdBlockFrame: what an agent may send as one compressed chunk', () => {

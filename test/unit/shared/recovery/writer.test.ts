@@ -340,6 +340,33 @@ describe('writeRecovery, many files at once', () => {
     expect(existsSync(join(dest, 'global/pg_control'))).toBe(false);
   });
 
+  it('fetches the big files first, largest first, then the small ones in the backup\'s order (how a catalog bundles them), byte for byte', async () => {
+    const { content, plan } = many(12);
+    const big = new Map(content);
+    big.set('base/1/big-a', Buffer.alloc(3 * 1024 * 1024 + 5, 9));
+    big.set('base/1/big-b', Buffer.alloc(5 * 1024 * 1024, 8));
+    const files = [...big].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, sha256: createHash('sha256').update(bytes).digest('hex') }));
+    const order = [...files.filter((f) => f.path !== 'global/pg_control'), files.find((f) => f.path === 'global/pg_control')!];
+    const asked: string[] = [];
+    const source = chunked(big, 1024 * 1024);
+    const dataFile = source.dataFile.bind(source);
+    source.dataFile = (path, hashed) => (asked.push(path), dataFile(path, hashed));
+    const dest = join(fresh('big-and-small'), 'pgdata');
+    await writeRecovery(planOf({ files: order, wals: [] }), dest, source, { parallel: 1 });
+    expect(asked).toEqual(['base/1/big-b', 'base/1/big-a', ...order.map((f) => f.path).filter((p) => !p.startsWith('base/1/big') && p !== 'global/pg_control'), 'global/pg_control']);
+    for (const [path, bytes] of big) expect(readFileSync(join(dest, path)).equals(bytes), path).toBe(true);
+  });
+
+  it('checks a small file whole before writing it: a damaged one is never written, not even by a delta that stops there', async () => {
+    const { content, plan } = many(12);
+    const dest = join(fresh('small-checked-first'), 'pgdata');
+    await writeRecovery(plan, dest, chunked(content), { parallel: 2 });
+    rmSync(join(dest, 'base/1/16387'));
+    await refusal(writeRecovery(plan, dest, chunked(content, 64 * 1024, { path: 'base/1/16387', at: 7 }), { parallel: 2, delta: true }), ErrorCode.CHECKSUM_MISMATCH, /base\/1\/16387 in the catalog does not match its manifest/);
+    expect(existsSync(join(dest, 'base/1/16387'))).toBe(false);
+    expect(existsSync(join(dest, 'barman_restore.incomplete'))).toBe(true);
+  });
+
   it('refuses a file that runs longer than its manifest says, before writing past its size', async () => {
     const { content, plan } = many(6);
     const longer = new Map(content);
