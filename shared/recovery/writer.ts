@@ -17,9 +17,9 @@
 // every directory on the way is checked to be a real directory (never a symlink), and the
 // backup's own symlinks are made last, once nothing more is written.
 
-import { createHash } from 'node:crypto';
 import { constants, promises as fs } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { type ChecksumAlgorithm, describeChecksum, fileChecksum, type FileChecksumValue, type ManifestFile } from '../backup/manifest';
 import { checkSymlinks, readableBackupPath, safeRelativePath } from '../backup/paths';
 import { makeDirs as makeMissingDirs } from '../dirs';
 import { fsyncDir, fsyncTree } from '../durable';
@@ -29,14 +29,14 @@ import { type PlannedTablespace, type RecoveryPlan, RECOVERY_WAL_DIR, RESTORE_MA
 
 export interface RecoverySource {
   /**
-   * Plain bytes of a data file of the backup (path as in the manifest). A source that hashes the
-   * bytes itself (the agent's fetch hashes what arrives, to check it against the receiver's
-   * checksum) says so with `hashes` and calls `hashed` with the SHA-256 of exactly the bytes it
-   * yielded before its iteration ends; the writer then compares that one with the manifest instead
-   * of hashing the bytes a second time.
+   * Plain bytes of a data file of the backup (path as in the manifest). A source that checksums the
+   * bytes itself (the agent's fetch checks what arrives against the receiver's checksum, the one
+   * the manifest records) says so with `hashes` and calls `hashed` with the algorithm and checksum
+   * of exactly the bytes it yielded before its iteration ends; the writer then compares that one
+   * with the manifest instead of checksumming the bytes a second time.
    */
-  dataFile(path: string, hashed?: (sha256: string) => void): AsyncIterable<Uint8Array>;
-  /** dataFile() reports the SHA-256 of what it yielded through `hashed` */
+  dataFile(path: string, hashed?: (checksum: string, algorithm: ChecksumAlgorithm) => void): AsyncIterable<Uint8Array>;
+  /** dataFile() reports the checksum of what it yielded through `hashed` */
   hashes?: boolean;
   /** dataFile() yields a new buffer every time, never reusing one: the writer may hold several while they are written */
   freshChunks?: boolean;
@@ -286,13 +286,13 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
    */
   const fetchFile = async (file: RecoveryPlan['files'][number]): Promise<string> => {
     const { fh, path } = await createFile(file.path);
-    // the source's own hash of what it yielded when it has one, else ours
-    const hash = source.hashes ? undefined : createHash('sha256');
-    let reported: string | undefined;
+    // the source's own checksum of what it yielded when it has one, else ours
+    const hash = source.hashes || !file.checksumAlgorithm ? undefined : fileChecksum(file.checksumAlgorithm);
+    let reported: FileChecksumValue | undefined;
     let size = 0;
     const writes: Promise<void>[] = [];
     try {
-      for await (const chunk of source.dataFile(file.path, (sha256) => (reported = sha256))) {
+      for await (const chunk of source.dataFile(file.path, (checksum, algorithm) => (reported = { algorithm, checksum }))) {
         if (size + chunk.length > file.size) throw mismatch(file, size + chunk.length);
         const written = writeAll(fh, chunk, size).then(() => onBytes(chunk.length));
         written.catch(() => undefined); // awaited below, in order; never an unhandled rejection meanwhile
@@ -304,9 +304,9 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
         while (writes.length > (source.freshChunks ? WRITE_AHEAD : 0)) await writes.shift();
       }
       while (writes.length > 0) await writes.shift();
-      const sha = hash ? hash.digest('hex') : reported;
-      if (sha === undefined) throw new BarmanError(ErrorCode.INTERNAL, `${file.path}: the restore's source gave no checksum for the bytes it sent`, 'This is a bug in barman-ts; please report it.');
-      if (size !== file.size || (file.sha256 && sha !== file.sha256)) throw mismatch(file, size, sha);
+      const got = hash ? { algorithm: file.checksumAlgorithm!, checksum: hash.digest() } : reported;
+      if (got === undefined && file.checksumAlgorithm) throw new BarmanError(ErrorCode.INTERNAL, `${file.path}: the restore's source gave no checksum for the bytes it sent`, 'This is a bug in barman-ts; please report it.');
+      if (size !== file.size || !matchesEntry(file, got)) throw mismatch(file, size, got);
       if (opts.owner) await fh.chown(opts.owner.uid, opts.owner.gid);
     } finally {
       // never close a handle a write is still using
@@ -317,7 +317,7 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     summary.writtenBytes += size;
     return path;
   };
-  const mismatch = (file: RecoveryPlan['files'][number], size: number, sha?: string) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${file.path} in the catalog does not match its manifest (${size > file.size && sha === undefined ? `more than its ${file.size} bytes` : `${size} bytes, sha256 ${sha?.slice(0, 12) ?? '?'}…`}; manifest: ${file.size} bytes, ${file.sha256.slice(0, 12)}…)`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId}; recover from another backup (list-backups).`);
+  const mismatch = (file: RecoveryPlan['files'][number], size: number, got?: FileChecksumValue) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${file.path} in the catalog does not match its manifest (${size > file.size && got === undefined ? `more than its ${file.size} bytes` : `${size} bytes, ${describeChecksum(got?.algorithm, got?.checksum)}`}; manifest: ${file.size} bytes, ${describeChecksum(file.checksumAlgorithm, file.checksum)})`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId}; recover from another backup (list-backups).`);
   let done = 0;
   let bytes = 0;
   let lastReport = 0;
@@ -492,12 +492,12 @@ async function removeEntry(path: string): Promise<void> {
 }
 
 /**
- * A file a delta found where the backup has one: identical (size and SHA-256 of the manifest)?
+ * A file a delta found where the backup has one: identical (size and checksum of the manifest, in its algorithm)?
  * Opened without following a link (the caller saw a regular file, but it is checked again on the
  * handle); an identical file gets the mode (and owner) a fresh one would have.
  */
 async function sameAsBackup(path: string, file: RecoveryPlan['files'][number], owner: WriteOptions['owner'], onBytes: (n: number) => void): Promise<boolean> {
-  if (!file.sha256) return false;
+  if (!file.checksumAlgorithm) return false;
   let fh: fs.FileHandle;
   try {
     fh = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
@@ -507,7 +507,7 @@ async function sameAsBackup(path: string, file: RecoveryPlan['files'][number], o
   try {
     const st = await fh.stat();
     if (!st.isFile() || st.size !== file.size) return false;
-    const hash = createHash('sha256');
+    const hash = fileChecksum(file.checksumAlgorithm);
     const buf = Buffer.allocUnsafe(Math.min(1 << 20, Math.max(1, file.size)));
     let pos = 0;
     for (;;) {
@@ -517,7 +517,7 @@ async function sameAsBackup(path: string, file: RecoveryPlan['files'][number], o
       pos += bytesRead;
       onBytes(bytesRead);
     }
-    if (pos !== file.size || hash.digest('hex') !== file.sha256) return false;
+    if (pos !== file.size || !matchesEntry(file, { algorithm: file.checksumAlgorithm, checksum: hash.digest() })) return false;
     if ((st.mode & 0o7777) !== 0o600) await fh.chmod(0o600);
     if (owner && (st.uid !== owner.uid || st.gid !== owner.gid)) await fh.chown(owner.uid, owner.gid);
     return true;
@@ -558,4 +558,13 @@ async function writeSmall(path: string, content: string, own: (p: string) => Pro
     await fh.close();
   }
   await own(path);
+}
+
+/**
+ * Whether a file's bytes, of checksum `got`, are what manifest entry `file` records: the same
+ * algorithm and value. An entry without a checksum is checked by its size alone (by the caller).
+ */
+export function matchesEntry(file: Pick<ManifestFile, 'checksumAlgorithm' | 'checksum'>, got: FileChecksumValue | undefined): boolean {
+  if (!file.checksumAlgorithm) return true;
+  return got !== undefined && got.algorithm === file.checksumAlgorithm && got.checksum === file.checksum;
 }

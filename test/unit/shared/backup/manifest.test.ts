@@ -3,9 +3,9 @@ import { describe, expect, it } from 'vitest';
 import { buildManifest, type ManifestFile, manifestVersionFor, parseManifest } from '../../../../shared/backup/manifest';
 
 const files: ManifestFile[] = [
-  { path: 'backup_label', size: 227, mtime: 1764500000, sha256: 'a'.repeat(64) },
-  { path: 'base/1/1259', size: 8192, mtime: 1764499990, sha256: 'b'.repeat(64) },
-  { path: 'global/pg_control', size: 8192, mtime: 1764500001, sha256: 'c'.repeat(64) },
+  { path: 'backup_label', size: 227, mtime: 1764500000, checksumAlgorithm: 'SHA256', checksum: 'a'.repeat(64) },
+  { path: 'base/1/1259', size: 8192, mtime: 1764499990, checksumAlgorithm: 'SHA256', checksum: 'b'.repeat(64) },
+  { path: 'global/pg_control', size: 8192, mtime: 1764500001, checksumAlgorithm: 'SHA256', checksum: 'c'.repeat(64) },
 ];
 const walRanges = [{ timeline: 1, startLsn: '0/2000028', endLsn: '0/2000138' }];
 /** above 2^63: a JS number would round it */

@@ -29,7 +29,7 @@ const CONTENT = new Map([
   ['pg_tblspc/16385/PG_15_202209061/1/16390', 'a relation in a tablespace'],
   ['global/pg_control', 'control'],
 ]);
-const file = (path: string, text = CONTENT.get(path) ?? '') => ({ path, size: Buffer.byteLength(text), mtime: 0, sha256: sha(text) });
+const file = (path: string, text = CONTENT.get(path) ?? '') => ({ path, size: Buffer.byteLength(text), mtime: 0, checksumAlgorithm: 'SHA256' as const, checksum: sha(text) });
 
 function planOf(over: Partial<RecoveryPlan> = {}): RecoveryPlan {
   return {
@@ -295,7 +295,7 @@ describe('writeRecovery, many files at once', () => {
       content.set(`base/1/${16384 + i}`, Buffer.alloc(size, i + 1));
     }
     content.set('global/pg_control', Buffer.from('control'));
-    const files = [...content].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, sha256: createHash('sha256').update(bytes).digest('hex') }));
+    const files = [...content].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, checksumAlgorithm: 'SHA256' as const, checksum: createHash('sha256').update(bytes).digest('hex') }));
     return { content, plan: planOf({ files: [...files.filter((f) => f.path !== 'global/pg_control'), files.find((f) => f.path === 'global/pg_control')!], wals: [] }) };
   };
   /** yields a file in chunks of `chunk` bytes, all through ONE buffer it reuses (as readChunks does) */
@@ -355,7 +355,7 @@ describe('writeRecovery, many files at once', () => {
       async *dataFile(path, hashed) {
         const bytes = content.get(path)!;
         const sha = report(path, createHash('sha256').update(bytes).digest('hex'));
-        if (sha !== undefined) hashed?.(sha);
+        if (sha !== undefined) hashed?.(sha, 'SHA256');
         yield bytes;
       },
       async *walFile() {},
