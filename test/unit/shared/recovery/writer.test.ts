@@ -7,6 +7,7 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { fileChecksum } from '../../../../shared/backup/manifest';
 import { BarmanError, ErrorCode } from '../../../../shared/errors';
 import type { RecoveryPlan } from '../../../../shared/recovery/plan';
 import { type RecoverySource, writeRecovery } from '../../../../shared/recovery/writer';
@@ -338,6 +339,25 @@ describe('writeRecovery, many files at once', () => {
     await refusal(writeRecovery(plan, dest, chunked(content, 64 * 1024, { path: 'base/1/16394', at: 5 }), { parallel: 4, delta: true }), ErrorCode.CHECKSUM_MISMATCH, /base\/1\/16394 in the catalog does not match its manifest/);
     expect(existsSync(join(dest, 'barman_restore.incomplete'))).toBe(true);
     expect(existsSync(join(dest, 'global/pg_control'))).toBe(false);
+  });
+
+  it('checks each file with the algorithm its manifest entry names: CRC-32C entries write, keep identical files on a delta, and refuse a flipped byte', async () => {
+    const { content, plan: shaPlan } = many(12);
+    const crcOf = (bytes: Buffer) => {
+      const c = fileChecksum('CRC32C');
+      c.update(bytes);
+      return c.digest();
+    };
+    // every other file in CRC-32C, the rest in SHA-256: one manifest may hold both
+    const plan = { ...shaPlan, files: shaPlan.files.map((f, i) => (i % 2 === 0 ? { ...f, checksumAlgorithm: 'CRC32C' as const, checksum: crcOf(content.get(f.path)!) } : f)) };
+    const dest = join(fresh('crc'), 'pgdata');
+    expect((await writeRecovery(plan, dest, chunked(content), { parallel: 3 })).written).toBe(13);
+    for (const [path, bytes] of content) expect(readFileSync(join(dest, path)).equals(bytes), path).toBe(true);
+    const again = await writeRecovery(plan, dest, chunked(content), { parallel: 3, delta: true });
+    expect(again.written).toBe(1); // pg_control, always written last
+    expect(again.unchanged).toBe(12);
+    const crcFile = plan.files.find((f) => f.checksumAlgorithm === 'CRC32C' && f.size > 100_000)!;
+    await refusal(writeRecovery(plan, fresh('crc-flipped'), chunked(content, 64 * 1024, { path: crcFile.path, at: 50_000 }), { parallel: 3 }), ErrorCode.CHECKSUM_MISMATCH, new RegExp(`${crcFile.path} in the catalog does not match its manifest \\(\\d+ bytes, CRC-32C [0-9a-f]{8}; manifest: \\d+ bytes, CRC-32C ${crcFile.checksum}\\)`));
   });
 
   it('refuses a file that runs longer than its manifest says, before writing past its size', async () => {
