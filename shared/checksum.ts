@@ -1,7 +1,7 @@
-// File checksums: SHA-256 everywhere (the catalog, the wire and PostgreSQL's backup_manifest all
-// accept it, and with SHA-NI it hashes faster than the disk reads). A backup's file crosses the
-// wire with a CRC-32C too: the agent computes both over the bytes it sends, the receiver checks
-// only the CRC-32C (a dozen times cheaper) and records the agent's SHA-256 in the manifest.
+// File checksums. WAL files: SHA-256 (the catalog keys them by it). A backup's file crosses the
+// wire with a CRC-32C the agent computes over the bytes it sends and the receiver checks; the
+// backup_manifest records that CRC-32C (PostgreSQL's default), or, with backup_checksum = sha256,
+// a SHA-256 the agent computes beside it (shared/backup/manifest.ts).
 
 import { createHash, type Hash } from 'node:crypto';
 import { type FileHandle, open } from 'node:fs/promises';

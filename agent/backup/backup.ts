@@ -2,7 +2,7 @@
 //
 // Non-exclusive pg_backup_start / pg_backup_stop in one dedicated session (kept open for the
 // whole backup) rather than the replication protocol's BASE_BACKUP: the agent reads the files
-// itself, several at once with backpressure, hashing each as it reads, which BASE_BACKUP's one
+// itself, several at once with backpressure, checksumming each as it reads, which BASE_BACKUP's one
 // tar stream would serialise through a single walsender.
 
 import { abortable } from '../../shared/abort';
@@ -72,6 +72,8 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     );
     backupId = accepted.backupId;
     const compress = accepted.compression ? wireCompressor(accepted.compression) : undefined;
+    // each file's CRC-32C goes with it; its SHA-256 only where the receiver records that one instead
+    const sha256 = accepted.checksum === 'sha256';
     progress?.({ phase: 'started', backupId });
 
     const { files, directories, symlinks } = await walkDataDirectory(pgdata);
@@ -85,7 +87,7 @@ export async function takeBackup(conn: AgentConnection, config: AgentConfig, req
     let bytes = 0;
     let sent = 0;
     const send = async (file: BackupFileEntry) => {
-      const ack = await conn.putFile({ kind: 'backup-file', backupId: backupId!, path: file.path, mtime: file.mtime }, file.absolute, file.size, compress);
+      const ack = await conn.putFile({ kind: 'backup-file', backupId: backupId!, path: file.path, mtime: file.mtime }, file.absolute, { statSize: file.size, compress, sha256 });
       done++;
       if (ack) {
         sent++;

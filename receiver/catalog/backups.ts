@@ -10,7 +10,7 @@
 // backup.info names, which cron removes.
 
 import { type BackupInfo, type BackupStatus, backupIdFor, emptyInfo, formatBackupInfo, isBackupId, parseBackupInfo } from '../../shared/backup/info';
-import { buildManifest, type ManifestFile, parseManifest } from '../../shared/backup/manifest';
+import { buildManifest, type ChecksumAlgorithm, crc32cManifestHex, fileChecksum, type ManifestFile, parseManifest } from '../../shared/backup/manifest';
 import { checkSymlinks, safeRelativePath } from '../../shared/backup/paths';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { BackupStart, BackupStop, WireCompression } from '../../shared/protocol/frames';
@@ -18,6 +18,8 @@ import { parseLsn } from '../../shared/wal/lsn';
 import { majorOf } from '../../shared/postgres/version';
 import { nextSegment, segmentForLsn, segmentNumber } from '../../shared/wal/names';
 import { crc32c, crc32cHex, newHash } from '../../shared/checksum';
+import type { BackupChecksum } from '../../shared/config/receiver';
+import type { Readable } from 'node:stream';
 import type { ServerCatalog } from './catalog';
 import type { Upload } from './upload';
 import { compressWhole, type ObjectWriter, type Storage } from '../storage/storage';
@@ -74,12 +76,15 @@ interface Receiving {
   bundleFailure?: unknown;
   /** the agent sends every file compressed so, in the frames stored as they are */
   wire?: WireCompression;
+  /** the algorithm of the manifest's file checksums for this backup */
+  checksum: ChecksumAlgorithm;
 }
 
 export class BackupCatalog {
   private readonly receiving = new Map<string, Receiving>();
 
-  constructor(readonly catalog: ServerCatalog) {}
+  /** `checksum`: the algorithm of each file's checksum in the manifests of new backups (backup_checksum) */
+  constructor(readonly catalog: ServerCatalog, readonly checksum: BackupChecksum = 'crc32c') {}
 
   private get layout() {
     return this.catalog.layout;
@@ -176,13 +181,19 @@ export class BackupCatalog {
     await this.write(info);
     // stored as zstd here and the agent can compress so: it does, and the bytes are stored as sent
     const wire = this.catalog.compression === 'zstd' && canCompress.includes('zstd') ? 'zstd' : undefined;
-    this.receiving.set(id, { files: new Map(), parents: new Set(), unsynced: [], bundles: 0, appending: Promise.resolve(), wire });
+    const checksum = this.checksum === 'sha256' ? 'SHA256' : 'CRC32C';
+    this.receiving.set(id, { files: new Map(), parents: new Set(), unsynced: [], bundles: 0, appending: Promise.resolve(), wire, checksum });
     return info;
   }
 
   /** How the agent is to send the files of running backup `id`: compressed so, or plain (undefined). */
   wireCompression(id: string): WireCompression | undefined {
     return this.receiving.get(id)?.wire;
+  }
+
+  /** Whether the agent is to send the SHA-256 of each file of running backup `id` (the manifest records it). */
+  wantsSha256(id: string): boolean {
+    return this.receiving.get(id)?.checksum === 'SHA256';
   }
 
   private receivingOf(id: string): Receiving {
@@ -256,8 +267,9 @@ export class BackupCatalog {
         parts.push(chunk);
       },
       finish: async (sha256, senderCrc32c) => {
+        let checksum: string;
         try {
-          arrival.check(senderCrc32c);
+          checksum = arrival.check(senderCrc32c, r.checksum, sha256);
           const bytes = parts.length === 1 ? Buffer.from(parts[0]!.buffer, parts[0]!.byteOffset, parts[0]!.byteLength) : Buffer.concat(parts);
           // compressed by the agent: its frames are the member as they are
           const member = r.wire ? bytes : await compressWhole(this.catalog.compression, bytes);
@@ -266,7 +278,7 @@ export class BackupCatalog {
         } finally {
           parts = [];
         }
-        manifest.push({ path: rel, size, mtime, sha256 });
+        manifest.push({ path: rel, size, mtime, checksumAlgorithm: r.checksum, checksum });
         return 'stored';
       },
       abort: async () => {
@@ -303,15 +315,16 @@ export class BackupCatalog {
         await writer.write(chunk);
       },
       finish: async (sha256, senderCrc32c) => {
+        let checksum: string;
         try {
-          arrival.check(senderCrc32c);
+          checksum = arrival.check(senderCrc32c, r.checksum, sha256);
           const { key } = await writer.commit();
           r.files.set(rel, { key, size });
           r.unsynced.push(key);
         } finally {
           await writer.abort().catch(() => undefined);
         }
-        manifest.push({ path: rel, size, mtime, sha256 });
+        manifest.push({ path: rel, size, mtime, checksumAlgorithm: r.checksum, checksum });
         return 'stored';
       },
       abort: () => writer.abort(),
@@ -335,9 +348,10 @@ export class BackupCatalog {
     const label = Buffer.from(stop.backupLabel);
     const labelWrite = await this.storage.put(this.layout.backupFileKey(id, 'backup_label'), label, { compression: this.catalog.compression, sync: false });
     r.unsynced.push(labelWrite.key);
-    const labelSha = newHash().update(label).digest('hex');
+    const labelChecksum = fileChecksum(r.checksum);
+    labelChecksum.update(label);
     const stopSeconds = Math.floor(Date.parse(stop.stopTime) / 1000);
-    const files: ManifestFile[] = [{ path: 'backup_label', size: label.length, mtime: stopSeconds, sha256: labelSha }, ...manifest.filter((f) => f.path !== 'global/pg_control')];
+    const files: ManifestFile[] = [{ path: 'backup_label', size: label.length, mtime: stopSeconds, checksumAlgorithm: r.checksum, checksum: labelChecksum.digest() }, ...manifest.filter((f) => f.path !== 'global/pg_control')];
     files.push(control); // last, as pg_basebackup lists it
     // the last bundle is committed after every member appended before it
     await r.appending;
@@ -613,11 +627,19 @@ class Arrival {
     this.value = this.crc(plain, this.value);
   }
 
-  check(senderCrc32c: string | undefined): void {
+  /**
+   * Checks the transfer against the agent's CRC-32C and answers the file's checksum for the
+   * manifest in `algorithm`: the CRC-32C computed here (it matched the agent's), or the agent's
+   * SHA-256 of the bytes it read, which the end must then carry.
+   */
+  check(senderCrc32c: string | undefined, algorithm: ChecksumAlgorithm, senderSha256: string | undefined): string {
     const rel = this.rel;
     if (this.received !== this.size) throw new BarmanError(ErrorCode.BACKUP_FAILED, `${rel}: received ${this.received} of ${this.size} bytes`, 'The transfer was cut short; take the backup again.');
     if (senderCrc32c === undefined) throw new BarmanError(ErrorCode.PROTOCOL, `${rel}: the end of a backup file carries no CRC-32C`, 'Agent and receiver must run compatible versions of barman-ts.');
     if (crc32cHex(this.value) !== senderCrc32c) throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${rel}: checksum differs from the agent's`, 'Take the backup again; check the network path and memory of both hosts if it repeats.');
+    if (algorithm === 'CRC32C') return crc32cManifestHex(this.value);
+    if (!senderSha256) throw new BarmanError(ErrorCode.PROTOCOL, `${rel}: the end of a backup file carries no SHA-256, which backup_checksum = sha256 records`, 'Agent and receiver must run compatible versions of barman-ts.');
+    return senderSha256;
   }
 }
 

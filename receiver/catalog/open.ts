@@ -24,7 +24,7 @@ export async function openCatalogStorage(config: ReceiverConfig): Promise<Storag
 /** A server's catalog on an open storage. */
 export function serverOn(storage: Storage, config: ReceiverConfig, server: ServerConfig): OpenServer {
   const catalog = new ServerCatalog(storage, config.barmanHome, server.name, server.compression);
-  return { config: server, catalog, backups: new BackupCatalog(catalog) };
+  return { config: server, catalog, backups: new BackupCatalog(catalog, server.backupChecksum) };
 }
 
 /** Runs `fn` with server `server`'s catalog (a configured server: see requireServer), then closes the storage. */

@@ -3,8 +3,7 @@
 
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { type BackupInfo, displayTime, localIsoTime } from '../../shared/backup/info';
-import { parseManifest } from '../../shared/backup/manifest';
-import { newHash } from '../../shared/checksum';
+import { fileChecksum, parseManifest } from '../../shared/backup/manifest';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { versionText } from '../../shared/postgres/version';
 import type { BackupProgressFrame } from '../../shared/protocol/frames';
@@ -135,14 +134,15 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
     const contents = await backups.contents(info.backupId);
     for (const f of files) {
       try {
-        const hash = newHash();
+        // with the algorithm the manifest records for the file (CRC-32C, or SHA-256 in older backups)
+        const hash = f.checksumAlgorithm ? fileChecksum(f.checksumAlgorithm) : undefined;
         let size = 0;
         for await (const chunk of await backups.readFile(info.backupId, contents, f.path)) {
-          hash.update(chunk);
+          hash?.update(chunk);
           size += chunk.length;
         }
         if (size !== f.size) problems.push(`${f.path}: size ${size}, manifest says ${f.size}`);
-        else if (hash.digest('hex') !== f.sha256) problems.push(`${f.path}: checksum mismatch`);
+        else if (hash && hash.digest() !== f.checksum) problems.push(`${f.path}: checksum mismatch`);
       } catch (err) {
         const code = err instanceof BarmanError ? err.code : undefined;
         const cause = (err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message;

@@ -14,7 +14,7 @@ import type { ServerConfig } from '../../shared/config/receiver';
 import { readStoredWal, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
 import { type BackupContents, type BundleReader, readableBackupPath } from '../catalog/backups';
-import { parseManifest } from '../../shared/backup/manifest';
+import { crc32cWireHex, type FileChecksumValue, parseManifest } from '../../shared/backup/manifest';
 import { planRecovery } from '../recovery/plan';
 import { recoveryWal } from '../recovery/wal-source';
 import type { RecoveryOptions } from '../../shared/recovery/plan';
@@ -230,8 +230,9 @@ export class Session implements Peer {
         this.finishing++;
         void this.answer(frame.id, async () => {
           await writes;
+          if (upload instanceof WalUpload && !frame.sha256) throw new BarmanError(ErrorCode.PROTOCOL, `${upload.label}: the end of a WAL file carries no SHA-256`, 'Install the same barman-ts version on the agent and the receiver.');
           const status = await upload.finish(frame.sha256, frame.crc32c);
-          await this.conn.send({ type: 'ack', id: frame.id, status, sha256: frame.sha256 });
+          await this.conn.send({ type: 'ack', id: frame.id, status, ...(frame.sha256 ? { sha256: frame.sha256 } : {}) });
           if (upload instanceof WalUpload) {
             this.log.info({ wal: upload.label, status }, status === 'stored' ? 'WAL archived' : 'WAL already archived with identical content');
             if (upload.replacedDamaged) this.log.warn({ wal: upload.label, aside: upload.replacedDamaged }, 'the stored copy was damaged; replaced by this identical push, the damaged copy kept aside');
@@ -253,7 +254,8 @@ export class Session implements Peer {
           const info = await server.beginBackup(this, frame.start, frame.requestId, frame.canCompress);
           this.log.info({ backup: info.backupId, lsn: info.beginLsn }, 'backup started');
           const compression = server.backups.wireCompression(info.backupId);
-          await this.conn.send({ type: 'backup-accepted', id: frame.id, backupId: info.backupId, ...(compression ? { compression } : {}) });
+          const checksum = server.backups.wantsSha256(info.backupId) ? { checksum: 'sha256' as const } : {};
+          await this.conn.send({ type: 'backup-accepted', id: frame.id, backupId: info.backupId, ...(compression ? { compression } : {}), ...checksum });
         });
       case 'backup-end':
         return this.answer(frame.id, async () => {
@@ -535,19 +537,21 @@ export class Session implements Peer {
     const size = stored.compression === 'none' ? stored.size : await server.catalog.segmentSize();
     // checked as it is read: a damaged file ends in an error frame, never in the `end` that would make it whole;
     // the end frame carries the recorded checksum, so the bytes are hashed once here (and once by the agent)
-    await this.sendStream(id, name, size, readStoredWal(server.catalog, stored), stored.sha256);
+    await this.sendStream(id, name, size, readStoredWal(server.catalog, stored), stored.sha256 === undefined ? undefined : { algorithm: 'SHA256', checksum: stored.sha256 });
   }
 
   /**
    * Answers a request with a file: file frame, chunks (pooled, hashed), end frame with the SHA-256.
    * With `recorded` (the checksum the catalog recorded for these bytes) the bytes are not hashed
-   * here: the end frame carries the recorded checksum and the agent, which hashes what arrives,
-   * refuses the file unless they match — one check, end to end, of what left the catalog.
+   * here: the end frame carries the recorded checksum (a CRC-32C announced so by the file frame)
+   * and the agent, which checksums what arrives, refuses the file unless they match — one check,
+   * end to end, of what left the catalog.
    */
-  private async sendStream(id: number, name: string, size: number, source: AsyncIterable<Buffer>, recorded?: string): Promise<void> {
-    await this.conn.send({ type: 'file', id, name, size });
+  private async sendStream(id: number, name: string, size: number, source: AsyncIterable<Buffer>, recorded?: FileChecksumValue): Promise<void> {
+    const crc = recorded?.algorithm === 'CRC32C';
+    await this.conn.send({ type: 'file', id, name, size, ...(crc ? { checksum: 'crc32c' as const } : {}) });
     const sent = await sendChunks(this.conn, id, streamSource(source), undefined, { hashing: recorded === undefined });
-    await this.conn.send({ type: 'end', id, sha256: recorded ?? sent.sha256 });
+    await this.conn.send({ type: 'end', id, ...(crc ? { crc32c: crc32cWireHex(recorded.checksum) } : { sha256: recorded?.checksum ?? sent.sha256 }) });
   }
 
   private async sendBackupFile(id: number, backupId: string, path: string, server: ServerContext): Promise<void> {
@@ -568,9 +572,9 @@ export class Session implements Peer {
     const info = await server.backups.resolve(backupId);
     if (info.status !== 'DONE') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${backupId} is ${info.status}, not DONE`, 'Restore from a DONE backup (list-backups).');
     // each file's checksum as the manifest records it (a file without one is hashed as it is sent)
-    const recorded = new Map<string, string>();
+    const recorded = new Map<string, FileChecksumValue>();
     const manifest = await server.backups.manifest(info.backupId);
-    if (manifest) for (const f of parseManifest(manifest).files) if (f.sha256) recorded.set(f.path, f.sha256);
+    if (manifest) for (const f of parseManifest(manifest).files) if (f.checksumAlgorithm) recorded.set(f.path, { algorithm: f.checksumAlgorithm, checksum: f.checksum });
     const contents = await server.backups.contents(info.backupId);
     const value = { backupId: info.backupId, contents, recorded, bundles: server.backups.bundleReader(contents) };
     this.restoreContents = { backupId, server, value };
@@ -589,7 +593,7 @@ export class Session implements Peer {
 interface RestoreContents {
   backupId: string;
   contents: BackupContents;
-  recorded: Map<string, string>;
+  recorded: Map<string, FileChecksumValue>;
   /** its small files, read with their bundle, each bundle once */
   bundles: BundleReader;
 }

@@ -2,15 +2,73 @@
 // pg_verifybackup accepts our backups: version 1 for PostgreSQL 13-16; version 2 from 17, which
 // adds the cluster's System-Identifier (pg_verifybackup 17 checks it against global/pg_control).
 // The Manifest-Checksum is the SHA-256 of every byte before the "Manifest-Checksum" key.
+// Each file's checksum names its algorithm, as PostgreSQL's does: CRC32C (pg_basebackup's default,
+// what barman-ts writes unless backup_checksum = sha256) or SHA256 (what barman-ts wrote before);
+// every reader verifies a file with the algorithm its entry records.
 
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
+import { crc32c, crc32cHex } from '../checksum';
+
+/** A file checksum algorithm, as backup_manifest names it. */
+export type ChecksumAlgorithm = 'CRC32C' | 'SHA256';
 
 export interface ManifestFile {
   path: string;
   size: number;
   /** seconds since the epoch */
   mtime: number;
-  sha256: string;
+  /** undefined: the entry has no checksum (pg_basebackup --manifest-checksums=none) */
+  checksumAlgorithm: ChecksumAlgorithm | undefined;
+  /** lowercase hex as the manifest writes it; '' without an algorithm */
+  checksum: string;
+}
+
+/**
+ * A CRC-32C as backup_manifest writes it: PostgreSQL hex-encodes the uint32 as it lies in memory
+ * (pg_checksum_final copies it), so the hex is of its little-endian bytes.
+ */
+export function crc32cManifestHex(value: number): string {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32LE(value >>> 0);
+  return b.toString('hex');
+}
+
+/** A file's checksum with its algorithm, as a manifest entry records it. */
+export interface FileChecksumValue {
+  algorithm: ChecksumAlgorithm;
+  checksum: string;
+}
+
+/** The CRC-32C a manifest records (little-endian hex) as the wire carries it: crc32cHex of the value. */
+export function crc32cWireHex(manifestHex: string): string {
+  return crc32cHex(Buffer.from(manifestHex, 'hex').readUInt32LE(0));
+}
+
+/** A running checksum of one file's bytes in `algorithm`; digest() gives the manifest's hex. */
+export interface FileChecksum {
+  update(data: Uint8Array): void;
+  digest(): string;
+}
+
+export function fileChecksum(algorithm: ChecksumAlgorithm): FileChecksum {
+  if (algorithm === 'SHA256') {
+    const hash: Hash = createHash('sha256');
+    return { update: (data) => void hash.update(data), digest: () => hash.digest('hex') };
+  }
+  const crc = crc32c();
+  let value = 0;
+  return { update: (data) => void (value = crc(data, value)), digest: () => crc32cManifestHex(value) };
+}
+
+/** How a checksum is shown in a message: its algorithm and its first digits. */
+export function describeChecksum(algorithm: ChecksumAlgorithm | undefined, checksum: string | undefined): string {
+  if (!algorithm || !checksum) return 'no checksum';
+  return `${algorithm === 'CRC32C' ? 'CRC-32C' : 'SHA-256'} ${checksum.length > 12 ? `${checksum.slice(0, 12)}…` : checksum}`;
+}
+
+/** Whether `checksum` is a well-formed value of `algorithm`. */
+function checksumShape(algorithm: ChecksumAlgorithm, checksum: string): boolean {
+  return (algorithm === 'CRC32C' ? /^[0-9a-f]{8}$/ : /^[0-9a-f]{64}$/).test(checksum);
 }
 
 export interface WalRange {
@@ -49,7 +107,9 @@ export function buildManifest(cluster: ManifestCluster, files: ManifestFile[], w
     ? `{ "PostgreSQL-Backup-Manifest-Version": 2,\n"System-Identifier": ${cluster.systemIdentifier},\n"Files": [`
     : '{ "PostgreSQL-Backup-Manifest-Version": 1,\n"Files": [';
   files.forEach((f, i) => {
-    text += `${i === 0 ? '\n' : ',\n'}{ ${pathField(f.path)}, "Size": ${f.size}, "Last-Modified": "${gmt(f.mtime)}", "Checksum-Algorithm": "SHA256", "Checksum": "${f.sha256}" }`;
+    if (f.checksumAlgorithm && !checksumShape(f.checksumAlgorithm, f.checksum)) throw new RangeError(`${f.path}: "${f.checksum}" is not a ${f.checksumAlgorithm} checksum`);
+    const checksum = f.checksumAlgorithm ? `, "Checksum-Algorithm": "${f.checksumAlgorithm}", "Checksum": "${f.checksum}"` : '';
+    text += `${i === 0 ? '\n' : ',\n'}{ ${pathField(f.path)}, "Size": ${f.size}, "Last-Modified": "${gmt(f.mtime)}"${checksum} }`;
   });
   text += '\n],\n"WAL-Ranges": [';
   walRanges.forEach((r, i) => {
@@ -74,7 +134,7 @@ export function parseManifest(text: string): ParsedManifest {
   if (at < 0) throw new Error('no Manifest-Checksum');
   const doc = JSON.parse(text) as {
     'PostgreSQL-Backup-Manifest-Version': number;
-    Files: Array<{ Path: string; Size: number; 'Last-Modified': string; Checksum?: string }>;
+    Files: Array<{ Path: string; Size: number; 'Last-Modified': string; 'Checksum-Algorithm'?: string; Checksum?: string }>;
     'WAL-Ranges': Array<{ Timeline: number; 'Start-LSN': string; 'End-LSN': string }>;
     'Manifest-Checksum': string;
   };
@@ -88,7 +148,17 @@ export function parseManifest(text: string): ParsedManifest {
   return {
     version,
     systemIdentifier,
-    files: doc.Files.map((f) => ({ path: f.Path, size: f.Size, mtime: Date.parse(f['Last-Modified'].replace(' GMT', 'Z').replace(' ', 'T')) / 1000, sha256: f.Checksum ?? '' })),
+    files: doc.Files.map((f) => ({ path: f.Path, size: f.Size, mtime: Date.parse(f['Last-Modified'].replace(' GMT', 'Z').replace(' ', 'T')) / 1000, ...entryChecksum(f) })),
     walRanges: doc['WAL-Ranges'].map((r) => ({ timeline: r.Timeline, startLsn: r['Start-LSN'], endLsn: r['End-LSN'] })),
   };
+}
+
+/** A file entry's algorithm and checksum, refused unless barman-ts can verify it. */
+function entryChecksum(f: { Path: string; 'Checksum-Algorithm'?: string; Checksum?: string }): Pick<ManifestFile, 'checksumAlgorithm' | 'checksum'> {
+  const algorithm = f['Checksum-Algorithm'];
+  if (algorithm === undefined || algorithm === 'NONE') return { checksumAlgorithm: undefined, checksum: '' };
+  if (algorithm !== 'CRC32C' && algorithm !== 'SHA256') throw new Error(`${f.Path}: checksum algorithm ${algorithm} is not one barman-ts verifies (CRC32C, SHA256)`);
+  const checksum = (f.Checksum ?? '').toLowerCase();
+  if (!checksumShape(algorithm, checksum)) throw new Error(`${f.Path}: "${f.Checksum ?? ''}" is not a ${algorithm} checksum`);
+  return { checksumAlgorithm: algorithm, checksum };
 }

@@ -10,6 +10,9 @@ import { parseRetentionPolicy, type RetentionPolicy } from './retention';
 
 export const COMPRESSIONS = ['none', 'gzip', 'lz4', 'zstd'] as const;
 export type Compression = (typeof COMPRESSIONS)[number];
+/** backup_checksum: the algorithm of each file's checksum in a new backup's backup_manifest */
+export const BACKUP_CHECKSUMS = ['crc32c', 'sha256'] as const;
+export type BackupChecksum = (typeof BACKUP_CHECKSUMS)[number];
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
@@ -102,6 +105,8 @@ export interface ServerConfig extends ServerOperations {
   minimumRedundancy: number;
   /** how its WAL and backup files are stored from now on: its own `compression`, else [barman]'s */
   compression: Compression;
+  /** the checksum algorithm of the files of its new backups: its own `backup_checksum`, else [barman]'s */
+  backupChecksum: BackupChecksum;
 }
 
 export interface ReceiverConfig {
@@ -111,6 +116,7 @@ export interface ReceiverConfig {
   tls: { cert: string; key: string } | undefined;
   logLevel: LogLevel;
   compression: Compression;
+  backupChecksum: BackupChecksum;
   /** seconds an upload may go without data before it is aborted; also how long a session must be silent before it may be closed to make room */
   timeoutSeconds: number;
   storage: StorageConfig;
@@ -144,6 +150,7 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
   }
   const logLevel = r.oneOf('log_level', LOG_LEVELS, 'info');
   const compression = r.oneOf('compression', COMPRESSIONS, 'zstd');
+  const backupChecksum = r.oneOf('backup_checksum', BACKUP_CHECKSUMS, 'crc32c');
   const timeoutSeconds = r.integer('timeout', 30, 1);
   const storage = parseStorageConfig(r);
   // running it for years: metrics, housekeeping, check thresholds (defaults for every server)
@@ -167,9 +174,10 @@ export function loadReceiverConfig(explicit?: string): ReceiverConfig {
     }
     const minimumRedundancy = s.integer('minimum_redundancy', 0);
     const serverCompression = s.oneOf('compression', COMPRESSIONS, compression);
+    const serverChecksum = s.oneOf('backup_checksum', BACKUP_CHECKSUMS, backupChecksum);
     const operations = readServerOperations(s, thresholds);
     s.finish();
-    servers.set(name, { name, description, token, retentionPolicy, minimumRedundancy, compression: serverCompression, ...operations });
+    servers.set(name, { name, description, token, retentionPolicy, minimumRedundancy, compression: serverCompression, backupChecksum: serverChecksum, ...operations });
   }
-  return { file, barmanHome, listen, tls: cert && key ? { cert, key } : undefined, logLevel, compression, timeoutSeconds, storage, servers, metricsListen, housekeepingIntervalSeconds };
+  return { file, barmanHome, listen, tls: cert && key ? { cert, key } : undefined, logLevel, compression, backupChecksum, timeoutSeconds, storage, servers, metricsListen, housekeepingIntervalSeconds };
 }

@@ -177,12 +177,12 @@ function collectYoung(): void {
 /**
  * sendChunks for a compressed transfer: each CHUNK_SIZE block of plain bytes (the last one
  * shorter) becomes one compressed frame and one chunk, two blocks compressing at a time. The
- * SHA-256 (what the manifest records) and the CRC-32C (what the receiver checks the frames'
- * decompressed bytes against) are of the plain bytes, as is `size`.
+ * CRC-32C (what the receiver checks the frames' decompressed bytes against) and the SHA-256 (unless
+ * `hashing` is false; empty then) are of the plain bytes, as is `size`.
  */
-export async function sendCompressedChunks(conn: FrameConnection, id: number, source: ChunkSource, compress: BlockCompress, stop: () => boolean = () => false): Promise<SentFile> {
+export async function sendCompressedChunks(conn: FrameConnection, id: number, source: ChunkSource, compress: BlockCompress, stop: () => boolean = () => false, hashing = true): Promise<SentFile> {
   const pool = chunkPool();
-  const hash = newHash();
+  const hash = hashing ? newHash() : undefined;
   const crc = crc32c();
   let crcValue = 0;
   let size = 0;
@@ -199,7 +199,7 @@ export async function sendCompressedChunks(conn: FrameConnection, id: number, so
       if (!block) break;
       const { buf, n } = block;
       const plain = buf.subarray(CHUNK_HEADER_ROOM, CHUNK_HEADER_ROOM + n);
-      hash.update(plain);
+      hash?.update(plain);
       crcValue = crc(plain, crcValue);
       size += n;
       // the buffer goes back to the pool once its block is compressed, whatever becomes of the frame
@@ -212,5 +212,5 @@ export async function sendCompressedChunks(conn: FrameConnection, id: number, so
   } finally {
     await Promise.allSettled(inFlight);
   }
-  return { sha256: hash.digest('hex'), size, crc32c: crc32cHex(crcValue) };
+  return { sha256: hash?.digest('hex') ?? '', size, crc32c: crc32cHex(crcValue) };
 }

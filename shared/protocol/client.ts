@@ -7,7 +7,9 @@ import { dirname, join } from 'node:path';
 import WebSocket from 'ws';
 import type { AgentConfig } from '../config/agent';
 import { BarmanError, ErrorCode } from '../errors';
-import { newHash, sha256Handle } from '../checksum';
+import type { Hash } from 'node:crypto';
+import { type ChecksumAlgorithm, crc32cManifestHex } from '../backup/manifest';
+import { crc32c, crc32cHex, newHash, sha256Handle } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
 import { type BlockCompress, type ChunkSource, fileSource, sendChunks, sendCompressedChunks } from './chunks';
 import { CloseCode, FrameConnection, errorFromFrame } from './connection';
@@ -27,7 +29,17 @@ const zeroMask = (mask: Buffer): void => {
 };
 
 /** What putFile sends: a WAL file (its checksum is computed here) or a backup's file. */
-export type PutRequest = Omit<Extract<PutTarget, { kind: 'wal' }>, 'sha256'> | Extract<PutTarget, { kind: 'backup-file' }>;
+export type WalPutRequest = Omit<Extract<PutTarget, { kind: 'wal' }>, 'sha256'>;
+export type PutRequest = WalPutRequest | Extract<PutTarget, { kind: 'backup-file' }>;
+/** A WAL file's ack always carries the SHA-256 the receiver stored it under. */
+export type WalAck = AckFrame & { sha256: string };
+
+/** How a file is put: the size the backup's walk saw, compressed so, with a SHA-256 too (a backup file whose manifest records one). */
+export interface PutOptions {
+  statSize?: number;
+  compress?: BlockCompress;
+  sha256?: boolean;
+}
 
 /** what a fetch's waiter sees once its consumer has stopped (made once, shared) */
 let fetchEnded: BarmanError | undefined;
@@ -134,7 +146,10 @@ export class AgentConnection {
    * with zeros, as pg_basebackup does; WAL replay repairs whatever changed. Resolves undefined
    * when such a file vanished before open.
    */
-  async putFile(request: PutRequest, path: string, statSize?: number, compress?: BlockCompress): Promise<AckFrame | undefined> {
+  async putFile(request: WalPutRequest, path: string, options?: PutOptions): Promise<WalAck | undefined>;
+  async putFile(request: PutRequest, path: string, options?: PutOptions): Promise<AckFrame | undefined>;
+  async putFile(request: PutRequest, path: string, options: PutOptions = {}): Promise<AckFrame | undefined> {
+    const { statSize } = options;
     let fh: fs.FileHandle;
     try {
       // a backup file is read where the walk found it, never through a link swapped in since
@@ -144,7 +159,7 @@ export class AgentConnection {
       throw localFileError(path, err);
     }
     try {
-      return await this.putOpened(request, fh, path, { statSize, compress });
+      return await this.putOpened(request, fh, path, options);
     } finally {
       await fh.close();
     }
@@ -156,12 +171,15 @@ export class AgentConnection {
    * end frame are handed to the socket, before the receiver's answer: a caller may start the next
    * file then, so one file's transfer overlaps the previous one's fsync on the receiver.
    */
-  async putOpened(request: PutRequest, fh: fs.FileHandle, path: string, options: { statSize?: number; onSent?: () => void; compress?: BlockCompress } = {}): Promise<AckFrame> {
+  async putOpened(request: WalPutRequest, fh: fs.FileHandle, path: string, options?: PutOptions & { onSent?: () => void }): Promise<WalAck>;
+  async putOpened(request: PutRequest, fh: fs.FileHandle, path: string, options?: PutOptions & { onSent?: () => void }): Promise<AckFrame>;
+  async putOpened(request: PutRequest, fh: fs.FileHandle, path: string, options: PutOptions & { onSent?: () => void } = {}): Promise<AckFrame> {
     const { statSize, onSent, compress } = options;
     const asOfStat = statSize !== undefined;
     const id = this.nextId++;
     const answer = this.expect<AckFrame>(id, (frame, settle) => {
-      if (frame.type === 'ack') settle.resolve(frame);
+      if (frame.type === 'ack' && request.kind === 'wal' && !frame.sha256) settle.reject(new BarmanError(ErrorCode.PROTOCOL, `${request.name}: the receiver's ack carries no SHA-256`, 'Install the same barman-ts version on the agent and the receiver.'));
+      else if (frame.type === 'ack') settle.resolve(frame);
       else if (frame.type === 'error') settle.reject(errorFromFrame(frame));
       else settle.reject(unexpected(frame, 'put'));
     });
@@ -173,15 +191,17 @@ export class AgentConnection {
       const target: PutTarget = request.kind === 'wal' ? { ...request, sha256: await sha256Handle(fh) } : request;
       await this.conn.send({ type: 'put', id, target, size });
       const source = asOfStat ? exactSize(fileSource(fh), size) : fileSource(fh);
-      // a backup file's end carries a CRC-32C of the bytes too: the receiver checks the transfer
-      // with it and records this SHA-256, computed here where the bytes already are
+      // a backup file's end carries a CRC-32C of the bytes: the receiver checks the transfer with
+      // it and records it in the manifest, or records this SHA-256 where it asked for one
+      // (backup_checksum = sha256), computed here where the bytes already are
       const backupFile = request.kind === 'backup-file';
+      const hashing = !backupFile || options.sha256 === true;
       const stop = () => answer.settled || this.failure !== undefined;
       // a backup's files go compressed when the receiver asked for it (backup-accepted)
-      const sent = backupFile && compress ? await sendCompressedChunks(this.conn, id, source, compress, stop) : await sendChunks(this.conn, id, source, stop, { withCrc: backupFile });
+      const sent = backupFile && compress ? await sendCompressedChunks(this.conn, id, source, compress, stop, hashing) : await sendChunks(this.conn, id, source, stop, { withCrc: backupFile, hashing });
       if (!answer.settled && !this.failure) {
         if (sent.size !== size) throw new BarmanError(ErrorCode.LOCAL_FILE, `${path} changed size while being read (${size} → ${sent.size} bytes)`, "Something else writes the file; archive_command must be given PostgreSQL's %p.");
-        await this.conn.send({ type: 'end', id, sha256: sent.sha256, ...(sent.crc32c ? { crc32c: sent.crc32c } : {}) });
+        await this.conn.send({ type: 'end', id, ...(sent.sha256 ? { sha256: sent.sha256 } : {}), ...(sent.crc32c ? { crc32c: sent.crc32c } : {}) });
       }
     } catch (err) {
       if (!answer.settled) throw err;
@@ -252,14 +272,18 @@ export class AgentConnection {
 
   /**
    * Streams a file the receiver sends in answer to `build` (file → chunk* → end), verifying its
-   * size and SHA-256 at the end. At most a few chunks wait in memory: the connection stops
+   * size and checksum at the end: its SHA-256, or the CRC-32C its file frame announces (a backup
+   * file whose manifest records one). At most a few chunks wait in memory: the connection stops
    * reading while the consumer is behind. `onVerified` hears the checksum once it has matched
-   * (before the last chunk is handed over), so a caller need not hash the bytes a second time.
+   * (before the last chunk is handed over), with its algorithm, in the manifest's hex, so a caller
+   * need not checksum the bytes a second time.
    */
-  async *fetch(build: (id: number) => Frame, onVerified?: (sha256: string) => void): AsyncGenerator<Uint8Array> {
+  async *fetch(build: (id: number) => Frame, onVerified?: (checksum: string, algorithm: ChecksumAlgorithm) => void): AsyncGenerator<Uint8Array> {
     const id = this.nextId++;
     const queue: Uint8Array[] = [];
-    const hash = newHash();
+    let hash: Hash | undefined;
+    const crc = crc32c();
+    let crcValue: number | undefined;
     let expected = -1;
     let received = 0;
     let finished = false;
@@ -274,10 +298,13 @@ export class AgentConnection {
     this.waiters.set(id, async (frame) => {
       if (frame.type === 'file') {
         expected = frame.size;
+        if (frame.checksum === 'crc32c') crcValue = 0;
+        else hash = newHash();
         return;
       }
       if (frame.type === 'chunk') {
-        hash.update(frame.data);
+        if (crcValue !== undefined) crcValue = crc(frame.data, crcValue);
+        else hash?.update(frame.data);
         received += frame.data.length;
         queue.push(frame.data);
         nudge();
@@ -285,10 +312,13 @@ export class AgentConnection {
         return;
       }
       if (frame.type === 'end') {
-        const sha = hash.digest('hex');
-        if (received !== expected || sha !== frame.sha256) {
-          failure = new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${build(id).type}: received ${received} of ${expected} bytes, checksum ${sha === frame.sha256 ? 'matches' : 'differs'}`, 'Retry; if it persists, run verify-backup on the receiver host.');
-        } else onVerified?.(sha);
+        const crcMode = crcValue !== undefined;
+        const mine = crcMode ? crc32cHex(crcValue!) : hash?.digest('hex');
+        const matches = mine !== undefined && mine === (crcMode ? frame.crc32c : frame.sha256);
+        if (received !== expected || !matches) {
+          failure = new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${build(id).type}: received ${received} of ${expected} bytes, checksum ${matches ? 'matches' : 'differs'}`, 'Retry; if it persists, run verify-backup on the receiver host.');
+        } else if (crcMode) onVerified?.(crc32cManifestHex(crcValue!), 'CRC32C');
+        else onVerified?.(mine, 'SHA256');
         finished = true;
       } else if (frame.type === 'error') failure = errorFromFrame(frame);
       else failure = unexpected(frame, build(id).type);

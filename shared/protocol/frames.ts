@@ -8,8 +8,8 @@
 
 import type { BackupSymlink } from '../backup/paths';
 
-/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C */
-export const PROTOCOL_VERSION = 4;
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C; 5: a backup file's SHA-256 only when backup-accepted asks for it, a served backup file's end may carry the CRC-32C its manifest records */
+export const PROTOCOL_VERSION = 5;
 /** bytes of file data per chunk frame */
 export const CHUNK_SIZE = 1024 * 1024;
 /** the largest WebSocket message either side accepts (a chunk plus its envelope, with room) */
@@ -61,12 +61,18 @@ export interface ChallengeFrame { type: 'challenge'; protocolVersion: number; se
 export interface AuthFrame { type: 'auth'; proof: Uint8Array }
 export interface WelcomeFrame { type: 'welcome'; sessionId: string; proof: Uint8Array }
 export interface PutFrame { type: 'put'; id: number; target: PutTarget; size: number }
-export interface FileFrame { type: 'file'; id: number; name: string; size: number }
+/** `checksum: 'crc32c'`: the end frame carries the file's CRC-32C (as its backup_manifest records it), not a SHA-256 */
+export interface FileFrame { type: 'file'; id: number; name: string; size: number; checksum?: 'crc32c' }
 export interface ChunkFrame { type: 'chunk'; id: number; data: Uint8Array }
-/** `crc32c` (8 hex digits): what a backup file's end carries besides its SHA-256; the receiver checks that one */
-export interface EndFrame { type: 'end'; id: number; sha256: string; crc32c?: string }
+/**
+ * `crc32c` (8 hex digits of the value): what a backup file's end carries, the receiver checks it;
+ * `sha256` too where backup-accepted asked for it (and always for a WAL file). A served file's end
+ * carries what its file frame announced.
+ */
+export interface EndFrame { type: 'end'; id: number; sha256?: string; crc32c?: string }
 export interface GetFrame { type: 'get'; id: number; name: string }
-export interface AckFrame { type: 'ack'; id: number; status: 'stored' | 'duplicate' | 'sent'; sha256: string }
+/** `sha256`: a WAL file's (what the catalog stored it under); a backup file's ack carries none */
+export interface AckFrame { type: 'ack'; id: number; status: 'stored' | 'duplicate' | 'sent'; sha256?: string }
 export interface ErrorFrame { type: 'error'; id?: number; code: string; message: string; hint: string }
 /** agent → receiver: a backup has started; `requestId` answers a backup-request */
 export interface BackupBeginFrame { type: 'backup-begin'; id: number; requestId?: number; start: BackupStart; canCompress?: WireCompression[] }
@@ -74,8 +80,10 @@ export interface BackupBeginFrame { type: 'backup-begin'; id: number; requestId?
  * receiver → agent: the backup's ID; files may now be put under it. With `compression`, every
  * file of it is sent compressed so (each chunk one whole frame of at most CHUNK_SIZE plain
  * bytes, the end's CRC-32C of the bytes sent), and the receiver stores those bytes as they are.
+ * With `checksum: 'sha256'` (backup_checksum = sha256) each file's end carries its SHA-256 too,
+ * which the manifest records; without, the manifest records the CRC-32C the receiver checked.
  */
-export interface BackupAcceptedFrame { type: 'backup-accepted'; id: number; backupId: string; compression?: WireCompression }
+export interface BackupAcceptedFrame { type: 'backup-accepted'; id: number; backupId: string; compression?: WireCompression; checksum?: 'sha256' }
 /** what an agent can compress a backup's files with before sending them */
 export type WireCompression = 'zstd';
 /** agent → receiver: every file is sent and PostgreSQL has stopped the backup */
@@ -230,14 +238,14 @@ const SHAPES: Record<FrameType, Shape> = {
   auth: { required: { proof: exact(32) } },
   welcome: { required: { sessionId: str(64), proof: exact(32) } },
   put: { required: { id: uint, target, size: uint } },
-  file: { required: { id: uint, name: str(255), size: uint } },
+  file: { required: { id: uint, name: str(255), size: uint }, optional: { checksum: oneOf('crc32c') } },
   chunk: { required: { id: uint, data: bytes(CHUNK_SIZE) } },
-  end: { required: { id: uint, sha256: hex64 }, optional: { crc32c: (v) => typeof v === 'string' && /^[0-9a-f]{8}$/.test(v) } },
+  end: { required: { id: uint }, optional: { sha256: hex64, crc32c: (v) => typeof v === 'string' && /^[0-9a-f]{8}$/.test(v) } },
   get: { required: { id: uint, name: str(255) } },
-  ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent'), sha256: hex64 } },
+  ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent') }, optional: { sha256: hex64 } },
   error: { required: { code: str(64), message: str(4096), hint: str(4096) }, optional: { id: uint } },
   'backup-begin': { required: { id: uint, start: backupStart }, optional: { requestId: uint, canCompress: arrayOf(oneOf('zstd'), 4) } },
-  'backup-accepted': { required: { id: uint, backupId }, optional: { compression: oneOf('zstd') } },
+  'backup-accepted': { required: { id: uint, backupId }, optional: { compression: oneOf('zstd'), checksum: oneOf('sha256') } },
   'backup-end': { required: { id: uint, backupId, stop: backupStop, fileCount: uint } },
   'backup-abort': { required: { id: uint, backupId, reason: str(4096) } },
   'backup-request': { required: { id: uint } },

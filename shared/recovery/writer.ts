@@ -17,9 +17,9 @@
 // every directory on the way is checked to be a real directory (never a symlink), and the
 // backup's own symlinks are made last, once nothing more is written.
 
-import { createHash, type Hash } from 'node:crypto';
 import { close, closeSync, constants, fchownSync, fsync, open, promises as fs, writeSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { type ChecksumAlgorithm, describeChecksum, fileChecksum, type FileChecksumValue, type ManifestFile } from '../backup/manifest';
 import { checkSymlinks, readableBackupPath, safeRelativePath } from '../backup/paths';
 import { makeDirs as makeMissingDirs } from '../dirs';
 import { fsyncDir, fsyncTree } from '../durable';
@@ -29,14 +29,14 @@ import { type PlannedTablespace, type RecoveryPlan, RECOVERY_WAL_DIR, RESTORE_MA
 
 export interface RecoverySource {
   /**
-   * Plain bytes of a data file of the backup (path as in the manifest). A source that hashes the
-   * bytes itself (the agent's fetch hashes what arrives, to check it against the receiver's
-   * checksum) says so with `hashes` and calls `hashed` with the SHA-256 of exactly the bytes it
-   * yielded before its iteration ends; the writer then compares that one with the manifest instead
-   * of hashing the bytes a second time.
+   * Plain bytes of a data file of the backup (path as in the manifest). A source that checksums the
+   * bytes itself (the agent's fetch checks what arrives against the receiver's checksum, the one
+   * the manifest records) says so with `hashes` and calls `hashed` with the algorithm and checksum
+   * of exactly the bytes it yielded before its iteration ends; the writer then compares that one
+   * with the manifest instead of checksumming the bytes a second time.
    */
-  dataFile(path: string, hashed?: (sha256: string) => void): AsyncIterable<Uint8Array>;
-  /** dataFile() reports the SHA-256 of what it yielded through `hashed` */
+  dataFile(path: string, hashed?: (checksum: string, algorithm: ChecksumAlgorithm) => void): AsyncIterable<Uint8Array>;
+  /** dataFile() reports the checksum of what it yielded through `hashed` */
   hashes?: boolean;
   /** dataFile() yields a new buffer every time, never reusing one: the writer may hold several while they are written */
   freshChunks?: boolean;
@@ -84,13 +84,16 @@ type PlannedFile = RecoveryPlan['files'][number];
  * records, fed as the bytes stream, and the comparison at the end. Every "do these bytes match
  * the backup" decision of a recovery is made here and nowhere else.
  */
-function manifestDigest(): Hash {
-  return createHash('sha256');
+function manifestDigest(file: PlannedFile): { update(data: Uint8Array): void; result(): FileChecksumValue } | undefined {
+  const algorithm = file.checksumAlgorithm;
+  if (!algorithm) return undefined;
+  const digest = fileChecksum(algorithm);
+  return { update: (data) => digest.update(data), result: () => ({ algorithm, checksum: digest.digest() }) };
 }
 
-/** `size` bytes whose digest is `digest` (hex) are the file `file` names: its size, and its checksum where it records one. */
-function matchesManifest(file: PlannedFile, size: number, digest: string | undefined): boolean {
-  return size === file.size && (!file.sha256 || digest === file.sha256);
+/** `size` bytes whose checksum is `got` are the file `file` names: its size, and its checksum where it records one. */
+function matchesManifest(file: PlannedFile, size: number, got: FileChecksumValue | undefined): boolean {
+  return size === file.size && matchesEntry(file, got);
 }
 
 /** chunks of one file a writer may have in the kernel's hands at once (a source with fresh chunks) */
@@ -308,13 +311,13 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
    */
   const fetchFile = async (file: RecoveryPlan['files'][number]): Promise<string> => {
     const { fh, path } = await createFile(file.path);
-    // the source's own hash of what it yielded when it has one, else ours
-    const hash = source.hashes ? undefined : manifestDigest();
-    let reported: string | undefined;
+    // the source's own checksum of what it yielded when it has one, else ours
+    const hash = source.hashes ? undefined : manifestDigest(file);
+    let reported: FileChecksumValue | undefined;
     let size = 0;
     const writes: Promise<void>[] = [];
     try {
-      for await (const chunk of source.dataFile(file.path, (sha256) => (reported = sha256))) {
+      for await (const chunk of source.dataFile(file.path, (checksum, algorithm) => (reported = { algorithm, checksum }))) {
         if (size + chunk.length > file.size) throw mismatch(file, size + chunk.length);
         const written = writeAll(fh, chunk, size).then(() => onBytes(chunk.length));
         written.catch(() => undefined); // awaited below, in order; never an unhandled rejection meanwhile
@@ -326,7 +329,7 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
         while (writes.length > (source.freshChunks ? WRITE_AHEAD : 0)) await writes.shift();
       }
       while (writes.length > 0) await writes.shift();
-      checkFetched(file, size, hash ? hash.digest('hex') : reported);
+      checkFetched(file, size, hash ? hash.result() : reported);
       if (opts.owner) await fh.chown(opts.owner.uid, opts.owner.gid);
       // durable before its handle closes (no second open for it later); only the directories
       // are left for the pass at the end
@@ -351,18 +354,18 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
    * most; `syncing` holds each until done), and closed then.
    */
   const fetchSmall = async (file: PlannedFile): Promise<void> => {
-    const hash = source.hashes ? undefined : manifestDigest();
-    let reported: string | undefined;
+    const hash = source.hashes ? undefined : manifestDigest(file);
+    let reported: FileChecksumValue | undefined;
     let size = 0;
     const chunks: Uint8Array[] = [];
-    for await (const chunk of source.dataFile(file.path, (sha256) => (reported = sha256))) {
+    for await (const chunk of source.dataFile(file.path, (checksum, algorithm) => (reported = { algorithm, checksum }))) {
       if (size + chunk.length > file.size) throw mismatch(file, size + chunk.length);
       // a source that may reuse its buffer: a copy is kept
       chunks.push(source.freshChunks ? chunk : Uint8Array.prototype.slice.call(chunk));
       hash?.update(chunk);
       size += chunk.length;
     }
-    checkFetched(file, size, hash ? hash.digest('hex') : reported);
+    checkFetched(file, size, hash ? hash.result() : reported);
     const t = target(file.path);
     const dir = dirname(t.rel);
     if (dir !== '.') await makeDirs(t.root, dir);
@@ -402,12 +405,12 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     while (syncing.size > 0) await Promise.all(syncing);
     if (syncFailure) throw syncFailure.err;
   };
-  /** Refuses fetched bytes (`size` of them, digest `sha`: ours, or the source's) that are not the file the manifest names. */
-  const checkFetched = (file: PlannedFile, size: number, sha: string | undefined) => {
-    if (sha === undefined) throw new BarmanError(ErrorCode.INTERNAL, `${file.path}: the restore's source gave no checksum for the bytes it sent`, 'This is a bug in barman-ts; please report it.');
-    if (!matchesManifest(file, size, sha)) throw mismatch(file, size, sha);
+  /** Refuses fetched bytes (`size` of them, checksum `got`: ours, or the source's) that are not the file the manifest names. */
+  const checkFetched = (file: PlannedFile, size: number, got: FileChecksumValue | undefined) => {
+    if (got === undefined && file.checksumAlgorithm) throw new BarmanError(ErrorCode.INTERNAL, `${file.path}: the restore's source gave no checksum for the bytes it sent`, 'This is a bug in barman-ts; please report it.');
+    if (!matchesManifest(file, size, got)) throw mismatch(file, size, got);
   };
-  const mismatch = (file: RecoveryPlan['files'][number], size: number, sha?: string) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${file.path} in the catalog does not match its manifest (${size > file.size && sha === undefined ? `more than its ${file.size} bytes` : `${size} bytes, sha256 ${sha?.slice(0, 12) ?? '?'}…`}; manifest: ${file.size} bytes, ${file.sha256.slice(0, 12)}…)`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId}; recover from another backup (list-backups).`);
+  const mismatch = (file: RecoveryPlan['files'][number], size: number, got?: FileChecksumValue) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${file.path} in the catalog does not match its manifest (${size > file.size && got === undefined ? `more than its ${file.size} bytes` : `${size} bytes, ${describeChecksum(got?.algorithm, got?.checksum)}`}; manifest: ${file.size} bytes, ${describeChecksum(file.checksumAlgorithm, file.checksum)})`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId}; recover from another backup (list-backups).`);
   let done = 0;
   let bytes = 0;
   let lastReport = 0;
@@ -589,12 +592,12 @@ async function removeEntry(path: string): Promise<void> {
 }
 
 /**
- * A file a delta found where the backup has one: identical (size and SHA-256 of the manifest)?
+ * A file a delta found where the backup has one: identical (size and checksum of the manifest, in its algorithm)?
  * Opened without following a link (the caller saw a regular file, but it is checked again on the
  * handle); an identical file gets the mode (and owner) a fresh one would have.
  */
 async function sameAsBackup(path: string, file: PlannedFile, owner: WriteOptions['owner'], onBytes: (n: number) => void): Promise<boolean> {
-  if (!file.sha256) return false;
+  if (!file.checksumAlgorithm) return false;
   let fh: fs.FileHandle;
   try {
     fh = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
@@ -604,7 +607,7 @@ async function sameAsBackup(path: string, file: PlannedFile, owner: WriteOptions
   try {
     const st = await fh.stat();
     if (!st.isFile() || st.size !== file.size) return false;
-    const hash = manifestDigest();
+    const hash = manifestDigest(file)!;
     const buf = Buffer.allocUnsafe(Math.min(1 << 20, Math.max(1, file.size)));
     let pos = 0;
     for (;;) {
@@ -614,7 +617,7 @@ async function sameAsBackup(path: string, file: PlannedFile, owner: WriteOptions
       pos += bytesRead;
       onBytes(bytesRead);
     }
-    if (!matchesManifest(file, pos, hash.digest('hex'))) return false;
+    if (!matchesManifest(file, pos, hash.result())) return false;
     if ((st.mode & 0o7777) !== 0o600) await fh.chmod(0o600);
     if (owner && (st.uid !== owner.uid || st.gid !== owner.gid)) await fh.chown(owner.uid, owner.gid);
     // it may be a file an interrupted restore wrote and never made durable: it is now
@@ -653,4 +656,13 @@ async function writeSmall(path: string, content: string, own: (p: string) => Pro
     await fh.close();
   }
   await own(path);
+}
+
+/**
+ * Whether a file's bytes, of checksum `got`, are what manifest entry `file` records: the same
+ * algorithm and value. An entry without a checksum is checked by its size alone (by the caller).
+ */
+export function matchesEntry(file: Pick<ManifestFile, 'checksumAlgorithm' | 'checksum'>, got: FileChecksumValue | undefined): boolean {
+  if (!file.checksumAlgorithm) return true;
+  return got !== undefined && got.algorithm === file.checksumAlgorithm && got.checksum === file.checksum;
 }

@@ -131,7 +131,7 @@ export class RawClient {
       if ('id' in frame && frame.id !== id) throw new Error(`answer for request ${frame.id} while waiting for ${id}`);
       if (frame.type === 'error') return frame;
       if (frame.type === 'chunk') chunks.push(Buffer.from(frame.data));
-      else if (frame.type === 'end') return { bytes: Buffer.concat(chunks), sha256: frame.sha256 };
+      else if (frame.type === 'end') return { bytes: Buffer.concat(chunks), sha256: frame.sha256 ?? '' };
       else if (frame.type !== 'file') throw new Error(`unexpected ${frame.type} frame in answer to get`);
     }
   }

@@ -279,7 +279,7 @@ describe('a backup whose recorded tablespace location points at ~/.ssh on the ba
     contents.files[`pg_tblspc/${oid}/authorized_keys`] = { key: `main/base/${id}/data/pg_tblspc/${oid}/authorized_keys`, size: key.length };
     writeFileSync(join(backupDir, 'contents.json'), JSON.stringify(contents));
     const manifest = parseManifest(readFileSync(join(backupDir, 'backup_manifest'), 'utf8'));
-    const files = [...manifest.files, { path: `pg_tblspc/${oid}/authorized_keys`, size: key.length, mtime: 0, sha256: sha256OfBytes(Buffer.from(key)) }];
+    const files = [...manifest.files, { path: `pg_tblspc/${oid}/authorized_keys`, size: key.length, mtime: 0, checksumAlgorithm: 'SHA256' as const, checksum: sha256OfBytes(Buffer.from(key)) }];
     writeFileSync(join(backupDir, 'backup_manifest'), buildManifest(info, files, manifest.walRanges));
 
     const recover = async (dest: string, options: string[]) => runReceiverCli(['recover', '-c', receiver.configPath, 'main', 'latest', dest, ...options]);

@@ -4,11 +4,12 @@
 // the agent hashes what arrives and compares). The damage here is the kind no decompressor
 // notices: one plain byte flipped inside a stored file that is still valid zstd.
 
-import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compress, decompress } from '@mongodb-js/zstd';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { crc32cManifestHex, crc32cWireHex } from '../../shared/backup/manifest';
+import { crc32c } from '../../shared/checksum';
 import { type Cluster, createCluster, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, type Receiver, runAgent, runReceiverCli, startReceiver } from '../harness';
 import { backupAndWait, storedFileOf } from '../harness/backups';
 import { RawClient } from '../harness/raw-client';
@@ -76,22 +77,30 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
       // the big table's file first, then a small one: the small one is not held back behind it
       client.send({ type: 'get-backup-file', id: 1, backupId: id, path: relation });
       client.send({ type: 'get-backup-file', id: 2, backupId: id, path: 'PG_VERSION' });
-      const hashes = new Map([[1, createHash('sha256')], [2, createHash('sha256')]]);
-      const ended: Array<{ id: number; sha256: string }> = [];
+      const crc = crc32c();
+      const crcs = new Map([[1, 0], [2, 0]]);
+      const announced = new Map<number, string | undefined>();
+      const ended: Array<{ id: number; crc32c: string | undefined; sha256: string | undefined }> = [];
       while (ended.length < 2) {
         const frame = await client.nextFrame();
-        if (frame.type === 'chunk') hashes.get(frame.id)!.update(frame.data);
-        else if (frame.type === 'end') ended.push({ id: frame.id, sha256: frame.sha256 });
+        if (frame.type === 'chunk') crcs.set(frame.id, crc(frame.data, crcs.get(frame.id)));
+        else if (frame.type === 'end') ended.push({ id: frame.id, crc32c: frame.crc32c, sha256: frame.sha256 });
+        else if (frame.type === 'file') announced.set(frame.id, frame.checksum);
         else expect(frame.type).toBe('file');
       }
       expect(ended.map((e) => e.id)).toEqual([2, 1]);
-      const manifest = JSON.parse(readFileSync(join(receiver.serverDir('main'), 'base', id, 'backup_manifest'), 'utf8')) as { Files: Array<{ Path: string; Checksum: string }> };
-      const recorded = (path: string) => manifest.Files.find((f) => f.Path === path)!.Checksum;
+      const manifest = JSON.parse(readFileSync(join(receiver.serverDir('main'), 'base', id, 'backup_manifest'), 'utf8')) as { Files: Array<{ Path: string; 'Checksum-Algorithm': string; Checksum: string }> };
+      const entry = (path: string) => manifest.Files.find((f) => f.Path === path)!;
+      // the default: the manifest records CRC-32C, as pg_basebackup does; the file frame says so
+      expect(entry(relation)['Checksum-Algorithm']).toBe('CRC32C');
+      expect([announced.get(1), announced.get(2)]).toEqual(['crc32c', 'crc32c']);
       // the end frame says what the catalog recorded, and the bytes sent are those bytes
-      expect(ended.find((e) => e.id === 1)!.sha256).toBe(recorded(relation));
-      expect(ended.find((e) => e.id === 2)!.sha256).toBe(recorded('PG_VERSION'));
-      expect(hashes.get(1)!.digest('hex')).toBe(recorded(relation));
-      expect(hashes.get(2)!.digest('hex')).toBe(recorded('PG_VERSION'));
+      for (const [n, path] of [[1, relation], [2, 'PG_VERSION']] as const) {
+        const e = ended.find((x) => x.id === n)!;
+        expect(e.sha256).toBeUndefined();
+        expect(e.crc32c).toBe(crc32cWireHex(entry(path).Checksum));
+        expect(crc32cManifestHex(crcs.get(n)!)).toBe(entry(path).Checksum);
+      }
     } finally {
       client.close();
     }

@@ -29,7 +29,7 @@ describe('loadReceiverConfig', () => {
     expect(c.logLevel).toBe('info');
     expect(c.compression).toBe('zstd');
     expect([...c.servers.keys()]).toEqual(['main']);
-    expect(c.servers.get('main')).toEqual({ name: 'main', description: 'main', token: TOKEN, retentionPolicy: undefined, minimumRedundancy: 0, compression: 'zstd' });
+    expect(c.servers.get('main')).toEqual({ name: 'main', description: 'main', token: TOKEN, retentionPolicy: undefined, minimumRedundancy: 0, compression: 'zstd', backupChecksum: 'crc32c' });
   });
 
   it('reads a configuration that sets every key, section by section', () => {
@@ -40,6 +40,7 @@ tls_cert = /etc/barman/tls.crt
 tls_key = /etc/barman/tls.key
 log_level = info
 compression = gzip
+backup_checksum = sha256
 
 [main]
 description = Main PostgreSQL server
@@ -47,6 +48,7 @@ token_file = ${tokenFile}
 retention_policy = REDUNDANCY 2
 minimum_redundancy = 1
 compression = lz4
+backup_checksum = crc32c
 
 [reporting]
 description = Reporting
@@ -54,13 +56,14 @@ token = ${'r'.repeat(32)}
 retention_policy = RECOVERY WINDOW OF 7 DAYS
 `);
     const c = loadReceiverConfig(file);
+    expect(c.backupChecksum).toBe('sha256');
     expect(c.barmanHome).toBe('/srv/barman');
     expect(c.listen).toEqual({ host: '127.0.0.1', port: 7480 });
     expect(c.tls).toEqual({ cert: '/etc/barman/tls.crt', key: '/etc/barman/tls.key' });
     expect(c.compression).toBe('gzip');
-    expect(c.servers.get('main')).toEqual({ name: 'main', description: 'Main PostgreSQL server', token: TOKEN, retentionPolicy: { kind: 'redundancy', count: 2 }, minimumRedundancy: 1, compression: 'lz4' });
-    // a server without its own compression stores as [barman] says
-    expect(c.servers.get('reporting')).toMatchObject({ token: 'r'.repeat(32), retentionPolicy: { kind: 'window', amount: 7, unit: 'days' }, compression: 'gzip' });
+    expect(c.servers.get('main')).toEqual({ name: 'main', description: 'Main PostgreSQL server', token: TOKEN, retentionPolicy: { kind: 'redundancy', count: 2 }, minimumRedundancy: 1, compression: 'lz4', backupChecksum: 'crc32c' });
+    // a server without its own compression (or backup_checksum) does as [barman] says
+    expect(c.servers.get('reporting')).toMatchObject({ token: 'r'.repeat(32), retentionPolicy: { kind: 'window', amount: 7, unit: 'days' }, compression: 'gzip', backupChecksum: 'sha256' });
   });
 
   it('reads timeout = seconds (default 30, at least 1)', () => {

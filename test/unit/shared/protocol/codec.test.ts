@@ -164,7 +164,7 @@ describe('decodeFrame refuses', () => {
     ['an unknown type', msgpack.pack({ type: 'shutdown' })],
     ['a uint64 type', Buffer.from([0x81, 0xa4, 0x74, 0x79, 0x70, 0x65, 0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])],
     ['a timestamp extension as type', Buffer.from([0x81, 0xa4, 0x74, 0x79, 0x70, 0x65, 0xd6, 0xff, 0, 0, 0, 1])],
-    ['a missing field', msgpack.pack({ type: 'end', id: 1 })],
+    ['a missing field', msgpack.pack({ type: 'end', sha256: 'ab'.repeat(32) })],
     ['an extra field', msgpack.pack({ type: 'end', id: 1, sha256: 'ab'.repeat(32), path: '/etc/passwd' })],
     ['a field of the wrong type', msgpack.pack({ type: 'get', id: '1', name: 'x' })],
     ['a truncated map', msgpack.pack({ type: 'auth', proof: Buffer.alloc(32) }).subarray(0, 10)],

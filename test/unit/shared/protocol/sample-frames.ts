@@ -11,9 +11,9 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
   auth: { type: 'auth', proof: bytes(32, 3) },
   welcome: { type: 'welcome', sessionId: 's-1', proof: bytes(32, 4) },
   put: { type: 'put', id: 1, target: { kind: 'wal', name: '000000010000000000000001', sha256: SHA }, size: 16 * 1024 * 1024 },
-  file: { type: 'file', id: 2, name: 'base/16384/1259', size: 8192 },
+  file: { type: 'file', id: 2, name: 'base/16384/1259', size: 8192, checksum: 'crc32c' },
   chunk: { type: 'chunk', id: 3, data: bytes(1000, 5) },
-  end: { type: 'end', id: 4, sha256: SHA },
+  end: { type: 'end', id: 4, sha256: SHA, crc32c: '1a2b3c4d' },
   get: { type: 'get', id: 5, name: '000000010000000000000001' },
   ack: { type: 'ack', id: 6, status: 'stored', sha256: SHA },
   error: { type: 'error', id: 7, code: 'WAL_CONFLICT', message: 'already archived', hint: 'compare the files' },
@@ -32,7 +32,7 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
       tablespaces: [{ oid: '16384', name: 'ts1', location: '/srv/ts1' }],
     },
   },
-  'backup-accepted': { type: 'backup-accepted', id: 9, backupId: '20261125T100000' },
+  'backup-accepted': { type: 'backup-accepted', id: 9, backupId: '20261125T100000', checksum: 'sha256' },
   'backup-end': {
     type: 'backup-end',
     id: 10,
@@ -81,6 +81,7 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
 /** Fields a frame kind may leave out. */
 export const OPTIONAL_FIELDS: Partial<Record<FrameType, string[]>> = {
   error: ['id'], 'backup-begin': ['requestId'], 'backup-status': ['reason'], 'backup-progress': ['totalFiles', 'totalBytes'], 'stream-open': ['timeoutSeconds'],
+  file: ['checksum'], end: ['sha256', 'crc32c'], ack: ['sha256'], 'backup-accepted': ['checksum'],
 };
 
 export const FRAME_TYPES = Object.keys(VALID_FRAMES) as FrameType[];

@@ -7,6 +7,7 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { fileChecksum } from '../../../../shared/backup/manifest';
 import { BarmanError, ErrorCode } from '../../../../shared/errors';
 import type { RecoveryPlan } from '../../../../shared/recovery/plan';
 import { type RecoverySource, writeRecovery } from '../../../../shared/recovery/writer';
@@ -29,7 +30,7 @@ const CONTENT = new Map([
   ['pg_tblspc/16385/PG_15_202209061/1/16390', 'a relation in a tablespace'],
   ['global/pg_control', 'control'],
 ]);
-const file = (path: string, text = CONTENT.get(path) ?? '') => ({ path, size: Buffer.byteLength(text), mtime: 0, sha256: sha(text) });
+const file = (path: string, text = CONTENT.get(path) ?? '') => ({ path, size: Buffer.byteLength(text), mtime: 0, checksumAlgorithm: 'SHA256' as const, checksum: sha(text) });
 
 function planOf(over: Partial<RecoveryPlan> = {}): RecoveryPlan {
   return {
@@ -295,7 +296,7 @@ describe('writeRecovery, many files at once', () => {
       content.set(`base/1/${16384 + i}`, Buffer.alloc(size, i + 1));
     }
     content.set('global/pg_control', Buffer.from('control'));
-    const files = [...content].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, sha256: createHash('sha256').update(bytes).digest('hex') }));
+    const files = [...content].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, checksumAlgorithm: 'SHA256' as const, checksum: createHash('sha256').update(bytes).digest('hex') }));
     return { content, plan: planOf({ files: [...files.filter((f) => f.path !== 'global/pg_control'), files.find((f) => f.path === 'global/pg_control')!], wals: [] }) };
   };
   /** yields a file in chunks of `chunk` bytes, all through ONE buffer it reuses (as readChunks does) */
@@ -345,7 +346,7 @@ describe('writeRecovery, many files at once', () => {
     const big = new Map(content);
     big.set('base/1/big-a', Buffer.alloc(3 * 1024 * 1024 + 5, 9));
     big.set('base/1/big-b', Buffer.alloc(5 * 1024 * 1024, 8));
-    const files = [...big].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, sha256: createHash('sha256').update(bytes).digest('hex') }));
+    const files = [...big].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, checksumAlgorithm: 'SHA256' as const, checksum: createHash('sha256').update(bytes).digest('hex') }));
     const order = [...files.filter((f) => f.path !== 'global/pg_control'), files.find((f) => f.path === 'global/pg_control')!];
     const asked: string[] = [];
     const source = chunked(big, 1024 * 1024);
@@ -367,6 +368,25 @@ describe('writeRecovery, many files at once', () => {
     expect(existsSync(join(dest, 'barman_restore.incomplete'))).toBe(true);
   });
 
+  it('checks each file with the algorithm its manifest entry names: CRC-32C entries write, keep identical files on a delta, and refuse a flipped byte', async () => {
+    const { content, plan: shaPlan } = many(12);
+    const crcOf = (bytes: Buffer) => {
+      const c = fileChecksum('CRC32C');
+      c.update(bytes);
+      return c.digest();
+    };
+    // every other file in CRC-32C, the rest in SHA-256: one manifest may hold both
+    const plan = { ...shaPlan, files: shaPlan.files.map((f, i) => (i % 2 === 0 ? { ...f, checksumAlgorithm: 'CRC32C' as const, checksum: crcOf(content.get(f.path)!) } : f)) };
+    const dest = join(fresh('crc'), 'pgdata');
+    expect((await writeRecovery(plan, dest, chunked(content), { parallel: 3 })).written).toBe(13);
+    for (const [path, bytes] of content) expect(readFileSync(join(dest, path)).equals(bytes), path).toBe(true);
+    const again = await writeRecovery(plan, dest, chunked(content), { parallel: 3, delta: true });
+    expect(again.written).toBe(1); // pg_control, always written last
+    expect(again.unchanged).toBe(12);
+    const crcFile = plan.files.find((f) => f.checksumAlgorithm === 'CRC32C' && f.size > 100_000)!;
+    await refusal(writeRecovery(plan, fresh('crc-flipped'), chunked(content, 64 * 1024, { path: crcFile.path, at: 50_000 }), { parallel: 3 }), ErrorCode.CHECKSUM_MISMATCH, new RegExp(`${crcFile.path} in the catalog does not match its manifest \\(\\d+ bytes, CRC-32C [0-9a-f]{8}; manifest: \\d+ bytes, CRC-32C ${crcFile.checksum}\\)`));
+  });
+
   it('refuses a file that runs longer than its manifest says, before writing past its size', async () => {
     const { content, plan } = many(6);
     const longer = new Map(content);
@@ -382,7 +402,7 @@ describe('writeRecovery, many files at once', () => {
       async *dataFile(path, hashed) {
         const bytes = content.get(path)!;
         const sha = report(path, createHash('sha256').update(bytes).digest('hex'));
-        if (sha !== undefined) hashed?.(sha);
+        if (sha !== undefined) hashed?.(sha, 'SHA256');
         yield bytes;
       },
       async *walFile() {},
