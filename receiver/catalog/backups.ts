@@ -17,9 +17,8 @@ import type { BackupStart, BackupStop, WireCompression } from '../../shared/prot
 import { parseLsn } from '../../shared/wal/lsn';
 import { majorOf } from '../../shared/postgres/version';
 import { nextSegment, segmentForLsn, segmentNumber } from '../../shared/wal/names';
-import { crc32c, crc32cHex, newHash } from '../../shared/checksum';
+import { crc32c, crc32cHex } from '../../shared/checksum';
 import type { BackupChecksum } from '../../shared/config/receiver';
-import type { Readable } from 'node:stream';
 import type { ServerCatalog } from './catalog';
 import type { Upload } from './upload';
 import { compressWhole, type ObjectWriter, type Storage } from '../storage/storage';
