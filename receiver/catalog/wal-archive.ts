@@ -289,6 +289,12 @@ export class WalUpload implements Upload {
   private readonly content: Buffer[] = [];
   /** where a damaged stored copy went when this upload replaced it (for the log) */
   replacedDamaged: string | undefined;
+  /** compressed frames handed to write() so far */
+  private framesStarted = 0;
+  /** the last compressed frame's check, hash and write (they run in order) */
+  private taking: Promise<void> = Promise.resolve();
+  /** aborted: frames still in hand are dropped */
+  private closed = false;
 
   /** where the bytes go, decided beside the transfer (see prepare) */
   private readonly prepared: Promise<Destination>;
@@ -354,8 +360,20 @@ export class WalUpload implements Upload {
 
   async write(chunk: Uint8Array): Promise<void> {
     if (!this.wire) return this.take(chunk, chunk);
-    const plain = await this.decompress(chunk);
-    return this.take(plain, (await this.prepared).asSent ? chunk : plain);
+    // this frame decompresses (on libuv's thread pool) while the one before it is checked, hashed
+    // and written: at most two frames in hand, and write() returns once the one before is taken
+    const expected = Math.min(BLOCK_SIZE, this.size - this.framesStarted * BLOCK_SIZE);
+    this.framesStarted++;
+    const decoding = this.decompress(chunk, expected);
+    decoding.catch(() => undefined); // taken in order below
+    const before = this.taking;
+    const step = before.then(async () => {
+      const plain = await decoding;
+      await this.take(plain, (await this.prepared).asSent ? chunk : plain);
+    });
+    step.catch(() => undefined); // reported by the next write or by finish
+    this.taking = step;
+    await before;
   }
 
   /**
@@ -363,9 +381,8 @@ export class WalUpload implements Upload {
    * (checked by its headers before anything decompresses it), holding the BLOCK_SIZE plain bytes
    * of its place in the segment (the last one the rest). Anything else refuses the upload.
    */
-  private async decompress(chunk: Uint8Array): Promise<Buffer> {
+  private async decompress(chunk: Uint8Array, expected: number): Promise<Buffer> {
     const name = this.file.name;
-    const expected = Math.min(BLOCK_SIZE, this.size - this.received);
     if (expected <= 0) throw invalidWal(`${name}: more compressed frames than its ${this.size} bytes make`, 'Agent and receiver must run compatible versions; retry the push.');
     let plain: Buffer;
     try {
@@ -381,6 +398,7 @@ export class WalUpload implements Upload {
 
   /** Plain bytes that arrived (`stored`: what of them goes to storage, the same bytes or their frame as sent). */
   private async take(chunk: Uint8Array, stored: Uint8Array): Promise<void> {
+    if (this.closed) return;
     if (this.received + chunk.length > this.size) {
       throw invalidWal(`${this.file.name}: more bytes than the ${this.size} announced`, 'Agent and receiver must run compatible versions; retry the push.');
     }
@@ -461,6 +479,7 @@ export class WalUpload implements Upload {
   async finish(senderSha256: string): Promise<StoreResult> {
     const dest = await this.prepared;
     try {
+      await this.taking;
       return await this.complete(senderSha256, dest);
     } finally {
       // whatever was not committed leaves nothing behind (a no-op after commit)
@@ -519,6 +538,8 @@ export class WalUpload implements Upload {
   }
 
   async abort(): Promise<void> {
+    this.closed = true;
+    await this.taking.catch(() => undefined);
     await this.prepared.then((dest) => dest.writer.abort(), () => undefined);
   }
 }
