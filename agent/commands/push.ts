@@ -2,12 +2,13 @@
 // durably with a matching checksum; any failure exits non-zero so PostgreSQL keeps the file and
 // retries.
 
+import { promises as fs } from 'node:fs';
 import { basename, resolve } from 'node:path';
 import type { AgentConfig } from '../../shared/config/agent';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { parseWalFileName } from '../../shared/wal/names';
-import { sha256File } from '../../shared/checksum';
-import { AgentConnection } from '../../shared/protocol/client';
+import { sha256File, sha256Handle } from '../../shared/checksum';
+import { AgentConnection, localFileError } from '../../shared/protocol/client';
 import { checkSpooled } from '../wal/prefetch';
 import { AckSpool } from '../wal/spool';
 
@@ -30,12 +31,22 @@ export async function pushWal(config: AgentConfig, path: string): Promise<'store
       if (local && local.sha256 === acked.sha256 && local.size === acked.size) return 'duplicate';
     }
   }
-  const conn = await AgentConnection.open(config, 'push');
+  const fh = await fs.open(resolve(path), 'r').catch((err: unknown) => {
+    throw localFileError(path, err);
+  });
   try {
-    const ack = (await conn.putFile({ kind: 'wal', name }, resolve(path)))!;
-    if (ack.status === 'sent') throw new BarmanError(ErrorCode.PROTOCOL, 'receiver answered a push with "sent"', 'Install the same barman-ts version on agent and receiver.');
-    return ack.status;
+    // the file is hashed while the connection is set up (the put declares the checksum)
+    const hashing = sha256Handle(fh);
+    hashing.catch(() => undefined);
+    const conn = await AgentConnection.open(config, 'push');
+    try {
+      const ack = await conn.putOpened({ kind: 'wal', name }, fh, resolve(path), { walSha256: await hashing });
+      if (ack.status === 'sent') throw new BarmanError(ErrorCode.PROTOCOL, 'receiver answered a push with "sent"', 'Install the same barman-ts version on agent and receiver.');
+      return ack.status;
+    } finally {
+      conn.close();
+    }
   } finally {
-    conn.close();
+    await fh.close();
   }
 }

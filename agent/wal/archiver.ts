@@ -193,8 +193,10 @@ export class AsyncArchiver {
         }
         this.log.warn({ wal: name }, 'the local segment differs from the one streamed to the receiver; pushing it (the receiver decides)');
       }
+      // hashed before its turn to send: one file's hash overlaps the previous one's compression and transfer
+      const sha256 = await sha256Handle(fh);
       await this.acquireSendSlot();
-      const ack = await conn.putOpened({ kind: 'wal', name }, fh, path, { onSent: () => this.releaseSendSlot() });
+      const ack = await conn.putOpened({ kind: 'wal', name }, fh, path, { walSha256: sha256, onSent: () => this.releaseSendSlot() });
       const after = identityOf(await fh.stat({ bigint: true }));
       if (!sameIdentity(before, after)) {
         this.log.warn({ wal: name }, 'the file changed while it was pushed; no ack recorded, PostgreSQL\'s push sends it again');

@@ -20,6 +20,9 @@ import { validateHistory } from '../../shared/wal/history';
 import { formatLsn } from '../../shared/wal/lsn';
 import { isValidSegmentSize, parseWalFileName, segmentStartLsn, type WalFileName } from '../../shared/wal/names';
 import type { ObjectWriter } from '../storage/storage';
+import { BLOCK_SIZE, decompressWireFrame } from '../storage/compression';
+import { nativeFrameDone } from '../../shared/protocol/chunks';
+import type { WireCompression } from '../../shared/protocol/frames';
 import type { ServerCatalog, StoredWal } from './catalog';
 import type { StoreResult, Upload } from './upload';
 
@@ -152,11 +155,23 @@ export class WalArchive {
     return file.kind === 'segment' ? this.catalog.compression : 'none';
   }
 
-  /** Opens the upload of WAL file `name`, `size` bytes whose SHA-256 the sender declares as `sha256`. */
-  async begin(name: string, size: number, sha256: string): Promise<WalUpload> {
+  /** How an agent may send WAL segments (welcome's walCompression): compressed as the catalog stores them, when it is zstd. */
+  wireCompression(): WireCompression | undefined {
+    return this.catalog.compression === 'zstd' ? 'zstd' : undefined;
+  }
+
+  /**
+   * Opens the upload of WAL file `name`, `size` bytes whose SHA-256 the sender declares as
+   * `sha256`; with `wire`, a segment whose chunks are frames so compressed (size and checksum
+   * stay those of the plain bytes).
+   */
+  async begin(name: string, size: number, sha256: string, wire?: WireCompression): Promise<WalUpload> {
     const parsed = parseWalFileName(name);
     if (!parsed) {
       throw new BarmanError(ErrorCode.INVALID_NAME, `"${name.slice(0, 80)}" is not a WAL file name`, NAME_HINT);
+    }
+    if (wire && parsed.kind !== 'segment') {
+      throw new BarmanError(ErrorCode.PROTOCOL, `${name}: only WAL segments are sent compressed`, 'Agent and receiver must run compatible versions of barman-ts.');
     }
     if (hasPages(parsed)) {
       const identity = await this.catalog.identity();
@@ -169,7 +184,7 @@ export class WalArchive {
     }
     // where the bytes go is looked up beside the transfer (a session's frames must not wait on
     // the storage): WalUpload.prepare
-    return new WalUpload(this, parsed, size, sha256);
+    return new WalUpload(this, parsed, size, sha256, wire);
   }
 
   /** Whether a stored copy still holds bytes hashing to `sha256`: read back, unless this process just did or wrote it. */
@@ -274,6 +289,12 @@ export class WalUpload implements Upload {
   private readonly content: Buffer[] = [];
   /** where a damaged stored copy went when this upload replaced it (for the log) */
   replacedDamaged: string | undefined;
+  /** compressed frames handed to write() so far */
+  private framesStarted = 0;
+  /** the last compressed frame's check, hash and write (they run in order) */
+  private taking: Promise<void> = Promise.resolve();
+  /** aborted: frames still in hand are dropped */
+  private closed = false;
 
   /** where the bytes go, decided beside the transfer (see prepare) */
   private readonly prepared: Promise<Destination>;
@@ -284,6 +305,8 @@ export class WalUpload implements Upload {
     readonly size: number,
     /** what the sender declared before the bytes */
     private readonly declaredSha256: string,
+    /** the chunks are frames so compressed, each of BLOCK_SIZE plain bytes (the last one fewer) */
+    private readonly wire?: WireCompression,
   ) {
     this.prepared = this.prepare();
     this.prepared.catch(() => undefined); // reported by the first write or by finish
@@ -305,8 +328,12 @@ export class WalUpload implements Upload {
     const conflicting = existing !== undefined && existing.sha256 !== sha256 && (existing.sha256 ?? (await hashStoredWal(catalog, existing))) !== sha256;
     const key = conflicting ? catalog.layout.conflictKey(name, sha256) : catalog.layout.walKey(name, sha256);
     const compression = this.archive.compressionFor(this.file);
-    const writer = await catalog.storage.openWrite(key, { compression, sizeHint: compression === 'none' ? this.size : undefined });
-    const dest: Destination = { kind: conflicting ? 'conflict' : 'store', key, writer };
+    // frames the agent compressed as the catalog stores them are stored as they arrived (each
+    // checked first: it decompresses to the plain bytes hashed here); otherwise the plain bytes
+    // go through the storage's compression
+    const asSent = this.wire !== undefined && this.wire === compression;
+    const writer = asSent ? await catalog.storage.openStoredWrite(key, compression) : await catalog.storage.openWrite(key, { compression, sizeHint: compression === 'none' ? this.size : undefined });
+    const dest: Destination = { kind: conflicting ? 'conflict' : 'store', key, writer, asSent };
     if (existing?.sha256 === sha256) {
       dest.intact = this.archive.intact(existing, sha256).catch(() => false);
       void dest.intact.then((intact) => {
@@ -332,6 +359,46 @@ export class WalUpload implements Upload {
   }
 
   async write(chunk: Uint8Array): Promise<void> {
+    if (!this.wire) return this.take(chunk, chunk);
+    // this frame decompresses (on libuv's thread pool) while the one before it is checked, hashed
+    // and written: at most two frames in hand, and write() returns once the one before is taken
+    const expected = Math.min(BLOCK_SIZE, this.size - this.framesStarted * BLOCK_SIZE);
+    this.framesStarted++;
+    const decoding = this.decompress(chunk, expected);
+    decoding.catch(() => undefined); // taken in order below
+    const before = this.taking;
+    const step = before.then(async () => {
+      const plain = await decoding;
+      await this.take(plain, (await this.prepared).asSent ? chunk : plain);
+    });
+    step.catch(() => undefined); // reported by the next write or by finish
+    this.taking = step;
+    await before;
+  }
+
+  /**
+   * The plain bytes of one compressed chunk: exactly one zstd frame of the shape barman-ts makes
+   * (checked by its headers before anything decompresses it), holding the BLOCK_SIZE plain bytes
+   * of its place in the segment (the last one the rest). Anything else refuses the upload.
+   */
+  private async decompress(chunk: Uint8Array, expected: number): Promise<Buffer> {
+    const name = this.file.name;
+    if (expected <= 0) throw invalidWal(`${name}: more compressed frames than its ${this.size} bytes make`, 'Agent and receiver must run compatible versions; retry the push.');
+    let plain: Buffer;
+    try {
+      plain = await decompressWireFrame(chunk, nativeFrameDone);
+    } catch (err) {
+      throw invalidWal(`${name}: a chunk is not a zstd frame as barman-ts makes them (${(err as Error).message})`, 'Nothing was stored. Agent and receiver must run compatible versions of barman-ts; PostgreSQL retries the push.');
+    }
+    if (plain.length !== expected) {
+      throw invalidWal(`${name}: a compressed frame decompresses to ${plain.length} bytes, not the ${expected} of its place in the segment`, 'Nothing was stored. PostgreSQL retries the push; check the memory of the PostgreSQL host if it repeats.');
+    }
+    return plain;
+  }
+
+  /** Plain bytes that arrived (`stored`: what of them goes to storage, the same bytes or their frame as sent). */
+  private async take(chunk: Uint8Array, stored: Uint8Array): Promise<void> {
+    if (this.closed) return;
     if (this.received + chunk.length > this.size) {
       throw invalidWal(`${this.file.name}: more bytes than the ${this.size} announced`, 'Agent and receiver must run compatible versions; retry the push.');
     }
@@ -350,7 +417,7 @@ export class WalUpload implements Upload {
       }
       return;
     }
-    await dest.writer.write(chunk);
+    await dest.writer.write(stored);
   }
 
   private async checkHeader(): Promise<void> {
@@ -412,6 +479,7 @@ export class WalUpload implements Upload {
   async finish(senderSha256: string): Promise<StoreResult> {
     const dest = await this.prepared;
     try {
+      await this.taking;
       return await this.complete(senderSha256, dest);
     } finally {
       // whatever was not committed leaves nothing behind (a no-op after commit)
@@ -470,6 +538,8 @@ export class WalUpload implements Upload {
   }
 
   async abort(): Promise<void> {
+    this.closed = true;
+    await this.taking.catch(() => undefined);
     await this.prepared.then((dest) => dest.writer.abort(), () => undefined);
   }
 }
@@ -480,6 +550,8 @@ interface Destination {
   /** the catalog key they are written to */
   key: string;
   writer: ObjectWriter;
+  /** the writer takes the sender's compressed frames as they are (else plain bytes) */
+  asSent: boolean;
   /** the same bytes are stored already: resolves true once that copy read back intact */
   intact?: Promise<boolean>;
   /** from here on the bytes are only hashed (the stored copy is intact) */

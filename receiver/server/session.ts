@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
 import { CloseCode, errorFrame, errorFromFrame, type FrameConnection } from '../../shared/protocol/connection';
-import { type Frame, type HelloFrame, PROTOCOL_VERSION, type Role } from '../../shared/protocol/frames';
+import { type Frame, type HelloFrame, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION, type Role } from '../../shared/protocol/frames';
 import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
 import { readStoredWal, WalUpload } from '../catalog/wal-archive';
@@ -150,7 +150,8 @@ export class Session implements Peer {
 
   private async onHello(frame: Frame): Promise<void> {
     if (frame.type !== 'hello') throw protocolError(`expected hello, got ${frame.type}`);
-    if (frame.protocolVersion !== PROTOCOL_VERSION) {
+    // an agent one protocol older is served in its own version (it sends its WAL plain)
+    if (frame.protocolVersion < OLDEST_AGENT_PROTOCOL || frame.protocolVersion > PROTOCOL_VERSION) {
       throw new BarmanError(ErrorCode.PROTOCOL, `agent speaks protocol version ${frame.protocolVersion}, this receiver speaks ${PROTOCOL_VERSION}`, 'Install the same barman-ts version on the agent and the receiver.');
     }
     // an unknown server gets a challenge too, and its proof is checked against a secret nobody
@@ -158,7 +159,7 @@ export class Session implements Peer {
     const server = this.lookup(frame.server);
     const serverNonce = newNonce();
     this.state = { phase: 'auth', hello: frame, server: server?.config ?? decoyServer(frame.server), serverNonce, known: server !== undefined };
-    await this.conn.send({ type: 'challenge', protocolVersion: PROTOCOL_VERSION, serverNonce });
+    await this.conn.send({ type: 'challenge', protocolVersion: frame.protocolVersion, serverNonce });
   }
 
   private async onAuth(frame: Frame, state: Extract<State, { phase: 'auth' }>): Promise<void> {
@@ -186,7 +187,9 @@ export class Session implements Peer {
     this.conn.onClose(() => context.detach(this));
     // a daemon becomes the server's agent with its daemon-attach, which may be refused
     if (hello.role === 'daemon') this.conn.heartbeat(DAEMON_HEARTBEAT_MS);
-    await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', proofContext) });
+    // an agent of protocol 5 may send its WAL segments compressed as the catalog stores them
+    const walCompression = context.walArchive.wireCompression();
+    await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', proofContext), ...(walCompression ? { walCompression } : {}) });
     this.log.debug('agent authenticated');
   }
 
@@ -199,7 +202,7 @@ export class Session implements Peer {
           const t = frame.target;
           if (t.kind === 'wal') {
             this.allow(['push', 'daemon', 'backup'], 'archive WAL');
-            const upload = await server.openUpload(() => server.walArchive.begin(t.name, frame.size, t.sha256)).catch((err: unknown) => {
+            const upload = await server.openUpload(() => server.walArchive.begin(t.name, frame.size, t.sha256, frame.compression)).catch((err: unknown) => {
               server.archiveFailed(err);
               throw err;
             });

@@ -135,6 +135,18 @@ export function zstdDecompressFrame(frame: Buffer): Promise<Buffer> {
   return zstdCodec.decompress(frame);
 }
 
+/**
+ * The plain bytes of a frame an agent sent (a chunk): checked by checkZstdBlockFrame before it
+ * is decompressed. Throws a plain Error saying what is wrong with it; the caller names the file.
+ */
+export async function decompressWireFrame(chunk: Uint8Array, done: () => void): Promise<Buffer> {
+  const frame = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  checkZstdBlockFrame(frame);
+  const plain = await zstdDecompressFrame(frame);
+  done();
+  return plain;
+}
+
 const lz4Codec: Codec = {
   compress: lz4CompressFrame,
   decompress: lz4DecompressFrame,

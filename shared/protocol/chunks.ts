@@ -180,10 +180,11 @@ function collectYoung(): void {
  * CRC-32C (what the receiver checks the frames' decompressed bytes against) and the SHA-256 (unless
  * `hashing` is false; empty then) are of the plain bytes, as is `size`.
  */
-export async function sendCompressedChunks(conn: FrameConnection, id: number, source: ChunkSource, compress: BlockCompress, stop: () => boolean = () => false, hashing = true): Promise<SentFile> {
+export async function sendCompressedChunks(conn: FrameConnection, id: number, source: ChunkSource, compress: BlockCompress, stop: () => boolean = () => false, options: { hashing?: boolean; withCrc?: boolean } = {}): Promise<SentFile> {
   const pool = chunkPool();
-  const hash = hashing ? newHash() : undefined;
-  const crc = crc32c();
+  // (a WAL segment: hashed before it is sent, and no CRC-32C; its `sha256` is then empty)
+  const hash = options.hashing === false ? undefined : newHash();
+  const crc = options.withCrc === false ? undefined : crc32c();
   let crcValue = 0;
   let size = 0;
   const inFlight: Promise<Buffer>[] = [];
@@ -200,7 +201,7 @@ export async function sendCompressedChunks(conn: FrameConnection, id: number, so
       const { buf, n } = block;
       const plain = buf.subarray(CHUNK_HEADER_ROOM, CHUNK_HEADER_ROOM + n);
       hash?.update(plain);
-      crcValue = crc(plain, crcValue);
+      if (crc) crcValue = crc(plain, crcValue);
       size += n;
       // the buffer goes back to the pool once its block is compressed, whatever becomes of the frame
       const work = compress(plain).finally(() => pool.release(buf));
@@ -212,5 +213,5 @@ export async function sendCompressedChunks(conn: FrameConnection, id: number, so
   } finally {
     await Promise.allSettled(inFlight);
   }
-  return { sha256: hash?.digest('hex') ?? '', size, crc32c: crc32cHex(crcValue) };
+  return { sha256: hash?.digest('hex') ?? '', size, ...(crc ? { crc32c: crc32cHex(crcValue) } : {}) };
 }

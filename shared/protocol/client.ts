@@ -11,9 +11,10 @@ import type { Hash } from 'node:crypto';
 import { type ChecksumAlgorithm, crc32cManifestHex } from '../backup/manifest';
 import { crc32c, crc32cHex, newHash, sha256Handle } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
-import { type BlockCompress, type ChunkSource, fileSource, sendChunks, sendCompressedChunks } from './chunks';
+import { type BlockCompress, type ChunkSource, fileSource, sendChunks, sendCompressedChunks, wireCompressor } from './chunks';
 import { CloseCode, FrameConnection, errorFromFrame } from './connection';
-import { type AckFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role } from './frames';
+import { type AckFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role, type WireCompression } from './frames';
+import { isSegmentName } from '../wal/names';
 
 export const AGENT_VERSION = 'barman-ts/0.1.0';
 
@@ -38,7 +39,10 @@ export type WalAck = AckFrame & { sha256: string };
 export interface PutOptions {
   statSize?: number;
   compress?: BlockCompress;
+  /** a backup file: send its SHA-256 too (backup-accepted asked for it) */
   sha256?: boolean;
+  /** a WAL file: its SHA-256, which the caller computed already */
+  walSha256?: string;
 }
 
 /** what a fetch's waiter sees once its consumer has stopped (made once, shared) */
@@ -51,7 +55,7 @@ export class AgentConnection {
   private requestHandler: ((frame: Frame) => void) | undefined;
   private readonly closedPromise: Promise<BarmanError>;
 
-  private constructor(private readonly conn: FrameConnection, readonly config: ClientOptions, readonly sessionId: string) {
+  private constructor(private readonly conn: FrameConnection, readonly config: ClientOptions, readonly sessionId: string, /** how the receiver takes WAL segments compressed (welcome), if at all */ readonly walCompression?: WireCompression) {
     conn.onFrame((frame) => this.route(frame));
     this.closedPromise = new Promise((resolve) => {
       conn.onClose((err) => {
@@ -112,7 +116,7 @@ export class AgentConnection {
             reject(new BarmanError(ErrorCode.AUTH_FAILED, `the receiver at ${url} could not prove it holds the token of "${config.server}"`, 'Something other than your barman-receiver answers on that address, or its token differs; check both token files.'));
             return;
           }
-          const agent = new AgentConnection(conn, config, frame.sessionId);
+          const agent = new AgentConnection(conn, config, frame.sessionId, frame.walCompression);
           // a receiver gone silent (no FIN, no RST) must not hang a push, a restore_command or a
           // daemon forever: silent for `timeout` seconds, the connection is dropped
           conn.heartbeat(Math.max(1000, (config.timeoutSeconds * 1000) / 2));
@@ -174,7 +178,11 @@ export class AgentConnection {
   async putOpened(request: WalPutRequest, fh: fs.FileHandle, path: string, options?: PutOptions & { onSent?: () => void }): Promise<WalAck>;
   async putOpened(request: PutRequest, fh: fs.FileHandle, path: string, options?: PutOptions & { onSent?: () => void }): Promise<AckFrame>;
   async putOpened(request: PutRequest, fh: fs.FileHandle, path: string, options: PutOptions & { onSent?: () => void } = {}): Promise<AckFrame> {
-    const { statSize, onSent, compress } = options;
+    const { statSize, onSent } = options;
+    // a WAL segment goes compressed as the catalog stores it, when the receiver said so (welcome):
+    // the agent's core compresses, the receiver's only checks, and a tenth of the bytes cross
+    const walWire = request.kind === 'wal' && this.walCompression && isSegmentName(request.name) ? this.walCompression : undefined;
+    const compress = options.compress ?? (walWire ? wireCompressor(walWire) : undefined);
     const asOfStat = statSize !== undefined;
     const id = this.nextId++;
     const answer = this.expect<AckFrame>(id, (frame, settle) => {
@@ -188,20 +196,25 @@ export class AgentConnection {
       const size = statSize ?? (await fh.stat()).size;
       // a WAL file is hashed before it is sent: the receiver stores it under a key that carries
       // the checksum, and must know that key before the first byte (an object store has no rename)
-      const target: PutTarget = request.kind === 'wal' ? { ...request, sha256: await sha256Handle(fh) } : request;
-      await this.conn.send({ type: 'put', id, target, size });
+      // (`sha256`: the caller hashed it already)
+      const target: PutTarget = request.kind === 'wal' ? { ...request, sha256: options.walSha256 ?? (await sha256Handle(fh)) } : request;
+      const compressedWal = target.kind === 'wal' && walWire !== undefined && compress !== undefined;
+      await this.conn.send({ type: 'put', id, target, size, ...(compressedWal ? { compression: walWire } : {}) });
       const source = asOfStat ? exactSize(fileSource(fh), size) : fileSource(fh);
       // a backup file's end carries a CRC-32C of the bytes: the receiver checks the transfer with
       // it and records it in the manifest, or records this SHA-256 where it asked for one
       // (backup_checksum = sha256), computed here where the bytes already are
       const backupFile = request.kind === 'backup-file';
-      const hashing = !backupFile || options.sha256 === true;
       const stop = () => answer.settled || this.failure !== undefined;
       // a backup's files go compressed when the receiver asked for it (backup-accepted)
-      const sent = backupFile && compress ? await sendCompressedChunks(this.conn, id, source, compress, stop, hashing) : await sendChunks(this.conn, id, source, stop, { withCrc: backupFile, hashing });
+      // a WAL file is not hashed a second time (the receiver hashes what arrives against the
+      // declared checksum); a backup file only where the receiver asked for its SHA-256
+      const hashing = backupFile && options.sha256 === true;
+      const sent = (backupFile || compressedWal) && compress ? await sendCompressedChunks(this.conn, id, source, compress, stop, { hashing, withCrc: backupFile }) : await sendChunks(this.conn, id, source, stop, { withCrc: backupFile, hashing });
       if (!answer.settled && !this.failure) {
         if (sent.size !== size) throw new BarmanError(ErrorCode.LOCAL_FILE, `${path} changed size while being read (${size} → ${sent.size} bytes)`, "Something else writes the file; archive_command must be given PostgreSQL's %p.");
-        await this.conn.send({ type: 'end', id, ...(sent.sha256 ? { sha256: sent.sha256 } : {}), ...(sent.crc32c ? { crc32c: sent.crc32c } : {}) });
+        const sha256 = target.kind === 'wal' ? target.sha256 : sent.sha256;
+        await this.conn.send({ type: 'end', id, ...(sha256 ? { sha256 } : {}), ...(sent.crc32c ? { crc32c: sent.crc32c } : {}) });
       }
     } catch (err) {
       if (!answer.settled) throw err;

@@ -8,10 +8,14 @@
 
 import type { BackupSymlink } from '../backup/paths';
 
-/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C; 5: a backup file's SHA-256 only when backup-accepted asks for it, a served backup file's end may carry the CRC-32C its manifest records */
-export const PROTOCOL_VERSION = 5;
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C; 5: a backup file's SHA-256 only when backup-accepted asks for it, a served backup file's end may carry the CRC-32C its manifest records; 6: welcome may announce walCompression, and a WAL put may then come compressed */
+export const PROTOCOL_VERSION = 6;
+/** the oldest agent protocol a receiver serves: agents and receivers of one barman-ts version (5 changed what a backup file's end and ack carry) */
+export const OLDEST_AGENT_PROTOCOL = 6;
 /** bytes of file data per chunk frame */
 export const CHUNK_SIZE = 1024 * 1024;
+/** the most a chunk may carry: a compressed frame of CHUNK_SIZE plain bytes that did not compress (zstd's bound: 1/256 more, and a header) */
+export const MAX_CHUNK_DATA = CHUNK_SIZE + 64 * 1024;
 /** the largest WebSocket message either side accepts (a chunk plus its envelope, with room) */
 export const MAX_FRAME_BYTES = 2 * CHUNK_SIZE;
 /** bytes a sender may have queued on its socket before it waits for drain */
@@ -59,8 +63,14 @@ export interface BackupStop {
 export interface HelloFrame { type: 'hello'; protocolVersion: number; server: string; role: Role; clientNonce: Uint8Array; agentVersion: string }
 export interface ChallengeFrame { type: 'challenge'; protocolVersion: number; serverNonce: Uint8Array }
 export interface AuthFrame { type: 'auth'; proof: Uint8Array }
-export interface WelcomeFrame { type: 'welcome'; sessionId: string; proof: Uint8Array }
-export interface PutFrame { type: 'put'; id: number; target: PutTarget; size: number }
+/**
+ * `walCompression`: the catalog stores WAL segments so compressed; the agent may
+ * send a segment's put compressed the same way (each chunk one whole frame of at most
+ * CHUNK_SIZE plain bytes), which the receiver checks frame by frame and stores as it is.
+ */
+export interface WelcomeFrame { type: 'welcome'; sessionId: string; proof: Uint8Array; walCompression?: WireCompression }
+/** `compression`: the chunks are frames so compressed (a WAL segment, as welcome allowed); `size` and the checksums stay those of the plain bytes */
+export interface PutFrame { type: 'put'; id: number; target: PutTarget; size: number; compression?: WireCompression }
 /** `checksum: 'crc32c'`: the end frame carries the file's CRC-32C (as its backup_manifest records it), not a SHA-256 */
 export interface FileFrame { type: 'file'; id: number; name: string; size: number; checksum?: 'crc32c' }
 export interface ChunkFrame { type: 'chunk'; id: number; data: Uint8Array }
@@ -236,10 +246,10 @@ const SHAPES: Record<FrameType, Shape> = {
   hello: { required: { protocolVersion: uint, server: str(63), role: oneOf(...ROLES), clientNonce: exact(32), agentVersion: str(64) } },
   challenge: { required: { protocolVersion: uint, serverNonce: exact(32) } },
   auth: { required: { proof: exact(32) } },
-  welcome: { required: { sessionId: str(64), proof: exact(32) } },
-  put: { required: { id: uint, target, size: uint } },
+  welcome: { required: { sessionId: str(64), proof: exact(32) }, optional: { walCompression: oneOf('zstd') } },
+  put: { required: { id: uint, target, size: uint }, optional: { compression: oneOf('zstd') } },
   file: { required: { id: uint, name: str(255), size: uint }, optional: { checksum: oneOf('crc32c') } },
-  chunk: { required: { id: uint, data: bytes(CHUNK_SIZE) } },
+  chunk: { required: { id: uint, data: bytes(MAX_CHUNK_DATA) } },
   end: { required: { id: uint }, optional: { sha256: hex64, crc32c: (v) => typeof v === 'string' && /^[0-9a-f]{8}$/.test(v) } },
   get: { required: { id: uint, name: str(255) } },
   ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent') }, optional: { sha256: hex64 } },

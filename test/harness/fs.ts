@@ -5,6 +5,8 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, promises as fs, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { crc32cHex, crc32cJs } from '../../shared/checksum';
+import { wireCompressor } from '../../shared/protocol/chunks';
+import { CHUNK_SIZE } from '../../shared/protocol/frames';
 
 export function removeTree(path: string): void {
   rmSync(path, { recursive: true, force: true, maxRetries: 3 });
@@ -31,6 +33,19 @@ export function plainSha256Of(path: string): string {
 
 export function sha256OfBytes(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
+}
+
+/**
+ * The bytes of a WAL segment's chunks as the agent sends it to a receiver whose catalog stores
+ * zstd (the default): each CHUNK_SIZE block compressed on its own (protocol 5).
+ */
+export async function wireBytesOf(path: string): Promise<number> {
+  const compress = wireCompressor('zstd');
+  if (!compress) throw new Error('the zstd binding does not load here');
+  const bytes = await fs.readFile(path);
+  let total = 0;
+  for (let at = 0; at < bytes.length; at += CHUNK_SIZE) total += (await compress(bytes.subarray(at, at + CHUNK_SIZE))).length;
+  return total;
 }
 
 /** CRC-32C of `bytes` as a backup file's end frame carries it (8 hex digits). */

@@ -6,7 +6,7 @@ export { agentCommandLine, archiveCommandLine, runAgent, runReceiverCli } from '
 export { type ArchiverStats, cloneCluster, type CloneOptions, Cluster, type ClusterOptions, createCluster, postmasterPidOf, type StopMode } from './cluster';
 export { freePort, makeDir, makeTempDir, pgBin, pgBinDir, pgBinDirFor, pgMajorOf, postgresUser, runPaths } from './env';
 export { expectCatalogMatchesCluster, expectFailure, expectSuccess } from './expect';
-export { crc32cOfBytes, hiddenFiles, listDir, plainBytesOf, plainSha256Of, sha256Of, sha256OfBytes, snapshotTree } from './fs';
+export { crc32cOfBytes, hiddenFiles, listDir, plainBytesOf, plainSha256Of, sha256Of, sha256OfBytes, snapshotTree, wireBytesOf } from './fs';
 export { KEEP_TMP } from './keep';
 export { ClosedError, type CloseInfo, RawClient } from './raw-client';
 export { iniText, newToken, Receiver, type ReceiverOptions, type ReceiverServerOptions, startReceiver, writeTokenFile } from './receiver';

@@ -51,14 +51,15 @@ export class RawClient {
   }
 
   /** Connects and completes hello → challenge → auth → welcome as `server` with `token`. */
-  static async authenticated(url: string, server: string, token: string, role: Role = 'push'): Promise<RawClient> {
+  static async authenticated(url: string, server: string, token: string, role: Role = 'push', protocolVersion = PROTOCOL_VERSION): Promise<RawClient> {
     const client = await RawClient.connect(url);
-    await client.authenticate(server, token, role);
+    await client.authenticate(server, token, role, protocolVersion);
     return client;
   }
 
-  async authenticate(server: string, token: string, role: Role = 'push'): Promise<WelcomeFrame> {
-    const { hello, frames } = await this.handshake(server, token, role);
+  /** `protocolVersion`: the one the hello says (an older agent's) */
+  async authenticate(server: string, token: string, role: Role = 'push', protocolVersion = PROTOCOL_VERSION): Promise<WelcomeFrame> {
+    const { hello, frames } = await this.handshake(server, token, role, protocolVersion);
     const [challenge, welcome] = frames;
     if (challenge?.type !== 'challenge') throw new Error(`expected challenge, got ${JSON.stringify(challenge)}`);
     if (welcome?.type !== 'welcome') throw new Error(`expected welcome, got ${JSON.stringify(welcome)}`);
@@ -74,8 +75,8 @@ export class RawClient {
     return (await this.handshake(server, token, role)).frames;
   }
 
-  private async handshake(server: string, token: string, role: Role): Promise<{ hello: HelloFrame; frames: Frame[] }> {
-    const hello: HelloFrame = { type: 'hello', protocolVersion: PROTOCOL_VERSION, server, role, clientNonce: newNonce(), agentVersion: 'barman-ts-test/raw' };
+  private async handshake(server: string, token: string, role: Role, protocolVersion = PROTOCOL_VERSION): Promise<{ hello: HelloFrame; frames: Frame[] }> {
+    const hello: HelloFrame = { type: 'hello', protocolVersion, server, role, clientNonce: newNonce(), agentVersion: 'barman-ts-test/raw' };
     this.send(hello);
     const first = await this.nextFrame();
     if (first.type !== 'challenge') return { hello, frames: [first] };

@@ -31,6 +31,9 @@ interface Pair {
   sent: number;
   /** from the first reply once the client has sent this many bytes, the pair goes silent */
   silenceAfter: number;
+  /** from the reply after this many (each a read from the receiver's socket), the pair goes silent */
+  silenceAfterReplies: number;
+  replies: number;
   frozen: boolean;
   interception?: Interception;
 }
@@ -39,6 +42,7 @@ export class TcpRelay {
   private readonly pairs = new Set<Pair>();
   private accepted = 0;
   private nextSilenceAfter = Infinity;
+  private nextSilenceAfterReplies = Infinity;
   private nextInterception: Interception | undefined;
   /** agent → receiver bytes per second on every connection; undefined: as fast as loopback goes */
   private bytesPerSecond: number | undefined;
@@ -99,6 +103,15 @@ export class TcpRelay {
     this.nextSilenceAfter = clientBytes;
   }
 
+  /**
+   * The next connection goes silent once the receiver has answered its handshake (the upgrade,
+   * the challenge, the welcome: three replies, each waited for by the client): whatever the
+   * receiver says about the first request is lost, however early it says it.
+   */
+  loseRepliesAfterHandshake(): void {
+    this.nextSilenceAfterReplies = 3;
+  }
+
   /** The next connection is read frame by frame both ways, as `interception` says (ws:// only). */
   interceptNext(interception: Interception): void {
     this.nextInterception = interception;
@@ -122,8 +135,9 @@ export class TcpRelay {
   private onConnection(client: Socket): void {
     this.accepted++;
     const upstream = connect({ host: this.target.host, port: this.target.port });
-    const pair: Pair = { client, upstream, sent: 0, silenceAfter: this.nextSilenceAfter, frozen: false, interception: this.nextInterception };
+    const pair: Pair = { client, upstream, sent: 0, silenceAfter: this.nextSilenceAfter, silenceAfterReplies: this.nextSilenceAfterReplies, replies: 0, frozen: false, interception: this.nextInterception };
     this.nextSilenceAfter = Infinity;
+    this.nextSilenceAfterReplies = Infinity;
     this.nextInterception = undefined;
     this.pairs.add(pair);
     for (const socket of [client, upstream]) {
@@ -139,7 +153,7 @@ export class TcpRelay {
     }
     this.forward(pair, client, upstream, (n) => (pair.sent += n), () => this.bytesPerSecond);
     this.forward(pair, upstream, client, () => {
-      if (pair.sent >= pair.silenceAfter) this.silence(pair);
+      if (pair.sent >= pair.silenceAfter || ++pair.replies > pair.silenceAfterReplies) this.silence(pair);
     }, () => this.replyBytesPerSecond);
   }
 

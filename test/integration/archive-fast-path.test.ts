@@ -18,7 +18,7 @@ import { type Ack, formatAck, identityOf, parseAck, sysidHex } from '../../agent
 import { nextSegment } from '../../shared/wal/names';
 import {
   archiveCommandLine, type Cluster, createCluster, describeRun, expectCatalogMatchesCluster, expectFailure, expectSuccess, listDir, makeDir, makeTempDir,
-  type Receiver, run, type RunResult, sha256Of, startDaemon, startReceiver, startRelay, waitFor,
+  type Receiver, run, type RunResult, sha256Of, startDaemon, startReceiver, startRelay, waitFor, wireBytesOf,
 } from '../harness';
 import { agentLauncher } from '../harness/env';
 
@@ -144,8 +144,8 @@ describe('push answered from the daemon\'s ack without Node, and never fooled', 
     // streaming off; a long timeout keeps the daemon waiting for the ack the relay swallows
     const cluster = await holdingCluster('c', { receiver: { url: relay.url, tokens: receiver.tokens }, server: 'c', timeout: 300 });
     const name = await segment(cluster, 'c0');
-    // the daemon's connection carries the whole segment, then the receiver's answer is lost
-    relay.loseRepliesAfter(SEGMENT_SIZE);
+    // the daemon's connection carries the whole segment (compressed, as the catalog stores it), then the receiver's answer is lost
+    relay.loseRepliesAfter(await wireBytesOf(cluster.walFile(name)));
     const daemon = startDaemon(cluster.agentConfigPath!);
     await waitFor(`the receiver to store ${name}`, () => existsSync(receiver.walPath('c', name)), { timeoutMs: 60_000 });
     expect(existsSync(join(ackDir(cluster), '.daemon')), 'the daemon is connected').toBe(true);

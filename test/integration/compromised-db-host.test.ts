@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { emptyInfo, formatBackupInfo, parseBackupInfo } from '../../shared/backup/info';
 import { buildManifest, parseManifest } from '../../shared/backup/manifest';
-import { type ErrorFrame, type Frame, PROTOCOL_VERSION } from '../../shared/protocol/frames';
+import { type ErrorFrame, type Frame, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION } from '../../shared/protocol/frames';
 import {
   type Cluster, createCluster, describeRun, expectFailure, expectSuccess, makeDir, makeTempDir, RawClient, type Receiver, runAgent, runReceiverCli,
   crc32cOfBytes, sha256OfBytes, startReceiver, startRelay,
@@ -61,11 +61,11 @@ describe('a man in the middle on ws:// rewrites the hello', () => {
     const direct = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'push');
     direct.close();
 
-    // an agent of the previous protocol (whose proof left the role out) is told to upgrade, by version
+    // an agent of a protocol the receiver no longer serves is told to upgrade, by version
     const old = await RawClient.connect(receiver.url);
-    old.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION - 1, server: 'main', role: 'push', clientNonce: Buffer.alloc(32, 7), agentVersion: 'barman-ts/0.1.0' });
+    old.send({ type: 'hello', protocolVersion: OLDEST_AGENT_PROTOCOL - 1, server: 'main', role: 'push', clientNonce: Buffer.alloc(32, 7), agentVersion: 'barman-ts/0.1.0' });
     const refused = await old.nextFrame();
-    expect(refused).toMatchObject({ type: 'error', code: 'PROTOCOL', message: `agent speaks protocol version ${PROTOCOL_VERSION - 1}, this receiver speaks ${PROTOCOL_VERSION}` });
+    expect(refused).toMatchObject({ type: 'error', code: 'PROTOCOL', message: `agent speaks protocol version ${OLDEST_AGENT_PROTOCOL - 1}, this receiver speaks ${PROTOCOL_VERSION}` });
     expect((refused as ErrorFrame).hint).toMatch(/same barman-ts version/);
   });
 });

@@ -2,7 +2,7 @@ import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { BarmanError, ErrorCode } from '../../../../shared/errors';
 import { CHUNK_HEADER_ROOM, decodeFrame, encodeChunkInPlace, encodeFrame } from '../../../../shared/protocol/codec';
-import { CHUNK_SIZE, MAX_FRAME_BYTES, type Frame } from '../../../../shared/protocol/frames';
+import { CHUNK_SIZE, MAX_CHUNK_DATA, MAX_FRAME_BYTES, type Frame } from '../../../../shared/protocol/frames';
 import { FRAME_TYPES, VALID_FRAMES } from './sample-frames';
 
 // a plain msgpack encoder, standing in for any other implementation (or a hostile peer)
@@ -131,8 +131,8 @@ describe('decodeFrame refuses', () => {
     expect(decodeError(Buffer.alloc(MAX_FRAME_BYTES + 1)).code).toBe(ErrorCode.FRAME_TOO_LARGE);
   });
 
-  it('a chunk within MAX_FRAME_BYTES whose payload is over CHUNK_SIZE', () => {
-    const msg = Buffer.concat([message(msgpack.pack({ type: 'chunk', id: 1 })), Buffer.alloc(CHUNK_SIZE + 1)]);
+  it('a chunk within MAX_FRAME_BYTES whose payload is over MAX_CHUNK_DATA', () => {
+    const msg = Buffer.concat([message(msgpack.pack({ type: 'chunk', id: 1 })), Buffer.alloc(MAX_CHUNK_DATA + 1)]);
     expect(msg.length).toBeLessThanOrEqual(MAX_FRAME_BYTES);
     const err = decodeError(msg);
     expect(err.code).toBe(ErrorCode.PROTOCOL);

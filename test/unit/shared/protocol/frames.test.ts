@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { CHUNK_SIZE, MAX_FRAME_BYTES, ROLES, validateFrame } from '../../../../shared/protocol/frames';
+import { CHUNK_SIZE, MAX_CHUNK_DATA, MAX_FRAME_BYTES, ROLES, validateFrame } from '../../../../shared/protocol/frames';
 import { FRAME_TYPES, OPTIONAL_FIELDS, SHA, VALID_FRAMES } from './sample-frames';
 
 /** A value of another JS type than `v`, the way a confused or hostile peer would send it. */
@@ -113,7 +113,9 @@ describe('validateFrame', () => {
     ['upper-case sha256', { ...VALID_FRAMES.end, sha256: SHA.toUpperCase() }, 'sha256'],
     ['short sha256', { ...VALID_FRAMES.end, sha256: SHA.slice(2) }, 'sha256'],
     ['unknown ack status', { ...VALID_FRAMES.ack, status: 'ok' }, 'status'],
-    ['chunk larger than CHUNK_SIZE', { ...VALID_FRAMES.chunk, data: new Uint8Array(CHUNK_SIZE + 1) }, 'data'],
+    ['chunk larger than MAX_CHUNK_DATA', { ...VALID_FRAMES.chunk, data: new Uint8Array(MAX_CHUNK_DATA + 1) }, 'data'],
+    ['put compressed with something else than zstd', { ...VALID_FRAMES.put, compression: 'gzip' }, 'compression'],
+    ['welcome announcing a WAL compression other than zstd', { ...VALID_FRAMES.welcome, walCompression: 'lz4' }, 'walCompression'],
     ['put target of another kind', { ...VALID_FRAMES.put, target: { kind: 'backup', name: 'x' } }, 'target'],
     ['put target with an extra key', { ...VALID_FRAMES.put, target: { kind: 'wal', name: 'x', sha256: SHA, path: '/etc' } }, 'target'],
     ['put target without a name', { ...VALID_FRAMES.put, target: { kind: 'wal', other: 'x', sha256: SHA } }, 'target'],
@@ -147,6 +149,12 @@ describe('validateFrame', () => {
 
   it('accepts a chunk of exactly CHUNK_SIZE bytes and keeps the frame limit above it', () => {
     expect(validateFrame({ ...VALID_FRAMES.chunk, data: new Uint8Array(CHUNK_SIZE) })).not.toBeTypeOf('string');
+    // a compressed frame of CHUNK_SIZE plain bytes that did not compress is a little longer
+    expect(validateFrame({ ...VALID_FRAMES.chunk, data: new Uint8Array(MAX_CHUNK_DATA) })).not.toBeTypeOf('string');
+    expect(MAX_CHUNK_DATA).toBeGreaterThan(CHUNK_SIZE + (CHUNK_SIZE >> 8) + 64);
+    expect(MAX_FRAME_BYTES).toBeGreaterThan(MAX_CHUNK_DATA + 64);
+    expect(validateFrame({ ...VALID_FRAMES.put, compression: 'zstd' })).not.toBeTypeOf('string');
+    expect(validateFrame({ ...VALID_FRAMES.welcome, walCompression: 'zstd' })).not.toBeTypeOf('string');
     expect(MAX_FRAME_BYTES).toBeGreaterThan(CHUNK_SIZE + 64);
   });
 });

@@ -1,0 +1,163 @@
+// WAL segments sent compressed (protocol 5): the receiver announces the catalog's zstd in its
+// welcome, the agent compresses each segment's 1 MiB blocks, and the receiver decompresses every
+// frame and checks the plain bytes (their size, their page header, their SHA-256 against the one
+// the put declared) before it stores the frames as they arrived and acknowledges. Whatever does
+// not check out is refused and nothing is stored. A plain put is still stored.
+
+import { readFileSync } from 'node:fs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { compress } from '@mongodb-js/zstd';
+import { CHUNK_SIZE, type Frame } from '../../shared/protocol/frames';
+import {
+  type Cluster, createCluster, expectSuccess, RawClient, type Receiver, runAgent, sha256Of, sha256OfBytes, startReceiver, startRelay, writeAgentConfig,
+} from '../harness';
+
+const SEGMENT_SIZE = 16 * 1024 * 1024;
+
+const push = (config: string, path: string) => runAgent(['push', '-c', config, path]);
+
+/** The segment's 1 MiB blocks, each one zstd frame (as the agent sends them). */
+async function frames(segment: Buffer): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  for (let at = 0; at < segment.length; at += CHUNK_SIZE) out.push(await compress(segment.subarray(at, at + CHUNK_SIZE), 1));
+  return out;
+}
+
+describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
+  let receiver: Receiver;
+  let prod: Cluster;
+  let agentConfig: string;
+  const segs: string[] = [];
+  let nextId = 1;
+
+  beforeAll(async () => {
+    receiver = await startReceiver({ servers: [{ name: 'main' }] });
+    prod = await createCluster({ name: 'prod', extraConf: { wal_keep_size: '1GB' } });
+    await prod.start();
+    await prod.psql('create table t (id int, note text)');
+    for (let i = 0; i < 8; i++) {
+      await prod.psql(`insert into t select g, 'round ${i}' from generate_series(1, 2000) g`);
+      segs.push(await prod.switchWal());
+    }
+    agentConfig = writeAgentConfig({ receiver, server: 'main', pgdata: prod.pgdata, conninfo: prod.conninfo }).path;
+    // the catalog learns the cluster's identity
+    expectSuccess(await push(agentConfig, prod.walFile(segs[0]!)));
+  });
+
+  /** A push session of the current protocol (its welcome announces zstd) sending `chunks` for segment `name`. */
+  async function put(name: string, declared: string, chunks: Buffer[], end = declared): Promise<Frame> {
+    const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'push');
+    try {
+      const id = nextId++;
+      client.send({ type: 'put', id, target: { kind: 'wal', name, sha256: declared }, size: SEGMENT_SIZE, compression: 'zstd' });
+      for (const data of chunks) client.send({ type: 'chunk', id, data });
+      client.send({ type: 'end', id, sha256: end });
+      return await client.nextFrame();
+    } finally {
+      client.close();
+    }
+  }
+
+  it('announces zstd to an agent of protocol 5, and the agent sends a segment compressed: a tenth of the bytes cross', async () => {
+    const client = await RawClient.connect(receiver.url);
+    const welcome = await client.authenticate('main', receiver.tokens.get('main')!, 'push');
+    client.close();
+    expect(welcome.walCompression).toBe('zstd');
+
+    const relay = await startRelay({ host: receiver.host, port: receiver.port });
+    let put: Frame | undefined;
+    let chunkBytes = 0;
+    relay.interceptNext({
+      fromClient: (frame) => {
+        if (frame.type === 'put') put = frame;
+        if (frame.type === 'chunk') chunkBytes += frame.data.length;
+        return frame;
+      },
+    });
+    const viaRelay = writeAgentConfig({ receiver: relay.url, server: 'main', token: receiver.tokens.get('main')!, pgdata: prod.pgdata, conninfo: prod.conninfo }).path;
+    expectSuccess(await push(viaRelay, prod.walFile(segs[1]!)));
+    expect(put).toMatchObject({ type: 'put', compression: 'zstd', size: SEGMENT_SIZE });
+    expect(chunkBytes).toBeLessThan(SEGMENT_SIZE / 4);
+    // stored under the plain bytes' checksum, and they read back whole
+    const sha = await sha256Of(prod.walFile(segs[1]!));
+    expect(receiver.walChecksum('main', segs[1]!)).toBe(sha);
+    expect(receiver.walSha256('main', segs[1]!)).toBe(sha);
+    const reader = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'get');
+    const back = await reader.get(nextId++, segs[1]!);
+    reader.close();
+    expect('bytes' in back && sha256OfBytes(back.bytes)).toBe(sha);
+  });
+
+  it('refuses compressed frames whose plain bytes do not hash to the declared SHA-256, and stores nothing', async () => {
+    const name = segs[2]!;
+    const segment = readFileSync(prod.walFile(name));
+    const altered = Buffer.from(segment);
+    altered[SEGMENT_SIZE - 100] = altered[SEGMENT_SIZE - 100]! ^ 0xff;
+    // the frames are of altered bytes; the put and its end declare the real segment's checksum
+    const answer = await put(name, sha256OfBytes(segment), await frames(altered));
+    expect(answer).toMatchObject({ type: 'error', code: 'CHECKSUM_MISMATCH' });
+    expect(receiver.segments('main')).not.toContain(name);
+    expect(receiver.tempFiles('main')).toEqual([]);
+    // the real segment is then archived as usual
+    expectSuccess(await push(agentConfig, prod.walFile(name)));
+    expect(receiver.walSha256('main', name)).toBe(sha256OfBytes(segment));
+  });
+
+  it('refuses a chunk that is not a zstd frame, and stores nothing', async () => {
+    const name = segs[3]!;
+    const segment = readFileSync(prod.walFile(name));
+    const chunks = await frames(segment);
+    // the second chunk is the plain block itself
+    chunks[1] = segment.subarray(CHUNK_SIZE, 2 * CHUNK_SIZE);
+    const answer = await put(name, sha256OfBytes(segment), chunks);
+    expect(answer).toMatchObject({ type: 'error', code: 'WAL_INVALID', message: expect.stringMatching(/not a zstd frame/) });
+    expect(receiver.segments('main')).not.toContain(name);
+    expect(receiver.tempFiles('main')).toEqual([]);
+  });
+
+  it('refuses a frame of more plain bytes than its place in the segment holds (2 MiB in one frame), and stores nothing', async () => {
+    const name = segs[4]!;
+    const segment = readFileSync(prod.walFile(name));
+    const chunks = [await compress(segment.subarray(0, 2 * CHUNK_SIZE), 1), ...(await frames(segment.subarray(2 * CHUNK_SIZE)))];
+    const answer = await put(name, sha256OfBytes(segment), chunks);
+    expect(answer).toMatchObject({ type: 'error', code: 'WAL_INVALID', message: expect.stringMatching(/decompresses to 2097152 bytes, not the 1048576/) });
+    expect(receiver.segments('main')).not.toContain(name);
+  });
+
+  it('refuses more frames than the announced size makes, and stores nothing', async () => {
+    const name = segs[5]!;
+    const segment = readFileSync(prod.walFile(name));
+    const chunks = await frames(segment);
+    chunks.push(chunks[0]!);
+    const answer = await put(name, sha256OfBytes(segment), chunks);
+    expect(answer).toMatchObject({ type: 'error', code: 'WAL_INVALID', message: expect.stringMatching(/more compressed frames than/) });
+    expect(receiver.segments('main')).not.toContain(name);
+  });
+
+  it('stores well-formed compressed frames as they arrived, acknowledged under the plain checksum', async () => {
+    const name = segs[6]!;
+    const segment = readFileSync(prod.walFile(name));
+    const sha = sha256OfBytes(segment);
+    const chunks = await frames(segment);
+    expect(await put(name, sha, chunks)).toMatchObject({ type: 'ack', status: 'stored', sha256: sha });
+    expect(readFileSync(receiver.walPath('main', name))).toEqual(Buffer.concat(chunks));
+    // the same again is a duplicate
+    expect(await put(name, sha, chunks)).toMatchObject({ type: 'ack', status: 'duplicate', sha256: sha });
+  });
+
+  it('stores a plain put too: compression is for the agent to choose, the welcome only allows it', async () => {
+    const name = segs[7]!;
+    const segment = readFileSync(prod.walFile(name));
+    const sha = sha256OfBytes(segment);
+    const old = await RawClient.connect(receiver.url);
+    const welcome = await old.authenticate('main', receiver.tokens.get('main')!, 'push');
+    expect(welcome.walCompression).toBe('zstd');
+    const id = nextId++;
+    old.send({ type: 'put', id, target: { kind: 'wal', name, sha256: sha }, size: SEGMENT_SIZE });
+    for (let at = 0; at < SEGMENT_SIZE; at += CHUNK_SIZE) old.send({ type: 'chunk', id, data: segment.subarray(at, at + CHUNK_SIZE) });
+    old.send({ type: 'end', id, sha256: sha });
+    expect(await old.nextFrame()).toMatchObject({ type: 'ack', id, status: 'stored', sha256: sha });
+    old.close();
+    expect(receiver.walSha256('main', name)).toBe(sha);
+  });
+});
