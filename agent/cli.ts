@@ -100,16 +100,19 @@ addRecoveryOptions(program
   .argument('<id>', 'backup ID, latest or oldest')
   .argument('<pgdata>', 'destination directory (new or empty; with --delta an existing data directory)')
   .option('-c, --config <file>', 'agent configuration file'))
-  .action((id: string, pgdata: string, opts: Record<string, string | boolean | string[] | undefined> & { config?: string }) =>
-    runAction(async () => {
+  .action((id: string, pgdata: string, opts: Record<string, string | boolean | string[] | undefined> & { config?: string }) => {
+    // libuv's thread pool (read when it first starts: before anything here uses it) decompresses the
+    // files as they arrive and runs their writes and fsyncs: 4 threads, the default, held by fsyncs, kept the decompression waiting
+    process.env.UV_THREADPOOL_SIZE ??= '8';
+    return runAction(async () => {
       const [{ restore }, { recoveryOptionsFromCli, recoverySummary, writeOptionsFromCli }, { Progress, recoveryProgress }] = await Promise.all([import('./commands/restore'), import('../shared/recovery/cli-options'), import('../shared/progress')]);
       const started = Date.now();
       const progress = new Progress();
       const write = writeOptionsFromCli(opts);
       const plan = await restore(await loadConfig(opts), id, pgdata, recoveryOptionsFromCli(opts), recoveryProgress(progress), opts.pgBindir as string | undefined, write).finally(() => progress.end());
       process.stdout.write(recoverySummary('Restored', plan, pgdata, (Date.now() - started) / 1000, write.delta));
-    }),
-  );
+    });
+  });
 
 program
   .command('daemon')

@@ -6,6 +6,7 @@ import { resolve } from 'node:path';
 import type { AgentConfig } from '../../shared/config/agent';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { checkRecoveryBinaries } from '../../shared/postgres/binaries';
+import { wireDecompressor } from '../../shared/protocol/chunks';
 import { AgentConnection } from '../../shared/protocol/client';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
 import { checkDestination, type WriteOptions, type WriteSummary, writeRecovery } from '../../shared/recovery/writer';
@@ -32,10 +33,13 @@ export async function restore(config: AgentConfig, backup: string, pgdataArg: st
     }
     // this host's PostgreSQL will start the result: it must be the backup's major version
     checkRecoveryBinaries(plan.backupId, plan.pgVersion, pgBindir);
+    // with zstd at hand, files the catalog stores as zstd come as their stored frames and are
+    // decompressed here, on the thread pool beside the writes (the receiver does not decompress them)
+    const inflate = wireDecompressor();
     const summary = await writeRecovery(plan, dest, {
       // fetch() hashes what arrives (to match the receiver's checksum) and hands that hash on: the
       // writer checks it against the manifest, and the bytes are hashed once on this host
-      dataFile: (path, hashed) => namingDamage(conn.fetch((id) => ({ type: 'get-backup-file', id, backupId: plan.backupId, path }), hashed), plan, path),
+      dataFile: (path, hashed) => namingDamage(conn.fetch((id) => ({ type: 'get-backup-file', id, backupId: plan.backupId, path, ...(inflate ? { accept: 'zstd' as const } : {}) }), hashed, inflate), plan, path),
       hashes: true,
       // every chunk arrives in a buffer of its own (one WebSocket message each), never reused
       freshChunks: true,

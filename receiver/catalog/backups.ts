@@ -22,7 +22,7 @@ import type { BackupChecksum } from '../../shared/config/receiver';
 import type { ServerCatalog } from './catalog';
 import type { Upload } from './upload';
 import { compressWhole, type ObjectWriter, type Storage } from '../storage/storage';
-import { BLOCK_SIZE, checkZstdBlockFrame, decompressWhole, parseStoredKey, zstdDecompressFrame } from '../storage/compression';
+import { BLOCK_SIZE, checkZstdBlockFrame, decompressWhole, parseStoredKey, zstdDecompressFrame, zstdStoredFrames } from '../storage/compression';
 import { nativeFrameDone } from '../../shared/protocol/chunks';
 
 /**
@@ -531,6 +531,28 @@ export class BackupCatalog {
     return damageSaysSo(stream, id, path, this.catalog.server);
   }
 
+  /**
+   * The stored zstd frames of one file of a backup as they are, one buffer per frame, for a reader
+   * that decompresses them itself (and checks the plain bytes against the manifest); undefined when
+   * the file is not stored as zstd. Errors as readFile's.
+   */
+  async readFileFrames(id: string, contents: BackupContents, path: string, bundles?: BundleReader): Promise<AsyncIterable<Buffer> | undefined> {
+    const where = Object.hasOwn(contents.files, path) ? contents.files[path] : undefined;
+    if (!where) return this.readFile(id, contents, path, bundles); // refused there, as it says
+    if (parseStoredKey(where.key).compression !== 'zstd') return undefined;
+    const range = where.offset === undefined ? undefined : { start: where.offset, end: where.offset + (where.length ?? 0) };
+    let stored: AsyncIterable<Buffer> | Iterable<Buffer>;
+    try {
+      if (range && bundles) stored = [await bundles.memberStored(where)];
+      else stored = await this.storage.readStoredStream(where.key, range);
+    } catch (err) {
+      if (err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND) return this.readFile(id, contents, path, bundles);
+      throw damaged(err, id, path, this.catalog.server);
+    }
+    const what = `${where.key}${range ? ` (bytes ${range.start}-${range.end})` : ''} in ${this.storage.location}`;
+    return damageSaysSo(zstdStoredFrames(stored, what), id, path, this.catalog.server);
+  }
+
   /** A reader of this backup's bundles for one restore (readFile): each bundle read once. */
   bundleReader(contents: BackupContents): BundleReader {
     return new BundleReader(this.storage, contents);
@@ -560,10 +582,21 @@ export class BundleReader {
 
   /** The plain bytes of the member `where` names, one buffer per compressed frame. */
   async member(where: StoredFile): Promise<Buffer[]> {
+    const stored = await this.memberStored(where);
+    return decompressWhole(parseStoredKey(where.key).compression, stored, this.describe(where));
+  }
+
+  private describe(where: StoredFile): string {
+    const start = where.offset ?? 0;
+    return `${where.key} (bytes ${start}-${start + (where.length ?? 0)}) in ${this.storage.location}`;
+  }
+
+  /** The stored bytes of the member `where` names, as they are (still compressed). */
+  async memberStored(where: StoredFile): Promise<Buffer> {
     const key = where.key;
     const start = where.offset ?? 0;
     const end = start + (where.length ?? 0);
-    const what = `${key} (bytes ${start}-${end}) in ${this.storage.location}`;
+    const what = this.describe(where);
     let bytes = this.kept.get(key);
     this.kept.delete(key);
     if (!bytes) {
@@ -577,7 +610,7 @@ export class BundleReader {
     for (const old of this.kept.keys()) if (this.kept.size > KEPT_BUNDLES) this.kept.delete(old);
     const stored = await bytes;
     if (end > stored.length) throw new BarmanError(ErrorCode.STORAGE_CORRUPT, `${what}: the bundle holds only ${stored.length} bytes`, 'The stored copy is damaged; restore it from another copy of the catalog, or take a new backup.');
-    return decompressWhole(parseStoredKey(key).compression, stored.subarray(start, end), what);
+    return stored.subarray(start, end);
   }
 }
 

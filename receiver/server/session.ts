@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
 import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
 import { CloseCode, errorFrame, errorFromFrame, type FrameConnection } from '../../shared/protocol/connection';
-import { type Frame, type HelloFrame, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION, type Role } from '../../shared/protocol/frames';
+import { CHUNK_SIZE, type Frame, type HelloFrame, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION, type Role } from '../../shared/protocol/frames';
 import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
 import { readStoredWal, WalUpload } from '../catalog/wal-archive';
@@ -21,6 +21,7 @@ import type { RecoveryOptions } from '../../shared/recovery/plan';
 import type { Peer, ServerContext } from './context';
 import { sendChunks, streamSource } from '../../shared/protocol/chunks';
 import { HANDSHAKE_TIMEOUT_MS } from './admission';
+import { checkZstdBlockFrame, zstdDecompressFrame } from '../storage/compression';
 
 /** a daemon that does not answer for two of these is taken for dead (its backup FAILED, its stream closed) */
 const DAEMON_HEARTBEAT_MS = 10_000;
@@ -288,7 +289,7 @@ export class Session implements Peer {
         // request waits here, and the connection stops reading meanwhile.
         const sending = this.answer(frame.id, async () => {
           this.allow(['restore', 'admin'], 'read backups');
-          await this.sendBackupFile(frame.id, frame.backupId, frame.path, server);
+          await this.sendBackupFile(frame.id, frame.backupId, frame.path, server, frame.accept === 'zstd');
         }).catch((err: unknown) => void this.conn.fail(asBarmanError(err)));
         this.backupFileSends.add(sending);
         void sending.finally(() => this.backupFileSends.delete(sending));
@@ -557,11 +558,30 @@ export class Session implements Peer {
     await this.conn.send({ type: 'end', id, ...(crc ? { crc32c: crc32cWireHex(recorded.checksum) } : { sha256: recorded?.checksum ?? sent.sha256 }) });
   }
 
-  private async sendBackupFile(id: number, backupId: string, path: string, server: ServerContext): Promise<void> {
+  private async sendBackupFile(id: number, backupId: string, path: string, server: ServerContext, acceptsZstd = false): Promise<void> {
     const rel = readableBackupPath(path);
     const { backupId: done, contents, recorded, bundles } = await this.doneBackupContents(backupId, server);
+    const checksum = recorded.get(rel);
+    // the agent decompresses and checks the plain bytes against the recorded checksum: the stored
+    // frames go as they are (a file without a recorded checksum is hashed here, so it goes plain)
+    const frames = acceptsZstd && checksum ? await server.backups.readFileFrames(done, contents, rel, bundles) : undefined;
+    if (frames && checksum) return this.sendFrames(id, path, contents.files[rel]!.size, frames, checksum);
     const source = await server.backups.readFile(done, contents, rel, bundles);
     await this.sendStream(id, path, contents.files[rel]!.size, source, recorded.get(rel));
+  }
+
+  /**
+   * Answers a get-backup-file with the file's stored zstd frames (file frame with `encoding`), one
+   * chunk each; a frame longer than a chunk (an incompressible block, stored raw) goes as its plain
+   * bytes, flagged so. The end carries the recorded checksum of the plain bytes, which the agent checks.
+   */
+  private async sendFrames(id: number, name: string, size: number, frames: AsyncIterable<Buffer>, recorded: FileChecksumValue): Promise<void> {
+    const crc = recorded.algorithm === 'CRC32C';
+    await this.conn.send({ type: 'file', id, name, size, encoding: 'zstd', ...(crc ? { checksum: 'crc32c' as const } : {}) });
+    for await (const frame of frames) {
+      await this.conn.send({ type: 'chunk', id, ...(await storedFrameChunk(frame, name)) });
+    }
+    await this.conn.send({ type: 'end', id, ...(crc ? { crc32c: crc32cWireHex(recorded.checksum) } : { sha256: recorded.checksum }) });
   }
 
   /**
@@ -590,6 +610,29 @@ export class Session implements Peer {
     this.log.info({ backup: plan.backupId, target: plan.targetDescription }, 'restore planned for the agent');
     await this.sendStream(id, 'restore-plan.json', json.length, Readable.from([json]));
   }
+}
+
+/**
+ * What a chunk of a file sent as frames carries for one stored frame: the frame, or, when it is
+ * longer than a chunk (an incompressible block), its plain bytes, flagged so.
+ */
+export async function storedFrameChunk(frame: Buffer, name: string): Promise<{ data: Buffer; plain?: true }> {
+  return frame.length <= CHUNK_SIZE ? { data: frame } : { data: await plainOfFrame(frame, name), plain: true };
+}
+
+/** The plain bytes of a stored frame too long for a chunk: no more than a chunk holds, or the stored copy is damaged. */
+async function plainOfFrame(frame: Buffer, name: string): Promise<Buffer> {
+  const refuse = (why: string) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name.slice(0, 200)} in the catalog does not match its manifest: a stored zstd frame ${why}`, 'Run barman-receiver verify-backup on this host; recover from another backup (list-backups).');
+  try {
+    checkZstdBlockFrame(frame);
+  } catch (err) {
+    throw refuse(`is not as barman-ts writes them (${(err as Error).message})`);
+  }
+  const plain = await zstdDecompressFrame(frame).catch((err: unknown) => {
+    throw refuse(`does not decompress (${(err as Error).message})`);
+  });
+  if (plain.length > CHUNK_SIZE) throw refuse(`holds ${plain.length} bytes, more than ${CHUNK_SIZE}`);
+  return plain;
 }
 
 /** What a restore reads of one DONE backup: where its files are, and the checksum recorded for each. */

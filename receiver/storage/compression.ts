@@ -15,6 +15,7 @@ import { promisify } from 'node:util';
 import { createGunzip, createGzip, gunzip, gzip } from 'node:zlib';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
+import { checkZstdFrame } from '../../shared/protocol/zstd-frame';
 
 export { COMPRESSIONS, type Compression } from '../../shared/config/receiver';
 
@@ -408,26 +409,35 @@ const MAX_WIRE_BLOCKS = 64;
  * MiB (a compression bomb), is refused. zstd blocks hold at most 128 KiB of plain bytes.
  */
 export function checkZstdBlockFrame(buf: Buffer): void {
-  if (buf.length < 5 || buf.readUInt32LE(0) !== ZSTD_MAGIC) throw new Error('not a zstd frame');
-  const descriptor = buf[4]!;
-  const fcsFlag = descriptor >> 6;
-  const singleSegment = (descriptor >> 5) & 1;
-  if (descriptor & 0x0b) throw new Error('a zstd frame with a dictionary or reserved bits');
-  let pos = 5 + (singleSegment ? 0 : 1) + [singleSegment, 2, 4, 8][fcsFlag]!;
-  let blocks = 0;
-  for (;;) {
-    if (buf.length < pos + 3) throw new Error('a truncated zstd frame');
-    const header = buf[pos]! | (buf[pos + 1]! << 8) | (buf[pos + 2]! << 16);
-    const type = (header >> 1) & 3;
-    const size = header >>> 3;
-    if (type === 3 || size > 128 * 1024) throw new Error('an invalid zstd block');
-    pos += 3 + (type === 1 ? 1 : size);
-    // a BLOCK_SIZE frame is 8 or 9 blocks; the bound keeps what one frame can decompress to small
-    if (++blocks > MAX_WIRE_BLOCKS) throw new Error(`a zstd frame of more than ${MAX_WIRE_BLOCKS} blocks`);
-    if (header & 1) break;
+  // a BLOCK_SIZE frame is 8 or 9 blocks; the bound keeps what one frame can decompress to small
+  checkZstdFrame(buf, MAX_WIRE_BLOCKS);
+}
+
+/**
+ * The frames of a stored zstd object as they are, one buffer each (skippable frames left out), for
+ * a reader that decompresses them itself. What is not whole frames is refused (STORAGE_CORRUPT,
+ * `what` naming the object).
+ */
+export async function* zstdStoredFrames(stored: AsyncIterable<Buffer> | Iterable<Buffer>, what: string): AsyncGenerator<Buffer> {
+  let buffered: Buffer = Buffer.alloc(0);
+  try {
+    for await (const chunk of stored) {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      for (;;) {
+        const length = zstdFrameLength(buffered);
+        if (length === undefined) {
+          if (buffered.length > MAX_FRAME_BYTES) throw new Error(`a frame is longer than ${MAX_FRAME_BYTES} bytes`);
+          break;
+        }
+        const frame = buffered.subarray(0, length);
+        buffered = buffered.subarray(length);
+        if (frame.readUInt32LE(0) === ZSTD_MAGIC) yield frame;
+      }
+    }
+    if (buffered.length > 0) throw new Error(`${buffered.length} bytes at the end are not a whole frame (truncated?)`);
+  } catch (err) {
+    throw corrupt(what, 'zstd', err);
   }
-  pos += (descriptor >> 2) & 1 ? 4 : 0;
-  if (pos !== buf.length) throw new Error('not exactly one zstd frame');
 }
 
 export function lz4FrameLength(buf: Buffer): number | undefined {

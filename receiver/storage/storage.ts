@@ -253,6 +253,12 @@ export class Storage {
     return chain(raw, decompressor(compression, `${stored} (bytes ${range.start}-${range.end ?? ''}) in ${this.location}`)!);
   }
 
+  /** The stored bytes of an object (or of `range` of them, in stored bytes) as they are, still compressed, streamed. */
+  async readStoredStream(stored: string, range?: ByteRange): Promise<Readable> {
+    if (range?.end !== undefined && range.end <= range.start) return Readable.from([]);
+    return this.driver.read(checkKey(stored), range);
+  }
+
   /**
    * The stored bytes of an object whole, as they are (still compressed): a bundle, whose members
    * are then decompressed one by one (decompressWhole). Refuses more than `limit` bytes.

@@ -9,6 +9,7 @@ import { crc32c, crc32cHex, newHash, requireOptional } from '../checksum';
 import { CHUNK_HEADER_ROOM, encodeChunkInPlace } from './codec';
 import type { FrameConnection } from './connection';
 import { CHUNK_SIZE, type WireCompression } from './frames';
+import { checkZstdFrame, ZSTD_BLOCK_MAX } from './zstd-frame';
 
 export class ChunkPool {
   private readonly free: Buffer[] = [];
@@ -128,7 +129,13 @@ export type BlockCompress = (plain: Buffer) => Promise<Buffer>;
 
 /** zstd level of a backup's files compressed by the agent: the receiver's own level for zstd */
 const WIRE_ZSTD_LEVEL = 1;
-let zstdBinding: { compress(data: Buffer, level?: number): Promise<Buffer> } | null | undefined;
+let zstdBinding: { compress(data: Buffer, level?: number): Promise<Buffer>; decompress(data: Buffer): Promise<Buffer> } | null | undefined;
+
+function loadZstd(): NonNullable<typeof zstdBinding> | undefined {
+  // the package's entry point drops the level: its binding takes it
+  if (zstdBinding === undefined) zstdBinding = requireOptional<NonNullable<typeof zstdBinding>>('@mongodb-js/zstd/bindings.js') ?? null;
+  return zstdBinding ?? undefined;
+}
 
 /**
  * The agent's compressor for `compression`, or undefined where it has none (the native zstd
@@ -136,10 +143,36 @@ let zstdBinding: { compress(data: Buffer, level?: number): Promise<Buffer> } | n
  */
 export function wireCompressor(compression: WireCompression): BlockCompress | undefined {
   if (compression !== 'zstd') return undefined;
-  // the package's entry point drops the level: its binding takes it
-  if (zstdBinding === undefined) zstdBinding = requireOptional<NonNullable<typeof zstdBinding>>('@mongodb-js/zstd/bindings.js') ?? null;
-  const binding = zstdBinding;
+  const binding = loadZstd();
   return binding ? (plain) => binding.compress(plain, WIRE_ZSTD_LEVEL) : undefined;
+}
+
+/** The plain bytes of one zstd frame a peer sent (on libuv's thread pool); throws a plain Error for a frame refused. */
+export type FrameInflate = (frame: Uint8Array) => Promise<Buffer>;
+
+/** blocks a frame of at most CHUNK_SIZE plain bytes is made of at most (whole blocks and a short last one) */
+const WIRE_FRAME_BLOCKS = Math.ceil(CHUNK_SIZE / ZSTD_BLOCK_MAX) + 1;
+
+/**
+ * The decompressor of the zstd frames a file sent with `encoding: 'zstd'` comes in, or undefined
+ * where the native binding did not load (such a host asks for plain bytes). Each frame is bounded
+ * before it is decompressed: one whole frame, a plain size it declares of at most CHUNK_SIZE, and
+ * so few blocks that, whatever it holds, it cannot decompress to more than CHUNK_SIZE and a block;
+ * what it decompresses to must be at most CHUNK_SIZE too, and what it declared.
+ */
+export function wireDecompressor(): FrameInflate | undefined {
+  const binding = loadZstd();
+  if (!binding) return undefined;
+  return async (data) => {
+    const frame = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    const { contentSize } = checkZstdFrame(frame, WIRE_FRAME_BLOCKS);
+    if (contentSize !== undefined && contentSize > CHUNK_SIZE) throw new Error(`a zstd frame declares ${contentSize} plain bytes, more than the ${CHUNK_SIZE} of a chunk`);
+    const plain = await binding.decompress(frame);
+    nativeFrameDone();
+    if (plain.length > CHUNK_SIZE) throw new Error(`a zstd frame decompresses to ${plain.length} bytes, more than the ${CHUNK_SIZE} of a chunk`);
+    if (contentSize !== undefined && plain.length !== contentSize) throw new Error(`a zstd frame decompresses to ${plain.length} bytes, not the ${contentSize} it declares`);
+    return plain;
+  };
 }
 
 /** frames compressed between two collections of the young generation (see collectYoung) */

@@ -11,9 +11,9 @@ import type { Hash } from 'node:crypto';
 import { type ChecksumAlgorithm, crc32cManifestHex } from '../backup/manifest';
 import { crc32c, crc32cHex, newHash, sha256Handle } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
-import { type BlockCompress, type ChunkSource, fileSource, sendChunks, sendCompressedChunks, wireCompressor } from './chunks';
+import { type BlockCompress, type ChunkSource, type FrameInflate, fileSource, sendChunks, sendCompressedChunks, wireCompressor } from './chunks';
 import { CloseCode, FrameConnection, errorFromFrame } from './connection';
-import { type AckFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role, type WireCompression } from './frames';
+import { type AckFrame, type EndFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role, type WireCompression } from './frames';
 import { isSegmentName } from '../wal/names';
 
 export const AGENT_VERSION = 'barman-ts/0.1.0';
@@ -290,10 +290,18 @@ export class AgentConnection {
    * reading while the consumer is behind. `onVerified` hears the checksum once it has matched
    * (before the last chunk is handed over), with its algorithm, in the manifest's hex, so a caller
    * need not checksum the bytes a second time.
+   *
+   * A get-backup-file that asks for zstd frames (`accept`) is given `inflate`: a file that comes
+   * as frames (file `encoding`) is decompressed here, each frame bounded before it is (see
+   * wireDecompressor), up to 4 at a time on the thread pool, and its size and checksum are those
+   * of the plain bytes, checked once the last is decompressed, before the fetch ends.
    */
-  async *fetch(build: (id: number) => Frame, onVerified?: (checksum: string, algorithm: ChecksumAlgorithm) => void): AsyncGenerator<Uint8Array> {
+  async *fetch(build: (id: number) => Frame, onVerified?: (checksum: string, algorithm: ChecksumAlgorithm) => void, inflate?: FrameInflate): AsyncGenerator<Uint8Array> {
     const id = this.nextId++;
     const queue: Uint8Array[] = [];
+    /** a file sent as zstd frames: each one's plain bytes, in order, and the end once it came */
+    let frames: Promise<Uint8Array>[] | undefined;
+    let framesEnd: EndFrame | undefined;
     let hash: Hash | undefined;
     const crc = crc32c();
     let crcValue: number | undefined;
@@ -308,11 +316,54 @@ export class AgentConnection {
       wake = undefined;
       w?.();
     };
+    /** the file's name from its file frame, for errors */
+    let fileName = '';
+    /** Checks what arrived (its plain bytes) against the end frame: the failure, or undefined (and onVerified told). */
+    const verify = (frame: EndFrame): BarmanError | undefined => {
+      const crcMode = crcValue !== undefined;
+      const mine = crcMode ? crc32cHex(crcValue!) : hash?.digest('hex');
+      const matches = mine !== undefined && mine === (crcMode ? frame.crc32c : frame.sha256);
+      if (received !== expected || !matches) {
+        return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${build(id).type}: received ${received} of ${expected} bytes, checksum ${matches ? 'matches' : 'differs'}`, 'Retry; if it persists, run verify-backup on the receiver host.');
+      }
+      if (crcMode) onVerified?.(crc32cManifestHex(crcValue!), 'CRC32C');
+      else onVerified?.(mine!, 'SHA256');
+      return undefined;
+    };
     this.waiters.set(id, async (frame) => {
       if (frame.type === 'file') {
         expected = frame.size;
+        if (frame.encoding !== undefined) {
+          if (!inflate) {
+            failure = new BarmanError(ErrorCode.PROTOCOL, `${frame.name.slice(0, 200)}: the receiver sent ${frame.encoding} frames, which were not asked for`, 'Install the same barman-ts version on the agent and the receiver.');
+            this.waiters.delete(id);
+            nudge();
+            return;
+          }
+          frames = [];
+        }
+        fileName = frame.name.slice(0, 200);
         if (frame.checksum === 'crc32c') crcValue = 0;
         else hash = newHash();
+        return;
+      }
+      if (frame.type === 'chunk' && frames) {
+        const name = fileName;
+        const plain = frame.plain ? Promise.resolve(frame.data) : inflate!(frame.data).catch((err: unknown) => {
+          throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: a zstd frame from the receiver was refused (${(err as Error).message})`, 'Retry; if it persists, run verify-backup on the receiver host.');
+        });
+        plain.catch(() => undefined); // awaited in order by the consumer
+        frames.push(plain);
+        nudge();
+        while (frames.length >= 4 && !failure) await new Promise<void>((r) => (drained = r));
+        return;
+      }
+      if (frame.type === 'end' && frames) {
+        // checked by the consumer once every frame is decompressed
+        framesEnd = frame;
+        finished = true;
+        this.waiters.delete(id);
+        nudge();
         return;
       }
       if (frame.type === 'chunk') {
@@ -325,13 +376,7 @@ export class AgentConnection {
         return;
       }
       if (frame.type === 'end') {
-        const crcMode = crcValue !== undefined;
-        const mine = crcMode ? crc32cHex(crcValue!) : hash?.digest('hex');
-        const matches = mine !== undefined && mine === (crcMode ? frame.crc32c : frame.sha256);
-        if (received !== expected || !matches) {
-          failure = new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${build(id).type}: received ${received} of ${expected} bytes, checksum ${matches ? 'matches' : 'differs'}`, 'Retry; if it persists, run verify-backup on the receiver host.');
-        } else if (crcMode) onVerified?.(crc32cManifestHex(crcValue!), 'CRC32C');
-        else onVerified?.(mine, 'SHA256');
+        failure = verify(frame);
         finished = true;
       } else if (frame.type === 'error') failure = errorFromFrame(frame);
       else failure = unexpected(frame, build(id).type);
@@ -342,6 +387,29 @@ export class AgentConnection {
     await this.conn.send(build(id));
     try {
       for (;;) {
+        if (frames) {
+          const pending = frames.shift();
+          if (pending) {
+            const d = drained;
+            drained = undefined;
+            d?.();
+            const plain = await pending;
+            if (received + plain.length > expected) throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${fileName}: the receiver's zstd frames decompress to more than its ${expected} bytes`, 'Retry; if it persists, run verify-backup on the receiver host.');
+            if (crcValue !== undefined) crcValue = crc(plain, crcValue);
+            else hash?.update(plain);
+            received += plain.length;
+            yield plain;
+            continue;
+          }
+          if (failure) throw failure;
+          if (finished) {
+            const failed = verify(framesEnd!);
+            if (failed) throw failed;
+            return;
+          }
+          await new Promise<void>((r) => (wake = r));
+          continue;
+        }
         const next = queue.shift();
         if (next) {
           const d = drained;

@@ -71,9 +71,15 @@ export interface AuthFrame { type: 'auth'; proof: Uint8Array }
 export interface WelcomeFrame { type: 'welcome'; sessionId: string; proof: Uint8Array; walCompression?: WireCompression }
 /** `compression`: the chunks are frames so compressed (a WAL segment, as welcome allowed); `size` and the checksums stay those of the plain bytes */
 export interface PutFrame { type: 'put'; id: number; target: PutTarget; size: number; compression?: WireCompression }
-/** `checksum: 'crc32c'`: the end frame carries the file's CRC-32C (as its backup_manifest records it), not a SHA-256 */
-export interface FileFrame { type: 'file'; id: number; name: string; size: number; checksum?: 'crc32c' }
-export interface ChunkFrame { type: 'chunk'; id: number; data: Uint8Array }
+/**
+ * `checksum: 'crc32c'`: the end frame carries the file's CRC-32C (as its backup_manifest records it), not a SHA-256.
+ * `encoding: 'zstd'` (only in answer to a get-backup-file with `accept: 'zstd'`): each chunk is one
+ * zstd frame of at most CHUNK_SIZE plain bytes, as the catalog stores it (a chunk with `plain`
+ * holds plain bytes instead); `size` and the end's checksum are of the plain bytes.
+ */
+export interface FileFrame { type: 'file'; id: number; name: string; size: number; checksum?: 'crc32c'; encoding?: 'zstd' }
+/** `plain`: in a file sent with `encoding`, this chunk's bytes are plain, not a frame */
+export interface ChunkFrame { type: 'chunk'; id: number; data: Uint8Array; plain?: true }
 /**
  * `crc32c` (8 hex digits of the value): what a backup file's end carries, the receiver checks it;
  * `sha256` too where backup-accepted asked for it (and always for a WAL file). A served file's end
@@ -111,8 +117,12 @@ export interface BackupTotalFrame { type: 'backup-total'; backupId: string; file
 /** receiver → admin waiting on a backup-start: how far the backup's files are, about once a second while they arrive, and once when they are all in */
 export interface BackupProgressFrame { type: 'backup-progress'; id: number; backupId: string; files: number; bytes: number; elapsedMs: number; totalFiles?: number; totalBytes?: number }
 
-/** restore → receiver: one data file of a DONE backup, answered like get (file, chunk*, end) */
-export interface GetBackupFileFrame { type: 'get-backup-file'; id: number; backupId: string; path: string }
+/**
+ * restore → receiver: one data file of a DONE backup, answered like get (file, chunk*, end).
+ * `accept: 'zstd'`: the asker decompresses zstd frames itself, so a file the catalog stores as
+ * zstd (and whose manifest records a checksum) may come as its stored frames (file `encoding`).
+ */
+export interface GetBackupFileFrame { type: 'get-backup-file'; id: number; backupId: string; path: string; accept?: 'zstd' }
 /** restore → receiver: plan a recovery; answered like get, with the plan as a JSON document */
 export interface RestorePlanRequestFrame { type: 'restore-plan-request'; id: number; backup: string; options: Record<string, unknown> }
 
@@ -248,8 +258,8 @@ const SHAPES: Record<FrameType, Shape> = {
   auth: { required: { proof: exact(32) } },
   welcome: { required: { sessionId: str(64), proof: exact(32) }, optional: { walCompression: oneOf('zstd') } },
   put: { required: { id: uint, target, size: uint }, optional: { compression: oneOf('zstd') } },
-  file: { required: { id: uint, name: str(255), size: uint }, optional: { checksum: oneOf('crc32c') } },
-  chunk: { required: { id: uint, data: bytes(MAX_CHUNK_DATA) } },
+  file: { required: { id: uint, name: str(255), size: uint }, optional: { checksum: oneOf('crc32c'), encoding: oneOf('zstd') } },
+  chunk: { required: { id: uint, data: bytes(MAX_CHUNK_DATA) }, optional: { plain: (v) => v === true } },
   end: { required: { id: uint }, optional: { sha256: hex64, crc32c: (v) => typeof v === 'string' && /^[0-9a-f]{8}$/.test(v) } },
   get: { required: { id: uint, name: str(255) } },
   ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent') }, optional: { sha256: hex64 } },
@@ -272,7 +282,7 @@ const SHAPES: Record<FrameType, Shape> = {
   'stream-keepalive': { required: { id: uint, timeline: uint, serverLsn: lsn } },
   'daemon-attach': { required: { id: uint, instance: str(64), takeover: (v) => typeof v === 'boolean', host: str(255), pid: uint } },
   'daemon-attached': { required: { id: uint } },
-  'get-backup-file': { required: { id: uint, backupId, path: str(1024) } },
+  'get-backup-file': { required: { id: uint, backupId, path: str(1024) }, optional: { accept: oneOf('zstd') } },
   'restore-plan-request': { required: { id: uint, backup: str(32), options: recoveryOptions } },
   'catalog-change': { required: { id: uint, action: oneOf('keep', 'release', 'delete', 'cron'), backup: str(32), key: hex64 } },
   status: { required: { id: uint, agentConnected: (v) => typeof v === 'boolean', agentSince: str(40), backupRunning: str(16), streaming: streamingState } },

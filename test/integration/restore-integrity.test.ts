@@ -10,6 +10,7 @@ import { compress, decompress } from '@mongodb-js/zstd';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { crc32cManifestHex, crc32cWireHex } from '../../shared/backup/manifest';
 import { crc32c } from '../../shared/checksum';
+import { CHUNK_SIZE } from '../../shared/protocol/frames';
 import { type Cluster, createCluster, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, type Receiver, runAgent, runReceiverCli, startReceiver } from '../harness';
 import { backupAndWait, storedFileOf } from '../harness/backups';
 import { RawClient } from '../harness/raw-client';
@@ -44,6 +45,14 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
     writeFileSync(stored, await compress(plain, 1));
   };
   const repair = () => writeFileSync(stored, intact);
+  /** the stored file as the catalog writes it (one frame per MiB of plain bytes), with one plain byte flipped at `at` */
+  const flipPlainByteFramed = async (at: number) => {
+    const plain = Buffer.from(await decompress(intact));
+    plain[at] = plain[at]! ^ 0x01;
+    const frames: Buffer[] = [];
+    for (let i = 0; i < plain.length; i += CHUNK_SIZE) frames.push(await compress(plain.subarray(i, i + CHUNK_SIZE), 1));
+    writeFileSync(stored, Buffer.concat(frames));
+  };
 
   it('recover names the file, writes no pg_control and leaves the destination empty', async () => {
     await flipPlainByte(3 * 1024 * 1024 + 17);
@@ -71,6 +80,60 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
     }
   });
 
+  it('agent restore decompresses the stored frames itself and refuses, naming the file, the ones that are not what the manifest records', async () => {
+    await flipPlainByteFramed(5 * 1024 * 1024 + 99);
+    try {
+      const dest = makeDir(join(makeTempDir('flipped-frames', 'postgres', 0o755), 'pgdata'), 'postgres', 0o700);
+      const r = await runAgent(['restore', '-c', cluster.agentConfigPath!, id, dest]);
+      // found by the agent's own check of the plain bytes (the receiver sent the frames as they are)
+      expectFailure(r, 1, new RegExp(`backup ${id}: ${relation} does not match the checksum its manifest records \\(get-backup-file: received \\d+ of \\d+ bytes, checksum differs\\)`));
+      expect(r.stderr).toMatch(/verify-backup/);
+      expect(listDir(dest)).toEqual([]);
+    } finally {
+      repair();
+    }
+  });
+
+  it('sends the stored zstd frames as they are to an agent that asks for them, and plain bytes to one that does not', async () => {
+    const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'restore');
+    const member = await cluster.psql("select pg_relation_filepath('pg_class')");
+    expect(storedFileOf(receiver, 'main', id, member).bundled).toBe(true);
+    const manifest = JSON.parse(readFileSync(join(receiver.serverDir('main'), 'base', id, 'backup_manifest'), 'utf8')) as { Files: Array<{ Path: string; Size: number; Checksum: string }> };
+    const entry = (path: string) => manifest.Files.find((f) => f.Path === path)!;
+    try {
+      let n = 0;
+      for (const [path, accept] of [[relation, true], [member, true], [relation, false], [member, false]] as const) {
+        const reqId = ++n;
+        client.send({ type: 'get-backup-file', id: reqId, backupId: id, path, ...(accept ? { accept: 'zstd' as const } : {}) });
+        const file = await client.nextFrame();
+        expect(file).toMatchObject({ type: 'file', id: reqId, size: entry(path).Size, checksum: 'crc32c' });
+        expect(file.type === 'file' && file.encoding).toBe(accept ? 'zstd' : undefined);
+        const crc = crc32c();
+        let value = 0;
+        let size = 0;
+        const flagged: boolean[] = [];
+        for (;;) {
+          const frame = await client.nextFrame();
+          if (frame.type === 'end') break;
+          expect(frame.type).toBe('chunk');
+          if (frame.type !== 'chunk') return;
+          flagged.push(frame.plain === true);
+          // a frame: one whole zstd frame of at most a chunk's plain bytes; a plain chunk as it is
+          const plain = accept && !frame.plain ? Buffer.from(await decompress(Buffer.from(frame.data))) : Buffer.from(frame.data);
+          if (accept && !frame.plain) expect(frame.data.length).toBeLessThan(plain.length);
+          expect(plain.length).toBeLessThanOrEqual(CHUNK_SIZE);
+          value = crc(plain, value);
+          size += plain.length;
+        }
+        expect(size).toBe(entry(path).Size);
+        expect(crc32cManifestHex(value)).toBe(entry(path).Checksum);
+        expect(flagged.every((f) => !f)).toBe(true);
+      }
+    } finally {
+      client.close();
+    }
+  });
+
   it('serves the files of a restore side by side, each ending with the checksum its manifest records', async () => {
     const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'restore');
     try {
@@ -85,7 +148,11 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
         const frame = await client.nextFrame();
         if (frame.type === 'chunk') crcs.set(frame.id, crc(frame.data, crcs.get(frame.id)));
         else if (frame.type === 'end') ended.push({ id: frame.id, crc32c: frame.crc32c, sha256: frame.sha256 });
-        else if (frame.type === 'file') announced.set(frame.id, frame.checksum);
+        else if (frame.type === 'file') {
+          announced.set(frame.id, frame.checksum);
+          // not asked for frames: plain bytes
+          expect(frame.encoding).toBeUndefined();
+        }
         else expect(frame.type).toBe('file');
       }
       expect(ended.map((e) => e.id)).toEqual([2, 1]);

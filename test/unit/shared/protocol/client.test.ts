@@ -1,0 +1,176 @@
+// AgentConnection.fetch against a receiver that sends what a test says (a real WebSocket server on
+// loopback that authenticates like the receiver, then answers each request with given frames): a
+// file sent as zstd frames is decompressed and checked on the agent, and a frame that is not what
+// the receiver may send (too large, damaged, not asked for) is refused.
+
+import { once } from 'node:events';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { crc32c, crc32cHex } from '../../../../shared/checksum';
+import { BarmanError, ErrorCode } from '../../../../shared/errors';
+import { computeProof, newNonce } from '../../../../shared/protocol/auth';
+import { wireDecompressor } from '../../../../shared/protocol/chunks';
+import { AgentConnection } from '../../../../shared/protocol/client';
+import { decodeFrame, encodeFrame } from '../../../../shared/protocol/codec';
+import { CHUNK_SIZE, type Frame, type GetBackupFileFrame, PROTOCOL_VERSION } from '../../../../shared/protocol/frames';
+
+const TOKEN = 'a'.repeat(64);
+const zstd = require('@mongodb-js/zstd/bindings.js') as { compress(b: Buffer, level: number): Promise<Buffer> };
+
+/** what the fake receiver answers a request with: the frames to send (their id set to the request's) */
+let answer: (request: Frame) => Frame[] = () => [];
+let lastRequest: Frame | undefined;
+let wss: WebSocketServer;
+let port: number;
+
+beforeAll(async () => {
+  wss = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload: 4 * CHUNK_SIZE });
+  await once(wss, 'listening');
+  port = (wss.address() as { port: number }).port;
+  wss.on('connection', (ws: WebSocket) => {
+    let hello: Extract<Frame, { type: 'hello' }> | undefined;
+    const serverNonce = newNonce();
+    ws.on('message', (data: Buffer) => {
+      const frame = decodeFrame(data);
+      const send = (f: Frame) => ws.send(encodeFrame(f));
+      if (frame.type === 'hello') {
+        hello = frame;
+        send({ type: 'challenge', protocolVersion: PROTOCOL_VERSION, serverNonce });
+      } else if (frame.type === 'auth') {
+        send({ type: 'welcome', sessionId: 'test', proof: computeProof(TOKEN, 'receiver', { ...hello!, serverNonce }) });
+      } else if ('id' in frame) {
+        lastRequest = frame;
+        for (const f of answer(frame)) send({ ...f, id: frame.id } as Frame);
+      }
+    });
+  });
+});
+
+afterAll(async () => {
+  for (const c of wss.clients) c.terminate();
+  wss.close();
+});
+
+async function connect(): Promise<AgentConnection> {
+  return AgentConnection.open({ file: 'test', receiver: new URL(`ws://127.0.0.1:${port}`), server: 'main', token: TOKEN, caFile: undefined, timeoutSeconds: 10 }, 'restore');
+}
+
+const inflate = wireDecompressor()!;
+const ask = (accept = true) => (id: number): GetBackupFileFrame => ({ type: 'get-backup-file', id, backupId: '20260101T000000', path: 'base/1/1234', ...(accept ? { accept: 'zstd' as const } : {}) });
+
+/** Fetches with `answer` answering; the bytes, the checksum verified, or the error. */
+async function fetchWith(frames: Frame[], accept = true): Promise<{ bytes?: Buffer; verified?: string; err?: BarmanError }> {
+  answer = () => frames;
+  const conn = await connect();
+  try {
+    const parts: Uint8Array[] = [];
+    let verified: string | undefined;
+    for await (const chunk of conn.fetch(ask(accept), (c) => (verified = c), accept ? inflate : undefined)) parts.push(chunk);
+    return { bytes: Buffer.concat(parts), verified };
+  } catch (err) {
+    expect(err).toBeInstanceOf(BarmanError);
+    return { err: err as BarmanError };
+  } finally {
+    conn.close();
+  }
+}
+
+const crcOf = (b: Buffer) => crc32cHex(crc32c()(b, 0));
+/** plain bytes as the catalog stores them: one zstd frame per CHUNK_SIZE block */
+const framesOf = async (plain: Buffer) => {
+  const out: Buffer[] = [];
+  for (let at = 0; at < plain.length; at += CHUNK_SIZE) out.push(await zstd.compress(plain.subarray(at, at + CHUNK_SIZE), 1));
+  return out;
+};
+const fileOf = (plain: Buffer, chunks: Frame[], crc = crcOf(plain)): Frame[] => [
+  { type: 'file', id: 0, name: 'base/1/1234', size: plain.length, checksum: 'crc32c', encoding: 'zstd' },
+  ...chunks,
+  { type: 'end', id: 0, crc32c: crc },
+];
+const chunk = (data: Buffer, plain?: true): Frame => ({ type: 'chunk', id: 0, data, ...(plain ? { plain } : {}) });
+
+/** A zstd frame of `blocks` RLE blocks of 128 KiB each (a few bytes that decompress to blocks × 128 KiB), optionally declaring `contentSize`. */
+function rleFrame(blocks: number, contentSize?: bigint): Buffer {
+  const parts = [Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), Buffer.from([contentSize === undefined ? 0x00 : 0xc0, 0x38])];
+  if (contentSize !== undefined) {
+    const fcs = Buffer.alloc(8);
+    fcs.writeBigUInt64LE(contentSize);
+    parts.push(fcs);
+  }
+  for (let i = 0; i < blocks; i++) {
+    const header = (i === blocks - 1 ? 1 : 0) | (1 << 1) | ((128 * 1024) << 3);
+    parts.push(Buffer.from([header & 0xff, (header >> 8) & 0xff, (header >> 16) & 0xff, 0x61]));
+  }
+  return Buffer.concat(parts);
+}
+
+describe('fetch of a backup file sent as zstd frames', () => {
+  it('asks for frames only when given a decompressor, and gives back the plain bytes, checked', async () => {
+    const plain = Buffer.alloc(CHUNK_SIZE * 2 + 12345);
+    for (let i = 0; i < plain.length; i++) plain[i] = (i * 7) % 251;
+    const frames = await framesOf(plain);
+    const got = await fetchWith(fileOf(plain, frames.map((f) => chunk(f))));
+    expect((lastRequest as GetBackupFileFrame).accept).toBe('zstd');
+    expect(got.err).toBeUndefined();
+    expect(got.bytes!.equals(plain)).toBe(true);
+    expect(got.verified).toBeDefined();
+    // a chunk flagged plain (an incompressible block) is taken as it is
+    const mixed = await fetchWith(fileOf(plain, [chunk(frames[0]!), chunk(plain.subarray(CHUNK_SIZE, 2 * CHUNK_SIZE), true), chunk(frames[2]!)]));
+    expect(mixed.bytes!.equals(plain)).toBe(true);
+  });
+
+  it('without a decompressor asks for plain bytes, and refuses frames it did not ask for', async () => {
+    const plain = Buffer.from('plain bytes of a small file');
+    const asked = await fetchWith([{ type: 'file', id: 0, name: 'base/1/1234', size: plain.length, checksum: 'crc32c' }, chunk(plain), { type: 'end', id: 0, crc32c: crcOf(plain) }], false);
+    expect(lastRequest).not.toHaveProperty('accept');
+    expect(asked.bytes!.equals(plain)).toBe(true);
+    const refused = await fetchWith(fileOf(plain, (await framesOf(plain)).map((f) => chunk(f))), false);
+    expect(refused.err?.code).toBe(ErrorCode.PROTOCOL);
+    expect(refused.err?.message).toMatch(/base\/1\/1234: the receiver sent zstd frames, which were not asked for/);
+  });
+
+  it('refuses frames that decompress to bytes other than the checksum says', async () => {
+    const plain = Buffer.alloc(CHUNK_SIZE + 10, 7);
+    const other = Buffer.from(plain);
+    other[CHUNK_SIZE + 3] = 8;
+    const got = await fetchWith(fileOf(plain, (await framesOf(other)).map((f) => chunk(f))));
+    expect(got.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    expect(got.err?.message).toMatch(/checksum differs/);
+  });
+
+  it('refuses frames that decompress to more or fewer bytes than the file has', async () => {
+    const plain = Buffer.alloc(1000, 3);
+    const longer = await fetchWith(fileOf(plain, (await framesOf(Buffer.alloc(1001, 3))).map((f) => chunk(f))));
+    expect(longer.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    expect(longer.err?.message).toMatch(/base\/1\/1234: the receiver's zstd frames decompress to more than its 1000 bytes/);
+    const shorter = await fetchWith(fileOf(plain, (await framesOf(Buffer.alloc(999, 3))).map((f) => chunk(f))));
+    expect(shorter.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    expect(shorter.err?.message).toMatch(/received 999 of 1000 bytes/);
+  });
+
+  it('refuses a frame that declares more plain bytes than a chunk, before decompressing it', async () => {
+    const got = await fetchWith(fileOf(Buffer.alloc(10), [chunk(rleFrame(1, 1n << 40n))]));
+    expect(got.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    expect(got.err?.message).toMatch(/base\/1\/1234: a zstd frame from the receiver was refused \(a zstd frame declares 1099511627776 plain bytes, more than the 1048576 of a chunk\)/);
+  });
+
+  it('refuses a frame of more blocks than a chunk makes (a compression bomb) before decompressing it, and one that decompresses to more than a chunk', async () => {
+    // 64 bytes on the wire that would decompress to 2 MiB
+    const bomb = await fetchWith(fileOf(Buffer.alloc(10), [chunk(rleFrame(16))]));
+    expect(bomb.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    expect(bomb.err?.message).toMatch(/a zstd frame of more than 9 blocks/);
+    // as many blocks as a chunk's frame may have, each full: 1.125 MiB, more than a chunk
+    const over = await fetchWith(fileOf(Buffer.alloc(10), [chunk(rleFrame(9))]));
+    expect(over.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    expect(over.err?.message).toMatch(/decompresses to 1179648 bytes, more than the 1048576 of a chunk/);
+  });
+
+  it('refuses bytes that are not one whole zstd frame', async () => {
+    const [frame] = await framesOf(Buffer.alloc(5000, 1));
+    const truncated = await fetchWith(fileOf(Buffer.alloc(5000, 1), [chunk(frame!.subarray(0, frame!.length - 2))]));
+    expect(truncated.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    const two = await fetchWith(fileOf(Buffer.alloc(10000, 1), [chunk(Buffer.concat([frame!, frame!]))]));
+    expect(two.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    expect(two.err?.message).toMatch(/not exactly one zstd frame/);
+  });
+});
