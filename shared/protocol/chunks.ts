@@ -207,11 +207,15 @@ function collectYoung(): void {
   minorGc?.();
 }
 
+/** blocks of one file being compressed at once (the pool's buffers bound all files' together) */
+const COMPRESSING = 2;
+
 /**
  * sendChunks for a compressed transfer: each CHUNK_SIZE block of plain bytes (the last one
- * shorter) becomes one compressed frame and one chunk, two blocks compressing at a time. The
- * CRC-32C (what the receiver checks the frames' decompressed bytes against) and the SHA-256 (unless
- * `hashing` is false; empty then) are of the plain bytes, as is `size`.
+ * shorter) becomes one compressed frame and one chunk, up to COMPRESSING blocks compressing at a
+ * time while the next block is read. The CRC-32C (what the receiver checks the frames'
+ * decompressed bytes against) and the SHA-256 (unless `hashing` is false; empty then) are of the
+ * plain bytes, as is `size`.
  */
 export async function sendCompressedChunks(conn: FrameConnection, id: number, source: ChunkSource, compress: BlockCompress, stop: () => boolean = () => false, options: { hashing?: boolean; withCrc?: boolean } = {}): Promise<SentFile> {
   const pool = chunkPool();
@@ -226,10 +230,12 @@ export async function sendCompressedChunks(conn: FrameConnection, id: number, so
     await conn.send({ type: 'chunk', id, data: frame });
     nativeFrameDone();
   };
+  // the next block is read while the ones before it compress and go out
+  let reading: ReturnType<typeof nextBlock> | undefined = stop() ? undefined : nextBlock(pool, source);
   try {
-    for (;;) {
-      if (stop()) break;
-      const block = await nextBlock(pool, source);
+    while (reading) {
+      const block = await reading;
+      reading = undefined;
       if (!block) break;
       const { buf, n } = block;
       const plain = buf.subarray(CHUNK_HEADER_ROOM, CHUNK_HEADER_ROOM + n);
@@ -240,11 +246,15 @@ export async function sendCompressedChunks(conn: FrameConnection, id: number, so
       const work = compress(plain).finally(() => pool.release(buf));
       work.catch(() => undefined);
       inFlight.push(work);
-      if (inFlight.length >= 2) await sendOldest();
+      if (!stop()) reading = nextBlock(pool, source);
+      if (inFlight.length >= COMPRESSING) await sendOldest();
     }
     while (inFlight.length > 0) await sendOldest();
   } finally {
     await Promise.allSettled(inFlight);
+    // a block read ahead and never sent goes back to the pool
+    const left = reading && (await reading.catch(() => undefined));
+    if (left) pool.release(left.buf);
   }
   return { sha256: hash?.digest('hex') ?? '', size, ...(crc ? { crc32c: crc32cHex(crcValue) } : {}) };
 }

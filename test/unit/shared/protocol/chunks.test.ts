@@ -1,0 +1,79 @@
+import { describe, expect, it } from 'vitest';
+import { chunkPool, sendCompressedChunks, type ChunkSource } from '../../../../shared/protocol/chunks';
+import type { FrameConnection } from '../../../../shared/protocol/connection';
+import { CHUNK_SIZE, type Frame } from '../../../../shared/protocol/frames';
+import { crc32c, crc32cHex } from '../../../../shared/checksum';
+
+/** a source of `bytes`, handed out CHUNK_SIZE at a time */
+function bufferSource(bytes: Buffer): ChunkSource {
+  let at = 0;
+  return async (target) => {
+    const n = bytes.copy(target, 0, at, Math.min(bytes.length, at + target.length));
+    at += n;
+    return n;
+  };
+}
+
+/** what the frames sent carry, in the order they went out */
+function recorder(): { conn: FrameConnection; frames: Frame[] } {
+  const frames: Frame[] = [];
+  const conn = { send: async (frame: Frame) => void frames.push(frame) } as unknown as FrameConnection;
+  return { conn, frames };
+}
+
+/** the pool holds all its buffers again: as many can be taken at once as it was made with */
+async function poolIsWhole(): Promise<boolean> {
+  const pool = chunkPool();
+  const taken: Buffer[] = [];
+  const got = await Promise.race([
+    (async () => {
+      for (let i = 0; i < 4; i++) taken.push(await pool.acquire());
+      return true;
+    })(),
+    new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 200)),
+  ]);
+  for (const b of taken) pool.release(b);
+  return got;
+}
+
+describe('sendCompressedChunks', () => {
+  it('sends the frames in the order of the blocks even when later blocks finish compressing first', async () => {
+    const bytes = Buffer.alloc(Math.floor(4.5 * CHUNK_SIZE));
+    for (let i = 0; i < bytes.length; i += 4096) bytes[i] = (i / 4096) & 0xff;
+    let calls = 0;
+    // the first block is the slowest: a tag of its index comes back as the "frame"
+    const compress = (plain: Buffer) => {
+      const index = calls++;
+      const frame = Buffer.from(`${index}:${plain.length}`);
+      return new Promise<Buffer>((resolve) => setTimeout(() => resolve(frame), index === 0 ? 30 : 1));
+    };
+    const { conn, frames } = recorder();
+    const sent = await sendCompressedChunks(conn, 7, bufferSource(bytes), compress, () => false, false);
+    const tags = frames.map((f) => (f.type === 'chunk' ? Buffer.from(f.data).toString() : f.type));
+    expect(tags).toEqual([`0:${CHUNK_SIZE}`, `1:${CHUNK_SIZE}`, `2:${CHUNK_SIZE}`, `3:${CHUNK_SIZE}`, `4:${CHUNK_SIZE / 2}`]);
+    expect(sent.size).toBe(bytes.length);
+    expect(sent.crc32c).toBe(crc32cHex(crc32c()(bytes, 0)));
+    expect(await poolIsWhole()).toBe(true);
+  });
+
+  it('gives every pooled buffer back when the peer refuses the transfer halfway, including the block read ahead', async () => {
+    const bytes = Buffer.alloc(8 * CHUNK_SIZE, 1);
+    const { conn, frames } = recorder();
+    const stop = () => frames.length >= 2;
+    await sendCompressedChunks(conn, 8, bufferSource(bytes), async (plain) => Buffer.from([plain.length & 0xff]), stop, false);
+    expect(frames.length).toBeLessThan(8);
+    expect(await poolIsWhole()).toBe(true);
+  });
+
+  it('gives every pooled buffer back when compressing fails', async () => {
+    const bytes = Buffer.alloc(6 * CHUNK_SIZE, 2);
+    const { conn } = recorder();
+    let calls = 0;
+    const compress = async () => {
+      if (++calls === 2) throw new Error('no memory');
+      return Buffer.from([1]);
+    };
+    await expect(sendCompressedChunks(conn, 9, bufferSource(bytes), compress, () => false, false)).rejects.toThrow('no memory');
+    expect(await poolIsWhole()).toBe(true);
+  });
+});
