@@ -48,7 +48,7 @@ describe('sendCompressedChunks', () => {
       return new Promise<Buffer>((resolve) => setTimeout(() => resolve(frame), index === 0 ? 30 : 1));
     };
     const { conn, frames } = recorder();
-    const sent = await sendCompressedChunks(conn, 7, bufferSource(bytes), compress, () => false, false);
+    const sent = await sendCompressedChunks(conn, 7, bufferSource(bytes), compress, () => false, { hashing: false });
     const tags = frames.map((f) => (f.type === 'chunk' ? Buffer.from(f.data).toString() : f.type));
     expect(tags).toEqual([`0:${CHUNK_SIZE}`, `1:${CHUNK_SIZE}`, `2:${CHUNK_SIZE}`, `3:${CHUNK_SIZE}`, `4:${CHUNK_SIZE / 2}`]);
     expect(sent.size).toBe(bytes.length);
@@ -60,7 +60,7 @@ describe('sendCompressedChunks', () => {
     const bytes = Buffer.alloc(8 * CHUNK_SIZE, 1);
     const { conn, frames } = recorder();
     const stop = () => frames.length >= 2;
-    await sendCompressedChunks(conn, 8, bufferSource(bytes), async (plain) => Buffer.from([plain.length & 0xff]), stop, false);
+    await sendCompressedChunks(conn, 8, bufferSource(bytes), async (plain) => Buffer.from([plain.length & 0xff]), stop, { hashing: false });
     expect(frames.length).toBeLessThan(8);
     expect(await poolIsWhole()).toBe(true);
   });
@@ -73,7 +73,7 @@ describe('sendCompressedChunks', () => {
       if (++calls === 2) throw new Error('no memory');
       return Buffer.from([1]);
     };
-    await expect(sendCompressedChunks(conn, 9, bufferSource(bytes), compress, () => false, false)).rejects.toThrow('no memory');
+    await expect(sendCompressedChunks(conn, 9, bufferSource(bytes), compress, () => false, { hashing: false })).rejects.toThrow('no memory');
     expect(await poolIsWhole()).toBe(true);
   });
 });
