@@ -4,13 +4,14 @@
 // reader verifies a file with the algorithm its manifest entry records: verify-backup, recover and
 // the agent's restore, so backups of either kind verify and recover side by side.
 
-import { readFileSync, writeFileSync } from 'node:fs';
+import { chownSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { compress, decompress } from '@mongodb-js/zstd';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { crc32cManifestHex } from '../../shared/backup/manifest';
 import { crc32c } from '../../shared/checksum';
-import { type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, type Receiver, runAgent, runReceiverCli, sha256OfBytes, startReceiver } from '../harness';
+import { type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, postgresUser, type Receiver, runAgent, runReceiverCli, sha256OfBytes, startReceiver } from '../harness';
 import { backupAndWait, recoverInto, storedFileOf } from '../harness/backups';
 import { verifyRecoveredDirectory } from '../harness/recovered';
 
@@ -98,5 +99,26 @@ describe('backup_manifest checksums: CRC-32C by default, SHA-256 where backup_ch
       undo();
     }
     expectSuccess(await runReceiverCli(['verify-backup', '-c', receiver.configPath, server, id]));
+  });
+
+  it('backs up and restores a file whose 1 MiB blocks do not compress (their zstd frames are longer than the block)', async () => {
+    // random bytes: zstd level 1 makes each 1 MiB block a frame a little over 1 MiB, which once
+    // failed the backup as a malformed chunk frame
+    const noise = randomBytes(3 * 1024 * 1024 + 12345);
+    const path = join(current.pgdata, 'incompressible.bin');
+    writeFileSync(path, noise);
+    chownSync(path, postgresUser().uid, postgresUser().gid);
+    try {
+      const id = await backupAndWait(receiver, 'current', current);
+      expectSuccess(await runReceiverCli(['verify-backup', '-c', receiver.configPath, 'current', id]));
+      const recovery = await recoverInto(receiver, 'current', id);
+      expectSuccess(recovery.result);
+      expect(readFileSync(join(recovery.dest, 'incompressible.bin')).equals(noise)).toBe(true);
+      const dest = makeDir(join(makeTempDir('restored-noise', 'postgres', 0o755), 'pgdata'), 'postgres', 0o700);
+      expectSuccess(await runAgent(['restore', '-c', current.agentConfigPath!, id, dest]));
+      expect(readFileSync(join(dest, 'incompressible.bin')).equals(noise)).toBe(true);
+    } finally {
+      rmSync(path, { force: true });
+    }
   });
 });
