@@ -22,15 +22,9 @@ try {
 } catch {
   // no cache: compiled from the source
 }
-// import() in the bundle (the receiver's native bindings, the AWS SDK's node: builtins) goes to
-// Node's own loader; a Node without that option (before 20.12) compiles the bundle as a module
-// does, without the cache
-const importModuleDynamically = vm.constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER;
-if (importModuleDynamically === undefined) {
-  module._compile(SOURCE, __filename);
-  return;
-}
-const script = new vm.Script(Module.wrap(SOURCE), { filename: __filename, cachedData, importModuleDynamically });
+// (the bundle has no dynamic import(): a function compiled from the cache could not run one, even
+// with vm's default-loader option; the build turns the node: builtins' into require())
+const script = new vm.Script(Module.wrap(SOURCE), { filename: __filename, cachedData });
 // the build asks for the cache of what this run compiled, written when it ends
 const out = process.env.BARMAN_WRITE_CODE_CACHE;
 if (out) {

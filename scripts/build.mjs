@@ -25,11 +25,13 @@ const common = {
 // here, by this Node, from a run that loads every module the command named loads and stops at the
 // configuration (a cache another Node refuses costs nothing): PostgreSQL starts the agent once per
 // WAL segment (a push), and the receiver's start is part of every recover's time.
-async function buildLoaded(entry, out, cacheRun, { noDynamicImport = false } = {}) {
+async function buildLoaded(entry, out, cacheRun) {
   const bundled = await build({ ...common, banner: undefined, entryPoints: [entry], outfile: out, write: false });
-  const source = bundled.outputFiles.find((f) => f.path.endsWith('.cjs')).text;
+  // a function compiled from the cache cannot run import(): the AWS SDK's import()s of node:
+  // builtins become require() (the same exports), and anything else stops the build
+  const source = bundled.outputFiles.find((f) => f.path.endsWith('.cjs')).text.replace(/([^\w$.])import\(("node:[\w/]+")\)/g, '$1Promise.resolve(require($2))');
   const map = bundled.outputFiles.find((f) => f.path.endsWith('.map'));
-  if (noDynamicImport && /[^\w$.]import\(/.test(source)) throw new Error(`the ${entry} bundle has a dynamic import(); import statically (node: builtins cost nothing to import)`);
+  if (/[^\w$.]import\(/.test(source)) throw new Error(`the ${entry} bundle has a dynamic import(); import statically (node: builtins cost nothing to import)`);
   const sha256 = createHash('sha256').update(source).digest('hex');
   const loader = (await readFile('agent/loader.cjs', 'utf8'))
     .replace('__SOURCE_SHA256__', () => JSON.stringify(sha256))
@@ -45,9 +47,7 @@ async function buildLoaded(entry, out, cacheRun, { noDynamicImport = false } = {
   }
 }
 
-// the agent keeps its bundle free of import(): the fallback for a Node without vm's default loader
-// option then still runs every agent command from the cache's source unchanged
-await buildLoaded('agent/cli.ts', 'dist/barman-agent.cjs', ['push', '-c', '/nonexistent/barman-agent.conf', '000000010000000000000001'], { noDynamicImport: true });
+await buildLoaded('agent/cli.ts', 'dist/barman-agent.cjs', ['push', '-c', '/nonexistent/barman-agent.conf', '000000010000000000000001']);
 await buildLoaded('receiver/cli.ts', 'dist/barman-receiver.cjs', ['recover', '-c', '/nonexistent/barman.conf', 'main', 'latest', '/nonexistent/recover']);
 
 // The receiver loads its compression bindings (and both programs the CRC-32C one) from node_modules beside the bundle: each with its
