@@ -21,34 +21,34 @@ const common = {
   logLevel: 'warning',
 };
 
-await build({ ...common, entryPoints: ['receiver/cli.ts'], outfile: 'dist/barman-receiver.cjs' });
-await chmod('dist/barman-receiver.cjs', 0o755);
-
-// The agent, which PostgreSQL starts once per WAL segment: its bundle goes inside agent/loader.cjs,
-// which compiles it from a V8 code cache made here, by this Node, from a push that loads every
-// module a push uses and stops at the configuration (a cache another Node refuses costs nothing).
-const agent = 'dist/barman-agent.cjs';
-const bundled = await build({ ...common, banner: undefined, entryPoints: ['agent/cli.ts'], outfile: agent, write: false });
-const source = bundled.outputFiles.find((f) => f.path.endsWith('.cjs')).text;
-const map = bundled.outputFiles.find((f) => f.path.endsWith('.map'));
-// a script compiled by the loader cannot run import() without an experimental hook (which warns on stderr)
-if (/[^\w$.]import\(/.test(source)) throw new Error('the agent bundle has a dynamic import(); import statically (node: builtins cost nothing to import)');
-const sha256 = createHash('sha256').update(source).digest('hex');
-const loader = (await readFile('agent/loader.cjs', 'utf8'))
-  .replace('__SOURCE_SHA256__', () => JSON.stringify(sha256))
-  .replace('__SOURCE__', () => JSON.stringify(source));
-await writeFile(agent, loader, { mode: 0o755 });
-await chmod(agent, 0o755);
-await writeFile(map.path, map.contents);
-await rm(`${agent}.cache`, { force: true });
-try {
-  execFileSync(process.execPath, [agent, 'push', '-c', '/nonexistent/barman-agent.conf', '000000010000000000000001'], {
-    env: { ...process.env, BARMAN_AGENT_WRITE_CODE_CACHE: `${agent}.cache` },
-    stdio: 'ignore',
-  });
-} catch {
-  // the push fails, as it should: the cache is written on the way out
+// Each program's bundle goes inside agent/loader.cjs, which compiles it from a V8 code cache made
+// here, by this Node, from a run that loads every module the command named loads and stops at the
+// configuration (a cache another Node refuses costs nothing): PostgreSQL starts the agent once per
+// WAL segment (a push), and the receiver's start is part of every recover's time.
+async function buildLoaded(entry, out, cacheRun) {
+  const bundled = await build({ ...common, banner: undefined, entryPoints: [entry], outfile: out, write: false });
+  // a function compiled from the cache cannot run import(): the AWS SDK's import()s of node:
+  // builtins become require() (the same exports), and anything else stops the build
+  const source = bundled.outputFiles.find((f) => f.path.endsWith('.cjs')).text.replace(/([^\w$.])import\(("node:[\w/]+")\)/g, '$1Promise.resolve(require($2))');
+  const map = bundled.outputFiles.find((f) => f.path.endsWith('.map'));
+  if (/[^\w$.]import\(/.test(source)) throw new Error(`the ${entry} bundle has a dynamic import(); import statically (node: builtins cost nothing to import)`);
+  const sha256 = createHash('sha256').update(source).digest('hex');
+  const loader = (await readFile('agent/loader.cjs', 'utf8'))
+    .replace('__SOURCE_SHA256__', () => JSON.stringify(sha256))
+    .replace('__SOURCE__', () => JSON.stringify(source));
+  await writeFile(out, loader, { mode: 0o755 });
+  await chmod(out, 0o755);
+  await writeFile(map.path, map.contents);
+  await rm(`${out}.cache`, { force: true });
+  try {
+    execFileSync(process.execPath, [out, ...cacheRun], { env: { ...process.env, BARMAN_WRITE_CODE_CACHE: `${out}.cache` }, stdio: 'ignore' });
+  } catch {
+    // the command fails, as it should: the cache is written on the way out
+  }
 }
+
+await buildLoaded('agent/cli.ts', 'dist/barman-agent.cjs', ['push', '-c', '/nonexistent/barman-agent.conf', '000000010000000000000001']);
+await buildLoaded('receiver/cli.ts', 'dist/barman-receiver.cjs', ['recover', '-c', '/nonexistent/barman.conf', 'main', 'latest', '/nonexistent/recover']);
 
 // The receiver loads its compression bindings (and both programs the CRC-32C one) from node_modules beside the bundle: each with its
 // prebuilt binary package for this platform (an optional dependency). dist/ is then complete:

@@ -23,12 +23,18 @@ export function crc32c(): Crc32c {
   return crc32cImpl;
 }
 
+/** A package the bundles leave out (native bindings): its exports; throws where it cannot load. */
+export function requireExternal<T>(name: string): T {
+  // the bundles are CommonJS (require is there, and import() is not: they run from a code cache);
+  // the sources run as ESM under tsx and vitest
+  const req = typeof require === 'function' ? require : createRequire(join(process.cwd(), 'package.json'));
+  return req(name) as T;
+}
+
 /** A native package both programs can do without: its exports, or undefined where it cannot load. */
 export function requireOptional<T>(name: string): T | undefined {
   try {
-    // the bundles are CommonJS (require is there); the sources run as ESM under tsx and vitest
-    const req = typeof require === 'function' ? require : createRequire(join(process.cwd(), 'package.json'));
-    return req(name) as T;
+    return requireExternal<T>(name);
   } catch {
     return undefined;
   }

@@ -5,7 +5,7 @@ import { promises as fs, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import { checkRecoveryBinaries } from '../../shared/postgres/binaries';
+import { checkProbedBinaries, probeRecoveryBinaries } from '../../shared/postgres/binaries';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
 import { checkDestination, type WriteOptions, type WriteSummary, writeRecovery } from '../../shared/recovery/writer';
 import { withServer } from '../catalog/open';
@@ -43,11 +43,14 @@ async function decideOwner(dest: string, owner: string | undefined): Promise<{ u
 
 export async function recover(config: ReceiverConfig, server: string, backupRef: string, destArg: string, opts: RecoveryOptions & { owner?: string; pgBindir?: string } & Pick<WriteOptions, 'delta' | 'primaryConninfo'>, progress?: WriteOptions['progress']): Promise<RecoveryPlan & { summary: WriteSummary }> {
   const s = requireServer(config, server);
+  // the binaries' versions are asked while the catalog is read, and checked before a byte is written
+  const binaries = probeRecoveryBinaries(opts.pgBindir);
+  binaries.catch(() => undefined); // (a failure is thrown where it is awaited, if the recover gets there)
   return withServer(config, s, async ({ catalog, backups }) => {
     const dest = resolve(destArg);
     await checkDestination(dest, 'destination', opts.delta === true);
     const plan = await planRecovery(catalog, backups, backupRef, opts);
-    checkRecoveryBinaries(plan.backupId, plan.pgVersion, opts.pgBindir);
+    checkProbedBinaries(plan.backupId, plan.pgVersion, await binaries, opts.pgBindir);
     requireTablespaceLocations(plan, opts.tablespaces, dest);
     const contents = await backups.contents(plan.backupId);
     // small files are read with their bundle, each bundle once

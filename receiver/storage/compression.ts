@@ -14,6 +14,7 @@ import { Transform, type TransformCallback, type TransformOptions } from 'node:s
 import { promisify } from 'node:util';
 import { createGunzip, createGzip, gunzip, gzip } from 'node:zlib';
 import type { Compression } from '../../shared/config/receiver';
+import { requireExternal } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { checkZstdFrame } from '../../shared/protocol/zstd-frame';
 
@@ -71,8 +72,8 @@ async function loadNative<T>(name: string, load: () => Promise<T & { default?: T
 
 // the package's own entry point drops the level argument (every frame came out at zstd's default,
 // level 3, about half as fast as level 1 here): its native binding takes it
-const zstd = (): Promise<Zstd> => (zstdModule ??= loadNative<Zstd>('@mongodb-js/zstd', () => import('@mongodb-js/zstd/bindings.js' as string) as Promise<Zstd & { default?: Zstd }>));
-const lz4 = (): Promise<Lz4> => (lz4Module ??= loadNative<Lz4>('lz4-napi', () => import('lz4-napi')));
+const zstd = (): Promise<Zstd> => (zstdModule ??= loadNative<Zstd>('@mongodb-js/zstd', async () => requireExternal<Zstd>('@mongodb-js/zstd/bindings.js')));
+const lz4 = (): Promise<Lz4> => (lz4Module ??= loadNative<Lz4>('lz4-napi', async () => requireExternal<Lz4>('lz4-napi')));
 
 const zstdCodec: Codec = {
   compress: async (block) => (await zstd()).compress(block, ZSTD_LEVEL),

@@ -6,7 +6,7 @@
 //     must include that version; a host with none at all (a backup host without PostgreSQL, the
 //     directory to be started elsewhere) is not checked.
 
-import { execFileSync } from 'node:child_process';
+import { type ExecFileSyncOptionsWithStringEncoding, execFile, execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { BarmanError, ErrorCode } from '../errors';
@@ -17,36 +17,83 @@ export interface ServerBinaries {
   major: number;
 }
 
+const RUN: ExecFileSyncOptionsWithStringEncoding = { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 };
+
+/** `program args`' standard output, or undefined when it does not run or fails. */
+function outputOf(program: string, args: string[]): Promise<string | undefined> {
+  return new Promise((done) => {
+    execFile(program, args, { encoding: 'utf8', timeout: 10_000 }, (err, stdout) => done(err ? undefined : stdout));
+  });
+}
+
 /** The major version of the server in `dir` (`postgres --version`); undefined when there is no runnable postgres there. */
 export function serverBinariesMajor(dir: string): number | undefined {
   const postgres = join(dir, 'postgres');
   if (!existsSync(postgres)) return undefined;
   try {
     // --version is answered before postgres' refusal to run as root
-    return majorOfVersionLine(execFileSync(postgres, ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 }));
+    return majorOfVersionLine(execFileSync(postgres, ['--version'], RUN));
   } catch {
     return undefined;
   }
+}
+
+/** serverBinariesMajor without blocking: the child runs while the caller reads. */
+async function serverBinariesMajorAsync(dir: string): Promise<number | undefined> {
+  const postgres = join(dir, 'postgres');
+  if (!existsSync(postgres)) return undefined;
+  const out = await outputOf(postgres, ['--version']);
+  try {
+    return out === undefined ? undefined : majorOfVersionLine(out);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The places SPEC §7 looks after pg_config's: /usr/lib/postgresql/<v>/bin, newest first. */
+function packagedBinDirs(): string[] {
+  const root = '/usr/lib/postgresql';
+  if (!existsSync(root)) return [];
+  return readdirSync(root).filter((v) => /^\d+(\.\d+)?$/.test(v)).sort((a, b) => Number(b) - Number(a)).map((v) => join(root, v, 'bin'));
 }
 
 /** The server binaries this host has where SPEC §7 looks (less $PG_BINDIR, which names them): pg_config's, then /usr/lib/postgresql/<v>/bin, newest first. */
 export function localServerBinaries(): ServerBinaries[] {
   const dirs: string[] = [];
   try {
-    dirs.push(execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 }).trim());
+    dirs.push(execFileSync('pg_config', ['--bindir'], RUN).trim());
   } catch {
     // no pg_config on PATH
   }
-  const root = '/usr/lib/postgresql';
-  if (existsSync(root)) {
-    dirs.push(...readdirSync(root).filter((v) => /^\d+(\.\d+)?$/.test(v)).sort((a, b) => Number(b) - Number(a)).map((v) => join(root, v, 'bin')));
-  }
+  dirs.push(...packagedBinDirs());
   const found: ServerBinaries[] = [];
   for (const dir of new Set(dirs)) {
     const major = serverBinariesMajor(dir);
     if (major !== undefined) found.push({ dir, major });
   }
   return found;
+}
+
+/** localServerBinaries without blocking, every `--version` at once. */
+async function localServerBinariesAsync(): Promise<ServerBinaries[]> {
+  const bindir = (await outputOf('pg_config', ['--bindir']))?.trim();
+  const dirs = [...new Set([...(bindir ? [bindir] : []), ...packagedBinDirs()])];
+  const majors = await Promise.all(dirs.map(serverBinariesMajorAsync));
+  return dirs.flatMap((dir, i) => (majors[i] === undefined ? [] : [{ dir, major: majors[i] }]));
+}
+
+/** What checkRecoveryBinaries needs to know of this host, found before the backup is known. */
+export type BinariesProbe = { explicit: string; major: number | undefined } | { local: ServerBinaries[] };
+
+/**
+ * The binaries that would start a recovered directory (--pg-bindir `named`, else $PG_BINDIR, else
+ * this host's), their versions asked without blocking: `recover` starts this before it reads the
+ * catalog and checks the result (checkProbedBinaries) before it writes a byte.
+ */
+export async function probeRecoveryBinaries(named: string | undefined, env: NodeJS.ProcessEnv = process.env): Promise<BinariesProbe> {
+  const explicit = named ?? (env.PG_BINDIR || undefined);
+  if (explicit !== undefined) return { explicit, major: await serverBinariesMajorAsync(explicit) };
+  return { local: await localServerBinariesAsync() };
 }
 
 /**
@@ -56,12 +103,18 @@ export function localServerBinaries(): ServerBinaries[] {
  * $PG_BINDIR stands in when it is not given. Returns the binaries that will do, when known.
  */
 export function checkRecoveryBinaries(backupId: string, pgVersion: number, named: string | undefined, env: NodeJS.ProcessEnv = process.env, namedAs = '--pg-bindir'): ServerBinaries | undefined {
+  const explicit = named ?? (env.PG_BINDIR || undefined);
+  const probe: BinariesProbe = explicit !== undefined ? { explicit, major: serverBinariesMajor(explicit) } : { local: localServerBinaries() };
+  return checkProbedBinaries(backupId, pgVersion, probe, named, namedAs);
+}
+
+/** checkRecoveryBinaries on what probeRecoveryBinaries found (`named` as given to it). */
+export function checkProbedBinaries(backupId: string, pgVersion: number, probe: BinariesProbe, named: string | undefined, namedAs = '--pg-bindir'): ServerBinaries | undefined {
   const needed = majorOf(pgVersion);
   const backup = `backup ${backupId} was taken of PostgreSQL ${versionText(pgVersion)}`;
-  const explicit = named ?? (env.PG_BINDIR || undefined);
-  if (explicit !== undefined) {
+  if ('explicit' in probe) {
+    const { explicit, major } = probe;
     const how = named !== undefined ? `${namedAs} ${named}` : `PG_BINDIR=${explicit}`;
-    const major = serverBinariesMajor(explicit);
     if (major === undefined) {
       throw new BarmanError(ErrorCode.USAGE, `${how}: no PostgreSQL server (postgres) runs from that folder`, `Name the folder of PostgreSQL ${needed}'s programs, e.g. /usr/lib/postgresql/${needed}/bin.`);
     }
@@ -70,7 +123,7 @@ export function checkRecoveryBinaries(backupId: string, pgVersion: number, named
     }
     return { dir: explicit, major };
   }
-  const local = localServerBinaries();
+  const { local } = probe;
   if (local.length === 0) return undefined;
   const match = local.find((b) => b.major === needed);
   if (match) return match;

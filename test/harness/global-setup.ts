@@ -39,7 +39,7 @@ export default function setup(project: TestProject): () => void {
   const runRoot = mkdtempSync(join(tmpdir(), 'barman-test-'));
   chmodSync(runRoot, 0o755);
   const binDir = join(runRoot, 'bin');
-  for (const file of ['barman-agent', 'barman-agent.cjs', 'barman-agent.cjs.cache', 'barman-receiver.cjs', 'barman-agent.cjs.map', 'barman-receiver.cjs.map']) {
+  for (const file of ['barman-agent', 'barman-agent.cjs', 'barman-agent.cjs.cache', 'barman-receiver.cjs', 'barman-receiver.cjs.cache', 'barman-agent.cjs.map', 'barman-receiver.cjs.map']) {
     copyReadable(join(REPO, 'dist', file), join(binDir, file));
   }
   // ws loads bufferutil (and it node-gyp-build) when it can find them; it works without
