@@ -4,7 +4,7 @@ import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { chmod, copyFile, cp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, cp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 
 const common = {
   bundle: true,
@@ -47,6 +47,8 @@ async function buildLoaded(entry, out, cacheRun) {
   }
 }
 
+// a fresh clone has no dist/ yet (esbuild makes it only when it writes, and here we write)
+await mkdir('dist', { recursive: true });
 await buildLoaded('agent/cli.ts', 'dist/barman-agent.cjs', ['push', '-c', '/nonexistent/barman-agent.conf', '000000010000000000000001']);
 await buildLoaded('receiver/cli.ts', 'dist/barman-receiver.cjs', ['recover', '-c', '/nonexistent/barman.conf', 'main', 'latest', '/nonexistent/recover']);
 
