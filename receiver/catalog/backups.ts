@@ -22,7 +22,7 @@ import type { BackupChecksum } from '../../shared/config/receiver';
 import type { ServerCatalog } from './catalog';
 import type { Upload } from './upload';
 import { compressWhole, type ObjectWriter, type Storage } from '../storage/storage';
-import { BLOCK_SIZE, checkZstdBlockFrame, decompressWhole, parseStoredKey, zstdDecompressFrame, zstdStoredFrames } from '../storage/compression';
+import { BLOCK_SIZE, decompressWhole, decompressWireFrame, parseStoredKey, zstdStoredFrames } from '../storage/compression';
 import { nativeFrameDone } from '../../shared/protocol/chunks';
 
 /**
@@ -643,10 +643,7 @@ class Arrival {
     if (this.wire) {
       if (++this.frames > this.expectedFrames) throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: more compressed frames than its ${this.size} bytes make`, 'Agent and receiver must run compatible versions.');
       try {
-        const frame = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-        checkZstdBlockFrame(frame);
-        plain = await zstdDecompressFrame(frame);
-        nativeFrameDone();
+        plain = await decompressWireFrame(chunk, nativeFrameDone);
       } catch (err) {
         throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: a chunk is not a zstd frame as barman-ts makes them (${(err as Error).message})`, 'Agent and receiver must run compatible versions.');
       }
