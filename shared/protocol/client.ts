@@ -7,9 +7,8 @@ import { dirname, join } from 'node:path';
 import WebSocket from 'ws';
 import type { AgentConfig } from '../config/agent';
 import { BarmanError, ErrorCode } from '../errors';
-import type { Hash } from 'node:crypto';
-import { type ChecksumAlgorithm, crc32cManifestHex } from '../backup/manifest';
-import { crc32c, crc32cHex, newHash, sha256Handle } from '../checksum';
+import { type ChecksumAlgorithm, crc32cWireHex, type FileChecksum, fileChecksum } from '../backup/manifest';
+import { sha256Handle } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
 import { type BlockCompress, type ChunkSource, type FrameInflate, fileSource, sendChunks, sendCompressedChunks, wireCompressor } from './chunks';
 import { CloseCode, FrameConnection, errorFromFrame } from './connection';
@@ -302,9 +301,9 @@ export class AgentConnection {
     /** a file sent as zstd frames: each one's plain bytes, in order, and the end once it came */
     let frames: Promise<Uint8Array>[] | undefined;
     let framesEnd: EndFrame | undefined;
-    let hash: Hash | undefined;
-    const crc = crc32c();
-    let crcValue: number | undefined;
+    /** the file's checksum as its file frame announced it (CRC-32C, or SHA-256), over its plain bytes */
+    let algorithm: ChecksumAlgorithm = 'SHA256';
+    let digest: FileChecksum | undefined;
     let expected = -1;
     let received = 0;
     let finished = false;
@@ -320,14 +319,13 @@ export class AgentConnection {
     let fileName = '';
     /** Checks what arrived (its plain bytes) against the end frame: the failure, or undefined (and onVerified told). */
     const verify = (frame: EndFrame): BarmanError | undefined => {
-      const crcMode = crcValue !== undefined;
-      const mine = crcMode ? crc32cHex(crcValue!) : hash?.digest('hex');
-      const matches = mine !== undefined && mine === (crcMode ? frame.crc32c : frame.sha256);
+      // the manifest's hex; an end carries a CRC-32C as the wire writes it (crc32cWireHex)
+      const mine = digest?.digest();
+      const matches = mine !== undefined && (algorithm === 'CRC32C' ? crc32cWireHex(mine) === frame.crc32c : mine === frame.sha256);
       if (received !== expected || !matches) {
         return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${build(id).type}: received ${received} of ${expected} bytes, checksum ${matches ? 'matches' : 'differs'}`, 'Retry; if it persists, run verify-backup on the receiver host.');
       }
-      if (crcMode) onVerified?.(crc32cManifestHex(crcValue!), 'CRC32C');
-      else onVerified?.(mine!, 'SHA256');
+      onVerified?.(mine!, algorithm);
       return undefined;
     };
     this.waiters.set(id, async (frame) => {
@@ -343,8 +341,8 @@ export class AgentConnection {
           frames = [];
         }
         fileName = frame.name.slice(0, 200);
-        if (frame.checksum === 'crc32c') crcValue = 0;
-        else hash = newHash();
+        algorithm = frame.checksum === 'crc32c' ? 'CRC32C' : 'SHA256';
+        digest = fileChecksum(algorithm);
         return;
       }
       if (frame.type === 'chunk' && frames) {
@@ -367,8 +365,7 @@ export class AgentConnection {
         return;
       }
       if (frame.type === 'chunk') {
-        if (crcValue !== undefined) crcValue = crc(frame.data, crcValue);
-        else hash?.update(frame.data);
+        digest?.update(frame.data);
         received += frame.data.length;
         queue.push(frame.data);
         nudge();
@@ -395,8 +392,7 @@ export class AgentConnection {
             d?.();
             const plain = await pending;
             if (received + plain.length > expected) throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${fileName}: the receiver's zstd frames decompress to more than its ${expected} bytes`, 'Retry; if it persists, run verify-backup on the receiver host.');
-            if (crcValue !== undefined) crcValue = crc(plain, crcValue);
-            else hash?.update(plain);
+            digest?.update(plain);
             received += plain.length;
             yield plain;
             continue;
