@@ -82,6 +82,11 @@ async function localServerBinariesAsync(): Promise<ServerBinaries[]> {
   return dirs.flatMap((dir, i) => (majors[i] === undefined ? [] : [{ dir, major: majors[i] }]));
 }
 
+/** The folder named for the binaries: `named` (--pg-bindir, pg_bindir =), else $PG_BINDIR; undefined: this host's are looked for. */
+function explicitBinDir(named: string | undefined, env: NodeJS.ProcessEnv): string | undefined {
+  return named ?? (env.PG_BINDIR || undefined);
+}
+
 /** What checkRecoveryBinaries needs to know of this host, found before the backup is known. */
 export type BinariesProbe = { explicit: string; major: number | undefined } | { local: ServerBinaries[] };
 
@@ -91,7 +96,7 @@ export type BinariesProbe = { explicit: string; major: number | undefined } | { 
  * catalog and checks the result (checkProbedBinaries) before it writes a byte.
  */
 export async function probeRecoveryBinaries(named: string | undefined, env: NodeJS.ProcessEnv = process.env): Promise<BinariesProbe> {
-  const explicit = named ?? (env.PG_BINDIR || undefined);
+  const explicit = explicitBinDir(named, env);
   if (explicit !== undefined) return { explicit, major: await serverBinariesMajorAsync(explicit) };
   return { local: await localServerBinariesAsync() };
 }
@@ -103,7 +108,7 @@ export async function probeRecoveryBinaries(named: string | undefined, env: Node
  * $PG_BINDIR stands in when it is not given. Returns the binaries that will do, when known.
  */
 export function checkRecoveryBinaries(backupId: string, pgVersion: number, named: string | undefined, env: NodeJS.ProcessEnv = process.env, namedAs = '--pg-bindir'): ServerBinaries | undefined {
-  const explicit = named ?? (env.PG_BINDIR || undefined);
+  const explicit = explicitBinDir(named, env);
   const probe: BinariesProbe = explicit !== undefined ? { explicit, major: serverBinariesMajor(explicit) } : { local: localServerBinaries() };
   return checkProbedBinaries(backupId, pgVersion, probe, named, namedAs);
 }
