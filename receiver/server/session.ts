@@ -151,7 +151,7 @@ export class Session implements Peer {
 
   private async onHello(frame: Frame): Promise<void> {
     if (frame.type !== 'hello') throw protocolError(`expected hello, got ${frame.type}`);
-    // an agent one protocol older is served in its own version (it sends its WAL plain)
+    // agents from OLDEST_AGENT_PROTOCOL on are served, each in its own version (today: this one only)
     if (frame.protocolVersion < OLDEST_AGENT_PROTOCOL || frame.protocolVersion > PROTOCOL_VERSION) {
       throw new BarmanError(ErrorCode.PROTOCOL, `agent speaks protocol version ${frame.protocolVersion}, this receiver speaks ${PROTOCOL_VERSION}`, 'Install the same barman-ts version on the agent and the receiver.');
     }
@@ -188,7 +188,7 @@ export class Session implements Peer {
     this.conn.onClose(() => context.detach(this));
     // a daemon becomes the server's agent with its daemon-attach, which may be refused
     if (hello.role === 'daemon') this.conn.heartbeat(DAEMON_HEARTBEAT_MS);
-    // an agent of protocol 5 may send its WAL segments compressed as the catalog stores them
+    // the agent may send its WAL segments compressed as the catalog stores them
     const walCompression = context.walArchive.wireCompression();
     await this.conn.send({ type: 'welcome', sessionId: this.id, proof: computeProof(server.token, 'receiver', proofContext), ...(walCompression ? { walCompression } : {}) });
     this.log.debug('agent authenticated');
