@@ -552,10 +552,9 @@ export class Session implements Peer {
    * end to end, of what left the catalog.
    */
   private async sendStream(id: number, name: string, size: number, source: AsyncIterable<Buffer>, recorded?: FileChecksumValue): Promise<void> {
-    const crc = recorded?.algorithm === 'CRC32C';
-    await this.conn.send({ type: 'file', id, name, size, ...(crc ? { checksum: 'crc32c' as const } : {}) });
+    await this.conn.send({ type: 'file', id, name, size, ...announced(recorded) });
     const sent = await sendChunks(this.conn, id, streamSource(source), undefined, { hashing: recorded === undefined });
-    await this.conn.send({ type: 'end', id, ...(crc ? { crc32c: crc32cWireHex(recorded.checksum) } : { sha256: recorded?.checksum ?? sent.sha256 }) });
+    await this.conn.send({ type: 'end', id, ...endChecksum(recorded ?? { algorithm: 'SHA256', checksum: sent.sha256 }) });
   }
 
   private async sendBackupFile(id: number, backupId: string, path: string, server: ServerContext, acceptsZstd = false): Promise<void> {
@@ -576,12 +575,11 @@ export class Session implements Peer {
    * bytes, flagged so. The end carries the recorded checksum of the plain bytes, which the agent checks.
    */
   private async sendFrames(id: number, name: string, size: number, frames: AsyncIterable<Buffer>, recorded: FileChecksumValue): Promise<void> {
-    const crc = recorded.algorithm === 'CRC32C';
-    await this.conn.send({ type: 'file', id, name, size, encoding: 'zstd', ...(crc ? { checksum: 'crc32c' as const } : {}) });
+    await this.conn.send({ type: 'file', id, name, size, encoding: 'zstd', ...announced(recorded) });
     for await (const frame of frames) {
       await this.conn.send({ type: 'chunk', id, ...(await storedFrameChunk(frame, name)) });
     }
-    await this.conn.send({ type: 'end', id, ...(crc ? { crc32c: crc32cWireHex(recorded.checksum) } : { sha256: recorded.checksum }) });
+    await this.conn.send({ type: 'end', id, ...endChecksum(recorded) });
   }
 
   /**
@@ -610,6 +608,16 @@ export class Session implements Peer {
     this.log.info({ backup: plan.backupId, target: plan.targetDescription }, 'restore planned for the agent');
     await this.sendStream(id, 'restore-plan.json', json.length, Readable.from([json]));
   }
+}
+
+/** What a sent file's file frame says of the checksum its end will carry: a CRC-32C is announced, a SHA-256 is the default. */
+function announced(recorded: FileChecksumValue | undefined): { checksum?: 'crc32c' } {
+  return recorded?.algorithm === 'CRC32C' ? { checksum: 'crc32c' } : {};
+}
+
+/** A sent file's checksum as its end frame carries it: a CRC-32C in the wire's hex (the manifest's is byte-reversed), a SHA-256 as it is. */
+function endChecksum(checksum: FileChecksumValue): { crc32c: string } | { sha256: string } {
+  return checksum.algorithm === 'CRC32C' ? { crc32c: crc32cWireHex(checksum.checksum) } : { sha256: checksum.checksum };
 }
 
 /**
