@@ -549,14 +549,19 @@ export class BackupCatalog {
       if (err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND) return this.readFile(id, contents, path, bundles);
       throw damaged(err, id, path, this.catalog.server);
     }
-    const what = `${where.key}${range ? ` (bytes ${range.start}-${range.end})` : ''} in ${this.storage.location}`;
-    return damageSaysSo(zstdStoredFrames(stored, what), id, path, this.catalog.server);
+    return damageSaysSo(zstdStoredFrames(stored, describeStored(this.storage, where)), id, path, this.catalog.server);
   }
 
   /** A reader of this backup's bundles for one restore (readFile): each bundle read once. */
   bundleReader(contents: BackupContents): BundleReader {
     return new BundleReader(this.storage, contents);
   }
+}
+
+/** A stored file as errors name it: its key, the byte range of a bundle member, and the storage. */
+function describeStored(storage: Storage, where: StoredFile): string {
+  const range = where.offset === undefined ? '' : ` (bytes ${where.offset}-${where.offset + (where.length ?? 0)})`;
+  return `${where.key}${range} in ${storage.location}`;
 }
 
 /** bundles a BundleReader holds at once (members are asked for in the backup's order: one or two are in use) */
@@ -583,12 +588,7 @@ export class BundleReader {
   /** The plain bytes of the member `where` names, one buffer per compressed frame. */
   async member(where: StoredFile): Promise<Buffer[]> {
     const stored = await this.memberStored(where);
-    return decompressWhole(parseStoredKey(where.key).compression, stored, this.describe(where));
-  }
-
-  private describe(where: StoredFile): string {
-    const start = where.offset ?? 0;
-    return `${where.key} (bytes ${start}-${start + (where.length ?? 0)}) in ${this.storage.location}`;
+    return decompressWhole(parseStoredKey(where.key).compression, stored, describeStored(this.storage, where));
   }
 
   /** The stored bytes of the member `where` names, as they are (still compressed). */
@@ -596,7 +596,7 @@ export class BundleReader {
     const key = where.key;
     const start = where.offset ?? 0;
     const end = start + (where.length ?? 0);
-    const what = this.describe(where);
+    const what = describeStored(this.storage, where);
     let bytes = this.kept.get(key);
     this.kept.delete(key);
     if (!bytes) {
