@@ -264,26 +264,24 @@ export class Storage {
    * are then decompressed one by one (decompressWhole). Refuses more than `limit` bytes.
    */
   async readStored(stored: string, limit: number): Promise<Buffer> {
+    return this.collect(stored, await this.driver.read(checkKey(stored)), limit);
+  }
+
+  /** A small object whole (JSON documents, leases); refuses more than `limit` plain bytes. */
+  async readAll(stored: string, limit = 16 * 1024 * 1024): Promise<Buffer> {
+    return this.collect(stored, await this.read(stored), limit);
+  }
+
+  /** The bytes of `stream` (read from object `stored`) in one buffer; refuses more than `limit` of them. */
+  private async collect(stored: string, stream: Readable, limit: number): Promise<Buffer> {
     const parts: Buffer[] = [];
     let size = 0;
-    for await (const chunk of await this.driver.read(checkKey(stored))) {
+    for await (const chunk of stream) {
       size += (chunk as Buffer).length;
       if (size > limit) throw new BarmanError(ErrorCode.STORAGE_CORRUPT, `${stored} in ${this.location} is larger than ${limit} bytes`, 'The object is not what barman-ts wrote there; move it away and retry.');
       parts.push(chunk as Buffer);
     }
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
-  }
-
-  /** A small object whole (JSON documents, leases); refuses more than `limit` plain bytes. */
-  async readAll(stored: string, limit = 16 * 1024 * 1024): Promise<Buffer> {
-    const parts: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of await this.read(stored)) {
-      size += (chunk as Buffer).length;
-      if (size > limit) throw new BarmanError(ErrorCode.STORAGE_CORRUPT, `${stored} in ${this.location} is larger than ${limit} bytes`, 'The object is not what barman-ts wrote there; move it away and retry.');
-      parts.push(chunk as Buffer);
-    }
-    return Buffer.concat(parts, size);
   }
 
   /** Every stored object under `prefix`, with the catalog key and compression its key says. */
