@@ -4,6 +4,7 @@
 // a SHA-256 the agent computes beside it (shared/backup/manifest.ts).
 
 import { createHash, type Hash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
@@ -31,10 +32,36 @@ export function requireExternal<T>(name: string): T {
   return req(name) as T;
 }
 
-/** A native package both programs can do without: its exports, or undefined where it cannot load. */
-export function requireOptional<T>(name: string): T | undefined {
+/**
+ * @mongodb-js/zstd's native binding (its entry point drops the compression level; the binding
+ * takes it). The package's own loader (bindings.js) asks process.report.getReport() whether the C
+ * library is musl, which cost 5-7 ms of every process that loads it (a push among them); on Linux
+ * the platform's package is loaded directly instead, musl told by /usr/bin/ldd as newer napi-rs
+ * loaders do, and the package's loader decides wherever that does not work.
+ */
+export function requireZstdBinding<T>(): T {
+  if (process.platform === 'linux') {
+    let libc: 'gnu' | 'musl' | undefined;
+    try {
+      libc = readFileSync('/usr/bin/ldd', 'utf8').includes('musl') ? 'musl' : 'gnu';
+    } catch {
+      libc = undefined;
+    }
+    if (libc) {
+      try {
+        return requireExternal<T>(`@mongodb-js/zstd-linux-${process.arch}-${libc}`);
+      } catch {
+        // not installed for this platform, or does not load here: the package's loader says why
+      }
+    }
+  }
+  return requireExternal<T>('@mongodb-js/zstd/bindings.js');
+}
+
+/** A native package both programs can do without (by name, or its loader): its exports, or undefined where it cannot load. */
+export function requireOptional<T>(name: string | (() => T)): T | undefined {
   try {
-    return requireExternal<T>(name);
+    return typeof name === 'string' ? requireExternal<T>(name) : name();
   } catch {
     return undefined;
   }

@@ -14,7 +14,7 @@ import { Transform, type TransformCallback, type TransformOptions } from 'node:s
 import { promisify } from 'node:util';
 import { createGunzip, createGzip, gunzip, gzip } from 'node:zlib';
 import type { Compression } from '../../shared/config/receiver';
-import { requireExternal } from '../../shared/checksum';
+import { requireExternal, requireZstdBinding } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { checkZstdFrame } from '../../shared/protocol/zstd-frame';
 
@@ -72,7 +72,7 @@ async function loadNative<T>(name: string, load: () => Promise<T & { default?: T
 
 // the package's own entry point drops the level argument (every frame came out at zstd's default,
 // level 3, about half as fast as level 1 here): its native binding takes it
-const zstd = (): Promise<Zstd> => (zstdModule ??= loadNative<Zstd>('@mongodb-js/zstd', async () => requireExternal<Zstd>('@mongodb-js/zstd/bindings.js')));
+const zstd = (): Promise<Zstd> => (zstdModule ??= loadNative<Zstd>('@mongodb-js/zstd', async () => requireZstdBinding<Zstd>()));
 const lz4 = (): Promise<Lz4> => (lz4Module ??= loadNative<Lz4>('lz4-napi', async () => requireExternal<Lz4>('lz4-napi')));
 
 const zstdCodec: Codec = {

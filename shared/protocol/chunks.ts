@@ -5,7 +5,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { crc32c, crc32cHex, newHash, requireOptional } from '../checksum';
+import { crc32c, crc32cHex, newHash, requireOptional, requireZstdBinding } from '../checksum';
 import { CHUNK_HEADER_ROOM, encodeChunkInPlace } from './codec';
 import type { FrameConnection } from './connection';
 import { CHUNK_SIZE, type WireCompression } from './frames';
@@ -133,7 +133,7 @@ let zstdBinding: { compress(data: Buffer, level?: number): Promise<Buffer>; deco
 
 function loadZstd(): NonNullable<typeof zstdBinding> | undefined {
   // the package's entry point drops the level: its binding takes it
-  if (zstdBinding === undefined) zstdBinding = requireOptional<NonNullable<typeof zstdBinding>>('@mongodb-js/zstd/bindings.js') ?? null;
+  if (zstdBinding === undefined) zstdBinding = requireOptional(requireZstdBinding<NonNullable<typeof zstdBinding>>) ?? null;
   return zstdBinding ?? undefined;
 }
 

@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { crc32c, crc32cHex, crc32cJs } from '../../../shared/checksum';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { crc32c, crc32cHex, crc32cJs, requireZstdBinding } from '../../../shared/checksum';
 
 describe('CRC-32C', () => {
   it('gives the check value of the Castagnoli polynomial, natively and in JavaScript', () => {
@@ -19,5 +21,25 @@ describe('CRC-32C', () => {
     const flipped = Buffer.from(data);
     flipped[1234]! ^= 0x80;
     expect(crc32c()(flipped)).not.toBe(whole);
+  });
+});
+
+describe('requireZstdBinding', () => {
+  type Zstd = { compress(b: Buffer, level?: number): Promise<Buffer>; decompress(b: Buffer): Promise<Buffer> };
+  const glibcLinux = process.platform === 'linux' && !readFileSync('/usr/bin/ldd', 'utf8').includes('musl');
+
+  it.runIf(glibcLinux)('loads the platform package itself on glibc Linux, not through the package loader that asks for a process report', () => {
+    const req = createRequire(import.meta.url);
+    expect(requireZstdBinding<Zstd>()).toBe(req(`@mongodb-js/zstd-linux-${process.arch}-gnu`));
+  });
+
+  it('gives a binding that takes the compression level and reads back what it wrote', async () => {
+    const zstd = requireZstdBinding<Zstd>();
+    const plain = Buffer.from(Array.from({ length: 20000 }, (_, i) => `row ${i} ${i % 97}`).join('\n'));
+    const fast = await zstd.compress(plain, 1);
+    // a negative level trades ratio for speed: here about three times the bytes of level 1
+    const fastest = await zstd.compress(plain, -5);
+    expect(fastest.length).toBeGreaterThan(fast.length * 2);
+    expect((await zstd.decompress(fast)).equals(plain)).toBe(true);
   });
 });
