@@ -93,9 +93,6 @@ export class S3Driver implements StorageDriver {
         httpsAgent: new HttpsAgent({ ...agentOptions, ca: options.ca }),
       },
     };
-    // barman-ts runs on Node 20 with the SDK version its lock file pins: the SDK's notice that later
-    // versions will need Node 22 is not the DBA's concern and would land on every command's stderr
-    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     this.client = new S3Client(config);
     // Content-MD5 on every request whose body is in memory (PutObject, UploadPart, DeleteObjects)
     this.client.middlewareStack.add(
