@@ -70,8 +70,8 @@ async function loadNative<T>(name: string, load: () => Promise<T & { default?: T
   }
 }
 
-// the package's own entry point drops the level argument (every frame came out at zstd's default,
-// level 3, about half as fast as level 1 here): its native binding takes it
+// (the binding itself, which takes the level: the package's entry point dropped it, and every frame
+// came out at zstd's default, level 3, about half as fast as level 1 here)
 const zstd = (): Promise<Zstd> => (zstdModule ??= loadNative<Zstd>('@mongodb-js/zstd', async () => requireZstdBinding<Zstd>()));
 const lz4 = (): Promise<Lz4> => (lz4Module ??= loadNative<Lz4>('lz4-napi', async () => requireExternal<Lz4>('lz4-napi')));
 

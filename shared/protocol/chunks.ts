@@ -132,7 +132,6 @@ const WIRE_ZSTD_LEVEL = 1;
 let zstdBinding: { compress(data: Buffer, level?: number): Promise<Buffer>; decompress(data: Buffer): Promise<Buffer> } | null | undefined;
 
 function loadZstd(): NonNullable<typeof zstdBinding> | undefined {
-  // the package's entry point drops the level: its binding takes it
   if (zstdBinding === undefined) zstdBinding = requireOptional(requireZstdBinding<NonNullable<typeof zstdBinding>>) ?? null;
   return zstdBinding ?? undefined;
 }
