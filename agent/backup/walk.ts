@@ -40,9 +40,10 @@ function skipFile(rel: string, name: string): boolean {
 }
 
 /**
- * Lists the backup's files. pg_tblspc/<oid> entries are followed into the tablespace's location;
- * `pg_wal` keeps PostgreSQL's folders in it (archive_status; summaries from PostgreSQL 17) and no
- * file. global/pg_control comes last, as pg_basebackup sends it.
+ * Lists the backup's files, in the order they are sent: the largest first, and global/pg_control
+ * last, as pg_basebackup sends it. pg_tblspc/<oid> entries are followed into the tablespace's
+ * location; `pg_wal` keeps PostgreSQL's folders in it (archive_status; summaries from PostgreSQL
+ * 17) and no file.
  */
 export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
   const files: BackupFileEntry[] = [];
@@ -91,6 +92,10 @@ export async function walkDataDirectory(pgdata: string): Promise<WalkResult> {
     }
   };
   await walk(pgdata, '');
+  // largest first, as pgBackRest queues its backup jobs: the biggest file is a backup's critical
+  // path (one worker reads it), so it starts at once and the small files fill the other workers
+  // beside it, wherever readdir happens to list it
+  files.sort((a, b) => b.size - a.size);
   const control = files.findIndex((f) => f.path === 'global/pg_control');
   if (control >= 0) files.push(...files.splice(control, 1));
   return { files, directories, symlinks };
