@@ -4,7 +4,7 @@
 // half-way leaves a directory PostgreSQL refuses to start, and `--delta` completes it; a directory
 // a PostgreSQL runs in is refused, with or without --delta.
 
-import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -92,9 +92,12 @@ describe('restore --delta', () => {
     const dir = makeTempDir('killed', 'postgres', 0o755);
     const dest = join(dir, 'pgdata');
     const agent = startAgentInBackground(['restore', '-c', slow, backupId, dest]);
-    // killed once what PostgreSQL reads before pg_control is there: it then names pg_control
+    // killed once what PostgreSQL reads before pg_control is there: it then names pg_control.
+    // Written, not only created: a small file is created first and its bytes go in just after, and
+    // a kill in between leaves an empty PG_VERSION, which PostgreSQL names instead
     const before = ['barman_restore.incomplete', 'postgresql.conf', 'PG_VERSION', 'global/pg_filenode.map'];
-    await waitFor('the restore to have written the files PostgreSQL reads first', () => before.every((f) => existsSync(join(dest, f))), { timeoutMs: 60_000, intervalMs: 50 });
+    const written = (f: string) => (statSync(join(dest, f), { throwIfNoEntry: false })?.size ?? 0) > 0;
+    await waitFor('the restore to have written the files PostgreSQL reads first', () => before.every(written), { timeoutMs: 60_000, intervalMs: 50 });
     agent.signal('SIGKILL');
     await agent.exited;
     relay.limitReplies(undefined);
