@@ -77,6 +77,15 @@ interface Receiving {
   wire?: WireCompression;
   /** the algorithm of the manifest's file checksums for this backup */
   checksum: ChecksumAlgorithm;
+  /** files of the backup being opened or committed: fail waits for them before it removes anything */
+  busy: Set<Promise<unknown>>;
+  /** files of the backup open for writing: fail aborts them */
+  writers: Set<ObjectWriter>;
+}
+
+/** A file of backup `id` arrived where the backup is not (any more) running. */
+function notRunning(id: string): BarmanError {
+  return new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} is not running on this receiver`, 'Start a new backup; an interrupted one cannot be resumed.');
 }
 
 export class BackupCatalog {
@@ -181,7 +190,7 @@ export class BackupCatalog {
     // stored as zstd here and the agent can compress so: it does, and the bytes are stored as sent
     const wire = this.catalog.compression === 'zstd' && canCompress.includes('zstd') ? 'zstd' : undefined;
     const checksum = this.checksum === 'sha256' ? 'SHA256' : 'CRC32C';
-    this.receiving.set(id, { files: new Map(), parents: new Set(), unsynced: [], bundles: 0, appending: Promise.resolve(), wire, checksum });
+    this.receiving.set(id, { files: new Map(), parents: new Set(), unsynced: [], bundles: 0, appending: Promise.resolve(), wire, checksum, busy: new Set(), writers: new Set() });
     return info;
   }
 
@@ -197,8 +206,21 @@ export class BackupCatalog {
 
   private receivingOf(id: string): Receiving {
     const r = this.receiving.get(id);
-    if (!r) throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${id} is not running on this receiver`, 'Start a new backup; an interrupted one cannot be resumed.');
+    if (!r) throw notRunning(id);
     return r;
+  }
+
+  /**
+   * One step of a file of running backup `id` (opening, committing): refused once the backup
+   * failed, and waited for by fail, so that nothing of a failed backup lands after its files went.
+   */
+  private step<T>(id: string, r: Receiving, work: () => Promise<T>): Promise<T> {
+    if (this.receiving.get(id) !== r) return Promise.reject(notRunning(id));
+    const done = work();
+    r.busy.add(done);
+    const forget = () => void r.busy.delete(done);
+    done.then(forget, forget);
+    return done;
   }
 
   /** Claims a path of the running backup: refused when sent before, or where a file and a directory of the backup collide. */
@@ -293,12 +315,17 @@ export class BackupCatalog {
     this.claim(r, rel);
     if (size <= BUNDLE_FILE_LIMIT && !UNBUNDLED.has(rel)) return this.bundledFile(id, r, rel, size, mtime, manifest);
     const compression = this.catalog.compression;
-    let writer;
+    let writer: ObjectWriter;
     try {
-      // chunks come from the connection, each in a buffer of its own that nothing reuses;
-      // compressed by the agent, they are stored as they are
-      if (r.wire) writer = await this.storage.openStoredWrite(this.layout.backupFileKey(id, rel), r.wire, { sync: false });
-      else writer = await this.storage.openWrite(this.layout.backupFileKey(id, rel), { compression, sync: false, sizeHint: compression === 'none' ? size : undefined, ownsChunks: true });
+      writer = await this.step(id, r, async () => {
+        // chunks come from the connection, each in a buffer of its own that nothing reuses;
+        // compressed by the agent, they are stored as they are
+        const opened = r.wire
+          ? await this.storage.openStoredWrite(this.layout.backupFileKey(id, rel), r.wire, { sync: false })
+          : await this.storage.openWrite(this.layout.backupFileKey(id, rel), { compression, sync: false, sizeHint: compression === 'none' ? size : undefined, ownsChunks: true });
+        r.writers.add(opened);
+        return opened;
+      });
     } catch (err) {
       r.files.delete(rel);
       throw err;
@@ -310,10 +337,11 @@ export class BackupCatalog {
     return {
       label: `${id}:${rel}`,
       write: async (chunk) => {
+        if (this.receiving.get(id) !== r) throw notRunning(id);
         await arrival.take(chunk);
         await writer.write(chunk);
       },
-      finish: async (sha256, senderCrc32c) => {
+      finish: (sha256, senderCrc32c) => this.step(id, r, async () => {
         let checksum: string;
         try {
           checksum = arrival.check(senderCrc32c, r.checksum, sha256);
@@ -321,12 +349,16 @@ export class BackupCatalog {
           r.files.set(rel, { key, size });
           r.unsynced.push(key);
         } finally {
+          r.writers.delete(writer);
           await writer.abort().catch(() => undefined);
         }
         manifest.push({ path: rel, size, mtime, checksumAlgorithm: r.checksum, checksum });
-        return 'stored';
+        return 'stored' as const;
+      }),
+      abort: async () => {
+        r.writers.delete(writer);
+        await writer.abort();
       },
-      abort: () => writer.abort(),
     };
   }
 
@@ -391,6 +423,10 @@ export class BackupCatalog {
       await r.appending;
       await r.bundle?.writer.abort().catch(() => undefined);
       r.bundle = undefined;
+      // files being opened or committed settle first; what is still open is then given up
+      while (r.busy.size > 0) await Promise.allSettled([...r.busy]);
+      await Promise.all([...r.writers].map((w) => w.abort().catch(() => undefined)));
+      r.writers.clear();
     }
     const info = await this.read(id).catch(() => undefined);
     if (!info || info.status === 'DONE' || info.status === 'FAILED') return;
