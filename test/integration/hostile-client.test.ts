@@ -13,7 +13,7 @@ import {
   type Cluster, crc32cOfBytes, createCluster, expectFailure, expectSuccess, listDir, makeTempDir, newToken, RawClient, type Receiver, runAgent,
   runReceiverCli, sha256Of, sha256OfBytes, startReceiver, waitFor, writeAgentConfig, writeTokenFile,
 } from '../harness';
-import { backupAndWait, showBackupJson } from '../harness/backups';
+import { backupAndWait, showBackupJson, waitBackupStatus } from '../harness/backups';
 import { iniText } from '../harness/receiver';
 
 const SEGMENT_SIZE = 16 * 1024 * 1024;
@@ -51,7 +51,7 @@ describe('the receiver holds against a hostile or broken client', () => {
   const agents: Record<string, string> = {};
 
   beforeAll(async () => {
-    receiver = await startReceiver({ servers: [{ name: 'main' }, { name: 'busy' }, { name: 'spare' }], extra: { timeout: String(TIMEOUT_SECONDS) } });
+    receiver = await startReceiver({ servers: [{ name: 'main' }, { name: 'busy' }, { name: 'spare' }, { name: 'closing' }], extra: { timeout: String(TIMEOUT_SECONDS) } });
     prod = await createCluster({ name: 'prod', extraConf: { wal_keep_size: '1GB' } });
     await prod.start();
     await prod.psql('create table t (id int)');
@@ -186,6 +186,36 @@ describe('the receiver holds against a hostile or broken client', () => {
     } finally {
       stop();
     }
+  });
+
+  it('gives up the files a backup session was opening when it closed: the backup is FAILED with nothing of it left, and all 64 slots of the server come back', async () => {
+    const token = receiver.tokens.get('closing')!;
+    const base = join(receiver.serverDir('closing'), 'base');
+    const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: await prod.systemIdentifier(), pgVersion: 150018, segmentSize: SEGMENT_SIZE, pgdata: prod.pgdata, tablespaces: [] };
+    // backups whose session sends 16 files (each too big for a bundle, each in a directory of
+    // its own) and closes at once: the receiver is still opening them when the close arrives
+    for (let round = 0; round < 4; round++) {
+      const client = await RawClient.authenticated(receiver.url, 'closing', token, 'backup');
+      client.send({ type: 'backup-begin', id: 1, start: { ...start, startTime: new Date().toISOString() } });
+      const accepted = await client.nextFrame();
+      expect(accepted).toMatchObject({ type: 'backup-accepted', id: 1 });
+      const backupId = (accepted as Extract<Frame, { type: 'backup-accepted' }>).backupId;
+      for (let id = 10; id < 26; id++) client.send({ type: 'put', id, target: { kind: 'backup-file', backupId, path: `base/${id}/16384`, mtime: 0 }, size: 3 * 1024 * 1024 });
+      client.close();
+      await client.closed;
+      await waitBackupStatus(receiver, 'closing', backupId, 'FAILED');
+      await waitFor(`the files of backup ${backupId} to be gone`, () => listDir(join(base, backupId)).join() === 'backup.info', { timeoutMs: 10_000 });
+    }
+    expect(receiver.tempFiles('closing')).toEqual([]);
+
+    // the server's whole limit is free: 4 sessions open 16 files each, and none is refused
+    const name = segs[5]!;
+    const segment = readFileSync(prod.walFile(name));
+    const holders = await Promise.all(Array.from({ length: 4 }, () => RawClient.authenticated(receiver.url, 'closing', token, 'push')));
+    for (const client of holders) for (let id = 1; id <= 16; id++) client.send({ type: 'put', id, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE });
+    // frames are handled in order: a get answered first means the puts before it were all opened
+    for (const client of holders) expect(await client.get(100, `${name}.nosuch`)).toMatchObject({ type: 'error', id: 100 });
+    for (const client of holders) client.close();
   });
 
   it("caps one server's sessions with a clear error while another server's pushes go on; a session gone silent makes room for the server's own push", async () => {
