@@ -207,11 +207,11 @@ export class Session implements Peer {
               server.archiveFailed(err);
               throw err;
             });
-            await this.keepOpened(frame.id, upload);
+            this.uploads.set(frame.id, upload);
             if (upload instanceof WalUpload) void this.answerIfStored(frame.id, upload, t.sha256);
           } else {
             this.allow(['daemon', 'backup'], 'send backup files');
-            await this.keepOpened(frame.id, await server.openUpload(() => server.backupFile(this, t.backupId, t.path, frame.size, t.mtime)));
+            this.uploads.set(frame.id, await server.openUpload(() => server.backupFile(this, t.backupId, t.path, frame.size, t.mtime)));
           }
           this.uploadActivity.set(frame.id, Date.now());
         }, undefined, true);
@@ -493,21 +493,6 @@ export class Session implements Peer {
     this.release(upload);
     this.log.info({ wal: upload.label, status: 'duplicate' }, 'WAL already archived with identical content');
     await this.conn.send({ type: 'ack', id, status: 'duplicate', sha256 }).catch(() => undefined);
-  }
-
-  /**
-   * An upload just opened is kept under its id; when the connection closed while it opened,
-   * nothing would ever abort it (the close gave up the uploads it knew): given up here, its
-   * slot of the server's limit freed.
-   */
-  private async keepOpened(id: number, upload: Upload): Promise<void> {
-    if (!this.closed) {
-      this.uploads.set(id, upload);
-      return;
-    }
-    await upload.abort().catch(() => undefined);
-    this.release(upload);
-    throw new BarmanError(ErrorCode.CONNECTION_LOST, `${upload.label}: the connection closed while the file was being opened`, 'The sender sends it again on its next connection; nothing of it was kept.');
   }
 
   /** An upload is over (stored, failed or aborted): its slot of the server's limit is free. */
