@@ -50,6 +50,9 @@ describe('the receiver holds against a hostile or broken client', () => {
   /** agent configurations of each server, with its own token */
   const agents: Record<string, string> = {};
 
+  /** What an agent reports at a backup's start, for `prod`, started now (backup-begin). */
+  const backupStart = async () => ({ startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: await prod.systemIdentifier(), pgVersion: 150018, segmentSize: SEGMENT_SIZE, pgdata: prod.pgdata, tablespaces: [] });
+
   beforeAll(async () => {
     receiver = await startReceiver({ servers: [{ name: 'main' }, { name: 'busy' }, { name: 'spare' }, { name: 'closing' }], extra: { timeout: String(TIMEOUT_SECONDS) } });
     prod = await createCluster({ name: 'prod', extraConf: { wal_keep_size: '1GB' } });
@@ -191,12 +194,11 @@ describe('the receiver holds against a hostile or broken client', () => {
   it('gives up the files a backup session was opening when it closed: the backup is FAILED with nothing of it left, not even a temporary file', async () => {
     const token = receiver.tokens.get('closing')!;
     const base = join(receiver.serverDir('closing'), 'base');
-    const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: await prod.systemIdentifier(), pgVersion: 150018, segmentSize: SEGMENT_SIZE, pgdata: prod.pgdata, tablespaces: [] };
     // backups whose session sends 16 files (each too big for a bundle, each in a directory of
     // its own) and closes at once: the receiver is still opening them when the close arrives
     for (let round = 0; round < 4; round++) {
       const client = await RawClient.authenticated(receiver.url, 'closing', token, 'backup');
-      client.send({ type: 'backup-begin', id: 1, start: { ...start, startTime: new Date().toISOString() } });
+      client.send({ type: 'backup-begin', id: 1, start: await backupStart() });
       const accepted = await client.nextFrame();
       expect(accepted).toMatchObject({ type: 'backup-accepted', id: 1 });
       const backupId = (accepted as Extract<Frame, { type: 'backup-accepted' }>).backupId;
@@ -251,7 +253,7 @@ describe('the receiver holds against a hostile or broken client', () => {
 
   it('refuses a path sent twice, a path below a file and a 300-character name in a backup as invalid names; the session carries on', async () => {
     const client = await RawClient.authenticated(receiver.url, 'spare', receiver.tokens.get('spare')!, 'backup');
-    const start = { startLsn: '0/2000028', timeline: 1, startTime: new Date().toISOString(), systemIdentifier: await prod.systemIdentifier(), pgVersion: 150018, segmentSize: 16 * 1024 * 1024, pgdata: prod.pgdata, tablespaces: [] };
+    const start = await backupStart();
     client.send({ type: 'backup-begin', id: 1, start });
     const accepted = await client.nextFrame();
     expect(accepted).toMatchObject({ type: 'backup-accepted', id: 1 });

@@ -6,8 +6,8 @@ import { BackupCatalog, BUNDLE_FILE_LIMIT, checkClockSkew, MAX_CLOCK_SKEW_MS, sa
 import { ServerCatalog } from '../../../../receiver/catalog/catalog';
 import { PosixDriver } from '../../../../receiver/storage/posix-driver';
 import { Storage } from '../../../../receiver/storage/storage';
-import { crc32c, crc32cHex } from '../../../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../../../shared/errors';
+import { crc32cOfBytes } from '../../../harness/fs';
 
 function errorOf(fn: () => unknown): BarmanError {
   try {
@@ -63,7 +63,7 @@ describe('BackupCatalog.fail: nothing of a failed backup lands after its files w
   afterAll(() => rmSync(home, { recursive: true, force: true }));
   // a file too big for a bundle: written under data/ through its own writer
   const bytes = Buffer.alloc(BUNDLE_FILE_LIMIT + 4096, 7);
-  const crc = crc32cHex(crc32c()(bytes, 0));
+  const crc = crc32cOfBytes(bytes);
 
   /** A running backup of server `name` on the posix driver (zstd, the default), as serve opens it. */
   const running = async (name: string) => {
