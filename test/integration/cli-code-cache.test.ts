@@ -1,5 +1,8 @@
 // Both programs start from a V8 code cache the build makes beside them (<program>.cache); a cache
 // that is missing, made for another bundle, cut short or refused by V8 only costs the compile.
+// Each program is one file: the loader, then its bundle in the comment that ends it (ASCII, read
+// back as one-byte text); one without its bundle says so and what to do, one cut short inside it
+// runs nothing.
 
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -9,9 +12,27 @@ import { agentBin, makeTempDir, receiverBin } from '../harness/env';
 
 const version = (JSON.parse(readFileSync(join(__dirname, '../../package.json'), 'utf8')) as { version: string }).version;
 
-function runVersion(program: string): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [program, '--version'], { encoding: 'utf8' });
+function runVersion(program: string, nodeArgs: string[] = []): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [...nodeArgs, program, '--version'], { encoding: 'utf8' });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A preload that reports, on exit, whether V8 took the cached data a vm.Script was given. */
+function cacheReporter(dir: string): string {
+  const hook = join(dir, 'report-cache.cjs');
+  writeFileSync(
+    hook,
+    `const vm = require('node:vm');
+const Script = vm.Script;
+vm.Script = class extends Script {
+  constructor(code, options) {
+    super(code, options);
+    if (options && options.cachedData) process.on('exit', () => process.stderr.write(this.cachedDataRejected ? 'cache rejected\\n' : 'cache accepted\\n'));
+  }
+};
+`,
+  );
+  return hook;
 }
 
 describe.each([
@@ -24,6 +45,42 @@ describe.each([
     expect(cache.length).toBeGreaterThan(32);
     expect(loader).toContain(JSON.stringify(cache.subarray(0, 32).toString('hex')));
     expect(runVersion(bin())).toEqual({ status: 0, stdout: `${version}\n`, stderr: '' });
+  });
+
+  it('is compiled from that cache: V8 accepts it', () => {
+    const hook = cacheReporter(makeTempDir(`${name}-hook`));
+    expect(runVersion(bin(), ['--require', hook])).toEqual({ status: 0, stdout: `${version}\n`, stderr: 'cache accepted\n' });
+  });
+
+  it('holds its bundle as ASCII text in the comment that ends the file', () => {
+    const file = readFileSync(bin());
+    expect(file.findIndex((b) => b > 0x7f)).toBe(-1);
+    const text = file.toString('latin1');
+    expect(text.indexOf('/*barman-bundle\n')).toBeGreaterThan(0);
+    expect(text.endsWith('*/\n')).toBe(true);
+  });
+
+  it('refuses to run without its bundle, and says how to get it back', () => {
+    const dir = makeTempDir(`${name}-cut`);
+    const program = join(dir, `${name}.cjs`);
+    const whole = readFileSync(bin(), 'latin1');
+    writeFileSync(program, whole.slice(0, whole.indexOf('/*barman-bundle\n')), 'latin1');
+    const r = runVersion(program);
+    expect(r.status).not.toBe(0);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain(`${program} is damaged: the program's bundle is missing or cut short. Run npm run build (or npm ci) again`);
+  });
+
+  it('runs nothing when the file is cut short inside its bundle', () => {
+    const dir = makeTempDir(`${name}-cut`);
+    const program = join(dir, `${name}.cjs`);
+    const whole = readFileSync(bin());
+    writeFileSync(program, whole.subarray(0, whole.length - 1000));
+    const r = runVersion(program);
+    expect(r.status).not.toBe(0);
+    expect(r.stdout).toBe('');
+    // (an unterminated comment: Node refuses the file before the loader runs)
+    expect(r.stderr).toContain('SyntaxError');
   });
 
   const cases: [string, (cache: Buffer) => Buffer | undefined][] = [
