@@ -58,6 +58,13 @@ export class WalStream {
   private parked: SegmentHash | undefined;
   /** complete segments being stored into the catalog, in order */
   private storing: Promise<unknown> = Promise.resolve();
+  /**
+   * open, append and close, one at a time in the order called: an append still writing when its
+   * connection went (the close) or when the daemon came back (the next open) finishes first. Else
+   * it went on writing after the close, holding a segment open that nothing flushed any more, and
+   * moved the write position under the next stream's feet.
+   */
+  private turn: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly catalog: ServerCatalog, private readonly log: Logger, private readonly archive: WalArchive) {}
 
@@ -77,13 +84,23 @@ export class WalStream {
     if (this.active && timeline === this.timeline && lsn > this.serverLsn) this.serverLsn = lsn;
   }
 
+  private inTurn<T>(step: () => Promise<T>): Promise<T> {
+    const run = this.turn.then(step);
+    this.turn = run.catch(() => undefined);
+    return run;
+  }
+
   /** A daemon starts streaming: where should it start? ('' when nothing was streamed on that timeline) */
-  async open(timeline: number, systemIdentifier: string, segmentSize: number, serverLsn: Lsn, branch?: { parent: number; switchLsn: Lsn }): Promise<Lsn | undefined> {
+  open(timeline: number, systemIdentifier: string, segmentSize: number, serverLsn: Lsn, branch?: { parent: number; switchLsn: Lsn }): Promise<Lsn | undefined> {
+    return this.inTurn(() => this.openNow(timeline, systemIdentifier, segmentSize, serverLsn, branch));
+  }
+
+  private async openNow(timeline: number, systemIdentifier: string, segmentSize: number, serverLsn: Lsn, branch?: { parent: number; switchLsn: Lsn }): Promise<Lsn | undefined> {
     const identity = await this.catalog.identity();
     if (identity && identity.systemIdentifier !== systemIdentifier) {
       throw new BarmanError(ErrorCode.WAL_FOREIGN, `the streaming cluster has system identifier ${systemIdentifier}, this server's WAL comes from ${identity.systemIdentifier}`, `Check that the agent's server = ${this.catalog.server} is right; a new cluster needs its own server section.`);
     }
-    await this.close();
+    await this.closeNow();
     await fs.mkdir(this.dir, { recursive: true, mode: 0o750 });
     this.segmentSize = segmentSize;
     this.serverLsn = serverLsn;
@@ -114,7 +131,11 @@ export class WalStream {
   }
 
   /** Appends WAL from `start`; bytes before the write position (a resend after reconnect) are skipped. */
-  async append(timeline: number, start: Lsn, walEnd: Lsn, data: Uint8Array): Promise<void> {
+  append(timeline: number, start: Lsn, walEnd: Lsn, data: Uint8Array): Promise<void> {
+    return this.inTurn(() => this.appendNow(timeline, start, walEnd, data));
+  }
+
+  private async appendNow(timeline: number, start: Lsn, walEnd: Lsn, data: Uint8Array): Promise<void> {
     if (!this.active || timeline !== this.timeline) throw new BarmanError(ErrorCode.PROTOCOL, `WAL for timeline ${timeline} while streaming ${this.active ? `timeline ${this.timeline}` : 'nothing'}`, 'Restart the agent daemon.');
     if (walEnd > this.serverLsn) this.serverLsn = walEnd;
     if (this.writePos === 0n) this.writePos = start - (start % BigInt(this.segmentSize));
@@ -135,8 +156,18 @@ export class WalStream {
     this.scheduleFlush();
   }
 
-  async close(): Promise<void> {
+  /** Stops the stream once the append in progress (if any) is written; nothing is written after. */
+  close(): Promise<void> {
+    return this.inTurn(() => this.closeNow());
+  }
+
+  private async closeNow(): Promise<void> {
     this.active = false;
+    await this.parkCurrent();
+  }
+
+  /** The open segment fsynced and closed, its hash kept for a resume in this process. */
+  private async parkCurrent(): Promise<void> {
     await this.flushing;
     await this.storing;
     if (this.current) {
@@ -170,7 +201,7 @@ export class WalStream {
   private async segmentFor(lsn: Lsn): Promise<OpenSegment> {
     const name = segmentForLsn(this.timeline, lsn, this.segmentSize);
     if (this.current?.name === name) return this.current;
-    if (this.current) await this.close().then(() => (this.active = true));
+    if (this.current) await this.parkCurrent();
     const path = this.partialPath(name);
     const fh = await fs.open(path, 'a+', 0o640).then(async (h) => {
       await h.close();
