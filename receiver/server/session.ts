@@ -93,7 +93,7 @@ export class Session implements Peer {
       clearInterval(this.idleTimer);
       if (err && err.code !== ErrorCode.CONNECTION_LOST) this.log.warn({ code: err.code }, err.message);
       else this.log.debug('session closed');
-      for (const upload of this.uploads.values()) upload.abort().catch(() => undefined).finally(() => this.release(upload));
+      for (const upload of this.uploads.values()) this.giveUp(upload);
       this.uploads.clear();
     });
   }
@@ -207,11 +207,11 @@ export class Session implements Peer {
               server.archiveFailed(err);
               throw err;
             });
-            this.uploads.set(frame.id, upload);
+            if (!this.keepOpened(frame.id, upload)) return;
             if (upload instanceof WalUpload) void this.answerIfStored(frame.id, upload, t.sha256);
           } else {
             this.allow(['daemon', 'backup'], 'send backup files');
-            this.uploads.set(frame.id, await server.openUpload(() => server.backupFile(this, t.backupId, t.path, frame.size, t.mtime)));
+            if (!this.keepOpened(frame.id, await server.openUpload(() => server.backupFile(this, t.backupId, t.path, frame.size, t.mtime)))) return;
           }
           this.uploadActivity.set(frame.id, Date.now());
         }, undefined, true);
@@ -493,6 +493,29 @@ export class Session implements Peer {
     this.release(upload);
     this.log.info({ wal: upload.label, status: 'duplicate' }, 'WAL already archived with identical content');
     await this.conn.send({ type: 'ack', id, status: 'duplicate', sha256 }).catch(() => undefined);
+  }
+
+  /**
+   * Keeps an upload just opened under its id; false when the connection closed while it opened.
+   * The close gave up the uploads it knew, so this one is given up here: else its temporary file
+   * stayed and it held one of the server's MAX_UPLOADS_PER_SERVER slots until the receiver
+   * restarted. Nobody is left to answer.
+   */
+  private keepOpened(id: number, upload: Upload): boolean {
+    if (this.closed) {
+      this.giveUp(upload);
+      return false;
+    }
+    this.uploads.set(id, upload);
+    return true;
+  }
+
+  /** An upload nobody sends to any more: aborted, then its slot freed. */
+  private giveUp(upload: Upload): void {
+    void upload
+      .abort()
+      .catch(() => undefined)
+      .finally(() => this.release(upload));
   }
 
   /** An upload is over (stored, failed or aborted): its slot of the server's limit is free. */

@@ -191,7 +191,7 @@ describe('the receiver holds against a hostile or broken client', () => {
     }
   });
 
-  it('gives up the files a backup session was opening when it closed: the backup is FAILED with nothing of it left, not even a temporary file', async () => {
+  it('gives up the files a backup session was opening when it closed: the backup is FAILED with nothing of it left, not even a temporary file, and all 64 slots of the server come back', async () => {
     const token = receiver.tokens.get('closing')!;
     const base = join(receiver.serverDir('closing'), 'base');
     // backups whose session sends 16 files (each too big for a bundle, each in a directory of
@@ -209,6 +209,15 @@ describe('the receiver holds against a hostile or broken client', () => {
       await waitFor(`the files of backup ${backupId} to be gone`, () => listDir(join(base, backupId)).join() === 'backup.info', { timeoutMs: 10_000 });
     }
     expect(receiver.tempFiles('closing')).toEqual([]);
+
+    // the server's whole limit is free: 4 sessions open 16 files each, and none is refused
+    const name = segs[5]!;
+    const segment = readFileSync(prod.walFile(name));
+    const holders = await Promise.all(Array.from({ length: 4 }, () => RawClient.authenticated(receiver.url, 'closing', token, 'push')));
+    for (const client of holders) for (let id = 1; id <= 16; id++) client.send({ type: 'put', id, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE });
+    // frames are handled in order: a get answered first means the puts before it were all opened
+    for (const client of holders) expect(await client.get(100, `${name}.nosuch`)).toMatchObject({ type: 'error', id: 100 });
+    for (const client of holders) client.close();
   });
 
   it("caps one server's sessions with a clear error while another server's pushes go on; a session gone silent makes room for the server's own push", async () => {
