@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // dist/barman-agent.cjs and dist/barman-receiver.cjs as scripts/build.mjs writes them: this loader,
-// then the program's bundle in the comment that ends the file, compiled from V8's code cache when
+// then the program's bundle in a comment at the end of the file, compiled from V8's code cache when
 // <this file>.cache holds one made for exactly this bundle by this Node (the build makes it,
 // running a command that stops at the configuration): PostgreSQL starts the agent once per WAL
 // segment, and compiling the bundle from scratch is a good part of each start (and of a
@@ -8,10 +8,12 @@
 // bundle's SHA-256) or refused by V8 (another Node, other flags) only costs the compile it would
 // have saved.
 //
-// The bundle is a comment, not a string literal: V8 skips a comment at the speed of a memchr,
-// where it parsed a 1 MB string literal of escapes in ~27 ms on every start. The build makes the
-// bundle ASCII (the file is read back here as one-byte text, without decoding) and writes each
-// `*/` inside it as `*`, U+0001, `/` (the bundle has no U+0001 of its own; the build checks).
+// The bundle is a comment in the body of the function bundle() that ends the file, not a string
+// literal: V8 skips a comment at the speed of a memchr, where it parsed a 1 MB string literal of
+// escapes in ~27 ms on every start, and bundle.toString() hands back that part of the text Node
+// read (a slice of it, not a second read of the file). The build makes the bundle ASCII (one-byte
+// text) and writes each `*/` inside it as `*`, U+0001, `/` (the bundle has no U+0001 of its
+// own; the build checks).
 'use strict';
 
 const SOURCE_SHA256 = __SOURCE_SHA256__;
@@ -20,12 +22,11 @@ const { readFileSync, renameSync, writeFileSync } = require('node:fs');
 const Module = require('node:module');
 const vm = require('node:vm');
 
-const self = readFileSync(__filename, 'latin1');
-// (the mark, spelled in two parts here, is found where the bundle starts, not in this line)
-const mark = '/*' + 'barman-bundle\n';
-const start = self.indexOf(mark);
-if (start < 0 || !self.endsWith('*/\n')) throw new Error(`${__filename} is damaged: the program's bundle is missing or cut short. Run npm run build (or npm ci) again, or copy the file from a good build.`);
-const SOURCE = self.slice(start + mark.length, -3).replaceAll('*\x01/', '*/');
+// (a function declaration: defined here already, though it comes last)
+const self = typeof bundle === 'function' ? bundle.toString() : '';
+const head = 'function bundle() {/*barman-bundle\n';
+if (!self.startsWith(head) || !self.endsWith('*/}')) throw new Error(`${__filename} is damaged: the program's bundle is missing or cut short. Run npm run build (or npm ci) again, or copy the file from a good build.`);
+const SOURCE = self.slice(head.length, -3).replaceAll('*\x01/', '*/');
 
 let cachedData;
 try {

@@ -32,15 +32,15 @@ async function buildLoaded(entry, out, cacheRun) {
   const source = bundled.outputFiles.find((f) => f.path.endsWith('.cjs')).text.replace(/([^\w$.])import\(("node:[\w/]+")\)/g, '$1Promise.resolve(require($2))');
   const map = bundled.outputFiles.find((f) => f.path.endsWith('.map'));
   if (/[^\w$.]import\(/.test(source)) throw new Error(`the ${entry} bundle has a dynamic import(); import statically (node: builtins cost nothing to import)`);
-  // the loader reads the bundle back as one-byte text: it must be ASCII. esbuild escapes
-  // everything else in strings, regular expressions and names (charset ascii, its default), so
-  // what is left is in comments, where an escape changes nothing
+  // the loader takes the bundle from the text Node read, one-byte text when it is ASCII: it must
+  // be. esbuild escapes everything else in strings, regular expressions and names (charset ascii,
+  // its default), so what is left is in comments, where an escape changes nothing
   const ascii = source.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
   if (ascii.includes('\x01')) throw new Error(`the ${entry} bundle holds U+0001, which the loader uses to write the ends of comments inside it`);
   const sha256 = createHash('sha256').update(ascii).digest('hex');
   const loader = (await readFile('agent/loader.cjs', 'utf8')).replace('__SOURCE_SHA256__', () => JSON.stringify(sha256));
-  // the bundle goes in the comment that ends the file (agent/loader.cjs says why)
-  await writeFile(out, `${loader}/*barman-bundle\n${ascii.replaceAll('*/', '*\x01/')}*/\n`, { mode: 0o755 });
+  // the bundle goes in a comment, the body of the function that ends the file (agent/loader.cjs says why)
+  await writeFile(out, `${loader}function bundle() {/*barman-bundle\n${ascii.replaceAll('*/', '*\x01/')}*/}\n`, { mode: 0o755 });
   await chmod(out, 0o755);
   await writeFile(map.path, map.contents);
   await rm(`${out}.cache`, { force: true });

@@ -1,7 +1,7 @@
 // Both programs start from a V8 code cache the build makes beside them (<program>.cache); a cache
 // that is missing, made for another bundle, cut short or refused by V8 only costs the compile.
-// Each program is one file: the loader, then its bundle in the comment that ends it (ASCII, read
-// back as one-byte text); one without its bundle says so and what to do, one cut short inside it
+// Each program is one file: the loader, then its bundle in a comment, the body of the function
+// that ends the file (ASCII); one without its bundle says so and what to do, one cut short inside it
 // runs nothing.
 
 import { spawnSync } from 'node:child_process';
@@ -56,15 +56,15 @@ describe.each([
     const file = readFileSync(bin());
     expect(file.findIndex((b) => b > 0x7f)).toBe(-1);
     const text = file.toString('latin1');
-    expect(text.indexOf('/*barman-bundle\n')).toBeGreaterThan(0);
-    expect(text.endsWith('*/\n')).toBe(true);
+    expect(text.indexOf('\nfunction bundle() {/*barman-bundle\n')).toBeGreaterThan(0);
+    expect(text.endsWith('*/}\n')).toBe(true);
   });
 
   it('refuses to run without its bundle, and says how to get it back', () => {
     const dir = makeTempDir(`${name}-cut`);
     const program = join(dir, `${name}.cjs`);
     const whole = readFileSync(bin(), 'latin1');
-    writeFileSync(program, whole.slice(0, whole.indexOf('/*barman-bundle\n')), 'latin1');
+    writeFileSync(program, whole.slice(0, whole.indexOf('function bundle() {/*barman-bundle\n')), 'latin1');
     const r = runVersion(program);
     expect(r.status).not.toBe(0);
     expect(r.stdout).toBe('');
