@@ -142,7 +142,8 @@ async function backupAtScale(ctx: BenchContext, wantedScale: number): Promise<st
   const dir = postgresDir(join(ctx.workDir, `backup-s${wantedScale}`));
   const node = process.execPath;
   const agent = join(ctx.repoRoot, 'dist', 'barman-agent.cjs');
-  const receiverCli = join(ctx.repoRoot, 'dist', 'barman-receiver.cjs');
+  // as installed: the sh launcher, which runs barman-receiver.cjs with one malloc arena
+  const receiverCli = join(ctx.repoRoot, 'dist', 'barman-receiver');
   const pgbackrest = pgbackrestPath();
 
   // space: the cluster, its WAL, the archived WAL, one catalog backup per round, one plain backup
@@ -234,7 +235,7 @@ async function backupAtScale(ctx: BenchContext, wantedScale: number): Promise<st
     const agentWatch = new RssWatch(daemon.pid);
     const receiverCpuBefore = procCpuSeconds(receiver.pid);
     const agentCpuBefore = procCpuSeconds(daemon.pid);
-    const run = await runMeasured(node, [receiverCli, 'backup', '-c', receiver.config, SERVER, '--wait'], work, { cwd: work }).catch((err: Error) => {
+    const run = await runMeasured(receiverCli, ['backup', '-c', receiver.config, SERVER, '--wait'], work, { cwd: work }).catch((err: Error) => {
       receiverWatch.stop();
       agentWatch.stop();
       throw new Error(`${err.message}\n--- receiver log\n${receiver.logTail()}\n--- daemon\n${daemon.output().slice(-4000)}`);
@@ -288,7 +289,7 @@ async function backupAtScale(ctx: BenchContext, wantedScale: number): Promise<st
     await settle();
     ctx.log(`backup: round ${round}: barman-receiver recover + start`);
     const dest = join(work, `recovered-ours-${round}`);
-    const run = await runMeasured(node, [receiverCli, 'recover', '-c', receiver.config, SERVER, 'latest', dest], work, { cwd: work });
+    const run = await runMeasured(receiverCli, ['recover', '-c', receiver.config, SERVER, 'latest', dest], work, { cwd: work });
     const walFiles = existsSync(join(dest, 'barman_wal')) ? readdirSync(join(dest, 'barman_wal')).length : 0;
     const copy = await startCopy(dest, `recovered-ours-${round}`);
     await copy.stop();
@@ -340,7 +341,7 @@ async function backupAtScale(ctx: BenchContext, wantedScale: number): Promise<st
     }
     rmSync(plain, { recursive: true, force: true });
     // the catalog keeps the newest backup only (recovery reads `latest`): disk stays bounded at any scale
-    for (const b of (await catalog.backups.list()).slice(0, -1)) await runOk(node, [receiverCli, 'delete', '-c', receiver.config, SERVER, b.backupId]).catch(() => undefined);
+    for (const b of (await catalog.backups.list()).slice(0, -1)) await runOk(receiverCli, ['delete', '-c', receiver.config, SERVER, b.backupId]).catch(() => undefined);
   }
   loads.push(loadAverage());
   // the high-water mark is reset before each backup: the peak since the last one's start

@@ -66,7 +66,7 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
   const node = process.execPath;
   const agent = join(ctx.repoRoot, 'dist', 'barman-agent.cjs');
   const launcher = join(ctx.repoRoot, 'dist', 'barman-agent');
-  const receiverCli = join(ctx.repoRoot, 'dist', 'barman-receiver.cjs');
+  const receiverCli = join(ctx.repoRoot, 'dist', 'barman-receiver');
   const pgbench = join(ctx.pgBin, 'pgbench');
 
   const receiver = await startReceiver(join(dir, 'receiver'), ctx.repoRoot, ctx.cleanup, SERVER, { listen: `127.0.0.1:${await freePort()}`, compression: 'none' });
@@ -148,14 +148,14 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
   }
   const lagSeconds = (now() - lagStarted) / 1000;
   lag.lightTps = (Number(await value(ctl, 'select count(*) from pgbench_history')) - historyBefore) / lagSeconds;
-  const status = JSON.parse((await runOk(node, [receiverCli, 'status', '-c', receiver.config, SERVER, '--json'])).stdout) as { streaming: LagRun['status']; rpo_seconds: number | null };
+  const status = JSON.parse((await runOk(receiverCli, ['status', '-c', receiver.config, SERVER, '--json'])).stdout) as { streaming: LagRun['status']; rpo_seconds: number | null };
   lag.status = { ...status.streaming, rpo_seconds: status.rpo_seconds };
   await lightLoad.stop();
 
   // ---- (e) RPO of an immediate stop --------------------------------------------------------------
   ctx.log('daemon: RPO: backup through the daemon, then an immediate stop right after a commit');
   const backupStarted = now();
-  const backupId = (await runOk(node, [receiverCli, 'backup', '-c', receiver.config, SERVER, '--wait'])).stdout.trim();
+  const backupId = (await runOk(receiverCli, ['backup', '-c', receiver.config, SERVER, '--wait'])).stdout.trim();
   const backupMs = now() - backupStarted;
   // RPO 0 is the promise of synchronous streaming (README "RPO = 0"): every commit waits for the
   // receiver's fsync. Asynchronous streaming may lose the last commits an immediate stop cuts off
@@ -175,12 +175,12 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
   const stopMs = now() - markerCommitted;
   await crashLoad.stop(); // its connections died with the server
   await sleep(2000); // whatever the daemon had in flight reaches the receiver (or not)
-  const crashed = JSON.parse((await runOk(node, [receiverCli, 'status', '-c', receiver.config, SERVER, '--json'])).stdout) as { streaming: { flush_lsn: string | null } };
+  const crashed = JSON.parse((await runOk(receiverCli, ['status', '-c', receiver.config, SERVER, '--json'])).stdout) as { streaming: { flush_lsn: string | null } };
 
   const rpoDir = postgresDir(join(dir, 'rpo'));
   const dest = join(rpoDir, 'pgdata');
   const recoverStarted = now();
-  await runOk(node, [receiverCli, 'recover', '-c', receiver.config, SERVER, 'latest', dest], { cwd: rpoDir });
+  await runOk(receiverCli, ['recover', '-c', receiver.config, SERVER, 'latest', dest], { cwd: rpoDir });
   const recoverMs = now() - recoverStarted;
   const copy = await startRecoveredCopy(ctx.pgBin, dest, rpoDir, COPY_PORT, ctx.cleanup);
   const counts = async (c: Client) => ({

@@ -357,7 +357,7 @@ export interface BenchReceiver {
 }
 
 /**
- * `barman-receiver serve` from dist/ with one server section and a fresh token, on a port the
+ * `barman-receiver serve` from dist/ (the installed launcher) with one server section and a fresh token, on a port the
  * kernel picks (read back from its "receiver listening" log line).
  */
 export async function startReceiver(dir: string, repoRoot: string, cleanup: Cleanup, server: string, extra: Record<string, string> = {}, nodeArgs: string[] = []): Promise<BenchReceiver> {
@@ -370,7 +370,10 @@ export async function startReceiver(dir: string, repoRoot: string, cleanup: Clea
   const ini = (name: string, values: Record<string, string>) => `[${name}]\n${Object.entries(values).map(([k, v]) => `${k} = ${v}`).join('\n')}\n`;
   writeFileSync(config, `${ini('barman', barman)}\n${ini(server, { token_file: tokenFile })}`);
 
-  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, join(repoRoot, 'dist', 'barman-receiver.cjs'), 'serve', '-c', config], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  // as installed: the launcher (one malloc arena) execs Node, so the pid is the service's; Node's
+  // own options (a profile) go through NODE_OPTIONS
+  const env = nodeArgs.length > 0 ? { ...process.env, NODE_OPTIONS: [process.env.NODE_OPTIONS, ...nodeArgs].filter(Boolean).join(' ') } : process.env;
+  const child: ChildProcess = spawn(join(repoRoot, 'dist', 'barman-receiver'), ['serve', '-c', config], { cwd: dir, env, stdio: ['ignore', 'ignore', 'pipe'] });
   let recent = '';
   child.stderr!.on('data', (b: Buffer) => {
     recent = (recent + b.toString('utf8')).slice(-16_384);

@@ -72,9 +72,10 @@ const LABEL: Record<Way, string> = {
 
 export async function recoverSection(ctx: BenchContext): Promise<SectionResult> {
   const dir = postgresDir(join(ctx.workDir, 'recover'));
-  const node = process.execPath;
-  const agent = join(ctx.repoRoot, 'dist', 'barman-agent.cjs');
-  const receiverCli = join(ctx.repoRoot, 'dist', 'barman-receiver.cjs');
+  // as installed: the sh launcher, which runs barman-agent.cjs with one malloc arena
+  const agent = join(ctx.repoRoot, 'dist', 'barman-agent');
+  // as installed: the sh launcher, which runs barman-receiver.cjs with one malloc arena
+  const receiverCli = join(ctx.repoRoot, 'dist', 'barman-receiver');
   const pgbackrest = WITH_PGBACKREST ? ['/usr/bin/pgbackrest', '/usr/local/bin/pgbackrest'].find((p) => existsSync(p)) : undefined;
 
   // the cluster, its WAL, the catalog, a plain copy, pgBackRest's repository and one restored copy at a time
@@ -116,7 +117,7 @@ export async function recoverSection(ctx: BenchContext): Promise<SectionResult> 
       '',
     ].join('\n'), { mode: 0o644 });
   }
-  const push = `${node} ${agent} -c ${agentConf} push %p`;
+  const push = `${agent} -c ${agentConf} push %p`;
   const cluster = await BenchCluster.start(clusterDir, ctx.pgBin, ctx.cleanup, {
     archive_mode: 'on',
     archive_command: `'${push}'`,
@@ -146,7 +147,7 @@ export async function recoverSection(ctx: BenchContext): Promise<SectionResult> 
   // the three backups, one after the other, then a segment switch so each one's end is archived
   ctx.log('recover: backups (ours, pg_basebackup, pgBackRest)');
   await settle();
-  const id = (await runOk(node, [agent, '-c', agentConf, 'backup'], { asPostgres: true, cwd: work })).stdout.trim();
+  const id = (await runOk(agent, ['-c', agentConf, 'backup'], { asPostgres: true, cwd: work })).stdout.trim();
   const plain = join(work, 'plain');
   await runOk(join(ctx.pgBin, 'pg_basebackup'), ['-h', cluster.socketDir, '-p', String(cluster.port), '-U', 'postgres', '-D', plain, '-Fp', '-X', 'none', '--checkpoint=fast'], { asPostgres: true, cwd: work });
   if (pgbackrest) {
@@ -180,13 +181,13 @@ export async function recoverSection(ctx: BenchContext): Promise<SectionResult> 
     let receiverPeakKb: number | undefined;
     switch (way) {
       case 'recover':
-        run = await runMeasured(node, [receiverCli, 'recover', '-c', receiver.config, SERVER, 'latest', dest], work, { cwd: work });
+        run = await runMeasured(receiverCli, ['recover', '-c', receiver.config, SERVER, 'latest', dest], work, { cwd: work });
         break;
       case 'restore': {
         postgresDir(dest);
         const watch = new RssWatch(receiver.pid);
         const before = procCpuSeconds(receiver.pid);
-        run = await runMeasured(node, [agent, '-c', agentConf, 'restore', 'latest', dest], work, { asPostgres: true, cwd: work });
+        run = await runMeasured(agent, ['-c', agentConf, 'restore', 'latest', dest], work, { asPostgres: true, cwd: work });
         receiverCpu = procCpuSeconds(receiver.pid) - before;
         receiverPeakKb = watch.stop();
         break;
@@ -261,6 +262,7 @@ export async function recoverSection(ctx: BenchContext): Promise<SectionResult> 
     '',
     perRound,
     '',
+    'Ours run as installed: `barman-receiver` and `barman-agent` are the sh launchers in dist/, which run Node with glibc malloc held to one arena.',
     'Write = spawn to exit of the command that writes the data directory; every way ends durable (ours fsync every file and directory before global/pg_control, written last; `cp -a` is followed by `sync`; pgBackRest fsyncs what it restores). Start-up = `pg_ctl start` until `select 1` answers and `pg_is_in_recovery()` is false (replaying the WAL from the backup on: ours and `cp -a` from `barman_wal/` with `cp`, pgBackRest through `archive-get`).',
     'Ours check every byte against the checksum its backup_manifest records (CRC-32C, the default) before the copy counts as written (`restore`: the receiver sends the stored zstd frames, and the agent decompresses them and checks what they hold against the recorded checksum the receiver sends).',
     'Peak RSS and CPU seconds (user + system) of the writing command from GNU time; for `restore` also the receiver service (its VmHWM reset before, and CPU from /proc over the restore). PostgreSQL\'s own start-up is not counted.',

@@ -72,3 +72,7 @@ for (const mod of ['@mongodb-js/zstd', 'lz4-napi', '@node-rs/crc32']) {
 // for everything else
 await copyFile('agent/launcher.sh', 'dist/barman-agent');
 await chmod('dist/barman-agent', 0o755);
+// the installed `barman-receiver` and `barman`: a POSIX sh launcher that runs barman-receiver.cjs
+// (beside it) with glibc's malloc held to one arena (receiver/launcher.sh says why)
+await copyFile('receiver/launcher.sh', 'dist/barman-receiver');
+await chmod('dist/barman-receiver', 0o755);
