@@ -12,6 +12,7 @@ import { promises as fs } from 'node:fs';
 import type { Compression } from '../../shared/config/receiver';
 import { writeFileDurably } from '../../shared/durable';
 import { BarmanError, ErrorCode } from '../../shared/errors';
+import { Turns } from '../../shared/turns';
 import { parseWalFileName, segmentPosition } from '../../shared/wal/names';
 import type { Storage } from '../storage/storage';
 import { CatalogLayout, type StoredWal } from './layout';
@@ -60,7 +61,7 @@ export class ServerCatalog {
   readonly layout: CatalogLayout;
   private identityCache: ClusterIdentity | undefined;
   /** learnIdentity calls run one at a time: each merges into what the one before saved */
-  private identityLock: Promise<unknown> = Promise.resolve();
+  private readonly identityTurns = new Turns();
 
   /**
    * `compression`: how this server's WAL and backup files are stored from now on (stored files
@@ -244,9 +245,7 @@ export class ServerCatalog {
    * what was not known yet (the WAL magic). Refuses another cluster with WAL_FOREIGN.
    */
   learnIdentity(seen: SeenIdentity): Promise<ClusterIdentity> {
-    const run = this.identityLock.then(() => this.mergeIdentity(seen));
-    this.identityLock = run.catch(() => undefined);
-    return run;
+    return this.identityTurns.run(() => this.mergeIdentity(seen));
   }
 
   private async mergeIdentity(seen: SeenIdentity): Promise<ClusterIdentity> {

@@ -15,6 +15,7 @@ import type { Logger } from 'pino';
 import { newHash, readChunks } from '../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { StreamingState } from '../../shared/protocol/frames';
+import { Turns } from '../../shared/turns';
 import { readLongHeader } from '../../shared/wal/header';
 import { formatLsn, type Lsn } from '../../shared/wal/lsn';
 import { segmentForLsn, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
@@ -57,14 +58,14 @@ export class WalStream {
   /** the open segment's hash when the stream closed: a reconnect within this process goes on with it */
   private parked: SegmentHash | undefined;
   /** complete segments being stored into the catalog, in order */
-  private storing: Promise<unknown> = Promise.resolve();
+  private readonly storing = new Turns();
   /**
    * open, append and close, one at a time in the order called: an append still writing when its
    * connection went (the close) or when the daemon came back (the next open) finishes first. Else
    * it went on writing after the close, holding a segment open that nothing flushed any more, and
    * moved the write position under the next stream's feet.
    */
-  private turn: Promise<unknown> = Promise.resolve();
+  private readonly turns = new Turns();
 
   constructor(private readonly catalog: ServerCatalog, private readonly log: Logger, private readonly archive: WalArchive) {}
 
@@ -84,15 +85,9 @@ export class WalStream {
     if (this.active && timeline === this.timeline && lsn > this.serverLsn) this.serverLsn = lsn;
   }
 
-  private inTurn<T>(step: () => Promise<T>): Promise<T> {
-    const run = this.turn.then(step);
-    this.turn = run.catch(() => undefined);
-    return run;
-  }
-
   /** A daemon starts streaming: where should it start? ('' when nothing was streamed on that timeline) */
   open(timeline: number, systemIdentifier: string, segmentSize: number, serverLsn: Lsn, branch?: { parent: number; switchLsn: Lsn }): Promise<Lsn | undefined> {
-    return this.inTurn(() => this.openNow(timeline, systemIdentifier, segmentSize, serverLsn, branch));
+    return this.turns.run(() => this.openNow(timeline, systemIdentifier, segmentSize, serverLsn, branch));
   }
 
   private async openNow(timeline: number, systemIdentifier: string, segmentSize: number, serverLsn: Lsn, branch?: { parent: number; switchLsn: Lsn }): Promise<Lsn | undefined> {
@@ -132,7 +127,7 @@ export class WalStream {
 
   /** Appends WAL from `start`; bytes before the write position (a resend after reconnect) are skipped. */
   append(timeline: number, start: Lsn, walEnd: Lsn, data: Uint8Array): Promise<void> {
-    return this.inTurn(() => this.appendNow(timeline, start, walEnd, data));
+    return this.turns.run(() => this.appendNow(timeline, start, walEnd, data));
   }
 
   private async appendNow(timeline: number, start: Lsn, walEnd: Lsn, data: Uint8Array): Promise<void> {
@@ -158,7 +153,7 @@ export class WalStream {
 
   /** Stops the stream once the append in progress (if any) is written; nothing is written after. */
   close(): Promise<void> {
-    return this.inTurn(() => this.closeNow());
+    return this.turns.run(() => this.closeNow());
   }
 
   private async closeNow(): Promise<void> {
@@ -169,7 +164,7 @@ export class WalStream {
   /** The open segment fsynced and closed, its hash kept for a resume in this process. */
   private async parkCurrent(): Promise<void> {
     await this.flushing;
-    await this.storing;
+    await this.storing.idle();
     if (this.current) {
       const { name, hash, hashed, broken } = this.current;
       this.parked = { name, hash, hashed, broken };
@@ -262,8 +257,7 @@ export class WalStream {
     // into the catalog beside the stream, one segment after the other: compressing and storing
     // it (or reading a pushed copy back to compare) must not hold up the next segment's bytes
     // on the daemon's connection. Until stored it stays here; archive_command delivers it too.
-    const run = this.storing.then(() => this.storeSegment(seg));
-    this.storing = run.catch((err: unknown) => this.log.error({ wal: seg.name, err: String(err) }, 'storing the streamed segment into the catalog failed; it stays in streaming/ and archive_command delivers it'));
+    this.storing.run(() => this.storeSegment(seg)).catch((err: unknown) => this.log.error({ wal: seg.name, err: String(err) }, 'storing the streamed segment into the catalog failed; it stays in streaming/ and archive_command delivers it'));
   }
 
   /** A complete segment's local file into the catalog: checked, through the same door as pushes. */

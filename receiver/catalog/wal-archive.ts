@@ -14,6 +14,7 @@ import type { Readable } from 'node:stream';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { newHash } from '../../shared/checksum';
+import { Turns } from '../../shared/turns';
 import { validateBackupHistory } from '../../shared/wal/backup-history';
 import { LONG_HEADER_SIZE, readLongHeader } from '../../shared/wal/header';
 import { validateHistory } from '../../shared/wal/history';
@@ -139,7 +140,7 @@ const KNOWN_INTACT_MAX = 4096;
 
 export class WalArchive {
   /** commits of one server are serialised: identity is set once, duplicates are detected reliably */
-  private commitLock: Promise<unknown> = Promise.resolve();
+  private readonly commits = new Turns();
   /**
    * Stored copies this process wrote, or read back and found intact, a moment ago: key → the
    * copy's mtime then and when. A file arrives two or three times within seconds (streamed,
@@ -212,9 +213,7 @@ export class WalArchive {
 
   /** Runs fn with the server's commit lock held. */
   withCommitLock<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.commitLock.then(fn, fn);
-    this.commitLock = run.catch(() => undefined);
-    return run;
+    return this.commits.run(fn);
   }
 
   /**

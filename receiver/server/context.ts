@@ -10,6 +10,7 @@ import type { ManifestFile } from '../../shared/backup/manifest';
 import type { ReceiverConfig, ServerConfig } from '../../shared/config/receiver';
 import { asBarmanError, BarmanError, ErrorCode } from '../../shared/errors';
 import type { BackupStart, BackupStop, Frame, PgProbeFrame, Role, StreamingState, StreamKeepaliveFrame, StreamOpenFrame, WalDataFrame, WireCompression } from '../../shared/protocol/frames';
+import { Turns } from '../../shared/turns';
 import { type Lsn, parseLsn } from '../../shared/wal/lsn';
 import type { Logger } from 'pino';
 import { WalStream } from '../catalog/streaming';
@@ -109,7 +110,7 @@ export class ServerContext {
   daemonSince: Date | undefined;
   private daemonClaim: DaemonClaim | undefined;
   /** daemons asking to attach, one decision at a time */
-  private attaching: Promise<void> = Promise.resolve();
+  private readonly attaching = new Turns();
   /** whether the stream is heard from, and when the receiver last had all of it */
   private readonly streamHealth = new StreamHealth();
   /** agent.json exists: a daemon attached for this server once */
@@ -132,7 +133,7 @@ export class ServerContext {
   private uploadsOpening = 0;
   private readonly log: Logger;
   /** catalog changes (keep, delete, cron) asked of this service run one at a time */
-  private changes: Promise<unknown> = Promise.resolve();
+  private readonly changes = new Turns();
   private readonly eventListeners = new Set<(event: ServerEvent) => void>();
   /** runs a restore drill of this server (set by the service: receiver/drill/drill.ts); undefined outside serve */
   drillRunner: ((options: DrillRequest) => Promise<DrillRecord>) | undefined;
@@ -236,9 +237,7 @@ export class ServerContext {
    * old one is closed and told why), or the old one does not answer a ping (dropped as dead).
    */
   attachDaemon(peer: Peer, claim: DaemonClaim): Promise<void> {
-    const turn = this.attaching.then(() => this.decideDaemon(peer, claim));
-    this.attaching = turn.catch(() => undefined);
-    return turn;
+    return this.attaching.run(() => this.decideDaemon(peer, claim));
   }
 
   private async decideDaemon(peer: Peer, claim: DaemonClaim): Promise<void> {
@@ -489,12 +488,12 @@ export class ServerContext {
 
   /** Runs a change of the catalog after the ones before it (one writer, one change at a time); its metrics follow. */
   private asWriter<T>(change: () => Promise<T>): Promise<T> {
-    const run = this.changes.then(() => {
-      this.writable();
-      return change();
-    });
-    this.changes = run.catch(() => undefined);
-    return run.finally(() => this.emit({ kind: 'catalog-changed' }));
+    return this.changes
+      .run(() => {
+        this.writable();
+        return change();
+      })
+      .finally(() => this.emit({ kind: 'catalog-changed' }));
   }
 
   /** serve's housekeeping: what `cron` does (retention, stale temporary files), by the same code, as the catalog's writer. */

@@ -11,6 +11,7 @@
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import { BACKUP_STATUSES, type BackupInfo } from '../../shared/backup/info';
+import { Turns } from '../../shared/turns';
 import type { DrillRecord } from '../catalog/catalog';
 import type { ServerContext, ServerEvent } from './context';
 import { liveProtection, type Protection } from './stream-health';
@@ -163,7 +164,7 @@ export class ReceiverMetrics {
   private readonly registry = new Registry();
   private readonly watches: ServerWatch[];
   /** scrapes answered one after the other: each sets every gauge from its own snapshot */
-  private rendering: Promise<unknown> = Promise.resolve();
+  private readonly rendering = new Turns();
   private readonly gauges;
 
   constructor(contexts: ServerContext[], log: Logger) {
@@ -208,9 +209,7 @@ export class ReceiverMetrics {
 
   /** The text a scrape gets. */
   render(now = new Date()): Promise<string> {
-    const run = this.rendering.then(() => this.renderNow(now));
-    this.rendering = run.catch(() => undefined);
-    return run;
+    return this.rendering.run(() => this.renderNow(now));
   }
 
   private async renderNow(now: Date): Promise<string> {

@@ -15,6 +15,7 @@ import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { CloseCode, FrameConnection } from '../../shared/protocol/connection';
 import { MAX_FRAME_BYTES } from '../../shared/protocol/frames';
+import { Turns } from '../../shared/turns';
 import { Admission } from './admission';
 import { type CatalogLock, CatalogLockedError } from '../catalog/lock';
 import { openCatalogStorage } from '../catalog/open';
@@ -48,7 +49,7 @@ export class ReceiverService {
   /** GET /metrics and /healthz on metrics_listen, when set */
   private metricsHttp: Server | undefined;
   /** restore drills run one at a time across servers (each is a whole restore); stopped with the service */
-  private drills: Promise<unknown> = Promise.resolve();
+  private readonly drills = new Turns();
   private readonly drillAbort = new AbortController();
 
   /** the catalog's storage, opened at start */
@@ -85,11 +86,7 @@ export class ReceiverService {
     const { config, log } = this;
     for (const server of config.servers.values()) {
       const ctx = new ServerContext(storage, config, server, log);
-      ctx.drillRunner = (options) => {
-        const run = this.drills.then(() => drillBackup(config, server.name, { ...options, signal: this.drillAbort.signal, log }));
-        this.drills = run.catch(() => undefined);
-        return run;
-      };
+      ctx.drillRunner = (options) => this.drills.run(() => drillBackup(config, server.name, { ...options, signal: this.drillAbort.signal, log }));
       this.servers.set(server.name, ctx);
     }
     const contexts = [...this.servers.values()];
@@ -235,7 +232,7 @@ export class ReceiverService {
     http.closeAllConnections?.();
     await closed;
     // a drill still restoring is not waited for long: what it leaves, the next drill removes
-    await Promise.race([Promise.all([housekeepingDone, this.drills]), new Promise((r) => setTimeout(r, DRILL_STOP_WAIT_MS).unref())]);
+    await Promise.race([Promise.all([housekeepingDone, this.drills.idle()]), new Promise((r) => setTimeout(r, DRILL_STOP_WAIT_MS).unref())]);
     await this.releaseLocks();
     await this.storage?.close().catch(() => undefined);
     this.log.info('receiver stopped');
