@@ -6,11 +6,18 @@ import { promises as fs } from 'node:fs';
 import { basename, resolve } from 'node:path';
 import type { AgentConfig } from '../../shared/config/agent';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import { parseWalFileName } from '../../shared/wal/names';
+import { isSegmentName, parseWalFileName } from '../../shared/wal/names';
 import { sha256File, sha256Handle } from '../../shared/checksum';
-import { AgentConnection, localFileError } from '../../shared/protocol/client';
+import { fileSource, packFile, wireCompressor } from '../../shared/protocol/chunks';
+import { AgentConnection, localFileError, type PutOptions } from '../../shared/protocol/client';
 import { checkSpooled } from '../wal/prefetch';
 import { AckSpool } from '../wal/spool';
+
+/**
+ * the largest segment a push holds compressed in memory, all of it, until it is sent (16 MiB is
+ * PostgreSQL's default; wal_segment_size goes up to 1 GiB, and larger ones are read twice instead)
+ */
+const PACK_MAX = 64 * 1024 * 1024;
 
 export async function pushWal(config: AgentConfig, path: string): Promise<'stored' | 'duplicate'> {
   const name = basename(path);
@@ -35,12 +42,15 @@ export async function pushWal(config: AgentConfig, path: string): Promise<'store
     throw localFileError(path, err);
   });
   try {
-    // the file is hashed while the connection is set up (the put declares the checksum)
-    const hashing = sha256Handle(fh);
-    hashing.catch(() => undefined);
+    // the file is read while the connection is set up: hashed (the put declares the checksum) and,
+    // a segment, compressed as receivers store WAL by default, in the same pass (putOpened sends
+    // those frames where the receiver says it takes them, and reads the file again where not)
+    const compress = isSegmentName(name) && (await fh.stat()).size <= PACK_MAX ? wireCompressor('zstd') : undefined;
+    const reading: Promise<PutOptions> = compress ? packFile(fileSource(fh, 0), compress, 'zstd').then((packed) => ({ packed })) : sha256Handle(fh).then((walSha256) => ({ walSha256 }));
+    reading.catch(() => undefined);
     const conn = await AgentConnection.open(config, 'push');
     try {
-      const ack = await conn.putOpened({ kind: 'wal', name }, fh, resolve(path), { walSha256: await hashing });
+      const ack = await conn.putOpened({ kind: 'wal', name }, fh, resolve(path), await reading);
       if (ack.status === 'sent') throw new BarmanError(ErrorCode.PROTOCOL, 'receiver answered a push with "sent"', 'Install the same barman-ts version on agent and receiver.');
       return ack.status;
     } finally {

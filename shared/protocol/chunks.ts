@@ -47,13 +47,19 @@ export interface SentFile {
 /** A source of bytes: fills `target` from its start, returns how many bytes (0 at the end). */
 export type ChunkSource = (target: Buffer) => Promise<number>;
 
-export function fileSource(fh: FileHandle): ChunkSource {
+/**
+ * `fh`'s bytes from its current position, or, `from` given, by positioned reads from that offset,
+ * which leave the descriptor's own position where it is.
+ */
+export function fileSource(fh: FileHandle, from?: number): ChunkSource {
+  let pos = from;
   return async (target) => {
     let filled = 0;
     while (filled < target.length) {
-      const { bytesRead } = await fh.read(target, filled, target.length - filled, null);
+      const { bytesRead } = await fh.read(target, filled, target.length - filled, pos ?? null);
       if (bytesRead === 0) break;
       filled += bytesRead;
+      if (pos !== undefined) pos += bytesRead;
     }
     return filled;
   };
@@ -258,4 +264,50 @@ export async function sendCompressedChunks(conn: FrameConnection, id: number, so
     if (left) pool.release(left.buf);
   }
   return { sha256: hash?.digest('hex') ?? '', size, ...(crc ? { crc32c: crc32cHex(crcValue) } : {}) };
+}
+
+/** A file read once: its SHA-256, its size, and its bytes as compressed frames, one per CHUNK_SIZE block. */
+export interface PackedFile {
+  sha256: string;
+  size: number;
+  compression: WireCompression;
+  frames: Buffer[];
+}
+
+/**
+ * Reads `source` once, hashing each block while the blocks before it compress on libuv's thread
+ * pool, and keeps every frame: a WAL put must declare its SHA-256 before its first byte, and a
+ * push that hashed first and then read again to compress spent the hashing pass on the critical
+ * path. The caller bounds the file's size, since all of its frames are held until they are sent.
+ */
+export async function packFile(source: ChunkSource, compress: BlockCompress, compression: WireCompression): Promise<PackedFile> {
+  const pool = chunkPool();
+  const hash = newHash();
+  let size = 0;
+  const frames: Promise<Buffer>[] = [];
+  try {
+    for (;;) {
+      const block = await nextBlock(pool, source);
+      if (!block) break;
+      const { buf, n } = block;
+      const plain = buf.subarray(CHUNK_HEADER_ROOM, CHUNK_HEADER_ROOM + n);
+      const work = compress(plain).finally(() => pool.release(buf));
+      work.catch(() => undefined);
+      frames.push(work);
+      hash.update(plain);
+      size += n;
+    }
+    return { sha256: hash.digest('hex'), size, compression, frames: await Promise.all(frames) };
+  } finally {
+    // a failed read leaves no block compressing with a pooled buffer
+    await Promise.allSettled(frames);
+  }
+}
+
+/** Sends frames packFile made as chunk frames of request `id`; `stop()` is asked before each. */
+export async function sendFrames(conn: FrameConnection, id: number, frames: readonly Buffer[], stop: () => boolean = () => false): Promise<void> {
+  for (const data of frames) {
+    if (stop()) return;
+    await conn.send({ type: 'chunk', id, data });
+  }
 }

@@ -10,7 +10,7 @@ import { BarmanError, ErrorCode } from '../errors';
 import { type ChecksumAlgorithm, crc32cWireHex, type FileChecksum, fileChecksum } from '../backup/manifest';
 import { sha256Handle } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
-import { type BlockCompress, type ChunkSource, type FrameInflate, fileSource, sendChunks, sendCompressedChunks, wireCompressor } from './chunks';
+import { type BlockCompress, type ChunkSource, type FrameInflate, fileSource, type PackedFile, sendChunks, sendCompressedChunks, sendFrames, wireCompressor } from './chunks';
 import { CloseCode, FrameConnection, errorFromFrame } from './connection';
 import { type AckFrame, type EndFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role, type WireCompression } from './frames';
 import { isSegmentName } from '../wal/names';
@@ -42,6 +42,12 @@ export interface PutOptions {
   sha256?: boolean;
   /** a WAL file: its SHA-256, which the caller computed already */
   walSha256?: string;
+  /**
+   * a WAL segment the caller read once already (packFile): its frames go out as they are where
+   * the receiver takes segments so compressed; otherwise only its SHA-256 is used, and the bytes
+   * are read again
+   */
+  packed?: PackedFile;
 }
 
 /** what a fetch's waiter sees once its consumer has stopped (made once, shared) */
@@ -191,12 +197,20 @@ export class AgentConnection {
       else settle.reject(unexpected(frame, 'put'));
     });
     try {
+      const stop = () => answer.settled || this.failure !== undefined;
+      const packed = walWire !== undefined && options.packed?.compression === walWire ? options.packed : undefined;
+      if (packed && request.kind === 'wal') {
+        await this.conn.send({ type: 'put', id, target: { ...request, sha256: packed.sha256 }, size: packed.size, compression: packed.compression });
+        await sendFrames(this.conn, id, packed.frames, stop);
+        if (!stop()) await this.conn.send({ type: 'end', id, sha256: packed.sha256 });
+        return answer.promise;
+      }
       // a backup file's size is known from its walk: no second stat per file
       const size = statSize ?? (await fh.stat()).size;
       // a WAL file is hashed before it is sent: the receiver stores it under a key that carries
       // the checksum, and must know that key before the first byte (an object store has no rename)
       // (`sha256`: the caller hashed it already)
-      const target: PutTarget = request.kind === 'wal' ? { ...request, sha256: options.walSha256 ?? (await sha256Handle(fh)) } : request;
+      const target: PutTarget = request.kind === 'wal' ? { ...request, sha256: options.walSha256 ?? options.packed?.sha256 ?? (await sha256Handle(fh)) } : request;
       const compressedWal = target.kind === 'wal' && walWire !== undefined && compress !== undefined;
       await this.conn.send({ type: 'put', id, target, size, ...(compressedWal ? { compression: walWire } : {}) });
       const source = asOfStat ? exactSize(fileSource(fh), size) : fileSource(fh);
@@ -204,7 +218,6 @@ export class AgentConnection {
       // it and records it in the manifest, or records this SHA-256 where it asked for one
       // (backup_checksum = sha256), computed here where the bytes already are
       const backupFile = request.kind === 'backup-file';
-      const stop = () => answer.settled || this.failure !== undefined;
       // a backup's files go compressed when the receiver asked for it (backup-accepted)
       // a WAL file is not hashed a second time (the receiver hashes what arrives against the
       // declared checksum); a backup file only where the receiver asked for its SHA-256

@@ -1,5 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { chunkPool, sendCompressedChunks, type ChunkSource } from '../../../../shared/protocol/chunks';
+import { createHash } from 'node:crypto';
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chunkPool, fileSource, packFile, sendCompressedChunks, sendFrames, wireCompressor, wireDecompressor, type ChunkSource } from '../../../../shared/protocol/chunks';
 import type { FrameConnection } from '../../../../shared/protocol/connection';
 import { CHUNK_SIZE, type Frame } from '../../../../shared/protocol/frames';
 import { crc32c, crc32cHex } from '../../../../shared/checksum';
@@ -75,5 +79,69 @@ describe('sendCompressedChunks', () => {
     };
     await expect(sendCompressedChunks(conn, 9, bufferSource(bytes), compress, () => false, { hashing: false })).rejects.toThrow('no memory');
     expect(await poolIsWhole()).toBe(true);
+  });
+});
+
+describe('packFile', () => {
+  it('hashes the bytes and compresses them in one read: frames of CHUNK_SIZE blocks that decompress to the file', async () => {
+    const compress = wireCompressor('zstd');
+    const inflate = wireDecompressor();
+    expect(compress && inflate).toBeTruthy();
+    const bytes = Buffer.alloc(3 * CHUNK_SIZE + 1000);
+    for (let i = 0; i < bytes.length; i += 512) bytes.writeUInt32LE(i * 2654435761 >>> 0, i);
+    const dir = await mkdtemp(join(tmpdir(), 'pack-'));
+    try {
+      await writeFile(join(dir, 'seg'), bytes);
+      const fh = await open(join(dir, 'seg'), 'r');
+      try {
+        const packed = await packFile(fileSource(fh, 0), compress!, 'zstd');
+        expect(packed.size).toBe(bytes.length);
+        expect(packed.sha256).toBe(createHash('sha256').update(bytes).digest('hex'));
+        expect(packed.compression).toBe('zstd');
+        expect(packed.frames).toHaveLength(4);
+        const plain = await Promise.all(packed.frames.map((f) => inflate!(f)));
+        expect(plain.map((p) => p.length)).toEqual([CHUNK_SIZE, CHUNK_SIZE, CHUNK_SIZE, 1000]);
+        expect(Buffer.concat(plain).equals(bytes)).toBe(true);
+        // positioned reads: the descriptor's own position is still at the start (a fallback reads the file again from there)
+        const again = Buffer.alloc(16);
+        expect((await fh.read(again, 0, 16, null)).bytesRead).toBe(16);
+        expect(again.equals(bytes.subarray(0, 16))).toBe(true);
+      } finally {
+        await fh.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    expect(await poolIsWhole()).toBe(true);
+  });
+
+  it('gives every pooled buffer back when compressing or reading fails, and fails with that error', async () => {
+    let calls = 0;
+    const failing = async () => {
+      if (++calls === 3) throw new Error('no memory');
+      return Buffer.from([1]);
+    };
+    await expect(packFile(bufferSource(Buffer.alloc(6 * CHUNK_SIZE, 3)), failing, 'zstd')).rejects.toThrow('no memory');
+    expect(await poolIsWhole()).toBe(true);
+    let reads = 0;
+    const source: ChunkSource = async (target) => {
+      if (++reads === 3) throw new Error('EIO');
+      target.fill(4);
+      return target.length;
+    };
+    await expect(packFile(source, async () => Buffer.from([1]), 'zstd')).rejects.toThrow('EIO');
+    expect(await poolIsWhole()).toBe(true);
+  });
+});
+
+describe('sendFrames', () => {
+  it('sends each frame as a chunk of the request, in order, and stops when asked', async () => {
+    const frames = [Buffer.from('a'), Buffer.from('b'), Buffer.from('c')];
+    const all = recorder();
+    await sendFrames(all.conn, 5, frames);
+    expect(all.frames.map((f) => (f.type === 'chunk' ? `${f.id}:${Buffer.from(f.data).toString()}` : f.type))).toEqual(['5:a', '5:b', '5:c']);
+    const some = recorder();
+    await sendFrames(some.conn, 6, frames, () => some.frames.length >= 1);
+    expect(some.frames).toHaveLength(1);
   });
 });
