@@ -19,14 +19,15 @@
 const SOURCE_SHA256 = __SOURCE_SHA256__;
 
 const { readFileSync, renameSync, writeFileSync } = require('node:fs');
-const Module = require('node:module');
 const vm = require('node:vm');
 
 // (a function declaration: defined here already, though it comes last)
 const self = typeof bundle === 'function' ? bundle.toString() : '';
 const head = 'function bundle() {/*barman-bundle\n';
 if (!self.startsWith(head) || !self.endsWith('*/}')) throw new Error(`${__filename} is damaged: the program's bundle is missing or cut short. Run npm run build (or npm ci) again, or copy the file from a good build.`);
-const SOURCE = self.slice(head.length, -3).replaceAll('*\x01/', '*/');
+// (a slice of the text Node read: no copy, unless some `*/` had to be written otherwise)
+const body = self.slice(head.length, -3);
+const SOURCE = body.includes('\x01') ? body.replaceAll('*\x01/', '*/') : body;
 
 let cachedData;
 try {
@@ -37,7 +38,8 @@ try {
 }
 // (the bundle has no dynamic import(): a function compiled from the cache could not run one, even
 // with vm's default-loader option; the build turns the node: builtins' into require())
-const script = new vm.Script(Module.wrap(SOURCE), { filename: __filename, cachedData });
+// (the build wrapped the bundle as Module.wrap() would)
+const script = new vm.Script(SOURCE, { filename: __filename, cachedData });
 // the build asks for the cache of what this run compiled, written when it ends
 const out = process.env.BARMAN_WRITE_CODE_CACHE;
 if (out) {
