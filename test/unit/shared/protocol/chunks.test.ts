@@ -115,6 +115,21 @@ describe('packFile', () => {
     expect(await poolIsWhole()).toBe(true);
   });
 
+  it('compresses at most two blocks at a time (each one a pooled MiB more touched)', async () => {
+    let now = 0;
+    let most = 0;
+    const compress = async (plain: Buffer) => {
+      most = Math.max(most, ++now);
+      await new Promise((resolve) => setTimeout(resolve, 2));
+      now--;
+      return Buffer.from([plain.length & 0xff]);
+    };
+    const packed = await packFile(bufferSource(Buffer.alloc(8 * CHUNK_SIZE, 5)), compress, 'zstd');
+    expect(packed.frames).toHaveLength(8);
+    expect(most).toBe(2);
+    expect(await poolIsWhole()).toBe(true);
+  });
+
   it('gives every pooled buffer back when compressing or reading fails, and fails with that error', async () => {
     let calls = 0;
     const failing = async () => {
