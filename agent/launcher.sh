@@ -261,10 +261,11 @@ bundle=$(readlink -f -- "$0" 2>/dev/null) || bundle=$0
 # receiver does (receiver/launcher.sh says why): an agent `restore` of an 807 MB backup took 38-41 k
 # page faults, 25-28 k so. Not the daemon: it lives on, and kept so its peak during a backup of
 # pgbench -s 200 went from 108 to 113-124 MiB. A caller's values win.
-# The daemon's V8 young generation is held to 2 MiB semi-spaces (16 by default): during a backup
-# of pgbench -s 200 V8 had committed 44 MiB of heap for 11 MiB of objects, and the daemon peaked
-# at 108-131 MiB; so 13 MiB, and 102. (The flag is part of what V8's code cache is checked
-# against: the daemon compiles its bundle from source, once, as it starts.)
+# The daemon's V8 young generation is held to 2 MiB semi-spaces (16 by default): at its peak RSS
+# during a backup of pgbench -s 200, V8 had committed 44 MiB of heap for 11 MiB of objects; so
+# 13-15 MiB. Its peak RSS moved within the noise (102 MiB in one run, 116-125 in the next; 108-131
+# before): the rest of that peak is native memory. (The flag is part of what V8's code cache is
+# checked against: the daemon compiles its bundle from source, once, as it starts.)
 MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-1}
 export MALLOC_ARENA_MAX
 case " $* " in
