@@ -2,13 +2,16 @@
 // installed barman-agent, for what it hands to Node: each runs the Node program beside it with
 // glibc's malloc held to one arena that keeps what it frees (the agent's daemon excepted) unless
 // the caller chose, its arguments and exit status passed through, also when reached through a
-// link (npm's bin directory).
+// link (npm's bin directory). And the agent's `push` (archive_command) while a daemon works: it
+// waits for the daemon's ack without Node, and gives up on a daemon that is not there.
 
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { formatAck, identityOf, sysidHex } from '../../../agent/wal/spool';
+import { SEGMENT_SYSID, segmentBytes } from '../../harness/segment-bytes';
 
 const root = mkdtempSync(join(tmpdir(), 'barman-launchers-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -63,5 +66,72 @@ describe('the barman-agent launcher', () => {
     expect(run(agent, ['-c', '/etc/barman-agent.conf', 'daemon', '--takeover']).stdout).toBe('1 undefined undefined ["--max-semi-space-size=2"] ["-c","/etc/barman-agent.conf","daemon","--takeover"]');
     // any other command: Node as it comes (its code cache is made for no flags)
     expect(run(agent, ['-c', '/etc/barman-agent.conf', 'restore', 'latest', '/srv/pgdata']).stdout).toBe('1 33554432 4194304 [] ["-c","/etc/barman-agent.conf","restore","latest","/srv/pgdata"]');
+  });
+});
+
+describe('the barman-agent launcher, push (archive_command) while the daemon works', () => {
+  const NAME = '000000010000000200000005';
+  let n = 0;
+  /** a host: agent.conf, pg_wal/NAME, the spool's acked/ with `.daemon` holding `pid`; and dist/ with a stand-in for Node that says it was reached */
+  function host(pid: number) {
+    const dir = join(root, 'push', String(++n));
+    const acked = join(dir, 'spool', 'acked');
+    mkdirSync(acked, { recursive: true });
+    mkdirSync(join(dir, 'pg_wal'));
+    writeFileSync(join(dir, 'agent.conf'), `[agent]\nreceiver = ws://127.0.0.1:1\nserver = main\nspool_dir = ${join(dir, 'spool')}\n`);
+    const path = join(dir, 'pg_wal', NAME);
+    writeFileSync(path, segmentBytes(NAME));
+    writeFileSync(join(acked, '.daemon'), `${pid}\n`);
+    const bin = dist('barman-agent', programs[1]!.launcher, `push-${n}`);
+    writeFileSync(join(bin, 'barman-agent.cjs'), 'process.stdout.write("node " + process.argv.slice(2).join(" ")); process.exitCode = 9;\n');
+    const ack = (sysid = sysidHex(String(SEGMENT_SYSID))) =>
+      formatAck({ server: 'main', receiver: 'ws://127.0.0.1:1/', name: NAME, size: 1 << 20, identity: identityOf(statSync(path, { bigint: true })), sysid, sha256: 'ab'.repeat(32) });
+    /** records `line` as the daemon does: written beside, renamed in */
+    const record = (line: string) => {
+      writeFileSync(join(acked, `.${NAME}.tmp`), line);
+      renameSync(join(acked, `.${NAME}.tmp`), join(acked, NAME));
+    };
+    const push = () =>
+      new Promise<{ code: number | null; out: string }>((res) => {
+        const child = spawn(join(bin, 'barman-agent'), ['-c', join(dir, 'agent.conf'), 'push', path], { env: { PATH: process.env.PATH } });
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        child.on('close', (code) => res({ code, out }));
+      });
+    return { acked, ack, record, push, path };
+  }
+
+  it('answers from the ack the daemon records while it waits, without Node', async () => {
+    const h = host(process.pid);
+    const pushing = h.push();
+    const later = setTimeout(() => h.record(h.ack()), 300);
+    const r = await pushing;
+    clearTimeout(later);
+    expect(r).toEqual({ code: 0, out: '' });
+  });
+
+  it.each([
+    ['the high half', (hex: string) => `${((parseInt(hex.slice(0, 8), 16) ^ 1) >>> 0).toString(16).padStart(8, '0')}${hex.slice(8)}`],
+    ['the low half', (hex: string) => `${hex.slice(0, 8)}${((parseInt(hex.slice(8), 16) ^ 1) >>> 0).toString(16).padStart(8, '0')}`],
+  ])('does not take an ack whose system identifier differs from the page header\'s in %s: Node pushes', async (_half, alter) => {
+    const h = host(process.pid);
+    h.record(h.ack(alter(sysidHex(String(SEGMENT_SYSID)))));
+    // the daemon would never ack it: it says so, as it does for a segment it gave up on
+    writeFileSync(join(h.acked, `${NAME}.failed`), 'given up\n');
+    expect(await h.push()).toEqual({ code: 9, out: `node -c ${join(h.acked, '..', '..', 'agent.conf')} push ${h.path}` });
+  });
+
+  it('does not wait on a daemon whose pid is gone: Node pushes', async () => {
+    const gone = spawnSync('true').pid;
+    const h = host(gone);
+    expect(await h.push()).toMatchObject({ code: 9, out: expect.stringMatching(/^node -c .* push /) });
+  });
+
+  it('does not wait on a live pid whose .daemon was not refreshed for a minute (a pid reused after a crash): Node pushes', async () => {
+    const h = host(process.pid);
+    const minuteAgo = new Date(Date.now() - 60_000);
+    utimesSync(join(h.acked, '.daemon'), minuteAgo, minuteAgo);
+    // without the freshness check this waits for the ack for 60 s, past the test's time limit
+    expect(await h.push()).toMatchObject({ code: 9, out: expect.stringMatching(/^node -c .* push /) });
   });
 });

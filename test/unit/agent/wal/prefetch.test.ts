@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkSpooled, segmentsAfter, WalPrefetch } from '../../../../agent/wal/prefetch';
 import { inArchiveRecovery } from '../../../../agent/commands/get-wal';
+import { segmentBytes as segment } from '../../../harness/segment-bytes';
 
 const MB = 1 << 20;
 const root = mkdtempSync(join(tmpdir(), 'barman-unit-prefetch-'));
@@ -21,21 +22,6 @@ const fresh = (label: string) => {
   return dir;
 };
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-
-/** A 1 MB segment's bytes as PostgreSQL 15 writes its first page: long header, timeline, address. */
-function segment(name: string, over: { timeline?: number; size?: number } = {}): Buffer {
-  const size = over.size ?? MB;
-  const b = Buffer.alloc(size);
-  b.writeUInt16LE(0xd110, 0);
-  b.writeUInt16LE(0x0002, 2);
-  b.writeUInt32LE(over.timeline ?? parseInt(name.slice(0, 8), 16), 4);
-  b.writeBigUInt64LE(BigInt(`0x${name.slice(8, 16)}`) * 0x100000000n + BigInt(`0x${name.slice(16)}`) * BigInt(MB), 8);
-  b.writeBigUInt64LE(7000000000000000000n, 24);
-  b.writeUInt32LE(MB, 32);
-  b.writeUInt32LE(8192, 36);
-  b.fill(0x42, 64, 4096);
-  return b;
-}
 
 const NAME = '000000010000000200000005';
 /** the spool's segment files (its dot files are the prefetcher's bookkeeping) */

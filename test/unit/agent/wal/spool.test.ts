@@ -58,7 +58,7 @@ describe('system identifier as the ack spells it', () => {
   it.each([
     ['7308465437271035234', '656ce297e1c28d62'],
     ['1', '0000000000000001'],
-    // past 2^63: as the launcher's printf %08x%08x of the two 32-bit words
+    // past 2^63: the launcher compares its two 8-digit halves with the page header's two 32-bit words
     ['18446744073709551615', 'ffffffffffffffff'],
   ])('%s → %s', (decimal, hex) => {
     expect(sysidHex(decimal)).toBe(hex);
