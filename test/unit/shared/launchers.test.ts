@@ -2,7 +2,8 @@
 // installed barman-agent, for what it hands to Node: each runs the Node program beside it with
 // glibc's malloc held to one arena that keeps what it frees (the agent's daemon excepted) unless
 // the caller chose, its arguments and exit status passed through, also when reached through a
-// link (npm's bin directory). And the agent's `push` (archive_command) while a daemon works: it
+// link (npm's bin directory); V8's flags for the commands that get their own (the agent's daemon,
+// the receiver's recover and drill). And the agent's `push` (archive_command) while a daemon works: it
 // waits for the daemon's ack without Node, and gives up on a daemon that is not there.
 
 import { spawn, spawnSync } from 'node:child_process';
@@ -66,6 +67,19 @@ describe('the barman-agent launcher', () => {
     expect(run(agent, ['-c', '/etc/barman-agent.conf', 'daemon', '--takeover']).stdout).toBe('1 undefined undefined ["--max-semi-space-size=2"] ["-c","/etc/barman-agent.conf","daemon","--takeover"]');
     // any other command: Node as it comes (its code cache is made for no flags)
     expect(run(agent, ['-c', '/etc/barman-agent.conf', 'restore', 'latest', '/srv/pgdata']).stdout).toBe('1 33554432 4194304 [] ["-c","/etc/barman-agent.conf","restore","latest","/srv/pgdata"]');
+  });
+});
+
+describe('the barman-receiver launcher', () => {
+  it('runs recover and drill, which write a whole backup, with a larger initial old generation; every other command as it comes', () => {
+    const dir = dist('barman-receiver', programs[0]!.launcher, 'old-space');
+    writeFileSync(join(dir, 'barman-receiver.cjs'), 'process.stdout.write(`${JSON.stringify(process.execArgv)} ${JSON.stringify(process.argv.slice(2))}`);\n');
+    const receiver = join(dir, 'barman-receiver');
+    expect(run(receiver, ['recover', '-c', '/etc/barman.conf', 'main', 'latest', '/srv/pgdata']).stdout).toBe('["--initial-old-space-size=128"] ["recover","-c","/etc/barman.conf","main","latest","/srv/pgdata"]');
+    expect(run(receiver, ['-c', '/etc/barman.conf', 'drill', 'main']).stdout).toBe('["--initial-old-space-size=128"] ["-c","/etc/barman.conf","drill","main"]');
+    // the service lives on (its code cache and its memory as they were), the others are short
+    expect(run(receiver, ['serve', '-c', '/etc/barman.conf']).stdout).toBe('[] ["serve","-c","/etc/barman.conf"]');
+    expect(run(receiver, ['get-wal', 'main', '000000010000000000000001']).stdout).toBe('[] ["get-wal","main","000000010000000000000001"]');
   });
 });
 
