@@ -170,8 +170,11 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
   };
 
   let daemon: Background | undefined;
+  // as a DBA runs it: the installed launcher, which execs Node with the daemon's settings (one
+  // malloc arena, a small young generation); Node itself when profiling (--cpu-prof)
   const startDaemon = (conf: string) => {
-    daemon = new Background(node, [...profiling('daemon'), agentBundle, 'daemon', '-c', conf], { cwd: join(dir, 'agent'), asPostgres: true, cleanup: ctx.cleanup, what: 'barman-agent daemon', logFile: join(dir, 'agent', 'daemon.log') });
+    const options = { cwd: join(dir, 'agent'), asPostgres: true, cleanup: ctx.cleanup, what: 'barman-agent daemon', logFile: join(dir, 'agent', 'daemon.log') };
+    daemon = PROFILE ? new Background(node, [...profiling('daemon'), agentBundle, 'daemon', '-c', conf], options) : new Background(launcher, ['daemon', '-c', conf], options);
     return daemon;
   };
   const stopDaemon = async () => {

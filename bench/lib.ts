@@ -370,10 +370,11 @@ export async function startReceiver(dir: string, repoRoot: string, cleanup: Clea
   const ini = (name: string, values: Record<string, string>) => `[${name}]\n${Object.entries(values).map(([k, v]) => `${k} = ${v}`).join('\n')}\n`;
   writeFileSync(config, `${ini('barman', barman)}\n${ini(server, { token_file: tokenFile })}`);
 
-  // as installed: the launcher (one malloc arena) execs Node, so the pid is the service's; Node's
-  // own options (a profile) go through NODE_OPTIONS
-  const env = nodeArgs.length > 0 ? { ...process.env, NODE_OPTIONS: [process.env.NODE_OPTIONS, ...nodeArgs].filter(Boolean).join(' ') } : process.env;
-  const child: ChildProcess = spawn(join(repoRoot, 'dist', 'barman-receiver'), ['serve', '-c', config], { cwd: dir, env, stdio: ['ignore', 'ignore', 'pipe'] });
+  // as installed: the launcher (one malloc arena) execs Node, so the pid is the service's; with
+  // Node options (a CPU profile, which Node refuses in NODE_OPTIONS), Node itself runs the bundle
+  // (without the launcher's malloc settings: such a run's figures are not comparable anyway)
+  const [file, args] = nodeArgs.length > 0 ? [process.execPath, [...nodeArgs, join(repoRoot, 'dist', 'barman-receiver.cjs')]] : [join(repoRoot, 'dist', 'barman-receiver'), []];
+  const child: ChildProcess = spawn(file, [...args, 'serve', '-c', config], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
   let recent = '';
   child.stderr!.on('data', (b: Buffer) => {
     recent = (recent + b.toString('utf8')).slice(-16_384);
