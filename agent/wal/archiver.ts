@@ -1,4 +1,4 @@
-// Asynchronous archiving: the daemon watches pg_wal/archive_status/ for .ready files (chokidar;
+// Asynchronous archiving: the daemon watches pg_wal/archive_status/ for .ready files (status-watch.ts;
 // not pg_wal/ itself, where PostgreSQL recycles segments by renaming them) and pushes those
 // segments ahead of PostgreSQL over its one connection. Each durable ack goes into the spool
 // (agent/wal/spool.ts) with the identity of the file it read, so PostgreSQL's own
@@ -26,6 +26,7 @@ import { LONG_HEADER_SIZE, readLongHeader } from '../../shared/wal/header';
 import type { Lsn } from '../../shared/wal/lsn';
 import { isSegmentName, parseWalFileName, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
 import { type Ack, type AckSpool, DAEMON_BEAT_MS, identityOf, sameIdentity, sysidHex } from './spool';
+import { StatusWatch } from './status-watch';
 
 /** files sent and not yet acknowledged */
 const IN_FLIGHT = 8;
@@ -55,7 +56,7 @@ export class AsyncArchiver {
   private conn: AgentConnection | undefined;
   private readonly pending = new Set<string>();
   private readonly running = new Set<string>();
-  private watcher: { close(): Promise<void> } | undefined;
+  private watcher: StatusWatch | undefined;
   private rescanTimer: NodeJS.Timeout | undefined;
   private beatTimer: NodeJS.Timeout | undefined;
   private sendSlots = SENDING;
@@ -77,11 +78,10 @@ export class AsyncArchiver {
   async start(): Promise<void> {
     await this.spool.ensure();
     await this.spool.clearFailures();
-    const { watch } = await import('chokidar');
-    const watcher = watch(this.statusDir, { depth: 0, ignoreInitial: false });
-    watcher.on('add', (path: string) => this.onStatusFile(path));
-    watcher.on('error', (err: unknown) => this.log.warn({ err: String(err) }, 'watching archive_status failed'));
-    this.watcher = watcher;
+    this.watcher = new StatusWatch(this.statusDir, (name) => this.onStatusFile(join(this.statusDir, name)), this.log);
+    this.watcher.start();
+    // what is there already (the watch tells only what changes from now on)
+    await this.rescan();
     this.rescanTimer = setInterval(() => this.rescan().catch((err: unknown) => this.log.warn({ err: String(err) }, 'rescanning archive_status failed')), RESCAN_MS);
     this.rescanTimer.unref();
   }
@@ -89,7 +89,8 @@ export class AsyncArchiver {
   async stop(): Promise<void> {
     clearInterval(this.rescanTimer);
     this.attach(undefined);
-    await this.watcher?.close();
+    this.watcher?.close();
+    this.watcher = undefined;
   }
 
   /** The daemon's connection came up (or went away: undefined). */
@@ -145,6 +146,8 @@ export class AsyncArchiver {
   }
 
   private async rescan(): Promise<void> {
+    // a watch that failed (the folder was removed and made again) is set up again
+    if (this.watcher && !this.watcher.watching) this.watcher.start();
     const files = await fs.readdir(this.statusDir).catch(() => [] as string[]);
     for (const f of files) if (f.endsWith('.ready')) this.onStatusFile(join(this.statusDir, f));
     // acks PostgreSQL no longer needs: archived (.done), or gone altogether (recycled, removed)
