@@ -8,16 +8,10 @@ import type { AgentConfig } from '../../shared/config/agent';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { isSegmentName, parseWalFileName } from '../../shared/wal/names';
 import { sha256File, sha256Handle } from '../../shared/checksum';
-import { fileSource, packFile, wireCompressor } from '../../shared/protocol/chunks';
+import { fileSource, PACK_MAX, packFile, wireCompressor } from '../../shared/protocol/chunks';
 import { AgentConnection, localFileError, type PutOptions } from '../../shared/protocol/client';
 import { checkSpooled } from '../wal/prefetch';
 import { AckSpool } from '../wal/spool';
-
-/**
- * the largest segment a push holds compressed in memory, all of it, until it is sent (16 MiB is
- * PostgreSQL's default; wal_segment_size goes up to 1 GiB, and larger ones are read twice instead)
- */
-const PACK_MAX = 64 * 1024 * 1024;
 
 export async function pushWal(config: AgentConfig, path: string): Promise<'stored' | 'duplicate'> {
   const name = basename(path);

@@ -6,7 +6,8 @@
 //
 // The backlog is a pipeline, oldest first (the order PostgreSQL asks in): one file is sent at a
 // time, and the next starts as soon as its last byte is on the socket, while the receiver still
-// flushes the one before; up to IN_FLIGHT files wait for their ack. So the receiver's fsyncs
+// flushes the one before; up to IN_FLIGHT files wait for their ack. A segment is read once, when
+// its turn to send comes (readForPut). So the receiver's fsyncs
 // overlap the transfers, and the file PostgreSQL waits for is never slowed by the ones behind it.
 //
 // A segment the WAL stream is completing right now (streaming = on, the stream's position inside it
@@ -21,7 +22,8 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { sha256Handle } from '../../shared/checksum';
 import { asBarmanError, ErrorCode } from '../../shared/errors';
-import type { AgentConnection } from '../../shared/protocol/client';
+import { fileSource, PACK_MAX, packFile, wireCompressor } from '../../shared/protocol/chunks';
+import type { AgentConnection, PutOptions } from '../../shared/protocol/client';
 import { LONG_HEADER_SIZE, readLongHeader } from '../../shared/wal/header';
 import type { Lsn } from '../../shared/wal/lsn';
 import { isSegmentName, parseWalFileName, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
@@ -196,10 +198,7 @@ export class AsyncArchiver {
         }
         this.log.warn({ wal: name }, 'the local segment differs from the one streamed to the receiver; pushing it (the receiver decides)');
       }
-      // hashed before its turn to send: one file's hash overlaps the previous one's compression and transfer
-      const sha256 = await sha256Handle(fh);
-      await this.acquireSendSlot();
-      const ack = await conn.putOpened({ kind: 'wal', name }, fh, path, { walSha256: sha256, onSent: () => this.releaseSendSlot() });
+      const ack = await conn.putOpened({ kind: 'wal', name }, fh, path, { ...(await this.readForPut(conn, name, fh, Number(before.size))), onSent: () => this.releaseSendSlot() });
       const after = identityOf(await fh.stat({ bigint: true }));
       if (!sameIdentity(before, after)) {
         this.log.warn({ wal: name }, 'the file changed while it was pushed; no ack recorded, PostgreSQL\'s push sends it again');
@@ -217,6 +216,29 @@ export class AsyncArchiver {
       else await this.spool.markFailed(name, `${e.code}: ${e.message}`).catch(() => undefined);
     } finally {
       await fh.close();
+    }
+  }
+
+  /**
+   * Reads `name` for its put and takes a send slot (putOpened's onSent gives it back). A segment the
+   * receiver stores as zstd (its welcome) is read once its turn to send has come, hashed and
+   * compressed side by side (packFile), and its frames go as they are: one read, and at most one
+   * segment's frames (SENDING) held at a time. Anything else is hashed before its turn (one file's
+   * hash overlaps the previous one's transfer) and read again as it is sent.
+   */
+  private async readForPut(conn: AgentConnection, name: string, fh: fs.FileHandle, size: number): Promise<PutOptions> {
+    const compress = conn.walCompression === 'zstd' && isSegmentName(name) && size <= PACK_MAX ? wireCompressor('zstd') : undefined;
+    if (!compress) {
+      const walSha256 = await sha256Handle(fh);
+      await this.acquireSendSlot();
+      return { walSha256 };
+    }
+    await this.acquireSendSlot();
+    try {
+      return { packed: await packFile(fileSource(fh, 0), compress, 'zstd') };
+    } catch (err) {
+      this.releaseSendSlot();
+      throw err;
     }
   }
 

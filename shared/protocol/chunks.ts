@@ -266,6 +266,13 @@ export async function sendCompressedChunks(conn: FrameConnection, id: number, so
   return { sha256: hash?.digest('hex') ?? '', size, ...(crc ? { crc32c: crc32cHex(crcValue) } : {}) };
 }
 
+/**
+ * the largest WAL segment packFile() is used for, all of it held compressed in memory until it
+ * is sent (16 MiB is PostgreSQL's default; wal_segment_size goes up to 1 GiB, and larger ones are
+ * hashed, then read again to send)
+ */
+export const PACK_MAX = 64 * 1024 * 1024;
+
 /** A file read once: its SHA-256, its size, and its bytes as compressed frames, one per CHUNK_SIZE block. */
 export interface PackedFile {
   sha256: string;

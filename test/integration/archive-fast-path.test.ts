@@ -108,6 +108,32 @@ describe('push answered from the daemon\'s ack without Node, and never fooled', 
     expect(existsSync(join(ackDir(cluster), '.daemon')), 'a stopped daemon leaves no .daemon behind').toBe(false);
   }, 180_000);
 
+  it('answers from the acks of segments the daemon pushed uncompressed, to a receiver that stores WAL as it is (compression = none)', async () => {
+    const plain = await startReceiver({ servers: [{ name: 'p' }], compression: 'none' });
+    try {
+      const cluster = await holdingCluster('p', { receiver: plain, server: 'p' });
+      const made = [await segment(cluster, 'p0'), await segment(cluster, 'p1'), await segment(cluster, 'p2')];
+      const daemon = startDaemon(cluster.agentConfigPath!);
+      await waitFor('the daemon to ack its segments', () => made.every((n) => ackOf(cluster, n) !== undefined));
+      expect(await daemon.stop()).toBe(0);
+      for (const name of made) {
+        const sha256 = await sha256Of(cluster.walFile(name));
+        expect(ackOf(cluster, name)!.sha256).toBe(sha256);
+        expect(plain.walChecksum('p', name)).toBe(sha256);
+        const answered = await nodeStartsDuring(() => archiveCommand(cluster, `pg_wal/${name}`));
+        expectSuccess(answered.result);
+        expect(answered.starts, `Node started for ${name}`).toEqual([]);
+      }
+      // stored as they are: each catalog copy is the segment's bytes, no compression suffix
+      for (const name of made) {
+        expect(plain.walPath('p', name)).not.toMatch(/\.(zst|lz4|gz)$/);
+        expect(await sha256Of(plain.walPath('p', name))).toBe(await sha256Of(cluster.walFile(name)));
+      }
+    } finally {
+      await plain.stop();
+    }
+  }, 180_000);
+
   it('does not take a stale ack for the same name over different bytes, even with the mtime put back: Node pushes, and the receiver refuses the conflict', async () => {
     const cluster = await holdingCluster('b', { receiver, server: 'b' });
     const kept = await segment(cluster, 'b0');
