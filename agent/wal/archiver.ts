@@ -223,7 +223,7 @@ export class AsyncArchiver {
    * Reads `name` for its put and takes a send slot (putOpened's onSent gives it back). A segment the
    * receiver stores as zstd (its welcome) is read once its turn to send has come, hashed and
    * compressed side by side (packFile), and its frames go as they are: one read, and at most one
-   * segment's frames (SENDING) held at a time. Anything else is hashed before its turn (one file's
+   * segment's frames (SENDING) held at a time (putOpened lets them go once sent). Anything else is hashed before its turn (one file's
    * hash overlaps the previous one's transfer) and read again as it is sent.
    */
   private async readForPut(conn: AgentConnection, name: string, fh: fs.FileHandle, size: number): Promise<PutOptions> {

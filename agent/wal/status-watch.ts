@@ -3,9 +3,10 @@
 //
 // One inotify watch on the folder (fs.watch): each event names the one file that appeared or went,
 // so following a backlog costs the same per segment however long it is. chokidar, which this
-// replaced, read and stat'ed the whole folder again on every event: during a backlog of 64
-// segments that was most of the daemon's CPU outside pushing. What a watch cannot see (the folder
-// as it was before, an event lost) the archiver's periodic rescan finds.
+// replaced, read and stat'ed the whole folder again on every event: about 8 ms of CPU per renamed
+// file against 0.5 here (100 renames in a folder of 100), and 308 ms of lstat alone in a drain of
+// 64 segments. What a watch cannot see (the folder as it was before, an event lost) the
+// archiver's periodic rescan finds.
 
 import { type FSWatcher, promises as fs, watch } from 'node:fs';
 import { basename } from 'node:path';

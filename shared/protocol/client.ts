@@ -44,8 +44,9 @@ export interface PutOptions {
   walSha256?: string;
   /**
    * a WAL segment the caller read once already (packFile): its frames go out as they are where
-   * the receiver takes segments so compressed; otherwise only its SHA-256 is used, and the bytes
-   * are read again
+   * the receiver takes segments so compressed, and are let go once sent (emptied from `frames`:
+   * a daemon has several puts waiting for their ack); otherwise only its SHA-256 is used, and the
+   * bytes are read again
    */
   packed?: PackedFile;
 }
@@ -202,6 +203,8 @@ export class AgentConnection {
       if (packed && request.kind === 'wal') {
         await this.conn.send({ type: 'put', id, target: { ...request, sha256: packed.sha256 }, size: packed.size, compression: packed.compression });
         await sendFrames(this.conn, id, packed.frames, stop);
+        // sent (or given up on): the frames are not held while the receiver's answer is awaited
+        packed.frames.length = 0;
         if (!stop()) await this.conn.send({ type: 'end', id, sha256: packed.sha256 });
         return answer.promise;
       }
