@@ -18,8 +18,9 @@ export MALLOC_ARENA_MAX MALLOC_TRIM_THRESHOLD_ MALLOC_MMAP_THRESHOLD_
 # `recover` and `drill` write a whole backup: every MiB of it decompressed in a buffer of its own,
 # which V8 counts against the heap's limit for a full collection. Starting from the default
 # limit, a few tens of MiB, a recover of an 807 MB backup ran 29-45 mark-compacts; with an
-# initial old generation of 128 MiB, one, and a third less user CPU (1.9-2.3 s -> 1.45-1.5 s),
-# for 5-8 MiB more at its peak (the young generation's collections free the buffers). V8 does not
+# initial old generation of 128 MiB, one, and a quarter less user CPU (median 2.06 -> 1.57 s over
+# 5 interleaved runs), for 2-11 MiB more at its peak (the young generation's collections free the
+# buffers). V8 does not
 # take the code cache under another flag: these two compile the bundle from source (about 50 ms).
 case " $* " in
   *' recover '*|*' drill '*) exec node --initial-old-space-size=128 "${bundle%/*}/barman-receiver.cjs" "$@" ;;
