@@ -9,7 +9,7 @@
 // archiver's periodic rescan finds.
 
 import { type FSWatcher, promises as fs, watch } from 'node:fs';
-import { basename } from 'node:path';
+import { basename, join } from 'node:path';
 import type { Logger } from 'pino';
 
 export class StatusWatch {
@@ -53,6 +53,6 @@ export class StatusWatch {
   /** `name` appeared or went (the event does not say which): a .ready counts only while it is there (a rename to .done names it too). */
   private changed(name: string): void {
     if (name.endsWith('.done')) this.onFile(name);
-    else if (name.endsWith('.ready')) void fs.access(`${this.dir}/${name}`).then(() => this.watcher && this.onFile(name), () => undefined);
+    else if (name.endsWith('.ready')) void fs.access(join(this.dir, name)).then(() => this.watcher && this.onFile(name), () => undefined);
   }
 }
