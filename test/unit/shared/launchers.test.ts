@@ -13,6 +13,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { formatAck, identityOf, sysidHex } from '../../../agent/wal/spool';
 import { SEGMENT_SYSID, segmentBytes } from '../../harness/segment-bytes';
+import { writeNodeStandIn } from '../../harness/node-stand-in';
 
 const root = mkdtempSync(join(tmpdir(), 'barman-launchers-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -97,7 +98,7 @@ describe('the barman-agent launcher, push (archive_command) while the daemon wor
     writeFileSync(path, segmentBytes(NAME));
     writeFileSync(join(acked, '.daemon'), `${pid}\n`);
     const bin = dist('barman-agent', programs[1]!.launcher, `push-${n}`);
-    writeFileSync(join(bin, 'barman-agent.cjs'), 'process.stdout.write("node " + process.argv.slice(2).join(" ")); process.exitCode = 9;\n');
+    writeNodeStandIn(bin);
     const ack = (sysid = sysidHex(String(SEGMENT_SYSID))) =>
       formatAck({ server: 'main', receiver: 'ws://127.0.0.1:1/', name: NAME, size: 1 << 20, identity: identityOf(statSync(path, { bigint: true })), sysid, sha256: 'ab'.repeat(32) });
     /** records `line` as the daemon does: written beside, renamed in */

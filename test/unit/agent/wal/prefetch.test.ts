@@ -11,6 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { checkSpooled, segmentsAfter, WalPrefetch } from '../../../../agent/wal/prefetch';
 import { inArchiveRecovery } from '../../../../agent/commands/get-wal';
 import { segmentBytes as segment } from '../../../harness/segment-bytes';
+import { writeNodeStandIn } from '../../../harness/node-stand-in';
 
 const MB = 1 << 20;
 const root = mkdtempSync(join(tmpdir(), 'barman-unit-prefetch-'));
@@ -126,7 +127,7 @@ describe('agent/launcher.sh, get-wal from the spool without Node', () => {
   const runLauncher = (args: string[], cwd: string) => {
     const bin = fresh('bin');
     writeFileSync(join(bin, 'barman-agent'), readFileSync(launcher), { mode: 0o755 });
-    writeFileSync(join(bin, 'barman-agent.cjs'), 'process.stdout.write("node " + process.argv.slice(2).join(" ")); process.exitCode = 9;\n');
+    writeNodeStandIn(bin);
     return spawnSync('sh', [join(bin, 'barman-agent'), ...args], { cwd, encoding: 'utf8', env: { PATH: process.env.PATH, HOME: cwd } });
   };
   const setup = (configLines: string) => {
@@ -177,7 +178,7 @@ describe('agent/launcher.sh, get-wal from the spool without Node', () => {
     }, 300);
     const bin = fresh('bin');
     writeFileSync(join(bin, 'barman-agent'), readFileSync(launcher), { mode: 0o755 });
-    writeFileSync(join(bin, 'barman-agent.cjs'), 'process.stdout.write("node"); process.exitCode = 9;\n');
+    writeNodeStandIn(bin);
     const { spawn } = await import('node:child_process');
     const child = spawn('sh', [join(bin, 'barman-agent'), 'get-wal', '-c', conf, NAME, 'pg_wal/RECOVERYXLOG'], { cwd: dir });
     let out = '';
