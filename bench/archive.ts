@@ -17,7 +17,7 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from 'pg';
-import { Background, freePort, now, readyCount, sleep, sqlSession, streamingAgentConfig, value } from './daemon-lib';
+import { Background, freePort, now, readyCount, sleep, sqlSession, startAgentDaemon, streamingAgentConfig, value } from './daemon-lib';
 import {
   BenchCluster, type BenchContext, cpuProfileTop, fmtRatio, loadAverage, markdownTable, openCatalog, postgresDir, procCpuSeconds, procStatusKb,
   RssWatch, runOk, type SectionResult, startReceiver,
@@ -109,9 +109,7 @@ class ProcessSampler {
 
 export async function archiveSection(ctx: BenchContext): Promise<SectionResult> {
   const dir = postgresDir(join(ctx.workDir, 'archive'));
-  const node = process.execPath;
   const launcher = join(ctx.repoRoot, 'dist', 'barman-agent');
-  const agentBundle = join(ctx.repoRoot, 'dist', 'barman-agent.cjs');
   const pgbench = join(ctx.pgBin, 'pgbench');
   const pgbackrest = ['/usr/bin/pgbackrest', '/usr/local/bin/pgbackrest'].find((p) => existsSync(p));
   const modes: Mode[] = pgbackrest ? ['cp', 'barman', 'pgbackrest'] : ['cp', 'barman'];
@@ -170,11 +168,9 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
   };
 
   let daemon: Background | undefined;
-  // as a DBA runs it: the installed launcher, which execs Node with the daemon's settings (one
-  // malloc arena, a small young generation); Node itself when profiling (--cpu-prof)
   const startDaemon = (conf: string) => {
     const options = { cwd: join(dir, 'agent'), asPostgres: true, cleanup: ctx.cleanup, what: 'barman-agent daemon', logFile: join(dir, 'agent', 'daemon.log') };
-    daemon = PROFILE ? new Background(node, [...profiling('daemon'), agentBundle, 'daemon', '-c', conf], options) : new Background(launcher, ['daemon', '-c', conf], options);
+    daemon = startAgentDaemon(ctx.repoRoot, conf, options, PROFILE ? join(profiles, 'daemon') : undefined);
     return daemon;
   };
   const stopDaemon = async () => {

@@ -15,7 +15,7 @@
 
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Background, freePort } from './daemon-lib';
+import { freePort, startAgentDaemon } from './daemon-lib';
 import {
   BenchCluster,
   type BenchContext,
@@ -186,13 +186,9 @@ async function backupAtScale(ctx: BenchContext, wantedScale: number): Promise<st
   const dbBytes = Number(await cluster.psql('select sum(pg_database_size(oid)) from pg_database'));
   ctx.log(`backup: initialised in ${(init.ms / 1000).toFixed(0)} s, ${(dbBytes / 1e6).toFixed(0)} MB; waiting for the archiver`);
 
-  // the agent daemon the receiver asks for backups, as a DBA runs it: the installed
-  // `barman-agent` (the launcher, which sets up what the daemon needs and execs node on
-  // barman-agent.cjs); node itself when profiling
+  // the agent daemon the receiver asks for backups
   const daemonOptions = { cwd: agentDir, asPostgres: true, cleanup: ctx.cleanup, what: 'barman-agent daemon', logFile: join(agentDir, 'daemon.log') };
-  const daemon = PROFILE
-    ? new Background(node, ['--cpu-prof', `--cpu-prof-dir=${postgresDir(join(PROFILE, 'agent'))}`, agent, 'daemon', '-c', agentConf], daemonOptions)
-    : new Background(join(ctx.repoRoot, 'dist', 'barman-agent'), ['daemon', '-c', agentConf], daemonOptions);
+  const daemon = startAgentDaemon(ctx.repoRoot, agentConf, daemonOptions, PROFILE ? postgresDir(join(PROFILE, 'agent')) : undefined);
   await daemon.waitForLine(/"msg":"connected to the receiver"/, 60_000);
 
   // pgBackRest, where installed: its own repository on the same disk, 2 processes, zstd 1, bundles

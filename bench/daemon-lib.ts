@@ -87,6 +87,18 @@ export class Background {
 }
 
 /** A SQL session of the bench process itself (as the postgres role, over a unix socket folder); ended by `cleanup`. */
+/**
+ * `barman-agent daemon -c <conf>` as a DBA runs it: the installed launcher (dist/barman-agent),
+ * which execs Node with the daemon's settings (one malloc arena, a small young generation); or,
+ * given `profileDir`, Node itself on the bundle under --cpu-prof, without those settings.
+ */
+export function startAgentDaemon(repoRoot: string, conf: string, options: ConstructorParameters<typeof Background>[2], profileDir?: string): Background {
+  const dist = join(repoRoot, 'dist');
+  return profileDir
+    ? new Background(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, join(dist, 'barman-agent.cjs'), 'daemon', '-c', conf], options)
+    : new Background(join(dist, 'barman-agent'), ['daemon', '-c', conf], options);
+}
+
 export async function sqlSession(socketDir: string, port: number, cleanup: Cleanup, what: string): Promise<pg.Client> {
   const client = new pg.Client({ host: socketDir, port, user: 'postgres', database: 'postgres', application_name: `bench ${what}` });
   client.on('error', () => undefined); // the server going away (an immediate stop) is expected
