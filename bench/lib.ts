@@ -73,11 +73,11 @@ export interface RunResult {
  * Runs a program to completion (as the postgres OS user through runuser when asked) and times it
  * from spawn to exit. Throws, with what it printed, unless it exits 0.
  */
-export async function runOk(file: string, args: string[], options: { cwd?: string; asPostgres?: boolean } = {}): Promise<RunResult> {
+export async function runOk(file: string, args: string[], options: { cwd?: string; asPostgres?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
   const [cmd, argv] = options.asPostgres ? ['runuser', ['-u', 'postgres', '--', file, ...args]] : [file, args];
   const started = process.hrtime.bigint();
   const elapsed = () => Number(process.hrtime.bigint() - started) / 1e6;
-  const child = spawn(cmd, argv, { cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(cmd, argv, { cwd: options.cwd, env: options.env, stdio: ['ignore', 'pipe', 'pipe'] });
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   const stderrLines: RunResult['stderrLines'] = [];
@@ -229,7 +229,7 @@ const TIME_BIN = '/usr/bin/time';
  * runOk under GNU time when it is there: adds the program's peak RSS (kB) and CPU seconds.
  * `outDir` must be writable by whoever runs it (postgres when asPostgres).
  */
-export async function runMeasured(file: string, args: string[], outDir: string, options: { cwd?: string; asPostgres?: boolean } = {}): Promise<RunResult & { peakKb?: number; cpuSeconds?: number }> {
+export async function runMeasured(file: string, args: string[], outDir: string, options: Parameters<typeof runOk>[2] = {}): Promise<RunResult & { peakKb?: number; cpuSeconds?: number }> {
   if (!existsSync(TIME_BIN)) return runOk(file, args, options);
   const out = join(outDir, `time-${randomBytes(4).toString('hex')}.txt`);
   const result = await runOk(TIME_BIN, ['-f', '%M %U %S', '-o', out, file, ...args], options);
