@@ -105,6 +105,27 @@ const SMALL_FILE = 2 * 1024 * 1024;
 /** fsyncs of small files (and so their open files) in flight at once */
 const SYNCS_IN_FLIGHT = 64;
 
+/** WAL files copied at the same time */
+const WAL_FILES_AT_ONCE = 4;
+
+/**
+ * Runs `work` on each item, in order, `width` at a time. The first failure stops the rest (no
+ * item is started after it), and every item under way has ended before it is thrown: the
+ * clean-up that follows never runs beside a write (Promise.all would reject at once).
+ */
+async function eachAtOnce<T>(items: readonly T[], width: number, work: (item: T) => Promise<void>): Promise<void> {
+  let failure: { err: unknown } | undefined;
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, async () => {
+    try {
+      while (!failure && next < items.length) await work(items[next++]!);
+    } catch (err) {
+      failure ??= { err };
+    }
+  }));
+  if (failure) throw failure.err;
+}
+
 /** a new file, never an existing one nor through a link */
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 
@@ -497,8 +518,6 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
       else await fetchFile(file);
       done++;
     };
-    // the first failure stops every worker, and all of them have stopped before the clean-up
-    // below runs (Promise.all would reject at once while the others kept writing files)
     // the big files largest first: the big relation segments start at once and the small files
     // fill the other workers meanwhile, so no big file is left to finish alone at the end; the
     // small ones in the backup's order, which is the order a catalog keeps them together in (its
@@ -506,14 +525,7 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     const big = files.filter((f) => f.size > SMALL_FILE).sort((a, b) => b.size - a.size);
     const order = [...big, ...files.filter((f) => f.size <= SMALL_FILE)];
     let failure: { err: unknown } | undefined;
-    let next = 0;
-    await Promise.all(Array.from({ length: opts.parallel ?? 4 }, async () => {
-      try {
-        while (!failure && next < order.length) await copyOne(order[next++]!);
-      } catch (err) {
-        failure ??= { err };
-      }
-    }));
+    await eachAtOnce(order, opts.parallel ?? 4, copyOne).catch((err: unknown) => (failure = { err }));
     // every file's fsync has ended (and closed its handle) before a failure is cleaned up
     await smallFilesDurable().catch((err: unknown) => (failure ??= { err }));
     if (failure) throw failure.err;
@@ -523,7 +535,10 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
       await makeDirs(dest, RECOVERY_WAL_DIR);
       let walDone = 0;
       let walBytes = 0;
-      for (const name of plan.wals) {
+      // several at once: one segment's copy (read, decompress, check its checksum, write, fsync)
+      // leaves a core idle while it waits for the disk or the thread pool, and a point-in-time
+      // recovery may need hundreds of segments; each one's chunks are written in order
+      await eachAtOnce(plan.wals, WAL_FILES_AT_ONCE, async (name) => {
         const { fh, path } = await createFile(`${RECOVERY_WAL_DIR}/${name}`);
         try {
           for await (const chunk of source.walFile(name)) {
@@ -537,7 +552,7 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
         await own(path);
         walDone++;
         opts.progress?.({ phase: 'wal', done: walDone, total: plan.wals.length, bytes: walBytes });
-      }
+      });
     }
 
     await writeSmall(join(dest, 'backup_manifest'), plan.manifest, own);

@@ -430,3 +430,64 @@ describe('writeRecovery, many files at once', () => {
     });
   });
 });
+
+describe('writeRecovery, the WAL files of a plan', () => {
+  const walNames = (count: number) => Array.from({ length: count }, (_, i) => `0000000100000000000000${(16 + i).toString(16).toUpperCase().padStart(2, '0')}`);
+  /** each segment's bytes: its name repeated, `chunks` chunks of it */
+  const walBytes = (name: string, chunk: number) => Buffer.from(`${name}:${chunk};`.repeat(500));
+  /**
+   * A source whose WAL files each come in `chunks` chunks, a macrotask apart (as a read from disk
+   * or the network would), counting how many are being read at once; `failOn` fails that one
+   * after its first chunk, as a checksum that does not match fails a catalog's WAL at its end.
+   */
+  const walSource = (chunks: number, failOn?: string) => {
+    const seen = { open: 0, most: 0, startedAfterFailure: 0, failed: false };
+    const source: RecoverySource = {
+      ...sourceOf(),
+      async *walFile(name) {
+        if (seen.failed) seen.startedAfterFailure++;
+        seen.most = Math.max(seen.most, ++seen.open);
+        try {
+          for (let c = 0; c < chunks; c++) {
+            await new Promise((resolve) => setTimeout(resolve, 2));
+            if (name === failOn && c === 1) {
+              seen.failed = true;
+              throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: the catalog's copy does not match its checksum`, 'Check the catalog.');
+            }
+            yield walBytes(name, c);
+          }
+        } finally {
+          seen.open--;
+        }
+      },
+    };
+    return { source, seen };
+  };
+
+  it('copies many segments several at once into barman_wal/, each byte for byte, and counts them all', async () => {
+    const wals = walNames(24);
+    const { source, seen } = walSource(3);
+    const dest = join(fresh('wals'), 'pgdata');
+    const progress: number[] = [];
+    await writeRecovery(planOf({ wals }), dest, source, { progress: (e) => e.phase === 'wal' && progress.push(e.done) });
+    expect(seen.most, 'segments read at the same time').toBeGreaterThan(1);
+    for (const name of wals) {
+      expect(readFileSync(join(dest, 'barman_wal', name)).equals(Buffer.concat([0, 1, 2].map((c) => walBytes(name, c)))), name).toBe(true);
+    }
+    expect(readdirSync(join(dest, 'barman_wal')).sort()).toEqual(wals);
+    expect(progress.at(-1)).toBe(wals.length);
+    expect(existsSync(join(dest, 'global/pg_control'))).toBe(true);
+  });
+
+  it('a segment that fails among those being copied stops the copy: none starts after it, and the clean-up leaves nothing behind', async () => {
+    const wals = walNames(24);
+    const { source, seen } = walSource(3, wals[5]);
+    const dest = fresh('wals-failed');
+    await refusal(writeRecovery(planOf({ wals }), dest, source), ErrorCode.CHECKSUM_MISMATCH, new RegExp(`${wals[5]}: the catalog's copy does not match`));
+    expect(seen.startedAfterFailure, 'segments started after the failure').toBe(0);
+    expect(seen.open, 'segments still being read').toBe(0);
+    // the copies that were under way ended before the clean-up: nothing of them is left, and pg_control was never written
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(readdirSync(dest)).toEqual([]);
+  });
+});
