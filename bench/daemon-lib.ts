@@ -86,7 +86,6 @@ export class Background {
   }
 }
 
-/** A SQL session of the bench process itself (as the postgres role, over a unix socket folder); ended by `cleanup`. */
 /**
  * `barman-agent daemon -c <conf>` as a DBA runs it: the installed launcher (dist/barman-agent),
  * which execs Node with the daemon's settings (one malloc arena, a small young generation); or,
@@ -99,6 +98,7 @@ export function startAgentDaemon(repoRoot: string, conf: string, options: Constr
     : new Background(join(dist, 'barman-agent'), ['daemon', '-c', conf], options);
 }
 
+/** A SQL session of the bench process itself (as the postgres role, over a unix socket folder); ended by `cleanup`. */
 export async function sqlSession(socketDir: string, port: number, cleanup: Cleanup, what: string): Promise<pg.Client> {
   const client = new pg.Client({ host: socketDir, port, user: 'postgres', database: 'postgres', application_name: `bench ${what}` });
   client.on('error', () => undefined); // the server going away (an immediate stop) is expected
