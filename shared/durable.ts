@@ -4,9 +4,20 @@
 
 import { constants, promises as fs } from 'node:fs';
 import { join } from 'node:path';
+import { eachAtOnce } from './each-at-once';
 
 export async function fsyncDir(path: string): Promise<void> {
   const fh = await fs.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Makes a file's data durable: opened for reading, fsynced, closed. */
+export async function fsyncFile(path: string): Promise<void> {
+  const fh = await fs.open(path, 'r');
   try {
     await fh.sync();
   } finally {
@@ -30,18 +41,7 @@ export async function fsyncTree(root: string, { parallel = 8, files: withFiles =
     }
   };
   await walk(root);
-  const syncFile = async (p: string) => {
-    const fh = await fs.open(p, 'r');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  };
-  let next = 0;
-  await Promise.all(Array.from({ length: parallel }, async () => {
-    while (next < files.length) await syncFile(files[next++]!);
-  }));
+  await eachAtOnce(files, parallel, fsyncFile);
   for (const d of dirs.reverse()) await fsyncDir(d);
 }
 

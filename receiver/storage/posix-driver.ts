@@ -9,7 +9,8 @@ import { constants, promises as fs, type Dirent } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { BarmanError, ErrorCode } from '../../shared/errors';
-import { fsyncDir } from '../../shared/durable';
+import { fsyncDir, fsyncFile } from '../../shared/durable';
+import { eachAtOnce } from '../../shared/each-at-once';
 import { type ByteRange, checkKey, checkPrefix, type DriverWriteOptions, noSpace, notFound, type ObjectInfo, type ObjectWriter, type StorageDriver, type WriteResult } from './storage';
 
 /** bytes per read of a stored object */
@@ -265,23 +266,18 @@ export class PosixDriver implements StorageDriver {
 
   async sync(keys: readonly string[]): Promise<void> {
     const dirs = new Set<string>();
-    let next = 0;
-    const syncOne = async (key: string) => {
-      const fh = await fs.open(this.path(checkKey(key)), 'r');
+    await eachAtOnce(keys, 8, async (key) => {
       try {
-        await fh.sync();
-      } finally {
-        await fh.close();
+        await fsyncFile(this.path(checkKey(key)));
+      } catch (err) {
+        throw this.mapError(err, 'syncing', key);
       }
       dirs.add(dirname(this.path(key)));
-    };
+    });
     try {
-      await Promise.all(Array.from({ length: 8 }, async () => {
-        while (next < keys.length) await syncOne(keys[next++]!);
-      }));
       for (const d of dirs) await fsyncDir(d);
     } catch (err) {
-      throw this.mapError(err, 'syncing', keys[Math.max(0, next - 1)] ?? '');
+      throw this.mapError(err, 'syncing', keys.at(-1) ?? '');
     }
   }
 

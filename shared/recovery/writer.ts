@@ -23,6 +23,7 @@ import { type ChecksumAlgorithm, describeChecksum, fileChecksum, type FileChecks
 import { checkSymlinks, readableBackupPath, safeRelativePath } from '../backup/paths';
 import { makeDirs as makeMissingDirs } from '../dirs';
 import { fsyncDir, fsyncTree } from '../durable';
+import { eachAtOnce } from '../each-at-once';
 import { BarmanError, ErrorCode } from '../errors';
 import { parseWalFileName } from '../wal/names';
 import { type PlannedTablespace, type RecoveryPlan, RECOVERY_WAL_DIR, RESTORE_MARKER } from './plan';
@@ -107,24 +108,6 @@ const SYNCS_IN_FLIGHT = 64;
 
 /** WAL files copied at the same time */
 const WAL_FILES_AT_ONCE = 4;
-
-/**
- * Runs `work` on each item, in order, `width` at a time. The first failure stops the rest (no
- * item is started after it), and every item under way has ended before it is thrown: the
- * clean-up that follows never runs beside a write (Promise.all would reject at once).
- */
-async function eachAtOnce<T>(items: readonly T[], width: number, work: (item: T) => Promise<void>): Promise<void> {
-  let failure: { err: unknown } | undefined;
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(width, items.length) }, async () => {
-    try {
-      while (!failure && next < items.length) await work(items[next++]!);
-    } catch (err) {
-      failure ??= { err };
-    }
-  }));
-  if (failure) throw failure.err;
-}
 
 /** a new file, never an existing one nor through a link */
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
