@@ -55,6 +55,23 @@ describe('zstdStoredFrames', () => {
     expect(frames.map((f) => f.toString('hex'))).toEqual([a.toString('hex'), b.toString('hex')]);
   });
 
+  it('gives every frame whole and only once, however the reads cut them: 1-byte reads, reads shorter than a frame, a frame longer than a read', async () => {
+    const plains = [Buffer.alloc(CHUNK_SIZE, 7), randomBytes(200_000), Buffer.from('x'), Buffer.alloc(70_000, 3), randomBytes(5000)];
+    const frames = await Promise.all(plains.map((p) => zstd.compress(p, 1)));
+    const stored = Buffer.concat(frames);
+    const want = frames.map((f) => f.toString('hex'));
+    for (const sizes of [[1], [3, 5], [4096], [65_535, 17], [150_000], [stored.length]]) {
+      const reads: Buffer[] = [];
+      for (let at = 0, i = 0; at < stored.length; i++) {
+        const n = sizes[i % sizes.length]!;
+        reads.push(stored.subarray(at, at + n));
+        at += n;
+      }
+      const got = await collect(zstdStoredFrames(reads, 'x'));
+      expect(got.map((f) => f.toString('hex')), `reads of ${sizes.join(', ')} bytes`).toEqual(want);
+    }
+  });
+
   it('refuses stored bytes that end inside a frame or are not zstd', async () => {
     const a = await zstd.compress(Buffer.alloc(5000, 1), 1);
     const cut = await collect(zstdStoredFrames([a.subarray(0, a.length - 1)], 'the object')).catch((e: unknown) => e);
