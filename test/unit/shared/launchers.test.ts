@@ -31,21 +31,21 @@ function dist(program: string, launcher: string, name: string): string {
   const dir = join(root, program, name);
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, program), readFileSync(launcher), { mode: 0o755 });
-  writeFileSync(join(dir, `${program}.cjs`), 'const e = process.env; process.stdout.write(`${e.MALLOC_ARENA_MAX} ${e.MALLOC_TRIM_THRESHOLD_} ${e.MALLOC_MMAP_THRESHOLD_} ${JSON.stringify(process.argv.slice(2))}`); process.exitCode = 7;\n');
+  writeFileSync(join(dir, `${program}.cjs`), 'const e = process.env; process.stdout.write(`${e.MALLOC_ARENA_MAX} ${e.MALLOC_TRIM_THRESHOLD_} ${e.MALLOC_MMAP_THRESHOLD_} ${e.GLIBC_TUNABLES} ${JSON.stringify(process.argv.slice(2))}`); process.exitCode = 7;\n');
   return dir;
 }
 
 describe.each(programs)('the $program launcher', ({ program, launcher, link }) => {
-  it('runs the .cjs beside it with one malloc arena that keeps what it frees (32 MiB), the arguments and the exit status unchanged', () => {
+  it('runs the .cjs beside it with one malloc arena that keeps what it frees (32 MiB) and grows in huge pages, the arguments and the exit status unchanged', () => {
     const r = run(join(dist(program, launcher, 'plain'), program), ['recover', '-c', '/etc/barman.conf', 'main', 'latest', '/srv/a dir with spaces']);
     expect(r.stderr).toBe('');
-    expect(r.stdout).toBe('1 33554432 4194304 ["recover","-c","/etc/barman.conf","main","latest","/srv/a dir with spaces"]');
+    expect(r.stdout).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 ["recover","-c","/etc/barman.conf","main","latest","/srv/a dir with spaces"]');
     expect(r.status).toBe(7);
   });
 
-  it("keeps the caller's malloc settings", () => {
-    const r = run(join(dist(program, launcher, 'caller'), program), ['serve'], { MALLOC_ARENA_MAX: '4', MALLOC_TRIM_THRESHOLD_: '131072', MALLOC_MMAP_THRESHOLD_: '65536' });
-    expect(r.stdout).toBe('4 131072 65536 ["serve"]');
+  it("keeps the caller's malloc settings and GLIBC_TUNABLES", () => {
+    const r = run(join(dist(program, launcher, 'caller'), program), ['serve'], { MALLOC_ARENA_MAX: '4', MALLOC_TRIM_THRESHOLD_: '131072', MALLOC_MMAP_THRESHOLD_: '65536', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' });
+    expect(r.stdout).toBe('4 131072 65536 glibc.malloc.tcache_count=0 ["serve"]');
   });
 
   it("finds the program beside the file a link points to (npm's bin directory)", () => {
@@ -54,20 +54,20 @@ describe.each(programs)('the $program launcher', ({ program, launcher, link }) =
     mkdirSync(bin);
     symlinkSync(join(dir, program), join(bin, link));
     const r = run(join(bin, link), ['list-servers']);
-    expect(r.stdout).toBe('1 33554432 4194304 ["list-servers"]');
+    expect(r.stdout).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 ["list-servers"]');
     expect(r.status).toBe(7);
   });
 });
 
 describe('the barman-agent launcher', () => {
-  it('leaves the daemon, which lives on, to give freed memory back (the default), with one arena and a small young generation', () => {
+  it('leaves the daemon, which lives on, to give freed memory back and use small pages (the defaults), with one arena and a small young generation', () => {
     const dir = dist('barman-agent', programs[1]!.launcher, 'daemon');
-    writeFileSync(join(dir, 'barman-agent.cjs'), 'const e = process.env; process.stdout.write(`${e.MALLOC_ARENA_MAX} ${e.MALLOC_TRIM_THRESHOLD_} ${e.MALLOC_MMAP_THRESHOLD_} ${JSON.stringify(process.execArgv)} ${JSON.stringify(process.argv.slice(2))}`);\n');
+    writeFileSync(join(dir, 'barman-agent.cjs'), 'const e = process.env; process.stdout.write(`${e.MALLOC_ARENA_MAX} ${e.MALLOC_TRIM_THRESHOLD_} ${e.MALLOC_MMAP_THRESHOLD_} ${e.GLIBC_TUNABLES} ${JSON.stringify(process.execArgv)} ${JSON.stringify(process.argv.slice(2))}`);\n');
     const agent = join(dir, 'barman-agent');
-    expect(run(agent, ['daemon', '-c', '/etc/barman-agent.conf']).stdout).toBe('1 undefined undefined ["--max-semi-space-size=2"] ["daemon","-c","/etc/barman-agent.conf"]');
-    expect(run(agent, ['-c', '/etc/barman-agent.conf', 'daemon', '--takeover']).stdout).toBe('1 undefined undefined ["--max-semi-space-size=2"] ["-c","/etc/barman-agent.conf","daemon","--takeover"]');
+    expect(run(agent, ['daemon', '-c', '/etc/barman-agent.conf']).stdout).toBe('1 undefined undefined undefined ["--max-semi-space-size=2"] ["daemon","-c","/etc/barman-agent.conf"]');
+    expect(run(agent, ['-c', '/etc/barman-agent.conf', 'daemon', '--takeover']).stdout).toBe('1 undefined undefined undefined ["--max-semi-space-size=2"] ["-c","/etc/barman-agent.conf","daemon","--takeover"]');
     // any other command: Node as it comes (its code cache is made for no flags)
-    expect(run(agent, ['-c', '/etc/barman-agent.conf', 'restore', 'latest', '/srv/pgdata']).stdout).toBe('1 33554432 4194304 [] ["-c","/etc/barman-agent.conf","restore","latest","/srv/pgdata"]');
+    expect(run(agent, ['-c', '/etc/barman-agent.conf', 'restore', 'latest', '/srv/pgdata']).stdout).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 [] ["-c","/etc/barman-agent.conf","restore","latest","/srv/pgdata"]');
   });
 });
 
