@@ -15,14 +15,20 @@ MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-1}
 MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-33554432}
 MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4194304}
 export MALLOC_ARENA_MAX MALLOC_TRIM_THRESHOLD_ MALLOC_MMAP_THRESHOLD_
-# malloc asks the kernel for transparent huge pages (2 MiB) for its heap (madvise; glibc 2.35 and
-# later, ignored before, and where THP is off): the heap then grows a huge page per fault, not a
-# 4 KiB one. Over 5 interleaved runs of a `recover` of an 807 MB backup: 27-28 k page faults ->
-# 9 k, user CPU 1.38-1.63 -> 1.13-1.45 s, wall 2.51-2.74 -> 2.36-2.43 s, the same peak RSS. A
-# `serve` receiving 64 WAL pushes: 7.7 k faults -> 0.9 k, CPU 2.76-3.10 -> 2.51-2.83 s, peak RSS
-# 86-97 MiB against 93-94. A caller's GLIBC_TUNABLES wins (all of it).
-GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
-export GLIBC_TUNABLES
+# Every command but `serve` also has malloc ask the kernel for transparent huge pages (2 MiB) for
+# its heap (madvise; glibc 2.35 and later, ignored before, and where THP is off): the heap then
+# grows a huge page per fault, not a 4 KiB one. Over 5 interleaved runs of a `recover` of an 807 MB
+# backup: 27-28 k page faults -> 9 k, user CPU 1.38-1.63 -> 1.13-1.45 s, wall 2.51-2.74 ->
+# 2.36-2.43 s, the same peak RSS. Not `serve`, which lives on: it took a tenth less CPU receiving
+# WAL, but its peak RSS while a daemon drained a backlog went from 102 to 141-142 MiB. A caller's
+# GLIBC_TUNABLES wins (all of it).
+case " $* " in
+  *' serve '*) ;;
+  *)
+    GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
+    export GLIBC_TUNABLES
+    ;;
+esac
 # `recover` and `drill` write a whole backup: every MiB of it decompressed in a buffer of its own,
 # which V8 counts against the heap's limit for a full collection. Starting from the default
 # limit, a few tens of MiB, a recover of an 807 MB backup ran 29-45 mark-compacts; with an

@@ -44,8 +44,8 @@ describe.each(programs)('the $program launcher', ({ program, launcher, link }) =
   });
 
   it("keeps the caller's malloc settings and GLIBC_TUNABLES", () => {
-    const r = run(join(dist(program, launcher, 'caller'), program), ['serve'], { MALLOC_ARENA_MAX: '4', MALLOC_TRIM_THRESHOLD_: '131072', MALLOC_MMAP_THRESHOLD_: '65536', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' });
-    expect(r.stdout).toBe('4 131072 65536 glibc.malloc.tcache_count=0 ["serve"]');
+    const r = run(join(dist(program, launcher, 'caller'), program), ['check'], { MALLOC_ARENA_MAX: '4', MALLOC_TRIM_THRESHOLD_: '131072', MALLOC_MMAP_THRESHOLD_: '65536', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' });
+    expect(r.stdout).toBe('4 131072 65536 glibc.malloc.tcache_count=0 ["check"]');
   });
 
   it("finds the program beside the file a link points to (npm's bin directory)", () => {
@@ -72,15 +72,15 @@ describe('the barman-agent launcher', () => {
 });
 
 describe('the barman-receiver launcher', () => {
-  it('runs recover and drill, which write a whole backup, with a larger initial old generation; every other command as it comes', () => {
+  it('runs recover and drill, which write a whole backup, with a larger initial old generation; every other command as it comes; serve, which lives on, with small pages', () => {
     const dir = dist('barman-receiver', programs[0]!.launcher, 'old-space');
-    writeFileSync(join(dir, 'barman-receiver.cjs'), 'process.stdout.write(`${JSON.stringify(process.execArgv)} ${JSON.stringify(process.argv.slice(2))}`);\n');
+    writeFileSync(join(dir, 'barman-receiver.cjs'), 'process.stdout.write(`${JSON.stringify(process.execArgv)} ${JSON.stringify(process.argv.slice(2))} ${process.env.GLIBC_TUNABLES}`);\n');
     const receiver = join(dir, 'barman-receiver');
-    expect(run(receiver, ['recover', '-c', '/etc/barman.conf', 'main', 'latest', '/srv/pgdata']).stdout).toBe('["--initial-old-space-size=128"] ["recover","-c","/etc/barman.conf","main","latest","/srv/pgdata"]');
-    expect(run(receiver, ['-c', '/etc/barman.conf', 'drill', 'main']).stdout).toBe('["--initial-old-space-size=128"] ["-c","/etc/barman.conf","drill","main"]');
+    expect(run(receiver, ['recover', '-c', '/etc/barman.conf', 'main', 'latest', '/srv/pgdata']).stdout).toBe('["--initial-old-space-size=128"] ["recover","-c","/etc/barman.conf","main","latest","/srv/pgdata"] glibc.malloc.hugetlb=1');
+    expect(run(receiver, ['-c', '/etc/barman.conf', 'drill', 'main']).stdout).toBe('["--initial-old-space-size=128"] ["-c","/etc/barman.conf","drill","main"] glibc.malloc.hugetlb=1');
     // the service lives on (its code cache and its memory as they were), the others are short
-    expect(run(receiver, ['serve', '-c', '/etc/barman.conf']).stdout).toBe('[] ["serve","-c","/etc/barman.conf"]');
-    expect(run(receiver, ['get-wal', 'main', '000000010000000000000001']).stdout).toBe('[] ["get-wal","main","000000010000000000000001"]');
+    expect(run(receiver, ['serve', '-c', '/etc/barman.conf']).stdout).toBe('[] ["serve","-c","/etc/barman.conf"] undefined');
+    expect(run(receiver, ['get-wal', 'main', '000000010000000000000001']).stdout).toBe('[] ["get-wal","main","000000010000000000000001"] glibc.malloc.hugetlb=1');
   });
 });
 
