@@ -262,7 +262,7 @@ export async function recoverSection(ctx: BenchContext): Promise<SectionResult> 
     '',
     perRound,
     '',
-    'Ours run as installed: `barman-receiver` and `barman-agent` are the sh launchers in dist/, which run Node with glibc malloc held to one arena that keeps what it frees (`recover` also with a 128 MiB initial V8 old generation).',
+    'Ours run as installed: `barman-receiver` and `barman-agent` are the sh launchers in dist/, which run Node with glibc malloc held to one arena that keeps what it frees and grows its heap in transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`; `recover` also with a 128 MiB initial V8 old generation).',
     'Write = spawn to exit of the command that writes the data directory; every way ends durable (ours fsync every file and directory before global/pg_control, written last; `cp -a` is followed by `sync`; pgBackRest fsyncs what it restores). Start-up = `pg_ctl start` until `select 1` answers and `pg_is_in_recovery()` is false (replaying the WAL from the backup on: ours and `cp -a` from `barman_wal/` with `cp`, pgBackRest through `archive-get`).',
     'Ours check every byte against the checksum its backup_manifest records (CRC-32C, the default) before the copy counts as written (`restore`: the receiver sends the stored zstd frames, and the agent decompresses them and checks what they hold against the recorded checksum the receiver sends).',
     'Peak RSS and CPU seconds (user + system) of the writing command from GNU time; for `restore` also the receiver service (its VmHWM reset before, and CPU from /proc over the restore). PostgreSQL\'s own start-up is not counted.',
