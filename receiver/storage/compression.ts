@@ -430,8 +430,7 @@ export function checkZstdBlockFrame(buf: Buffer): void {
  * a reader that decompresses them itself. What is not whole frames is refused (STORAGE_CORRUPT,
  * `what` naming the object). Frames are handed out as views of the reads; only a frame that
  * straddles reads is copied, joined to as little of the next read as the walk of its headers
- * needs: copying the rest of each read with it (a MiB of fresh memory per read) took a third of
- * the receiver's CPU while it served an agent's restore.
+ * needs, where the rest of each read was copied with it (a MiB of fresh memory per read).
  */
 export async function* zstdStoredFrames(stored: AsyncIterable<Buffer> | Iterable<Buffer>, what: string): AsyncGenerator<Buffer> {
   /** the start of a frame the reads so far end inside, its byte count, and what its walk needs */
