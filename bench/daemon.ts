@@ -21,6 +21,8 @@ const SCALE = Number(process.env.BENCH_DAEMON_SCALE ?? 10);
 const LAG_PROBES = Number(process.env.BENCH_DAEMON_PROBES ?? 200);
 /** the light steady load under the lag and RPO measurements (transactions per second) */
 const LIGHT_RATE = 200;
+/** its clients: at most this many commits can be in flight, waiting for the synchronous standby, when the server stops */
+const LIGHT_CLIENTS = 2;
 const POLL_MS = 5;
 const PROBE_TIMEOUT_MS = 10_000;
 const DRAIN_TIMEOUT_MS = 300_000;
@@ -111,7 +113,7 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
 
   // ---- (d) streaming lag under a light steady load ----------------------------------------------
   ctx.log(`daemon: streaming lag, ${LAG_PROBES} probe commits under pgbench -R ${LIGHT_RATE}`);
-  const light = () => new Background(pgbench, ['-n', '-N', '-c', '2', '-j', '1', '-R', String(LIGHT_RATE), '-T', '3600', ...target], { cwd: clusterDir, asPostgres: true, cleanup: ctx.cleanup, what: 'light pgbench' });
+  const light = () => new Background(pgbench, ['-n', '-N', '-c', String(LIGHT_CLIENTS), '-j', '1', '-R', String(LIGHT_RATE), '-T', '3600', ...target], { cwd: clusterDir, asPostgres: true, cleanup: ctx.cleanup, what: 'light pgbench' });
   const lightLoad = light();
   const probe = await sqlSession(cluster.socketDir, cluster.port, ctx.cleanup, 'lag probe');
   const watch = await sqlSession(cluster.socketDir, cluster.port, ctx.cleanup, 'lag watch');
@@ -248,8 +250,16 @@ function report(lag: LagRun, rpo: RpoRun, extra: { catalogCheck: string; daemonE
 
   const lost = (k: 'history' | 'probes' | 'markers') => rpo.primary[k] - rpo.copy[k];
   const totalLost = lost('history') + lost('probes') + lost('markers');
+  // A row the restarted primary has and the copy lacks was committed by a record past what the
+  // receiver had flushed. Under synchronous streaming such a commit had not returned to its
+  // client: it waited for the receiver's flush, and the stop cut it off (crash recovery keeps it,
+  // since it reached the primary's own WAL). Only pgbench's commits can be so, one per client, and
+  // only where the primary's WAL goes past the flush position; the marker's and the probes' had
+  // returned before the stop, so any of theirs missing is a lost acknowledged commit.
+  const unacknowledged = (rpo.unstreamedBytes ?? 0) > 0 && lost('history') > 0 && lost('history') <= LIGHT_CLIENTS ? lost('history') : 0;
+  const acknowledgedLost = totalLost - unacknowledged;
   const rpoTable = markdownTable(
-    ['committed rows', 'primary after crash recovery', 'recovered copy (latest)', 'lost'],
+    ['committed rows', 'primary after crash recovery', 'recovered copy (latest)', 'missing from the copy'],
     [
       ['marker row committed right before the stop', String(rpo.primary.markers), String(rpo.copy.markers), String(lost('markers'))],
       [`pgbench_history (pgbench -R ${LIGHT_RATE} running through the stop)`, String(rpo.primary.history), String(rpo.copy.history), String(lost('history'))],
@@ -263,7 +273,7 @@ function report(lag: LagRun, rpo: RpoRun, extra: { catalogCheck: string; daemonE
     ['goal', 'measured', ''],
     [
       ['streaming lag p99 < 100 ms', `${fmtMs(lagP99)} ms (p50 ${fmtMs(percentile(lag.lags, 50))} ms, ${lag.timeouts} probes not flushed within ${PROBE_TIMEOUT_MS / 1000} s)`, met(lagP99 < 100 && lag.timeouts === 0)],
-      ['RPO after an immediate stop, synchronous streaming: 0 lost transactions', `${totalLost} lost; the marker row ${rpo.markerInCopy ? 'is' : 'is **not**'} in the recovered copy`, met(totalLost === 0)],
+      ['RPO after an immediate stop, synchronous streaming: 0 lost acknowledged commits', `${acknowledgedLost} lost; the marker row ${rpo.markerInCopy ? 'is' : 'is **not**'} in the recovered copy${unacknowledged > 0 ? `; ${unacknowledged} pgbench commit(s) written past the receiver's flush position, not yet acknowledged when the server stopped, are not in it` : ''}`, met(acknowledgedLost === 0 && rpo.markerInCopy)],
     ],
   );
 
@@ -287,6 +297,8 @@ function report(lag: LagRun, rpo: RpoRun, extra: { catalogCheck: string; daemonE
     `Then \`barman-receiver recover ${SERVER} latest\` (${f1(rpo.recoverMs / 1000)} s) and the copy started until promoted (${f1(rpo.copyStartMs / 1000)} s); the primary is restarted (crash recovery) and its rows are what was committed. The receiver had flushed up to ${rpo.receiverFlushLsn ?? '?'} when the primary was down; the primary's last WAL record (crash recovery's "redo done at ${rpo.primaryRedoDone ?? '?'}") ${unstreamed}. The daemon's stream ${rpo.streamResumed ? 'came back by itself on the restarted primary' : '**did not come back** within 60 s on the restarted primary'}.`,
     '',
     rpoTable,
+    '',
+    `A row the restarted primary has and the copy lacks was committed by a WAL record past what the receiver had flushed, so its commit had not returned to its client when the server stopped (with synchronous streaming a commit waits for the receiver's flush; crash recovery keeps it because it reached the primary's own WAL). Only pgbench's commits can be such, at most one per client (${LIGHT_CLIENTS}), and only when the primary's WAL goes past the flush position; the marker's and the probes' commits had returned, so any of theirs missing would be an acknowledged commit lost.`,
     '',
     '### Against the goals',
     '',
