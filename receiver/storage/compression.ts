@@ -367,10 +367,16 @@ const LZ4_MAGIC = 0x184d2204;
 /** both formats: 0x184D2A50..0x184D2A5F, 4-byte length, then that many bytes to skip */
 const isSkippable = (magic: number): boolean => (magic & 0xfffffff0) === 0x184d2a50;
 
-function skippableLength(buf: Buffer): number | undefined {
-  if (buf.length < 8) return undefined;
+/** The length of the skippable frame at the start of `buf`, or how many bytes telling it needs (see zstdFrameWalk). */
+function skippableWalk(buf: Buffer): { length: number } | { need: number } {
+  if (buf.length < 8) return { need: 8 };
   const total = 8 + buf.readUInt32LE(4);
-  return buf.length >= total ? total : undefined;
+  return buf.length >= total ? { length: total } : { need: total };
+}
+
+/** A walk's length, or undefined when `buf` ends inside the frame. */
+function walkedLength(walked: { length: number } | { need: number }): number | undefined {
+  return 'length' in walked ? walked.length : undefined;
 }
 
 /**
@@ -382,7 +388,7 @@ function zstdFrameWalk(buf: Buffer): { length: number } | { need: number } {
   const upTo = (pos: number) => (buf.length >= pos ? { length: pos } : { need: pos });
   if (buf.length < 4) return { need: 4 };
   const magic = buf.readUInt32LE(0);
-  if (isSkippable(magic)) return buf.length < 8 ? { need: 8 } : upTo(8 + buf.readUInt32LE(4));
+  if (isSkippable(magic)) return skippableWalk(buf);
   if (magic !== ZSTD_MAGIC) throw new Error(`no zstd frame magic (found 0x${magic.toString(16)})`);
   if (buf.length < 5) return { need: 5 };
   const descriptor = buf[4]!;
@@ -407,8 +413,7 @@ function zstdFrameWalk(buf: Buffer): { length: number } | { need: number } {
 
 /** The length of the frame at the start of `buf`, or undefined when `buf` ends inside it. */
 export function zstdFrameLength(buf: Buffer): number | undefined {
-  const walked = zstdFrameWalk(buf);
-  return 'length' in walked ? walked.length : undefined;
+  return walkedLength(zstdFrameWalk(buf));
 }
 
 /** blocks one frame an agent sends may have: at most 128 KiB of plain bytes each, 8 MiB in all */
@@ -487,7 +492,7 @@ export async function* zstdStoredFrames(stored: AsyncIterable<Buffer> | Iterable
 export function lz4FrameLength(buf: Buffer): number | undefined {
   if (buf.length < 4) return undefined;
   const magic = buf.readUInt32LE(0);
-  if (isSkippable(magic)) return skippableLength(buf);
+  if (isSkippable(magic)) return walkedLength(skippableWalk(buf));
   if (magic !== LZ4_MAGIC) throw new Error(`no lz4 frame magic (found 0x${magic.toString(16)})`);
   if (buf.length < 6) return undefined;
   const flags = buf[4]!;
