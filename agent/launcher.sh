@@ -278,13 +278,22 @@ bundle=$(readlink -f -- "$0" 2>/dev/null) || bundle=$0
 # pgbench -s 200 went from 108 to 113-124 MiB. A caller's values win.
 # The daemon's V8 young generation is held to 2 MiB semi-spaces (16 by default): at its peak RSS
 # during a backup of pgbench -s 200, V8 had committed 44 MiB of heap for 11 MiB of objects; so
-# 13-15 MiB. Its peak RSS moved within the noise (102 MiB in one run, 116-125 in the next; 108-131
-# before): the rest of that peak is native memory. (The flag is part of what V8's code cache is
-# checked against: the daemon compiles its bundle from source, once, as it starts.)
+# 13-15 MiB. The rest of that peak was native memory, and it grew from one backup to the next
+# (the zstd binding takes 1.3 MiB of workspace for every frame it compresses, on libuv's threads,
+# and glibc's heap fragments around the buffers V8 has not collected yet). --optimize-for-size has
+# V8 collect more often (17 full collections over two backups of pgbench -s 200, not 8; external
+# memory peaked at 19 MiB, not 30) and glibc gives more back. Three backups of pgbench -s 200 in a
+# row peaked at 86-95 MiB, not 108-116 (eight runs each, interleaved); six of pgbench -s 50 at
+# 82-89, not 99-112. The price is page faults (161-388 k, not 62-66 k; two runs each) and CPU:
+# 17-26 s for those three backups, not 15-21.5 (medians of seven runs 21.2 and 15.9), and the
+# third one took 6.8 s, not 6.2 (medians). A backlog of 64 segments drained as fast (10.9
+# against 11.0 segments/s, medians of four runs each), with the daemon at 74-78 MiB, not 85-86.
+# (Both flags are part of what V8's code cache is checked against: the daemon compiles its bundle
+# from source, once, as it starts.)
 MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-1}
 export MALLOC_ARENA_MAX
 case " $* " in
-  *' daemon '*) exec node --max-semi-space-size=2 "${bundle%/*}/barman-agent.cjs" "$@" ;;
+  *' daemon '*) exec node --max-semi-space-size=2 --optimize-for-size "${bundle%/*}/barman-agent.cjs" "$@" ;;
 esac
 MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-33554432}
 MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4194304}
