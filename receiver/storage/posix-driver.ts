@@ -272,12 +272,14 @@ export class PosixDriver implements StorageDriver {
       } catch (err) {
         throw this.mapError(err, 'syncing', key);
       }
-      dirs.add(dirname(this.path(key)));
+      dirs.add(dirname(key));
     });
-    try {
-      for (const d of dirs) await fsyncDir(d);
-    } catch (err) {
-      throw this.mapError(err, 'syncing', keys.at(-1) ?? '');
+    for (const dir of dirs) {
+      try {
+        await fsyncDir(this.path(dir));
+      } catch (err) {
+        throw this.mapError(err, 'syncing', dir === '.' ? '/' : `${dir}/`);
+      }
     }
   }
 
