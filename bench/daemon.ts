@@ -250,12 +250,8 @@ function report(lag: LagRun, rpo: RpoRun, extra: { catalogCheck: string; daemonE
 
   const lost = (k: 'history' | 'probes' | 'markers') => rpo.primary[k] - rpo.copy[k];
   const totalLost = lost('history') + lost('probes') + lost('markers');
-  // A row the restarted primary has and the copy lacks was committed by a record past what the
-  // receiver had flushed. Under synchronous streaming such a commit had not returned to its
-  // client: it waited for the receiver's flush, and the stop cut it off (crash recovery keeps it,
-  // since it reached the primary's own WAL). Only pgbench's commits can be so, one per client, and
-  // only where the primary's WAL goes past the flush position; the marker's and the probes' had
-  // returned before the stop, so any of theirs missing is a lost acknowledged commit.
+  // pgbench commits the stop cut off before they returned, at most one per client: not losses (the
+  // report's paragraph under rpoTable says why)
   const unacknowledged = (rpo.unstreamedBytes ?? 0) > 0 && lost('history') > 0 && lost('history') <= LIGHT_CLIENTS ? lost('history') : 0;
   const acknowledgedLost = totalLost - unacknowledged;
   const rpoTable = markdownTable(
