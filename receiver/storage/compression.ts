@@ -367,15 +367,20 @@ const LZ4_MAGIC = 0x184d2204;
 /** both formats: 0x184D2A50..0x184D2A5F, 4-byte length, then that many bytes to skip */
 const isSkippable = (magic: number): boolean => (magic & 0xfffffff0) === 0x184d2a50;
 
+/** A frame's length, or how many bytes telling it needs at least (more than the buffer holds). */
+type FrameWalk = { length: number } | { need: number };
+
+/** A frame that ends at `end`: whole in `buf`, or needing `end` bytes. */
+const walkTo = (buf: Buffer, end: number): FrameWalk => (buf.length >= end ? { length: end } : { need: end });
+
 /** The length of the skippable frame at the start of `buf`, or how many bytes telling it needs (see zstdFrameWalk). */
-function skippableWalk(buf: Buffer): { length: number } | { need: number } {
+function skippableWalk(buf: Buffer): FrameWalk {
   if (buf.length < 8) return { need: 8 };
-  const total = 8 + buf.readUInt32LE(4);
-  return buf.length >= total ? { length: total } : { need: total };
+  return walkTo(buf, 8 + buf.readUInt32LE(4));
 }
 
 /** A walk's length, or undefined when `buf` ends inside the frame. */
-function walkedLength(walked: { length: number } | { need: number }): number | undefined {
+function walkedLength(walked: FrameWalk): number | undefined {
   return 'length' in walked ? walked.length : undefined;
 }
 
@@ -384,8 +389,7 @@ function walkedLength(walked: { length: number } | { need: number }): number | u
  * known, how many bytes the walk of its headers needs at least to go on (`need`, more than `buf`
  * holds). Throws on what is not a zstd (or skippable) frame.
  */
-function zstdFrameWalk(buf: Buffer): { length: number } | { need: number } {
-  const upTo = (pos: number) => (buf.length >= pos ? { length: pos } : { need: pos });
+function zstdFrameWalk(buf: Buffer): FrameWalk {
   if (buf.length < 4) return { need: 4 };
   const magic = buf.readUInt32LE(0);
   if (isSkippable(magic)) return skippableWalk(buf);
@@ -408,7 +412,7 @@ function zstdFrameWalk(buf: Buffer): { length: number } | { need: number } {
     pos += 3 + (type === 1 ? 1 : size);
     if (last) break;
   }
-  return upTo(pos + (checksum ? 4 : 0));
+  return walkTo(buf, pos + (checksum ? 4 : 0));
 }
 
 /** The length of the frame at the start of `buf`, or undefined when `buf` ends inside it. */
