@@ -29,10 +29,10 @@ const CJS_WRAPPER = Module.wrap('\0').split('\0');
 // here, by this Node, from a run that loads every module the command named loads and stops at the
 // configuration (a cache another Node refuses costs nothing): PostgreSQL starts the agent once per
 // WAL segment (a push), and the receiver's start is part of every recover's time.
-async function buildLoaded(entry, out, cacheRun) {
+async function buildLoaded(entry, out, cacheRun, plugins = []) {
   // whitespace and comments out (names stay, for stack traces; the linked source map has the
   // rest): the text every start reads, copies and hashes is a third smaller
-  const bundled = await build({ ...common, banner: undefined, minifyWhitespace: true, entryPoints: [entry], outfile: out, write: false });
+  const bundled = await build({ ...common, banner: undefined, minifyWhitespace: true, entryPoints: [entry], outfile: out, write: false, plugins });
   // a function compiled from the cache cannot run import(): the AWS SDK's import()s of node:
   // builtins become require() (the same exports), and anything else stops the build
   const source = bundled.outputFiles.find((f) => f.path.endsWith('.cjs')).text.replace(/([^\w$.])import\(("node:[\w/]+")\)/g, '$1Promise.resolve(require($2))');
@@ -63,7 +63,17 @@ async function buildLoaded(entry, out, cacheRun) {
 // a fresh clone has no dist/ yet (esbuild makes it only when it writes, and here we write)
 await mkdir('dist', { recursive: true });
 await buildLoaded('agent/cli.ts', 'dist/barman-agent.cjs', ['push', '-c', '/nonexistent/barman-agent.conf', '000000010000000000000001']);
-await buildLoaded('receiver/cli.ts', 'dist/barman-receiver.cjs', ['recover', '-c', '/nonexistent/barman.conf', 'main', 'latest', '/nonexistent/recover']);
+// The AWS SDK is half the receiver's code and only a catalog on S3 uses it: it is a bundle of its
+// own (below), which the receiver's bundle requires from node_modules beside it when the S3
+// driver is first loaded, so no other command reads, hashes or caches it at each start.
+const AWS_SDK_BUNDLE = 'barman-aws-sdk.cjs';
+const awsSdkApart = {
+  name: 'aws-sdk-apart',
+  setup(b) {
+    b.onResolve({ filter: /^\.\/aws-sdk$/ }, (args) => (args.importer.endsWith('receiver/storage/s3.ts') ? { path: AWS_SDK_BUNDLE, external: true } : undefined));
+  },
+};
+await buildLoaded('receiver/cli.ts', 'dist/barman-receiver.cjs', ['recover', '-c', '/nonexistent/barman.conf', 'main', 'latest', '/nonexistent/recover'], [awsSdkApart]);
 
 // The receiver loads its compression bindings (and both programs the CRC-32C one) from node_modules beside the bundle: each with its
 // prebuilt binary package for this platform (an optional dependency). dist/ is then complete:
@@ -75,6 +85,8 @@ for (const mod of ['@mongodb-js/zstd', 'lz4-napi', '@node-rs/crc32']) {
     if (existsSync(`node_modules/${dep}`)) await cp(`node_modules/${dep}`, `dist/node_modules/${dep}`, { recursive: true, dereference: true });
   }
 }
+// and the AWS SDK's bundle (loaded with require, not from a code cache: its import()s may stay)
+await build({ ...common, banner: undefined, minifyWhitespace: true, sourcemap: false, entryPoints: ['receiver/storage/aws-sdk.ts'], outfile: `dist/node_modules/${AWS_SDK_BUNDLE}` });
 
 // the installed `barman-agent`: a POSIX sh launcher that answers push from the daemon's acks and
 // get-wal from the fetch-ahead spool without starting Node, and runs barman-agent.cjs (beside it)

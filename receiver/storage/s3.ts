@@ -14,19 +14,7 @@ import { createHash } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { PassThrough, Readable } from 'node:stream';
-import {
-  AbortMultipartUploadCommand,
-  DeleteObjectCommand,
-  DeleteObjectsCommand,
-  GetObjectCommand,
-  HeadBucketCommand,
-  ListMultipartUploadsCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  type S3ClientConfig,
-} from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
+import * as sdk from './aws-sdk';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import { type ByteRange, checkKey, checkPrefix, drained, type DriverWriteOptions, noSpace, notFound, type ObjectInfo, type ObjectWriter, type StorageDriver, type WriteResult } from './storage';
 
@@ -67,7 +55,7 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 export class S3Driver implements StorageDriver {
   readonly kind = 's3';
   readonly location: string;
-  private readonly client: S3Client;
+  private readonly client: sdk.S3Client;
   private readonly partSize: number;
   private readonly queueSize: number;
 
@@ -76,7 +64,7 @@ export class S3Driver implements StorageDriver {
     this.partSize = Math.max(5 * 1024 * 1024, options.partSize ?? DEFAULT_PART_SIZE);
     this.queueSize = Math.max(1, options.queueSize ?? 2);
     const agentOptions = { keepAlive: true, maxSockets: 32 };
-    const config: S3ClientConfig = {
+    const config: sdk.S3ClientConfig = {
       endpoint: options.endpoint,
       region: options.region,
       forcePathStyle: options.forcePathStyle,
@@ -93,7 +81,7 @@ export class S3Driver implements StorageDriver {
         httpsAgent: new HttpsAgent({ ...agentOptions, ca: options.ca }),
       },
     };
-    this.client = new S3Client(config);
+    this.client = new sdk.S3Client(config);
     // Content-MD5 on every request whose body is in memory (PutObject, UploadPart, DeleteObjects)
     this.client.middlewareStack.add(
       (next) => async (args) => {
@@ -155,7 +143,7 @@ export class S3Driver implements StorageDriver {
     }
     try {
       const out = await this.client.send(
-        new GetObjectCommand({ Bucket: this.options.bucket, Key: this.objectKey(key), Range: range ? `bytes=${start}-${end === undefined ? '' : end - 1}` : undefined }),
+        new sdk.GetObjectCommand({ Bucket: this.options.bucket, Key: this.objectKey(key), Range: range ? `bytes=${start}-${end === undefined ? '' : end - 1}` : undefined }),
       );
       const body = out.Body as Readable;
       // errors mid-body (the connection dropped) carry the same codes as the others
@@ -185,7 +173,7 @@ export class S3Driver implements StorageDriver {
   async putIfAbsent(key: string, bytes: Uint8Array): Promise<boolean> {
     checkKey(key);
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.options.bucket, Key: this.objectKey(key), Body: bytes, IfNoneMatch: '*' }));
+      await this.client.send(new sdk.PutObjectCommand({ Bucket: this.options.bucket, Key: this.objectKey(key), Body: bytes, IfNoneMatch: '*' }));
       return true;
     } catch (err) {
       const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
@@ -199,7 +187,7 @@ export class S3Driver implements StorageDriver {
     checkKey(key);
     // a listing rather than HEAD: HEAD's 404 cannot tell a missing key from a missing bucket
     try {
-      const out = await this.client.send(new ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: this.objectKey(key), MaxKeys: 1 }));
+      const out = await this.client.send(new sdk.ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: this.objectKey(key), MaxKeys: 1 }));
       const first = out.Contents?.[0];
       if (!first || first.Key !== this.objectKey(key)) return undefined;
       return { key, size: first.Size ?? 0, mtime: first.LastModified ?? new Date(0) };
@@ -218,7 +206,7 @@ export class S3Driver implements StorageDriver {
     do {
       let out;
       try {
-        out = await this.client.send(new ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: this.objectKey(prefix), ContinuationToken: token, MaxKeys: 1000 }));
+        out = await this.client.send(new sdk.ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: this.objectKey(prefix), ContinuationToken: token, MaxKeys: 1000 }));
       } catch (err) {
         throw this.mapError(err, `listing ${prefix || '/'}`);
       }
@@ -236,7 +224,7 @@ export class S3Driver implements StorageDriver {
     do {
       let out;
       try {
-        out = await this.client.send(new ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: this.objectKey(prefix), Delimiter: '/', ContinuationToken: token, MaxKeys: 1000 }));
+        out = await this.client.send(new sdk.ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: this.objectKey(prefix), Delimiter: '/', ContinuationToken: token, MaxKeys: 1000 }));
       } catch (err) {
         throw this.mapError(err, `listing ${prefix || '/'}`);
       }
@@ -249,7 +237,7 @@ export class S3Driver implements StorageDriver {
   async remove(key: string): Promise<void> {
     checkKey(key);
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.options.bucket, Key: this.objectKey(key) }));
+      await this.client.send(new sdk.DeleteObjectCommand({ Bucket: this.options.bucket, Key: this.objectKey(key) }));
     } catch (err) {
       throw this.mapError(err, `removing ${key}`);
     }
@@ -262,7 +250,7 @@ export class S3Driver implements StorageDriver {
     const flush = async () => {
       if (batch.length === 0) return;
       try {
-        const out = await this.client.send(new DeleteObjectsCommand({ Bucket: this.options.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }));
+        const out = await this.client.send(new sdk.DeleteObjectsCommand({ Bucket: this.options.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }));
         const failed = out.Errors?.filter((e) => e.Code !== 'NoSuchKey') ?? [];
         if (failed.length > 0) throw Object.assign(new Error(`${failed.length} objects not removed, e.g. ${failed[0]!.Key}: ${failed[0]!.Code} ${failed[0]!.Message ?? ''}`), { name: failed[0]!.Code });
       } catch (err) {
@@ -297,7 +285,7 @@ export class S3Driver implements StorageDriver {
     let uploadIdMarker: string | undefined;
     try {
       do {
-        const out = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.options.bucket, Prefix: this.options.prefix || undefined, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }));
+        const out = await this.client.send(new sdk.ListMultipartUploadsCommand({ Bucket: this.options.bucket, Prefix: this.options.prefix || undefined, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }));
         for (const u of out.Uploads ?? []) {
           if (!u.Key || !u.UploadId || (u.Initiated && u.Initiated >= before)) continue;
           await this.abortUpload(u.Key, u.UploadId);
@@ -314,7 +302,7 @@ export class S3Driver implements StorageDriver {
 
   /** Incomplete multipart uploads under the prefix (what a crash mid-upload leaves), below `below` when given. */
   async incompleteUploads(below = ''): Promise<{ key: string; uploadId: string; initiated?: Date }[]> {
-    const out = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.options.bucket, Prefix: this.objectKey(below) || undefined })).catch((err: unknown) => {
+    const out = await this.client.send(new sdk.ListMultipartUploadsCommand({ Bucket: this.options.bucket, Prefix: this.objectKey(below) || undefined })).catch((err: unknown) => {
       throw this.mapError(err, 'listing multipart uploads');
     });
     return (out.Uploads ?? []).map((u) => ({ key: (u.Key ?? '').slice(this.options.prefix.length), uploadId: u.UploadId ?? '', initiated: u.Initiated }));
@@ -322,7 +310,7 @@ export class S3Driver implements StorageDriver {
 
   async abortUpload(objectKey: string, uploadId: string): Promise<void> {
     try {
-      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.options.bucket, Key: objectKey, UploadId: uploadId }));
+      await this.client.send(new sdk.AbortMultipartUploadCommand({ Bucket: this.options.bucket, Key: objectKey, UploadId: uploadId }));
     } catch (err) {
       if ((err as { name?: string }).name !== 'NoSuchUpload') throw err;
     }
@@ -330,7 +318,7 @@ export class S3Driver implements StorageDriver {
 
   async check(): Promise<void> {
     try {
-      await this.client.send(new HeadBucketCommand({ Bucket: this.options.bucket }));
+      await this.client.send(new sdk.HeadBucketCommand({ Bucket: this.options.bucket }));
     } catch (err) {
       // HEAD answers have no body: a 404 here is the bucket, a 403 with our keys is the keys or a policy
       const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
@@ -338,7 +326,7 @@ export class S3Driver implements StorageDriver {
       if (status === 403) {
         // tell wrong keys from missing rights with a request whose error has a body
         try {
-          await this.client.send(new ListObjectsV2Command({ Bucket: this.options.bucket, MaxKeys: 1, Prefix: this.options.prefix || undefined }));
+          await this.client.send(new sdk.ListObjectsV2Command({ Bucket: this.options.bucket, MaxKeys: 1, Prefix: this.options.prefix || undefined }));
         } catch (again) {
           throw this.mapError(again, 'checking the bucket');
         }
@@ -354,14 +342,14 @@ export class S3Driver implements StorageDriver {
 
 class S3Writer implements ObjectWriter {
   private readonly body = new PassThrough({ highWaterMark: 1024 * 1024 });
-  private readonly upload: Upload;
+  private readonly upload: sdk.Upload;
   private readonly done: Promise<unknown>;
   private failure: unknown;
   private written = 0;
   private state: 'open' | 'committing' | 'committed' | 'aborted' = 'open';
 
-  constructor(private readonly driver: S3Driver, client: S3Client, readonly key: string, bucket: string, private readonly objectKey: string, partSize: number, queueSize: number) {
-    this.upload = new Upload({ client, params: { Bucket: bucket, Key: objectKey, Body: this.body }, partSize, queueSize, leavePartsOnError: false });
+  constructor(private readonly driver: S3Driver, client: sdk.S3Client, readonly key: string, bucket: string, private readonly objectKey: string, partSize: number, queueSize: number) {
+    this.upload = new sdk.Upload({ client, params: { Bucket: bucket, Key: objectKey, Body: this.body }, partSize, queueSize, leavePartsOnError: false });
     this.done = this.upload.done();
     this.done.catch((err: unknown) => {
       this.failure ??= err;

@@ -9,6 +9,7 @@ import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { agentBin, makeTempDir, receiverBin } from '../harness/env';
+import { iniText } from '../harness/receiver';
 
 const version = (JSON.parse(readFileSync(join(__dirname, '../../package.json'), 'utf8')) as { version: string }).version;
 
@@ -98,5 +99,42 @@ describe.each([
     if (cache) writeFileSync(`${program}.cache`, cache);
     expect(existsSync(`${program}.cache`)).toBe(cache !== undefined);
     expect(runVersion(program)).toEqual({ status: 0, stdout: `${version}\n`, stderr: '' });
+  });
+});
+
+// The AWS SDK, half the receiver's code, is a bundle of its own in node_modules beside the
+// receiver's, loaded only when a catalog on S3 is opened (s3-catalog.test.ts uses it against a
+// real gateway): no other command reads it at each start.
+describe("barman-receiver's AWS SDK bundle", () => {
+  const sdkBundle = () => join(receiverBin(), '..', 'node_modules', 'barman-aws-sdk.cjs');
+
+  it('is apart from the receiver bundle', () => {
+    expect(readFileSync(receiverBin(), 'latin1')).not.toContain('@smithy/');
+    expect(readFileSync(sdkBundle(), 'latin1')).toContain('@smithy/');
+    expect(readFileSync(receiverBin(), 'latin1')).toContain('require("barman-aws-sdk.cjs")');
+  });
+
+  it('is not needed by a catalog on disk; storage = s3 without it is refused with what to copy', () => {
+    const dir = makeTempDir('receiver-without-sdk');
+    const program = join(dir, 'barman-receiver.cjs');
+    copyFileSync(receiverBin(), program);
+    copyFileSync(`${receiverBin()}.cache`, `${program}.cache`);
+    const credentials = join(dir, 's3.credentials');
+    writeFileSync(credentials, '[default]\naws_access_key_id = k\naws_secret_access_key = s\n', { mode: 0o600 });
+    const config = (extra: Record<string, string>) => {
+      const path = join(dir, `barman-${Object.keys(extra).length}.conf`);
+      writeFileSync(path, iniText([['barman', { barman_home: join(dir, 'barman_home'), listen: '127.0.0.1:1', ...extra }], ['main', { token: 'x'.repeat(32) }]]));
+      return path;
+    };
+    const list = (conf: string) => spawnSync(process.execPath, [program, 'list-backups', '-c', conf, 'main'], { encoding: 'utf8' });
+
+    const onDisk = list(config({}));
+    expect(onDisk.stderr).toBe('');
+    expect(onDisk.status).toBe(0);
+
+    const onS3 = list(config({ storage: 's3', s3_endpoint: 'http://127.0.0.1:1', s3_bucket: 'barman', s3_credentials_file: credentials }));
+    expect(onS3.status).not.toBe(0);
+    expect(onS3.stderr).toContain("storage = s3 needs the AWS SDK, which this receiver cannot load (Cannot find module 'barman-aws-sdk.cjs'");
+    expect(onS3.stderr).toMatch(/^HINT: Copy dist\/node_modules \(it holds barman-aws-sdk\.cjs\) beside barman-receiver\.cjs/m);
   });
 });
