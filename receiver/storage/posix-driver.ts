@@ -162,7 +162,7 @@ export class PosixDriver implements StorageDriver {
       if ((code === 'ENOENT' || code === 'ENOTDIR') && prefix !== '') return;
       throw this.mapError(err, 'listing', prefix || '/');
     }
-    const names = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const names = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name).sort(); // (by UTF-16 code unit, no locale)
     for (const name of names) {
       // a directory left empty (its objects removed) holds no object: not named, as on s3
       const empty = (await fs.readdir(join(this.root, prefix, name)).catch(() => [] as string[])).every((n) => n.startsWith('.'));
