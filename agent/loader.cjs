@@ -37,7 +37,7 @@ try {
   // no cache: compiled from the source
 }
 // (the bundle has no dynamic import(): a function compiled from the cache could not run one, even
-// with vm's default-loader option; the build turns the node: builtins' into require())
+// with vm's default-loader option; the build refuses a bundle that has one)
 // (the build wrapped the bundle as Module.wrap() would)
 const script = new vm.Script(SOURCE, { filename: __filename, cachedData });
 // the build asks for the cache of what this run compiled, written when it ends

@@ -39,9 +39,9 @@ async function buildLoaded(entry, out, cacheRun, plugins = []) {
   // whitespace and comments out (names stay, for stack traces; the linked source map has the
   // rest): the text every start reads, copies and hashes is a third smaller
   const bundled = await build({ ...common, banner: undefined, minifyWhitespace: true, entryPoints: [entry], outfile: out, write: false, plugins });
-  // a function compiled from the cache cannot run import(): the AWS SDK's import()s of node:
-  // builtins become require() (the same exports), and anything else stops the build
-  const source = bundled.outputFiles.find((f) => f.path.endsWith('.cjs')).text.replace(/([^\w$.])import\(("node:[\w/]+")\)/g, '$1Promise.resolve(require($2))');
+  // a function compiled from the cache cannot run import(): a bundle with one stops the build
+  // (the AWS SDK, which has some, is a bundle of its own, loaded with require: below)
+  const source = bundled.outputFiles.find((f) => f.path.endsWith('.cjs')).text;
   const map = bundled.outputFiles.find((f) => f.path.endsWith('.map'));
   if (/[^\w$.]import\(/.test(source)) throw new Error(`the ${entry} bundle has a dynamic import(); import statically (node: builtins cost nothing to import)`);
   // the loader takes the bundle from the text Node read, one-byte text when it is ASCII: it must

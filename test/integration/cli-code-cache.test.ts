@@ -102,6 +102,23 @@ describe.each([
   });
 });
 
+/**
+ * The receiver's program and code cache alone in a fresh folder (no node_modules beside them),
+ * and a configuration for it: a catalog on disk in that folder, plus `extra` keys.
+ */
+function receiverAlone(what: string): { dir: string; program: string; config: (name: string, extra?: Record<string, string>) => string } {
+  const dir = makeTempDir(what);
+  const program = join(dir, 'barman-receiver.cjs');
+  copyFileSync(receiverBin(), program);
+  copyFileSync(`${receiverBin()}.cache`, `${program}.cache`);
+  const config = (name: string, extra: Record<string, string> = {}) => {
+    const path = join(dir, name);
+    writeFileSync(path, iniText([['barman', { barman_home: join(dir, 'barman_home'), listen: '127.0.0.1:1', ...extra }], ['main', { token: 'x'.repeat(32) }]]));
+    return path;
+  };
+  return { dir, program, config };
+}
+
 // The AWS SDK, half the receiver's code, is a bundle of its own in node_modules beside the
 // receiver's, loaded only when a catalog on S3 is opened (s3-catalog.test.ts uses it against a
 // real gateway): no other command reads it at each start.
@@ -115,24 +132,16 @@ describe("barman-receiver's AWS SDK bundle", () => {
   });
 
   it('is not needed by a catalog on disk; storage = s3 without it is refused with what to copy', () => {
-    const dir = makeTempDir('receiver-without-sdk');
-    const program = join(dir, 'barman-receiver.cjs');
-    copyFileSync(receiverBin(), program);
-    copyFileSync(`${receiverBin()}.cache`, `${program}.cache`);
+    const { dir, program, config } = receiverAlone('receiver-without-sdk');
     const credentials = join(dir, 's3.credentials');
     writeFileSync(credentials, '[default]\naws_access_key_id = k\naws_secret_access_key = s\n', { mode: 0o600 });
-    const config = (extra: Record<string, string>) => {
-      const path = join(dir, `barman-${Object.keys(extra).length}.conf`);
-      writeFileSync(path, iniText([['barman', { barman_home: join(dir, 'barman_home'), listen: '127.0.0.1:1', ...extra }], ['main', { token: 'x'.repeat(32) }]]));
-      return path;
-    };
     const list = (conf: string) => spawnSync(process.execPath, [program, 'list-backups', '-c', conf, 'main'], { encoding: 'utf8' });
 
-    const onDisk = list(config({}));
+    const onDisk = list(config('disk.conf'));
     expect(onDisk.stderr).toBe('');
     expect(onDisk.status).toBe(0);
 
-    const onS3 = list(config({ storage: 's3', s3_endpoint: 'http://127.0.0.1:1', s3_bucket: 'barman', s3_credentials_file: credentials }));
+    const onS3 = list(config('s3.conf', { storage: 's3', s3_endpoint: 'http://127.0.0.1:1', s3_bucket: 'barman', s3_credentials_file: credentials }));
     expect(onS3.status).not.toBe(0);
     expect(onS3.stderr).toContain("storage = s3 needs the AWS SDK, which this receiver cannot load (Cannot find module 'barman-aws-sdk.cjs'");
     expect(onS3.stderr).toMatch(/^HINT: Copy dist\/node_modules \(it holds barman-aws-sdk\.cjs\) beside barman-receiver\.cjs/m);
@@ -140,20 +149,15 @@ describe("barman-receiver's AWS SDK bundle", () => {
 });
 
 // msgpackr loads msgpackr-extract (a native string extractor) whenever a node_modules above the
-// program has it, as a checkout after npm ci does: ~25 ms of every start, for frame headers whose
-// strings it never extracts. The build sets msgpackr's own switch in the bundles.
+// program has it, as a checkout after npm ci does: 23 ms more for require('msgpackr') here, for
+// frame headers whose strings it never extracts. The build sets msgpackr's own switch in the bundles.
 describe('msgpackr-extract', () => {
   it('is not loaded by a bundle that could find it', () => {
-    const dir = makeTempDir('receiver-extract');
-    const program = join(dir, 'barman-receiver.cjs');
-    copyFileSync(receiverBin(), program);
-    copyFileSync(`${receiverBin()}.cache`, `${program}.cache`);
+    const { dir, program, config } = receiverAlone('receiver-extract');
     mkdirSync(join(dir, 'node_modules', 'msgpackr-extract'), { recursive: true });
     writeFileSync(join(dir, 'node_modules', 'msgpackr-extract', 'index.js'), "process.stderr.write('msgpackr-extract loaded\\n');\nmodule.exports = {};\n");
-    const conf = join(dir, 'barman.conf');
-    writeFileSync(conf, iniText([['barman', { barman_home: join(dir, 'barman_home'), listen: '127.0.0.1:1' }], ['main', { token: 'x'.repeat(32) }]]));
     // (asks the service for a backup: the protocol's codec, and so msgpackr, is loaded first)
-    const r = spawnSync(process.execPath, [program, 'backup', '-c', conf, 'main'], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [program, 'backup', '-c', config('barman.conf'), 'main'], { encoding: 'utf8' });
     expect(r.stderr).toContain('ERROR [RECEIVER_UNREACHABLE]');
     expect(r.stderr).not.toContain('msgpackr-extract loaded');
   });
