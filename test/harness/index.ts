@@ -9,7 +9,7 @@ export { expectCatalogMatchesCluster, expectFailure, expectSuccess } from './exp
 export { crc32cOfBytes, hiddenFiles, listDir, plainBytesOf, plainSha256Of, sha256Of, sha256OfBytes, snapshotTree, wireBytesOf } from './fs';
 export { KEEP_TMP } from './keep';
 export { ClosedError, type CloseInfo, RawClient } from './raw-client';
-export { iniText, newToken, Receiver, type ReceiverOptions, type ReceiverServerOptions, startReceiver, writeTokenFile } from './receiver';
+export { commandsOnlyConfig, iniText, newToken, Receiver, type ReceiverOptions, type ReceiverServerOptions, startReceiver, writeTokenFile } from './receiver';
 export { describeRun, run, runOk, type RunOptions, type RunResult } from './run';
 export { waitFor, type WaitOptions } from './wait';
 export { type Certificate, makeSelfSignedCert } from './tls';

@@ -49,6 +49,17 @@ export function iniText(sections: Array<[string, Record<string, string | number 
     .join('\n\n') + '\n';
 }
 
+/**
+ * A receiver configuration for commands run without a service of its own (the service it names
+ * listens nowhere): barman_home in `dir`, one server with a throwaway token, more [barman] keys in
+ * `extra`. Written as `dir/name`, readable by all; returns its path.
+ */
+export function commandsOnlyConfig(dir: string, name: string, extra: Record<string, string> = {}, server = 'main'): string {
+  const path = join(dir, name);
+  writeFileSync(path, iniText([['barman', { barman_home: join(dir, 'barman_home'), listen: '127.0.0.1:1', ...extra }], [server, { token: 'x'.repeat(32) }]]), { mode: 0o644 });
+  return path;
+}
+
 export class Receiver {
   readonly host = '127.0.0.1';
   readonly barmanHome: string;

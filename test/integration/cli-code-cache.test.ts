@@ -9,7 +9,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { agentBin, makeTempDir, receiverBin } from '../harness/env';
-import { iniText } from '../harness/receiver';
+import { commandsOnlyConfig } from '../harness/receiver';
 
 const version = (JSON.parse(readFileSync(join(__dirname, '../../package.json'), 'utf8')) as { version: string }).version;
 
@@ -111,11 +111,7 @@ function receiverAlone(what: string): { dir: string; program: string; config: (n
   const program = join(dir, 'barman-receiver.cjs');
   copyFileSync(receiverBin(), program);
   copyFileSync(`${receiverBin()}.cache`, `${program}.cache`);
-  const config = (name: string, extra: Record<string, string> = {}) => {
-    const path = join(dir, name);
-    writeFileSync(path, iniText([['barman', { barman_home: join(dir, 'barman_home'), listen: '127.0.0.1:1', ...extra }], ['main', { token: 'x'.repeat(32) }]]));
-    return path;
-  };
+  const config = (name: string, extra: Record<string, string> = {}) => commandsOnlyConfig(dir, name, extra);
   return { dir, program, config };
 }
 

@@ -5,13 +5,13 @@
 // being archived, wrong credentials, a missing bucket, an endpoint that is down, a second
 // receiver pointed at the same server's catalog, and a catalog whose compression changed.
 
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CephGateway, cephInstalled, startCeph } from '../harness/ceph';
 import {
-  type Cluster, createCluster, describeRun, expectFailure, expectSuccess, freePort, iniText, makeTempDir, pgBin, type Receiver, runAgent, runOk,
+  commandsOnlyConfig, type Cluster, createCluster, describeRun, expectFailure, expectSuccess, freePort, makeTempDir, pgBin, type Receiver, runAgent, runOk,
   runReceiverCli, sha256Of, startReceiver, waitFor,
 } from '../harness';
 import { backupAndWait, listBackupsJson } from '../harness/backups';
@@ -45,12 +45,8 @@ describe.skipIf(!cephInstalled())('a DBA\'s day with the catalog on object stora
   let s3Keys: Record<string, string>;
 
   /** A receiver configuration on "another host": its own barman_home, the same bucket. */
-  const otherHostConfig = (extra: Record<string, string> = {}, server = 'main'): string => {
-    const dir = makeTempDir('other-host');
-    const path = join(dir, 'barman.conf');
-    writeFileSync(path, iniText([['barman', { barman_home: join(dir, 'barman_home'), listen: '127.0.0.1:1', ...s3Keys, ...extra }], [server, { token: 'x'.repeat(32) }]]), { mode: 0o644 });
-    return path;
-  };
+  const otherHostConfig = (extra: Record<string, string> = {}, server = 'main'): string =>
+    commandsOnlyConfig(makeTempDir('other-host'), 'barman.conf', { ...s3Keys, ...extra }, server);
 
   beforeAll(async () => {
     ceph = await startCeph();
