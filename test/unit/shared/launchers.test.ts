@@ -7,7 +7,7 @@
 // waits for the daemon's ack without Node, and gives up on a daemon that is not there.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -46,6 +46,15 @@ describe.each(programs)('the $program launcher', ({ program, launcher, link }) =
   it("keeps the caller's malloc settings and GLIBC_TUNABLES", () => {
     const r = run(join(dist(program, launcher, 'caller'), program), ['check'], { MALLOC_ARENA_MAX: '4', MALLOC_TRIM_THRESHOLD_: '131072', MALLOC_MMAP_THRESHOLD_: '65536', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' });
     expect(r.stdout).toBe('4 131072 65536 glibc.malloc.tcache_count=0 ["check"]');
+  });
+
+  it('runs the .cjs beside it when started by name from its own folder, or by a relative path', () => {
+    const dir = dist(program, launcher, 'by-name');
+    for (const [file, args] of [['sh', [program]], [`./${program}`, []]] as const) {
+      const r = spawnSync(file, [...args, 'check'], { cwd: dir, encoding: 'utf8', env: { PATH: process.env.PATH } });
+      expect(r.stdout, `${file} ${args.join(' ')}`).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 ["check"]');
+      expect(r.status).toBe(7);
+    }
   });
 
   it("finds the program beside the file a link points to (npm's bin directory)", () => {
@@ -106,9 +115,9 @@ describe('the barman-agent launcher, push (archive_command) while the daemon wor
       writeFileSync(join(acked, `.${NAME}.tmp`), line);
       renameSync(join(acked, `.${NAME}.tmp`), join(acked, NAME));
     };
-    const push = () =>
+    const push = (PATH = process.env.PATH) =>
       new Promise<{ code: number | null; out: string }>((res) => {
-        const child = spawn(join(bin, 'barman-agent'), ['-c', join(dir, 'agent.conf'), 'push', path], { env: { PATH: process.env.PATH } });
+        const child = spawn(join(bin, 'barman-agent'), ['-c', join(dir, 'agent.conf'), 'push', path], { env: { PATH } });
         let out = '';
         child.stdout.on('data', (d: Buffer) => (out += d.toString()));
         child.on('close', (code) => res({ code, out }));
@@ -140,6 +149,22 @@ describe('the barman-agent launcher, push (archive_command) while the daemon wor
     const gone = spawnSync('true').pid;
     const h = host(gone);
     expect(await h.push()).toMatchObject({ code: 9, out: expect.stringMatching(/^node -c .* push /) });
+  });
+
+  it('hands a push to Node without starting any program first where there is neither an ack nor a daemon (archive_command alone)', async () => {
+    const h = host(spawnSync('true').pid);
+    // every program the launcher may start, each recording that it ran before running the real one
+    const spy = join(root, 'push', `spy-${n}`);
+    mkdirSync(spy);
+    for (const program of ['stat', 'od', 'readlink', 'date', 'sleep', 'sha256sum', 'mv']) {
+      writeFileSync(join(spy, program), `#!/bin/sh\necho ${program} >> ${join(spy, 'ran')}\nPATH=${process.env.PATH} exec ${program} "$@"\n`, { mode: 0o755 });
+    }
+    expect(await h.push(`${spy}:${process.env.PATH}`)).toMatchObject({ code: 9, out: expect.stringMatching(/^node -c .* push /) });
+    expect(existsSync(join(spy, 'ran')) ? readFileSync(join(spy, 'ran'), 'utf8') : '', 'programs the launcher started').toBe('');
+    // with an ack to check, it reads the file's identity and page header (stat, od), then Node pushes (the ack names other bytes)
+    h.record(h.ack().replace(/sha256=\w+/, `sha256=${'cd'.repeat(32)}`).replace(/ size=\d+/, ' size=1'));
+    expect(await h.push(`${spy}:${process.env.PATH}`)).toMatchObject({ code: 9, out: expect.stringMatching(/^node -c .* push /) });
+    expect(readFileSync(join(spy, 'ran'), 'utf8')).toBe('stat\nod\n');
   });
 
   it('does not wait on a live pid whose .daemon was not refreshed for a minute (a pid reused after a crash): Node pushes', async () => {
