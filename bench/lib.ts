@@ -263,11 +263,10 @@ export function machineInfo(pgBin: string): Record<string, string> {
 
 /**
  * What a page of memory costs the first time a process writes it (the kernel's page fault, and on
- * a virtual machine the hypervisor's) against writing it again, in µs per 4 KiB page of 64 MiB:
- * every new process pays the first for the memory it starts with, and so does every page of file
- * data cached for the first time (`cp` included). On the small VM we measure on it was about 100
- * times the second (19-20 µs against 0.2), which weighs on Node's start-up as on `cp`: compare
- * ratios between machines with this in mind.
+ * a virtual machine the hypervisor's work behind it) against writing it again, in µs per 4 KiB
+ * page of 64 MiB of anonymous memory: every new process pays the first for each page it touches,
+ * Node's start-up included. On the small VM we measure on it was about 100 times the second
+ * (19-20 µs against 0.2): compare ratios between machines with this in mind.
  */
 function pageTouchMicros(): string {
   const size = 64 * 1024 * 1024;
