@@ -17,10 +17,10 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from 'pg';
-import { Background, freePort, now, readyCount, sleep, sqlSession, startAgentDaemon, streamingAgentConfig, value } from './daemon-lib';
+import { Background, freePort, readyCount, sqlSession, startAgentDaemon, streamingAgentConfig, value } from './daemon-lib';
 import {
-  BenchCluster, type BenchContext, cpuProfileTop, fmtRatio, loadAverage, markdownTable, openCatalog, postgresDir, procCpuSeconds, procStatusKb,
-  RssWatch, runOk, type SectionResult, startReceiver,
+  BenchCluster, type BenchContext, cpuProfileTop, fmtRatio, loadAverage, markdownTable, now, openCatalog, postgresDir, procCpuSeconds, procStatusKb,
+  RssWatch, runOk, type SectionResult, sleep, startReceiver,
 } from './lib';
 
 const SERVER = 'main';

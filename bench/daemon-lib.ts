@@ -9,11 +9,8 @@ import { createWriteStream, existsSync, readdirSync, readFileSync } from 'node:f
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
-import { type BenchReceiver, type Cleanup, postgresAgentConfig, postgresDir, runOk } from './lib';
+import { type BenchReceiver, type Cleanup, now, postgresAgentConfig, postgresDir, runOk, sleep } from './lib';
 
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-/** the bench clock, ms */
-export const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 
 function postgresIds(): { uid: number; gid: number } {
   const id = (flag: string) => Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8' }).trim());

@@ -12,8 +12,8 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from 'pg';
 import type { OpenServer } from '../receiver/catalog/open';
-import { Background, freePort, now, percentile, readyCount, sleep, sqlSession, startRecoveredCopy, streamingAgentConfig, tailMatching, value } from './daemon-lib';
-import { BenchCluster, type BenchContext, fmtMs, markdownTable, openCatalog, postgresDir, runOk, type SectionResult, startReceiver } from './lib';
+import { Background, freePort, percentile, readyCount, sqlSession, startRecoveredCopy, streamingAgentConfig, tailMatching, value } from './daemon-lib';
+import { BenchCluster, type BenchContext, fmtMs, markdownTable, now, openCatalog, postgresDir, runOk, type SectionResult, sleep, startReceiver } from './lib';
 
 const SERVER = 'main';
 const APPLICATION_NAME = 'barman_receive_main';
@@ -72,7 +72,6 @@ export async function daemonSection(ctx: BenchContext): Promise<SectionResult> {
   const pgbench = join(ctx.pgBin, 'pgbench');
 
   const receiver = await startReceiver(join(dir, 'receiver'), ctx.repoRoot, ctx.cleanup, SERVER, { listen: `127.0.0.1:${await freePort()}`, compression: 'none' });
-  const catalog = await openCatalog(receiver, SERVER, ctx.cleanup);
   const clusterDir = join(dir, 'cluster');
   const agentConf = streamingAgentConfig(receiver, join(dir, 'agent'), clusterDir, SERVER, { application_name: APPLICATION_NAME });
   const cluster = await BenchCluster.start(clusterDir, ctx.pgBin, ctx.cleanup, {

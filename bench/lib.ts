@@ -60,6 +60,10 @@ export class Cleanup {
 
 // ---- running programs ------------------------------------------------------------------------
 
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+/** the bench clock, ms */
+export const now = (): number => Number(process.hrtime.bigint()) / 1e6;
+
 export interface RunResult {
   stdout: string;
   stderr: string;
@@ -75,8 +79,8 @@ export interface RunResult {
  */
 export async function runOk(file: string, args: string[], options: { cwd?: string; asPostgres?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
   const [cmd, argv] = options.asPostgres ? ['runuser', ['-u', 'postgres', '--', file, ...args]] : [file, args];
-  const started = process.hrtime.bigint();
-  const elapsed = () => Number(process.hrtime.bigint() - started) / 1e6;
+  const started = now();
+  const elapsed = () => now() - started;
   const child = spawn(cmd, argv, { cwd: options.cwd, env: options.env, stdio: ['ignore', 'pipe', 'pipe'] });
   const out: Buffer[] = [];
   const err: Buffer[] = [];
@@ -273,12 +277,12 @@ function pageTouchMicros(): string {
   const pages = size / 4096;
   // (not zero-filled: untouched until written)
   const buf = Buffer.allocUnsafeSlow(size);
-  const t0 = process.hrtime.bigint();
+  const t0 = now();
   buf.fill(1);
-  const t1 = process.hrtime.bigint();
+  const t1 = now();
   buf.fill(2);
-  const t2 = process.hrtime.bigint();
-  const us = (ns: bigint) => Number(ns) / 1000 / pages;
+  const t2 = now();
+  const us = (ms: number) => (ms * 1000) / pages;
   return `${us(t1 - t0).toFixed(1)} / ${us(t2 - t1).toFixed(2)}`;
 }
 
@@ -467,7 +471,7 @@ export async function waitForBackupDone(open: OpenServer, id: string, timeoutMs 
     if (info.status === 'DONE') return info;
     if (info.status !== 'WAITING_FOR_WALS' && info.status !== 'STARTED') throw new Error(`backup ${id} is ${info.status}`);
     if (Date.now() > deadline) throw new Error(`backup ${id} still ${info.status} after ${timeoutMs / 1000} s`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await sleep(100);
   }
 }
 
@@ -521,7 +525,6 @@ export async function startRecoveredCopy(o: { pgBin: string; pgdata: string; nam
     if (existsSync(join(o.pgdata, 'postmaster.pid'))) await runOk(pgCtl, ['-D', o.pgdata, '-m', 'immediate', '-w', 'stop'], { asPostgres: true, cwd: o.work });
   };
   o.cleanup.add(`stop recovered copy ${o.pgdata}`, stop);
-  const now = () => Number(process.hrtime.bigint()) / 1e6;
   const started = now();
   await runOk(pgCtl, ['-D', o.pgdata, '-l', join(o.work, `${o.name}.log`), '-o', `-p ${o.port} -k ${o.socketDir}`, '-w', '-t', '600', 'start'], { asPostgres: true, cwd: o.work });
   const psql = (sql: string) => runOk(join(o.pgBin, 'psql'), ['-X', '-A', '-t', '-h', o.socketDir, '-p', String(o.port), '-U', 'postgres', '-d', 'postgres', '-c', sql], { asPostgres: true, cwd: o.work });
@@ -529,7 +532,7 @@ export async function startRecoveredCopy(o: { pgBin: string; pgdata: string; nam
     const inRecovery = (await psql('select 1, pg_is_in_recovery()').catch(() => ({ stdout: '' }))).stdout.trim();
     if (inRecovery === '1|f') break;
     if (now() - started > 600_000) throw new Error(`${o.name}: not out of recovery after 10 minutes; see ${join(o.work, `${o.name}.log`)}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await sleep(20);
   }
   const ms = now() - started;
   const got = (await psql('select count(*) from pgbench_accounts')).stdout.trim();
@@ -545,6 +548,6 @@ export async function waitForArchiver(pgdata: string, timeoutMs = 600_000): Prom
     const ready = readdirSync(status).filter((n) => n.endsWith('.ready'));
     if (ready.length === 0) return;
     if (Date.now() > deadline) throw new Error(`the archiver still has ${ready.length} segments to push after ${timeoutMs / 1000} s (${ready[0]} ...)`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await sleep(50);
   }
 }

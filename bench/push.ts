@@ -6,7 +6,7 @@
 // Node for a push the daemon has not answered). Each step of the agent's start-up is timed beside
 // it: the bundle compiled from its code cache (as installed), and the same without the cache.
 
-import { copyFileSync, existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';

@@ -17,7 +17,7 @@
 import { chownSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { type BenchContext, type Cleanup, fmtMs, fmtRatio, markdownTable, postgresAgentConfig, postgresDir, runOk, type SectionResult, serverVersionsUsed, startReceiver, stats } from './lib';
+import { type BenchContext, type Cleanup, fmtMs, fmtRatio, markdownTable, now, postgresAgentConfig, postgresDir, runOk, type SectionResult, serverVersionsUsed, sleep, startReceiver, stats } from './lib';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const SEGMENTS = env('BENCH_REPLAY_SEGMENTS', 128);
@@ -111,7 +111,7 @@ async function replayBench(ctx: BenchContext): Promise<string> {
     for (;;) {
       const ready = await source.psql("select count(*) from pg_ls_archive_statusdir() where name like '%.ready'");
       if (ready === '0') return;
-      await new Promise((r) => setTimeout(r, 200));
+      await sleep(200);
     }
   };
   await waitArchived();
@@ -145,10 +145,10 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       writeFileSync(auto, `${readFileSync(auto, 'utf8')}restore_command = '${v.command(conf)}'\narchive_mode = 'off'\n`);
       ctx.cleanup.add(`stop ${copy.pgdata}`, () => copy.stop('immediate'));
       await runOk('sync', []);
-      const started = process.hrtime.bigint();
+      const started = now();
       await copy.start();
-      while ((await copy.psql('select pg_is_in_recovery()')) !== 'f') await new Promise((r) => setTimeout(r, 20));
-      replayMs.get(v.key)!.push(Number(process.hrtime.bigint() - started) / 1e6);
+      while ((await copy.psql('select pg_is_in_recovery()')) !== 'f') await sleep(20);
+      replayMs.get(v.key)!.push(now() - started);
       const rows = await copy.psql('select count(*) from bench_rows');
       if (rows !== expectedRows) throw new Error(`${v.key}: the replayed copy has ${rows} rows, the source had ${expectedRows}`);
       await copy.stop('fast');
@@ -160,11 +160,11 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       postgresDir(join(loopDir, 'pgdata'));
       const pgwal = postgresDir(join(loopDir, 'pgdata', 'pg_wal'));
       const segmentsOnly = files.filter((f) => /^[0-9A-F]{24}$/.test(f));
-      const loopStarted = process.hrtime.bigint();
+      const loopStarted = now();
       for (const name of segmentsOnly) {
         await runOk('sh', ['-c', v.command(loopConf).replace('%f', name).replace('%p', 'pg_wal/RECOVERYXLOG')], { asPostgres: true, cwd: join(loopDir, 'pgdata') });
       }
-      loopMs.get(v.key)!.push(Number(process.hrtime.bigint() - loopStarted) / 1e6 / segmentsOnly.length);
+      loopMs.get(v.key)!.push((now() - loopStarted) / segmentsOnly.length);
       rmSync(pgwal, { recursive: true, force: true });
       // the last get-wal's fetch-ahead may still be writing into its spool: retried until it is done
       rmSync(loopDir, { recursive: true, force: true, maxRetries: 50, retryDelay: 100 });
@@ -209,7 +209,7 @@ async function deltaBench(ctx: BenchContext): Promise<string> {
   await runOk(join(ctx.pgBin, 'pgbench'), ['-i', '-q', '-s', String(DELTA_SCALE), '-h', source.socketDir, '-U', 'postgres', 'postgres'], { asPostgres: true, cwd: source.dir });
   const backupId = (await runOk(process.execPath, [agentJs, 'backup', '-c', agentConfig], { asPostgres: true })).stdout.trim();
   await source.psql('select pg_switch_wal()');
-  await new Promise((r) => setTimeout(r, 1000));
+  await sleep(1000);
   await source.stop('fast');
   for (const f of readdirSync(localArchive).sort()) await runOk(process.execPath, [agentJs, 'push', '-c', agentConfig, join(localArchive, f)], { asPostgres: true });
 
