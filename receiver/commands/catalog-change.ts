@@ -5,7 +5,7 @@
 // and the serve makes the change under its own lock. Another command holding it is waited for a while.
 
 import type { BackupInfo } from '../../shared/backup/info';
-import type { ReceiverConfig, ServerConfig } from '../../shared/config/receiver';
+import type { ReceiverConfig } from '../../shared/config/receiver';
 import { BarmanError, ErrorCode } from '../../shared/errors';
 import type { Frame } from '../../shared/protocol/frames';
 import type { ServerCatalog } from '../catalog/catalog';

@@ -26,7 +26,6 @@ const APPLICATION_NAME = 'barman_receive_main';
 const SLOT = 'barman_main';
 /** how PostgreSQL prints an LSN */
 const LSN = /^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/;
-const SEGMENT_SIZE = 16 * 1024 * 1024;
 
 describe("a DBA's day with the agent daemon: async archiving and WAL streaming", () => {
   let receiver: Receiver;

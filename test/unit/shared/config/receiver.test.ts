@@ -1,7 +1,7 @@
 import { chmodSync, chownSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { SectionReader } from '../../../../shared/config/ini';
-import { COMPRESSIONS, loadReceiverConfig, parseListen, parseStorageConfig } from '../../../../shared/config/receiver';
+import { loadReceiverConfig, parseListen, parseStorageConfig } from '../../../../shared/config/receiver';
 import { configErrorOf, tempFiles } from './files';
 
 const files = tempFiles();

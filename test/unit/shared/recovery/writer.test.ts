@@ -342,7 +342,7 @@ describe('writeRecovery, many files at once', () => {
   });
 
   it('fetches the big files first, largest first, then the small ones in the backup\'s order (how a catalog bundles them), byte for byte', async () => {
-    const { content, plan } = many(12);
+    const { content } = many(12);
     const big = new Map(content);
     big.set('base/1/big-a', Buffer.alloc(3 * 1024 * 1024 + 5, 9));
     big.set('base/1/big-b', Buffer.alloc(5 * 1024 * 1024, 8));
