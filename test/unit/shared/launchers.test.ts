@@ -69,12 +69,14 @@ describe.each(programs)('the $program launcher', ({ program, launcher, link }) =
 });
 
 describe('the barman-agent launcher', () => {
-  it('leaves the daemon, which lives on, to give freed memory back and use small pages (the defaults), with one arena and a V8 heap kept small', () => {
+  it('runs the daemon, which lives on, with one arena, its larger blocks mapped and given back as freed, small pages, and a V8 heap kept small', () => {
     const dir = dist('barman-agent', programs[1]!.launcher, 'daemon');
     writeFileSync(join(dir, 'barman-agent.cjs'), 'const e = process.env; process.stdout.write(`${e.MALLOC_ARENA_MAX} ${e.MALLOC_TRIM_THRESHOLD_} ${e.MALLOC_MMAP_THRESHOLD_} ${e.GLIBC_TUNABLES} ${JSON.stringify(process.execArgv)} ${JSON.stringify(process.argv.slice(2))}`);\n');
     const agent = join(dir, 'barman-agent');
-    expect(run(agent, ['daemon', '-c', '/etc/barman-agent.conf']).stdout).toBe('1 undefined undefined undefined ["--max-semi-space-size=2","--optimize-for-size"] ["daemon","-c","/etc/barman-agent.conf"]');
-    expect(run(agent, ['-c', '/etc/barman-agent.conf', 'daemon', '--takeover']).stdout).toBe('1 undefined undefined undefined ["--max-semi-space-size=2","--optimize-for-size"] ["-c","/etc/barman-agent.conf","daemon","--takeover"]');
+    expect(run(agent, ['daemon', '-c', '/etc/barman-agent.conf']).stdout).toBe('1 undefined 131072 undefined ["--max-semi-space-size=2","--optimize-for-size"] ["daemon","-c","/etc/barman-agent.conf"]');
+    expect(run(agent, ['-c', '/etc/barman-agent.conf', 'daemon', '--takeover']).stdout).toBe('1 undefined 131072 undefined ["--max-semi-space-size=2","--optimize-for-size"] ["-c","/etc/barman-agent.conf","daemon","--takeover"]');
+    // a caller's threshold wins
+    expect(run(agent, ['daemon', '-c', '/etc/barman-agent.conf'], { MALLOC_MMAP_THRESHOLD_: '65536' }).stdout).toBe('1 undefined 65536 undefined ["--max-semi-space-size=2","--optimize-for-size"] ["daemon","-c","/etc/barman-agent.conf"]');
     // any other command: Node as it comes (its code cache is made for no flags)
     expect(run(agent, ['-c', '/etc/barman-agent.conf', 'restore', 'latest', '/srv/pgdata']).stdout).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 [] ["-c","/etc/barman-agent.conf","restore","latest","/srv/pgdata"]');
   });
