@@ -316,7 +316,9 @@ async function backupAtScale(ctx: BenchContext, wantedScale: number): Promise<st
     baseRec.push({ recoverMs: run.ms, startMs: copy.ms, peakKb: run.peakKb, cpu: run.cpuSeconds, walFiles: segments.length });
   };
 
-  // before the first backup: what it holds idle, and its peak while archiving the pgbench load's WAL
+  // before the first backup, once the pgbench load's WAL is archived (the daemon drains what
+  // PostgreSQL has not pushed yet): what each holds idle, and the receiver's peak while archiving
+  await settle();
   const receiverIdleKb = procStatusKb(receiver.pid, 'VmRSS') ?? 0;
   const receiverLoadKb = procStatusKb(receiver.pid, 'VmHWM') ?? 0;
   const agentIdleKb = procStatusKb(daemon.pid, 'VmRSS') ?? 0;
@@ -425,7 +427,7 @@ function report(header: string[], ours: BackupRun[], base: BaseBackupRun[], bres
     phaseTable,
     '',
     ...(recoverTable ? [recoverTable, ''] : []),
-    `Memory: the receiver service held ${mib(receiverKb.idleKb)} MiB before the first backup (peak ${mib(receiverKb.loadKb)} MiB while it archived the pgbench load's WAL), peaked at ${mib(med(ours.map((r) => r.receiverPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.receiverPeakKb)).max)}) while ${mb(bytes / 1e6)} MB went through it, and at ${mib(receiverKb.lifeKb)} MiB over the whole run; the agent daemon held ${mib(receiverKb.agentIdleKb)} MiB before the first backup and peaked at ${mib(med(ours.map((r) => r.agentPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.agentPeakKb)).max)}).`,
+    `Memory: the receiver service held ${mib(receiverKb.idleKb)} MiB before the first backup (peak ${mib(receiverKb.loadKb)} MiB while it archived the pgbench load's WAL), peaked at ${mib(med(ours.map((r) => r.receiverPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.receiverPeakKb)).max)}) while ${mb(bytes / 1e6)} MB went through it, and at ${mib(receiverKb.lifeKb)} MiB over the whole run; the agent daemon held ${mib(receiverKb.agentIdleKb)} MiB before the first backup (the load's WAL archived) and peaked at ${mib(med(ours.map((r) => r.agentPeakKb)))} MiB during a backup (median; max ${mib(stats(ours.map((r) => r.agentPeakKb)).max)}).`,
     'Peak RSS of the agent daemon and of the receiver service is their VmHWM, reset before each backup (`clear_refs`), and VmRSS sampled every 100 ms; that of `pg_basebackup`, `pgbackrest` (its largest process), `recover` and `cp` comes from GNU time (`%M`).',
     'CPU seconds are user + system: ours are the daemon\'s and the receiver\'s over the backup (from /proc); `pgbackrest` and its local worker processes from GNU time; PostgreSQL\'s own share (the backends reading, the walsender for pg_basebackup) is not counted on any side.',
     '',
