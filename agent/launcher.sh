@@ -299,13 +299,12 @@ esac
 # (Both flags are part of what V8's code cache is checked against: the daemon compiles its bundle
 # from source, once, as it starts.)
 # And the daemon takes every block of 128 KiB or more with mmap, given back as it is freed
-# (MALLOC_MMAP_THRESHOLD_; glibc's own threshold rises to the largest block freed, 1-2.6 MiB
-# here). Draining a backlog of 70 segments, then backing up pgbench -s 200, four rounds each,
-# interleaved: glibc's heap kept 41 MiB resident after the drain for 8 MiB of V8 heap (what
-# frames, their copies into messages and the binding's buffers left between blocks still in
-# use), so the daemon sat at 88-95 MiB idle and peaked at 94-105 during the backups that
-# followed; with the threshold at 128 KiB 58-60 idle and 82-83 at the peak (256 KiB: 65-79 and
-# 83-92). The price is CPU on fresh pages: the drains took 4.0-4.4 s of the daemon's CPU, not
+# (MALLOC_MMAP_THRESHOLD_; glibc's own threshold rises with the largest mapped block freed, up to
+# 32 MiB). Draining a backlog of 70 segments, then backing up pgbench -s 200, four rounds each,
+# interleaved: glibc's heap ([heap] in smaps) kept 41 MiB resident after the drain while V8's
+# heap was 8 MiB, so the daemon sat at 88-95 MiB idle and peaked at 94-105 during the backups
+# that followed; with the threshold at 128 KiB 58-60 idle and 82-83 at the peak (256 KiB: 65-79
+# and 83-92). The price is CPU: the drains took 4.0-4.4 s of the daemon's CPU, not
 # 3.1-3.5, and the backups 5.5-6.3 s, not 4.1-5.3; drains ended as soon (9.3-9.8 s against
 # 9.5-11.1), backups 5.6-6.7 s against 4.6-6.2. Collecting V8's garbage after each segment sent
 # gave nothing back (115-132 MiB after the drain).

@@ -55,7 +55,6 @@ const SPEED_GOAL = 1.5;
 const AGENT_RSS_GOAL_MIB = 100;
 const RECEIVER_RSS_GOAL_MIB = 200;
 
-
 /** ms after spawn when a program's stderr first showed a line matching `re` */
 function lineAt(lines: Array<{ ms: number; text: string }>, re: RegExp, last = false): number | undefined {
   const hits = lines.filter((l) => re.test(l.text));

@@ -11,7 +11,6 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { type BenchReceiver, type Cleanup, now, postgresAgentConfig, postgresDir, runOk, sleep } from './lib';
 
-
 function postgresIds(): { uid: number; gid: number } {
   const id = (flag: string) => Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8' }).trim());
   return { uid: id('-u'), gid: id('-g') };
