@@ -18,8 +18,9 @@
 #   read back against its SHA-256 and its page header (timeline, address, segment size: the bytes
 #   must be the segment its name says), and only then renamed to <dest>; anything that does not
 #   check out is removed and Node asks the receiver.
-# Only POSIX sh and coreutils (sha256sum, od, stat, mv, readlink, sleep, date); any configuration
-# or argument this script does not fully understand goes to Node, which is always right.
+# Only POSIX sh and coreutils (sha256sum, od, stat, mv, readlink, sleep, date), and `openssl`
+# where it is installed; any configuration or argument this script does not fully understand goes
+# to Node, which is always right.
 
 # $1 without leading and trailing blanks, into $trimmed (no subshell: this runs for every line
 # of the configuration, on the path PostgreSQL waits on)
@@ -117,9 +118,17 @@ header_ok() {
   [ "$hi" -eq $((0x$nlog + addr / 4294967296)) ] && [ "$lo" -eq $((addr % 4294967296)) ]
 }
 
-# file $1 has SHA-256 $3 and is a whole WAL segment named $2
+# file $1 has SHA-256 $3 and is a whole WAL segment named $2. The hash is OpenSSL's where its
+# command is installed: it uses the CPU's SHA instructions, where coreutils' sha256sum does not
+# (a 16 MiB segment: 15-17 ms for the whole get-wal against 39-41 ms here, and PostgreSQL's replay
+# waits for each one). Both print the digest first; any other output fails the comparison, and
+# Node answers.
 segment_ok() {
-  actual=$(sha256sum -b < "$1") || return 1
+  if command -v openssl >/dev/null 2>&1; then
+    actual=$(openssl dgst -sha256 -r < "$1") || return 1
+  else
+    actual=$(sha256sum -b < "$1") || return 1
+  fi
   [ "${actual%% *}" = "$3" ] || return 1
   header_ok "$1" "$2" "$(stat -c %s -- "$1")"
 }

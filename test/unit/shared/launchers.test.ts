@@ -4,10 +4,13 @@
 // the caller chose, its arguments and exit status passed through, also when reached through a
 // link (npm's bin directory); V8's flags for the commands that get their own (the agent's daemon,
 // the receiver's recover and drill). And the agent's `push` (archive_command) while a daemon works: it
-// waits for the daemon's ack without Node, and gives up on a daemon that is not there.
+// waits for the daemon's ack without Node, and gives up on a daemon that is not there; its `get-wal`
+// (restore_command) serves a prefetched copy without Node, hashed by openssl where it is installed
+// and by sha256sum where not, and never a copy that does not hash to its checksum.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -175,5 +178,77 @@ describe('the barman-agent launcher, push (archive_command) while the daemon wor
     utimesSync(join(h.acked, '.daemon'), minuteAgo, minuteAgo);
     // without the freshness check this waits for the ack for 60 s, past the test's time limit
     expect(await h.push()).toMatchObject({ code: 9, out: expect.stringMatching(/^node -c .* push /) });
+  });
+});
+
+describe('the barman-agent launcher, get-wal (restore_command) from the prefetch spool', () => {
+  const NAME = '000000010000000200000007';
+  const bytes = segmentBytes(NAME);
+  const sum = createHash('sha256').update(bytes).digest('hex');
+  let n = 0;
+  /** a host: agent.conf, the spool's prefetch/ holding `spooled` as NAME's copy under its real checksum, pg_wal/, and dist/ with a stand-in for Node */
+  function host(spooled: Buffer = bytes) {
+    const dir = join(root, 'get-wal', String(++n));
+    const prefetch = join(dir, 'spool', 'prefetch');
+    mkdirSync(prefetch, { recursive: true });
+    mkdirSync(join(dir, 'pg_wal'));
+    writeFileSync(join(dir, 'agent.conf'), `[agent]\nreceiver = ws://127.0.0.1:1\nserver = main\nspool_dir = ${join(dir, 'spool')}\n`);
+    writeFileSync(join(prefetch, `${NAME}-${sum}`), spooled);
+    const bin = dist('barman-agent', programs[1]!.launcher, `get-wal-${n}`);
+    writeNodeStandIn(bin);
+    const dest = join(dir, 'pg_wal', 'RECOVERYXLOG');
+    const getWal = (PATH: string) => spawnSync(join(bin, 'barman-agent'), ['-c', join(dir, 'agent.conf'), 'get-wal', NAME, dest], { encoding: 'utf8', env: { PATH } });
+    return { dir, prefetch, dest, getWal };
+  }
+  /** a folder for PATH with `programs` linked from the system's, each recording that it ran in `ran`, and node */
+  function pathWith(programs: string[]): { path: string; ran: () => string[] } {
+    const spy = join(root, 'get-wal', `path-${++n}`);
+    mkdirSync(spy, { recursive: true });
+    for (const program of programs) {
+      const real = spawnSync('sh', ['-c', `command -v ${program}`], { encoding: 'utf8' }).stdout.trim();
+      expect(real, `${program} on this machine`).not.toBe('');
+      writeFileSync(join(spy, program), `#!/bin/sh\necho ${program} >> ${join(spy, 'ran')}\nexec ${real} "$@"\n`, { mode: 0o755 });
+    }
+    symlinkSync(process.execPath, join(spy, 'node'));
+    return { path: spy, ran: () => (existsSync(join(spy, 'ran')) ? readFileSync(join(spy, 'ran'), 'utf8').trim().split('\n') : []) };
+  }
+  const COREUTILS = ['od', 'stat', 'mv', 'rm', 'sha256sum', 'date', 'sleep', 'readlink'];
+
+  it.each([
+    ['with openssl installed, which hashes it', [...COREUTILS, 'openssl'], 'openssl', 'sha256sum'],
+    ['without openssl, sha256sum hashing it', COREUTILS, 'sha256sum', 'openssl'],
+  ])('serves a spooled copy without Node %s', (_how, programs, hasher, unused) => {
+    const h = host();
+    const p = pathWith(programs);
+    const r = h.getWal(p.path);
+    expect({ code: r.status, out: r.stdout }).toEqual({ code: 0, out: '' });
+    expect(readFileSync(h.dest).equals(bytes)).toBe(true);
+    expect(p.ran()).toContain(hasher);
+    expect(p.ran()).not.toContain(unused);
+    expect(existsSync(join(h.prefetch, `${NAME}-${sum}`))).toBe(false);
+  });
+
+  it.each([
+    ['openssl', [...COREUTILS, 'openssl']],
+    ['sha256sum', COREUTILS],
+  ])('never serves a damaged copy (hashed by %s): removed, and Node asks the receiver', (_hasher, programs) => {
+    const damaged = Buffer.from(bytes);
+    damaged.writeUInt8(damaged.readUInt8(5000) ^ 0xff, 5000);
+    const h = host(damaged);
+    const r = h.getWal(pathWith(programs).path);
+    expect({ code: r.status, out: r.stdout }).toEqual({ code: 9, out: `node -c ${join(h.dir, 'agent.conf')} get-wal ${NAME} ${h.dest}` });
+    expect(existsSync(h.dest)).toBe(false);
+    expect(readdirSync(h.prefetch)).toEqual([]);
+    expect(readdirSync(join(h.dir, 'pg_wal'))).toEqual([]);
+  });
+
+  it('takes nothing from an openssl that prints something else than the digest first: Node asks the receiver', () => {
+    const h = host();
+    const p = pathWith(COREUTILS);
+    // an openssl of another version or build, printing its own format
+    writeFileSync(join(p.path, 'openssl'), `#!/bin/sh\necho "SHA2-256(stdin)= ${sum}"\n`, { mode: 0o755 });
+    const r = h.getWal(p.path);
+    expect({ code: r.status, out: r.stdout }).toEqual({ code: 9, out: `node -c ${join(h.dir, 'agent.conf')} get-wal ${NAME} ${h.dest}` });
+    expect(existsSync(h.dest)).toBe(false);
   });
 });
