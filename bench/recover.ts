@@ -207,6 +207,7 @@ export async function recoverSection(ctx: BenchContext): Promise<SectionResult> 
     }
     const startMs = await startCopy(dest, `${way}-${round}`);
     rmSync(dest, { recursive: true, force: true });
+    ctx.log(`recover: round ${round}: ${way}: write ${(run.ms / 1000).toFixed(2)} s, start-up ${(startMs / 1000).toFixed(2)} s`);
     runs[way].push({ writeMs: run.ms, startMs, peakKb: run.peakKb, cpu: run.cpuSeconds, receiverCpu, receiverPeakKb });
   };
 
