@@ -6,7 +6,8 @@
 // the receiver's recover and drill). And the agent's `push` (archive_command) while a daemon works: it
 // waits for the daemon's ack without Node, and gives up on a daemon that is not there; its `get-wal`
 // (restore_command) serves a prefetched copy without Node, hashed by openssl where it is installed
-// and by sha256sum where not, and never a copy that does not hash to its checksum.
+// and by sha256sum where not (or where openssl does not answer as expected), and never a copy that
+// does not hash to its checksum.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -229,26 +230,33 @@ describe('the barman-agent launcher, get-wal (restore_command) from the prefetch
   });
 
   it.each([
-    ['openssl', [...COREUTILS, 'openssl']],
-    ['sha256sum', COREUTILS],
-  ])('never serves a damaged copy (hashed by %s): removed, and Node asks the receiver', (_hasher, programs) => {
+    ['with openssl installed: sha256sum confirms before it is refused', [...COREUTILS, 'openssl'], ['openssl', 'sha256sum']],
+    ['without openssl', COREUTILS, ['sha256sum']],
+  ])('never serves a damaged copy, %s: removed, and Node asks the receiver', (_how, programs, hashers) => {
     const damaged = Buffer.from(bytes);
     damaged.writeUInt8(damaged.readUInt8(5000) ^ 0xff, 5000);
     const h = host(damaged);
-    const r = h.getWal(pathWith(programs).path);
+    const p = pathWith(programs);
+    const r = h.getWal(p.path);
     expect({ code: r.status, out: r.stdout }).toEqual({ code: 9, out: `node -c ${join(h.dir, 'agent.conf')} get-wal ${NAME} ${h.dest}` });
     expect(existsSync(h.dest)).toBe(false);
     expect(readdirSync(h.prefetch)).toEqual([]);
     expect(readdirSync(join(h.dir, 'pg_wal'))).toEqual([]);
+    for (const hasher of hashers) expect(p.ran()).toContain(hasher);
   });
 
-  it('takes nothing from an openssl that prints something else than the digest first: Node asks the receiver', () => {
+  it.each([
+    ['prints its digest in another format', `echo "SHA2-256(stdin)= ${sum}"`],
+    ['fails', 'echo "openssl: unsupported" >&2; exit 1'],
+    ['prints another digest', `echo "${'0'.repeat(64)} *stdin"`],
+  ])('serves a whole copy through sha256sum where openssl %s', (_what, script) => {
     const h = host();
     const p = pathWith(COREUTILS);
-    // an openssl of another version or build, printing its own format
-    writeFileSync(join(p.path, 'openssl'), `#!/bin/sh\necho "SHA2-256(stdin)= ${sum}"\n`, { mode: 0o755 });
+    // an openssl of another version or build
+    writeFileSync(join(p.path, 'openssl'), `#!/bin/sh\n${script}\n`, { mode: 0o755 });
     const r = h.getWal(p.path);
-    expect({ code: r.status, out: r.stdout }).toEqual({ code: 9, out: `node -c ${join(h.dir, 'agent.conf')} get-wal ${NAME} ${h.dest}` });
-    expect(existsSync(h.dest)).toBe(false);
+    expect({ code: r.status, out: r.stdout }).toEqual({ code: 0, out: '' });
+    expect(readFileSync(h.dest).equals(bytes)).toBe(true);
+    expect(p.ran()).toContain('sha256sum');
   });
 });
