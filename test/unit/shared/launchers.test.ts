@@ -39,6 +39,22 @@ function dist(program: string, launcher: string, name: string): string {
   return dir;
 }
 
+/**
+ * A folder to put on PATH with each of `names` standing in for the system's program of that name:
+ * it records that it ran (`ran()`, in order), then runs the real one; and node. Only what is
+ * here is found where PATH is this folder alone.
+ */
+function spyPrograms(dir: string, names: string[]): { path: string; ran: () => string[] } {
+  mkdirSync(dir, { recursive: true });
+  for (const name of names) {
+    const real = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' }).stdout.trim();
+    expect(real, `${name} on this machine`).not.toBe('');
+    writeFileSync(join(dir, name), `#!/bin/sh\necho ${name} >> ${join(dir, 'ran')}\nexec ${real} "$@"\n`, { mode: 0o755 });
+  }
+  symlinkSync(process.execPath, join(dir, 'node'));
+  return { path: dir, ran: () => (existsSync(join(dir, 'ran')) ? readFileSync(join(dir, 'ran'), 'utf8').trim().split('\n') : []) };
+}
+
 describe.each(programs)('the $program launcher', ({ program, launcher, link }) => {
   it('runs the .cjs beside it with one malloc arena that keeps what it frees (32 MiB) and grows in huge pages, the arguments and the exit status unchanged', () => {
     const r = run(join(dist(program, launcher, 'plain'), program), ['recover', '-c', '/etc/barman.conf', 'main', 'latest', '/srv/a dir with spaces']);
@@ -160,17 +176,13 @@ describe('the barman-agent launcher, push (archive_command) while the daemon wor
   it('hands a push to Node without starting any program first where there is neither an ack nor a daemon (archive_command alone)', async () => {
     const h = host(spawnSync('true').pid);
     // every program the launcher may start, each recording that it ran before running the real one
-    const spy = join(root, 'push', `spy-${n}`);
-    mkdirSync(spy);
-    for (const program of ['stat', 'od', 'readlink', 'date', 'sleep', 'sha256sum', 'mv']) {
-      writeFileSync(join(spy, program), `#!/bin/sh\necho ${program} >> ${join(spy, 'ran')}\nPATH=${process.env.PATH} exec ${program} "$@"\n`, { mode: 0o755 });
-    }
-    expect(await h.push(`${spy}:${process.env.PATH}`)).toMatchObject({ code: 9, out: expect.stringMatching(/^node -c .* push /) });
-    expect(existsSync(join(spy, 'ran')) ? readFileSync(join(spy, 'ran'), 'utf8') : '', 'programs the launcher started').toBe('');
+    const spy = spyPrograms(join(root, 'push', `spy-${n}`), ['stat', 'od', 'readlink', 'date', 'sleep', 'sha256sum', 'openssl', 'mv']);
+    expect(await h.push(`${spy.path}:${process.env.PATH}`)).toMatchObject({ code: 9, out: expect.stringMatching(/^node -c .* push /) });
+    expect(spy.ran(), 'programs the launcher started').toEqual([]);
     // with an ack to check, it reads the file's identity and page header (stat, od), then Node pushes (the ack names other bytes)
     h.record(h.ack().replace(/sha256=\w+/, `sha256=${'cd'.repeat(32)}`).replace(/ size=\d+/, ' size=1'));
-    expect(await h.push(`${spy}:${process.env.PATH}`)).toMatchObject({ code: 9, out: expect.stringMatching(/^node -c .* push /) });
-    expect(readFileSync(join(spy, 'ran'), 'utf8')).toBe('stat\nod\n');
+    expect(await h.push(`${spy.path}:${process.env.PATH}`)).toMatchObject({ code: 9, out: expect.stringMatching(/^node -c .* push /) });
+    expect(spy.ran()).toEqual(['stat', 'od']);
   });
 
   it('does not wait on a live pid whose .daemon was not refreshed for a minute (a pid reused after a crash): Node pushes', async () => {
@@ -201,18 +213,8 @@ describe('the barman-agent launcher, get-wal (restore_command) from the prefetch
     const getWal = (PATH: string) => spawnSync(join(bin, 'barman-agent'), ['-c', join(dir, 'agent.conf'), 'get-wal', NAME, dest], { encoding: 'utf8', env: { PATH } });
     return { dir, prefetch, dest, getWal };
   }
-  /** a folder for PATH with `programs` linked from the system's, each recording that it ran in `ran`, and node */
-  function pathWith(programs: string[]): { path: string; ran: () => string[] } {
-    const spy = join(root, 'get-wal', `path-${++n}`);
-    mkdirSync(spy, { recursive: true });
-    for (const program of programs) {
-      const real = spawnSync('sh', ['-c', `command -v ${program}`], { encoding: 'utf8' }).stdout.trim();
-      expect(real, `${program} on this machine`).not.toBe('');
-      writeFileSync(join(spy, program), `#!/bin/sh\necho ${program} >> ${join(spy, 'ran')}\nexec ${real} "$@"\n`, { mode: 0o755 });
-    }
-    symlinkSync(process.execPath, join(spy, 'node'));
-    return { path: spy, ran: () => (existsSync(join(spy, 'ran')) ? readFileSync(join(spy, 'ran'), 'utf8').trim().split('\n') : []) };
-  }
+  /** PATH for the launcher: `programs` and node, nothing else */
+  const pathWith = (programs: string[]) => spyPrograms(join(root, 'get-wal', `path-${++n}`), programs);
   const COREUTILS = ['od', 'stat', 'mv', 'rm', 'sha256sum', 'date', 'sleep', 'readlink'];
 
   it.each([
