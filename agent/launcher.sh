@@ -14,10 +14,13 @@
 # - `get-wal <segment> <dest>` when the prefetcher fetched that segment ahead into
 #   <spool_dir>/prefetch/<segment>-<sha256> (agent/wal/prefetch.ts), or is downloading it (then this
 #   waits for it); a segment served is recorded as the one asked for (.requested), which keeps the
-#   prefetcher going. The file is moved next to <dest>,
-#   read back against its SHA-256 and its page header (timeline, address, segment size: the bytes
-#   must be the segment its name says), and only then renamed to <dest>; anything that does not
-#   check out is removed and Node asks the receiver.
+#   prefetcher going. The file is moved next to <dest>, checked, and only then renamed to <dest>:
+#   its page header (timeline, address, segment size: the bytes must be the segment its name
+#   says), and its bytes: where `stat` prints, before the move, exactly what the prefetcher
+#   recorded in .<segment>-<sha256>.id once the copy was in place (device, inode, size, mtime,
+#   ctime), and after it the same but the ctime the move itself changed, the copy is the file the
+#   prefetcher hashed as it arrived, unwritten since; otherwise it is read back against its
+#   SHA-256. Anything that does not check out is removed and Node asks the receiver.
 # Only POSIX sh and coreutils (sha256sum, od, stat, mv, readlink, sleep, date), and `openssl`
 # where it is installed; any configuration or argument this script does not fully understand goes
 # to Node, which is always right.
@@ -118,6 +121,16 @@ header_ok() {
   [ "$hi" -eq $((0x$nlog + addr / 4294967296)) ] && [ "$lo" -eq $((addr % 4294967296)) ]
 }
 
+# what file $1 is now, as agent/wal/spool.ts spells a file's identity, into ident (size=... dev=...
+# ino=... mtime=... ctime=..., to the nanosecond) and ident_size
+identity_of() {
+  # shellcheck disable=SC2046
+  set -- $(stat -L -c '%s %d %i %.9Y %.9Z' -- "$1" 2>/dev/null) || return 1
+  [ $# -eq 5 ] || return 1
+  ident_size=$1
+  ident="size=$1 dev=$2 ino=$3 mtime=$4 ctime=$5"
+}
+
 # file $1 has SHA-256 $3 and is a whole WAL segment named $2. OpenSSL hashes it where its command
 # is installed: it uses the CPU's SHA instructions where there are some, and coreutils' sha256sum
 # does not (a get-wal of a 16 MiB segment took 15-17 ms instead of 39-41 on the machine we
@@ -128,7 +141,7 @@ header_ok() {
 segment_ok() {
   { command -v openssl >/dev/null 2>&1 && actual=$(openssl dgst -sha256 -r < "$1" 2>/dev/null) && [ "${actual%% *}" = "$3" ]; } ||
     { actual=$(sha256sum -b < "$1") && [ "${actual%% *}" = "$3" ]; } || return 1
-  header_ok "$1" "$2" "$(stat -c %s -- "$1")"
+  identity_of "$1" && header_ok "$1" "$2" "$ident_size"
 }
 
 # get-wal from the spool; returns (to hand over to Node) unless it served the segment
@@ -164,8 +177,14 @@ serve_from() {
     [ ${#sum} -eq 64 ] || continue
     case $3 in */*) tmp=${3%/*} ;; *) tmp=. ;; esac
     tmp="$tmp/.$2.$$.spool"
+    # what the prefetcher recorded of its copy, and whether the copy still is that file
+    recorded='' unchanged=''
+    { read -r recorded < "$1/.${entry##*/}.id"; } 2>/dev/null
+    [ -n "$recorded" ] && identity_of "$entry" && [ "$ident" = "$recorded" ] && unchanged=1
     mv -f -- "$entry" "$tmp" 2>/dev/null || return 2
-    if segment_ok "$tmp" "$2" "$sum" 2>/dev/null && mv -f -- "$tmp" "$3"; then
+    # the same file after the move (its ctime is the move's)
+    [ -n "$unchanged" ] && identity_of "$tmp" && [ "${ident% ctime=*}" = "${recorded% ctime=*}" ] || unchanged=''
+    if { if [ -n "$unchanged" ]; then header_ok "$tmp" "$2" "$ident_size"; else segment_ok "$tmp" "$2" "$sum"; fi; } 2>/dev/null && mv -f -- "$tmp" "$3"; then
       # what PostgreSQL asked for: the prefetcher keeps the segments after it coming (on a miss, Node records it)
       printf '%s\n' "$2" > "$1/.requested.$$" 2>/dev/null && mv -f -- "$1/.requested.$$" "$1/.requested"
       exit 0
@@ -217,11 +236,9 @@ push_from_ack() {
   # the two programs below (7-8 ms each to start here)
   [ -f "$dir/$name" ] || daemon_alive "$dir" quick || return 1
   # what the file is now; the ack must say the same of the file the daemon read
-  # shellcheck disable=SC2046
-  set -- $(stat -L -c '%d %i %s %.9Y %.9Z' -- "$path") || return 1
-  [ $# -eq 5 ] || return 1
-  header_ok "$path" "$name" "$3" || return 1
-  now="name=$name size=$3 dev=$1 ino=$2 mtime=$4 ctime=$5"
+  identity_of "$path" || return 1
+  header_ok "$path" "$name" "$ident_size" || return 1
+  now="name=$name $ident"
   acked "$dir/$name" && exit 0
   # not acked (yet): wait while a daemon connected to the receiver lives and has not given up on
   # it (at most 60 s; the daemon pushes the oldest segments first, as PostgreSQL asks for them).

@@ -5,6 +5,14 @@
 // into place. Anything else (damaged, another timeline's bytes) is removed and never served; the
 // receiver is asked instead. agent/launcher.sh does the same in POSIX sh for a hit, without Node.
 //
+// Beside each copy the prefetcher records what the file is once in place: .<segment>-<sha256>.id,
+// one line `size=<bytes> dev=<st_dev> ino=<st_ino> mtime=<s.ns> ctime=<s.ns>` (as the daemon's acks
+// spell a file's identity, agent/wal/spool.ts). The launcher serves a copy whose `stat` still says
+// exactly that without reading it back (only its page header): those bytes were hashed as they
+// arrived, against what the receiver sent after checking them as they left the catalog, and any
+// write since would have moved its mtime and ctime. Where the record is missing or anything differs
+// (a copy rewritten, replaced, or moved across filesystems) it hashes the copy, as Node always does.
+//
 // Fetching ahead runs beside PostgreSQL's replay, in one background process per spool (the
 // prefetcher, `barman-agent prefetch-wal`, started by get-wal and holding .prefetcher): it keeps the
 // `prefetch` segments after the last one PostgreSQL asked for (.requested, written by every get-wal)
@@ -21,6 +29,7 @@ import { makeDirs } from '../../shared/dirs';
 import type { AgentConnection } from '../../shared/protocol/client';
 import { readLongHeader, LONG_HEADER_SIZE } from '../../shared/wal/header';
 import { isSegmentName, isValidSegmentSize, nextSegment, segmentStartLsn, segmentTimeline } from '../../shared/wal/names';
+import { formatIdentity, identityOf } from './spool';
 
 /** the spool's folder below spool_dir (agent/launcher.sh spells it too, and the two names below) */
 export const PREFETCH_DIR = 'prefetch';
@@ -38,6 +47,9 @@ const IDLE_EXIT_MS = 3_000;
 const STALE_TMP_MS = 10 * 60 * 1000;
 
 const ENTRY = /^([0-9A-F]{24})-([0-9a-f]{64})$/;
+/** the record of what a copy is on disk (its identity), beside it */
+const IDENTITY = /^\.([0-9A-F]{24}-[0-9a-f]{64})\.id$/;
+const identityFile = (entry: string) => `.${entry}.id`;
 
 export class WalPrefetch {
   readonly dir: string;
@@ -90,8 +102,11 @@ export class WalPrefetch {
     const now = Date.now();
     for (const f of await fs.readdir(this.dir).catch(() => [] as string[])) {
       if (keepFiles.has(f)) continue;
-      // segments, and downloads a killed run left; the prefetcher's own files (.prefetcher, .requested, ...) stay
-      if (f.endsWith('.tmp')) {
+      // segments, their records, and downloads a killed run left; the prefetcher's own files (.prefetcher, .requested, ...) stay
+      const record = IDENTITY.exec(f);
+      if (record) {
+        if (keepFiles.has(record[1]!)) continue;
+      } else if (f.endsWith('.tmp')) {
         const st = await fs.lstat(join(this.dir, f)).catch(() => undefined);
         if (st && now - st.mtimeMs < STALE_TMP_MS) continue;
       } else if (!ENTRY.test(f)) continue;
@@ -121,7 +136,12 @@ export class WalPrefetch {
     }
     await fh.close();
     // no fsync: a spooled copy that a crash damaged fails its checksum and is fetched again
-    await fs.rename(tmp, join(this.dir, `${name}-${sha256}`));
+    const entry = `${name}-${sha256}`;
+    await fs.rename(tmp, join(this.dir, entry));
+    // what the file is now that it is in place (a rename moves its ctime); a record cut short by a
+    // crash matches no file, and the copy is hashed instead
+    const identity = identityOf(await fs.lstat(join(this.dir, entry), { bigint: true }));
+    await fs.writeFile(join(this.dir, identityFile(entry)), `${formatIdentity(identity)}\n`, { mode: 0o600 });
     return 'stored';
   }
 }

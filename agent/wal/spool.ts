@@ -68,6 +68,11 @@ export function identityOf(st: BigIntStats): FileIdentity {
   return { dev: String(st.dev), ino: String(st.ino), size: String(st.size), mtime: seconds(st.mtimeNs), ctime: seconds(st.ctimeNs) };
 }
 
+/** An identity as the ack and the prefetch spool's records spell it (agent/launcher.sh builds the same line from `stat`). */
+export function formatIdentity(id: FileIdentity): string {
+  return `size=${id.size} dev=${id.dev} ino=${id.ino} mtime=${id.mtime} ctime=${id.ctime}`;
+}
+
 export function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
   return a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtime === b.mtime && a.ctime === b.ctime;
 }
@@ -78,10 +83,8 @@ export function sysidHex(systemIdentifier: string): string {
 }
 
 export function formatAck(ack: Ack): string {
-  const id = ack.identity;
   return [
-    ACK_FORMAT, `server=${ack.server}`, `receiver=${ack.receiver}`, `name=${ack.name}`, `size=${ack.size}`,
-    `dev=${id.dev}`, `ino=${id.ino}`, `mtime=${id.mtime}`, `ctime=${id.ctime}`,
+    ACK_FORMAT, `server=${ack.server}`, `receiver=${ack.receiver}`, `name=${ack.name}`, formatIdentity({ ...ack.identity, size: String(ack.size) }),
     `sysid=${ack.sysid ?? '-'}`, `sha256=${ack.sha256}`,
   ].join(' ') + '\n';
 }

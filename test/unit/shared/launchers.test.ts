@@ -5,9 +5,10 @@
 // link (npm's bin directory); V8's flags for the commands that get their own (the agent's daemon,
 // the receiver's recover and drill). And the agent's `push` (archive_command) while a daemon works: it
 // waits for the daemon's ack without Node, and gives up on a daemon that is not there; its `get-wal`
-// (restore_command) serves a prefetched copy without Node, hashed by openssl where it is installed
-// and by sha256sum where not (or where openssl does not answer as expected), and never a copy that
-// does not hash to its checksum.
+// (restore_command) serves a prefetched copy without Node: one the prefetcher recorded and that is
+// still the file it recorded without reading it back, any other hashed by openssl where it is
+// installed and by sha256sum where not (or where openssl does not answer as expected), and never a
+// copy that does not hash to its checksum.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -15,7 +16,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSy
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { formatAck, identityOf, sysidHex } from '../../../agent/wal/spool';
+import { formatAck, formatIdentity, identityOf, sysidHex } from '../../../agent/wal/spool';
 import { SEGMENT_SYSID, segmentBytes } from '../../harness/segment-bytes';
 import { writeNodeStandIn } from '../../harness/node-stand-in';
 
@@ -245,6 +246,65 @@ describe('the barman-agent launcher, get-wal (restore_command) from the prefetch
     expect(readdirSync(h.prefetch)).toEqual([]);
     expect(readdirSync(join(h.dir, 'pg_wal'))).toEqual([]);
     for (const hasher of hashers) expect(p.ran()).toContain(hasher);
+  });
+
+  /** what the prefetcher records beside its copy once it is in place */
+  const record = (h: ReturnType<typeof host>, identity = identityOf(statSync(join(h.prefetch, `${NAME}-${sum}`), { bigint: true }))) =>
+    writeFileSync(join(h.prefetch, `.${NAME}-${sum}.id`), `${formatIdentity(identity)}\n`);
+
+  it('serves a copy the prefetcher recorded, unchanged since, without reading it back: no hasher runs', () => {
+    const h = host();
+    record(h);
+    const p = pathWith([...COREUTILS, 'openssl']);
+    const r = h.getWal(p.path);
+    expect({ code: r.status, out: r.stdout }).toEqual({ code: 0, out: '' });
+    expect(readFileSync(h.dest).equals(bytes)).toBe(true);
+    expect(p.ran()).toContain('stat');
+    expect(p.ran()).not.toContain('openssl');
+    expect(p.ran()).not.toContain('sha256sum');
+  });
+
+  it.each([
+    ['rewritten in place since (a byte changed, its mtime set back)', (h: ReturnType<typeof host>) => {
+      const file = join(h.prefetch, `${NAME}-${sum}`);
+      const before = identityOf(statSync(file, { bigint: true }));
+      // a later tick of the kernel's clock than the record's
+      spawnSync('sleep', ['0.05']);
+      const damaged = Buffer.from(bytes);
+      damaged.writeUInt8(damaged.readUInt8(5000) ^ 0xff, 5000);
+      writeFileSync(file, damaged);
+      // to the nanosecond: only the ctime tells
+      expect(spawnSync('touch', ['-m', '-d', `@${before.mtime}`, file]).status).toBe(0);
+      expect(identityOf(statSync(file, { bigint: true }))).toMatchObject({ ino: before.ino, size: before.size, mtime: before.mtime });
+    }],
+    ['replaced by another file of the same size', (h: ReturnType<typeof host>) => {
+      const file = join(h.prefetch, `${NAME}-${sum}`);
+      const damaged = Buffer.from(bytes);
+      damaged.writeUInt8(damaged.readUInt8(5000) ^ 0xff, 5000);
+      writeFileSync(`${file}.new`, damaged);
+      renameSync(`${file}.new`, file);
+    }],
+  ])('hashes a recorded copy %s, and refuses it', (_how, change) => {
+    const h = host();
+    record(h);
+    change(h);
+    const p = pathWith([...COREUTILS, 'openssl']);
+    const r = h.getWal(p.path);
+    expect({ code: r.status, out: r.stdout }).toEqual({ code: 9, out: `node -c ${join(h.dir, 'agent.conf')} get-wal ${NAME} ${h.dest}` });
+    expect(existsSync(h.dest)).toBe(false);
+    expect(p.ran()).toContain('openssl');
+    expect(p.ran()).toContain('sha256sum');
+  });
+
+  it('hashes a whole copy whose record names another file (inode), and serves it', () => {
+    const h = host();
+    const identity = identityOf(statSync(join(h.prefetch, `${NAME}-${sum}`), { bigint: true }));
+    record(h, { ...identity, ino: String(BigInt(identity.ino) + 1n) });
+    const p = pathWith([...COREUTILS, 'openssl']);
+    const r = h.getWal(p.path);
+    expect({ code: r.status, out: r.stdout }).toEqual({ code: 0, out: '' });
+    expect(readFileSync(h.dest).equals(bytes)).toBe(true);
+    expect(p.ran()).toContain('openssl');
   });
 
   it.each([

@@ -92,14 +92,20 @@ describe('WalPrefetch', () => {
     expect(warnings.join('\n')).toMatch(/not served \(its pages are of timeline 3\)/);
   });
 
-  it('keeps only what PostgreSQL may still ask for: later segments of its timeline, at most `keep` of them', async () => {
+  it('keeps only what PostgreSQL may still ask for: later segments of its timeline, at most `keep` of them, and their records', async () => {
     const spool = new WalPrefetch(fresh('spool'));
     mkdirSync(spool.dir);
     const names = ['000000010000000200000003', NAME, ...segmentsAfter(NAME, MB, 5), '000000020000000200000007'];
-    for (const name of names) writeFileSync(join(spool.dir, `${name}-${'0'.repeat(64)}`), 'x');
+    // each copy with the record of what it is on disk, and a record whose copy get-wal took
+    for (const name of names) {
+      writeFileSync(join(spool.dir, `${name}-${'0'.repeat(64)}`), 'x');
+      writeFileSync(join(spool.dir, `.${name}-${'0'.repeat(64)}.id`), 'size=1\n');
+    }
+    writeFileSync(join(spool.dir, `.000000010000000200000004-${'0'.repeat(64)}.id`), 'size=1\n');
     writeFileSync(join(spool.dir, `.${NAME}.1.tmp`), 'a fresh download');
     await spool.clean(NAME, 3);
     expect((await spool.entries()).map((e) => e.name).sort()).toEqual(segmentsAfter(NAME, MB, 3));
+    expect(readdirSync(spool.dir).filter((f) => f.endsWith('.id')).sort()).toEqual(segmentsAfter(NAME, MB, 3).map((n) => `.${n}-${'0'.repeat(64)}.id`));
     expect(existsSync(join(spool.dir, `.${NAME}.1.tmp`))).toBe(true);
   });
 
