@@ -178,8 +178,8 @@ serve_from() {
     case $3 in */*) tmp=${3%/*} ;; *) tmp=. ;; esac
     tmp="$tmp/.$2.$$.spool"
     # what the prefetcher recorded of its copy, and whether the copy still is that file
-    recorded='' unchanged=''
-    { read -r recorded < "$1/.${entry##*/}.id"; } 2>/dev/null
+    recorded='' unchanged='' record="$1/.${entry##*/}.id"
+    [ -f "$record" ] && { read -r recorded < "$record"; } 2>/dev/null
     [ -n "$recorded" ] && identity_of "$entry" && [ "$ident" = "$recorded" ] && unchanged=1
     mv -f -- "$entry" "$tmp" 2>/dev/null || return 2
     # the same file after the move (its ctime is the move's)

@@ -115,6 +115,20 @@ export class WalPrefetch {
   }
 
   /**
+   * Records beside spooled copy `entry` what the file is now that it is in place (a rename moves
+   * its ctime). A get-wal may have taken the copy already (it waits for a segment being
+   * downloaded): then there is nothing to record. A record cut short by a crash matches no file,
+   * and the copy is hashed instead.
+   */
+  async record(entry: string): Promise<void> {
+    const st = await fs.lstat(join(this.dir, entry), { bigint: true }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    if (st) await fs.writeFile(join(this.dir, identityFile(entry)), `${formatIdentity(identityOf(st))}\n`, { mode: 0o600 });
+  }
+
+  /**
    * Fetches `name` into the spool. 'missing' when the receiver does not have it (the file is not
    * made); already spooled counts as 'stored'.
    */
@@ -138,10 +152,7 @@ export class WalPrefetch {
     // no fsync: a spooled copy that a crash damaged fails its checksum and is fetched again
     const entry = `${name}-${sha256}`;
     await fs.rename(tmp, join(this.dir, entry));
-    // what the file is now that it is in place (a rename moves its ctime); a record cut short by a
-    // crash matches no file, and the copy is hashed instead
-    const identity = identityOf(await fs.lstat(join(this.dir, entry), { bigint: true }));
-    await fs.writeFile(join(this.dir, identityFile(entry)), `${formatIdentity(identity)}\n`, { mode: 0o600 });
+    await this.record(entry);
     return 'stored';
   }
 }

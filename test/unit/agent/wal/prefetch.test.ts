@@ -4,7 +4,7 @@
 
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -107,6 +107,21 @@ describe('WalPrefetch', () => {
     expect((await spool.entries()).map((e) => e.name).sort()).toEqual(segmentsAfter(NAME, MB, 3));
     expect(readdirSync(spool.dir).filter((f) => f.endsWith('.id')).sort()).toEqual(segmentsAfter(NAME, MB, 3).map((n) => `.${n}-${'0'.repeat(64)}.id`));
     expect(existsSync(join(spool.dir, `.${NAME}.1.tmp`))).toBe(true);
+  });
+
+  it('records what a spooled copy is on disk, as the launcher compares it; nothing for a copy get-wal took already', async () => {
+    const spool = new WalPrefetch(fresh('spool'));
+    mkdirSync(spool.dir);
+    const entry = `${NAME}-${'0'.repeat(64)}`;
+    writeFileSync(join(spool.dir, entry), 'x');
+    await spool.record(entry);
+    const st = statSync(join(spool.dir, entry), { bigint: true });
+    const stat = spawnSync('stat', ['-L', '-c', 'size=%s dev=%d ino=%i mtime=%.9Y ctime=%.9Z', join(spool.dir, entry)], { encoding: 'utf8' }).stdout;
+    expect(readFileSync(join(spool.dir, `.${entry}.id`), 'utf8')).toBe(stat);
+    expect(stat).toContain(`ino=${st.ino} `);
+    const taken = `${'000000010000000200000006'}-${'0'.repeat(64)}`;
+    await spool.record(taken);
+    expect(existsSync(join(spool.dir, `.${taken}.id`))).toBe(false);
   });
 
   it('names the next segments across a log boundary', () => {
