@@ -10,7 +10,9 @@
 // spell a file's identity, agent/wal/spool.ts). The launcher serves a copy whose `stat` still says
 // exactly that without reading it back (only its page header): those bytes were hashed as they
 // arrived, against what the receiver sent after checking them as they left the catalog, and any
-// write since would have moved its mtime and ctime. Where the record is missing or anything differs
+// write since would have moved its mtime and ctime (to the kernel's clock tick: a write within the
+// same few milliseconds as the record could pass, and only a program writing into this folder, the
+// agent's own, could make one). Where the record is missing or anything differs
 // (a copy rewritten, replaced, or moved across filesystems) it hashes the copy, as Node always does.
 //
 // Fetching ahead runs beside PostgreSQL's replay, in one background process per spool (the
