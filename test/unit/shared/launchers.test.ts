@@ -207,16 +207,23 @@ describe('the barman-agent launcher, get-wal (restore_command) from the prefetch
     mkdirSync(prefetch, { recursive: true });
     mkdirSync(join(dir, 'pg_wal'));
     writeFileSync(join(dir, 'agent.conf'), `[agent]\nreceiver = ws://127.0.0.1:1\nserver = main\nspool_dir = ${join(dir, 'spool')}\n`);
-    writeFileSync(join(prefetch, `${NAME}-${sum}`), spooled);
+    const copy = join(prefetch, `${NAME}-${sum}`);
+    writeFileSync(copy, spooled);
     const bin = dist('barman-agent', programs[1]!.launcher, `get-wal-${n}`);
     writeNodeStandIn(bin);
     const dest = join(dir, 'pg_wal', 'RECOVERYXLOG');
     const getWal = (PATH: string) => spawnSync(join(bin, 'barman-agent'), ['-c', join(dir, 'agent.conf'), 'get-wal', NAME, dest], { encoding: 'utf8', env: { PATH } });
-    return { dir, prefetch, dest, getWal };
+    return { dir, prefetch, copy, dest, getWal };
   }
   /** PATH for the launcher: `programs` and node, nothing else */
   const pathWith = (programs: string[]) => spyPrograms(join(root, 'get-wal', `path-${++n}`), programs);
   const COREUTILS = ['od', 'stat', 'mv', 'rm', 'sha256sum', 'date', 'sleep', 'readlink'];
+  /** the segment with one byte changed: its size kept, its checksum not */
+  const damaged = () => {
+    const b = Buffer.from(bytes);
+    b.writeUInt8(b.readUInt8(5000) ^ 0xff, 5000);
+    return b;
+  };
 
   it.each([
     ['with openssl installed, which hashes it', [...COREUTILS, 'openssl'], 'openssl', 'sha256sum'],
@@ -229,16 +236,14 @@ describe('the barman-agent launcher, get-wal (restore_command) from the prefetch
     expect(readFileSync(h.dest).equals(bytes)).toBe(true);
     expect(p.ran()).toContain(hasher);
     expect(p.ran()).not.toContain(unused);
-    expect(existsSync(join(h.prefetch, `${NAME}-${sum}`))).toBe(false);
+    expect(existsSync(h.copy)).toBe(false);
   });
 
   it.each([
     ['with openssl installed: sha256sum confirms before it is refused', [...COREUTILS, 'openssl'], ['openssl', 'sha256sum']],
     ['without openssl', COREUTILS, ['sha256sum']],
   ])('never serves a damaged copy, %s: removed, and Node asks the receiver', (_how, programs, hashers) => {
-    const damaged = Buffer.from(bytes);
-    damaged.writeUInt8(damaged.readUInt8(5000) ^ 0xff, 5000);
-    const h = host(damaged);
+    const h = host(damaged());
     const p = pathWith(programs);
     const r = h.getWal(p.path);
     expect({ code: r.status, out: r.stdout }).toEqual({ code: 9, out: `node -c ${join(h.dir, 'agent.conf')} get-wal ${NAME} ${h.dest}` });
@@ -249,7 +254,7 @@ describe('the barman-agent launcher, get-wal (restore_command) from the prefetch
   });
 
   /** what the prefetcher records beside its copy once it is in place */
-  const record = (h: ReturnType<typeof host>, identity = identityOf(statSync(join(h.prefetch, `${NAME}-${sum}`), { bigint: true }))) =>
+  const record = (h: ReturnType<typeof host>, identity = identityOf(statSync(h.copy, { bigint: true }))) =>
     writeFileSync(join(h.prefetch, `.${NAME}-${sum}.id`), `${formatIdentity(identity)}\n`);
 
   it('serves a copy the prefetcher recorded, unchanged since, without reading it back: no hasher runs', () => {
@@ -266,23 +271,17 @@ describe('the barman-agent launcher, get-wal (restore_command) from the prefetch
 
   it.each([
     ['rewritten in place since (a byte changed, its mtime set back)', (h: ReturnType<typeof host>) => {
-      const file = join(h.prefetch, `${NAME}-${sum}`);
-      const before = identityOf(statSync(file, { bigint: true }));
+      const before = identityOf(statSync(h.copy, { bigint: true }));
       // a later tick of the kernel's clock than the record's
       spawnSync('sleep', ['0.05']);
-      const damaged = Buffer.from(bytes);
-      damaged.writeUInt8(damaged.readUInt8(5000) ^ 0xff, 5000);
-      writeFileSync(file, damaged);
+      writeFileSync(h.copy, damaged());
       // to the nanosecond: only the ctime tells
-      expect(spawnSync('touch', ['-m', '-d', `@${before.mtime}`, file]).status).toBe(0);
-      expect(identityOf(statSync(file, { bigint: true }))).toMatchObject({ ino: before.ino, size: before.size, mtime: before.mtime });
+      expect(spawnSync('touch', ['-m', '-d', `@${before.mtime}`, h.copy]).status).toBe(0);
+      expect(identityOf(statSync(h.copy, { bigint: true }))).toMatchObject({ ino: before.ino, size: before.size, mtime: before.mtime });
     }],
     ['replaced by another file of the same size', (h: ReturnType<typeof host>) => {
-      const file = join(h.prefetch, `${NAME}-${sum}`);
-      const damaged = Buffer.from(bytes);
-      damaged.writeUInt8(damaged.readUInt8(5000) ^ 0xff, 5000);
-      writeFileSync(`${file}.new`, damaged);
-      renameSync(`${file}.new`, file);
+      writeFileSync(`${h.copy}.new`, damaged());
+      renameSync(`${h.copy}.new`, h.copy);
     }],
   ])('hashes a recorded copy %s, and refuses it', (_how, change) => {
     const h = host();
@@ -298,7 +297,7 @@ describe('the barman-agent launcher, get-wal (restore_command) from the prefetch
 
   it('hashes a whole copy whose record names another file (inode), and serves it', () => {
     const h = host();
-    const identity = identityOf(statSync(join(h.prefetch, `${NAME}-${sum}`), { bigint: true }));
+    const identity = identityOf(statSync(h.copy, { bigint: true }));
     record(h, { ...identity, ino: String(BigInt(identity.ino) + 1n) });
     const p = pathWith([...COREUTILS, 'openssl']);
     const r = h.getWal(p.path);
