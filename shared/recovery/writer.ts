@@ -26,6 +26,7 @@ import { fsyncDir, fsyncTree } from '../durable';
 import { eachAtOnce } from '../each-at-once';
 import { BarmanError, ErrorCode } from '../errors';
 import { parseWalFileName } from '../wal/names';
+import { DirectOutput, directRefused, O_DIRECT, releaseSlabs, reserveSlabs, writeAll } from './direct-io';
 import { type PlannedTablespace, type RecoveryPlan, RECOVERY_WAL_DIR, RESTORE_MARKER } from './plan';
 
 export interface RecoverySource {
@@ -298,12 +299,31 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     return t.rel ? join(t.root, t.rel) : t.root;
   };
   /** Creates a new file at `rel` (its directories made first) and returns its handle and path. */
-  const createFile = async (rel: string): Promise<{ fh: fs.FileHandle; path: string }> => {
+  const createFile = async (rel: string, flags = 0): Promise<{ fh: fs.FileHandle; path: string }> => {
     const t = target(rel);
     const dir = dirname(t.rel);
     if (dir !== '.') await makeDirs(t.root, dir);
     const path = join(t.root, t.rel);
-    return { fh: await fs.open(path, CREATE_NEW, 0o600), path };
+    return { fh: await fs.open(path, CREATE_NEW | flags, 0o600), path };
+  };
+  /**
+   * Creates the file for a data file fetchFile writes: a big one (over SMALL_FILE) is opened with
+   * O_DIRECT and given slabs to write it from when its size allows (direct-io.ts); a filesystem that refuses the flag gets the file made
+   * again without it, and no later file tries.
+   */
+  const createBig = async (file: PlannedFile): Promise<{ fh: fs.FileHandle; path: string; slabs?: Buffer[] }> => {
+    const slabs = file.size > SMALL_FILE ? reserveSlabs(file.size) : undefined;
+    if (!slabs) return createFile(file.path);
+    try {
+      return { ...(await createFile(file.path, O_DIRECT)), slabs };
+    } catch (err) {
+      releaseSlabs(slabs);
+      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+      directRefused();
+      // the kernel refuses O_DIRECT only once it has made the file: made again, without it
+      await fs.unlink(absolute(file.path)).catch(() => undefined);
+      return createFile(file.path);
+    }
   };
   const control = plan.files.find((f) => f.path === CONTROL_FILE);
   const files = plan.files.filter((f) => f !== control);
@@ -311,10 +331,12 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
   /**
    * Fetches one data file of the backup into a new file, checked against the manifest as the bytes
    * stream (hashed while the previous chunk's write is in the kernel's hands: no second read).
-   * Each chunk is written before the next is asked for, so a source may reuse its buffers.
+   * Each chunk is written before the next is asked for, so a source may reuse its buffers. A file
+   * whose size is a multiple of 4 KiB is written with O_DIRECT, around the page cache (direct-io.ts).
    */
   const fetchFile = async (file: RecoveryPlan['files'][number]): Promise<string> => {
-    const { fh, path } = await createFile(file.path);
+    const { fh, path, slabs } = await createBig(file);
+    const direct = slabs ? new DirectOutput(fh, slabs, onBytes) : undefined;
     // the source's own checksum of what it yielded when it has one, else ours
     const hash = source.hashes ? undefined : manifestDigest(file);
     let reported: FileChecksumValue | undefined;
@@ -323,6 +345,12 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     try {
       for await (const chunk of source.dataFile(file.path, (checksum, algorithm) => (reported = { algorithm, checksum }))) {
         if (size + chunk.length > file.size) throw mismatch(file, size + chunk.length);
+        if (direct) {
+          await direct.add(chunk);
+          hash?.update(chunk);
+          size += chunk.length;
+          continue;
+        }
         const written = writeAll(fh, chunk, size).then(() => onBytes(chunk.length));
         written.catch(() => undefined); // awaited below, in order; never an unhandled rejection meanwhile
         writes.push(written);
@@ -333,6 +361,7 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
         while (writes.length > (source.freshChunks ? WRITE_AHEAD : 0)) await writes.shift();
       }
       while (writes.length > 0) await writes.shift();
+      await direct?.finish();
       checkFetched(file, size, hash ? hash.result() : reported);
       if (opts.owner) await fh.chown(opts.owner.uid, opts.owner.gid);
       // durable before its handle closes (no second open for it later); only the directories
@@ -341,6 +370,7 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
     } finally {
       // never close a handle a write is still using
       await Promise.allSettled(writes);
+      await direct?.release();
       await fh.close();
     }
     summary.written++;
@@ -629,14 +659,6 @@ async function sameAsBackup(path: string, file: PlannedFile, owner: WriteOptions
 /** open(2) on the thread pool: a file descriptor, for direct system calls after it. */
 function openFd(path: string, flags: number, mode: number): Promise<number> {
   return new Promise((resolve, reject) => open(path, flags, mode, (err, fd) => (err ? reject(err) : resolve(fd))));
-}
-
-/** Writes all of `chunk` at `position` (a short write is continued, never lost). */
-async function writeAll(fh: fs.FileHandle, chunk: Uint8Array, position: number): Promise<void> {
-  for (let off = 0; off < chunk.length; ) {
-    const { bytesWritten } = await fh.write(chunk, off, chunk.length - off, position + off);
-    off += bytesWritten;
-  }
 }
 
 /** A value for postgresql.auto.conf as ALTER SYSTEM writes it: quotes and backslashes doubled. */

@@ -2,8 +2,8 @@
 // host could shape them: it writes only inside the destination and the tablespace locations it
 // was given, refuses before writing anything, and recreates the backup's symlinks as links.
 
-import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { constants, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -428,6 +428,95 @@ describe('writeRecovery, many files at once', () => {
       await refusal(writeRecovery(plan, dest, hashing(content, (p, actual) => (p === 'base/1/16385' ? undefined : actual))), ErrorCode.INTERNAL, /base\/1\/16385: the restore's source gave no checksum/);
       expect(readdirSync(dest)).toEqual([]);
     });
+  });
+});
+
+describe('writeRecovery, big files written around the page cache (O_DIRECT)', () => {
+  const MiB = 1024 * 1024;
+  /** whether this process holds `path` open with O_DIRECT now (the flags /proc shows for its descriptor) */
+  const openDirect = (path: string): boolean | undefined => {
+    for (const fd of readdirSync('/proc/self/fd')) {
+      let target: string;
+      try {
+        target = readlinkSync(`/proc/self/fd/${fd}`);
+      } catch {
+        continue;
+      }
+      if (target !== path) continue;
+      const flags = Number.parseInt(/^flags:\s+([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8);
+      return (flags & constants.O_DIRECT) !== 0;
+    }
+    return undefined;
+  };
+  /**
+   * A backup of the big files `sizes` names (random bytes) and two small ones, and a source that
+   * yields each in chunks of an odd length through one buffer it reuses, noting for each file
+   * whether it is open with O_DIRECT while its bytes are asked for.
+   */
+  const backup = (dest: string, sizes: Record<string, number>, damage?: { path: string; at: number }) => {
+    const content = new Map<string, Buffer>(Object.entries(sizes).map(([path, size]) => [path, randomBytes(size)]));
+    content.set('base/1/small', randomBytes(8192));
+    content.set('global/pg_control', Buffer.from('control'));
+    const files = [...content].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, checksumAlgorithm: 'CRC32C' as const, checksum: crc(bytes) }));
+    const direct = new Map<string, boolean | undefined>();
+    const source: RecoverySource = {
+      async *dataFile(path) {
+        const bytes = Buffer.from(content.get(path)!);
+        if (damage?.path === path) bytes[damage.at] = bytes[damage.at]! ^ 0x01;
+        const buf = Buffer.alloc(100_003);
+        for (let off = 0; off < bytes.length; off += buf.length) {
+          const n = bytes.copy(buf, 0, off, off + buf.length);
+          yield buf.subarray(0, n);
+          if (off === 0) direct.set(path, openDirect(join(dest, path)));
+        }
+      },
+      async *walFile() {},
+    };
+    return { content, plan: planOf({ files, wals: [] }), source, direct };
+  };
+  const crc = (bytes: Buffer) => {
+    const c = fileChecksum('CRC32C');
+    c.update(bytes);
+    return c.digest();
+  };
+
+  it('writes a big file whose size is a multiple of 4 KiB with O_DIRECT, byte for byte from chunks of any length; any other through the page cache', async () => {
+    const dest = join(fresh('direct'), 'pgdata');
+    const { content, plan, source, direct } = backup(dest, { 'base/1/aligned': 3 * MiB, 'base/1/aligned-odd': 5 * MiB + 3 * 4096, 'base/1/unaligned': 3 * MiB + 5 });
+    expect((await writeRecovery(plan, dest, source, { parallel: 2 })).written).toBe(5);
+    expect(Object.fromEntries(direct)).toEqual({ 'base/1/aligned': true, 'base/1/aligned-odd': true, 'base/1/unaligned': false, 'base/1/small': undefined, 'global/pg_control': false });
+    for (const [path, bytes] of content) expect(readFileSync(join(dest, path)).equals(bytes), path).toBe(true);
+  });
+
+  it('writes more big files at once than it has aligned memory for: four with O_DIRECT, the others through the page cache, all byte for byte', async () => {
+    const dest = join(fresh('direct-many'), 'pgdata');
+    const sizes = Object.fromEntries(Array.from({ length: 6 }, (_, i) => [`base/1/big-${i}`, 3 * MiB + i * 4096]));
+    const { content, plan, source, direct } = backup(dest, sizes);
+    await writeRecovery(plan, dest, source, { parallel: 6 });
+    expect(Object.keys(sizes).filter((p) => direct.get(p) === true)).toHaveLength(4);
+    expect(Object.keys(sizes).filter((p) => direct.get(p) === false)).toHaveLength(2);
+    for (const [path, bytes] of content) expect(readFileSync(join(dest, path)).equals(bytes), path).toBe(true);
+  });
+
+  it('refuses a file written with O_DIRECT whose bytes end short of its manifest size, before its unaligned tail is written', async () => {
+    const dest = fresh('direct-short');
+    const { content, plan, source, direct } = backup(dest, { 'base/1/aligned': 3 * MiB });
+    content.set('base/1/aligned', content.get('base/1/aligned')!.subarray(0, 3 * MiB - 100));
+    await refusal(writeRecovery(plan, dest, source, { parallel: 2 }), ErrorCode.CHECKSUM_MISMATCH, /base\/1\/aligned in the catalog does not match its manifest \(3145628 bytes, CRC-32C [0-9a-f]{8}; manifest: 3145728 bytes/);
+    expect(direct.get('base/1/aligned')).toBe(true);
+    expect(readdirSync(dest)).toEqual([]);
+  });
+
+  it('refuses a flipped byte in a file written with O_DIRECT, names it, leaves nothing behind, and the next recovery writes directly again', async () => {
+    const dest = fresh('direct-flipped');
+    const damaged = backup(dest, { 'base/1/aligned': 4 * MiB, 'base/1/other': 3 * MiB }, { path: 'base/1/aligned', at: 3 * MiB + 17 });
+    await refusal(writeRecovery(damaged.plan, dest, damaged.source, { parallel: 2 }), ErrorCode.CHECKSUM_MISMATCH, /base\/1\/aligned in the catalog does not match its manifest \(4194304 bytes, CRC-32C [0-9a-f]{8}; manifest: 4194304 bytes, CRC-32C [0-9a-f]{8}\)/);
+    expect(damaged.direct.get('base/1/aligned')).toBe(true);
+    expect(readdirSync(dest)).toEqual([]);
+    // the failed run gave its aligned memory back: all of it serves the next one
+    const again = backup(dest, Object.fromEntries(Array.from({ length: 4 }, (_, i) => [`base/1/big-${i}`, 3 * MiB])));
+    await writeRecovery(again.plan, dest, again.source, { parallel: 4 });
+    expect([...again.direct].filter(([p, d]) => p.startsWith('base/1/big-') && d === true)).toHaveLength(4);
   });
 });
 
