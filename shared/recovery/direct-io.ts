@@ -22,7 +22,7 @@ const SLABS_PER_FILE = 3;
 const FILES = 4;
 
 /** offsets and lengths are multiples of this (the largest logical block size in use: 4 KiB) */
-export const DIRECT_ALIGN = 4096;
+const DIRECT_ALIGN = 4096;
 
 export const O_DIRECT: number = constants.O_DIRECT ?? 0;
 

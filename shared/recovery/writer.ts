@@ -308,8 +308,8 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
   };
   /**
    * Creates the file for a data file fetchFile writes: a big one (over SMALL_FILE) is opened with
-   * O_DIRECT and given slabs to write it from when its size allows (direct-io.ts); a filesystem that refuses the flag gets the file made
-   * again without it, and no later file tries.
+   * O_DIRECT and given slabs to write it from when its size allows (direct-io.ts); a filesystem
+   * that refuses the flag gets the file made again without it, and no later file tries.
    */
   const createBig = async (file: PlannedFile): Promise<{ fh: fs.FileHandle; path: string; slabs?: Buffer[] }> => {
     const slabs = file.size > SMALL_FILE ? reserveSlabs(file.size) : undefined;
@@ -331,8 +331,8 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
   /**
    * Fetches one data file of the backup into a new file, checked against the manifest as the bytes
    * stream (hashed while the previous chunk's write is in the kernel's hands: no second read).
-   * Each chunk is written before the next is asked for, so a source may reuse its buffers. A file
-   * whose size is a multiple of 4 KiB is written with O_DIRECT, around the page cache (direct-io.ts).
+   * Each chunk is written before the next is asked for, so a source may reuse its buffers. A big file
+   * whose size is a multiple of 4 KiB is written with O_DIRECT, around the page cache (createBig).
    */
   const fetchFile = async (file: RecoveryPlan['files'][number]): Promise<string> => {
     const { fh, path, slabs } = await createBig(file);
