@@ -551,14 +551,22 @@ export async function writeRecovery(plan: RecoveryPlan, destArg: string, source:
       // several at once: one segment's copy (read, decompress, check its checksum, write, fsync)
       // leaves a core idle while it waits for the disk or the thread pool, and a point-in-time
       // recovery may need hundreds of segments; each one's chunks are written in order
+      // set the moment a segment fails, before its handle is closed and the failure reaches
+      // eachAtOnce: no segment starts being read after it
+      let walFailed = false;
       await eachAtOnce(plan.wals, WAL_FILES_AT_ONCE, async (name) => {
+        if (walFailed) return;
         const { fh, path } = await createFile(`${RECOVERY_WAL_DIR}/${name}`);
         try {
+          if (walFailed) return;
           for await (const chunk of source.walFile(name)) {
             walBytes += chunk.length;
             await fh.write(chunk);
           }
           await fh.sync();
+        } catch (err) {
+          walFailed = true;
+          throw err;
         } finally {
           await fh.close();
         }
