@@ -23,6 +23,12 @@ const fresh = (label: string): string => {
 };
 
 const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+/** the CRC-32C a manifest records for `bytes` */
+const crc32c = (bytes: Buffer) => {
+  const c = fileChecksum('CRC32C');
+  c.update(bytes);
+  return c.digest();
+};
 const CONTENT = new Map([
   ['backup_label', 'START WAL LOCATION: 0/2000028\n'],
   ['PG_VERSION', '15\n'],
@@ -370,13 +376,8 @@ describe('writeRecovery, many files at once', () => {
 
   it('checks each file with the algorithm its manifest entry names: CRC-32C entries write, keep identical files on a delta, and refuse a flipped byte', async () => {
     const { content, plan: shaPlan } = many(12);
-    const crcOf = (bytes: Buffer) => {
-      const c = fileChecksum('CRC32C');
-      c.update(bytes);
-      return c.digest();
-    };
     // every other file in CRC-32C, the rest in SHA-256: one manifest may hold both
-    const plan = { ...shaPlan, files: shaPlan.files.map((f, i) => (i % 2 === 0 ? { ...f, checksumAlgorithm: 'CRC32C' as const, checksum: crcOf(content.get(f.path)!) } : f)) };
+    const plan = { ...shaPlan, files: shaPlan.files.map((f, i) => (i % 2 === 0 ? { ...f, checksumAlgorithm: 'CRC32C' as const, checksum: crc32c(content.get(f.path)!) } : f)) };
     const dest = join(fresh('crc'), 'pgdata');
     expect((await writeRecovery(plan, dest, chunked(content), { parallel: 3 })).written).toBe(13);
     for (const [path, bytes] of content) expect(readFileSync(join(dest, path)).equals(bytes), path).toBe(true);
@@ -457,7 +458,7 @@ describe('writeRecovery, big files written around the page cache (O_DIRECT)', ()
     const content = new Map<string, Buffer>(Object.entries(sizes).map(([path, size]) => [path, randomBytes(size)]));
     content.set('base/1/small', randomBytes(8192));
     content.set('global/pg_control', Buffer.from('control'));
-    const files = [...content].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, checksumAlgorithm: 'CRC32C' as const, checksum: crc(bytes) }));
+    const files = [...content].map(([path, bytes]) => ({ path, size: bytes.length, mtime: 0, checksumAlgorithm: 'CRC32C' as const, checksum: crc32c(bytes) }));
     const direct = new Map<string, boolean | undefined>();
     const source: RecoverySource = {
       async *dataFile(path) {
@@ -473,11 +474,6 @@ describe('writeRecovery, big files written around the page cache (O_DIRECT)', ()
       async *walFile() {},
     };
     return { content, plan: planOf({ files, wals: [] }), source, direct };
-  };
-  const crc = (bytes: Buffer) => {
-    const c = fileChecksum('CRC32C');
-    c.update(bytes);
-    return c.digest();
   };
 
   it('writes a big file whose size is a multiple of 4 KiB with O_DIRECT, byte for byte from chunks of any length; any other through the page cache', async () => {
