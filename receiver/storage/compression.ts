@@ -257,6 +257,8 @@ function mapErrors(stream: Transform, map: (err: Error) => Error): Transform {
  */
 abstract class Pipelined extends Transform {
   private readonly inFlight: Promise<Buffer>[] = [];
+  /** resolves the wait of pushOldest once the reader asks for more */
+  private wakeWriter: (() => void) | undefined;
 
   constructor(options: TransformOptions = { highWaterMark: BLOCK_SIZE }) {
     super(options);
@@ -272,9 +274,22 @@ abstract class Pipelined extends Transform {
     while (this.inFlight.length > 0) await this.pushOldest();
   }
 
+  /**
+   * Pushes the oldest result, then waits while the reader has as much as it wants (push() says
+   * so) before more work starts: one input chunk may hold many frames (1 MiB of stored pgbench
+   * data holds ten or more), and pushing them all whatever the reader takes had a recover hold
+   * 50-150 MiB of decompressed frames at once.
+   */
   private async pushOldest(): Promise<void> {
     const out = await this.inFlight.shift()!;
-    if (out.length > 0) this.push(out);
+    if (out.length > 0 && !this.push(out)) await new Promise<void>((resolve) => (this.wakeWriter = resolve));
+  }
+
+  override _read(size: number): void {
+    const wake = this.wakeWriter;
+    this.wakeWriter = undefined;
+    wake?.();
+    super._read(size);
   }
 }
 

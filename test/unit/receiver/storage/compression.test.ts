@@ -80,6 +80,25 @@ describe.each(COMPRESSIONS.filter((c) => c !== 'none').map((c) => ({ c })))('$c'
   });
 });
 
+describe.each((['lz4', 'zstd'] as const).map((c) => ({ c })))('$c frames', ({ c }) => {
+  it('decodes no more than a few frames ahead of a slow reader, even from one stored chunk holding many', async () => {
+    // 24 frames that compress to a few hundred bytes: one piece of stored bytes holds them all
+    const plain = Buffer.alloc(24 * BLOCK_SIZE);
+    for (let f = 0; f < 24; f++) plain.fill(f, f * BLOCK_SIZE, (f + 1) * BLOCK_SIZE);
+    const packed = await through(compressor(c), plain);
+    expect(packed.length).toBeLessThan(BLOCK_SIZE);
+    const stream = decompressor(c, 'test')!;
+    stream.end(packed);
+    const reader: AsyncIterator<Buffer> = stream[Symbol.asyncIterator]();
+    const out = [(await reader.next()).value as Buffer];
+    // time enough to decode all 24 (a few ms), were it to go on whatever the reader takes
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(stream.readableLength).toBeLessThanOrEqual(2); // READ_AHEAD
+    for (let r = await reader.next(); !r.done; r = await reader.next()) out.push(r.value as Buffer);
+    expect(Buffer.concat(out).equals(plain)).toBe(true);
+  });
+});
+
 describe('bundle members: files compressed whole, one after the other in one object', () => {
   const root = mkdtempSync(join(tmpdir(), 'barman-bundle-'));
   afterAll(() => rmSync(root, { recursive: true, force: true }));
