@@ -343,11 +343,19 @@ esac
 MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-33554432}
 MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4194304}
 export MALLOC_TRIM_THRESHOLD_ MALLOC_MMAP_THRESHOLD_
-# and, like the receiver's, their heap grows in transparent huge pages (receiver/launcher.sh says
-# why): 64 pushes took 256 k page faults instead of 333 k and 15.0 s of CPU instead of 16.6 (three
-# interleaved runs each), an agent `restore` of an 807 MB backup 2.91-3.18 s instead of
-# 3.22-3.43. Not the daemon, whose peak memory counts more than its faults. A caller's
-# GLIBC_TUNABLES wins.
-GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
-export GLIBC_TUNABLES
+# and their heap grows in transparent huge pages (glibc.malloc.hugetlb=1: glibc 2.35 and later,
+# ignored before, and where THP is off), a huge page per fault, not a 4 KiB one: 64 pushes took
+# 256 k page faults instead of 333 k and 15.0 s of CPU instead of 16.6 (three interleaved runs
+# each). Not the daemon, whose peak memory counts more than its faults, nor `restore`: a huge page
+# stays resident whole while any block in it lives, and restoring a backup of pgbench -s 200
+# (3 GB) peaked at 177-259 MiB with them, 176-197 without, and took 2.82-3.70 s against
+# 2.81-3.15 (four interleaved runs each; the relation files written with O_DIRECT, so the page
+# faults they once saved are gone). A caller's GLIBC_TUNABLES wins.
+case " $* " in
+  *' restore '*) ;;
+  *)
+    GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
+    export GLIBC_TUNABLES
+    ;;
+esac
 exec node "${bundle%/*}/barman-agent.cjs" "$@"

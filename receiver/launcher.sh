@@ -20,20 +20,13 @@ MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-1}
 MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-33554432}
 MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4194304}
 export MALLOC_ARENA_MAX MALLOC_TRIM_THRESHOLD_ MALLOC_MMAP_THRESHOLD_
-# Every command but `serve` also has malloc ask the kernel for transparent huge pages (2 MiB) for
-# its heap (madvise; glibc 2.35 and later, ignored before, and where THP is off): the heap then
-# grows a huge page per fault, not a 4 KiB one. Over 5 interleaved runs of a `recover` of an 807 MB
-# backup: 27-28 k page faults -> 9 k, user CPU 1.38-1.63 -> 1.13-1.45 s, wall 2.51-2.74 ->
-# 2.36-2.43 s, the same peak RSS. Not `serve`, which lives on: it took a tenth less CPU receiving
-# WAL, but its peak RSS while a daemon drained a backlog went from 102 to 141-142 MiB. A caller's
-# GLIBC_TUNABLES wins (all of it).
-case " $* " in
-  *' serve '*) ;;
-  *)
-    GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
-    export GLIBC_TUNABLES
-    ;;
-esac
+# No transparent huge pages for malloc's heap (glibc.malloc.hugetlb=1), which an earlier version
+# asked for every command but `serve`: a huge page stays resident whole while any block in it
+# lives, and a heap that holds the decompressed MiBs of a whole backup only grows. Recovering a
+# backup of pgbench -s 200 (3 GB), five interleaved runs each: peak RSS 200-309 MiB with them,
+# 198-207 without; wall 2.35-3.24 s against 2.06-2.71 (-s 50: 136-192 MiB against 134-138, 0.89-
+# 1.56 s against 1.20-1.43); verify-backup of it 145-206 MiB against 137-153, as fast. (Measured
+# with the relation files written with O_DIRECT; with buffered writes they had saved page faults.)
 # `recover` and `drill` write a whole backup: every MiB of it decompressed in a buffer of its own,
 # which V8 counts against the heap's limit for a full collection. Starting from the default
 # limit, a few tens of MiB, a recover of an 807 MB backup ran 29-45 mark-compacts; with an

@@ -24,8 +24,9 @@ const root = mkdtempSync(join(tmpdir(), 'barman-launchers-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 const programs = [
-  { program: 'barman-receiver', launcher: resolve(import.meta.dirname, '../../../receiver/launcher.sh'), link: 'barman' },
-  { program: 'barman-agent', launcher: resolve(import.meta.dirname, '../../../agent/launcher.sh'), link: 'barman-agent' },
+  // GLIBC_TUNABLES as each sets it: the agent's short commands grow their heap in huge pages, no receiver command does
+  { program: 'barman-receiver', launcher: resolve(import.meta.dirname, '../../../receiver/launcher.sh'), link: 'barman', pages: 'undefined' },
+  { program: 'barman-agent', launcher: resolve(import.meta.dirname, '../../../agent/launcher.sh'), link: 'barman-agent', pages: 'glibc.malloc.hugetlb=1' },
 ];
 
 /** runs `file` with only PATH and `env` in its environment */
@@ -56,11 +57,11 @@ function spyPrograms(dir: string, names: string[]): { path: string; ran: () => s
   return { path: dir, ran: () => (existsSync(join(dir, 'ran')) ? readFileSync(join(dir, 'ran'), 'utf8').trim().split('\n') : []) };
 }
 
-describe.each(programs)('the $program launcher', ({ program, launcher, link }) => {
-  it('runs the .cjs beside it with one malloc arena that keeps what it frees (32 MiB) and grows in huge pages, the arguments and the exit status unchanged', () => {
+describe.each(programs)('the $program launcher', ({ program, launcher, link, pages }) => {
+  it('runs the .cjs beside it with one malloc arena that keeps what it frees (32 MiB), the arguments and the exit status unchanged', () => {
     const r = run(join(dist(program, launcher, 'plain'), program), ['recover', '-c', '/etc/barman.conf', 'main', 'latest', '/srv/a dir with spaces']);
     expect(r.stderr).toBe('');
-    expect(r.stdout).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 ["recover","-c","/etc/barman.conf","main","latest","/srv/a dir with spaces"]');
+    expect(r.stdout).toBe(`1 33554432 4194304 ${pages} ["recover","-c","/etc/barman.conf","main","latest","/srv/a dir with spaces"]`);
     expect(r.status).toBe(7);
   });
 
@@ -73,7 +74,7 @@ describe.each(programs)('the $program launcher', ({ program, launcher, link }) =
     const dir = dist(program, launcher, 'by-name');
     for (const [file, args] of [['sh', [program]], [`./${program}`, []]] as const) {
       const r = spawnSync(file, [...args, 'check'], { cwd: dir, encoding: 'utf8', env: { PATH: process.env.PATH } });
-      expect(r.stdout, `${file} ${args.join(' ')}`).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 ["check"]');
+      expect(r.stdout, `${file} ${args.join(' ')}`).toBe(`1 33554432 4194304 ${pages} ["check"]`);
       expect(r.status).toBe(7);
     }
   });
@@ -84,13 +85,13 @@ describe.each(programs)('the $program launcher', ({ program, launcher, link }) =
     mkdirSync(bin);
     symlinkSync(join(dir, program), join(bin, link));
     const r = run(join(bin, link), ['list-servers']);
-    expect(r.stdout).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 ["list-servers"]');
+    expect(r.stdout).toBe(`1 33554432 4194304 ${pages} ["list-servers"]`);
     expect(r.status).toBe(7);
   });
 });
 
 describe('the barman-agent launcher', () => {
-  it('runs the daemon, which lives on, with one arena, its larger blocks mapped and given back as freed, small pages, and a V8 heap kept small', () => {
+  it('runs the daemon, which lives on, with one arena, its larger blocks mapped and given back as freed, small pages, and a V8 heap kept small; restore with small pages', () => {
     const dir = dist('barman-agent', programs[1]!.launcher, 'daemon');
     writeFileSync(join(dir, 'barman-agent.cjs'), 'const e = process.env; process.stdout.write(`${e.MALLOC_ARENA_MAX} ${e.MALLOC_TRIM_THRESHOLD_} ${e.MALLOC_MMAP_THRESHOLD_} ${e.GLIBC_TUNABLES} ${JSON.stringify(process.execArgv)} ${JSON.stringify(process.argv.slice(2))}`);\n');
     const agent = join(dir, 'barman-agent');
@@ -98,21 +99,23 @@ describe('the barman-agent launcher', () => {
     expect(run(agent, ['-c', '/etc/barman-agent.conf', 'daemon', '--takeover']).stdout).toBe('1 undefined 131072 undefined ["--max-semi-space-size=2","--optimize-for-size"] ["-c","/etc/barman-agent.conf","daemon","--takeover"]');
     // a caller's threshold wins
     expect(run(agent, ['daemon', '-c', '/etc/barman-agent.conf'], { MALLOC_MMAP_THRESHOLD_: '65536' }).stdout).toBe('1 undefined 65536 undefined ["--max-semi-space-size=2","--optimize-for-size"] ["daemon","-c","/etc/barman-agent.conf"]');
-    // any other command: Node as it comes (its code cache is made for no flags)
-    expect(run(agent, ['-c', '/etc/barman-agent.conf', 'restore', 'latest', '/srv/pgdata']).stdout).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 [] ["-c","/etc/barman-agent.conf","restore","latest","/srv/pgdata"]');
+    // any other command: Node as it comes (its code cache is made for no flags), in huge pages but restore
+    expect(run(agent, ['-c', '/etc/barman-agent.conf', 'restore', 'latest', '/srv/pgdata']).stdout).toBe('1 33554432 4194304 undefined [] ["-c","/etc/barman-agent.conf","restore","latest","/srv/pgdata"]');
+    expect(run(agent, ['-c', '/etc/barman-agent.conf', 'backup']).stdout).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 [] ["-c","/etc/barman-agent.conf","backup"]');
+    // a caller's GLIBC_TUNABLES reaches restore too
+    expect(run(agent, ['restore', 'latest', '/srv/pgdata'], { GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1' }).stdout).toBe('1 33554432 4194304 glibc.malloc.hugetlb=1 [] ["restore","latest","/srv/pgdata"]');
   });
 });
 
 describe('the barman-receiver launcher', () => {
-  it('runs recover and drill, which write a whole backup, with a larger initial old generation; every other command as it comes; serve, which lives on, with small pages', () => {
+  it('runs recover and drill, which write a whole backup, with a larger initial old generation; every other command as it comes; all with small pages', () => {
     const dir = dist('barman-receiver', programs[0]!.launcher, 'old-space');
     writeFileSync(join(dir, 'barman-receiver.cjs'), 'process.stdout.write(`${JSON.stringify(process.execArgv)} ${JSON.stringify(process.argv.slice(2))} ${process.env.GLIBC_TUNABLES}`);\n');
     const receiver = join(dir, 'barman-receiver');
-    expect(run(receiver, ['recover', '-c', '/etc/barman.conf', 'main', 'latest', '/srv/pgdata']).stdout).toBe('["--initial-old-space-size=128"] ["recover","-c","/etc/barman.conf","main","latest","/srv/pgdata"] glibc.malloc.hugetlb=1');
-    expect(run(receiver, ['-c', '/etc/barman.conf', 'drill', 'main']).stdout).toBe('["--initial-old-space-size=128"] ["-c","/etc/barman.conf","drill","main"] glibc.malloc.hugetlb=1');
-    // the service lives on (its code cache and its memory as they were), the others are short
+    expect(run(receiver, ['recover', '-c', '/etc/barman.conf', 'main', 'latest', '/srv/pgdata']).stdout).toBe('["--initial-old-space-size=128"] ["recover","-c","/etc/barman.conf","main","latest","/srv/pgdata"] undefined');
+    expect(run(receiver, ['-c', '/etc/barman.conf', 'drill', 'main']).stdout).toBe('["--initial-old-space-size=128"] ["-c","/etc/barman.conf","drill","main"] undefined');
     expect(run(receiver, ['serve', '-c', '/etc/barman.conf']).stdout).toBe('[] ["serve","-c","/etc/barman.conf"] undefined');
-    expect(run(receiver, ['get-wal', 'main', '000000010000000000000001']).stdout).toBe('[] ["get-wal","main","000000010000000000000001"] glibc.malloc.hugetlb=1');
+    expect(run(receiver, ['get-wal', 'main', '000000010000000000000001']).stdout).toBe('[] ["get-wal","main","000000010000000000000001"] undefined');
   });
 });
 
