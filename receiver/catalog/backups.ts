@@ -23,7 +23,6 @@ import type { ServerCatalog } from './catalog';
 import type { Upload } from './upload';
 import { compressWhole, type ObjectWriter, type Storage } from '../storage/storage';
 import { BLOCK_SIZE, decompressWhole, decompressWireFrame, parseStoredKey, zstdStoredFrames } from '../storage/compression';
-import { nativeFrameDone } from '../../shared/protocol/chunks';
 
 /**
  * Where one file of a backup is stored: `key` (compression suffix included) holds its plain
@@ -679,7 +678,7 @@ class Arrival {
     if (this.wire) {
       if (++this.frames > this.expectedFrames) throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: more compressed frames than its ${this.size} bytes make`, 'Agent and receiver must run compatible versions.');
       try {
-        plain = await decompressWireFrame(chunk, nativeFrameDone);
+        plain = await decompressWireFrame(chunk);
       } catch (err) {
         throw new BarmanError(ErrorCode.PROTOCOL, `${this.rel}: a chunk is not a zstd frame as barman-ts makes them (${(err as Error).message})`, 'Agent and receiver must run compatible versions.');
       }

@@ -22,7 +22,6 @@ import { formatLsn } from '../../shared/wal/lsn';
 import { isValidSegmentSize, parseWalFileName, segmentStartLsn, type WalFileName } from '../../shared/wal/names';
 import type { ObjectWriter } from '../storage/storage';
 import { BLOCK_SIZE, decompressWireFrame } from '../storage/compression';
-import { nativeFrameDone } from '../../shared/protocol/chunks';
 import type { WireCompression } from '../../shared/protocol/frames';
 import type { ServerCatalog, StoredWal } from './catalog';
 import type { StoreResult, Upload } from './upload';
@@ -385,7 +384,7 @@ export class WalUpload implements Upload {
     if (expected <= 0) throw invalidWal(`${name}: more compressed frames than its ${this.size} bytes make`, 'Agent and receiver must run compatible versions; retry the push.');
     let plain: Buffer;
     try {
-      plain = await decompressWireFrame(chunk, nativeFrameDone);
+      plain = await decompressWireFrame(chunk);
     } catch (err) {
       throw invalidWal(`${name}: a chunk is not a zstd frame as barman-ts makes them (${(err as Error).message})`, 'Nothing was stored. Agent and receiver must run compatible versions of barman-ts; PostgreSQL retries the push.');
     }

@@ -182,23 +182,26 @@ export function wireDecompressor(): FrameInflate | undefined {
   };
 }
 
-/** frames compressed between two collections of the young generation (see collectYoung) */
-const FRAMES_PER_COLLECTION = 4;
 let minorGc: (() => void) | null | undefined;
-let framesSinceCollection = 0;
 
 /**
- * Counts one buffer the zstd binding returned (a frame compressed on the agent, a frame
- * decompressed on the receiver), and every FRAMES_PER_COLLECTION of them collects V8's young
- * generation. Each such buffer keeps the MiB the binding allocated for it until the small Buffer
- * is collected, and V8, which counts only the buffer's bytes, sees no reason to collect soon: a
- * backup made the agent grow by tens of MiB. A young-generation collection costs about 0.1 ms.
+ * A counter of the buffers the zstd binding returns (frames compressed on the agent, frames an
+ * agent sent decompressed on the receiver) that collects V8's young generation every `every` of
+ * them. Each such buffer keeps the memory the binding allocated for it until the small Buffer is
+ * collected, and V8, which counts only the buffer's bytes, sees no reason to collect soon: a
+ * backup made the agent grow by tens of MiB. A young-generation collection costs 0.2-0.6 ms.
  */
-export function nativeFrameDone(): void {
-  if (++framesSinceCollection < FRAMES_PER_COLLECTION) return;
-  framesSinceCollection = 0;
-  collectYoung();
+export function frameCollector(every: number): () => void {
+  let since = 0;
+  return () => {
+    if (++since < every) return;
+    since = 0;
+    collectYoung();
+  };
 }
+
+/** the agent's: a collection every 4 frames it compressed */
+export const nativeFrameDone = frameCollector(4);
 
 /** Collects V8's young generation now; where gc cannot be had, nothing happens. */
 function collectYoung(): void {
