@@ -348,7 +348,7 @@ export MALLOC_TRIM_THRESHOLD_ MALLOC_MMAP_THRESHOLD_
 # 256 k page faults instead of 333 k and 15.0 s of CPU instead of 16.6 (three interleaved runs
 # each). Not the daemon, whose peak memory counts more than its faults, nor `restore`: a huge page
 # stays resident whole while any block in it lives, and restoring a backup of pgbench -s 200
-# (3 GB) peaked at 177-259 MiB with them, 176-197 without, and took 2.82-3.70 s against
+# (3 GB) peaked at 173-253 MiB with them, 172-192 without, and took 2.82-3.70 s against
 # 2.81-3.15 (four interleaved runs each; the relation files written with O_DIRECT, so the page
 # faults they once saved are gone). A caller's GLIBC_TUNABLES wins.
 case " $* " in

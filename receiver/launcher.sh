@@ -23,9 +23,9 @@ export MALLOC_ARENA_MAX MALLOC_TRIM_THRESHOLD_ MALLOC_MMAP_THRESHOLD_
 # No transparent huge pages for malloc's heap (glibc.malloc.hugetlb=1), which an earlier version
 # asked for every command but `serve`: a huge page stays resident whole while any block in it
 # lives, and a heap that holds the decompressed MiBs of a whole backup only grows. Recovering a
-# backup of pgbench -s 200 (3 GB), five interleaved runs each: peak RSS 200-309 MiB with them,
-# 198-207 without; wall 2.35-3.24 s against 2.06-2.71 (-s 50: 136-192 MiB against 134-138, 0.89-
-# 1.56 s against 1.20-1.43); verify-backup of it 145-206 MiB against 137-153, as fast. (Measured
+# backup of pgbench -s 200 (3 GB), five interleaved runs each: peak RSS 196-302 MiB with them,
+# 193-202 without; wall 2.35-3.24 s against 2.06-2.71 (-s 50: 133-187 MiB against 131-135, 0.89-
+# 1.56 s against 1.20-1.43); verify-backup of it 142-201 MiB against 134-149, as fast. (Measured
 # with the relation files written with O_DIRECT; with buffered writes they had saved page faults.)
 # `recover` and `drill` write a whole backup: every MiB of it decompressed in a buffer of its own,
 # which V8 counts against the heap's limit for a full collection. Starting from the default

@@ -287,7 +287,7 @@ abstract class Pipelined extends Transform {
    * Pushes the oldest result, then waits while the reader has as much as it wants (push() says
    * so) before more work starts: one input chunk may hold many frames (1 MiB of stored pgbench
    * data holds ten or more), and pushing them all whatever the reader takes had a recover hold
-   * 50-150 MiB of decompressed frames at once.
+   * 50-160 MiB of decompressed frames at once.
    */
   private async pushOldest(): Promise<void> {
     const out = await this.inFlight.shift()!;
