@@ -17,6 +17,7 @@
 import { chownSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import { livePrefetcher, PREFETCH_DIR } from '../agent/wal/prefetch';
 import { type BenchContext, type Cleanup, fmtMs, fmtRatio, markdownTable, now, postgresAgentConfig, postgresDir, runOk, type SectionResult, serverVersionsUsed, sleep, startReceiver, stats } from './lib';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -69,6 +70,22 @@ class Cluster {
     this.running = false;
     await runOk(join(this.pgBin, 'pg_ctl'), ['-D', this.pgdata, '-m', mode, '-w', '-t', '600', 'stop'], { asPostgres: true, cwd: this.dir });
   }
+}
+
+/**
+ * Waits for the prefetcher of the agent in `agentDir` to exit (it does once PostgreSQL has asked
+ * for nothing new for a few seconds): until then it may still write into its spool, and removing
+ * the folder under it failed with ENOTEMPTY. One still there after a minute is killed.
+ */
+async function prefetcherDone(agentDir: string): Promise<void> {
+  const dir = join(agentDir, 'spool', PREFETCH_DIR);
+  for (const deadline = now() + 60_000; now() < deadline; await sleep(100)) {
+    if ((await livePrefetcher(dir)) === undefined) return;
+  }
+  const pid = await livePrefetcher(dir);
+  if (pid === undefined) return;
+  process.kill(pid, 'SIGKILL');
+  while (await livePrefetcher(dir)) await sleep(20);
 }
 
 export async function replicasSection(ctx: BenchContext): Promise<SectionResult> {
@@ -152,7 +169,8 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       const rows = await copy.psql('select count(*) from bench_rows');
       if (rows !== expectedRows) throw new Error(`${v.key}: the replayed copy has ${rows} rows, the source had ${expectedRows}`);
       await copy.stop('fast');
-      rmSync(dir, { recursive: true, force: true, maxRetries: 50, retryDelay: 100 });
+      await prefetcherDone(agentDir);
+      rmSync(dir, { recursive: true, force: true });
 
       // the restore_command alone, as PostgreSQL runs it: one fresh process per segment, in order, in the data directory
       const loopDir = postgresDir(join(work, `loop-${round}-${v.key}`));
@@ -166,8 +184,8 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       }
       loopMs.get(v.key)!.push((now() - loopStarted) / segmentsOnly.length);
       rmSync(pgwal, { recursive: true, force: true });
-      // the last get-wal's fetch-ahead may still be writing into its spool: retried until it is done
-      rmSync(loopDir, { recursive: true, force: true, maxRetries: 50, retryDelay: 100 });
+      await prefetcherDone(join(loopDir, 'agent'));
+      rmSync(loopDir, { recursive: true, force: true });
     }
   }
   await receiver.stop();

@@ -208,7 +208,8 @@ export class PrefetchControl {
   }
 }
 
-async function livePrefetcher(dir: string): Promise<number | undefined> {
+/** The pid of the prefetcher working in spool folder `dir` (its lock fresh, the process alive), or undefined. */
+export async function livePrefetcher(dir: string): Promise<number | undefined> {
   const lock = join(dir, LOCK);
   const [text, st] = await Promise.all([fs.readFile(lock, 'utf8').catch(() => ''), fs.stat(lock).catch(() => undefined)]);
   const pid = Number(text.trim());
