@@ -75,15 +75,17 @@ class Cluster {
 /**
  * Waits for the prefetcher of the agent in `agentDir` to exit (it does once PostgreSQL has asked
  * for nothing new for a few seconds): until then it may still write into its spool, and removing
- * the folder under it failed with ENOTEMPTY. One still there after a minute is killed.
+ * the folder under it failed with ENOTEMPTY. One still there after a minute is killed, and the
+ * bench says so: it should have exited within seconds.
  */
-async function prefetcherDone(agentDir: string): Promise<void> {
+async function prefetcherDone(agentDir: string, log: (line: string) => void): Promise<void> {
   const dir = join(agentDir, 'spool', PREFETCH_DIR);
   for (const deadline = now() + 60_000; now() < deadline; await sleep(100)) {
     if ((await livePrefetcher(dir)) === undefined) return;
   }
   const pid = await livePrefetcher(dir);
   if (pid === undefined) return;
+  log(`replicas: the prefetcher in ${dir} (pid ${pid}) still ran a minute after its last get-wal; killed`);
   process.kill(pid, 'SIGKILL');
   while (await livePrefetcher(dir)) await sleep(20);
 }
@@ -169,7 +171,7 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       const rows = await copy.psql('select count(*) from bench_rows');
       if (rows !== expectedRows) throw new Error(`${v.key}: the replayed copy has ${rows} rows, the source had ${expectedRows}`);
       await copy.stop('fast');
-      await prefetcherDone(agentDir);
+      await prefetcherDone(agentDir, ctx.log);
       rmSync(dir, { recursive: true, force: true });
 
       // the restore_command alone, as PostgreSQL runs it: one fresh process per segment, in order, in the data directory
@@ -184,7 +186,7 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       }
       loopMs.get(v.key)!.push((now() - loopStarted) / segmentsOnly.length);
       rmSync(pgwal, { recursive: true, force: true });
-      await prefetcherDone(join(loopDir, 'agent'));
+      await prefetcherDone(join(loopDir, 'agent'), ctx.log);
       rmSync(loopDir, { recursive: true, force: true });
     }
   }
