@@ -18,6 +18,7 @@ import { chownSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, st
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { livePrefetcher, PREFETCH_DIR } from '../agent/wal/prefetch';
+import { waitFor } from '../test/harness/wait';
 import { type BenchContext, type Cleanup, fmtMs, fmtRatio, markdownTable, now, postgresAgentConfig, postgresDir, runOk, type SectionResult, serverVersionsUsed, sleep, startReceiver, stats } from './lib';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -73,21 +74,22 @@ class Cluster {
 }
 
 /**
- * Waits for the prefetcher of the agent in `agentDir` to exit (it does once PostgreSQL has asked
- * for nothing new for a few seconds): until then it may still write into its spool, and removing
- * the folder under it failed with ENOTEMPTY. One still there after a minute is killed, and the
- * bench says so: it should have exited within seconds.
+ * Removes a run's folder `dir` once the prefetcher of its agent (`dir`/agent) has exited, which it
+ * does once PostgreSQL has asked for nothing new for a few seconds: until then it may still write
+ * into its spool, and removing the folder under it failed with ENOTEMPTY. One still there after a
+ * minute is killed, and the bench says so: it should have exited within seconds.
  */
-async function prefetcherDone(agentDir: string, log: (line: string) => void): Promise<void> {
-  const dir = join(agentDir, 'spool', PREFETCH_DIR);
-  for (const deadline = now() + 60_000; now() < deadline; await sleep(100)) {
-    if ((await livePrefetcher(dir)) === undefined) return;
+async function removeRun(dir: string, log: (line: string) => void): Promise<void> {
+  const spool = join(dir, 'agent', 'spool', PREFETCH_DIR);
+  const gone = async () => (await livePrefetcher(spool)) === undefined;
+  const exited = await waitFor('the prefetcher to exit', gone).then(() => true, () => false);
+  const pid = exited ? undefined : await livePrefetcher(spool);
+  if (pid !== undefined) {
+    log(`replicas: the prefetcher in ${spool} (pid ${pid}) still ran a minute after its last get-wal; killed`);
+    process.kill(pid, 'SIGKILL');
+    await waitFor(`the killed prefetcher (pid ${pid}) to exit`, gone, { intervalMs: 20 });
   }
-  const pid = await livePrefetcher(dir);
-  if (pid === undefined) return;
-  log(`replicas: the prefetcher in ${dir} (pid ${pid}) still ran a minute after its last get-wal; killed`);
-  process.kill(pid, 'SIGKILL');
-  while (await livePrefetcher(dir)) await sleep(20);
+  rmSync(dir, { recursive: true, force: true });
 }
 
 export async function replicasSection(ctx: BenchContext): Promise<SectionResult> {
@@ -173,8 +175,7 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       const rows = await copy.psql('select count(*) from bench_rows');
       if (rows !== expectedRows) throw new Error(`${v.key}: the replayed copy has ${rows} rows, the source had ${expectedRows}`);
       await copy.stop('fast');
-      await prefetcherDone(agentDir, ctx.log);
-      rmSync(dir, { recursive: true, force: true });
+      await removeRun(dir, ctx.log);
 
       // the restore_command alone, as PostgreSQL runs it: one fresh process per segment, in order, in the data directory
       const loopDir = postgresDir(join(work, `loop-${round}-${v.key}`));
@@ -188,8 +189,7 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       }
       loopMs.get(v.key)!.push((now() - loopStarted) / segmentsOnly.length);
       rmSync(pgwal, { recursive: true, force: true });
-      await prefetcherDone(join(loopDir, 'agent'), ctx.log);
-      rmSync(loopDir, { recursive: true, force: true });
+      await removeRun(loopDir, ctx.log);
     }
   }
   await receiver.stop();
