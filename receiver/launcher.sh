@@ -32,9 +32,19 @@ export MALLOC_ARENA_MAX MALLOC_TRIM_THRESHOLD_ MALLOC_MMAP_THRESHOLD_
 # limit, a few tens of MiB, a recover of an 807 MB backup ran 29-45 mark-compacts; with an
 # initial old generation of 128 MiB, one, and a quarter less user CPU (median 2.06 -> 1.57 s over
 # 5 interleaved runs), for 2-11 MiB more at its peak (the young generation's collections free the
-# buffers). V8 does not
-# take the code cache under another flag: these two compile the bundle from source (about 50 ms).
+# buffers).
+# `serve` checks every MiB an agent sends the same way (a backup's frames and WAL's, each
+# decompressed in a buffer of its own), and with the default limit (17-18 MiB, 9 of them live) a
+# backup of pgbench -s 200 (3 GB) ran 61-156 mark-compacts, one every 20-50 MiB received, each
+# started by the allocation limit with under 1.5 MiB allocated on V8's heap since the last: a
+# quarter of the service's CPU (perf). With an initial old generation of 32 MiB, backups of -s 50
+# and -s 200 took 1.6-1.9 and 4.9-5.0 s of the service's CPU against 2.2-2.6 and 5.9-7.8, and
+# 2.8-3.1 and 6.6-6.7 s against 3.1-4.0 and 7.4-9.2 (two runs of two backups each); its peak RSS
+# 108-126 MiB against 102-122 (64 MiB: as fast, and 119-143 MiB). Draining a WAL backlog is as
+# fast either way. V8 does not take the code cache under another flag: these three compile the
+# bundle from source (about 50 ms).
 case " $* " in
   *' recover '*|*' drill '*) exec node --initial-old-space-size=128 "${bundle%/*}/barman-receiver.cjs" "$@" ;;
+  *' serve '*) exec node --initial-old-space-size=32 "${bundle%/*}/barman-receiver.cjs" "$@" ;;
 esac
 exec node "${bundle%/*}/barman-receiver.cjs" "$@"

@@ -108,13 +108,14 @@ describe('the barman-agent launcher', () => {
 });
 
 describe('the barman-receiver launcher', () => {
-  it('runs recover and drill, which write a whole backup, with a larger initial old generation; every other command as it comes; all with small pages', () => {
+  it('runs recover and drill, which write a whole backup, and serve, which checks every MiB sent, with a larger initial old generation; every other command as it comes; all with small pages', () => {
     const dir = dist('barman-receiver', programs[0]!.launcher, 'old-space');
     writeFileSync(join(dir, 'barman-receiver.cjs'), 'process.stdout.write(`${JSON.stringify(process.execArgv)} ${JSON.stringify(process.argv.slice(2))} ${process.env.GLIBC_TUNABLES}`);\n');
     const receiver = join(dir, 'barman-receiver');
     expect(run(receiver, ['recover', '-c', '/etc/barman.conf', 'main', 'latest', '/srv/pgdata']).stdout).toBe('["--initial-old-space-size=128"] ["recover","-c","/etc/barman.conf","main","latest","/srv/pgdata"] undefined');
     expect(run(receiver, ['-c', '/etc/barman.conf', 'drill', 'main']).stdout).toBe('["--initial-old-space-size=128"] ["-c","/etc/barman.conf","drill","main"] undefined');
-    expect(run(receiver, ['serve', '-c', '/etc/barman.conf']).stdout).toBe('[] ["serve","-c","/etc/barman.conf"] undefined');
+    expect(run(receiver, ['serve', '-c', '/etc/barman.conf']).stdout).toBe('["--initial-old-space-size=32"] ["serve","-c","/etc/barman.conf"] undefined');
+    expect(run(receiver, ['-c', '/etc/barman.conf', 'serve']).stdout).toBe('["--initial-old-space-size=32"] ["-c","/etc/barman.conf","serve"] undefined');
     expect(run(receiver, ['get-wal', 'main', '000000010000000000000001']).stdout).toBe('[] ["get-wal","main","000000010000000000000001"] undefined');
   });
 });
