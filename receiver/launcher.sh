@@ -42,9 +42,10 @@ export MALLOC_ARENA_MAX MALLOC_TRIM_THRESHOLD_ MALLOC_MMAP_THRESHOLD_
 # 2.8-3.1 and 6.6-6.7 s against 3.1-4.0 and 7.4-9.2 (two runs of two backups each); its peak RSS
 # 108-126 MiB against 102-122 (64 MiB: as fast, and 119-143 MiB). Draining a WAL backlog is as
 # fast either way. V8 does not take the code cache under another flag: these three compile the
-# bundle from source (about 50 ms).
+# bundle from source (about 50 ms); every other command runs Node as it comes.
+old_space=''
 case " $* " in
-  *' recover '*|*' drill '*) exec node --initial-old-space-size=128 "${bundle%/*}/barman-receiver.cjs" "$@" ;;
-  *' serve '*) exec node --initial-old-space-size=32 "${bundle%/*}/barman-receiver.cjs" "$@" ;;
+  *' recover '*|*' drill '*) old_space=128 ;;
+  *' serve '*) old_space=32 ;;
 esac
-exec node "${bundle%/*}/barman-receiver.cjs" "$@"
+exec node ${old_space:+"--initial-old-space-size=$old_space"} "${bundle%/*}/barman-receiver.cjs" "$@"
