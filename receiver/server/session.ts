@@ -77,7 +77,7 @@ export class Session implements Peer {
   /** backup files being sent, side by side (get-backup-file) */
   private readonly backupFileSends = new Set<Promise<void>>();
   /** the backup a restore on this connection reads, with its contents (sendBackupFile) */
-  private restoreContents: { backupId: string; server: ServerContext; value: RestoreContents } | undefined;
+  private restoreContents: { backupId: string; server: ServerContext; value: Promise<RestoreContents> } | undefined;
 
   constructor(private readonly conn: FrameConnection, private readonly lookup: (name: string) => ServerContext | undefined, baseLog: Logger, readonly remote: string, private readonly options: SessionOptions = { idleMs: 30_000 }) {
     this.log = baseLog.child({ session: this.id, remote });
@@ -608,21 +608,18 @@ export class Session implements Peer {
   /**
    * A DONE backup's contents, read once per restore session: a restore asks for each of its
    * files in turn, and a DONE backup's contents never change (a removed backup's files are gone,
-   * and reading them fails).
+   * and reading them fails). The read itself is shared: the first requests of a restore arrive
+   * together, and each waits for the one read. A read that fails is not kept; the next request tries again.
    */
-  private async doneBackupContents(backupId: string, server: ServerContext): Promise<RestoreContents> {
+  private doneBackupContents(backupId: string, server: ServerContext): Promise<RestoreContents> {
     const cached = this.restoreContents;
     if (cached && cached.backupId === backupId && cached.server === server) return cached.value;
-    const info = await server.backups.resolve(backupId);
-    if (info.status !== 'DONE') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${backupId} is ${info.status}, not DONE`, 'Restore from a DONE backup (list-backups).');
-    // each file's checksum as the manifest records it (a file without one is hashed as it is sent)
-    const recorded = new Map<string, FileChecksumValue>();
-    const manifest = await server.backups.manifest(info.backupId);
-    if (manifest) for (const f of parseManifest(manifest).files) if (f.checksumAlgorithm) recorded.set(f.path, { algorithm: f.checksumAlgorithm, checksum: f.checksum });
-    const contents = await server.backups.contents(info.backupId);
-    const value = { backupId: info.backupId, contents, recorded, bundles: server.backups.bundleReader(contents) };
-    this.restoreContents = { backupId, server, value };
-    return value;
+    const entry = { backupId, server, value: readDoneBackupContents(backupId, server) };
+    this.restoreContents = entry;
+    entry.value.catch(() => {
+      if (this.restoreContents === entry) this.restoreContents = undefined;
+    });
+    return entry.value;
   }
 
   private async sendRestorePlan(id: number, backup: string, options: RecoveryOptions, server: ServerContext): Promise<void> {
@@ -664,6 +661,18 @@ async function plainOfFrame(frame: Buffer, name: string): Promise<Buffer> {
   });
   if (plain.length > CHUNK_SIZE) throw refuse(`holds ${plain.length} bytes, more than ${CHUNK_SIZE}`);
   return plain;
+}
+
+/** A DONE backup's contents as a restore reads them: where its files are, and each file's checksum as its manifest records it. */
+async function readDoneBackupContents(backupId: string, server: ServerContext): Promise<RestoreContents> {
+  const info = await server.backups.resolve(backupId);
+  if (info.status !== 'DONE') throw new BarmanError(ErrorCode.BACKUP_FAILED, `backup ${backupId} is ${info.status}, not DONE`, 'Restore from a DONE backup (list-backups).');
+  // each file's checksum as the manifest records it (a file without one is hashed as it is sent)
+  const recorded = new Map<string, FileChecksumValue>();
+  const manifest = await server.backups.manifest(info.backupId);
+  if (manifest) for (const f of parseManifest(manifest).files) if (f.checksumAlgorithm) recorded.set(f.path, { algorithm: f.checksumAlgorithm, checksum: f.checksum });
+  const contents = await server.backups.contents(info.backupId);
+  return { backupId: info.backupId, contents, recorded, bundles: server.backups.bundleReader(contents) };
 }
 
 /** What a restore reads of one DONE backup: where its files are, and the checksum recorded for each. */
