@@ -19,7 +19,7 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { livePrefetcher, PREFETCH_DIR } from '../agent/wal/prefetch';
 import { waitFor } from '../test/harness/wait';
-import { type BenchContext, type Cleanup, fmtMs, fmtRatio, markdownTable, now, postgresAgentConfig, postgresDir, runOk, type SectionResult, serverVersionsUsed, sleep, startReceiver, stats } from './lib';
+import { type BenchContext, type Cleanup, fmtMs, fmtRatio, markdownTable, now, postgresAgentConfig, postgresDir, procCpuSeconds, runOk, type SectionResult, serverVersionsUsed, sleep, startReceiver, stats } from './lib';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const SEGMENTS = env('BENCH_REPLAY_SEGMENTS', 128);
@@ -103,8 +103,8 @@ export async function replicasSection(ctx: BenchContext): Promise<SectionResult>
 async function replayBench(ctx: BenchContext): Promise<string> {
   const work = join(ctx.workDir, 'replay');
   mkdirSync(work);
-  // the receiver's default compression (zstd), as a DBA runs it: every segment get-wal serves is
-  // decompressed and checked against its checksum on its way out
+  // the receiver's default compression (zstd), as a DBA runs it: every segment get-wal serves goes
+  // as its stored frames, and the agent decompresses it and checks it against the recorded checksum
   const receiver = await startReceiver(join(work, 'receiver'), ctx.repoRoot, ctx.cleanup, 'main');
   const localArchive = postgresDir(join(work, 'archive'));
   const launcher = join(ctx.repoRoot, 'dist', 'barman-agent');
@@ -154,6 +154,8 @@ async function replayBench(ctx: BenchContext): Promise<string> {
     { key: 'cp', what: '`cp <local copy>/%f %p`', command: () => `cp ${localArchive}/%f %p`, prefetch: 0 },
   ];
   const replayMs = new Map<string, number[]>(variants.map((v) => [v.key, []]));
+  /** the receiver's CPU per replayed segment, ms */
+  const receiverCpuMs = new Map<string, number[]>(variants.map((v) => [v.key, []]));
   const loopMs = new Map<string, number[]>(variants.map((v) => [v.key, []]));
   for (let round = 0; round < REPLAY_ROUNDS; round++) {
     for (const v of variants) {
@@ -168,10 +170,12 @@ async function replayBench(ctx: BenchContext): Promise<string> {
       writeFileSync(auto, `${readFileSync(auto, 'utf8')}restore_command = '${v.command(conf)}'\narchive_mode = 'off'\n`);
       ctx.cleanup.add(`stop ${copy.pgdata}`, () => copy.stop('immediate'));
       await runOk('sync', []);
+      const receiverCpu = procCpuSeconds(receiver.pid);
       const started = now();
       await copy.start();
       while ((await copy.psql('select pg_is_in_recovery()')) !== 'f') await sleep(20);
       replayMs.get(v.key)!.push(now() - started);
+      receiverCpuMs.get(v.key)!.push(((procCpuSeconds(receiver.pid) - receiverCpu) * 1000) / replayed);
       const rows = await copy.psql('select count(*) from bench_rows');
       if (rows !== expectedRows) throw new Error(`${v.key}: the replayed copy has ${rows} rows, the source had ${expectedRows}`);
       await copy.stop('fast');
@@ -199,17 +203,17 @@ async function replayBench(ctx: BenchContext): Promise<string> {
   const cp = replay('cp');
   const row = (v: (typeof variants)[number]) => {
     const r = replay(v.key);
-    return [v.what, String(r.n), fmtMs(r.median), (replayed / (r.median / 1000)).toFixed(1), fmtRatio(r.median / cp.median), fmtMs(loop(v.key).median)];
+    return [v.what, String(r.n), fmtMs(r.median), (replayed / (r.median / 1000)).toFixed(1), fmtRatio(r.median / cp.median), fmtMs(loop(v.key).median), v.key === 'cp' ? '–' : stats(receiverCpuMs.get(v.key)!).median.toFixed(1)];
   };
   return [
     `### WAL replay: ${replayed} segments of ${SEGSIZE_MB} MB`,
     '',
     `A data directory restored from a backup replays ${replayed} archived segments (${files.length} WAL files with the backup's own) in archive recovery and promotes;`,
-    'timed from `pg_ctl start` until `pg_is_in_recovery()` is false (PostgreSQL\'s own redo is in every figure). The receiver runs on this host with its default compression, zstd (it decompresses each segment it serves and checks it against its checksum);',
+    'timed from `pg_ctl start` until `pg_is_in_recovery()` is false (PostgreSQL\'s own redo is in every figure). The receiver runs on this host with its default compression, zstd (each segment goes as its stored frames; the agent decompresses it and checks it against the checksum the catalog recorded);',
     `the rows of the replayed copy are checked against the source each time. Medians of ${REPLAY_ROUNDS} rounds, the three interleaved in each round.`,
-    'The last column is the restore_command alone, run in a loop one segment after the other as PostgreSQL runs it (a fresh process each, no replay).',
+    'Then the restore_command alone, run in a loop one segment after the other as PostgreSQL runs it (a fresh process each, no replay), and the CPU the receiver service spent per segment during the replay (from /proc).',
     '',
-    markdownTable(['restore_command', 'rounds', 'replay ms (median)', 'segments/s', 'vs cp', 'restore_command alone, ms per segment'], variants.map(row)),
+    markdownTable(['restore_command', 'rounds', 'replay ms (median)', 'segments/s', 'vs cp', 'restore_command alone, ms per segment', 'receiver CPU ms per segment (replay)'], variants.map(row)),
     '',
     `Goal: fetch-ahead within 1.5× of \`cp\` (replay). Measured: ${fmtRatio(replay('prefetch').median / cp.median)} (replay), ${fmtRatio(loop('prefetch').median / loop('cp').median)} (restore_command alone).`,
   ].join('\n');

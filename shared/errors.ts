@@ -94,3 +94,8 @@ export function asBarmanError(err: unknown, fallbackHint = 'Run again with log_l
   const message = e instanceof Error ? e.message : String(err);
   return new BarmanError(ErrorCode.INTERNAL, message, fallbackHint, { cause: err });
 }
+
+/** What to do about WAL file `name` of `server` whose catalog copy no longer matches the checksum recorded when it was stored. */
+export function damagedWalHint(name: string, server: string): string {
+  return `Do not replay past it. If a PostgreSQL host still has ${name} in pg_wal, push it again (barman-agent push <pg_wal>/${name}): an identical copy replaces the damaged one. Otherwise recover to a point before it, and check the backup host's disk (barman-receiver check ${server} --verify-wal).`;
+}

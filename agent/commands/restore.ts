@@ -48,7 +48,7 @@ export async function restore(config: AgentConfig, backup: string, pgdataArg: st
       hashes: true,
       // every chunk arrives in a buffer of its own (one WebSocket message each), never reused
       freshChunks: true,
-      walFile: (name) => conn.fetch((id) => ({ type: 'get', id, name })),
+      walFile: (name) => conn.fetchWal(name),
     }, { progress, ...write, parallel: RESTORE_PARALLEL });
     return { ...plan, summary };
   } finally {

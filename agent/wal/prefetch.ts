@@ -142,7 +142,7 @@ export class WalPrefetch {
     // the checksum of what arrived, checked against the receiver's by fetch()
     let sha256 = '';
     try {
-      for await (const chunk of conn.fetch((id) => ({ type: 'get', id, name }), (sha) => (sha256 = sha))) await fh.write(chunk);
+      for await (const chunk of conn.fetchWal(name, (sha) => (sha256 = sha))) await fh.write(chunk);
       if (!sha256) throw new Error(`${name}: the download ended without its checksum`);
     } catch (err) {
       await fh.close();

@@ -12,7 +12,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Compression } from '../../shared/config/receiver';
-import { BarmanError, ErrorCode } from '../../shared/errors';
+import { BarmanError, damagedWalHint, ErrorCode } from '../../shared/errors';
 import { newHash } from '../../shared/checksum';
 import { Turns } from '../../shared/turns';
 import { validateBackupHistory } from '../../shared/wal/backup-history';
@@ -21,7 +21,7 @@ import { validateHistory } from '../../shared/wal/history';
 import { formatLsn } from '../../shared/wal/lsn';
 import { isValidSegmentSize, parseWalFileName, segmentStartLsn, type WalFileName } from '../../shared/wal/names';
 import type { ObjectWriter } from '../storage/storage';
-import { BLOCK_SIZE, decompressWireFrame } from '../storage/compression';
+import { BLOCK_SIZE, decompressWireFrame, zstdStoredFrames } from '../storage/compression';
 import type { WireCompression } from '../../shared/protocol/frames';
 import type { ServerCatalog, StoredWal } from './catalog';
 import type { StoreResult, Upload } from './upload';
@@ -44,7 +44,7 @@ export function damagedWal(catalog: ServerCatalog, stored: StoredWal, damage: Da
   return new BarmanError(
     ErrorCode.CHECKSUM_MISMATCH,
     `${stored.name} in the catalog of ${catalog.server} is damaged: ${what}; refusing to hand it out`,
-    `Do not replay past it. If a PostgreSQL host still has ${stored.name} in pg_wal, push it again (barman-agent push <pg_wal>/${stored.name}): an identical copy replaces the damaged one. Otherwise recover to a point before it, and check the backup host's disk (barman-receiver check ${catalog.server} --verify-wal).`,
+    damagedWalHint(stored.name, catalog.server),
   );
 }
 
@@ -112,6 +112,21 @@ export async function* readStoredWal(catalog: ServerCatalog, stored: StoredWal):
     if (actual !== stored.sha256) throw damagedWal(catalog, stored, { sha256: actual });
   }
   if (held) yield held;
+}
+
+/**
+ * A stored zstd WAL file's frames as they are stored, unchecked: for a reader that decompresses
+ * them itself and checks the plain bytes against `stored.sha256` (an agent's get). A file that no
+ * longer splits into frames ends in the CHECKSUM_MISMATCH readStoredWal would throw.
+ */
+export async function* readStoredWalFrames(catalog: ServerCatalog, stored: StoredWal): AsyncGenerator<Buffer> {
+  try {
+    yield* zstdStoredFrames(await catalog.storage.readStoredStream(stored.key), `${stored.key} in ${catalog.storage.location}`);
+  } catch (err) {
+    if (isDecodeError(err)) throw damagedWal(catalog, stored, { unreadable: err.message });
+    if (isGone(err)) throw vanished(catalog, stored, err);
+    throw err;
+  }
 }
 
 /** Reads a whole small stored WAL file (.history), checked like readStoredWal. */

@@ -11,7 +11,7 @@ import { CloseCode, errorFrame, errorFromFrame, type FrameConnection } from '../
 import { CHUNK_SIZE, type Frame, type HelloFrame, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION, type Role } from '../../shared/protocol/frames';
 import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
-import { readStoredWal, WalUpload } from '../catalog/wal-archive';
+import { damagedWal, readStoredWal, readStoredWalFrames, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
 import { type BackupContents, type BundleReader, readableBackupPath } from '../catalog/backups';
 import { crc32cWireHex, type FileChecksumValue, parseManifest } from '../../shared/backup/manifest';
@@ -251,7 +251,7 @@ export class Session implements Peer {
         return;
       }
       case 'get':
-        return this.answer(frame.id, () => this.sendWal(frame.id, frame.name, server));
+        return this.answer(frame.id, () => this.sendWal(frame.id, frame.name, server, frame.accept === 'zstd'));
       case 'backup-begin':
         return this.answer(frame.id, async () => {
           this.allow(['daemon', 'backup'], 'take backups');
@@ -550,7 +550,7 @@ export class Session implements Peer {
     }
   }
 
-  private async sendWal(id: number, name: string, server: ServerContext): Promise<void> {
+  private async sendWal(id: number, name: string, server: ServerContext, acceptsZstd = false): Promise<void> {
     const stored = await server.catalog.findWal(name);
     if (!stored && this.role === 'restore' && (await server.stream.partialFor(name))) {
       // a restore's newest segment may exist only as streamed WAL (padded to a whole segment)
@@ -562,6 +562,13 @@ export class Session implements Peer {
     }
     if (stored.sha256 === undefined) this.log.warn({ wal: name }, 'sending a WAL file stored without a checksum (by an older version): it cannot be verified; barman-receiver cron records one');
     const size = stored.compression === 'none' ? stored.size : await server.catalog.segmentSize();
+    if (acceptsZstd && stored.compression === 'zstd' && stored.sha256 !== undefined) {
+      // the stored frames as they are: the agent decompresses them and checks the plain bytes
+      // against the recorded SHA-256 the end frame carries, as it does a backup file's (one check,
+      // end to end, of what left the catalog; here neither a decompression nor a hash)
+      const refuse: RefuseStored = (why) => damagedWal(server.catalog, stored, { unreadable: `a stored zstd frame ${why}` });
+      return this.sendFrames(id, name, size, readStoredWalFrames(server.catalog, stored), { algorithm: 'SHA256', checksum: stored.sha256 }, refuse);
+    }
     // checked as it is read: a damaged file ends in an error frame, never in the `end` that would make it whole;
     // the end frame carries the recorded checksum, so the bytes are hashed once here (and once by the agent)
     await this.sendStream(id, name, size, readStoredWal(server.catalog, stored), stored.sha256 === undefined ? undefined : { algorithm: 'SHA256', checksum: stored.sha256 });
@@ -587,7 +594,7 @@ export class Session implements Peer {
     // the agent decompresses and checks the plain bytes against the recorded checksum: the stored
     // frames go as they are (a file without a recorded checksum is hashed here, so it goes plain)
     const frames = acceptsZstd && checksum ? await server.backups.readFileFrames(done, contents, rel, bundles) : undefined;
-    if (frames && checksum) return this.sendFrames(id, path, contents.files[rel]!.size, frames, checksum);
+    if (frames && checksum) return this.sendFrames(id, path, contents.files[rel]!.size, frames, checksum, refuseBackupFrame(path));
     const source = await server.backups.readFile(done, contents, rel, bundles);
     await this.sendStream(id, path, contents.files[rel]!.size, source, recorded.get(rel));
   }
@@ -597,10 +604,10 @@ export class Session implements Peer {
    * chunk each; a frame longer than a chunk (an incompressible block, stored raw) goes as its plain
    * bytes, flagged so. The end carries the recorded checksum of the plain bytes, which the agent checks.
    */
-  private async sendFrames(id: number, name: string, size: number, frames: AsyncIterable<Buffer>, recorded: FileChecksumValue): Promise<void> {
+  private async sendFrames(id: number, name: string, size: number, frames: AsyncIterable<Buffer>, recorded: FileChecksumValue, refuse: RefuseStored): Promise<void> {
     await this.conn.send({ type: 'file', id, name, size, encoding: 'zstd', ...announced(recorded) });
     for await (const frame of frames) {
-      await this.conn.send({ type: 'chunk', id, ...(await storedFrameChunk(frame, name)) });
+      await this.conn.send({ type: 'chunk', id, ...(await storedFrameChunk(frame, refuse)) });
     }
     await this.conn.send({ type: 'end', id, ...endChecksum(recorded) });
   }
@@ -644,13 +651,20 @@ function endChecksum(checksum: FileChecksumValue): { crc32c: string } | { sha256
  * What a chunk of a file sent as frames carries for one stored frame: the frame, or, when it is
  * longer than a chunk (an incompressible block), its plain bytes, flagged so.
  */
-export async function storedFrameChunk(frame: Buffer, name: string): Promise<{ data: Buffer; plain?: true }> {
-  return frame.length <= CHUNK_SIZE ? { data: frame } : { data: await plainOfFrame(frame, name), plain: true };
+export async function storedFrameChunk(frame: Buffer, refuse: RefuseStored): Promise<{ data: Buffer; plain?: true }> {
+  return frame.length <= CHUNK_SIZE ? { data: frame } : { data: await plainOfFrame(frame, refuse), plain: true };
+}
+
+/** The error for a stored frame that is not what the catalog writes: `why` says what it is instead. */
+export type RefuseStored = (why: string) => BarmanError;
+
+/** How a stored frame of backup file `path` is refused: the file does not match its manifest. */
+export function refuseBackupFrame(path: string): RefuseStored {
+  return (why) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${path.slice(0, 200)} in the catalog does not match its manifest: a stored zstd frame ${why}`, 'Run barman-receiver verify-backup on this host; recover from another backup (list-backups).');
 }
 
 /** The plain bytes of a stored frame too long for a chunk: no more than a chunk holds, or the stored copy is damaged. */
-async function plainOfFrame(frame: Buffer, name: string): Promise<Buffer> {
-  const refuse = (why: string) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name.slice(0, 200)} in the catalog does not match its manifest: a stored zstd frame ${why}`, 'Run barman-receiver verify-backup on this host; recover from another backup (list-backups).');
+async function plainOfFrame(frame: Buffer, refuse: RefuseStored): Promise<Buffer> {
   try {
     checkZstdBlockFrame(frame);
   } catch (err) {

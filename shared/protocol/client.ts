@@ -6,11 +6,11 @@ import { constants, promises as fs, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import WebSocket from 'ws';
 import type { AgentConfig } from '../config/agent';
-import { BarmanError, ErrorCode } from '../errors';
+import { BarmanError, damagedWalHint, ErrorCode } from '../errors';
 import { type ChecksumAlgorithm, crc32cWireHex, type FileChecksum, fileChecksum } from '../backup/manifest';
 import { sha256Handle } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
-import { type BlockCompress, type ChunkSource, type FrameInflate, fileSource, type PackedFile, sendChunks, sendCompressedChunks, sendFrames, wireCompressor } from './chunks';
+import { type BlockCompress, type ChunkSource, type FrameInflate, fileSource, type PackedFile, sendChunks, sendCompressedChunks, sendFrames, wireCompressor, wireDecompressor } from './chunks';
 import { CloseCode, FrameConnection, errorFromFrame } from './connection';
 import { type AckFrame, type EndFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role, type WireCompression } from './frames';
 import { isSegmentName } from '../wal/names';
@@ -444,6 +444,23 @@ export class AgentConnection {
   }
 
   /**
+   * Streams WAL file `name` from the catalog (fetch()): where the catalog stores it as zstd and the
+   * binding loads here, as its stored frames, decompressed here and checked against the SHA-256
+   * recorded when it was stored, which `onVerified` hears. Bytes that do not match it are refused
+   * as the damaged catalog copy they are, naming the file.
+   */
+  async *fetchWal(name: string, onVerified?: (sha256: string) => void): AsyncGenerator<Uint8Array> {
+    const inflate = wireDecompressor();
+    try {
+      yield* this.fetch((id) => ({ type: 'get', id, name, ...(inflate ? { accept: 'zstd' as const } : {}) }), onVerified, inflate);
+    } catch (err) {
+      // found here (the receiver says so itself of a copy it finds damaged, naming it)
+      if (!(err instanceof BarmanError && err.code === ErrorCode.CHECKSUM_MISMATCH) || err.message.startsWith(`${name} in the catalog`)) throw err;
+      throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name} in the catalog of ${this.config.server} is damaged: its bytes do not match the checksum recorded when it was stored (${err.message}); refusing it`, damagedWalHint(name, this.config.server), { cause: err });
+    }
+  }
+
+  /**
    * Fetches a WAL file from the catalog into `dest` (written under a temporary name, fsynced,
    * renamed). Resolves false when the receiver does not have it.
    */
@@ -451,7 +468,7 @@ export class AgentConnection {
     const tmp = join(dirname(dest), `.${name}.${process.pid}.download`);
     const fh = await fs.open(tmp, 'w', 0o600);
     try {
-      for await (const chunk of this.fetch((id) => ({ type: 'get', id, name }))) await fh.write(chunk);
+      for await (const chunk of this.fetchWal(name)) await fh.write(chunk);
       await fh.sync();
     } catch (err) {
       await fh.close();

@@ -8,8 +8,8 @@
 
 import type { BackupSymlink } from '../backup/paths';
 
-/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C; 5: a backup file's SHA-256 only when backup-accepted asks for it, a served backup file's end may carry the CRC-32C its manifest records; 6: welcome may announce walCompression, and a WAL put may then come compressed */
-export const PROTOCOL_VERSION = 6;
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C; 5: a backup file's SHA-256 only when backup-accepted asks for it, a served backup file's end may carry the CRC-32C its manifest records; 6: welcome may announce walCompression, and a WAL put may then come compressed; 7: a get may accept zstd, and a WAL file the catalog stores so then comes as its stored frames (an agent of 6 never asks, and is served as before) */
+export const PROTOCOL_VERSION = 7;
 /** the oldest agent protocol a receiver serves: agents and receivers of one barman-ts version (5 changed what a backup file's end and ack carry) */
 export const OLDEST_AGENT_PROTOCOL = 6;
 /** bytes of file data per chunk frame */
@@ -86,7 +86,11 @@ export interface ChunkFrame { type: 'chunk'; id: number; data: Uint8Array; plain
  * carries what its file frame announced.
  */
 export interface EndFrame { type: 'end'; id: number; sha256?: string; crc32c?: string }
-export interface GetFrame { type: 'get'; id: number; name: string }
+/**
+ * A WAL file from the catalog. With `accept: 'zstd'` one the catalog stores as zstd may come as its
+ * stored frames (file `encoding`), which the agent decompresses; the end's SHA-256 is the plain bytes'.
+ */
+export interface GetFrame { type: 'get'; id: number; name: string; accept?: 'zstd' }
 /** `sha256`: a WAL file's (what the catalog stored it under); a backup file's ack carries none */
 export interface AckFrame { type: 'ack'; id: number; status: 'stored' | 'duplicate' | 'sent'; sha256?: string }
 export interface ErrorFrame { type: 'error'; id?: number; code: string; message: string; hint: string }
@@ -261,7 +265,7 @@ const SHAPES: Record<FrameType, Shape> = {
   file: { required: { id: uint, name: str(255), size: uint }, optional: { checksum: oneOf('crc32c'), encoding: oneOf('zstd') } },
   chunk: { required: { id: uint, data: bytes(MAX_CHUNK_DATA) }, optional: { plain: (v) => v === true } },
   end: { required: { id: uint }, optional: { sha256: hex64, crc32c: (v) => typeof v === 'string' && /^[0-9a-f]{8}$/.test(v) } },
-  get: { required: { id: uint, name: str(255) } },
+  get: { required: { id: uint, name: str(255) }, optional: { accept: oneOf('zstd') } },
   ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent') }, optional: { sha256: hex64 } },
   error: { required: { code: str(64), message: str(4096), hint: str(4096) }, optional: { id: uint } },
   'backup-begin': { required: { id: uint, start: backupStart }, optional: { requestId: uint, canCompress: arrayOf(oneOf('zstd'), 4) } },

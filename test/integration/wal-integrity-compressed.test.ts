@@ -3,14 +3,19 @@
 // frame and checks the plain bytes (their size, their page header, their SHA-256 against the one
 // the put declared) before it stores the frames as they arrived and acknowledges. Whatever does
 // not check out is refused and nothing is stored. A plain put is still stored.
+// On the way back out, an agent's get takes a zstd-stored segment as its stored frames: the agent
+// decompresses them and checks the plain bytes against the SHA-256 recorded when it was stored,
+// and a copy that no longer matches it is refused by name (get-wal stops recovery, restore writes nothing).
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { compress } from '@mongodb-js/zstd';
+import { compress, decompress } from '@mongodb-js/zstd';
 import { CHUNK_SIZE, type Frame } from '../../shared/protocol/frames';
 import {
-  type Cluster, createCluster, expectSuccess, RawClient, type Receiver, runAgent, sha256Of, sha256OfBytes, startReceiver, startRelay, writeAgentConfig,
+  type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, RawClient, type Receiver, runAgent, sha256Of, sha256OfBytes, startReceiver, startRelay, writeAgentConfig,
 } from '../harness';
+import { backupAndWait } from '../harness/backups';
 
 const SEGMENT_SIZE = 16 * 1024 * 1024;
 
@@ -161,3 +166,113 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
     expect(receiver.walSha256('main', name)).toBe(sha);
   });
 });
+
+describe('WAL served as its stored zstd frames: the agent decompresses them and checks the recorded SHA-256', () => {
+  let receiver: Receiver;
+  let cluster: Cluster;
+  let agentConf: string;
+  /** the same agent without fetch-ahead: one get per segment */
+  let noPrefetch: string;
+  let backupId: string;
+  /** archived after the backup, stored as zstd frames */
+  let seg: string;
+
+  beforeAll(async () => {
+    receiver = await startReceiver({ servers: [{ name: 'main' }] });
+    cluster = await createCluster({ name: 'main', archive: true, agentConfig: { receiver, server: 'main' } });
+    agentConf = cluster.agentConfigPath!;
+    noPrefetch = writeAgentConfig({ receiver, server: 'main', pgdata: cluster.pgdata, conninfo: cluster.conninfo, extra: { prefetch: '0' } }).path;
+    await cluster.start();
+    await cluster.psql('create table ledger (id int primary key, note text not null)');
+    backupId = await backupAndWait(receiver, 'main', cluster);
+    await cluster.psql("insert into ledger select g, 'row ' || g from generate_series(1, 5000) g");
+    seg = await cluster.switchWal();
+    await cluster.waitArchived([seg]);
+  });
+
+  it('sends a zstd-stored segment as its stored frames to a get that accepts them, plain bytes to one that does not, each ending with the recorded SHA-256', async () => {
+    const sha = await sha256Of(cluster.walFile(seg));
+    expect(receiver.walChecksum('main', seg)).toBe(sha);
+    const stored = readFileSync(receiver.walPath('main', seg));
+    const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'get');
+    try {
+      client.send({ type: 'get', id: 1, name: seg, accept: 'zstd' });
+      expect(await client.nextFrame()).toMatchObject({ type: 'file', id: 1, name: seg, size: SEGMENT_SIZE, encoding: 'zstd' });
+      const frames: Buffer[] = [];
+      const plain: Buffer[] = [];
+      let end: Frame;
+      for (;;) {
+        const frame = await client.nextFrame();
+        if (frame.type !== 'chunk') {
+          end = frame;
+          break;
+        }
+        expect(frame.id).toBe(1);
+        expect(frame.plain).toBeUndefined();
+        frames.push(Buffer.from(frame.data));
+        const block = Buffer.from(await decompress(Buffer.from(frame.data)));
+        expect(block.length).toBeLessThanOrEqual(CHUNK_SIZE);
+        plain.push(block);
+      }
+      expect(end).toMatchObject({ type: 'end', id: 1, sha256: sha });
+      // the stored bytes as they are, which decompress to the archived segment
+      expect(Buffer.concat(frames)).toEqual(stored);
+      expect(stored.length).toBeLessThan(SEGMENT_SIZE / 4);
+      expect(sha256OfBytes(Buffer.concat(plain))).toBe(sha);
+      const back = await client.get(2, seg);
+      expect('bytes' in back && back.bytes.length).toBe(SEGMENT_SIZE);
+      expect('bytes' in back && sha256OfBytes(back.bytes)).toBe(sha);
+      expect('sha256' in back && back.sha256).toBe(sha);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('the agent asks for the frames, and get-wal writes the archived segment byte for byte', async () => {
+    const relay = await startRelay({ host: receiver.host, port: receiver.port });
+    const asked: Frame[] = [];
+    relay.interceptNext({
+      fromClient: (frame) => {
+        if (frame.type === 'get') asked.push(frame);
+        return frame;
+      },
+    });
+    const viaRelay = writeAgentConfig({ receiver: relay.url, server: 'main', token: receiver.tokens.get('main')!, pgdata: cluster.pgdata, conninfo: cluster.conninfo, extra: { prefetch: '0' } }).path;
+    const dir = makeDir(join(makeTempDir('wal-frames', 'postgres', 0o755), 'restore'), 'postgres', 0o700);
+    expectSuccess(await runAgent(['get-wal', '-c', viaRelay, seg, join(dir, 'RECOVERYXLOG')]));
+    expect(asked).toEqual([expect.objectContaining({ type: 'get', name: seg, accept: 'zstd' })]);
+    expect(await sha256Of(join(dir, 'RECOVERYXLOG'))).toBe(await sha256Of(cluster.walFile(seg)));
+  });
+
+  it('a stored segment with one plain byte flipped (still valid zstd frames) is refused by name: get-wal stops recovery, restore writes nothing; the intact copy serves again', async () => {
+    const path = receiver.walPath('main', seg);
+    const intact = readFileSync(path);
+    const segment = readFileSync(cluster.walFile(seg));
+    const altered = Buffer.from(segment);
+    altered[5 * CHUNK_SIZE + 99] = altered[5 * CHUNK_SIZE + 99]! ^ 0x01;
+    writeFileSync(path, Buffer.concat(await frames(altered)));
+    const named = new RegExp(`${seg} in the catalog of main is damaged: its bytes do not match the checksum recorded when it was stored`);
+    const parent = makeTempDir('wal-frames-damaged', 'postgres', 0o755);
+    try {
+      for (const [label, conf] of [['no fetch-ahead', noPrefetch], ['fetch-ahead', agentConf]] as const) {
+        const dir = makeDir(join(parent, label.replace(/\W/g, '-')), 'postgres', 0o700);
+        const fetched = await runAgent(['get-wal', '-c', conf, seg, join(dir, 'RECOVERYXLOG')]);
+        // an exit code that makes PostgreSQL stop recovery, not take the segment for the end of WAL
+        expect(fetched.code, `${label}: ${describeRun(fetched)}`).toBe(128);
+        expect(fetched.stderr).toMatch(named);
+        expect(fetched.stderr).toMatch(new RegExp(`^HINT: .*barman-agent push <pg_wal>/${seg}`, 'm'));
+        expect(listDir(dir)).toEqual([]);
+      }
+      const dest = makeDir(join(parent, 'pgdata'), 'postgres', 0o700);
+      const restored = await runAgent(['restore', '-c', agentConf, backupId, dest]);
+      expectFailure(restored, 1, named);
+      expect(listDir(dest)).toEqual([]);
+    } finally {
+      writeFileSync(path, intact);
+    }
+    const dir = makeDir(join(parent, 'repaired'), 'postgres', 0o700);
+    expectSuccess(await runAgent(['get-wal', '-c', noPrefetch, seg, join(dir, 'RECOVERYXLOG')]));
+    expect(await sha256Of(join(dir, 'RECOVERYXLOG'))).toBe(await sha256Of(cluster.walFile(seg)));
+  });
+});
+

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { BarmanError, ErrorCode } from '../../../../shared/errors';
 import { CHUNK_SIZE } from '../../../../shared/protocol/frames';
-import { storedFrameChunk } from '../../../../receiver/server/session';
+import { refuseBackupFrame, storedFrameChunk } from '../../../../receiver/server/session';
 import { zstdStoredFrames } from '../../../../receiver/storage/compression';
 
 const zstd = require('@mongodb-js/zstd/bindings.js') as { compress(b: Buffer, level: number): Promise<Buffer> };
@@ -21,7 +21,7 @@ async function collect(it: AsyncIterable<Buffer>): Promise<Buffer[]> {
 describe('storedFrameChunk', () => {
   it('sends a frame that fits a chunk as it is', async () => {
     const frame = await zstd.compress(Buffer.alloc(CHUNK_SIZE, 5), 1);
-    const chunk = await storedFrameChunk(frame, 'base/1/1');
+    const chunk = await storedFrameChunk(frame, refuseBackupFrame('base/1/1'));
     expect(chunk.plain).toBeUndefined();
     expect(chunk.data.equals(frame)).toBe(true);
   });
@@ -30,14 +30,14 @@ describe('storedFrameChunk', () => {
     const plain = randomBytes(CHUNK_SIZE);
     const frame = await zstd.compress(plain, 1);
     expect(frame.length).toBeGreaterThan(CHUNK_SIZE);
-    const chunk = await storedFrameChunk(frame, 'base/1/1');
+    const chunk = await storedFrameChunk(frame, refuseBackupFrame('base/1/1'));
     expect(chunk.plain).toBe(true);
     expect(chunk.data.equals(plain)).toBe(true);
   });
 
   it('refuses a long stored frame that decompresses to more than a chunk, naming the file', async () => {
     const frame = await zstd.compress(randomBytes(CHUNK_SIZE + 4096), 1);
-    const err = await storedFrameChunk(frame, 'base/1/1').catch((e: unknown) => e);
+    const err = await storedFrameChunk(frame, refuseBackupFrame('base/1/1')).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BarmanError);
     expect((err as BarmanError).code).toBe(ErrorCode.CHECKSUM_MISMATCH);
     expect((err as BarmanError).message).toMatch(/base\/1\/1 in the catalog does not match its manifest/);
