@@ -28,8 +28,9 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
     receiver = await startReceiver({ servers: [{ name: 'main' }] });
     cluster = await createCluster({ name: 'main', archive: true, agentConfig: { receiver, server: 'main' } });
     await cluster.start();
-    // a table of about 20 MB, so its file is read and written in many chunks, beside many small files
-    await cluster.psql("create table ledger (id int primary key, note text not null); insert into ledger select g, md5(g::text) from generate_series(1, 300000) g;");
+    // a table of about 80 MB, so its file is read and written in many chunks, beside many small
+    // files, and takes long enough to send that a small file asked for after it ends first
+    await cluster.psql("create table ledger (id int primary key, note text not null); insert into ledger select g, md5(g::text) from generate_series(1, 1200000) g;");
     id = await backupAndWait(receiver, 'main', cluster);
     relation = await cluster.psql("select pg_relation_filepath('ledger')");
     // the catalog's default compression is zstd
