@@ -67,6 +67,13 @@ function isGone(err: unknown): boolean {
   return err instanceof BarmanError && err.code === ErrorCode.STORAGE_NOT_FOUND;
 }
 
+/** What a failed read of a stored WAL file to hand out is: damaged (it no longer decompresses), gone (retention), or the error as it is. */
+function readFailure(catalog: ServerCatalog, stored: StoredWal, err: unknown): unknown {
+  if (isDecodeError(err)) return damagedWal(catalog, stored, { unreadable: err.message });
+  if (isGone(err)) return vanished(catalog, stored, err);
+  return err;
+}
+
 /** SHA-256 of a stored WAL file's plain bytes as they are now, or why they cannot be decompressed. */
 async function hashStored(catalog: ServerCatalog, stored: StoredWal): Promise<Damage> {
   const hash = newHash();
@@ -103,9 +110,7 @@ export async function* readStoredWal(catalog: ServerCatalog, stored: StoredWal):
       held = buf;
     }
   } catch (err) {
-    if (isDecodeError(err)) throw damagedWal(catalog, stored, { unreadable: err.message });
-    if (isGone(err)) throw vanished(catalog, stored, err);
-    throw err;
+    throw readFailure(catalog, stored, err);
   }
   if (stored.sha256 !== undefined) {
     const actual = hash.digest('hex');
@@ -123,9 +128,7 @@ export async function* readStoredWalFrames(catalog: ServerCatalog, stored: Store
   try {
     yield* zstdStoredFrames(await catalog.storage.readStoredStream(stored.key), `${stored.key} in ${catalog.storage.location}`);
   } catch (err) {
-    if (isDecodeError(err)) throw damagedWal(catalog, stored, { unreadable: err.message });
-    if (isGone(err)) throw vanished(catalog, stored, err);
-    throw err;
+    throw readFailure(catalog, stored, err);
   }
 }
 
