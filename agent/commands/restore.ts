@@ -44,7 +44,7 @@ export async function restore(config: AgentConfig, backup: string, pgdataArg: st
     const summary = await writeRecovery(plan, dest, {
       // fetch() hashes what arrives (to match the receiver's checksum) and hands that hash on: the
       // writer checks it against the manifest, and the bytes are hashed once on this host
-      dataFile: (path, hashed) => namingDamage(conn.fetch((id) => ({ type: 'get-backup-file', id, backupId: plan.backupId, path, ...(inflate ? { accept: 'zstd' as const } : {}) }), hashed, inflate), plan, path),
+      dataFile: (path, hashed) => conn.fetch((id) => ({ type: 'get-backup-file', id, backupId: plan.backupId, path, ...(inflate ? { accept: 'zstd' as const } : {}) }), { onVerified: hashed, inflate, refuse: damagedBackupFile(plan, path) }),
       hashes: true,
       // every chunk arrives in a buffer of its own (one WebSocket message each), never reused
       freshChunks: true,
@@ -57,15 +57,11 @@ export async function restore(config: AgentConfig, backup: string, pgdataArg: st
 }
 
 /**
- * A backup file as it arrives: the receiver's end frame carries the checksum the catalog recorded
- * for it, so a mismatch found by fetch() is a damaged catalog copy (or a damaged transfer) of this
- * file, and is said so, naming it.
+ * How restore refuses backup file `path` when the bytes that arrive do not match: the receiver's
+ * end frame carries the checksum the catalog recorded for it, so a mismatch is a damaged catalog
+ * copy (or a damaged transfer) of this file, and is said so, naming it. A copy the receiver finds
+ * damaged itself, it names in its own error.
  */
-async function* namingDamage(bytes: AsyncIterable<Uint8Array>, plan: RecoveryPlan, path: string): AsyncGenerator<Uint8Array> {
-  try {
-    yield* bytes;
-  } catch (err) {
-    if (!(err instanceof BarmanError && err.code === ErrorCode.CHECKSUM_MISMATCH)) throw err;
-    throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${path} does not match the checksum its manifest records (${err.message})`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId} on the backup host; restore from another backup (list-backups) if it is damaged, or retry if it is not.`, { cause: err });
-  }
+function damagedBackupFile(plan: RecoveryPlan, path: string): (detail: string) => BarmanError {
+  return (detail) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${path} does not match the checksum its manifest records (${detail})`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId} on the backup host; restore from another backup (list-backups) if it is damaged, or retry if it is not.`);
 }

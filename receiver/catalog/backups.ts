@@ -744,5 +744,10 @@ async function* damageSaysSo(stream: AsyncIterable<Buffer> | Iterable<Buffer>, i
 /** A stored copy that no longer decompresses (STORAGE_CORRUPT) as the damaged backup file it is; any other error as it is. */
 function damaged(err: unknown, id: string, path: string, server: string): unknown {
   if (!(err instanceof BarmanError && err.code === ErrorCode.STORAGE_CORRUPT)) return err;
-  return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${id}: ${path} in the catalog does not match its manifest: it no longer decompresses (${err.message})`, `Run barman-receiver verify-backup ${server} ${id}; recover from another backup (list-backups).`, { cause: err });
+  return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${id}: ${path} in the catalog does not match its manifest: it no longer decompresses (${err.message})`, damagedBackupHint(server, id), { cause: err });
+}
+
+/** What to do about a backup whose stored copy of a file is damaged, on whichever host the error is read. */
+export function damagedBackupHint(server: string, id: string): string {
+  return `Run barman-receiver verify-backup ${server} ${id} on the backup host; recover or restore from another backup (list-backups).`;
 }

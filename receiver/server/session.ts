@@ -13,7 +13,7 @@ import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
 import { damagedWal, readStoredWal, readStoredWalFrames, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
-import { type BackupContents, type BundleReader, readableBackupPath } from '../catalog/backups';
+import { type BackupContents, type BundleReader, damagedBackupHint, readableBackupPath } from '../catalog/backups';
 import { crc32cWireHex, type FileChecksumValue, parseManifest } from '../../shared/backup/manifest';
 import { planRecovery } from '../recovery/plan';
 import { recoveryWal } from '../recovery/wal-source';
@@ -594,7 +594,7 @@ export class Session implements Peer {
     // the agent decompresses and checks the plain bytes against the recorded checksum: the stored
     // frames go as they are (a file without a recorded checksum is hashed here, so it goes plain)
     const frames = acceptsZstd && checksum ? await server.backups.readFileFrames(done, contents, rel, bundles) : undefined;
-    if (frames && checksum) return this.sendFrames(id, path, contents.files[rel]!.size, frames, checksum, refuseBackupFrame(path));
+    if (frames && checksum) return this.sendFrames(id, path, contents.files[rel]!.size, frames, checksum, refuseBackupFrame(server.config.name, done, path));
     const source = await server.backups.readFile(done, contents, rel, bundles);
     await this.sendStream(id, path, contents.files[rel]!.size, source, recorded.get(rel));
   }
@@ -658,9 +658,9 @@ export async function storedFrameChunk(frame: Buffer, refuse: RefuseStored): Pro
 /** The error for a stored frame that is not what the catalog writes: `why` says what it is instead. */
 export type RefuseStored = (why: string) => BarmanError;
 
-/** How a stored frame of backup file `path` is refused: the file does not match its manifest. */
-export function refuseBackupFrame(path: string): RefuseStored {
-  return (why) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${path.slice(0, 200)} in the catalog does not match its manifest: a stored zstd frame ${why}`, 'Run barman-receiver verify-backup on this host; recover from another backup (list-backups).');
+/** How a stored frame of file `path` of backup `id` of `server` is refused: the file does not match its manifest. */
+export function refuseBackupFrame(server: string, id: string, path: string): RefuseStored {
+  return (why) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${id}: ${path.slice(0, 200)} in the catalog does not match its manifest: a stored zstd frame ${why}`, damagedBackupHint(server, id));
 }
 
 /** The plain bytes of a stored frame too long for a chunk: no more than a chunk holds, or the stored copy is damaged. */

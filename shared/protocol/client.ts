@@ -51,6 +51,24 @@ export interface PutOptions {
   packed?: PackedFile;
 }
 
+/** How fetch() hands a file over, and how it refuses one. */
+export interface FetchOptions {
+  /** hears the checksum once it matched (before the last chunk is handed over), with its algorithm, in the manifest's hex */
+  onVerified?: (checksum: string, algorithm: ChecksumAlgorithm) => void;
+  /** decompresses the frames of a file the receiver sends as zstd (asked for with `accept`) */
+  inflate?: FrameInflate;
+  /**
+   * the error for bytes this agent finds do not match (size, checksum, a frame that does not
+   * decompress), given what it found: a caller that knows what the file is names it. An error the
+   * receiver sends comes as the receiver wrote it.
+   */
+  refuse?: (detail: string) => BarmanError;
+}
+
+function refuseFetched(detail: string): BarmanError {
+  return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, detail, 'Retry; if it persists, run verify-backup on the receiver host.');
+}
+
 /** what a fetch's waiter sees once its consumer has stopped (made once, shared) */
 let fetchEnded: BarmanError | undefined;
 
@@ -306,12 +324,16 @@ export class AgentConnection {
    * (before the last chunk is handed over), with its algorithm, in the manifest's hex, so a caller
    * need not checksum the bytes a second time.
    *
-   * A get-backup-file that asks for zstd frames (`accept`) is given `inflate`: a file that comes
+   * A get or get-backup-file that asks for zstd frames (`accept`) is given `inflate`: a file that comes
    * as frames (file `encoding`) is decompressed here, each frame bounded before it is (see
    * wireDecompressor), up to 4 at a time on the thread pool, and its size and checksum are those
    * of the plain bytes, checked once the last is decompressed, before the fetch ends.
+   *
+   * Bytes found not to match are refused with `refuse`'s error (the caller names the file); an
+   * error frame from the receiver ends the fetch with the receiver's own error.
    */
-  async *fetch(build: (id: number) => Frame, onVerified?: (checksum: string, algorithm: ChecksumAlgorithm) => void, inflate?: FrameInflate): AsyncGenerator<Uint8Array> {
+  async *fetch(build: (id: number) => Frame, options: FetchOptions = {}): AsyncGenerator<Uint8Array> {
+    const { onVerified, inflate, refuse = refuseFetched } = options;
     const id = this.nextId++;
     const queue: Uint8Array[] = [];
     /** a file sent as zstd frames: each one's plain bytes, in order, and the end once it came */
@@ -339,7 +361,7 @@ export class AgentConnection {
       const mine = digest?.digest();
       const matches = mine !== undefined && (algorithm === 'CRC32C' ? crc32cWireHex(mine) === frame.crc32c : mine === frame.sha256);
       if (received !== expected || !matches) {
-        return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${build(id).type}: received ${received} of ${expected} bytes, checksum ${matches ? 'matches' : 'differs'}`, 'Retry; if it persists, run verify-backup on the receiver host.');
+        return refuse(`${build(id).type}: received ${received} of ${expected} bytes, checksum ${matches ? 'matches' : 'differs'}`);
       }
       onVerified?.(mine!, algorithm);
       return undefined;
@@ -364,7 +386,7 @@ export class AgentConnection {
       if (frame.type === 'chunk' && frames) {
         const name = fileName;
         const plain = frame.plain ? Promise.resolve(frame.data) : inflate!(frame.data).catch((err: unknown) => {
-          throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: a zstd frame from the receiver was refused (${(err as Error).message})`, 'Retry; if it persists, run verify-backup on the receiver host.');
+          throw refuse(`${name}: a zstd frame from the receiver was refused (${(err as Error).message})`);
         });
         plain.catch(() => undefined); // awaited in order by the consumer
         frames.push(plain);
@@ -407,7 +429,7 @@ export class AgentConnection {
             drained = undefined;
             d?.();
             const plain = await pending;
-            if (received + plain.length > expected) throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${fileName}: the receiver's zstd frames decompress to more than its ${expected} bytes`, 'Retry; if it persists, run verify-backup on the receiver host.');
+            if (received + plain.length > expected) throw refuse(`${fileName}: the receiver's zstd frames decompress to more than its ${expected} bytes`);
             digest?.update(plain);
             received += plain.length;
             yield plain;
@@ -451,13 +473,13 @@ export class AgentConnection {
    */
   async *fetchWal(name: string, onVerified?: (sha256: string) => void): AsyncGenerator<Uint8Array> {
     const inflate = wireDecompressor();
-    try {
-      yield* this.fetch((id) => ({ type: 'get', id, name, ...(inflate ? { accept: 'zstd' as const } : {}) }), onVerified, inflate);
-    } catch (err) {
-      // found here (the receiver says so itself of a copy it finds damaged, naming it)
-      if (!(err instanceof BarmanError && err.code === ErrorCode.CHECKSUM_MISMATCH) || err.message.startsWith(`${name} in the catalog`)) throw err;
-      throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name} in the catalog of ${this.config.server} is damaged: its bytes do not match the checksum recorded when it was stored (${err.message}); refusing it`, damagedWalHint(name, this.config.server), { cause: err });
-    }
+    const { server } = this.config;
+    yield* this.fetch((id) => ({ type: 'get', id, name, ...(inflate ? { accept: 'zstd' as const } : {}) }), {
+      onVerified,
+      inflate,
+      // what this agent finds wrong with the bytes; a copy the receiver finds damaged itself, it names in its own error
+      refuse: (detail) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name} in the catalog of ${server} is damaged: its bytes do not match the checksum recorded when it was stored (${detail}); refusing it`, damagedWalHint(name, server)),
+    });
   }
 
   /**

@@ -93,7 +93,9 @@ describe('backup_manifest checksums: CRC-32C by default, SHA-256 where backup_ch
       expect(listDir(recovered)).toEqual([]);
       const restored = makeDir(join(makeTempDir('flipped-restore', 'postgres', 0o755), 'pgdata'), 'postgres', 0o700);
       const restore = await runAgent(['restore', '-c', cluster.agentConfigPath!, id, restored]);
-      expectFailure(restore, 1, new RegExp(`backup ${id}: ${relation} does not match the checksum its manifest records`));
+      // the receiver finds its stored frame is not one the catalog writes, and names it (the agent passes that on as it is)
+      expectFailure(restore, 1, new RegExp(`^ERROR \\[CHECKSUM_MISMATCH\\]: backup ${id}: ${relation} in the catalog does not match its manifest: a stored zstd frame `, 'm'));
+      expect(restore.stderr).toContain(`HINT: Run barman-receiver verify-backup ${server} ${id} on the backup host`);
       expect(listDir(restored)).toEqual([]);
     } finally {
       undo();

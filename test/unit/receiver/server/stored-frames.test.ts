@@ -21,7 +21,7 @@ async function collect(it: AsyncIterable<Buffer>): Promise<Buffer[]> {
 describe('storedFrameChunk', () => {
   it('sends a frame that fits a chunk as it is', async () => {
     const frame = await zstd.compress(Buffer.alloc(CHUNK_SIZE, 5), 1);
-    const chunk = await storedFrameChunk(frame, refuseBackupFrame('base/1/1'));
+    const chunk = await storedFrameChunk(frame, refuseBackupFrame('main', '20260101T000000', 'base/1/1'));
     expect(chunk.plain).toBeUndefined();
     expect(chunk.data.equals(frame)).toBe(true);
   });
@@ -30,17 +30,18 @@ describe('storedFrameChunk', () => {
     const plain = randomBytes(CHUNK_SIZE);
     const frame = await zstd.compress(plain, 1);
     expect(frame.length).toBeGreaterThan(CHUNK_SIZE);
-    const chunk = await storedFrameChunk(frame, refuseBackupFrame('base/1/1'));
+    const chunk = await storedFrameChunk(frame, refuseBackupFrame('main', '20260101T000000', 'base/1/1'));
     expect(chunk.plain).toBe(true);
     expect(chunk.data.equals(plain)).toBe(true);
   });
 
   it('refuses a long stored frame that decompresses to more than a chunk, naming the file', async () => {
     const frame = await zstd.compress(randomBytes(CHUNK_SIZE + 4096), 1);
-    const err = await storedFrameChunk(frame, refuseBackupFrame('base/1/1')).catch((e: unknown) => e);
+    const err = await storedFrameChunk(frame, refuseBackupFrame('main', '20260101T000000', 'base/1/1')).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BarmanError);
     expect((err as BarmanError).code).toBe(ErrorCode.CHECKSUM_MISMATCH);
-    expect((err as BarmanError).message).toMatch(/base\/1\/1 in the catalog does not match its manifest/);
+    expect((err as BarmanError).message).toMatch(/^backup 20260101T000000: base\/1\/1 in the catalog does not match its manifest: a stored zstd frame /);
+    expect((err as BarmanError).hint).toBe('Run barman-receiver verify-backup main 20260101T000000 on the backup host; recover or restore from another backup (list-backups).');
   });
 });
 

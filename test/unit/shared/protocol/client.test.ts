@@ -59,13 +59,13 @@ const inflate = wireDecompressor()!;
 const ask = (accept = true) => (id: number): GetBackupFileFrame => ({ type: 'get-backup-file', id, backupId: '20260101T000000', path: 'base/1/1234', ...(accept ? { accept: 'zstd' as const } : {}) });
 
 /** Fetches with `answer` answering; the bytes, the checksum verified, or the error. */
-async function fetchWith(frames: Frame[], accept = true): Promise<{ bytes?: Buffer; verified?: string; err?: BarmanError }> {
+async function fetchWith(frames: Frame[], accept = true, refuse?: (detail: string) => BarmanError): Promise<{ bytes?: Buffer; verified?: string; err?: BarmanError }> {
   answer = () => frames;
   const conn = await connect();
   try {
     const parts: Uint8Array[] = [];
     let verified: string | undefined;
-    for await (const chunk of conn.fetch(ask(accept), (c) => (verified = c), accept ? inflate : undefined)) parts.push(chunk);
+    for await (const chunk of conn.fetch(ask(accept), { onVerified: (c) => (verified = c), inflate: accept ? inflate : undefined, refuse })) parts.push(chunk);
     return { bytes: Buffer.concat(parts), verified };
   } catch (err) {
     expect(err).toBeInstanceOf(BarmanError);
@@ -163,6 +163,25 @@ describe('fetch of a backup file sent as zstd frames', () => {
     const over = await fetchWith(fileOf(Buffer.alloc(10), [chunk(rleFrame(9))]));
     expect(over.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
     expect(over.err?.message).toMatch(/decompresses to 1179648 bytes, more than the 1048576 of a chunk/);
+  });
+
+  it("refuses with the caller's error what it finds wrong, and passes the receiver's own error on as it is", async () => {
+    const named = (detail: string) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `the file named: ${detail}`, 'the caller says what to do');
+    const plain = Buffer.alloc(CHUNK_SIZE + 10, 7);
+    const other = Buffer.from(plain);
+    other[5] = 8;
+    const differs = await fetchWith(fileOf(plain, (await framesOf(other)).map((f) => chunk(f))), true, named);
+    expect(differs.err?.message).toMatch(/^the file named: get-backup-file: received \d+ of \d+ bytes, checksum differs$/);
+    expect(differs.err?.hint).toBe('the caller says what to do');
+    const longer = await fetchWith(fileOf(Buffer.alloc(1000, 3), (await framesOf(Buffer.alloc(1001, 3))).map((f) => chunk(f))), true, named);
+    expect(longer.err?.message).toBe("the file named: base/1/1234: the receiver's zstd frames decompress to more than its 1000 bytes");
+    const bomb = await fetchWith(fileOf(Buffer.alloc(10), [chunk(rleFrame(16))]), true, named);
+    expect(bomb.err?.message).toMatch(/^the file named: base\/1\/1234: a zstd frame from the receiver was refused \(/);
+    // the receiver found its copy damaged and said so, naming it: not named a second time
+    const theirs = await fetchWith([{ type: 'error', id: 0, code: ErrorCode.CHECKSUM_MISMATCH, message: 'base/1/1234 in the catalog does not match its manifest', hint: 'the receiver says what to do' }], true, named);
+    expect(theirs.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    expect(theirs.err?.message).toBe('base/1/1234 in the catalog does not match its manifest');
+    expect(theirs.err?.hint).toBe('the receiver says what to do');
   });
 
   it('refuses bytes that are not one whole zstd frame', async () => {
