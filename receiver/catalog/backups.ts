@@ -567,6 +567,29 @@ export class BackupCatalog {
   }
 
   /**
+   * What is wrong with the stored copy of one file of a backup, read back whole against its
+   * manifest entry (its size, and its checksum with the algorithm recorded for it): undefined when
+   * nothing is. verify-backup asks it of every file; the service, of a file an agent refused.
+   */
+  async fileProblem(id: string, contents: BackupContents, file: Pick<ManifestFile, 'path' | 'size' | 'checksumAlgorithm' | 'checksum'>, bundles?: BundleReader): Promise<string | undefined> {
+    try {
+      const hash = file.checksumAlgorithm ? fileChecksum(file.checksumAlgorithm) : undefined;
+      let size = 0;
+      for await (const chunk of await this.readFile(id, contents, file.path, bundles)) {
+        hash?.update(chunk);
+        size += chunk.length;
+      }
+      if (size !== file.size) return `size ${size}, manifest says ${file.size}`;
+      if (hash && hash.digest() !== file.checksum) return 'checksum mismatch';
+      return undefined;
+    } catch (err) {
+      const code = err instanceof BarmanError ? err.code : undefined;
+      const cause = (err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message;
+      return code === ErrorCode.BACKUP_NOT_FOUND ? 'missing' : code === ErrorCode.CHECKSUM_MISMATCH ? `cannot be decompressed (${cause})` : (err as Error).message;
+    }
+  }
+
+  /**
    * The stored zstd frames of one file of a backup as they are, one buffer per frame, for a reader
    * that decompresses them itself (and checks the plain bytes against the manifest); undefined when
    * the file is not stored as zstd. Errors as readFile's.

@@ -38,12 +38,16 @@ export function invalidWal(message: string, hint = 'The file is not a complete W
 /** What a damaged file's bytes came to: their SHA-256, or why they could not be read (a compressed file that no longer decompresses). */
 type Damage = { sha256: string } | { unreadable: string };
 
+/** What a stored WAL file's damaged bytes came to, against the checksum recorded when it was stored. */
+export function describeDamage(stored: StoredWal, damage: Damage): string {
+  return 'sha256' in damage ? `its bytes hash to ${damage.sha256.slice(0, 12)}…, not to the ${stored.sha256?.slice(0, 12)}… recorded when it was stored` : `it no longer decompresses (${damage.unreadable})`;
+}
+
 /** A stored WAL file whose bytes no longer match the checksum recorded when it was stored. */
 export function damagedWal(catalog: ServerCatalog, stored: StoredWal, damage: Damage): BarmanError {
-  const what = 'sha256' in damage ? `its bytes hash to ${damage.sha256.slice(0, 12)}…, not to the ${stored.sha256?.slice(0, 12)}… recorded when it was stored` : `it no longer decompresses (${damage.unreadable})`;
   return new BarmanError(
     ErrorCode.CHECKSUM_MISMATCH,
-    `${stored.name} in the catalog of ${catalog.server} is damaged: ${what}; refusing to hand it out`,
+    `${stored.name} in the catalog of ${catalog.server} is damaged: ${describeDamage(stored, damage)}; refusing to hand it out`,
     damagedWalHint(stored.name, catalog.server),
   );
 }

@@ -3,8 +3,7 @@
 
 import type { ReceiverConfig } from '../../shared/config/receiver';
 import { type BackupInfo, displayTime, localIsoTime } from '../../shared/backup/info';
-import { fileChecksum, parseManifest } from '../../shared/backup/manifest';
-import { BarmanError, ErrorCode } from '../../shared/errors';
+import { parseManifest } from '../../shared/backup/manifest';
 import { versionText } from '../../shared/postgres/version';
 import type { BackupProgressFrame } from '../../shared/protocol/frames';
 import { humanSize } from '../../shared/progress';
@@ -132,22 +131,10 @@ export async function verifyBackup(config: ReceiverConfig, server: string, id: s
       return { backupId: info.backupId, ok: false, checked: 0, walChecked: 0, problems: [`backup_manifest is damaged: ${(err as Error).message}`] };
     }
     const contents = await backups.contents(info.backupId);
+    // each with the algorithm the manifest records for it (CRC-32C, or SHA-256 in older backups)
     for (const f of files) {
-      try {
-        // with the algorithm the manifest records for the file (CRC-32C, or SHA-256 in older backups)
-        const hash = f.checksumAlgorithm ? fileChecksum(f.checksumAlgorithm) : undefined;
-        let size = 0;
-        for await (const chunk of await backups.readFile(info.backupId, contents, f.path)) {
-          hash?.update(chunk);
-          size += chunk.length;
-        }
-        if (size !== f.size) problems.push(`${f.path}: size ${size}, manifest says ${f.size}`);
-        else if (hash && hash.digest() !== f.checksum) problems.push(`${f.path}: checksum mismatch`);
-      } catch (err) {
-        const code = err instanceof BarmanError ? err.code : undefined;
-        const cause = (err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message;
-        problems.push(`${f.path}: ${code === ErrorCode.BACKUP_NOT_FOUND ? 'missing' : code === ErrorCode.CHECKSUM_MISMATCH ? `cannot be decompressed (${cause})` : (err as Error).message}`);
-      }
+      const problem = await backups.fileProblem(info.backupId, contents, f);
+      if (problem) problems.push(`${f.path}: ${problem}`);
     }
     let walChecked = 0;
     // a backup still WAITING_FOR_WALS has its WAL on the way; a FAILED one never will

@@ -5,13 +5,13 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { BarmanError, ErrorCode, asBarmanError } from '../../shared/errors';
+import { BarmanError, damagedWalHint, ErrorCode, asBarmanError } from '../../shared/errors';
 import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
 import { CloseCode, errorFrame, errorFromFrame, type FrameConnection } from '../../shared/protocol/connection';
 import { CHUNK_SIZE, type Frame, type HelloFrame, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION, type Role } from '../../shared/protocol/frames';
 import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
-import { damagedWal, readStoredWal, readStoredWalFrames, WalUpload } from '../catalog/wal-archive';
+import { damagedWal, describeDamage, readStoredWal, readStoredWalFrames, verifyStoredWal, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
 import { type BackupContents, type BundleReader, damagedBackupHint, readableBackupPath } from '../catalog/backups';
 import { crc32cWireHex, type FileChecksumValue, parseManifest } from '../../shared/backup/manifest';
@@ -78,6 +78,10 @@ export class Session implements Peer {
   private readonly backupFileSends = new Set<Promise<void>>();
   /** the backup a restore on this connection reads, with its contents (sendBackupFile) */
   private restoreContents: { backupId: string; server: ServerContext; value: Promise<RestoreContents> } | undefined;
+  /** the catalog files the last requests on this connection were answered with, by request id (an agent may say it refused one) */
+  private readonly served = new Map<number, Served>();
+  /** stored copies read again because the agent refused what it was sent of them, one at a time */
+  private rechecks: Promise<void> = Promise.resolve();
 
   constructor(private readonly conn: FrameConnection, private readonly lookup: (name: string) => ServerContext | undefined, baseLog: Logger, readonly remote: string, private readonly options: SessionOptions = { idleMs: 30_000 }) {
     this.log = baseLog.child({ session: this.id, remote });
@@ -252,6 +256,20 @@ export class Session implements Peer {
       }
       case 'get':
         return this.answer(frame.id, () => this.sendWal(frame.id, frame.name, server, frame.accept === 'zstd'));
+      case 'refused': {
+        // each file sent can be reported once: reading it again costs at most what sending it did
+        const served = this.served.get(frame.id);
+        this.served.delete(frame.id);
+        if (!served) {
+          this.log.warn({ request: frame.id, agent: frame.detail }, 'the agent refused a file this connection did not just send it; nothing to check');
+          return;
+        }
+        this.rechecks = this.rechecks.then(() => this.recheck(served, frame.detail, server)).catch((err: unknown) => {
+          const e = asBarmanError(err);
+          this.log.warn({ code: e.code }, `could not read again a file the agent refused: ${e.message}`);
+        });
+        return;
+      }
       case 'backup-begin':
         return this.answer(frame.id, async () => {
           this.allow(['daemon', 'backup'], 'take backups');
@@ -561,6 +579,7 @@ export class Session implements Peer {
       throw new BarmanError(ErrorCode.WAL_NOT_FOUND, `${name.slice(0, 80)} is not in the catalog of ${server.config.name}`, 'The segment was never archived, or retention removed it.');
     }
     if (stored.sha256 === undefined) this.log.warn({ wal: name }, 'sending a WAL file stored without a checksum (by an older version): it cannot be verified; barman-receiver cron records one');
+    this.remember(id, { kind: 'wal', name: stored.name });
     const size = stored.compression === 'none' ? stored.size : await server.catalog.segmentSize();
     if (acceptsZstd && stored.compression === 'zstd' && stored.sha256 !== undefined) {
       // the stored frames as they are: the agent decompresses them and checks the plain bytes
@@ -572,6 +591,42 @@ export class Session implements Peer {
     // checked as it is read: a damaged file ends in an error frame, never in the `end` that would make it whole;
     // the end frame carries the recorded checksum, so the bytes are hashed once here (and once by the agent)
     await this.sendStream(id, name, size, readStoredWal(server.catalog, stored), stored.sha256 === undefined ? undefined : { algorithm: 'SHA256', checksum: stored.sha256 });
+  }
+
+  /** Remembers what request `id` is answered with, for the last MAX_SERVED requests. */
+  private remember(id: number, served: Served): void {
+    this.served.set(id, served);
+    if (this.served.size > MAX_SERVED) this.served.delete(this.served.keys().next().value!);
+  }
+
+  /**
+   * Reads again the stored copy of a file the agent refused (`detail`: what it found) and logs
+   * what this host finds: damaged in the catalog (an error, with what to do), or intact (the bytes
+   * changed on the way, or on the agent's host). Nothing in the catalog changes on an agent's word.
+   */
+  private async recheck(served: Served, detail: string, server: ServerContext): Promise<void> {
+    const agent = detail.slice(0, 1024);
+    if (served.kind === 'wal') {
+      const stored = await server.catalog.findWal(served.name);
+      if (!stored) return void this.log.warn({ wal: served.name, agent }, `the agent refused ${served.name}, which is no longer in the catalog`);
+      const found = await verifyStoredWal(server.catalog, stored);
+      if (found.state === 'damaged') {
+        this.log.error({ wal: stored.name, code: ErrorCode.CHECKSUM_MISMATCH, agent, hint: damagedWalHint(stored.name, server.config.name) }, `the agent refused ${stored.name}, and its copy in the catalog is damaged: ${describeDamage(stored, found.damage)}`);
+      } else {
+        this.log.warn({ wal: stored.name, agent }, `the agent refused ${stored.name}; its copy in the catalog ${found.state === 'ok' ? 'reads back intact: the bytes changed on the way or on the agent\'s host' : 'has no recorded checksum to check it against'}`);
+      }
+      return;
+    }
+    const { backupId, path } = served;
+    const { contents, recorded } = await this.doneBackupContents(backupId, server);
+    const checksum = recorded.get(path);
+    // (a bundle member read on its own: the restore's bundle reader keeps its own count)
+    const problem = await server.backups.fileProblem(backupId, contents, { path, size: contents.files[path]?.size ?? 0, checksumAlgorithm: checksum?.algorithm, checksum: checksum?.checksum ?? '' });
+    if (problem) {
+      this.log.error({ backup: backupId, file: path, code: ErrorCode.CHECKSUM_MISMATCH, agent, hint: damagedBackupHint(server.config.name, backupId) }, `the agent refused ${path} of backup ${backupId}, and its copy in the catalog is damaged: ${problem}`);
+    } else {
+      this.log.warn({ backup: backupId, file: path, agent }, `the agent refused ${path} of backup ${backupId}; its copy in the catalog reads back intact: the bytes changed on the way or on the agent's host`);
+    }
   }
 
   /**
@@ -591,6 +646,7 @@ export class Session implements Peer {
     const rel = readableBackupPath(path);
     const { backupId: done, contents, recorded, bundles } = await this.doneBackupContents(backupId, server);
     const checksum = recorded.get(rel);
+    this.remember(id, { kind: 'backup-file', backupId: done, path: rel });
     // the agent decompresses and checks the plain bytes against the recorded checksum: the stored
     // frames go as they are (a file without a recorded checksum is hashed here, so it goes plain)
     const frames = acceptsZstd && checksum ? await server.backups.readFileFrames(done, contents, rel, bundles) : undefined;
@@ -688,6 +744,12 @@ async function readDoneBackupContents(backupId: string, server: ServerContext): 
   const contents = await server.backups.contents(info.backupId);
   return { backupId: info.backupId, contents, recorded, bundles: server.backups.bundleReader(contents) };
 }
+
+/** A catalog file a request was answered with. */
+type Served = { kind: 'wal'; name: string } | { kind: 'backup-file'; backupId: string; path: string };
+
+/** requests per connection whose file an agent may still report refused (a restore has a few in flight) */
+const MAX_SERVED = 64;
 
 /** What a restore reads of one DONE backup: where its files are, and the checksum recorded for each. */
 interface RestoreContents {

@@ -329,12 +329,22 @@ export class AgentConnection {
    * wireDecompressor), up to 4 at a time on the thread pool, and its size and checksum are those
    * of the plain bytes, checked once the last is decompressed, before the fetch ends.
    *
-   * Bytes found not to match are refused with `refuse`'s error (the caller names the file); an
+   * Bytes found not to match are refused with `refuse`'s error (the caller names the file), and
+   * the receiver is told (a refused frame: it checks its stored copy and logs what it finds); an
    * error frame from the receiver ends the fetch with the receiver's own error.
    */
   async *fetch(build: (id: number) => Frame, options: FetchOptions = {}): AsyncGenerator<Uint8Array> {
-    const { onVerified, inflate, refuse = refuseFetched } = options;
+    const { onVerified, inflate } = options;
     const id = this.nextId++;
+    let told = false;
+    /** bytes this agent refuses: the receiver hears of it once (it reads its stored copy again), the caller names the file */
+    const refuse = (detail: string): BarmanError => {
+      if (!told) {
+        told = true;
+        this.conn.send({ type: 'refused', id, detail: detail.slice(0, 1024) }).catch(() => undefined);
+      }
+      return (options.refuse ?? refuseFetched)(detail);
+    };
     const queue: Uint8Array[] = [];
     /** a file sent as zstd frames: each one's plain bytes, in order, and the end once it came */
     let frames: Promise<Uint8Array>[] | undefined;

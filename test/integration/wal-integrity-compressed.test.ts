@@ -16,10 +16,16 @@ import {
   type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, RawClient, type Receiver, runAgent, sha256Of, sha256OfBytes, startReceiver, startRelay, writeAgentConfig,
 } from '../harness';
 import { backupAndWait } from '../harness/backups';
+import { waitFor } from '../harness/wait';
 
 const SEGMENT_SIZE = 16 * 1024 * 1024;
 
 const push = (config: string, path: string) => runAgent(['push', '-c', config, path]);
+
+/** The receiver's log lines (pino JSON) about `wal` whose message matches `msg`. */
+function walLog(receiver: Receiver, wal: string, msg: RegExp): Array<{ level: number; msg: string; session: string; agent?: string; hint?: string }> {
+  return receiver.logs().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; msg: string; session: string; wal?: string }).filter((l) => l.wal === wal && msg.test(l.msg));
+}
 
 /** The segment's 1 MiB blocks, each one zstd frame (as the agent sends them). */
 async function frames(segment: Buffer): Promise<Buffer[]> {
@@ -228,6 +234,30 @@ describe('WAL served as its stored zstd frames: the agent decompresses them and 
     }
   });
 
+  it('an agent that says it refused what it was sent has the stored copy read again, once per file sent: intact, it is logged as damage on the way', async () => {
+    const client = await RawClient.connect(receiver.url);
+    const { sessionId } = await client.authenticate('main', receiver.tokens.get('main')!, 'get');
+    const mine = (msg: RegExp) => walLog(receiver, seg, msg).filter((l) => l.session === sessionId);
+    const nothing = () => receiver.logs().split('\n').filter((l) => l.includes(sessionId) && l.includes('did not just send it; nothing to check'));
+    try {
+      const got = await client.get(1, seg);
+      expect('bytes' in got && got.bytes.length).toBe(SEGMENT_SIZE);
+      // a second report of the same file, and one of a request never answered with a file: nothing read again
+      client.send({ type: 'refused', id: 1, detail: 'get: received 16777216 of 16777216 bytes, checksum differs' });
+      client.send({ type: 'refused', id: 1, detail: 'again' });
+      client.send({ type: 'refused', id: 99, detail: 'never sent' });
+      await waitFor('the stored copy read again', () => mine(/reads back intact/).length > 0 && nothing().length === 2, { timeoutMs: 15_000 });
+      const [line] = mine(/reads back intact/);
+      expect(line).toMatchObject({ level: 40, msg: `the agent refused ${seg}; its copy in the catalog reads back intact: the bytes changed on the way or on the agent's host`, agent: 'get: received 16777216 of 16777216 bytes, checksum differs' });
+      // the connection goes on
+      const again = await client.get(2, seg);
+      expect('sha256' in again && again.sha256).toBe(receiver.walChecksum('main', seg));
+      expect(mine(/refused/)).toHaveLength(1);
+    } finally {
+      client.close();
+    }
+  });
+
   it('the agent asks for the frames, and get-wal writes the archived segment byte for byte', async () => {
     const relay = await startRelay({ host: receiver.host, port: receiver.port });
     const asked: Frame[] = [];
@@ -267,6 +297,12 @@ describe('WAL served as its stored zstd frames: the agent decompresses them and 
       const restored = await runAgent(['restore', '-c', agentConf, backupId, dest]);
       expectFailure(restored, 1, named);
       expect(listDir(dest)).toEqual([]);
+      // the backup host hears of it: the agent said what it refused, and the receiver found its copy damaged
+      const damaged = () => walLog(receiver, seg, /^the agent refused .*, and its copy in the catalog is damaged/);
+      await waitFor('the receiver to log the damaged copy', () => damaged().length >= 3, { timeoutMs: 15_000 });
+      expect(damaged()[0]).toMatchObject({ level: 50, msg: `the agent refused ${seg}, and its copy in the catalog is damaged: its bytes hash to ${sha256OfBytes(altered).slice(0, 12)}…, not to the ${receiver.walChecksum('main', seg)!.slice(0, 12)}… recorded when it was stored` });
+      expect(damaged()[0]!.hint).toMatch(new RegExp(`barman-agent push <pg_wal>/${seg}`));
+      expect(damaged()[0]!.agent).toMatch(/checksum differs/);
     } finally {
       writeFileSync(path, intact);
     }

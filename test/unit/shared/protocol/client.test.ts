@@ -4,7 +4,7 @@
 // the receiver may send (too large, damaged, not asked for) is refused.
 
 import { once } from 'node:events';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { crc32c, crc32cHex } from '../../../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../../../shared/errors';
@@ -12,7 +12,7 @@ import { computeProof, newNonce } from '../../../../shared/protocol/auth';
 import { wireDecompressor } from '../../../../shared/protocol/chunks';
 import { AgentConnection } from '../../../../shared/protocol/client';
 import { decodeFrame, encodeFrame } from '../../../../shared/protocol/codec';
-import { CHUNK_SIZE, type Frame, type GetBackupFileFrame, PROTOCOL_VERSION } from '../../../../shared/protocol/frames';
+import { CHUNK_SIZE, type Frame, type GetBackupFileFrame, PROTOCOL_VERSION, type RefusedFrame } from '../../../../shared/protocol/frames';
 
 const TOKEN = 'a'.repeat(64);
 const zstd = require('@mongodb-js/zstd/bindings.js') as { compress(b: Buffer, level: number): Promise<Buffer> };
@@ -20,6 +20,8 @@ const zstd = require('@mongodb-js/zstd/bindings.js') as { compress(b: Buffer, le
 /** what the fake receiver answers a request with: the frames to send (their id set to the request's) */
 let answer: (request: Frame) => Frame[] = () => [];
 let lastRequest: Frame | undefined;
+/** what the agent said it refused (refused frames), in order */
+const refusals: RefusedFrame[] = [];
 let wss: WebSocketServer;
 let port: number;
 
@@ -38,6 +40,8 @@ beforeAll(async () => {
         send({ type: 'challenge', protocolVersion: PROTOCOL_VERSION, serverNonce });
       } else if (frame.type === 'auth') {
         send({ type: 'welcome', sessionId: 'test', proof: computeProof(TOKEN, 'receiver', { ...hello!, serverNonce }) });
+      } else if (frame.type === 'refused') {
+        refusals.push(frame);
       } else if ('id' in frame) {
         lastRequest = frame;
         for (const f of answer(frame)) send({ ...f, id: frame.id } as Frame);
@@ -182,6 +186,34 @@ describe('fetch of a backup file sent as zstd frames', () => {
     expect(theirs.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
     expect(theirs.err?.message).toBe('base/1/1234 in the catalog does not match its manifest');
     expect(theirs.err?.hint).toBe('the receiver says what to do');
+  });
+
+  it('tells the receiver, once, of a file it refused, by the request it answered; not of an error the receiver sent', async () => {
+    const settle = () => new Promise((r) => setTimeout(r, 100));
+    refusals.length = 0;
+    const plain = Buffer.alloc(CHUNK_SIZE + 10, 7);
+    const other = Buffer.from(plain);
+    other[5] = 8;
+    const differs = await fetchWith(fileOf(plain, (await framesOf(other)).map((f) => chunk(f))));
+    expect(differs.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    await vi.waitFor(() => expect(refusals).toHaveLength(1));
+    expect(refusals[0]).toEqual({ type: 'refused', id: (lastRequest as GetBackupFileFrame).id, detail: expect.stringMatching(/^get-backup-file: received \d+ of \d+ bytes, checksum differs$/) });
+    // two frames refused: one report
+    refusals.length = 0;
+    const bombs = await fetchWith(fileOf(Buffer.alloc(10), [chunk(rleFrame(16)), chunk(rleFrame(16))]));
+    expect(bombs.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    await vi.waitFor(() => expect(refusals).toHaveLength(1));
+    expect(refusals[0]!.detail).toMatch(/^base\/1\/1234: a zstd frame from the receiver was refused \(/);
+    await settle();
+    expect(refusals).toHaveLength(1);
+    // the receiver found the damage itself: nothing to tell it
+    refusals.length = 0;
+    const theirs = await fetchWith([{ type: 'error', id: 0, code: ErrorCode.CHECKSUM_MISMATCH, message: 'base/1/1234 in the catalog does not match its manifest', hint: 'verify' }]);
+    expect(theirs.err?.code).toBe(ErrorCode.CHECKSUM_MISMATCH);
+    const intact = await fetchWith(fileOf(plain, (await framesOf(plain)).map((f) => chunk(f))));
+    expect(intact.err).toBeUndefined();
+    await settle();
+    expect(refusals).toHaveLength(0);
   });
 
   it('refuses bytes that are not one whole zstd frame', async () => {

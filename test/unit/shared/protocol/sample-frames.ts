@@ -17,6 +17,7 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
   get: { type: 'get', id: 5, name: '000000010000000000000001' },
   ack: { type: 'ack', id: 6, status: 'stored', sha256: SHA },
   error: { type: 'error', id: 7, code: 'WAL_CONFLICT', message: 'already archived', hint: 'compare the files' },
+  refused: { type: 'refused', id: 7, detail: 'base/1/1234: a zstd frame from the receiver was refused' },
   'backup-begin': {
     type: 'backup-begin',
     id: 8,
