@@ -89,8 +89,15 @@ interface RunningBackup {
 export type ServerEvent =
   | { kind: 'wal-archived'; name: string; bytes: number }
   | { kind: 'archive-failed'; reason: string }
+  /** an agent refused a catalog file it was sent, and reading the stored copy back found it `found` */
+  | { kind: 'file-refused'; file: RefusedFile; found: RefusedFound }
   /** backups, retention or drills changed what the catalog holds */
   | { kind: 'catalog-changed' };
+
+/** What kind of catalog file an agent refused: a WAL file or a backup's file. */
+export type RefusedFile = 'wal' | 'backup-file';
+/** What the stored copy of a refused file was found to be: damaged, intact, stored without a checksum to check, or gone meanwhile. */
+export type RefusedFound = 'damaged' | 'intact' | 'unchecked' | 'gone';
 
 /** What a drill is asked for: a backup (ID, latest, oldest; default latest) and an optional target time. */
 export type DrillRequest = Pick<DrillOptions, 'backup' | 'targetTime'>;
@@ -557,6 +564,11 @@ export class ServerContext {
   /** Archiving WAL failed here (a push refused, a stream that could not be written): counted by its error code. */
   archiveFailed(err: unknown): void {
     this.emit({ kind: 'archive-failed', reason: err instanceof BarmanError ? err.code : ErrorCode.INTERNAL });
+  }
+
+  /** An agent refused `file` as it was sent, and its stored copy, read back, was `found`: counted. */
+  fileRefused(file: RefusedFile, found: RefusedFound): void {
+    this.emit({ kind: 'file-refused', file, found });
   }
 
   // ---- PostgreSQL, asked through the daemon -----------------------------------------------------

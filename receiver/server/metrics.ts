@@ -1,6 +1,6 @@
 // What `GET /metrics` answers (Prometheus text format, made by prom-client), per server (label
 // `server`): WAL arriving and the live RPO (stream-health.ts works it out, as for `status`),
-// archive counters, backups, the catalog's size at rest and the last restore drill.
+// archive counters, files an agent refused, backups, the catalog's size at rest and the last restore drill.
 //
 // Counters count what this process saw (they start at 0 with it, as Prometheus expects of a
 // counter); gauges come from the catalog, so they are right after a restart. A scrape walks
@@ -50,11 +50,12 @@ class ServerWatch {
   private stopped = false;
   private readonly unsubscribe: () => void;
 
-  constructor(readonly ctx: ServerContext, private readonly counters: { segments: Counter<'server'>; bytes: Counter<'server'>; failures: Counter<'server' | 'reason'> }, private readonly log: Logger) {
+  constructor(readonly ctx: ServerContext, private readonly counters: { segments: Counter<'server'>; bytes: Counter<'server'>; failures: Counter<'server' | 'reason'>; refused: Counter<'server' | 'file' | 'found'> }, private readonly log: Logger) {
     const server = ctx.config.name;
-    // present from the start at 0, so rate() sees the first archived segment
+    // present from the start at 0, so rate() sees the first archived segment, and increase() the first damaged copy
     counters.segments.inc({ server }, 0);
     counters.bytes.inc({ server }, 0);
+    for (const file of ['wal', 'backup-file']) counters.refused.inc({ server, file, found: 'damaged' }, 0);
     this.unsubscribe = ctx.onEvent((e) => this.onEvent(e));
   }
 
@@ -80,6 +81,9 @@ class ServerWatch {
         return;
       case 'archive-failed':
         this.counters.failures.inc({ server, reason: e.reason });
+        return;
+      case 'file-refused':
+        this.counters.refused.inc({ server, file: e.file, found: e.found });
         return;
       case 'catalog-changed':
         this.backups = undefined;
@@ -175,6 +179,7 @@ export class ReceiverMetrics {
       segments: counter('barman_archived_segments_total', 'WAL segments archived (pushed or streamed) since the service started', ['server']),
       bytes: counter('barman_archived_bytes_total', 'Plain bytes of the WAL segments archived since the service started', ['server']),
       failures: counter('barman_archive_failures_total', 'WAL files that could not be archived since the service started, by error code', ['server', 'reason']),
+      refused: counter('barman_refused_files_total', 'Catalog files an agent refused as it was sent them since the service started, by file (wal, backup-file) and what reading the stored copy back found (damaged, intact, unchecked, gone)', ['server', 'file', 'found']),
     };
     this.gauges = {
       lastWalAge: gauge('barman_last_wal_received_age_seconds', 'Seconds since WAL last arrived: a segment archived, or streamed WAL flushed', ['server']),

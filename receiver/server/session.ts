@@ -608,8 +608,12 @@ export class Session implements Peer {
     const agent = detail.slice(0, 1024);
     if (served.kind === 'wal') {
       const stored = await server.catalog.findWal(served.name);
-      if (!stored) return void this.log.warn({ wal: served.name, agent }, `the agent refused ${served.name}, which is no longer in the catalog`);
+      if (!stored) {
+        server.fileRefused('wal', 'gone');
+        return void this.log.warn({ wal: served.name, agent }, `the agent refused ${served.name}, which is no longer in the catalog`);
+      }
       const found = await verifyStoredWal(server.catalog, stored);
+      server.fileRefused('wal', found.state === 'ok' ? 'intact' : found.state);
       if (found.state === 'damaged') {
         this.log.error({ wal: stored.name, code: ErrorCode.CHECKSUM_MISMATCH, agent, hint: damagedWalHint(stored.name, server.config.name) }, `the agent refused ${stored.name}, and its copy in the catalog is damaged: ${describeDamage(stored, found.damage)}`);
       } else {
@@ -622,6 +626,7 @@ export class Session implements Peer {
     const checksum = recorded.get(path);
     // (a bundle member read on its own: the restore's bundle reader keeps its own count)
     const problem = await server.backups.fileProblem(backupId, contents, { path, size: contents.files[path]?.size ?? 0, checksumAlgorithm: checksum?.algorithm, checksum: checksum?.checksum ?? '' });
+    server.fileRefused('backup-file', problem ? 'damaged' : 'intact');
     if (problem) {
       this.log.error({ backup: backupId, file: path, code: ErrorCode.CHECKSUM_MISMATCH, agent, hint: damagedBackupHint(server.config.name, backupId) }, `the agent refused ${path} of backup ${backupId}, and its copy in the catalog is damaged: ${problem}`);
     } else {

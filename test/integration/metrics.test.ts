@@ -78,7 +78,7 @@ describe('a DBA watches barman-ts with Prometheus', () => {
     // every metric of the contract is a family with its type, and each of its samples names the server
     const types: Record<string, string> = {
       barman_last_wal_received_age_seconds: 'GAUGE', barman_rpo_seconds: 'GAUGE', barman_rpo_bytes: 'GAUGE', barman_streaming_lag_bytes: 'GAUGE', barman_streaming_up: 'GAUGE',
-      barman_archived_segments_total: 'COUNTER', barman_archived_bytes_total: 'COUNTER', barman_archive_failures_total: 'COUNTER', barman_backups: 'GAUGE',
+      barman_archived_segments_total: 'COUNTER', barman_archived_bytes_total: 'COUNTER', barman_archive_failures_total: 'COUNTER', barman_refused_files_total: 'COUNTER', barman_backups: 'GAUGE',
       barman_last_backup_age_seconds: 'GAUGE', barman_last_backup_size_bytes: 'GAUGE', barman_last_backup_duration_seconds: 'GAUGE', barman_catalog_bytes: 'GAUGE',
       barman_last_drill_success: 'GAUGE', barman_last_drill_timestamp_seconds: 'GAUGE', barman_last_drill_rto_seconds: 'GAUGE',
     };
@@ -187,18 +187,18 @@ describe('a DBA watches barman-ts with Prometheus', () => {
       const rules = loaded.data.groups.flatMap((g) => g.rules);
       return rules.length > 0 && rules.every((r) => !r.lastEvaluation.startsWith('0001')) ? rules : false;
     });
-    expect(alerts.map((r) => r.name).sort()).toEqual(['BarmanArchiveStale', 'BarmanDrillFailedOrStale', 'BarmanNoRecentBackup']);
-    expect(alerts.map((r) => r.health)).toEqual(['ok', 'ok', 'ok']);
+    expect(alerts.map((r) => r.name).sort()).toEqual(['BarmanArchiveStale', 'BarmanCatalogDamaged', 'BarmanDrillFailedOrStale', 'BarmanNoRecentBackup']);
+    expect(alerts.map((r) => r.health)).toEqual(['ok', 'ok', 'ok', 'ok']);
     expect(await prometheus.query('ALERTS')).toEqual([]);
     await prometheus.stop();
   });
 });
 
 describe('the README\'s alert rules', () => {
-  it('fire when the archive is stale, no backup is recent, or the drill failed or is stale (promtool test rules)', () => {
+  it('fire when the archive is stale, no backup is recent, the drill failed or is stale, or a damaged catalog file was found (promtool test rules)', () => {
     const dir = makeTempDir('rules', 'root', 0o755);
     writeFileSync(join(dir, 'rules.yml'), readmeYaml().rules);
-    expect(execFileSync('promtool', ['check', 'rules', join(dir, 'rules.yml')], { encoding: 'utf8' })).toMatch(/SUCCESS: 3 rules found/);
+    expect(execFileSync('promtool', ['check', 'rules', join(dir, 'rules.yml')], { encoding: 'utf8' })).toMatch(/SUCCESS: 4 rules found/);
     const summary = (text: string) => ({ summary: text });
     const alert = (severity: string, server: string) => ({ severity, server, instance: 'backup1:7480', job: 'barman' });
     const series = (name: string, server: string, values: string, extra = '') => `      - series: '${name}{server="${server}",instance="backup1:7480",job="barman"${extra}}'\n        values: '${values}'`;
@@ -224,6 +224,12 @@ describe('the README\'s alert rules', () => {
       series('barman_last_drill_timestamp_seconds', 'failed', '0x120'),
       series('barman_last_drill_success', 'stale', '1x120'),
       series('barman_last_drill_timestamp_seconds', 'stale', '-777600x120'),
+      // refused files: "ok" none, "transit" one that read back intact, "damaged" one damaged in the catalog at minute 10
+      series('barman_refused_files_total', 'ok', '0x120', ',file="wal",found="damaged"'),
+      series('barman_refused_files_total', 'transit', '0x120', ',file="wal",found="damaged"'),
+      series('barman_refused_files_total', 'transit', '0x10 1x110', ',file="wal",found="intact"'),
+      series('barman_refused_files_total', 'damaged', '0x120', ',file="wal",found="damaged"'),
+      series('barman_refused_files_total', 'damaged', '0x10 1x110', ',file="backup-file",found="damaged"'),
       '    alert_rule_test:',
       '      - eval_time: 5m',
       '        alertname: BarmanArchiveStale',
@@ -247,6 +253,14 @@ describe('the README\'s alert rules', () => {
       `            exp_annotations: ${JSON.stringify(summary('barman: the restore drill of failed failed or is stale'))}`,
       `          - exp_labels: ${JSON.stringify(alert('warning', 'stale'))}`,
       `            exp_annotations: ${JSON.stringify(summary('barman: the restore drill of stale failed or is stale'))}`,
+      '      - eval_time: 5m',
+      '        alertname: BarmanCatalogDamaged',
+      '        exp_alerts: []',
+      '      - eval_time: 30m',
+      '        alertname: BarmanCatalogDamaged',
+      '        exp_alerts:',
+      `          - exp_labels: ${JSON.stringify(alert('critical', 'damaged'))}`,
+      `            exp_annotations: ${JSON.stringify(summary('barman: a damaged file in the catalog of damaged'))}`,
       '',
     ].join('\n'));
     let out: string;

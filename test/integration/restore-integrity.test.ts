@@ -16,6 +16,7 @@ import { backupAndWait, storedFileOf } from '../harness/backups';
 import { RawClient } from '../harness/raw-client';
 import { startRecovered } from '../harness/recovered';
 import { waitFor } from '../harness/wait';
+import { sampleValue, scrapeMetrics } from '../harness/metrics';
 
 describe('a recovery refuses a stored backup file whose bytes differ from the recorded checksum', () => {
   let receiver: Receiver;
@@ -95,6 +96,7 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
       // the agent told the receiver, which read its copy again and logged it damaged, with what to do
       const damaged = () => receiver.logs().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; msg: string; file?: string; backup?: string; hint?: string; agent?: string }).filter((l) => l.file === relation && /and its copy in the catalog is damaged/.test(l.msg));
       await waitFor('the receiver to log the damaged copy', () => damaged().length > 0, { timeoutMs: 15_000 });
+      expect(sampleValue(await scrapeMetrics(receiver.httpUrl), 'barman_refused_files_total', { server: 'main', file: 'backup-file', found: 'damaged' })).toBe(1);
       expect(damaged()).toEqual([expect.objectContaining({ level: 50, backup: id, msg: `the agent refused ${relation} of backup ${id}, and its copy in the catalog is damaged: checksum mismatch`, hint: `Run barman-receiver verify-backup main ${id} on the backup host; recover or restore from another backup (list-backups).`, agent: expect.stringMatching(/checksum differs/) })]);
     } finally {
       repair();

@@ -17,6 +17,7 @@ import {
 } from '../harness';
 import { backupAndWait } from '../harness/backups';
 import { waitFor } from '../harness/wait';
+import { sampleValue, scrapeMetrics } from '../harness/metrics';
 
 const SEGMENT_SIZE = 16 * 1024 * 1024;
 
@@ -253,6 +254,10 @@ describe('WAL served as its stored zstd frames: the agent decompresses them and 
       const again = await client.get(2, seg);
       expect('sha256' in again && again.sha256).toBe(receiver.walChecksum('main', seg));
       expect(mine(/refused/)).toHaveLength(1);
+      // counted by what the stored copy was found to be (the damaged count is there from the start, at 0)
+      const m = await scrapeMetrics(receiver.httpUrl);
+      expect(sampleValue(m, 'barman_refused_files_total', { server: 'main', file: 'wal', found: 'intact' })).toBe(1);
+      expect(sampleValue(m, 'barman_refused_files_total', { server: 'main', file: 'wal', found: 'damaged' })).toBe(0);
     } finally {
       client.close();
     }
@@ -303,6 +308,9 @@ describe('WAL served as its stored zstd frames: the agent decompresses them and 
       expect(damaged()[0]).toMatchObject({ level: 50, msg: `the agent refused ${seg}, and its copy in the catalog is damaged: its bytes hash to ${sha256OfBytes(altered).slice(0, 12)}…, not to the ${receiver.walChecksum('main', seg)!.slice(0, 12)}… recorded when it was stored` });
       expect(damaged()[0]!.hint).toMatch(new RegExp(`barman-agent push <pg_wal>/${seg}`));
       expect(damaged()[0]!.agent).toMatch(/checksum differs/);
+      // each one counted (a report may still be on its way: the count and the log agree once it is in)
+      const counted = async () => sampleValue(await scrapeMetrics(receiver.httpUrl), 'barman_refused_files_total', { server: 'main', file: 'wal', found: 'damaged' });
+      await waitFor('the count of damaged copies found to match the log', async () => (await counted()) === damaged().length, { timeoutMs: 15_000 });
     } finally {
       writeFileSync(path, intact);
     }
