@@ -600,12 +600,11 @@ export class Session implements Peer {
   }
 
   /**
-   * Reads again the stored copy of a file the agent refused (`detail`: what it found) and logs
+   * Reads again the stored copy of a file the agent refused (`agent`: what it found) and logs
    * what this host finds: damaged in the catalog (an error, with what to do), or intact (the bytes
    * changed on the way, or on the agent's host). Nothing in the catalog changes on an agent's word.
    */
-  private async recheck(served: Served, detail: string, server: ServerContext): Promise<void> {
-    const agent = detail.slice(0, 1024);
+  private async recheck(served: Served, agent: string, server: ServerContext): Promise<void> {
     if (served.kind === 'wal') {
       const stored = await server.catalog.findWal(served.name);
       if (!stored) {

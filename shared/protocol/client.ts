@@ -12,7 +12,7 @@ import { sha256Handle } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
 import { type BlockCompress, type ChunkSource, type FrameInflate, fileSource, type PackedFile, sendChunks, sendCompressedChunks, sendFrames, wireCompressor, wireDecompressor } from './chunks';
 import { CloseCode, FrameConnection, errorFromFrame } from './connection';
-import { type AckFrame, type EndFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, type Role, type WireCompression } from './frames';
+import { type AckFrame, type EndFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, REFUSED_DETAIL_MAX, type Role, type WireCompression } from './frames';
 import { isSegmentName } from '../wal/names';
 
 export const AGENT_VERSION = 'barman-ts/0.1.0';
@@ -341,7 +341,7 @@ export class AgentConnection {
     const refuse = (detail: string): BarmanError => {
       if (!told) {
         told = true;
-        this.conn.send({ type: 'refused', id, detail: detail.slice(0, 1024) }).catch(() => undefined);
+        this.conn.send({ type: 'refused', id, detail: detail.slice(0, REFUSED_DETAIL_MAX) }).catch(() => undefined);
       }
       return (options.refuse ?? refuseFetched)(detail);
     };

@@ -101,6 +101,8 @@ export interface ErrorFrame { type: 'error'; id?: number; code: string; message:
  * on the way or on this host).
  */
 export interface RefusedFrame { type: 'refused'; id: number; detail: string }
+/** the most a refused frame's detail may say */
+export const REFUSED_DETAIL_MAX = 1024;
 /** agent → receiver: a backup has started; `requestId` answers a backup-request */
 export interface BackupBeginFrame { type: 'backup-begin'; id: number; requestId?: number; start: BackupStart; canCompress?: WireCompression[] }
 /**
@@ -275,7 +277,7 @@ const SHAPES: Record<FrameType, Shape> = {
   get: { required: { id: uint, name: str(255) }, optional: { accept: oneOf('zstd') } },
   ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent') }, optional: { sha256: hex64 } },
   error: { required: { code: str(64), message: str(4096), hint: str(4096) }, optional: { id: uint } },
-  refused: { required: { id: uint, detail: str(1024) } },
+  refused: { required: { id: uint, detail: str(REFUSED_DETAIL_MAX) } },
   'backup-begin': { required: { id: uint, start: backupStart }, optional: { requestId: uint, canCompress: arrayOf(oneOf('zstd'), 4) } },
   'backup-accepted': { required: { id: uint, backupId }, optional: { compression: oneOf('zstd'), checksum: oneOf('sha256') } },
   'backup-end': { required: { id: uint, backupId, stop: backupStop, fileCount: uint } },
