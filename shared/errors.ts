@@ -95,6 +95,14 @@ export function asBarmanError(err: unknown, fallbackHint = 'Run again with log_l
   return new BarmanError(ErrorCode.INTERNAL, message, fallbackHint, { cause: err });
 }
 
+/** What to do about a backup whose stored copy of a file is damaged, on whichever host the error is read. */
+export function damagedBackupHint(server: string, id: string): string {
+  return `Run barman-receiver verify-backup ${server} ${id} on the backup host; recover or restore from another backup (list-backups).`;
+}
+
+/** What to do about a file the agent refused as it arrived while the receiver reads its stored copy back intact. */
+export const CHANGED_ON_THE_WAY_HINT = 'Nothing in the catalog is damaged: the bytes changed on the way or on this host. Retry; if it repeats, check this host\'s memory and the network path to the receiver.';
+
 /** What to do about WAL file `name` of `server` whose catalog copy no longer matches the checksum recorded when it was stored. */
 export function damagedWalHint(name: string, server: string): string {
   return `Do not replay past it. If a PostgreSQL host still has ${name} in pg_wal, push it again (barman-agent push <pg_wal>/${name}): an identical copy replaces the damaged one. Otherwise recover to a point before it, and check the backup host's disk (barman-receiver check ${server} --verify-wal).`;

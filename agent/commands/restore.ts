@@ -4,10 +4,11 @@
 
 import { resolve } from 'node:path';
 import type { AgentConfig } from '../../shared/config/agent';
-import { BarmanError, ErrorCode } from '../../shared/errors';
+import { BarmanError, CHANGED_ON_THE_WAY_HINT, damagedBackupHint, ErrorCode } from '../../shared/errors';
 import { checkProbedBinaries, probeRecoveryBinaries } from '../../shared/postgres/binaries';
 import { wireDecompressor } from '../../shared/protocol/chunks';
 import { AgentConnection } from '../../shared/protocol/client';
+import type { StoredCopyFound } from '../../shared/protocol/frames';
 import type { RecoveryOptions, RecoveryPlan } from '../../shared/recovery/plan';
 import { checkDestination, type WriteOptions, type WriteSummary, writeRecovery } from '../../shared/recovery/writer';
 
@@ -59,9 +60,15 @@ export async function restore(config: AgentConfig, backup: string, pgdataArg: st
 /**
  * How restore refuses backup file `path` when the bytes that arrive do not match: the receiver's
  * end frame carries the checksum the catalog recorded for it, so a mismatch is a damaged catalog
- * copy (or a damaged transfer) of this file, and is said so, naming it. A copy the receiver finds
- * damaged itself, it names in its own error.
+ * copy or a damaged transfer of this file. The receiver, told, reads its copy back (`stored`):
+ * intact, the bytes changed on the way; damaged, the catalog's copy is; undefined, it could not
+ * tell. A copy the receiver finds damaged itself, it names in its own error.
  */
-function damagedBackupFile(plan: RecoveryPlan, path: string): (detail: string) => BarmanError {
-  return (detail) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${plan.backupId}: ${path} does not match the checksum its manifest records (${detail})`, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId} on the backup host; restore from another backup (list-backups) if it is damaged, or retry if it is not.`);
+function damagedBackupFile(plan: RecoveryPlan, path: string): (detail: string, stored: StoredCopyFound | undefined) => BarmanError {
+  return (detail, stored) => {
+    const found = `backup ${plan.backupId}: ${path} does not match the checksum its manifest records (${detail})`;
+    if (stored === 'intact') return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${found}, and the receiver read its copy back intact`, CHANGED_ON_THE_WAY_HINT);
+    if (stored === 'damaged') return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${found}, and the receiver found the same reading its copy back`, damagedBackupHint(plan.server, plan.backupId));
+    return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, found, `Run barman-receiver verify-backup ${plan.server} ${plan.backupId} on the backup host; restore from another backup (list-backups) if it is damaged, or retry if it is not.`);
+  };
 }

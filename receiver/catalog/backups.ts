@@ -12,7 +12,7 @@
 import { type BackupInfo, type BackupStatus, backupIdFor, emptyInfo, formatBackupInfo, isBackupId, parseBackupInfo } from '../../shared/backup/info';
 import { buildManifest, type ChecksumAlgorithm, crc32cManifestHex, fileChecksum, type ManifestFile, parseManifest } from '../../shared/backup/manifest';
 import { checkSymlinks, safeRelativePath } from '../../shared/backup/paths';
-import { BarmanError, ErrorCode } from '../../shared/errors';
+import { BarmanError, damagedBackupHint, ErrorCode } from '../../shared/errors';
 import type { BackupStart, BackupStop, WireCompression } from '../../shared/protocol/frames';
 import { parseLsn } from '../../shared/wal/lsn';
 import { majorOf } from '../../shared/postgres/version';
@@ -770,7 +770,3 @@ function damaged(err: unknown, id: string, path: string, server: string): unknow
   return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `backup ${id}: ${path} in the catalog does not match its manifest: it no longer decompresses (${err.message})`, damagedBackupHint(server, id), { cause: err });
 }
 
-/** What to do about a backup whose stored copy of a file is damaged, on whichever host the error is read. */
-export function damagedBackupHint(server: string, id: string): string {
-  return `Run barman-receiver verify-backup ${server} ${id} on the backup host; recover or restore from another backup (list-backups).`;
-}

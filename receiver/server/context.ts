@@ -9,7 +9,7 @@ import type { BackupInfo } from '../../shared/backup/info';
 import type { ManifestFile } from '../../shared/backup/manifest';
 import type { ReceiverConfig, ServerConfig } from '../../shared/config/receiver';
 import { asBarmanError, BarmanError, ErrorCode } from '../../shared/errors';
-import type { BackupStart, BackupStop, Frame, PgProbeFrame, Role, StreamingState, StreamKeepaliveFrame, StreamOpenFrame, WalDataFrame, WireCompression } from '../../shared/protocol/frames';
+import type { BackupStart, BackupStop, Frame, PgProbeFrame, Role, StreamingState, StreamKeepaliveFrame, StoredCopyFound, StreamOpenFrame, WalDataFrame, WireCompression } from '../../shared/protocol/frames';
 import { Turns } from '../../shared/turns';
 import { type Lsn, parseLsn } from '../../shared/wal/lsn';
 import type { Logger } from 'pino';
@@ -90,14 +90,12 @@ export type ServerEvent =
   | { kind: 'wal-archived'; name: string; bytes: number }
   | { kind: 'archive-failed'; reason: string }
   /** an agent refused a catalog file it was sent, and reading the stored copy back found it `found` */
-  | { kind: 'file-refused'; file: RefusedFile; found: RefusedFound }
+  | { kind: 'file-refused'; file: RefusedFile; found: StoredCopyFound }
   /** backups, retention or drills changed what the catalog holds */
   | { kind: 'catalog-changed' };
 
 /** What kind of catalog file an agent refused: a WAL file or a backup's file. */
 export type RefusedFile = 'wal' | 'backup-file';
-/** What the stored copy of a refused file was found to be: damaged, intact, stored without a checksum to check, or gone meanwhile. */
-export type RefusedFound = 'damaged' | 'intact' | 'unchecked' | 'gone';
 
 /** What a drill is asked for: a backup (ID, latest, oldest; default latest) and an optional target time. */
 export type DrillRequest = Pick<DrillOptions, 'backup' | 'targetTime'>;
@@ -567,7 +565,7 @@ export class ServerContext {
   }
 
   /** An agent refused `file` as it was sent, and its stored copy, read back, was `found`: counted. */
-  fileRefused(file: RefusedFile, found: RefusedFound): void {
+  fileRefused(file: RefusedFile, found: StoredCopyFound): void {
     this.emit({ kind: 'file-refused', file, found });
   }
 

@@ -5,15 +5,15 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { BarmanError, damagedWalHint, ErrorCode, asBarmanError } from '../../shared/errors';
+import { BarmanError, damagedBackupHint, damagedWalHint, ErrorCode, asBarmanError } from '../../shared/errors';
 import { computeProof, newNonce, proofMatches } from '../../shared/protocol/auth';
 import { CloseCode, errorFrame, errorFromFrame, type FrameConnection } from '../../shared/protocol/connection';
-import { CHUNK_SIZE, type Frame, type HelloFrame, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION, type Role } from '../../shared/protocol/frames';
+import { CHUNK_SIZE, type Frame, type HelloFrame, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION, type Role, type StoredCopyFound } from '../../shared/protocol/frames';
 import { formatLsn } from '../../shared/wal/lsn';
 import type { ServerConfig } from '../../shared/config/receiver';
 import { damagedWal, describeDamage, readStoredWal, readStoredWalFrames, verifyStoredWal, WalUpload } from '../catalog/wal-archive';
 import type { Upload } from '../catalog/upload';
-import { type BackupContents, type BundleReader, damagedBackupHint, readableBackupPath } from '../catalog/backups';
+import { type BackupContents, type BundleReader, readableBackupPath } from '../catalog/backups';
 import { crc32cWireHex, type FileChecksumValue, parseManifest } from '../../shared/backup/manifest';
 import { planRecovery } from '../recovery/plan';
 import { recoveryWal } from '../recovery/wal-source';
@@ -260,13 +260,21 @@ export class Session implements Peer {
         // each file sent can be reported once: reading it again costs at most what sending it did
         const served = this.served.get(frame.id);
         this.served.delete(frame.id);
+        const { id, detail } = frame;
         if (!served) {
-          this.log.warn({ request: frame.id, agent: frame.detail }, 'the agent refused a file this connection did not just send it; nothing to check');
-          return;
+          this.log.warn({ request: id, agent: detail }, 'the agent refused a file this connection did not just send it; nothing to check');
+          return this.conn.send({ type: 'rechecked', id, found: 'unknown' });
         }
-        this.rechecks = this.rechecks.then(() => this.recheck(served, frame.detail, server)).catch((err: unknown) => {
-          const e = asBarmanError(err);
-          this.log.warn({ code: e.code }, `could not read again a file the agent refused: ${e.message}`);
+        // read back one at a time, answered in turn (the connection goes on meanwhile)
+        this.rechecks = this.rechecks.then(async () => {
+          let found: StoredCopyFound | 'unknown' = 'unknown';
+          try {
+            found = await this.recheck(served, detail, server);
+          } catch (err) {
+            const e = asBarmanError(err);
+            this.log.warn({ code: e.code }, `could not read again a file the agent refused: ${e.message}`);
+          }
+          await this.conn.send({ type: 'rechecked', id, found }).catch(() => undefined);
         });
         return;
       }
@@ -600,37 +608,44 @@ export class Session implements Peer {
   }
 
   /**
-   * Reads again the stored copy of a file the agent refused (`agent`: what it found) and logs
-   * what this host finds: damaged in the catalog (an error, with what to do), or intact (the bytes
-   * changed on the way, or on the agent's host). Nothing in the catalog changes on an agent's word.
+   * Reads again the stored copy of a file the agent refused (`agent`: what it found), logs what
+   * this host finds (damaged in the catalog: an error, with what to do; intact: the bytes changed
+   * on the way, or on the agent's host), counts it, and returns it for the agent. Nothing in the
+   * catalog changes on an agent's word.
    */
-  private async recheck(served: Served, agent: string, server: ServerContext): Promise<void> {
+  private async recheck(served: Served, agent: string, server: ServerContext): Promise<StoredCopyFound> {
+    const found = await this.readBack(served, agent, server);
+    server.fileRefused(served.kind, found);
+    return found;
+  }
+
+  /** recheck's reading back and logging: what the stored copy of `served` is. */
+  private async readBack(served: Served, agent: string, server: ServerContext): Promise<StoredCopyFound> {
     if (served.kind === 'wal') {
       const stored = await server.catalog.findWal(served.name);
       if (!stored) {
-        server.fileRefused('wal', 'gone');
-        return void this.log.warn({ wal: served.name, agent }, `the agent refused ${served.name}, which is no longer in the catalog`);
+        this.log.warn({ wal: served.name, agent }, `the agent refused ${served.name}, which is no longer in the catalog`);
+        return 'gone';
       }
       const found = await verifyStoredWal(server.catalog, stored);
-      server.fileRefused('wal', found.state === 'ok' ? 'intact' : found.state);
       if (found.state === 'damaged') {
         this.log.error({ wal: stored.name, code: ErrorCode.CHECKSUM_MISMATCH, agent, hint: damagedWalHint(stored.name, server.config.name) }, `the agent refused ${stored.name}, and its copy in the catalog is damaged: ${describeDamage(stored, found.damage)}`);
-      } else {
-        this.log.warn({ wal: stored.name, agent }, `the agent refused ${stored.name}; its copy in the catalog ${found.state === 'ok' ? 'reads back intact: the bytes changed on the way or on the agent\'s host' : 'has no recorded checksum to check it against'}`);
+        return 'damaged';
       }
-      return;
+      this.log.warn({ wal: stored.name, agent }, `the agent refused ${stored.name}; its copy in the catalog ${found.state === 'ok' ? 'reads back intact: the bytes changed on the way or on the agent\'s host' : 'has no recorded checksum to check it against'}`);
+      return found.state === 'ok' ? 'intact' : 'unchecked';
     }
     const { backupId, path } = served;
     const { contents, recorded } = await this.doneBackupContents(backupId, server);
     const checksum = recorded.get(path);
     // (a bundle member read on its own: the restore's bundle reader keeps its own count)
     const problem = await server.backups.fileProblem(backupId, contents, { path, size: contents.files[path]?.size ?? 0, checksumAlgorithm: checksum?.algorithm, checksum: checksum?.checksum ?? '' });
-    server.fileRefused('backup-file', problem ? 'damaged' : 'intact');
     if (problem) {
       this.log.error({ backup: backupId, file: path, code: ErrorCode.CHECKSUM_MISMATCH, agent, hint: damagedBackupHint(server.config.name, backupId) }, `the agent refused ${path} of backup ${backupId}, and its copy in the catalog is damaged: ${problem}`);
-    } else {
-      this.log.warn({ backup: backupId, file: path, agent }, `the agent refused ${path} of backup ${backupId}; its copy in the catalog reads back intact: the bytes changed on the way or on the agent's host`);
+      return 'damaged';
     }
+    this.log.warn({ backup: backupId, file: path, agent }, `the agent refused ${path} of backup ${backupId}; its copy in the catalog ${checksum ? 'reads back intact: the bytes changed on the way or on the agent\'s host' : 'has no recorded checksum to check it against'}`);
+    return checksum ? 'intact' : 'unchecked';
   }
 
   /**

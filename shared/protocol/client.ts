@@ -6,13 +6,13 @@ import { constants, promises as fs, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import WebSocket from 'ws';
 import type { AgentConfig } from '../config/agent';
-import { BarmanError, damagedWalHint, ErrorCode } from '../errors';
+import { BarmanError, CHANGED_ON_THE_WAY_HINT, damagedWalHint, ErrorCode } from '../errors';
 import { type ChecksumAlgorithm, crc32cWireHex, type FileChecksum, fileChecksum } from '../backup/manifest';
 import { sha256Handle } from '../checksum';
 import { computeProof, newNonce, proofMatches } from './auth';
 import { type BlockCompress, type ChunkSource, type FrameInflate, fileSource, type PackedFile, sendChunks, sendCompressedChunks, sendFrames, wireCompressor, wireDecompressor } from './chunks';
 import { CloseCode, FrameConnection, errorFromFrame } from './connection';
-import { type AckFrame, type EndFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, REFUSED_DETAIL_MAX, type Role, type WireCompression } from './frames';
+import { type AckFrame, type EndFrame, type Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION, type PutTarget, REFUSED_DETAIL_MAX, type Role, type StoredCopyFound, type WireCompression } from './frames';
 import { isSegmentName } from '../wal/names';
 
 export const AGENT_VERSION = 'barman-ts/0.1.0';
@@ -59,15 +59,27 @@ export interface FetchOptions {
   inflate?: FrameInflate;
   /**
    * the error for bytes this agent finds do not match (size, checksum, a frame that does not
-   * decompress), given what it found: a caller that knows what the file is names it. An error the
-   * receiver sends comes as the receiver wrote it.
+   * decompress), given what it found and what the receiver then found its stored copy to be
+   * (undefined: it could not tell, or did not answer in time): a caller that knows what the file is
+   * names it. An error the receiver sends comes as the receiver wrote it.
    */
-  refuse?: (detail: string) => BarmanError;
+  refuse?: (detail: string, stored: StoredCopyFound | undefined) => BarmanError;
+  /** how long a refusal waits for the receiver to say what its stored copy is (default RECHECK_WAIT_MS) */
+  recheckWaitMs?: number;
 }
+
+/**
+ * how long a refusal waits for the receiver to read its stored copy back (a WAL segment takes tens
+ * of milliseconds, a backup's largest file, 1 GiB, a few seconds)
+ */
+const RECHECK_WAIT_MS = 30_000;
 
 function refuseFetched(detail: string): BarmanError {
   return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, detail, 'Retry; if it persists, run verify-backup on the receiver host.');
 }
+
+/** Bytes fetch() found wrong, until the receiver has said what its stored copy is. */
+class Refusal extends Error {}
 
 /** what a fetch's waiter sees once its consumer has stopped (made once, shared) */
 let fetchEnded: BarmanError | undefined;
@@ -336,15 +348,8 @@ export class AgentConnection {
   async *fetch(build: (id: number) => Frame, options: FetchOptions = {}): AsyncGenerator<Uint8Array> {
     const { onVerified, inflate } = options;
     const id = this.nextId++;
-    let told = false;
-    /** bytes this agent refuses: the receiver hears of it once (it reads its stored copy again), the caller names the file */
-    const refuse = (detail: string): BarmanError => {
-      if (!told) {
-        told = true;
-        this.conn.send({ type: 'refused', id, detail: detail.slice(0, REFUSED_DETAIL_MAX) }).catch(() => undefined);
-      }
-      return (options.refuse ?? refuseFetched)(detail);
-    };
+    // (made the caller's error once the receiver has said what its stored copy is, below)
+    const refuse = (detail: string) => new Refusal(detail);
     const queue: Uint8Array[] = [];
     /** a file sent as zstd frames: each one's plain bytes, in order, and the end once it came */
     let frames: Promise<Uint8Array>[] | undefined;
@@ -355,7 +360,7 @@ export class AgentConnection {
     let expected = -1;
     let received = 0;
     let finished = false;
-    let failure: BarmanError | undefined;
+    let failure: Error | undefined;
     let wake: (() => void) | undefined;
     let drained: (() => void) | undefined;
     const nudge = () => {
@@ -366,7 +371,7 @@ export class AgentConnection {
     /** the file's name from its file frame, for errors */
     let fileName = '';
     /** Checks what arrived (its plain bytes) against the end frame: the failure, or undefined (and onVerified told). */
-    const verify = (frame: EndFrame): BarmanError | undefined => {
+    const verify = (frame: EndFrame): Refusal | undefined => {
       // the manifest's hex; an end carries a CRC-32C as the wire writes it (crc32cWireHex)
       const mine = digest?.digest();
       const matches = mine !== undefined && (algorithm === 'CRC32C' ? crc32cWireHex(mine) === frame.crc32c : mine === frame.sha256);
@@ -466,6 +471,16 @@ export class AgentConnection {
         if (finished) return;
         await new Promise<void>((r) => (wake = r));
       }
+    } catch (err) {
+      if (!(err instanceof Refusal)) throw err;
+      // bytes this agent refuses: the receiver hears of it and reads its stored copy back, and
+      // the caller's error says what that found (changed on the way, or damaged in the catalog).
+      // Meanwhile the rest of the file is dropped: the waiter stops holding the connection back.
+      failure ??= err;
+      const d = drained;
+      drained = undefined;
+      d?.();
+      throw (options.refuse ?? refuseFetched)(err.message, await this.recheck(id, err.message, options.recheckWaitMs ?? RECHECK_WAIT_MS));
     } finally {
       this.waiters.delete(id);
       // (one error for every fetch ever ended: it only stops this fetch's waiter, and building an
@@ -473,6 +488,29 @@ export class AgentConnection {
       failure ??= (fetchEnded ??= new BarmanError(ErrorCode.CONNECTION_LOST, 'fetch abandoned', ''));
       drained?.();
     }
+  }
+
+  /**
+   * Tells the receiver this agent refused what it sent for request `id` (`detail`: why) and waits
+   * at most `waitMs` for its answer: what its stored copy, read back, is; undefined when it cannot
+   * tell, does not answer in time, or the connection ends.
+   */
+  private recheck(id: number, detail: string, waitMs: number): Promise<StoredCopyFound | undefined> {
+    return new Promise((resolve) => {
+      const done = (found: StoredCopyFound | undefined) => {
+        clearTimeout(timer);
+        if (this.waiters.get(id) === waiter) this.waiters.delete(id);
+        resolve(found);
+      };
+      const timer = setTimeout(() => done(undefined), waitMs);
+      // the rest of the file may still come first (a refusal mid-way): dropped
+      const waiter: Waiter = (frame) => {
+        if (frame.type === 'rechecked') done(frame.found === 'unknown' ? undefined : frame.found);
+        else if (frame.type === 'error') done(undefined);
+      };
+      this.waiters.set(id, waiter);
+      this.conn.send({ type: 'refused', id, detail: detail.slice(0, REFUSED_DETAIL_MAX) }).catch(() => done(undefined));
+    });
   }
 
   /**
@@ -488,7 +526,10 @@ export class AgentConnection {
       onVerified,
       inflate,
       // what this agent finds wrong with the bytes; a copy the receiver finds damaged itself, it names in its own error
-      refuse: (detail) => new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name} in the catalog of ${server} is damaged: its bytes do not match the checksum recorded when it was stored (${detail}); refusing it`, damagedWalHint(name, server)),
+      refuse: (detail, stored) =>
+        stored === 'intact'
+          ? new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name} arrived from the catalog of ${server} changed: its bytes do not match the checksum recorded when it was stored (${detail}), and the receiver read its copy back intact; refusing it`, CHANGED_ON_THE_WAY_HINT)
+          : new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name} in the catalog of ${server} is damaged: its bytes do not match the checksum recorded when it was stored (${detail})${stored === 'damaged' ? ', and the receiver found the same reading its copy back' : ''}; refusing it`, damagedWalHint(name, server)),
     });
   }
 

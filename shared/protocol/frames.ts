@@ -8,7 +8,7 @@
 
 import type { BackupSymlink } from '../backup/paths';
 
-/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C; 5: a backup file's SHA-256 only when backup-accepted asks for it, a served backup file's end may carry the CRC-32C its manifest records; 6: welcome may announce walCompression, and a WAL put may then come compressed; 7: a get may accept zstd, and a WAL file the catalog stores so then comes as its stored frames (an agent of 6 never asks, and is served as before); 8: an agent tells the receiver of a file it refused (refused; agents of 6 and 7 never do) */
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C; 5: a backup file's SHA-256 only when backup-accepted asks for it, a served backup file's end may carry the CRC-32C its manifest records; 6: welcome may announce walCompression, and a WAL put may then come compressed; 7: a get may accept zstd, and a WAL file the catalog stores so then comes as its stored frames (an agent of 6 never asks, and is served as before); 8: an agent tells the receiver of a file it refused (refused), and hears what the stored copy is (rechecked); agents of 6 and 7 never do */
 export const PROTOCOL_VERSION = 8;
 /** the oldest agent protocol a receiver serves: agents and receivers of one barman-ts version (5 changed what a backup file's end and ack carry) */
 export const OLDEST_AGENT_PROTOCOL = 6;
@@ -95,14 +95,17 @@ export interface GetFrame { type: 'get'; id: number; name: string; accept?: 'zst
 export interface AckFrame { type: 'ack'; id: number; status: 'stored' | 'duplicate' | 'sent'; sha256?: string }
 export interface ErrorFrame { type: 'error'; id?: number; code: string; message: string; hint: string }
 /**
- * Agent → receiver, unanswered: the file the receiver sent in answer to request `id` (a get or a
+ * Agent → receiver: the file the receiver sent in answer to request `id` (a get or a
  * get-backup-file) did not check out here (`detail`: what this agent found). The receiver reads
- * its stored copy again and logs what it finds: damaged in the catalog, or intact (the damage was
- * on the way or on this host).
+ * its stored copy again, logs what it finds and answers with rechecked.
  */
 export interface RefusedFrame { type: 'refused'; id: number; detail: string }
 /** the most a refused frame's detail may say */
 export const REFUSED_DETAIL_MAX = 1024;
+/** What the stored copy of a file an agent refused was found to be, read back: damaged, intact, stored without a checksum to check it against, or gone meanwhile. */
+export type StoredCopyFound = 'damaged' | 'intact' | 'unchecked' | 'gone';
+/** Receiver → agent, the answer to refused: what the stored copy is (`unknown`: no file was sent under that id, or it could not be read back). */
+export interface RecheckedFrame { type: 'rechecked'; id: number; found: StoredCopyFound | 'unknown' }
 /** agent → receiver: a backup has started; `requestId` answers a backup-request */
 export interface BackupBeginFrame { type: 'backup-begin'; id: number; requestId?: number; start: BackupStart; canCompress?: WireCompression[] }
 /**
@@ -208,7 +211,7 @@ export interface PgProbeFrame {
 export interface DrillRequestFrame { type: 'drill-request'; id: number; backup: string; targetTime: string; key: string }
 
 export type Frame =
-  | HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame | RefusedFrame
+  | HelloFrame | ChallengeFrame | AuthFrame | WelcomeFrame | PutFrame | FileFrame | ChunkFrame | EndFrame | GetFrame | AckFrame | ErrorFrame | RefusedFrame | RecheckedFrame
   | BackupBeginFrame | BackupAcceptedFrame | BackupEndFrame | BackupAbortFrame | BackupRequestFrame | BackupStartFrame | BackupStatusFrame
   | BackupTotalFrame | BackupProgressFrame
   | StatusRequestFrame | StatusFrame | GetBackupFileFrame | RestorePlanRequestFrame
@@ -278,6 +281,7 @@ const SHAPES: Record<FrameType, Shape> = {
   ack: { required: { id: uint, status: oneOf('stored', 'duplicate', 'sent') }, optional: { sha256: hex64 } },
   error: { required: { code: str(64), message: str(4096), hint: str(4096) }, optional: { id: uint } },
   refused: { required: { id: uint, detail: str(REFUSED_DETAIL_MAX) } },
+  rechecked: { required: { id: uint, found: oneOf('damaged', 'intact', 'unchecked', 'gone', 'unknown') } },
   'backup-begin': { required: { id: uint, start: backupStart }, optional: { requestId: uint, canCompress: arrayOf(oneOf('zstd'), 4) } },
   'backup-accepted': { required: { id: uint, backupId }, optional: { compression: oneOf('zstd'), checksum: oneOf('sha256') } },
   'backup-end': { required: { id: uint, backupId, stop: backupStop, fileCount: uint } },

@@ -5,8 +5,9 @@
 // through and then swallows the answer (an ack lost on the way back), and `limit()` makes the
 // link slow (agent → receiver at most so many bytes a second). New connections go through
 // normally. `interceptNext()` makes the relay a man in the middle on ws:// for one connection: it
-// reads the protocol's frames both ways, may rewrite or drop what the client sends, and may send
-// requests of its own on the session (the hello rewriter an attacker would use). `limitReplies()`
+// reads the protocol's frames both ways, may rewrite or drop what the client sends, rewrite what
+// the receiver sends, and may send requests of its own on the session (the hello rewriter an
+// attacker would use). `limitReplies()`
 // slows the other way (receiver → agent: a restore that takes long enough to be killed half-way).
 
 import { createServer, connect, type Server, type Socket } from 'node:net';
@@ -22,6 +23,8 @@ export interface Interception {
   fromClient?: (frame: Frame) => Frame | undefined;
   /** each frame the receiver sends (forwarded to the client as it is); `inject` sends a frame of the relay's own to the receiver */
   fromReceiver?: (frame: Frame, inject: (frame: Frame) => void) => void;
+  /** each frame the receiver sends, rewritten: the client gets the frame returned instead (bytes changed on the way) */
+  rewriteFromReceiver?: (frame: Frame) => Frame;
 }
 
 interface Pair {
@@ -173,10 +176,17 @@ export class TcpRelay {
       }),
     );
     const fromReceiver = new WsStreamParser();
+    const rewrite = interception.rewriteFromReceiver;
+    const toClient = (bytes: Buffer) => {
+      if (!client.destroyed) client.write(bytes);
+    };
     upstream.on('data', (chunk: Buffer) => {
-      if (!client.destroyed) client.write(chunk);
-      fromReceiver.push(chunk, () => undefined, (message) => {
-        if (message.opcode === OPCODE_BINARY) interception.fromReceiver?.(decodeFrame(message.payload), inject);
+      // without a rewrite, the bytes go on as they came; with one, frame by frame as rewritten
+      if (!rewrite) toClient(chunk);
+      fromReceiver.push(chunk, rewrite ? toClient : () => undefined, (message) => {
+        const frame = message.opcode === OPCODE_BINARY ? decodeFrame(message.payload) : undefined;
+        if (rewrite) toClient(frame ? encodeWsBinary(encodeFrame(rewrite(frame)), false) : message.raw);
+        if (frame) interception.fromReceiver?.(frame, inject);
       });
     });
   }

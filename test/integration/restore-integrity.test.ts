@@ -93,7 +93,9 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
       expectFailure(r, 1, new RegExp(`backup ${id}: ${relation} does not match the checksum its manifest records \\(get-backup-file: received \\d+ of \\d+ bytes, checksum differs\\)`));
       expect(r.stderr).toMatch(/verify-backup/);
       expect(listDir(dest)).toEqual([]);
-      // the agent told the receiver, which read its copy again and logged it damaged, with what to do
+      // the agent told the receiver, which read its copy again, answered, and logged it damaged, with what to do
+      expect(r.stderr).toMatch(/checksum differs\), and the receiver found the same reading its copy back$/m);
+      expect(r.stderr).toMatch(new RegExp(`^HINT: Run barman-receiver verify-backup main ${id} on the backup host; recover or restore from another backup \\(list-backups\\)\\.$`, 'm'));
       const damaged = () => receiver.logs().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; msg: string; file?: string; backup?: string; hint?: string; agent?: string }).filter((l) => l.file === relation && /and its copy in the catalog is damaged/.test(l.msg));
       await waitFor('the receiver to log the damaged copy', () => damaged().length > 0, { timeoutMs: 15_000 });
       expect(sampleValue(await scrapeMetrics(receiver.httpUrl), 'barman_refused_files_total', { server: 'main', file: 'backup-file', found: 'damaged' })).toBe(1);

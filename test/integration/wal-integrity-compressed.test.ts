@@ -235,7 +235,7 @@ describe('WAL served as its stored zstd frames: the agent decompresses them and 
     }
   });
 
-  it('an agent that says it refused what it was sent has the stored copy read again, once per file sent: intact, it is logged as damage on the way', async () => {
+  it('an agent that says it refused what it was sent has the stored copy read again, once per file sent, and is told what it is: intact, it is logged as damage on the way', async () => {
     const client = await RawClient.connect(receiver.url);
     const { sessionId } = await client.authenticate('main', receiver.tokens.get('main')!, 'get');
     const mine = (msg: RegExp) => walLog(receiver, seg, msg).filter((l) => l.session === sessionId);
@@ -247,6 +247,10 @@ describe('WAL served as its stored zstd frames: the agent decompresses them and 
       client.send({ type: 'refused', id: 1, detail: 'get: received 16777216 of 16777216 bytes, checksum differs' });
       client.send({ type: 'refused', id: 1, detail: 'again' });
       client.send({ type: 'refused', id: 99, detail: 'never sent' });
+      // each answered: what the stored copy is, or that there is nothing to say (the second report of 1, and 99)
+      const answers = [await client.nextFrame(), await client.nextFrame(), await client.nextFrame()];
+      expect(answers).toHaveLength(3);
+      expect(answers).toEqual(expect.arrayContaining([{ type: 'rechecked', id: 1, found: 'unknown' }, { type: 'rechecked', id: 99, found: 'unknown' }, { type: 'rechecked', id: 1, found: 'intact' }]));
       await waitFor('the stored copy read again', () => mine(/reads back intact/).length > 0 && nothing().length === 2, { timeoutMs: 15_000 });
       const [line] = mine(/reads back intact/);
       expect(line).toMatchObject({ level: 40, msg: `the agent refused ${seg}; its copy in the catalog reads back intact: the bytes changed on the way or on the agent's host`, agent: 'get: received 16777216 of 16777216 bytes, checksum differs' });
@@ -279,6 +283,38 @@ describe('WAL served as its stored zstd frames: the agent decompresses them and 
     expect(await sha256Of(join(dir, 'RECOVERYXLOG'))).toBe(await sha256Of(cluster.walFile(seg)));
   });
 
+  it('a segment whose bytes change on the way is refused, and the agent says so: the receiver read its copy back intact', async () => {
+    // the stored segment's first frame, made again from its plain bytes with one byte flipped: valid zstd, other bytes
+    const storedFrames = await frames(readFileSync(cluster.walFile(seg)));
+    const plain = Buffer.from(await decompress(storedFrames[0]!));
+    plain[4096 + 7] = plain[4096 + 7]! ^ 0x01;
+    const changed = await compress(plain, 1);
+    const relay = await startRelay({ host: receiver.host, port: receiver.port });
+    let rewritten = 0;
+    relay.interceptNext({
+      rewriteFromReceiver: (frame) => {
+        if (frame.type !== 'chunk' || rewritten > 0) return frame;
+        rewritten++;
+        return { ...frame, data: changed };
+      },
+    });
+    const viaRelay = writeAgentConfig({ receiver: relay.url, server: 'main', token: receiver.tokens.get('main')!, pgdata: cluster.pgdata, conninfo: cluster.conninfo, extra: { prefetch: '0' } }).path;
+    const dir = makeDir(join(makeTempDir('wal-frames-changed', 'postgres', 0o755), 'restore'), 'postgres', 0o700);
+    const intact = () => walLog(receiver, seg, /reads back intact/).length;
+    const before = intact();
+    const fetched = await runAgent(['get-wal', '-c', viaRelay, seg, join(dir, 'RECOVERYXLOG')]);
+    expect(rewritten).toBe(1);
+    // still an exit that stops recovery: PostgreSQL must not take the segment for the end of WAL
+    expect(fetched.code, describeRun(fetched)).toBe(128);
+    expect(fetched.stderr).toMatch(new RegExp(`^ERROR \\[CHECKSUM_MISMATCH\\]: ${seg} arrived from the catalog of main changed: its bytes do not match the checksum recorded when it was stored \\(get: received 16777216 of 16777216 bytes, checksum differs\\), and the receiver read its copy back intact; refusing it$`, 'm'));
+    expect(fetched.stderr).toMatch(/^HINT: Nothing in the catalog is damaged: the bytes changed on the way or on this host\. Retry; if it repeats, check this host's memory and the network path to the receiver\.$/m);
+    expect(listDir(dir)).toEqual([]);
+    expect(intact()).toBe(before + 1);
+    // and through the receiver directly, the segment comes whole
+    expectSuccess(await runAgent(['get-wal', '-c', noPrefetch, seg, join(dir, 'RECOVERYXLOG')]));
+    expect(await sha256Of(join(dir, 'RECOVERYXLOG'))).toBe(await sha256Of(cluster.walFile(seg)));
+  });
+
   it('a stored segment with one plain byte flipped (still valid zstd frames) is refused by name: get-wal stops recovery, restore writes nothing; the intact copy serves again', async () => {
     const path = receiver.walPath('main', seg);
     const intact = readFileSync(path);
@@ -295,12 +331,15 @@ describe('WAL served as its stored zstd frames: the agent decompresses them and 
         // an exit code that makes PostgreSQL stop recovery, not take the segment for the end of WAL
         expect(fetched.code, `${label}: ${describeRun(fetched)}`).toBe(128);
         expect(fetched.stderr).toMatch(named);
+        // the receiver, told, read its copy back and said so
+        expect(fetched.stderr).toMatch(/checksum differs\), and the receiver found the same reading its copy back; refusing it$/m);
         expect(fetched.stderr).toMatch(new RegExp(`^HINT: .*barman-agent push <pg_wal>/${seg}`, 'm'));
         expect(listDir(dir)).toEqual([]);
       }
       const dest = makeDir(join(parent, 'pgdata'), 'postgres', 0o700);
       const restored = await runAgent(['restore', '-c', agentConf, backupId, dest]);
       expectFailure(restored, 1, named);
+      expect(restored.stderr).toMatch(/and the receiver found the same reading its copy back/);
       expect(listDir(dest)).toEqual([]);
       // the backup host hears of it: the agent said what it refused, and the receiver found its copy damaged
       const damaged = () => walLog(receiver, seg, /^the agent refused .*, and its copy in the catalog is damaged/);

@@ -10,9 +10,9 @@ import { crc32c, crc32cHex } from '../../../../shared/checksum';
 import { BarmanError, ErrorCode } from '../../../../shared/errors';
 import { computeProof, newNonce } from '../../../../shared/protocol/auth';
 import { wireDecompressor } from '../../../../shared/protocol/chunks';
-import { AgentConnection } from '../../../../shared/protocol/client';
+import { AgentConnection, type FetchOptions } from '../../../../shared/protocol/client';
 import { decodeFrame, encodeFrame } from '../../../../shared/protocol/codec';
-import { CHUNK_SIZE, type Frame, type GetBackupFileFrame, PROTOCOL_VERSION, type RefusedFrame } from '../../../../shared/protocol/frames';
+import { CHUNK_SIZE, type Frame, type GetBackupFileFrame, PROTOCOL_VERSION, type RecheckedFrame, type RefusedFrame } from '../../../../shared/protocol/frames';
 
 const TOKEN = 'a'.repeat(64);
 const zstd = require('@mongodb-js/zstd/bindings.js') as { compress(b: Buffer, level: number): Promise<Buffer> };
@@ -22,6 +22,8 @@ let answer: (request: Frame) => Frame[] = () => [];
 let lastRequest: Frame | undefined;
 /** what the agent said it refused (refused frames), in order */
 const refusals: RefusedFrame[] = [];
+/** what the fake receiver answers a refused frame with (undefined: nothing) */
+let recheckAnswer: RecheckedFrame['found'] | undefined = 'unknown';
 let wss: WebSocketServer;
 let port: number;
 
@@ -42,6 +44,7 @@ beforeAll(async () => {
         send({ type: 'welcome', sessionId: 'test', proof: computeProof(TOKEN, 'receiver', { ...hello!, serverNonce }) });
       } else if (frame.type === 'refused') {
         refusals.push(frame);
+        if (recheckAnswer) send({ type: 'rechecked', id: frame.id, found: recheckAnswer });
       } else if ('id' in frame) {
         lastRequest = frame;
         for (const f of answer(frame)) send({ ...f, id: frame.id } as Frame);
@@ -63,13 +66,13 @@ const inflate = wireDecompressor()!;
 const ask = (accept = true) => (id: number): GetBackupFileFrame => ({ type: 'get-backup-file', id, backupId: '20260101T000000', path: 'base/1/1234', ...(accept ? { accept: 'zstd' as const } : {}) });
 
 /** Fetches with `answer` answering; the bytes, the checksum verified, or the error. */
-async function fetchWith(frames: Frame[], accept = true, refuse?: (detail: string) => BarmanError): Promise<{ bytes?: Buffer; verified?: string; err?: BarmanError }> {
+async function fetchWith(frames: Frame[], accept = true, refuse?: FetchOptions['refuse'], recheckWaitMs?: number): Promise<{ bytes?: Buffer; verified?: string; err?: BarmanError }> {
   answer = () => frames;
   const conn = await connect();
   try {
     const parts: Uint8Array[] = [];
     let verified: string | undefined;
-    for await (const chunk of conn.fetch(ask(accept), { onVerified: (c) => (verified = c), inflate: accept ? inflate : undefined, refuse })) parts.push(chunk);
+    for await (const chunk of conn.fetch(ask(accept), { onVerified: (c) => (verified = c), inflate: accept ? inflate : undefined, refuse, recheckWaitMs })) parts.push(chunk);
     return { bytes: Buffer.concat(parts), verified };
   } catch (err) {
     expect(err).toBeInstanceOf(BarmanError);
@@ -214,6 +217,34 @@ describe('fetch of a backup file sent as zstd frames', () => {
     expect(intact.err).toBeUndefined();
     await settle();
     expect(refusals).toHaveLength(0);
+  });
+
+  it("hands the caller's error what the receiver found its stored copy to be, or undefined when it cannot tell or does not answer", async () => {
+    const heard: Array<string | undefined> = [];
+    const named = (detail: string, stored: string | undefined) => {
+      heard.push(stored);
+      return new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `the file named: ${detail}`, `stored copy ${stored}`);
+    };
+    const plain = Buffer.alloc(CHUNK_SIZE + 10, 7);
+    const other = Buffer.from(plain);
+    other[5] = 8;
+    const differs = async () => fetchWith(fileOf(plain, (await framesOf(other)).map((f) => chunk(f))), true, named, 500);
+    try {
+      for (const answer of ['intact', 'damaged', 'unchecked', 'gone', 'unknown', undefined] as const) {
+        recheckAnswer = answer;
+        const got = await differs();
+        expect(got.err?.message).toMatch(/^the file named: get-backup-file: received \d+ of \d+ bytes, checksum differs$/);
+        expect(got.err?.hint).toBe(`stored copy ${answer === 'unknown' ? undefined : answer}`);
+      }
+      expect(heard).toEqual(['intact', 'damaged', 'unchecked', 'gone', undefined, undefined]);
+      // refused mid-way (a frame that does not decompress), with the rest of the file still coming and more of it than is held in memory: the answer is heard all the same
+      recheckAnswer = 'intact';
+      const frames = (await framesOf(Buffer.alloc(12 * CHUNK_SIZE, 3))).map((f) => chunk(f));
+      const midway = await fetchWith(fileOf(Buffer.alloc(12 * CHUNK_SIZE, 3), [frames[0]!, chunk(rleFrame(16)), ...frames.slice(2)]), true, named, 10_000);
+      expect(midway.err?.hint).toBe('stored copy intact');
+    } finally {
+      recheckAnswer = 'unknown';
+    }
   });
 
   it('refuses bytes that are not one whole zstd frame', async () => {

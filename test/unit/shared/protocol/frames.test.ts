@@ -125,6 +125,7 @@ describe('validateFrame', () => {
     ['put target name of 65 chars', { ...VALID_FRAMES.put, target: { kind: 'wal', name: 'n'.repeat(65), sha256: SHA } }, 'target'],
     ['error message over 4096 chars', { ...VALID_FRAMES.error, message: 'm'.repeat(4097) }, 'message'],
     ['refused detail over 1024 chars', { ...VALID_FRAMES.refused, detail: 'd'.repeat(1025) }, 'detail'],
+    ['rechecked with a finding of its own', { ...VALID_FRAMES.rechecked, found: 'fine' }, 'found'],
     ['backup file target with a fractional mtime', { ...VALID_FRAMES.put, target: { kind: 'backup-file', backupId: '20261125T100000', path: 'PG_VERSION', mtime: 1.5 } }, 'target'],
     ['backup file target with a malformed backup ID', { ...VALID_FRAMES.put, target: { kind: 'backup-file', backupId: '../20261125', path: 'PG_VERSION', mtime: 1 } }, 'target'],
     ['backup ID that is not YYYYMMDDTHHMMSS', { ...VALID_FRAMES['backup-accepted'], backupId: '2026-11-25T10:00:00' }, 'backupId'],

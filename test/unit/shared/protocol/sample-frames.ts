@@ -18,6 +18,7 @@ export const VALID_FRAMES: { [K in FrameType]: Extract<Frame, { type: K }> } = {
   ack: { type: 'ack', id: 6, status: 'stored', sha256: SHA },
   error: { type: 'error', id: 7, code: 'WAL_CONFLICT', message: 'already archived', hint: 'compare the files' },
   refused: { type: 'refused', id: 7, detail: 'base/1/1234: a zstd frame from the receiver was refused' },
+  rechecked: { type: 'rechecked', id: 7, found: 'intact' },
   'backup-begin': {
     type: 'backup-begin',
     id: 8,
