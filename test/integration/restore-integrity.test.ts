@@ -11,7 +11,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { crc32cManifestHex, crc32cWireHex } from '../../shared/backup/manifest';
 import { crc32c } from '../../shared/checksum';
 import { CHUNK_SIZE } from '../../shared/protocol/frames';
-import { type Cluster, createCluster, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, type Receiver, runAgent, runReceiverCli, startReceiver } from '../harness';
+import { type Cluster, createCluster, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, type Receiver, runAgent, runReceiverCli, startReceiver, startRelay, writeAgentConfig } from '../harness';
 import { backupAndWait, storedFileOf } from '../harness/backups';
 import { RawClient } from '../harness/raw-client';
 import { startRecovered } from '../harness/recovered';
@@ -103,6 +103,39 @@ describe('a recovery refuses a stored backup file whose bytes differ from the re
     } finally {
       repair();
     }
+  });
+
+  it('agent restore of a file whose bytes change on the way says so: the receiver read its copy back intact, retry', async () => {
+    // the relation's first MiB made again as one zstd frame with a byte flipped: valid zstd, other bytes
+    const block = Buffer.from(await decompress(intact)).subarray(0, CHUNK_SIZE);
+    block[8192 + 11] = block[8192 + 11]! ^ 0x01;
+    const changed = await compress(block, 1);
+    const relay = await startRelay({ host: receiver.host, port: receiver.port });
+    let asked: number | undefined;
+    let rewritten = 0;
+    relay.interceptNext({
+      fromClient: (frame) => {
+        if (frame.type === 'get-backup-file' && frame.path === relation) asked = frame.id;
+        return frame;
+      },
+      rewriteFromReceiver: (frame) => {
+        if (frame.type !== 'chunk' || frame.id !== asked || rewritten > 0) return frame;
+        rewritten++;
+        return { ...frame, data: changed };
+      },
+    });
+    const viaRelay = writeAgentConfig({ receiver: relay.url, server: 'main', token: receiver.tokens.get('main')!, pgdata: cluster.pgdata, conninfo: cluster.conninfo }).path;
+    const dest = makeDir(join(makeTempDir('changed-restore', 'postgres', 0o755), 'pgdata'), 'postgres', 0o700);
+    const r = await runAgent(['restore', '-c', viaRelay, id, dest]);
+    expect(rewritten).toBe(1);
+    expectFailure(r, 1, new RegExp(`^ERROR \\[CHECKSUM_MISMATCH\\]: backup ${id}: ${relation} does not match the checksum its manifest records \\(get-backup-file: received \\d+ of \\d+ bytes, checksum differs\\), and the receiver read its copy back intact$`, 'm'));
+    expect(r.stderr).toMatch(/^HINT: Nothing in the catalog is damaged: the bytes changed on the way or on this host\. Retry;/m);
+    expect(listDir(dest)).toEqual([]);
+    const logged = () => receiver.logs().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; msg: string; file?: string }).filter((l) => l.file === relation && /reads back intact/.test(l.msg));
+    // (logged before the agent was answered; the line may still be on its way through the pipe)
+    await waitFor('the receiver to log the intact copy', () => logged().length > 0, { timeoutMs: 15_000 });
+    expect(logged()).toEqual([expect.objectContaining({ level: 40, msg: `the agent refused ${relation} of backup ${id}; its copy in the catalog reads back intact: the bytes changed on the way or on the agent's host` })]);
+    expect(sampleValue(await scrapeMetrics(receiver.httpUrl), 'barman_refused_files_total', { server: 'main', file: 'backup-file', found: 'intact' })).toBe(1);
   });
 
   it('sends the stored zstd frames as they are to an agent that asks for them, and plain bytes to one that does not', async () => {

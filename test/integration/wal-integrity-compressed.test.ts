@@ -309,6 +309,8 @@ describe('WAL served as its stored zstd frames: the agent decompresses them and 
     expect(fetched.stderr).toMatch(new RegExp(`^ERROR \\[CHECKSUM_MISMATCH\\]: ${seg} arrived from the catalog of main changed: its bytes do not match the checksum recorded when it was stored \\(get: received 16777216 of 16777216 bytes, checksum differs\\), and the receiver read its copy back intact; refusing it$`, 'm'));
     expect(fetched.stderr).toMatch(/^HINT: Nothing in the catalog is damaged: the bytes changed on the way or on this host\. Retry; if it repeats, check this host's memory and the network path to the receiver\.$/m);
     expect(listDir(dir)).toEqual([]);
+    // (logged before the agent was answered; the line may still be on its way through the pipe)
+    await waitFor('the receiver to log the intact copy', () => intact() > before, { timeoutMs: 15_000 });
     expect(intact()).toBe(before + 1);
     // and through the receiver directly, the segment comes whole
     expectSuccess(await runAgent(['get-wal', '-c', noPrefetch, seg, join(dir, 'RECOVERYXLOG')]));
