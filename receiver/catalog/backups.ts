@@ -569,13 +569,14 @@ export class BackupCatalog {
   /**
    * What is wrong with the stored copy of one file of a backup, read back whole against its
    * manifest entry (its size, and its checksum with the algorithm recorded for it): undefined when
-   * nothing is. verify-backup asks it of every file; the service, of a file an agent refused.
+   * nothing is. verify-backup asks it of every file; the service, of a file an agent refused
+   * (a bundle member read on its own range, apart from any restore's bundle reader).
    */
-  async fileProblem(id: string, contents: BackupContents, file: Pick<ManifestFile, 'path' | 'size' | 'checksumAlgorithm' | 'checksum'>, bundles?: BundleReader): Promise<string | undefined> {
+  async fileProblem(id: string, contents: BackupContents, file: Pick<ManifestFile, 'path' | 'size' | 'checksumAlgorithm' | 'checksum'>): Promise<string | undefined> {
     try {
       const hash = file.checksumAlgorithm ? fileChecksum(file.checksumAlgorithm) : undefined;
       let size = 0;
-      for await (const chunk of await this.readFile(id, contents, file.path, bundles)) {
+      for await (const chunk of await this.readFile(id, contents, file.path)) {
         hash?.update(chunk);
         size += chunk.length;
       }

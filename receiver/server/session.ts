@@ -638,7 +638,6 @@ export class Session implements Peer {
     const { backupId, path } = served;
     const { contents, recorded } = await this.doneBackupContents(backupId, server);
     const checksum = recorded.get(path);
-    // (a bundle member read on its own: the restore's bundle reader keeps its own count)
     const problem = await server.backups.fileProblem(backupId, contents, { path, size: contents.files[path]?.size ?? 0, checksumAlgorithm: checksum?.algorithm, checksum: checksum?.checksum ?? '' });
     if (problem) {
       this.log.error({ backup: backupId, file: path, code: ErrorCode.CHECKSUM_MISMATCH, agent, hint: damagedBackupHint(server.config.name, backupId) }, `the agent refused ${path} of backup ${backupId}, and its copy in the catalog is damaged: ${problem}`);
