@@ -294,6 +294,7 @@ export class WalStream {
     }
     // through the same door as pushes of the same server: never two copies under one name
     const result = await this.archive.store(seg.name, sha256, {
+      hashed: true,
       beforePlace: async () => {
         await this.catalog.learnIdentity({ systemIdentifier: header.systemIdentifier, segmentSize: header.segmentSize, walMagic: header.magic, pgVersion: header.pgVersion });
       },

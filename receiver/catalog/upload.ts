@@ -9,8 +9,9 @@ export interface Upload {
   write(chunk: Uint8Array): Promise<void>;
   /**
    * Resolves once the bytes are where they belong (durable for WAL; for backup files, at the
-   * backup's end). A backup file is checked against the sender's CRC-32C, a WAL file against its
-   * SHA-256 (which a backup file's end carries only where backup_checksum = sha256).
+   * backup's end). Every file is checked against the sender's CRC-32C; a WAL file's end also
+   * repeats the SHA-256 its put declared, and a backup file's carries one only where
+   * backup_checksum = sha256.
    */
   finish(senderSha256: string | undefined, senderCrc32c?: string): Promise<StoreResult>;
   abort(): Promise<void>;

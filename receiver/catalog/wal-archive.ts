@@ -9,11 +9,10 @@
 // existing name are refused and kept under errors/. Every read checks the bytes against the
 // recorded checksum.
 
-import { createHash, type Hash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Compression } from '../../shared/config/receiver';
 import { BarmanError, damagedWalHint, ErrorCode } from '../../shared/errors';
-import { newHash } from '../../shared/checksum';
+import { crc32c, crc32cHex, newHash } from '../../shared/checksum';
 import { Turns } from '../../shared/turns';
 import { validateBackupHistory } from '../../shared/wal/backup-history';
 import { LONG_HEADER_SIZE, readLongHeader } from '../../shared/wal/header';
@@ -225,7 +224,7 @@ export class WalArchive {
     if (this.knownIntact.size > KNOWN_INTACT_MAX) this.knownIntact.delete(this.knownIntact.keys().next().value!);
   }
 
-  /** After a commit: the copy just written is known intact (looked up beside, not waited for). */
+  /** After a commit of bytes that hashed to `sha256`: the copy just written is known intact (looked up beside, not waited for). */
   private rememberStored(name: string, sha256: string): void {
     void this.catalog.findWal(name).then((stored) => {
       if (stored?.sha256 === sha256) this.remember(stored);
@@ -253,7 +252,7 @@ export class WalArchive {
     const place = async () => {
       await bytes.beforePlace?.();
       await bytes.place(key);
-      this.rememberStored(name, sha256);
+      if (bytes.hashed) this.rememberStored(name, sha256);
     };
     const first = await this.withCommitLock(async () => {
       const existing = await catalog.findWal(name);
@@ -290,6 +289,14 @@ export class WalArchive {
 
 /** How WalArchive.store gets a new WAL file's bytes into the catalog, or away. */
 export interface WalBytes {
+  /**
+   * the caller hashed these bytes and they gave the SHA-256 they are stored under (the stream's
+   * own segments): the copy is known intact once placed. A pushed file's SHA-256 is the agent's,
+   * checked here by its CRC-32C only: its copy is read back the first time an identical one
+   * arrives, so that a host that declared a checksum its bytes do not have cannot make the
+   * identical, honest push of that segment a duplicate.
+   */
+  hashed: boolean;
   /** just before the bytes go in, with the commit lock held (record the cluster's identity) */
   beforePlace?(): Promise<void>;
   /** makes the bytes durable under `key` (the catalog key, without compression suffix) */
@@ -304,7 +311,14 @@ export class WalUpload implements Upload {
   private walMagic = 0;
   private pgVersion: number | undefined;
   private received = 0;
-  private readonly hash: Hash = createHash('sha256');
+  /**
+   * CRC-32C of the plain bytes received (decompressed, where frames came): checked against the
+   * one the agent computed over what it read. The file is recorded under the SHA-256 the agent
+   * declared before its bytes, computed by the agent from the same bytes; every way out of the
+   * catalog checks that SHA-256 (a copy whose bytes are not those is refused as damaged).
+   */
+  private crc = 0;
+  private readonly crc32c = crc32c();
   /** a .history or .backup file's bytes, checked before it is stored (at most MAX_SMALL_WAL_FILE) */
   private readonly content: Buffer[] = [];
   /** where a damaged stored copy went when this upload replaced it (for the log) */
@@ -428,7 +442,7 @@ export class WalUpload implements Upload {
     }
     if (!hasPages(this.file)) this.content.push(Buffer.from(chunk));
     this.received += chunk.length;
-    this.hash.update(chunk);
+    this.crc = this.crc32c(chunk, this.crc);
     const dest = await this.prepared;
     if (dest.discard) {
       if (!dest.aborted) {
@@ -495,28 +509,33 @@ export class WalUpload implements Upload {
     }
   }
 
-  /** Completes the upload; resolves only when the file is durable under its final key. */
-  async finish(senderSha256: string): Promise<StoreResult> {
+  /** Completes the upload with the end's checksums; resolves only when the file is durable under its final key. */
+  async finish(senderSha256: string | undefined, senderCrc32c: string | undefined): Promise<StoreResult> {
     const dest = await this.prepared;
     try {
+      if (!senderSha256 || !senderCrc32c) throw new BarmanError(ErrorCode.PROTOCOL, `${this.file.name}: the end of a WAL file carries no ${senderSha256 ? 'CRC-32C' : 'SHA-256'}`, 'Install the same barman-ts version on the agent and the receiver.');
       await this.taking;
-      return await this.complete(senderSha256, dest);
+      return await this.complete(senderSha256, senderCrc32c, dest);
     } finally {
       // whatever was not committed leaves nothing behind (a no-op after commit)
       await dest.writer.abort().catch(() => undefined);
     }
   }
 
-  private async complete(senderSha256: string, dest: Destination): Promise<StoreResult> {
+  private async complete(senderSha256: string, senderCrc32c: string, dest: Destination): Promise<StoreResult> {
     const name = this.file.name;
     if (this.received !== this.size) {
       throw invalidWal(`${name}: received ${this.received} of ${this.size} bytes`, 'The transfer was cut short; PostgreSQL will retry.');
     }
     if (hasPages(this.file) && !this.headerChecked) throw invalidWal(`${name}: too short for a WAL page header`);
-    const sha256 = this.hash.digest('hex');
+    const sha256 = this.declaredSha256;
     const catalog = this.archive.catalog;
-    if (sha256 !== senderSha256 || sha256 !== this.declaredSha256) {
-      throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: checksum of the bytes received (${sha256.slice(0, 12)}…) differs from the agent's (${(sha256 !== senderSha256 ? senderSha256 : this.declaredSha256).slice(0, 12)}…)`, 'The file changed while it was read or was damaged in transit; the push is retried by PostgreSQL.');
+    if (senderSha256 !== sha256) {
+      throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: the SHA-256 at the end of the bytes (${senderSha256.slice(0, 12)}…) differs from the one declared before them (${sha256.slice(0, 12)}…)`, 'The file changed while it was read; the push is retried by PostgreSQL.');
+    }
+    const crc = crc32cHex(this.crc);
+    if (crc !== senderCrc32c) {
+      throw new BarmanError(ErrorCode.CHECKSUM_MISMATCH, `${name}: checksum of the bytes received (CRC-32C ${crc}) differs from the agent's (${senderCrc32c.slice(0, 8)})`, 'The file changed while it was read or was damaged in transit; the push is retried by PostgreSQL.');
     }
     await this.checkContent();
     if (dest.kind === 'conflict') return this.keepConflict(dest, sha256);
@@ -528,6 +547,7 @@ export class WalUpload implements Upload {
       if (dest.aborted) throw new BarmanError(ErrorCode.STORAGE, `${name} left the catalog while an identical copy arrived; that copy was not kept`, 'Retention removed it meanwhile. PostgreSQL retries archive_command, and the retry stores it again.');
     }
     const result = await this.archive.store(name, sha256, {
+      hashed: false,
       beforePlace: async () => {
         // a concurrent upload may have recorded the identity since the header was checked
         await this.checkIdentity();

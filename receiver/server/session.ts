@@ -238,7 +238,6 @@ export class Session implements Peer {
         this.finishing++;
         void this.answer(frame.id, async () => {
           await writes;
-          if (upload instanceof WalUpload && !frame.sha256) throw new BarmanError(ErrorCode.PROTOCOL, `${upload.label}: the end of a WAL file carries no SHA-256`, 'Install the same barman-ts version on the agent and the receiver.');
           const status = await upload.finish(frame.sha256, frame.crc32c);
           await this.conn.send({ type: 'ack', id: frame.id, status, ...(frame.sha256 ? { sha256: frame.sha256 } : {}) });
           if (upload instanceof WalUpload) {

@@ -229,7 +229,7 @@ const COMPRESSING = 2;
  */
 export async function sendCompressedChunks(conn: FrameConnection, id: number, source: ChunkSource, compress: BlockCompress, stop: () => boolean = () => false, options: { hashing?: boolean; withCrc?: boolean } = {}): Promise<SentFile> {
   const pool = chunkPool();
-  // (a WAL segment: hashed before it is sent, and no CRC-32C; its `sha256` is then empty)
+  // (a WAL segment: hashed before it is sent; its `sha256` is then empty)
   const hash = options.hashing === false ? undefined : newHash();
   const crc = options.withCrc === false ? undefined : crc32c();
   let crcValue = 0;
@@ -276,9 +276,11 @@ export async function sendCompressedChunks(conn: FrameConnection, id: number, so
  */
 export const PACK_MAX = 64 * 1024 * 1024;
 
-/** A file read once: its SHA-256, its size, and its bytes as compressed frames, one per CHUNK_SIZE block. */
+/** A file read once: its SHA-256 and CRC-32C, its size, and its bytes as compressed frames, one per CHUNK_SIZE block. */
 export interface PackedFile {
   sha256: string;
+  /** of the plain bytes, as the wire carries it: what the receiver checks the frames against */
+  crc32c: string;
   size: number;
   compression: WireCompression;
   frames: Buffer[];
@@ -295,6 +297,8 @@ export interface PackedFile {
 export async function packFile(source: ChunkSource, compress: BlockCompress, compression: WireCompression): Promise<PackedFile> {
   const pool = chunkPool();
   const hash = newHash();
+  const crc = crc32c();
+  let crcValue = 0;
   let size = 0;
   const frames: Promise<Buffer>[] = [];
   try {
@@ -308,9 +312,10 @@ export async function packFile(source: ChunkSource, compress: BlockCompress, com
       work.catch(() => undefined);
       frames.push(work);
       hash.update(plain);
+      crcValue = crc(plain, crcValue);
       size += n;
     }
-    return { sha256: hash.digest('hex'), size, compression, frames: await Promise.all(frames) };
+    return { sha256: hash.digest('hex'), crc32c: crc32cHex(crcValue), size, compression, frames: await Promise.all(frames) };
   } finally {
     // a failed read leaves no block compressing with a pooled buffer
     await Promise.allSettled(frames);

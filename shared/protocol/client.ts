@@ -235,7 +235,7 @@ export class AgentConnection {
         await sendFrames(this.conn, id, packed.frames, stop);
         // sent (or given up on): the frames are not held while the receiver's answer is awaited
         packed.frames.length = 0;
-        if (!stop()) await this.conn.send({ type: 'end', id, sha256: packed.sha256 });
+        if (!stop()) await this.conn.send({ type: 'end', id, sha256: packed.sha256, crc32c: packed.crc32c });
         return answer.promise;
       }
       // a backup file's size is known from its walk: no second stat per file
@@ -247,15 +247,16 @@ export class AgentConnection {
       const compressedWal = target.kind === 'wal' && walWire !== undefined && compress !== undefined;
       await this.conn.send({ type: 'put', id, target, size, ...(compressedWal ? { compression: walWire } : {}) });
       const source = asOfStat ? exactSize(fileSource(fh), size) : fileSource(fh);
-      // a backup file's end carries a CRC-32C of the bytes: the receiver checks the transfer with
-      // it and records it in the manifest, or records this SHA-256 where it asked for one
-      // (backup_checksum = sha256), computed here where the bytes already are
+      // every file's end carries a CRC-32C of the plain bytes, computed here where the bytes
+      // already are: the receiver checks the transfer with it. It records it in a backup's
+      // manifest, or this SHA-256 where it asked for one (backup_checksum = sha256); a WAL file
+      // is recorded under the SHA-256 its put declared.
       const backupFile = request.kind === 'backup-file';
       // a backup's files go compressed when the receiver asked for it (backup-accepted)
-      // a WAL file is not hashed a second time (the receiver hashes what arrives against the
-      // declared checksum); a backup file only where the receiver asked for its SHA-256
+      // a WAL file is not hashed a second time (its SHA-256 was declared before its bytes); a
+      // backup file only where the receiver asked for its SHA-256
       const hashing = backupFile && options.sha256 === true;
-      const sent = (backupFile || compressedWal) && compress ? await sendCompressedChunks(this.conn, id, source, compress, stop, { hashing, withCrc: backupFile }) : await sendChunks(this.conn, id, source, stop, { withCrc: backupFile, hashing });
+      const sent = (backupFile || compressedWal) && compress ? await sendCompressedChunks(this.conn, id, source, compress, stop, { hashing, withCrc: true }) : await sendChunks(this.conn, id, source, stop, { withCrc: true, hashing });
       if (!answer.settled && !this.failure) {
         if (sent.size !== size) throw new BarmanError(ErrorCode.LOCAL_FILE, `${path} changed size while being read (${size} → ${sent.size} bytes)`, "Something else writes the file; archive_command must be given PostgreSQL's %p.");
         const sha256 = target.kind === 'wal' ? target.sha256 : sent.sha256;

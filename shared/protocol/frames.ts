@@ -2,16 +2,16 @@
 // msgpack map with a `type`. Requests that expect an answer carry an `id`; answers echo it.
 // This file is the single definition of every frame kind and of what makes a frame well formed.
 //
-// A file travels as  put|file (begin: name, size)  →  chunk*  →  end (sha256)  and is answered by
-// ack or error. The sender hashes while it reads, the receiver hashes while it writes; the
+// A file travels as  put|file (begin: name, size)  →  chunk*  →  end (checksums)  and is answered
+// by ack or error. The sender checksums while it reads, the receiver while it writes; the
 // receiver acks only after fsync and a matching checksum.
 
 import type { BackupSymlink } from '../backup/paths';
 
-/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C; 5: a backup file's SHA-256 only when backup-accepted asks for it, a served backup file's end may carry the CRC-32C its manifest records; 6: welcome may announce walCompression, and a WAL put may then come compressed; 7: a get may accept zstd, and a WAL file the catalog stores so then comes as its stored frames (an agent of 6 never asks, and is served as before); 8: an agent tells the receiver of a file it refused (refused), and hears what the stored copy is (rechecked); agents of 6 and 7 never do */
-export const PROTOCOL_VERSION = 8;
-/** the oldest agent protocol a receiver serves: agents and receivers of one barman-ts version (5 changed what a backup file's end and ack carry) */
-export const OLDEST_AGENT_PROTOCOL = 6;
+/** 2: the auth proof binds the whole hello (role, versions), and backup-end carries the symlinks; 3: a WAL put declares its SHA-256; 4: a backup file's end carries its CRC-32C; 5: a backup file's SHA-256 only when backup-accepted asks for it, a served backup file's end may carry the CRC-32C its manifest records; 6: welcome may announce walCompression, and a WAL put may then come compressed; 7: a get may accept zstd, and a WAL file the catalog stores so then comes as its stored frames (an agent of 6 never asks, and is served as before); 8: an agent tells the receiver of a file it refused (refused), and hears what the stored copy is (rechecked); agents of 6 and 7 never do; 9: a WAL file's end carries the CRC-32C of its plain bytes, which the receiver checks them against (no longer hashing them a second time) */
+export const PROTOCOL_VERSION = 9;
+/** the oldest agent protocol a receiver serves: agents and receivers of one barman-ts version (9 changed what a WAL file's end must carry: an agent before it would have its WAL refused) */
+export const OLDEST_AGENT_PROTOCOL = 9;
 /** bytes of file data per chunk frame */
 export const CHUNK_SIZE = 1024 * 1024;
 /** the most a chunk may carry: a compressed frame of CHUNK_SIZE plain bytes that did not compress (zstd's bound: 1/256 more, and a header) */
@@ -81,9 +81,9 @@ export interface FileFrame { type: 'file'; id: number; name: string; size: numbe
 /** `plain`: in a file sent with `encoding`, this chunk's bytes are plain, not a frame */
 export interface ChunkFrame { type: 'chunk'; id: number; data: Uint8Array; plain?: true }
 /**
- * `crc32c` (8 hex digits of the value): what a backup file's end carries, the receiver checks it;
- * `sha256` too where backup-accepted asked for it (and always for a WAL file). A served file's end
- * carries what its file frame announced.
+ * `crc32c` (8 hex digits of the value of the plain bytes): what a pushed file's end carries, the
+ * receiver checks the bytes against it; `sha256` too for a WAL file (the one its put declared) and
+ * where backup-accepted asked for it. A served file's end carries what its file frame announced.
  */
 export interface EndFrame { type: 'end'; id: number; sha256?: string; crc32c?: string }
 /**

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { CHUNK_SIZE, type Frame } from '../../shared/protocol/frames';
 import {
-  ClosedError, type Cluster, createCluster, expectCatalogMatchesCluster, expectFailure, expectSuccess, freePort, listDir, makeDir,
+  ClosedError, type Cluster, crc32cOfBytes, createCluster, expectCatalogMatchesCluster, expectFailure, expectSuccess, freePort, listDir, makeDir,
   makeSelfSignedCert, makeTempDir, newToken, RawClient, type Receiver, runAgent, runPaths, runReceiverCli, sha256Of,
   plainSha256Of, sha256OfBytes, snapshotTree, startReceiver, waitFor, writeAgentConfig,
 } from '../harness';
@@ -111,7 +111,7 @@ describe('archiving faults: refused clearly, nothing lost', () => {
       writer.send({ type: 'put', id: putId, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE });
       // a client that ignores the refusal and sends the bytes anyway
       writer.send({ type: 'chunk', id: putId, data: segment.subarray(0, CHUNK_SIZE) });
-      writer.send({ type: 'end', id: putId, sha256: sha256OfBytes(segment) });
+      writer.send({ type: 'end', id: putId, sha256: sha256OfBytes(segment), crc32c: crc32cOfBytes(segment) });
       expect(await writer.nextFrame(), name).toMatchObject({ type: 'error', id: putId, code: 'INVALID_NAME' });
     }
     // backup files carry a path too

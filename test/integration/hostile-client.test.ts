@@ -146,7 +146,7 @@ describe('the receiver holds against a hostile or broken client', () => {
     // the same session sends the whole segment now, and it is stored
     client.send({ type: 'put', id: 2, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE });
     for (let off = 0; off < SEGMENT_SIZE; off += CHUNK_SIZE) client.send({ type: 'chunk', id: 2, data: segment.subarray(off, off + CHUNK_SIZE) });
-    client.send({ type: 'end', id: 2, sha256: sha256OfBytes(segment) });
+    client.send({ type: 'end', id: 2, sha256: sha256OfBytes(segment), crc32c: crc32cOfBytes(segment) });
     expect(await client.nextFrame()).toMatchObject({ type: 'ack', id: 2, status: 'stored' });
     expect(receiver.walSha256('spare', name)).toBe(sha256OfBytes(segment));
   });
@@ -182,7 +182,7 @@ describe('the receiver holds against a hostile or broken client', () => {
         const all = readFileSync(prod.walFile(segs[4]!));
         fifth.send({ type: 'put', id: 3, target: { kind: 'wal', name: segs[4]!, sha256: sha256OfBytes(all) }, size: SEGMENT_SIZE });
         for (let off = 0; off < SEGMENT_SIZE; off += CHUNK_SIZE) fifth.send({ type: 'chunk', id: 3, data: all.subarray(off, off + CHUNK_SIZE) });
-        fifth.send({ type: 'end', id: 3, sha256: sha256OfBytes(all) });
+        fifth.send({ type: 'end', id: 3, sha256: sha256OfBytes(all), crc32c: crc32cOfBytes(all) });
         const frame = await fifth.nextFrame();
         return frame.type === 'ack' ? frame : false;
       }, { intervalMs: 200, timeoutMs: 30_000 });

@@ -11,7 +11,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { BACKUP_STATUSES } from '../../shared/backup/info';
 import { CHUNK_SIZE, type Frame, ROLES } from '../../shared/protocol/frames';
 import {
-  type AgentDaemon, type Cluster, createCluster, describeRun, expectCatalogMatchesCluster, expectSuccess, plainBytesOf, RawClient, Receiver, runReceiverCli, snapshotTree,
+  type AgentDaemon, type Cluster, crc32cOfBytes, createCluster, describeRun, expectCatalogMatchesCluster, expectSuccess, plainBytesOf, RawClient, Receiver, runReceiverCli, snapshotTree,
   startDaemon, waitFor,
 } from '../harness';
 import { listBackupsJson, recoverInto } from '../harness/backups';
@@ -112,7 +112,7 @@ describe('one receiver, three servers: isolation and fault containment', () => {
       const put = { type: 'put', id: 1, target: { kind: 'wal', name: betaSegment, sha256: betaSegmentSha }, size: betaSegmentBytes.length } as const;
       const chunks: Frame[] = [];
       for (let o = 0; o < betaSegmentBytes.length; o += CHUNK_SIZE) chunks.push({ type: 'chunk', id: 1, data: betaSegmentBytes.subarray(o, o + CHUNK_SIZE) });
-      return [put, ...chunks, { type: 'end', id: 1, sha256: betaSegmentSha }];
+      return [put, ...chunks, { type: 'end', id: 1, sha256: betaSegmentSha, crc32c: crc32cOfBytes(betaSegmentBytes) }];
     };
 
     const seen: string[] = [];

@@ -13,7 +13,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { compress, decompress } from '@mongodb-js/zstd';
 import { CHUNK_SIZE, type Frame } from '../../shared/protocol/frames';
 import {
-  type Cluster, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, RawClient, type Receiver, runAgent, sha256Of, sha256OfBytes, startReceiver, startRelay, writeAgentConfig,
+  type Cluster, crc32cOfBytes, createCluster, describeRun, expectFailure, expectSuccess, listDir, makeDir, makeTempDir, RawClient, type Receiver, runAgent, sha256Of, sha256OfBytes, startReceiver, startRelay, writeAgentConfig,
 } from '../harness';
 import { backupAndWait } from '../harness/backups';
 import { waitFor } from '../harness/wait';
@@ -47,7 +47,7 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
     prod = await createCluster({ name: 'prod', extraConf: { wal_keep_size: '1GB' } });
     await prod.start();
     await prod.psql('create table t (id int, note text)');
-    for (let i = 0; i < 8; i++) {
+    for (let i = 0; i < 9; i++) {
       await prod.psql(`insert into t select g, 'round ${i}' from generate_series(1, 2000) g`);
       segs.push(await prod.switchWal());
     }
@@ -56,14 +56,18 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
     expectSuccess(await push(agentConfig, prod.walFile(segs[0]!)));
   });
 
-  /** A push session of the current protocol (its welcome announces zstd) sending `chunks` for segment `name`. */
-  async function put(name: string, declared: string, chunks: Buffer[], end = declared): Promise<Frame> {
+  /**
+   * A push session of the current protocol (its welcome announces zstd) sending `chunks` for
+   * segment `name`, with the checksums of `read`, the bytes the agent read: its SHA-256 in the put
+   * and the end, its CRC-32C in the end (`declared` says another SHA-256).
+   */
+  async function put(name: string, read: Buffer, chunks: Buffer[], declared = sha256OfBytes(read)): Promise<Frame> {
     const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'push');
     try {
       const id = nextId++;
       client.send({ type: 'put', id, target: { kind: 'wal', name, sha256: declared }, size: SEGMENT_SIZE, compression: 'zstd' });
       for (const data of chunks) client.send({ type: 'chunk', id, data });
-      client.send({ type: 'end', id, sha256: end });
+      client.send({ type: 'end', id, sha256: declared, crc32c: crc32cOfBytes(read) });
       return await client.nextFrame();
     } finally {
       client.close();
@@ -100,14 +104,15 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
     expect('bytes' in back && sha256OfBytes(back.bytes)).toBe(sha);
   });
 
-  it('refuses compressed frames whose plain bytes do not hash to the declared SHA-256, and stores nothing', async () => {
+  it('refuses compressed frames whose plain bytes are not those the agent read (its CRC-32C), and stores nothing', async () => {
     const name = segs[2]!;
     const segment = readFileSync(prod.walFile(name));
     const altered = Buffer.from(segment);
     altered[SEGMENT_SIZE - 100] = altered[SEGMENT_SIZE - 100]! ^ 0xff;
-    // the frames are of altered bytes; the put and its end declare the real segment's checksum
-    const answer = await put(name, sha256OfBytes(segment), await frames(altered));
-    expect(answer).toMatchObject({ type: 'error', code: 'CHECKSUM_MISMATCH' });
+    // the frames are of altered bytes (changed on the way); the put and its end carry the
+    // checksums of the real segment, which the agent read
+    const answer = await put(name, segment, await frames(altered));
+    expect(answer).toMatchObject({ type: 'error', code: 'CHECKSUM_MISMATCH', message: `${name}: checksum of the bytes received (CRC-32C ${crc32cOfBytes(altered)}) differs from the agent's (${crc32cOfBytes(segment)})` });
     expect(receiver.segments('main')).not.toContain(name);
     expect(receiver.tempFiles('main')).toEqual([]);
     // the real segment is then archived as usual
@@ -121,17 +126,74 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
     const chunks = await frames(segment);
     // the second chunk is the plain block itself
     chunks[1] = segment.subarray(CHUNK_SIZE, 2 * CHUNK_SIZE);
-    const answer = await put(name, sha256OfBytes(segment), chunks);
+    const answer = await put(name, segment, chunks);
     expect(answer).toMatchObject({ type: 'error', code: 'WAL_INVALID', message: expect.stringMatching(/not a zstd frame/) });
     expect(receiver.segments('main')).not.toContain(name);
     expect(receiver.tempFiles('main')).toEqual([]);
+  });
+
+  it('refuses a WAL end without its CRC-32C (PROTOCOL): the receiver no longer hashes what arrives, so it has nothing to check it against', async () => {
+    const name = segs[3]!;
+    const segment = readFileSync(prod.walFile(name));
+    const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'push');
+    try {
+      const id = nextId++;
+      client.send({ type: 'put', id, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE, compression: 'zstd' });
+      for (const data of await frames(segment)) client.send({ type: 'chunk', id, data });
+      client.send({ type: 'end', id, sha256: sha256OfBytes(segment) });
+      // a protocol violation ends the session (its answer names no request)
+      expect(await client.nextFrame()).toMatchObject({ type: 'error', code: 'PROTOCOL', message: `${name}: the end of a WAL file carries no CRC-32C` });
+    } finally {
+      client.close();
+    }
+    expect(receiver.segments('main')).not.toContain(name);
+    await waitFor('no temporary file to be left', () => receiver.tempFiles('main').length === 0);
+  });
+
+  it('a host that declares a SHA-256 its bytes do not have: an intact copy stays as it is; a new segment is stored under it, refused as damaged on the way out, and replaced by the honest push', async () => {
+    const garbage = (of: Buffer) => {
+      // the real segment's page header (it passes the receiver's checks), then other bytes
+      const g = Buffer.alloc(SEGMENT_SIZE, 0x5a);
+      of.copy(g, 0, 0, 8192);
+      return g;
+    };
+    // segs[0] is stored and intact: its checksum with other bytes changes nothing
+    const kept = segs[0]!;
+    const keptSegment = readFileSync(prod.walFile(kept));
+    const before = readFileSync(receiver.walPath('main', kept));
+    const lie = garbage(keptSegment);
+    expect(await put(kept, lie, await frames(lie), sha256OfBytes(keptSegment))).toMatchObject({ type: 'ack', status: 'duplicate', sha256: sha256OfBytes(keptSegment) });
+    expect(readFileSync(receiver.walPath('main', kept))).toEqual(before);
+
+    // a segment the catalog does not hold yet: the bytes pass every check the receiver makes (page
+    // header, frames, size, the CRC-32C of what arrived) and are stored under the declared SHA-256
+    const name = segs[8]!;
+    const segment = readFileSync(prod.walFile(name));
+    const bytes = garbage(segment);
+    expect(await put(name, bytes, await frames(bytes), sha256OfBytes(segment))).toMatchObject({ type: 'ack', status: 'stored', sha256: sha256OfBytes(segment) });
+    expect(receiver.walChecksum('main', name)).toBe(sha256OfBytes(segment));
+    expect(receiver.walSha256('main', name)).toBe(sha256OfBytes(bytes));
+    // every way out checks that checksum: get-wal refuses the copy by name
+    const parent = makeTempDir('wal-declared-lie', 'postgres', 0o755);
+    const dir = makeDir(join(parent, 'refused'), 'postgres', 0o700);
+    const fetched = await runAgent(['get-wal', '-c', agentConfig, name, join(dir, 'RECOVERYXLOG')]);
+    expect(fetched.code, describeRun(fetched)).toBe(128);
+    expect(fetched.stderr).toMatch(new RegExp(`${name} in the catalog of main is damaged: its bytes do not match the checksum recorded when it was stored`));
+    expect(listDir(dir)).toEqual([]);
+    // the honest push of the segment replaces the copy; the lie is kept aside under errors/
+    expectSuccess(await push(agentConfig, prod.walFile(name)));
+    expect(receiver.walSha256('main', name)).toBe(sha256OfBytes(segment));
+    expect(listDir(join(receiver.serverDir('main'), 'errors')).filter((f) => f.startsWith(`${name}.`) && /\.damaged(\.|$)/.test(f))).toHaveLength(1);
+    const repaired = makeDir(join(parent, 'repaired'), 'postgres', 0o700);
+    expectSuccess(await runAgent(['get-wal', '-c', agentConfig, name, join(repaired, 'RECOVERYXLOG')]));
+    expect(await sha256Of(join(repaired, 'RECOVERYXLOG'))).toBe(sha256OfBytes(segment));
   });
 
   it('refuses a frame of more plain bytes than its place in the segment holds (2 MiB in one frame), and stores nothing', async () => {
     const name = segs[4]!;
     const segment = readFileSync(prod.walFile(name));
     const chunks = [await compress(segment.subarray(0, 2 * CHUNK_SIZE), 1), ...(await frames(segment.subarray(2 * CHUNK_SIZE)))];
-    const answer = await put(name, sha256OfBytes(segment), chunks);
+    const answer = await put(name, segment, chunks);
     expect(answer).toMatchObject({ type: 'error', code: 'WAL_INVALID', message: expect.stringMatching(/decompresses to 2097152 bytes, not the 1048576/) });
     expect(receiver.segments('main')).not.toContain(name);
   });
@@ -141,7 +203,7 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
     const segment = readFileSync(prod.walFile(name));
     const chunks = await frames(segment);
     chunks.push(chunks[0]!);
-    const answer = await put(name, sha256OfBytes(segment), chunks);
+    const answer = await put(name, segment, chunks);
     expect(answer).toMatchObject({ type: 'error', code: 'WAL_INVALID', message: expect.stringMatching(/more compressed frames than/) });
     expect(receiver.segments('main')).not.toContain(name);
   });
@@ -151,10 +213,10 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
     const segment = readFileSync(prod.walFile(name));
     const sha = sha256OfBytes(segment);
     const chunks = await frames(segment);
-    expect(await put(name, sha, chunks)).toMatchObject({ type: 'ack', status: 'stored', sha256: sha });
+    expect(await put(name, segment, chunks)).toMatchObject({ type: 'ack', status: 'stored', sha256: sha });
     expect(readFileSync(receiver.walPath('main', name))).toEqual(Buffer.concat(chunks));
     // the same again is a duplicate
-    expect(await put(name, sha, chunks)).toMatchObject({ type: 'ack', status: 'duplicate', sha256: sha });
+    expect(await put(name, segment, chunks)).toMatchObject({ type: 'ack', status: 'duplicate', sha256: sha });
   });
 
   it('stores a plain put too: compression is for the agent to choose, the welcome only allows it', async () => {
@@ -167,7 +229,7 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
     const id = nextId++;
     old.send({ type: 'put', id, target: { kind: 'wal', name, sha256: sha }, size: SEGMENT_SIZE });
     for (let at = 0; at < SEGMENT_SIZE; at += CHUNK_SIZE) old.send({ type: 'chunk', id, data: segment.subarray(at, at + CHUNK_SIZE) });
-    old.send({ type: 'end', id, sha256: sha });
+    old.send({ type: 'end', id, sha256: sha, crc32c: crc32cOfBytes(segment) });
     expect(await old.nextFrame()).toMatchObject({ type: 'ack', id, status: 'stored', sha256: sha });
     old.close();
     expect(receiver.walSha256('main', name)).toBe(sha);

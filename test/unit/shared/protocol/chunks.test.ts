@@ -97,6 +97,8 @@ describe('packFile', () => {
         const packed = await packFile(fileSource(fh, 0), compress!, 'zstd');
         expect(packed.size).toBe(bytes.length);
         expect(packed.sha256).toBe(createHash('sha256').update(bytes).digest('hex'));
+        // the CRC-32C the receiver checks the frames' plain bytes against, of the same bytes
+        expect(packed.crc32c).toBe(crc32cHex(crc32c()(bytes)));
         expect(packed.compression).toBe('zstd');
         expect(packed.frames).toHaveLength(4);
         const plain = await Promise.all(packed.frames.map((f) => inflate!(f)));
