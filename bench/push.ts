@@ -205,7 +205,7 @@ function report(m: { bare: Side; push: Side; pushUncached: Side; version: Side; 
         ['Node itself (`node -e \'\'`)', fmtMs(med(m.bare.ms))],
         ['the agent\'s start-up on top of Node, code cache (`--version` − `node -e \'\'`)', fmtMs(med(m.version.ms) - med(m.bare.ms))],
         ['… without the code cache', fmtMs(med(m.versionUncached.ms) - med(m.bare.ms))],
-        ['the push itself: connect, authenticate, hash and compress 16 MB, send the frames, the receiver\'s checks (decompress, hash, page header), write, fsync, rename, ack (push − `--version`)', fmtMs(med(m.push.ms) - med(m.version.ms))],
+        ['the push itself: connect, authenticate, hash and compress 16 MB, send the frames, the receiver\'s checks (decompress, CRC-32C, page header), write, fsync, rename, ack (push − `--version`)', fmtMs(med(m.push.ms) - med(m.version.ms))],
         ['the receiver\'s CPU per push (its process, from /proc)', fmtMs(med(m.receiverCpu) * 1000)],
         ['the agent\'s CPU per push (GNU time: launcher + Node)', cpuMs(m.push)],
         ['the floor\'s work on top of Node: read, hash, compress, write and make durable 16 MB (floor − `node -e \'\'`)', fmtMs(med(m.floor.ms) - med(m.bare.ms))],
