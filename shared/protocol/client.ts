@@ -250,17 +250,17 @@ export class AgentConnection {
       // every file's end carries a CRC-32C of the plain bytes, computed here where the bytes
       // already are: the receiver checks the transfer with it. It records it in a backup's
       // manifest, or this SHA-256 where it asked for one (backup_checksum = sha256); a WAL file
-      // is recorded under the SHA-256 its put declared.
+      // is recorded under the SHA-256 its put declared, so this read is hashed again and the
+      // end carries what it gives: the receiver refuses a file whose bytes changed between the
+      // two reads (the CRC-32C would vouch for bytes the declared SHA-256 is not of). A packed
+      // file (above) was hashed and checksummed in one read.
       const backupFile = request.kind === 'backup-file';
       // a backup's files go compressed when the receiver asked for it (backup-accepted)
-      // a WAL file is not hashed a second time (its SHA-256 was declared before its bytes); a
-      // backup file only where the receiver asked for its SHA-256
-      const hashing = backupFile && options.sha256 === true;
+      const hashing = backupFile ? options.sha256 === true : true;
       const sent = (backupFile || compressedWal) && compress ? await sendCompressedChunks(this.conn, id, source, compress, stop, { hashing, withCrc: true }) : await sendChunks(this.conn, id, source, stop, { withCrc: true, hashing });
       if (!answer.settled && !this.failure) {
         if (sent.size !== size) throw new BarmanError(ErrorCode.LOCAL_FILE, `${path} changed size while being read (${size} → ${sent.size} bytes)`, "Something else writes the file; archive_command must be given PostgreSQL's %p.");
-        const sha256 = target.kind === 'wal' ? target.sha256 : sent.sha256;
-        await this.conn.send({ type: 'end', id, ...(sha256 ? { sha256 } : {}), ...(sent.crc32c ? { crc32c: sent.crc32c } : {}) });
+        await this.conn.send({ type: 'end', id, ...(sent.sha256 ? { sha256: sent.sha256 } : {}), ...(sent.crc32c ? { crc32c: sent.crc32c } : {}) });
       }
     } catch (err) {
       if (!answer.settled) throw err;

@@ -150,6 +150,24 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
     await waitFor('no temporary file to be left', () => receiver.tempFiles('main').length === 0);
   });
 
+  it('refuses a WAL end whose SHA-256 is not the one its put declared (the file changed between two reads), and stores nothing', async () => {
+    const name = segs[3]!;
+    const segment = readFileSync(prod.walFile(name));
+    const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'push');
+    try {
+      const id = nextId++;
+      const declared = sha256OfBytes(Buffer.alloc(SEGMENT_SIZE));
+      client.send({ type: 'put', id, target: { kind: 'wal', name, sha256: declared }, size: SEGMENT_SIZE, compression: 'zstd' });
+      for (const data of await frames(segment)) client.send({ type: 'chunk', id, data });
+      client.send({ type: 'end', id, sha256: sha256OfBytes(segment), crc32c: crc32cOfBytes(segment) });
+      expect(await client.nextFrame()).toMatchObject({ type: 'error', id, code: 'CHECKSUM_MISMATCH', message: `${name}: the SHA-256 at the end of the bytes (${sha256OfBytes(segment).slice(0, 12)}…) differs from the one declared before them (${declared.slice(0, 12)}…)` });
+    } finally {
+      client.close();
+    }
+    expect(receiver.segments('main')).not.toContain(name);
+    await waitFor('no temporary file to be left', () => receiver.tempFiles('main').length === 0);
+  });
+
   it('a host that declares a SHA-256 its bytes do not have: an intact copy stays as it is; a new segment is stored under it, refused as damaged on the way out, and replaced by the honest push', async () => {
     const garbage = (of: Buffer) => {
       // the real segment's page header (it passes the receiver's checks), then other bytes

@@ -256,3 +256,33 @@ describe('fetch of a backup file sent as zstd frames', () => {
     expect(two.err?.message).toMatch(/not exactly one zstd frame/);
   });
 });
+
+describe('a WAL put read twice (hashed for its put, then read again to send)', () => {
+  it("ends with the SHA-256 and CRC-32C of the bytes sent, so a file that changed between the reads is not vouched for by the declared SHA-256", async () => {
+    const { mkdtemp, rm, writeFile } = await import('node:fs/promises');
+    const { createHash } = await import('node:crypto');
+    const { join } = await import('node:path');
+    const { tmpdir } = await import('node:os');
+    const dir = await mkdtemp(join(tmpdir(), 'wal-put-'));
+    const sent: Frame[] = [];
+    answer = (f) => {
+      sent.push(f);
+      return f.type === 'end' ? [{ type: 'ack', id: 0, status: 'stored', sha256: f.sha256 ?? '' }] : [];
+    };
+    const conn = await connect();
+    try {
+      const path = join(dir, '000000010000000000000001');
+      const bytes = Buffer.alloc(2 * CHUNK_SIZE + 77, 0x3c);
+      await writeFile(path, bytes);
+      const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+      // hashed before the bytes changed (the fake receiver's welcome allows no compression: the put is read twice)
+      const before = sha(Buffer.alloc(bytes.length, 0x3d));
+      await conn.putFile({ kind: 'wal', name: '000000010000000000000001' }, path, { walSha256: before });
+      expect(sent[0]).toMatchObject({ type: 'put', target: { sha256: before } });
+      expect(sent.at(-1)).toEqual({ type: 'end', id: (sent[0] as { id: number }).id, sha256: sha(bytes), crc32c: crcOf(bytes) });
+    } finally {
+      conn.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
