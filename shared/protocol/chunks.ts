@@ -101,8 +101,9 @@ async function nextBlock(pool: ChunkPool, source: ChunkSource): Promise<{ buf: B
 
 /**
  * Sends everything `source` yields as chunk frames of request `id`, hashing as it goes (unless
- * `hashing` is false: the sender already knows the checksum the bytes must have, and the peer checks
- * them against it; `sha256` is then empty).
+ * `hashing` is false: the sender already knows the checksum the bytes must have, which the peer
+ * checks them against, or nobody asked for a SHA-256, as for a backup file checked by its CRC-32C;
+ * `sha256` is then empty).
  * `stop()` is asked before each chunk: a peer that already refused the transfer is not fed more.
  */
 export async function sendChunks(conn: FrameConnection, id: number, source: ChunkSource, stop: () => boolean = () => false, options: { hashing?: boolean; withCrc?: boolean } = {}): Promise<SentFile> {
@@ -229,7 +230,7 @@ const COMPRESSING = 2;
  */
 export async function sendCompressedChunks(conn: FrameConnection, id: number, source: ChunkSource, compress: BlockCompress, stop: () => boolean = () => false, options: { hashing?: boolean; withCrc?: boolean } = {}): Promise<SentFile> {
   const pool = chunkPool();
-  // (a WAL segment: hashed before it is sent; its `sha256` is then empty)
+  // (`hashing: false`: a backup file whose SHA-256 the receiver did not ask for; `sha256` is then empty)
   const hash = options.hashing === false ? undefined : newHash();
   const crc = options.withCrc === false ? undefined : crc32c();
   let crcValue = 0;
