@@ -9,12 +9,14 @@
 // segments (pgbench_accounts-like rows, as `pgbench -i` writes them) is made; then the mode's
 // archive_command is set (and the daemon started: its start-up is in the time) and the clock runs
 // until pg_stat_archiver has counted them all and no .ready is left. Rounds rotate the order.
-// Under load: the fastest pgbench this machine runs, .ready counted every SAMPLE_MS.
+// Under load: the fastest pgbench this machine runs, .ready counted every SAMPLE_MS; the daemon
+// streaming (the target), then only archiving (what streaming costs the load).
 // CPU: the archiver's waited-for children (/proc/<archiver>/stat cutime + cstime: every
 // archive_command and what it ran) and the long-lived helpers (daemon, receiver, pgBackRest's
 // async workers, sampled from /proc); peak RSS of the long-lived ones.
 
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import type { Client } from 'pg';
 import { Background, freePort, readyCount, sqlSession, startAgentDaemon, streamingAgentConfig, value } from './daemon-lib';
@@ -59,6 +61,11 @@ interface Drain {
 
 interface Load {
   mode: Mode;
+  /** the daemon streams (barman only; the target's run) */
+  streaming: boolean;
+  /** CPU s during the load: the archive_commands PostgreSQL ran, and the helpers (daemon + receiver, pgBackRest's workers) */
+  commandCpu: number;
+  helperCpuParts: string;
   tps: number;
   walMB: number;
   ready: number[];
@@ -248,12 +255,17 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
     return { mode, round, segments, ms, commandCpu, helperCpu, helperCpuParts, helperRss, loadAverage: loadAvg, failed: after.failed - before.failed };
   };
 
-  /** The fastest pgbench with the mode archiving; .ready sampled every SAMPLE_MS. */
-  const underLoad = async (mode: Mode): Promise<Load> => {
-    await setArchiveCommand(commands[mode]);
+  /**
+   * The fastest pgbench with the mode archiving; .ready sampled every SAMPLE_MS. The daemon streams
+   * as in production (the target's run), or only archives (`streaming = false`): what streaming
+   * costs the load, apart from archiving.
+   */
+  const underLoad = async (mode: Mode, streaming = true): Promise<Load> => {
+    const conf = streaming ? agentConf : archivingConf;
+    await setArchiveCommand(mode === 'barman' ? `${launcher} -c ${conf} push %p` : commands[mode]);
     if (mode === 'barman') {
-      startDaemon(agentConf);
-      await daemon!.waitForLine(/"msg":"streaming WAL"/, 60_000);
+      startDaemon(conf);
+      if (streaming) await daemon!.waitForLine(/"msg":"streaming WAL"/, 60_000);
     }
     // what came before is archived first, and every mode starts right after a checkpoint
     await ctl.query('select pg_switch_wal()');
@@ -263,8 +275,12 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
     await ctl.query('checkpoint');
     await runOk('sync', []);
     const loadAvg = loadAverage();
-    ctx.log(`archive: ${mode} under pgbench ${HEAVY.join(' ')} -T ${LOAD_SECONDS} (load average ${loadAvg})`);
+    ctx.log(`archive: ${mode}${mode === 'barman' && !streaming ? ' (not streaming)' : ''} under pgbench ${HEAVY.join(' ')} -T ${LOAD_SECONDS} (load average ${loadAvg})`);
     const before = await archiverStats();
+    const commandCpu0 = childrenCpuSeconds(archiverPid);
+    const receiverCpu0 = procCpuSeconds(receiver.pid);
+    const daemonCpu0 = daemon ? procCpuSeconds(daemon.pid) : 0;
+    const workers = mode === 'pgbackrest' ? new ProcessSampler(/pgbackrest.*archive-push:(async|local)/) : undefined;
     const lsn0 = await value(ctl, 'select pg_current_wal_lsn()::text');
     const ready: number[] = [];
     const sampler = setInterval(() => ready.push(readyCount(cluster.pgdata)), SAMPLE_MS);
@@ -275,12 +291,15 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
       clearInterval(sampler);
     }
     const readyAtEnd = readyCount(cluster.pgdata);
+    const commandCpu = childrenCpuSeconds(archiverPid) - commandCpu0;
+    // the receiver works for a mode's run only when barman archives (or streams) into it
+    const helperCpuParts = mode === 'barman' ? `daemon ${(procCpuSeconds(daemon!.pid) - daemonCpu0).toFixed(1)} + receiver ${(procCpuSeconds(receiver.pid) - receiverCpu0).toFixed(1)}` : workers ? `async workers ${workers.stop().cpu.toFixed(1)}` : '–';
     const walMB = Number(await value(ctl, 'select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)', [lsn0])) / 1048576;
     const after = await archiverStats();
     await setArchiveCommand('');
     if (mode === 'barman') await stopDaemon();
     const tps = Number(/tps = ([\d.]+) \(without initial connection time\)/.exec(out.stdout)?.[1] ?? Number.NaN);
-    return { mode, tps, walMB, ready, readyAtEnd, failed: after.failed - before.failed, loadAverage: loadAvg };
+    return { mode, streaming, commandCpu, helperCpuParts, tps, walMB, ready, readyAtEnd, failed: after.failed - before.failed, loadAverage: loadAvg };
   };
 
   const drains: Drain[] = [];
@@ -290,7 +309,10 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
   }
   const loads: Load[] = [];
   // (a profiled run measures the capacity runs only)
-  if (!PROFILE) for (const mode of modes) loads.push(await underLoad(mode));
+  if (!PROFILE) {
+    for (const mode of modes) loads.push(await underLoad(mode));
+    loads.push(await underLoad('barman', false));
+  }
 
   // the figures only count if the catalog holds every segment PostgreSQL archived through barman
   const catalogSegments = (await (await openCatalog(receiver, SERVER, ctx.cleanup)).catalog.listSegments()).length;
@@ -350,12 +372,13 @@ function report(modes: Mode[], drains: Drain[], loads: Load[], catalogSegments: 
     ['archive_command', 'median segments/s', 'vs cp && sync', 'CPU s per segment (commands + helpers, median)'],
     modes.map((m) => [labels[m], f2(medRate(m)), fmtRatio(medRate(m) / medRate('cp')), (median(of(m).map((d) => (d.commandCpu + d.helperCpu) / d.segments)) * 1000).toFixed(0) + ' ms']),
   );
+  const loadLabel = (l: Load) => (l.mode === 'barman' ? `${labels.barman}, ${l.streaming ? 'streaming (the target)' : 'not streaming'}` : labels[l.mode]);
   const loadTable = markdownTable(
-    ['archive_command', 'pgbench tps', 'WAL MB', '.ready max', '.ready mean', '.ready at end', 'failed', 'load average before'],
-    loads.map((l) => [labels[l.mode], f1(l.tps), f1(l.walMB), String(Math.max(...l.ready)), f2(l.ready.reduce((a, b) => a + b, 0) / Math.max(1, l.ready.length)), String(l.readyAtEnd), String(l.failed), l.loadAverage]),
+    ['archive_command', 'pgbench tps', 'vs cp && sync', 'WAL MB', 'archive_command CPU s', 'helpers CPU s', '.ready max', '.ready mean', '.ready at end', 'failed', 'load average before'],
+    loads.map((l) => [loadLabel(l), f1(l.tps), fmtRatio(l.tps / (loads.find((c) => c.mode === 'cp')?.tps ?? Number.NaN)), f1(l.walMB), f1(l.commandCpu), l.helperCpuParts, String(Math.max(...l.ready)), f2(l.ready.reduce((a, b) => a + b, 0) / Math.max(1, l.ready.length)), String(l.readyAtEnd), String(l.failed), l.loadAverage]),
   );
   const ratio = medRate('barman') / medRate('cp');
-  const barmanLoad = loads.find((l) => l.mode === 'barman') ?? { ready: [Number.NaN], walMB: Number.NaN };
+  const barmanLoad = loads.find((l) => l.mode === 'barman' && l.streaming) ?? { ready: [Number.NaN], walMB: Number.NaN };
   const maxReady = Math.max(...barmanLoad.ready);
   const goals = markdownTable(
     ['target 3', 'goal', 'measured', ''],
@@ -374,7 +397,7 @@ function report(modes: Mode[], drains: Drain[], loads: Load[], catalogSegments: 
     '',
     '"archive_command CPU s" is the CPU of every archive_command PostgreSQL ran (the archiver\'s waited-for children: `sh`, the launcher and what it ran; `cp` and `sync`; pgBackRest\'s foreground archive-push); "helpers" are the long-lived processes that work for them (sampled from /proc; pgBackRest\'s async workers come and go, so a worker that lived less than the 50 ms sampling interval is missed). PostgreSQL\'s own archiver and the page cache\'s write-back are in neither.',
     '',
-    `**Under load.** \`pgbench ${HEAVY.join(' ')} -T ${loads[0] ? LOAD_SECONDS : 0}\` with each mode archiving (the daemon streaming), right after a checkpoint with nothing left to archive; \`.ready\` files counted every ${SAMPLE_MS} ms.`,
+    `**Under load.** \`pgbench ${HEAVY.join(' ')} -T ${loads[0] ? LOAD_SECONDS : 0}\` with each mode archiving (the daemon streaming, as in production, then once more only archiving: what streaming costs the load), right after a checkpoint with nothing left to archive; \`.ready\` files counted every ${SAMPLE_MS} ms. Helpers: the daemon and the receiver (both ours), pgBackRest's async workers; their CPU, and the archive_commands', is what archiving takes from pgbench on this machine's ${cpus().length} cores.`,
     '',
     loadTable,
     '',
