@@ -10,7 +10,8 @@
 // archive_command is set (and the daemon started: its start-up is in the time) and the clock runs
 // until pg_stat_archiver has counted them all and no .ready is left. Rounds rotate the order.
 // Under load: the fastest pgbench this machine runs, .ready counted every SAMPLE_MS; the daemon
-// streaming (the target), then only archiving (what streaming costs the load).
+// streaming (the target), then only archiving (what streaming costs the load), and `cp && sync`
+// with pg_receivewal --synchronous beside it (what such streaming costs, in C).
 // CPU: the archiver's waited-for children (/proc/<archiver>/stat cutime + cstime: every
 // archive_command and what it ran) and the long-lived helpers (daemon, receiver, pgBackRest's
 // async workers, sampled from /proc); peak RSS of the long-lived ones.
@@ -27,6 +28,8 @@ import {
 
 const SERVER = 'main';
 const SLOT = 'barman_main';
+/** pg_receivewal's slot, in the run that has PostgreSQL's own streaming beside `cp && sync` */
+const RECEIVEWAL_SLOT = 'bench_receivewal';
 const BACKLOG = Number(process.env.BENCH_ARCHIVE_BACKLOG ?? 64);
 const ROUNDS = Number(process.env.BENCH_ARCHIVE_ROUNDS ?? 2);
 const LOAD_SECONDS = Number(process.env.BENCH_ARCHIVE_LOAD_SECONDS ?? 30);
@@ -63,6 +66,8 @@ interface Load {
   mode: Mode;
   /** the daemon streams (barman only; the target's run) */
   streaming: boolean;
+  /** `cp && sync` with `pg_receivewal --synchronous` streaming beside it (cp only) */
+  receivewal: boolean;
   /** CPU s during the load: the archive_commands PostgreSQL ran, and the helpers (daemon + receiver, pgBackRest's workers) */
   commandCpu: number;
   helperCpuParts: string;
@@ -118,6 +123,7 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
   const dir = postgresDir(join(ctx.workDir, 'archive'));
   const launcher = join(ctx.repoRoot, 'dist', 'barman-agent');
   const pgbench = join(ctx.pgBin, 'pgbench');
+  const pgReceivewal = join(ctx.pgBin, 'pg_receivewal');
   const pgbackrest = ['/usr/bin/pgbackrest', '/usr/local/bin/pgbackrest'].find((p) => existsSync(p));
   const modes: Mode[] = pgbackrest ? ['cp', 'barman', 'pgbackrest'] : ['cp', 'barman'];
 
@@ -258,14 +264,27 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
   /**
    * The fastest pgbench with the mode archiving; .ready sampled every SAMPLE_MS. The daemon streams
    * as in production (the target's run), or only archives (`streaming = false`): what streaming
-   * costs the load, apart from archiving.
+   * costs the load, apart from archiving. `receivewal`: PostgreSQL's own streaming client beside
+   * `cp && sync`, flushing and reporting every message as ours does (`--synchronous`): what such
+   * streaming costs when it is written in C.
    */
-  const underLoad = async (mode: Mode, streaming = true): Promise<Load> => {
+  const underLoad = async (mode: Mode, { streaming = true, receivewal = false } = {}): Promise<Load> => {
     const conf = streaming ? agentConf : archivingConf;
     await setArchiveCommand(mode === 'barman' ? `${launcher} -c ${conf} push %p` : commands[mode]);
     if (mode === 'barman') {
       startDaemon(conf);
       if (streaming) await daemon!.waitForLine(/"msg":"streaming WAL"/, 60_000);
+    }
+    let receiveWal: Background | undefined;
+    if (receivewal) {
+      const receiveWalDir = postgresDir(join(dir, 'pg_receivewal'));
+      const connection = ['-h', cluster.socketDir, '-p', String(cluster.port), '-U', 'postgres', '-S', RECEIVEWAL_SLOT];
+      await runOk(pgReceivewal, [...connection, '--create-slot', '--if-not-exists'], { asPostgres: true, cwd: receiveWalDir });
+      receiveWal = new Background(pgReceivewal, [...connection, '-D', receiveWalDir, '--synchronous', '--no-loop'], { cwd: receiveWalDir, asPostgres: true, cleanup: ctx.cleanup, what: 'pg_receivewal' });
+      for (const t = now(); ; await sleep(50)) {
+        if (await value(ctl, "select count(*) from pg_stat_replication where application_name = 'pg_receivewal' and state = 'streaming'") === '1') break;
+        if (now() - t > 30_000 || !receiveWal.running) throw new Error(`pg_receivewal did not start streaming\n${receiveWal.output()}`);
+      }
     }
     // what came before is archived first, and every mode starts right after a checkpoint
     await ctl.query('select pg_switch_wal()');
@@ -275,11 +294,12 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
     await ctl.query('checkpoint');
     await runOk('sync', []);
     const loadAvg = loadAverage();
-    ctx.log(`archive: ${mode}${mode === 'barman' && !streaming ? ' (not streaming)' : ''} under pgbench ${HEAVY.join(' ')} -T ${LOAD_SECONDS} (load average ${loadAvg})`);
+    ctx.log(`archive: ${mode}${mode === 'barman' && !streaming ? ' (not streaming)' : ''}${receiveWal ? ' with pg_receivewal' : ''} under pgbench ${HEAVY.join(' ')} -T ${LOAD_SECONDS} (load average ${loadAvg})`);
     const before = await archiverStats();
     const commandCpu0 = childrenCpuSeconds(archiverPid);
     const receiverCpu0 = procCpuSeconds(receiver.pid);
     const daemonCpu0 = daemon ? procCpuSeconds(daemon.pid) : 0;
+    const receiveWalCpu0 = receiveWal ? procCpuSeconds(receiveWal.pid) : 0;
     const workers = mode === 'pgbackrest' ? new ProcessSampler(/pgbackrest.*archive-push:(async|local)/) : undefined;
     const lsn0 = await value(ctl, 'select pg_current_wal_lsn()::text');
     const ready: number[] = [];
@@ -293,13 +313,19 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
     const readyAtEnd = readyCount(cluster.pgdata);
     const commandCpu = childrenCpuSeconds(archiverPid) - commandCpu0;
     // the receiver works for a mode's run only when barman archives (or streams) into it
-    const helperCpuParts = mode === 'barman' ? `daemon ${(procCpuSeconds(daemon!.pid) - daemonCpu0).toFixed(1)} + receiver ${(procCpuSeconds(receiver.pid) - receiverCpu0).toFixed(1)}` : workers ? `async workers ${workers.stop().cpu.toFixed(1)}` : '–';
+    const helperCpuParts = mode === 'barman'
+      ? `daemon ${(procCpuSeconds(daemon!.pid) - daemonCpu0).toFixed(1)} + receiver ${(procCpuSeconds(receiver.pid) - receiverCpu0).toFixed(1)}`
+      : workers ? `async workers ${workers.stop().cpu.toFixed(1)}` : receiveWal ? `pg_receivewal ${(procCpuSeconds(receiveWal.pid) - receiveWalCpu0).toFixed(1)}` : '–';
+    if (receiveWal) {
+      await receiveWal.stop('SIGINT');
+      await ctl.query('select pg_drop_replication_slot($1)', [RECEIVEWAL_SLOT]);
+    }
     const walMB = Number(await value(ctl, 'select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)', [lsn0])) / 1048576;
     const after = await archiverStats();
     await setArchiveCommand('');
     if (mode === 'barman') await stopDaemon();
     const tps = Number(/tps = ([\d.]+) \(without initial connection time\)/.exec(out.stdout)?.[1] ?? Number.NaN);
-    return { mode, streaming, commandCpu, helperCpuParts, tps, walMB, ready, readyAtEnd, failed: after.failed - before.failed, loadAverage: loadAvg };
+    return { mode, streaming: mode === 'barman' && streaming, receivewal, commandCpu, helperCpuParts, tps, walMB, ready, readyAtEnd, failed: after.failed - before.failed, loadAverage: loadAvg };
   };
 
   const drains: Drain[] = [];
@@ -311,7 +337,8 @@ export async function archiveSection(ctx: BenchContext): Promise<SectionResult> 
   // (a profiled run measures the capacity runs only)
   if (!PROFILE) {
     for (const mode of modes) loads.push(await underLoad(mode));
-    loads.push(await underLoad('barman', false));
+    loads.push(await underLoad('barman', { streaming: false }));
+    loads.push(await underLoad('cp', { receivewal: true }));
   }
 
   // the figures only count if the catalog holds every segment PostgreSQL archived through barman
@@ -372,10 +399,10 @@ function report(modes: Mode[], drains: Drain[], loads: Load[], catalogSegments: 
     ['archive_command', 'median segments/s', 'vs cp && sync', 'CPU s per segment (commands + helpers, median)'],
     modes.map((m) => [labels[m], f2(medRate(m)), fmtRatio(medRate(m) / medRate('cp')), (median(of(m).map((d) => (d.commandCpu + d.helperCpu) / d.segments)) * 1000).toFixed(0) + ' ms']),
   );
-  const loadLabel = (l: Load) => (l.mode === 'barman' ? `${labels.barman}, ${l.streaming ? 'streaming (the target)' : 'not streaming'}` : labels[l.mode]);
+  const loadLabel = (l: Load) => (l.mode === 'barman' ? `${labels.barman}, ${l.streaming ? 'streaming (the target)' : 'not streaming'}` : l.receivewal ? '`cp %p <dir>/%f && sync` + `pg_receivewal --synchronous` streaming' : labels[l.mode]);
   const loadTable = markdownTable(
     ['archive_command', 'pgbench tps', 'vs cp && sync', 'WAL MB', 'archive_command CPU s', 'helpers CPU s', '.ready max', '.ready mean', '.ready at end', 'failed', 'load average before'],
-    loads.map((l) => [loadLabel(l), f1(l.tps), fmtRatio(l.tps / (loads.find((c) => c.mode === 'cp')?.tps ?? Number.NaN)), f1(l.walMB), f1(l.commandCpu), l.helperCpuParts, String(Math.max(...l.ready)), f2(l.ready.reduce((a, b) => a + b, 0) / Math.max(1, l.ready.length)), String(l.readyAtEnd), String(l.failed), l.loadAverage]),
+    loads.map((l) => [loadLabel(l), f1(l.tps), fmtRatio(l.tps / (loads.find((c) => c.mode === 'cp' && !c.receivewal)?.tps ?? Number.NaN)), f1(l.walMB), f1(l.commandCpu), l.helperCpuParts, String(Math.max(...l.ready)), f2(l.ready.reduce((a, b) => a + b, 0) / Math.max(1, l.ready.length)), String(l.readyAtEnd), String(l.failed), l.loadAverage]),
   );
   const ratio = medRate('barman') / medRate('cp');
   const barmanLoad = loads.find((l) => l.mode === 'barman' && l.streaming) ?? { ready: [Number.NaN], walMB: Number.NaN };
@@ -397,7 +424,7 @@ function report(modes: Mode[], drains: Drain[], loads: Load[], catalogSegments: 
     '',
     '"archive_command CPU s" is the CPU of every archive_command PostgreSQL ran (the archiver\'s waited-for children: `sh`, the launcher and what it ran; `cp` and `sync`; pgBackRest\'s foreground archive-push); "helpers" are the long-lived processes that work for them (sampled from /proc; pgBackRest\'s async workers come and go, so a worker that lived less than the 50 ms sampling interval is missed). PostgreSQL\'s own archiver and the page cache\'s write-back are in neither.',
     '',
-    `**Under load.** \`pgbench ${HEAVY.join(' ')} -T ${loads[0] ? LOAD_SECONDS : 0}\` with each mode archiving (the daemon streaming, as in production, then once more only archiving: what streaming costs the load), right after a checkpoint with nothing left to archive; \`.ready\` files counted every ${SAMPLE_MS} ms. Helpers: the daemon and the receiver (both ours), pgBackRest's async workers; their CPU, and the archive_commands', is what archiving takes from pgbench on this machine's ${cpus().length} cores.`,
+    `**Under load.** \`pgbench ${HEAVY.join(' ')} -T ${loads[0] ? LOAD_SECONDS : 0}\` with each mode archiving (the daemon streaming, as in production, then once more only archiving: what streaming costs the load; and \`cp && sync\` once more with PostgreSQL's own \`pg_receivewal --synchronous\` streaming beside it, which flushes and reports every message as our stream does), right after a checkpoint with nothing left to archive; \`.ready\` files counted every ${SAMPLE_MS} ms. Helpers: the daemon and the receiver (both ours), pgBackRest's async workers, pg_receivewal; their CPU, and the archive_commands', is what archiving takes from pgbench on this machine's ${cpus().length} cores.`,
     '',
     loadTable,
     '',
