@@ -59,16 +59,19 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
   /**
    * A push session of the current protocol (its welcome announces zstd) sending `chunks` for
    * segment `name`, with the checksums of `read`, the bytes the agent read: its SHA-256 in the put
-   * and the end, its CRC-32C in the end (`declared` says another SHA-256).
+   * and the end, its CRC-32C in the end (`declared` says another SHA-256 in the put, `end` other
+   * checksums in the end). An answer that names a request names this put.
    */
-  async function put(name: string, read: Buffer, chunks: Buffer[], declared = sha256OfBytes(read)): Promise<Frame> {
+  async function put(name: string, read: Buffer, chunks: Buffer[], declared = sha256OfBytes(read), end: { sha256?: string; crc32c?: string } = { sha256: declared, crc32c: crc32cOfBytes(read) }): Promise<Frame> {
     const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'push');
     try {
       const id = nextId++;
       client.send({ type: 'put', id, target: { kind: 'wal', name, sha256: declared }, size: SEGMENT_SIZE, compression: 'zstd' });
       for (const data of chunks) client.send({ type: 'chunk', id, data });
-      client.send({ type: 'end', id, sha256: declared, crc32c: crc32cOfBytes(read) });
-      return await client.nextFrame();
+      client.send({ type: 'end', id, ...end });
+      const answer = await client.nextFrame();
+      if ('id' in answer && answer.id !== undefined) expect(answer.id).toBe(id);
+      return answer;
     } finally {
       client.close();
     }
@@ -135,17 +138,8 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
   it('refuses a WAL end without its CRC-32C (PROTOCOL): the receiver no longer hashes what arrives, so it has nothing to check it against', async () => {
     const name = segs[3]!;
     const segment = readFileSync(prod.walFile(name));
-    const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'push');
-    try {
-      const id = nextId++;
-      client.send({ type: 'put', id, target: { kind: 'wal', name, sha256: sha256OfBytes(segment) }, size: SEGMENT_SIZE, compression: 'zstd' });
-      for (const data of await frames(segment)) client.send({ type: 'chunk', id, data });
-      client.send({ type: 'end', id, sha256: sha256OfBytes(segment) });
-      // a protocol violation ends the session (its answer names no request)
-      expect(await client.nextFrame()).toMatchObject({ type: 'error', code: 'PROTOCOL', message: `${name}: the end of a WAL file carries no CRC-32C` });
-    } finally {
-      client.close();
-    }
+    // a protocol violation ends the session (its answer names no request)
+    expect(await put(name, segment, await frames(segment), sha256OfBytes(segment), { sha256: sha256OfBytes(segment) })).toMatchObject({ type: 'error', code: 'PROTOCOL', message: `${name}: the end of a WAL file carries no CRC-32C` });
     expect(receiver.segments('main')).not.toContain(name);
     await waitFor('no temporary file to be left', () => receiver.tempFiles('main').length === 0);
   });
@@ -153,17 +147,11 @@ describe('compressed WAL puts: checked frame by frame, stored as sent', () => {
   it('refuses a WAL end whose SHA-256 is not the one its put declared (the file changed between two reads), and stores nothing', async () => {
     const name = segs[3]!;
     const segment = readFileSync(prod.walFile(name));
-    const client = await RawClient.authenticated(receiver.url, 'main', receiver.tokens.get('main')!, 'push');
-    try {
-      const id = nextId++;
-      const declared = sha256OfBytes(Buffer.alloc(SEGMENT_SIZE));
-      client.send({ type: 'put', id, target: { kind: 'wal', name, sha256: declared }, size: SEGMENT_SIZE, compression: 'zstd' });
-      for (const data of await frames(segment)) client.send({ type: 'chunk', id, data });
-      client.send({ type: 'end', id, sha256: sha256OfBytes(segment), crc32c: crc32cOfBytes(segment) });
-      expect(await client.nextFrame()).toMatchObject({ type: 'error', id, code: 'CHECKSUM_MISMATCH', message: `${name}: the SHA-256 at the end of the bytes (${sha256OfBytes(segment).slice(0, 12)}…) differs from the one declared before them (${declared.slice(0, 12)}…)` });
-    } finally {
-      client.close();
-    }
+    const declared = sha256OfBytes(Buffer.alloc(SEGMENT_SIZE));
+    const answer = await put(name, segment, await frames(segment), declared, { sha256: sha256OfBytes(segment), crc32c: crc32cOfBytes(segment) });
+    expect(answer).toMatchObject({ type: 'error', code: 'CHECKSUM_MISMATCH', message: `${name}: the SHA-256 at the end of the bytes (${sha256OfBytes(segment).slice(0, 12)}…) differs from the one declared before them (${declared.slice(0, 12)}…)` });
+    // it answers the put (put() checks the id it names)
+    expect(answer).toHaveProperty('id');
     expect(receiver.segments('main')).not.toContain(name);
     await waitFor('no temporary file to be left', () => receiver.tempFiles('main').length === 0);
   });

@@ -4,6 +4,9 @@
 // the receiver may send (too large, damaged, not asked for) is refused.
 
 import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { crc32c, crc32cHex } from '../../../../shared/checksum';
@@ -13,6 +16,7 @@ import { wireDecompressor } from '../../../../shared/protocol/chunks';
 import { AgentConnection, type FetchOptions } from '../../../../shared/protocol/client';
 import { decodeFrame, encodeFrame } from '../../../../shared/protocol/codec';
 import { CHUNK_SIZE, type Frame, type GetBackupFileFrame, PROTOCOL_VERSION, type RecheckedFrame, type RefusedFrame } from '../../../../shared/protocol/frames';
+import { sha256OfBytes } from '../../../harness/fs';
 
 const TOKEN = 'a'.repeat(64);
 const zstd = require('@mongodb-js/zstd/bindings.js') as { compress(b: Buffer, level: number): Promise<Buffer> };
@@ -259,10 +263,6 @@ describe('fetch of a backup file sent as zstd frames', () => {
 
 describe('a WAL put read twice (hashed for its put, then read again to send)', () => {
   it("ends with the SHA-256 and CRC-32C of the bytes sent, so a file that changed between the reads is not vouched for by the declared SHA-256", async () => {
-    const { mkdtemp, rm, writeFile } = await import('node:fs/promises');
-    const { createHash } = await import('node:crypto');
-    const { join } = await import('node:path');
-    const { tmpdir } = await import('node:os');
     const dir = await mkdtemp(join(tmpdir(), 'wal-put-'));
     const sent: Frame[] = [];
     answer = (f) => {
@@ -274,12 +274,11 @@ describe('a WAL put read twice (hashed for its put, then read again to send)', (
       const path = join(dir, '000000010000000000000001');
       const bytes = Buffer.alloc(2 * CHUNK_SIZE + 77, 0x3c);
       await writeFile(path, bytes);
-      const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
       // hashed before the bytes changed (the fake receiver's welcome allows no compression: the put is read twice)
-      const before = sha(Buffer.alloc(bytes.length, 0x3d));
+      const before = sha256OfBytes(Buffer.alloc(bytes.length, 0x3d));
       await conn.putFile({ kind: 'wal', name: '000000010000000000000001' }, path, { walSha256: before });
       expect(sent[0]).toMatchObject({ type: 'put', target: { sha256: before } });
-      expect(sent.at(-1)).toEqual({ type: 'end', id: (sent[0] as { id: number }).id, sha256: sha(bytes), crc32c: crcOf(bytes) });
+      expect(sent.at(-1)).toEqual({ type: 'end', id: (sent[0] as { id: number }).id, sha256: sha256OfBytes(bytes), crc32c: crcOf(bytes) });
     } finally {
       conn.close();
       await rm(dir, { recursive: true, force: true });
