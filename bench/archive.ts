@@ -68,8 +68,9 @@ interface Load {
   streaming: boolean;
   /** `cp && sync` with `pg_receivewal --synchronous` streaming beside it (cp only) */
   receivewal: boolean;
-  /** CPU s during the load: the archive_commands PostgreSQL ran, and the helpers (daemon + receiver, pgBackRest's workers) */
+  /** CPU s during the load of the archive_commands PostgreSQL ran */
   commandCpu: number;
+  /** CPU s during the load of the helpers, per helper: daemon and receiver, pgBackRest's workers, or pg_receivewal */
   helperCpuParts: string;
   tps: number;
   walMB: number;

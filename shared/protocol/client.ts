@@ -256,7 +256,7 @@ export class AgentConnection {
       // file (above) was hashed and checksummed in one read.
       const backupFile = request.kind === 'backup-file';
       // a backup's files go compressed when the receiver asked for it (backup-accepted)
-      const hashing = backupFile ? options.sha256 === true : true;
+      const hashing = !backupFile || options.sha256 === true;
       const sent = (backupFile || compressedWal) && compress ? await sendCompressedChunks(this.conn, id, source, compress, stop, { hashing, withCrc: true }) : await sendChunks(this.conn, id, source, stop, { withCrc: true, hashing });
       if (!answer.settled && !this.failure) {
         if (sent.size !== size) throw new BarmanError(ErrorCode.LOCAL_FILE, `${path} changed size while being read (${size} → ${sent.size} bytes)`, "Something else writes the file; archive_command must be given PostgreSQL's %p.");

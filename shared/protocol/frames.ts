@@ -83,7 +83,8 @@ export interface ChunkFrame { type: 'chunk'; id: number; data: Uint8Array; plain
 /**
  * `crc32c` (8 hex digits of the value of the plain bytes): what a pushed file's end carries, the
  * receiver checks the bytes against it; `sha256` too for a WAL file (of the bytes sent: the
- * receiver refuses one that is not what its put declared) and where backup-accepted asked for it. A served file's end carries what its file frame announced.
+ * receiver refuses one that is not what its put declared) and where backup-accepted asked for it.
+ * A served file's end carries what its file frame announced.
  */
 export interface EndFrame { type: 'end'; id: number; sha256?: string; crc32c?: string }
 /**
